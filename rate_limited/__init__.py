@@ -1,0 +1,74 @@
+"""rate_limited: push many calls through slow, rate-limited APIs as fast as quotas allow.
+
+::
+
+    from rate_limited import Runner, Resource
+
+    runner = Runner(call_api, [Resource("requests", quota=100, time_window_seconds=60,
+                                        arguments_usage_extractor=lambda call: 1)])
+    for prompt in prompts:
+        runner.schedule(prompt)
+    results, exceptions = runner.run()
+"""
+
+from __future__ import annotations
+
+from rate_limited._clock import Clock, MonotonicClock
+from rate_limited._policy import (
+    Backoff,
+    RetryIf,
+    constant_backoff,
+    exponential_backoff,
+    retry_if_exception_type,
+    retry_if_status,
+    retry_if_transient,
+)
+from rate_limited.calls import Call
+from rate_limited.exceptions import (
+    CallError,
+    CallTimeoutError,
+    ConfigurationError,
+    PermanentError,
+    QuotaExceededError,
+    RateLimitedError,
+    RunnerClosedError,
+    UsageExtractionError,
+    ValidationError,
+)
+from rate_limited.outcomes import Outcome, RunResult, Status
+from rate_limited.progress import LogProgress, Progress, TqdmProgress
+from rate_limited.resources import Resource
+from rate_limited.runner import Runner
+
+__version__ = "0.5.0.dev0"
+
+__all__ = [
+    "Backoff",
+    "Call",
+    "CallError",
+    "CallTimeoutError",
+    "Clock",
+    "ConfigurationError",
+    "LogProgress",
+    "MonotonicClock",
+    "Outcome",
+    "PermanentError",
+    "Progress",
+    "QuotaExceededError",
+    "RateLimitedError",
+    "Resource",
+    "RetryIf",
+    "RunResult",
+    "Runner",
+    "RunnerClosedError",
+    "Status",
+    "TqdmProgress",
+    "UsageExtractionError",
+    "ValidationError",
+    "__version__",
+    "constant_backoff",
+    "exponential_backoff",
+    "retry_if_exception_type",
+    "retry_if_status",
+    "retry_if_transient",
+]

@@ -1,0 +1,672 @@
+"""The scheduler: admits calls against the ledger, runs them, settles, retries.
+
+Everything here runs on the Runner's own event loop thread, so state needs no locks.
+
+Admission is strictly FIFO by schedule index (a retried call keeps its index and goes
+back ahead of later calls), so no call starves: only the head call is ever tried against
+the ledger. When the head does not fit, whoever tried arms one timer for the exact time
+the ledger says it will fit (``Ledger.next_free_time``) and waits; a settling call or a
+new one also wakes the waiters. Nothing polls.
+
+How calls run depends on the function:
+
+* async (a coroutine function): up to ``max_concurrent`` worker coroutines, each admitting
+  the head call and awaiting it in place, so that an instant coroutine costs no task;
+* sync: one dispatcher coroutine admits calls and hands them to ``ThreadPool``; threads
+  report back in batches. A sync function that returns an awaitable (a lambda or partial
+  around a coroutine function) has that awaitable awaited on the loop.
+
+This is a departure from ARCHITECTURE.md's "one dispatcher starting a task per call" for
+async functions: with no task per call the engine's overhead per call is a small fraction
+of a task's, which the overhead benchmark needs; the admission rule is the same.
+
+Settling an attempt: arguments usage stays billed; the results estimate is released and
+the actual results usage billed (or, if the extractor fails, the estimate is billed and a
+``UsageExtractionError`` recorded, the result kept); validators run; a failure is
+classified (``_policy``) and retried after a backoff, or is final. A 429 pauses admission
+for everyone until its ``Retry-After`` (cool-down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import inspect
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from rate_limited._ledger import Ledger, Reservation
+from rate_limited._policy import (
+    is_rate_limited,
+    proves_not_billed,
+    retry_after_seconds,
+    validate,
+)
+from rate_limited._pool import ThreadPool
+from rate_limited.exceptions import CallTimeoutError, UsageExtractionError, ValidationError
+from rate_limited.outcomes import Status
+
+if TYPE_CHECKING:
+    from rate_limited.calls import Call
+    from rate_limited.progress import Progress
+    from rate_limited.resources import Resource
+
+logger = logging.getLogger("rate_limited")
+
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    Status.PENDING,
+    Status.RUNNING,
+    Status.SUCCEEDED,
+    Status.FAILED,
+    Status.CANCELLED,
+)
+
+#: An instant coroutine never yields; yield to the loop every this many calls anyway, so
+#: that an interrupt or a progress update gets through.
+_YIELD_EVERY = 512
+
+
+def is_async_callable(function: Callable[..., Any]) -> bool:
+    """Whether calling ``function`` returns a coroutine (functions, partials, methods,
+    objects with an ``async def __call__``)."""
+    if inspect.iscoroutinefunction(function):
+        return True
+    call = getattr(type(function), "__call__", None)
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+class RunStats:
+    """Counters of the current run, read by progress displays."""
+
+    __slots__ = (
+        "binding",
+        "cooldowns",
+        "failed",
+        "rate_limited",
+        "retries",
+        "started_at",
+        "succeeded",
+        "total",
+        "waiting_until",
+    )
+
+    def __init__(self, total: int, done: int, failed: int, now: float) -> None:
+        self.total = total  #: calls in this run
+        self.succeeded = done  #: calls that ended with a value
+        self.failed = failed  #: calls that ended failed
+        self.retries = 0  #: failed attempts that were retried
+        self.rate_limited = 0  #: attempts answered 429
+        self.cooldowns = 0  #: times admission paused for a Retry-After
+        self.waiting_until: float | None = None  #: admission waits for quota until then
+        self.binding: str | None = None  #: the resource it waits for
+        self.started_at = now
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed
+
+
+class Engine:
+    """Runs batches of calls; one per Runner, living on the Runner's loop thread."""
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        resources: Sequence[Resource],
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_concurrent: int,
+        max_retries: int,
+        retry_if: Callable[[BaseException], bool],
+        backoff: Callable[[int, BaseException | None], float],
+        validators: tuple[Callable[[Any], Any], ...],
+        timeout: float | None,
+        long_wait_seconds: float | None,
+        progress_interval: float,
+    ) -> None:
+        self.function = function
+        self.is_async = is_async_callable(function)
+        self.resources = list(resources)
+        self.ledger = Ledger(self.resources)
+        self._has_ledger = bool(self.resources)
+        self._results_extractors = [r.results_usage_extractor for r in self.resources]
+        self._has_results_usage = any(e is not None for e in self._results_extractors)
+        self.loop = loop
+        self.max_concurrent = max_concurrent
+        self.max_retries = max_retries
+        self.retry_if = retry_if
+        self.backoff = backoff
+        self.validators = validators
+        self.timeout = timeout
+        self.long_wait_seconds = long_wait_seconds
+        self.progress_interval = progress_interval
+        self.progress: Progress | None = None
+
+        self._ready: deque[Call] = deque()
+        self._retry: list[tuple[int, int, Call]] = []  # heap by (index, seq)
+        self._retry_seq = 0
+        self._epoch = 0  # run number: a backoff timer of an earlier run is a no-op
+        self._awaiting: set[asyncio.Task[None]] = set()  # awaitables from sync functions
+        self._in_flight = 0
+        self._unfinished = 0
+        self._stopping = False
+        self._done: asyncio.Future[None] | None = None
+        self._wake_future: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = math.inf
+        self._pause_until = -math.inf
+        self._workers: set[asyncio.Task[None]] = set()
+        self._next_progress = -math.inf
+        self._warned_wait = False
+        self.stats = RunStats(0, 0, 0, loop.time())
+        self.pool: ThreadPool | None = None
+        if not self.is_async:
+            self.pool = ThreadPool(function, loop, self._on_completions, max_concurrent)
+
+    # -- running a batch ---------------------------------------------------------------------
+    async def run(self, calls: Sequence[Call], progress: Progress | None) -> bool:
+        """Run every call of ``calls`` that is not final; True if stopped before the end."""
+        loop = self.loop
+        self._stopping = False
+        self.progress = progress
+        self._retry.clear()
+        self._epoch += 1
+        ready: deque[Call] = deque()
+        unfinished = succeeded = failed = 0
+        for call in calls:
+            status = call.status
+            if status is SUCCEEDED:
+                succeeded += 1
+            elif status is FAILED:
+                failed += 1
+            else:
+                unfinished += 1
+                if status is not RUNNING:  # RUNNING: a sync call still in its thread
+                    call.status = PENDING
+                    ready.append(call)
+        self._ready = ready
+        self._unfinished = unfinished
+        self.stats = RunStats(len(calls), succeeded, failed, loop.time())
+        self._warned_wait = False
+        if progress is not None:
+            progress.start(self.stats)
+        try:
+            if unfinished:
+                self._done = loop.create_future()
+                self._start_runners()
+                await self._done
+        except asyncio.CancelledError:
+            self._stop()
+            await self._join_workers()
+            raise
+        finally:
+            self._done = None
+            self._cancel_timer()
+            if progress is not None:
+                progress.finish(self.stats, interrupted=self._stopping)
+            self.progress = None
+        await self._join_workers()
+        return self._stopping
+
+    def request_stop(self) -> None:
+        """Stop admitting, cancel running coroutines, put queued calls back (loop thread)."""
+        if self._done is not None and not self._done.done():
+            self._stop()
+
+    def _stop(self) -> None:
+        self._stopping = True
+        for task in (*self._workers, *self._awaiting):
+            task.cancel()
+        if self.pool is not None:
+            now = self.loop.time()
+            for call, token in self.pool.take_back():
+                if call._token == token:
+                    call._token += 1
+                    call.attempts -= 1  # never started
+                    self._release(call, now)
+                    call.status = PENDING
+                    self._in_flight -= 1
+        self._resolve_done()
+        self._wake()
+
+    def _resolve_done(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    async def _join_workers(self) -> None:
+        workers = [*self._workers, *self._awaiting]
+        if workers:
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    def enqueue(self, call: Call) -> None:
+        """A call scheduled while a run is going (loop thread)."""
+        if self._done is None or self._stopping:
+            return  # the next run() picks it up
+        self._ready.append(call)
+        self._unfinished += 1
+        self.stats.total += 1
+        self._start_runners()
+        self._wake()
+
+    def _start_runners(self) -> None:
+        if self.is_async:
+            wanted = min(self.max_concurrent, len(self._ready) + len(self._retry))
+            while len(self._workers) < wanted:
+                task = self.loop.create_task(self._worker())
+                self._workers.add(task)
+                task.add_done_callback(self._workers.discard)
+        elif not self._workers:
+            task = self.loop.create_task(self._dispatcher())
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+
+    # -- admission ---------------------------------------------------------------------------
+    def _head(self) -> Call | None:
+        ready, retry = self._ready, self._retry
+        while True:
+            if retry and not (ready and ready[0].index < retry[0][0]):
+                call = retry[0][2]
+                if call.status is PENDING:
+                    return call
+                heapq.heappop(retry)  # settled meanwhile by a late result
+            elif ready:
+                call = ready[0]
+                if call.status is PENDING:
+                    return call
+                ready.popleft()
+            else:
+                return None
+
+    def _pop_head(self, call: Call) -> None:
+        retry = self._retry
+        if retry and retry[0][2] is call:
+            heapq.heappop(retry)
+        else:
+            self._ready.popleft()
+
+    def _admit(self) -> Call | None:
+        """Take the head call if it may start now, else arm the wake-up and return None."""
+        if self._stopping or self._in_flight >= self.max_concurrent:
+            return None
+        call = self._head()
+        if call is None:
+            return None
+        if self._has_ledger or self._pause_until > -math.inf:
+            now = self.loop.time()
+            if now < self._pause_until:
+                self._arm_timer(self._pause_until)
+                self._note_wait(self._pause_until, "cool-down after HTTP 429", now)
+                return None
+            if self._has_ledger:
+                reservation = self.ledger.try_reserve(call.demand, now)
+                if reservation is None:
+                    when = self.ledger.next_free_time(call.demand, now)
+                    if when < math.inf:
+                        self._arm_timer(max(when, now + 1e-9 * max(1.0, now)))
+                    self._note_wait(when, self.ledger.binding(call.demand, now), now)
+                    return None
+                call.reservation = reservation
+                if self.stats.waiting_until is not None:
+                    self._note_wait(None, None, now)
+        self._pop_head(call)
+        self._in_flight += 1
+        return call
+
+    def _note_wait(self, until: float | None, binding: str | None, now: float) -> None:
+        stats = self.stats
+        stats.waiting_until, stats.binding = until, binding
+        if until is None:
+            self._warned_wait = False
+            return
+        long_wait = self.long_wait_seconds
+        if long_wait is not None and until - now >= long_wait and not self._warned_wait:
+            self._warned_wait = True
+            seconds = (
+                "until a running call settles" if until == math.inf else (f"{until - now:.1f} s")
+            )
+            logger.info("All calls are waiting for %s: %s", binding or "capacity", seconds)
+            if self.progress is not None:
+                self.progress.waiting(stats, until - now, binding)
+
+    # -- waiting -----------------------------------------------------------------------------
+    async def _wait(self) -> None:
+        future = self._wake_future
+        if future is None or future.done():
+            future = self._wake_future = self.loop.create_future()
+        await future
+
+    def _wake(self) -> None:
+        future = self._wake_future
+        if future is not None:
+            self._wake_future = None
+            if not future.done():
+                future.set_result(None)
+
+    def _arm_timer(self, when: float) -> None:
+        if self._timer is not None:
+            if self._timer_when <= when:
+                return
+            self._timer.cancel()
+        self._timer_when = when
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_when = math.inf
+        self._wake()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_when = math.inf
+
+    # -- async functions ---------------------------------------------------------------------
+    async def _worker(self) -> None:
+        function, timeout, loop_time = self.function, self.timeout, self.loop.time
+        # Fast path: no ledger, validators or timeout: admission is "take the head" and
+        # settling is a few assignments, inlined (this loop is the whole per-call cost).
+        simple = not self._has_ledger and not self.validators and timeout is None
+        stats = self.stats
+        since_yield = 0
+        now = loop_time()  # read once per call; the next call starts when this one ended
+        while True:
+            ready = self._ready
+            if (
+                simple
+                and ready
+                and not self._retry
+                and not self._stopping
+                and ready[0].status is PENDING
+                and self._pause_until == -math.inf
+            ):
+                call = ready.popleft()
+                self._in_flight += 1
+            else:
+                call = self._admit()
+                if call is None:
+                    if self._unfinished <= 0 or self._stopping:
+                        return
+                    await self._wait()
+                    since_yield = 0
+                    now = loop_time()
+                    continue
+                if self._wake_future is not None and (self._ready or self._retry):
+                    self._wake()  # capacity may fit more than this call: let idle workers try
+            call.status = RUNNING
+            call.attempts += 1
+            call.started_at = now
+            try:
+                if timeout is None:
+                    value = await function(*call.args, **call.kwargs)
+                else:
+                    value = await asyncio.wait_for(function(*call.args, **call.kwargs), timeout)
+            except asyncio.CancelledError:
+                now = loop_time()
+                if self._stopping:
+                    self._cancelled(call, now)
+                    raise
+                self._failed(call, asyncio.CancelledError("the call was cancelled"), now)
+            except BaseException as exc:
+                now = loop_time()
+                if timeout is not None and isinstance(exc, TimeoutError):
+                    error = CallTimeoutError(f"the call took longer than timeout={timeout} s")
+                    error.__cause__ = exc
+                    exc = error
+                self._failed(call, exc, now)
+            else:
+                now = loop_time()
+                if simple:
+                    call.result = value
+                    call.status = SUCCEEDED
+                    call.finished_at = now
+                    self._in_flight -= 1
+                    stats.succeeded += 1
+                    self._unfinished -= 1
+                    if self._unfinished <= 0:
+                        self._resolve_done()
+                        self._wake()
+                    if self.progress is not None and now >= self._next_progress:
+                        self._next_progress = now + self.progress_interval
+                        self.progress.update(stats)
+                else:
+                    self._returned(call, value, now)
+            since_yield += 1
+            if since_yield >= _YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)
+                now = loop_time()
+
+    # -- sync functions ----------------------------------------------------------------------
+    async def _dispatcher(self) -> None:
+        pool, timeout, loop = self.pool, self.timeout, self.loop
+        assert pool is not None
+        now = loop.time()  # one read per burst of admissions: they start together
+        while True:
+            call = self._admit()
+            if call is None:
+                if self._unfinished <= 0 or self._stopping:
+                    return
+                await self._wait()
+                now = loop.time()
+                continue
+            call.status = RUNNING
+            call.attempts += 1
+            call._token += 1
+            call.started_at = now
+            pool.submit(call, call._token)
+            if timeout is not None:
+                loop.call_at(now + timeout, self._sync_timeout, call, call._token)
+
+    def _on_completions(self) -> None:
+        pool = self.pool
+        assert pool is not None
+        now = self.loop.time()  # one read per batch of completions
+        for call, token, ok, value in pool.drain():
+            if token != call._token or call.status is not RUNNING:
+                self._late(call, ok, value)
+            elif ok and inspect.isawaitable(value):
+                task = self.loop.create_task(self._await_returned(call, value))
+                self._awaiting.add(task)
+                task.add_done_callback(self._awaiting.discard)
+            elif ok:
+                self._returned(call, value, now)
+            else:
+                self._failed(call, value, now)
+        self._wake()
+
+    async def _await_returned(self, call: Call, awaitable: Any) -> None:
+        try:
+            value = await awaitable
+        except asyncio.CancelledError:
+            self._cancelled(call, self.loop.time())
+            raise
+        except BaseException as exc:
+            self._failed(call, exc, self.loop.time())
+        else:
+            self._returned(call, value, self.loop.time())
+        self._wake()
+
+    def _sync_timeout(self, call: Call, token: int) -> None:
+        if call._token != token or call.status is not RUNNING:
+            return
+        assert self.pool is not None
+        self.pool.abandoned += 1
+        call._token += 1  # the thread's eventual result is now a late one
+        error = CallTimeoutError(
+            f"the call took longer than timeout={self.timeout} s (its thread cannot be "
+            "stopped; a late result is kept if the call has not succeeded by then)"
+        )
+        self._failed(call, error, self.loop.time())
+        self._wake()
+
+    def _late(self, call: Call, ok: bool, value: Any) -> None:
+        """A thread finished an attempt the engine had stopped waiting for (timeout)."""
+        assert self.pool is not None
+        self.pool.abandoned = max(0, self.pool.abandoned - 1)
+        if not ok or call.status.is_final or call.status is RUNNING:
+            return  # a failure we already counted, or another attempt is running / won
+        if inspect.isawaitable(value):
+            return  # not worth resurrecting: the retry will run it again
+        logger.info("Keeping the late result of %r after its timeout", call)
+        was_queued = call.status is PENDING
+        call.status = RUNNING  # settle it as if the attempt had just returned
+        if was_queued:
+            self._in_flight += 1
+        call.reservation = None
+        self._returned(call, value, self.loop.time())
+
+    # -- settling ----------------------------------------------------------------------------
+    def _returned(self, call: Call, value: Any, now: float) -> None:
+        if self._has_ledger:
+            self._bill_results(call, value, now)
+        if self.validators:
+            message, cause = validate(value, self.validators)
+            if message:
+                error = ValidationError(message, call, value)
+                error.__cause__ = cause
+                self._failed(call, error, now, settled=True)
+                return
+        call.result = value
+        self._finish(call, SUCCEEDED, now)
+
+    def _bill_results(self, call: Call, value: Any, now: float) -> None:
+        reservation = call.reservation
+        call.reservation = None
+        usage = call.usage
+        if usage is None:
+            usage = call.usage = {}
+        actual = [0.0] * len(self.resources)
+        for i, resource in enumerate(self.resources):
+            args_usage, estimate = call.demand[i]
+            amount = 0.0
+            extractor = self._results_extractors[i]
+            if extractor is not None:
+                try:
+                    amount = float(extractor(call, value))
+                    if not amount >= 0:
+                        raise ValueError(f"usage must be a non-negative number, got {amount}")
+                except Exception as exc:
+                    error = UsageExtractionError(
+                        f"results_usage_extractor of resource {resource.name!r} failed "
+                        f"({type(exc).__name__}: {exc}); billed the estimate {estimate} instead"
+                    )
+                    error.__cause__ = exc
+                    call.exceptions.append(error)
+                    logger.warning("%s for %r", error, call)
+                    amount = estimate
+            actual[i] = amount
+            if reservation is not None:
+                usage[resource.name] = usage.get(resource.name, 0.0) + args_usage + amount
+        if isinstance(reservation, Reservation):
+            self.ledger.settle(reservation, actual, now)
+        else:  # a late result whose reservation was already settled: bill what it used
+            for meter, amount in zip(self.ledger.meters, actual):
+                if amount:
+                    meter.bill(amount, now)
+
+    def _release(self, call: Call, now: float) -> None:
+        reservation = call.reservation
+        if isinstance(reservation, Reservation):
+            self.ledger.release(reservation, now)
+        call.reservation = None
+
+    def _keep(self, call: Call, now: float) -> None:
+        reservation = call.reservation
+        if isinstance(reservation, Reservation):
+            self.ledger.keep(reservation, now)
+            usage = call.usage if call.usage is not None else {}
+            call.usage = usage
+            for resource, (args_usage, estimate) in zip(self.resources, call.demand):
+                usage[resource.name] = usage.get(resource.name, 0.0) + args_usage + estimate
+        call.reservation = None
+
+    def _cancelled(self, call: Call, now: float) -> None:
+        self._keep(call, now)  # it may have reached the provider: stay conservative
+        call.status = CANCELLED
+        self._in_flight -= 1
+
+    def _failed(self, call: Call, exc: BaseException, now: float, settled: bool = False) -> None:
+        if not settled and self._has_ledger:
+            if proves_not_billed(exc):
+                self._release(call, now)
+            else:
+                self._keep(call, now)
+        _clear_frames(exc)
+        call.exceptions.append(exc)
+        stats = self.stats
+        if is_rate_limited(exc):
+            stats.rate_limited += 1
+            pause = retry_after_seconds(exc)
+            if pause is not None and now + pause > self._pause_until:
+                self._pause_until = now + pause
+                stats.cooldowns += 1
+                logger.info("HTTP 429: pausing every call for %.2f s (Retry-After)", pause)
+        failures = call.failures
+        retry = failures <= self.max_retries and isinstance(exc, Exception)
+        if retry:
+            try:
+                retry = bool(self.retry_if(exc))
+            except Exception:
+                logger.exception("retry_if raised for %r; not retrying", call)
+                retry = False
+        if not retry:
+            logger.debug("%r failed for good: %s", call, exc)
+            self._finish(call, FAILED, now)
+            return
+        stats.retries += 1
+        self._in_flight -= 1
+        call.status = PENDING
+        try:
+            delay = float(self.backoff(failures, exc))
+        except Exception:
+            logger.exception("backoff raised for %r; retrying at once", call)
+            delay = 0.0
+        logger.debug("%r failed (%s: %s); retry in %.2f s", call, type(exc).__name__, exc, delay)
+        if delay > 0 and not self._stopping:
+            self.loop.call_at(now + delay, self._due, call, self._epoch)
+        else:
+            self._due(call, self._epoch)
+
+    def _due(self, call: Call, epoch: int) -> None:
+        if epoch != self._epoch or self._stopping or self._done is None:
+            return  # the next run() requeues it
+        if call.status is not PENDING:
+            return  # the next run() requeues it
+        self._retry_seq += 1
+        heapq.heappush(self._retry, (call.index, self._retry_seq, call))
+        if self.is_async:
+            self._start_runners()
+        self._wake()
+
+    def _finish(self, call: Call, status: Status, now: float) -> None:
+        call.status = status
+        call.finished_at = now
+        call.reservation = None
+        self._in_flight -= 1
+        stats = self.stats
+        if status is SUCCEEDED:
+            stats.succeeded += 1
+        else:
+            stats.failed += 1
+        self._unfinished -= 1
+        if self._unfinished <= 0 and self._in_flight <= 0:
+            self._resolve_done()
+            self._wake()
+        if self.progress is not None and now >= self._next_progress:
+            self._next_progress = now + self.progress_interval
+            self.progress.update(stats)
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Keep the exception and its traceback text, drop the frames' local variables."""
+    tb = exc.__traceback__
+    while tb is not None:
+        try:
+            tb.tb_frame.clear()
+        except RuntimeError:  # a frame still executing
+            pass
+        tb = tb.tb_next

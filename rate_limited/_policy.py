@@ -1,0 +1,257 @@
+"""Retry policy: which errors are retried, how long to back off, and validation.
+
+Policies are small callables, composable the tenacity way, and tested as pure functions:
+
+* a *retry predicate* ``(exception) -> bool`` decides whether a failed attempt is retried;
+  ``retry_if_exception_type(...)``, ``retry_if_status(...)`` and the default
+  ``retry_if_transient`` combine with ``|``, ``&`` and ``~``;
+* a *backoff* ``(failures, exception) -> seconds`` says how long the call waits before its
+  next attempt; ``exponential_backoff(...)`` (with full jitter) is the default, and
+  ``+`` adds two backoffs.
+
+Any plain function of the same shape works where a policy object does.
+
+Errors are classified from what they carry, without importing any client library: an HTTP
+status (``status_code``, ``status``, ``code``, or ``response.status_code``) and
+``Retry-After`` headers. 400/401/403/404/422 and other 4xx are permanent; 408, 409, 425,
+429, 5xx and errors without a status (connection resets, timeouts) are transient.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from rate_limited.exceptions import PermanentError
+
+__all__ = [
+    "Backoff",
+    "RetryIf",
+    "constant_backoff",
+    "exponential_backoff",
+    "http_status",
+    "is_transient",
+    "retry_after_seconds",
+    "retry_if_exception_type",
+    "retry_if_status",
+    "retry_if_transient",
+    "validate",
+]
+
+_TRANSIENT_4XX = frozenset({408, 409, 425, 429})
+
+
+# -- reading errors --------------------------------------------------------------------------
+def _as_status(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value < 600:
+        return value
+    return None
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status an exception carries (openai, anthropic, httpx, requests, aiohttp,
+    urllib), or None."""
+    for attr in ("status_code", "status", "http_status", "code"):
+        status = _as_status(getattr(exc, attr, None))
+        if status is not None:
+            return status
+    response = getattr(exc, "response", None)
+    if response is not None:
+        for attr in ("status_code", "status"):
+            status = _as_status(getattr(response, attr, None))
+            if status is not None:
+                return status
+    return None
+
+
+def _headers(exc: BaseException) -> Mapping[str, str] | None:
+    for holder in (getattr(exc, "response", None), exc):
+        headers = getattr(holder, "headers", None)
+        if headers is not None and hasattr(headers, "get"):
+            return headers  # type: ignore[no-any-return]
+    return None
+
+
+def retry_after_seconds(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms`` / ``retry-after``), or None."""
+    headers = _headers(exc)
+    if headers is None:
+        return None
+    try:
+        millis = headers.get("retry-after-ms")
+        if millis is not None:
+            return max(0.0, float(millis) / 1000.0)
+        value = headers.get("retry-after")
+    except Exception:  # exotic header containers
+        return None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return None if parsed is None else max(0.0, parsed.timestamp() - time.time())
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying ``exc`` can help: not a PermanentError, not a permanent 4xx."""
+    if isinstance(exc, PermanentError):
+        return False
+    if isinstance(exc, TypeError) and _raised_by_the_call_itself(exc):
+        return False  # the arguments do not fit the function: every attempt would fail
+    status = http_status(exc)
+    if status is None:
+        return True
+    return status in _TRANSIENT_4XX or status >= 500
+
+
+def _raised_by_the_call_itself(exc: BaseException) -> bool:
+    # A TypeError from binding the arguments has no frame below the engine's call site.
+    tb = exc.__traceback__
+    return tb is not None and tb.tb_next is None
+
+
+def proves_not_billed(exc: BaseException) -> bool:
+    """The request certainly did not count against the provider's quota."""
+    return http_status(exc) == 429 or isinstance(exc, ConnectionRefusedError)
+
+
+def is_rate_limited(exc: BaseException) -> bool:
+    """The provider said we are over its limit (HTTP 429)."""
+    return http_status(exc) == 429
+
+
+# -- retry predicates ------------------------------------------------------------------------
+class RetryIf:
+    """A retry predicate; combine with ``|`` (either), ``&`` (both) and ``~`` (not)."""
+
+    __slots__ = ("_predicate", "_text")
+
+    def __init__(self, predicate: Callable[[BaseException], bool], text: str) -> None:
+        self._predicate = predicate
+        self._text = text
+
+    def __call__(self, exc: BaseException) -> bool:
+        return bool(self._predicate(exc))
+
+    def __or__(self, other: Callable[[BaseException], bool]) -> RetryIf:
+        return RetryIf(lambda e: self(e) or bool(other(e)), f"({self} | {other})")
+
+    def __and__(self, other: Callable[[BaseException], bool]) -> RetryIf:
+        return RetryIf(lambda e: self(e) and bool(other(e)), f"({self} & {other})")
+
+    def __invert__(self) -> RetryIf:
+        return RetryIf(lambda e: not self(e), f"~{self}")
+
+    def __repr__(self) -> str:
+        return self._text
+
+
+#: The default: retry everything except permanent errors (see the module docstring).
+retry_if_transient = RetryIf(is_transient, "retry_if_transient")
+
+
+def retry_if_exception_type(*types: type[BaseException]) -> RetryIf:
+    """Retry only exceptions of these types."""
+    names = ", ".join(t.__name__ for t in types)
+    return RetryIf(lambda e: isinstance(e, types), f"retry_if_exception_type({names})")
+
+
+def retry_if_status(*statuses: int) -> RetryIf:
+    """Retry only errors carrying one of these HTTP statuses."""
+    wanted = frozenset(statuses)
+    return RetryIf(lambda e: http_status(e) in wanted, f"retry_if_status{tuple(statuses)}")
+
+
+# -- backoff ---------------------------------------------------------------------------------
+class Backoff:
+    """``(failures, exception) -> seconds`` to wait before the next attempt; ``+`` adds."""
+
+    __slots__ = ("_function", "_text")
+
+    def __init__(self, function: Callable[[int, BaseException | None], float], text: str):
+        self._function = function
+        self._text = text
+
+    def __call__(self, failures: int, exc: BaseException | None = None) -> float:
+        return max(0.0, float(self._function(failures, exc)))
+
+    def __add__(self, other: Callable[[int, BaseException | None], float]) -> Backoff:
+        return Backoff(lambda n, e: self(n, e) + float(other(n, e)), f"{self} + {other}")
+
+    def __repr__(self) -> str:
+        return self._text
+
+
+def exponential_backoff(
+    initial: float = 0.5,
+    maximum: float = 30.0,
+    multiplier: float = 2.0,
+    jitter: bool = True,
+    rng: random.Random | None = None,
+) -> Backoff:
+    """``initial * multiplier**(failures-1)`` capped at ``maximum``; with ``jitter``, a
+    uniform draw in [0, that] ("full jitter"), so that many calls failing together do not
+    come back together."""
+    if initial < 0 or maximum < 0 or multiplier < 1:
+        raise ValueError("exponential_backoff needs initial >= 0, maximum >= 0, multiplier >= 1")
+    draw = (rng or random.Random()).random
+
+    def delay(failures: int, exc: BaseException | None) -> float:
+        ceiling = min(maximum, initial * multiplier ** max(0, failures - 1))
+        return ceiling * draw() if jitter else ceiling
+
+    return Backoff(
+        delay, f"exponential_backoff({initial}, {maximum}, {multiplier}, jitter={jitter})"
+    )
+
+
+def constant_backoff(seconds: float) -> Backoff:
+    """Always wait ``seconds``."""
+    return Backoff(lambda n, e: seconds, f"constant_backoff({seconds})")
+
+
+# -- validation ------------------------------------------------------------------------------
+Validator = Callable[[Any], Any]
+
+
+def normalize_validators(
+    validation: Validator | Iterable[Validator] | None,
+    validation_function: Validator | None,
+) -> tuple[Validator, ...]:
+    """Validators from ``validation=`` (one or a list) and 0.4's ``validation_function=``."""
+    validators: list[Validator] = []
+    if validation_function is not None:
+        validators.append(validation_function)
+    if validation is None:
+        pass
+    elif callable(validation):
+        validators.append(validation)
+    else:
+        validators.extend(validation)
+    for validator in validators:
+        if not callable(validator):
+            from rate_limited.exceptions import ConfigurationError
+
+            raise ConfigurationError(
+                f"validation must be a callable or a list of callables returning True for a "
+                f"valid value; got {type(validator).__name__}: {validator!r}."
+            )
+    return tuple(validators)
+
+
+def validate(value: Any, validators: tuple[Validator, ...]) -> tuple[str, BaseException | None]:
+    """Run the validators in order: ``("", None)`` if all pass, else why the first failed
+    (and the exception it raised, if any)."""
+    for validator in validators:
+        name = getattr(validator, "__qualname__", None) or repr(validator)
+        try:
+            ok = validator(value)
+        except Exception as exc:
+            return f"Validation failed: {name} raised {type(exc).__name__}: {exc}", exc
+        if not ok:
+            return f"Validation failed: {name} returned {ok!r}", None
+    return "", None

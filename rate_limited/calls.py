@@ -1,0 +1,175 @@
+"""``Call``: one scheduled request, and the handle ``Runner.schedule()`` returns.
+
+A Call is created once per ``schedule()`` and is small (slotted): with a million calls
+scheduled, it is most of what the package keeps in memory. It carries the arguments, the
+demand computed once from them, and the call's state across attempts and runs; the
+``Outcome`` that ``RunResult.outcomes`` exposes is a read-only view built from it.
+
+``get_argument(name)`` reads an argument whether it was passed positionally, by keyword,
+through ``**kwargs`` or left at its default (usage extractors use it). Unlike rate_limited
+0.4 it returns falsy values as given: ``n=0`` is 0 and ``temperature=0`` is 0.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from rate_limited.outcomes import Status
+
+__all__ = ["Call", "Result"]
+
+#: Whatever the wrapped function returns.
+Result = Any
+
+#: Shared by calls scheduled without keyword arguments (one dict less per call).
+_NO_KWARGS: dict[str, Any] = {}
+
+_signature_cache: dict[int, tuple[Callable[..., Any], inspect.Signature | None]] = {}
+
+
+def _signature(function: Callable[..., Any]) -> inspect.Signature | None:
+    """inspect.signature, cached per function object (it costs ~10 µs a call)."""
+    cached = _signature_cache.get(id(function))
+    if cached is not None and cached[0] is function:
+        return cached[1]
+    try:
+        sig: inspect.Signature | None = inspect.signature(function)
+    except (TypeError, ValueError):  # builtins without a signature
+        sig = None
+    if len(_signature_cache) > 1024:
+        _signature_cache.clear()
+    _signature_cache[id(function)] = (function, sig)
+    return sig
+
+
+class Call:
+    """One scheduled call of the Runner's function, with its state across attempts.
+
+    Attributes most users read: ``index`` (position in the run's results), ``args``,
+    ``kwargs``, ``status``, ``result``, ``exceptions``, ``attempts``.
+    """
+
+    __slots__ = (
+        "_arguments",
+        "_exceptions",
+        "_token",
+        "args",
+        "attempts",
+        "demand",
+        "finished_at",
+        "function",
+        "index",
+        "key",
+        "kwargs",
+        "reservation",
+        "result",
+        "started_at",
+        "status",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        index: int = 0,
+    ) -> None:
+        self.function = function
+        self.args = args
+        self.kwargs = kwargs if kwargs else _NO_KWARGS
+        #: Position of this call in the results of the run it belongs to.
+        self.index = index
+        self.status = Status.PENDING
+        #: Attempts started, in every run so far (interrupted ones included).
+        self.attempts = 0
+        self.result: Result = None
+        self._exceptions: list[BaseException] | None = None
+        #: Per resource: (arguments usage, results estimate), computed once at schedule().
+        self.demand: tuple[tuple[float, float], ...] = ()
+        self.reservation: object = None
+        #: Per resource name: usage billed for this call so far.
+        self.usage: dict[str, float] | None = None
+        #: Loop-clock times of the last attempt's start and of the call's end.
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        #: Stable key for stores and caches (set by the Runner when it has a store).
+        self.key: str | None = None
+        self._arguments: dict[str, Any] | None = None
+        self._token = 0  # incremented per attempt; tells a stale thread result apart
+
+    # -- rate_limited 0.4 -----------------------------------------------------------------
+    @property
+    def exceptions(self) -> list[BaseException]:
+        """Exceptions of the failed attempts, oldest first (a new list if there are none)."""
+        if self._exceptions is None:
+            self._exceptions = []
+        return self._exceptions
+
+    @exceptions.setter
+    def exceptions(self, value: list[BaseException]) -> None:
+        self._exceptions = value
+
+    @property
+    def failures(self) -> int:
+        """Attempts that failed; the call is retried while ``failures <= max_retries``."""
+        if not self._exceptions:
+            return 0
+        from rate_limited.exceptions import UsageExtractionError
+
+        return sum(1 for e in self._exceptions if not isinstance(e, UsageExtractionError))
+
+    @property
+    def latency(self) -> float | None:
+        """Seconds from the start of the last attempt to the end of the call."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    @property
+    def num_retries(self) -> int:
+        """rate_limited 0.4 name: how many times the call was retried after a failure."""
+        return self.failures
+
+    @property
+    def all_arguments_dict(self) -> dict[str, Any]:
+        """Every argument passed, by parameter name (``**kwargs`` extras flattened in)."""
+        if self._arguments is None:
+            self._arguments = self._bind()
+        return self._arguments
+
+    def _bind(self) -> dict[str, Any]:
+        sig = _signature(self.function)
+        if sig is None:
+            return dict(self.kwargs)
+        bound = sig.bind(*self.args, **self.kwargs)  # TypeError: arguments don't fit
+        arguments = dict(bound.arguments)
+        for name, param in sig.parameters.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD and name in arguments:
+                arguments.update(arguments.pop(name))
+        return arguments
+
+    def get_argument(self, name: str) -> Any:
+        """The argument ``name`` as the function would see it: passed or default, else None.
+
+        Falsy values are returned as they are (``n=0`` is 0, not the default).
+        """
+        arguments = self.all_arguments_dict
+        if name in arguments:
+            return arguments[name]
+        sig = _signature(self.function)
+        if sig is not None:
+            param = sig.parameters.get(name)
+            if param is not None and param.default is not inspect.Parameter.empty:
+                return param.default
+        return None
+
+    def __repr__(self) -> str:
+        name = getattr(self.function, "__qualname__", None) or type(self.function).__name__
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        text = ", ".join(parts)
+        if len(text) > 200:
+            text = text[:197] + "..."
+        return f"<Call #{self.index} {name}({text}) {self.status.value}>"

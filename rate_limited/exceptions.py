@@ -1,0 +1,104 @@
+"""Every exception the package raises, in one tree.
+
+Errors a user can cause are raised as early as possible (at ``Resource(...)``,
+``Runner(...)`` or ``schedule(...)``) and say what was wrong and what to do instead.
+Errors of a single call are not raised: they are recorded in ``exceptions[i]`` of the
+``RunResult`` (and in ``outcomes[i]``), one per failed attempt::
+
+    RateLimitedError
+    ├── ConfigurationError (ValueError)    bad argument to Resource / Runner / schedule
+    │   └── QuotaExceededError              a call needs more than a whole quota: never runs
+    ├── RunnerClosedError (RuntimeError)    the Runner was closed; make a new one
+    ├── CallError                           recorded per attempt, never raised by run()
+    │   ├── ValidationError                 a validator rejected the value (retried)
+    │   ├── CallTimeoutError (TimeoutError) the attempt ran past ``timeout`` (retried)
+    │   └── UsageExtractionError            results_usage_extractor failed; result kept
+    └── PermanentError                      raise it from your function: never retried
+
+``BaseException`` is kept as an alias of ``RateLimitedError`` because rate_limited 0.4
+exported that name; new code should not use it (it shadows the builtin).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rate_limited.calls import Call
+
+__all__ = [
+    "CallError",
+    "CallTimeoutError",
+    "ConfigurationError",
+    "PermanentError",
+    "QuotaExceededError",
+    "RateLimitedError",
+    "RunnerClosedError",
+    "UsageExtractionError",
+    "ValidationError",
+]
+
+
+class RateLimitedError(Exception):
+    """Base of every exception defined by rate_limited."""
+
+
+#: rate_limited 0.4 name of the base class (shadows the builtin; prefer RateLimitedError).
+BaseException = RateLimitedError
+
+
+class ConfigurationError(RateLimitedError, ValueError):
+    """An argument to ``Resource``, ``Runner`` or ``schedule`` is invalid."""
+
+
+class QuotaExceededError(ConfigurationError):
+    """A call's demand on a resource exceeds the resource's whole quota.
+
+    Such a call could never be admitted, so ``schedule()`` refuses it (a ValueError,
+    as in rate_limited 0.4).
+    """
+
+    def __init__(self, message: str, *, resource: str, needed: float, quota: float) -> None:
+        super().__init__(message)
+        #: Name of the resource whose quota is too small.
+        self.resource = resource
+        #: What the call needs of it (arguments usage plus results estimate).
+        self.needed = needed
+        #: The resource's quota.
+        self.quota = quota
+
+
+class RunnerClosedError(RateLimitedError, RuntimeError):
+    """The Runner was closed (``close()`` or a ``with`` block ended)."""
+
+
+class CallError(RateLimitedError):
+    """A failure of one attempt of one call; recorded, not raised, by ``run()``."""
+
+
+class ValidationError(CallError):
+    """A validator rejected the value an attempt returned; the call is retried.
+
+    ``call`` is the Call and ``value`` the rejected value, kept for inspection.
+    """
+
+    def __init__(self, message: str, call: Call | None, value: Any, *args: Any) -> None:
+        super().__init__(message, *args)
+        self.call = call
+        self.value = value
+
+
+class CallTimeoutError(CallError, TimeoutError):
+    """An attempt took longer than the Runner's ``timeout``; the call is retried."""
+
+
+class UsageExtractionError(CallError):
+    """A ``results_usage_extractor`` raised or returned something that is not a usage.
+
+    The call's result is kept (it was paid for) and the resource is billed the call's
+    estimate instead; this error is recorded so that the problem is visible.
+    """
+
+
+class PermanentError(RateLimitedError):
+    """Raise this (or a subclass) from the wrapped function to stop retrying a call."""

@@ -1,0 +1,167 @@
+"""Showing a run's progress: a tqdm bar in a terminal, log lines elsewhere, or nothing.
+
+The engine calls a ``Progress`` on its loop thread at most every ``progress_interval``
+seconds, when calls finish, and when admission starts a long wait for quota. Progress
+counts *calls*, not attempts: a retried call moves the bar once, when it ends.
+
+``progress=`` of the Runner chooses:
+
+* ``None`` (default): a tqdm bar when stderr is a terminal or in a notebook; otherwise
+  ``logging`` lines on the ``rate_limited`` logger at INFO (silent unless the
+  application configures logging), so CI logs and cron jobs stay clean;
+* ``True`` / ``"tqdm"``: always the tqdm bar (``tqdm.auto``); ``"log"``: log lines;
+* ``False``: nothing at all; or any object implementing ``Progress``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from rate_limited._engine import RunStats
+
+__all__ = ["LogProgress", "Progress", "TqdmProgress", "make_progress"]
+
+logger = logging.getLogger("rate_limited")
+
+
+@runtime_checkable
+class Progress(Protocol):
+    """What the engine reports to; every method is called on the engine's loop thread."""
+
+    def start(self, stats: RunStats) -> None: ...
+
+    def update(self, stats: RunStats) -> None: ...
+
+    def waiting(self, stats: RunStats, seconds: float, resource: str | None) -> None: ...
+
+    def finish(self, stats: RunStats, interrupted: bool) -> None: ...
+
+
+def _describe_wait(seconds: float, resource: str | None) -> str:
+    what = resource or "capacity"
+    if math.isinf(seconds):
+        return f"waiting for {what} (until a running call settles)"
+    return f"waiting {seconds:.1f} s for {what}"
+
+
+class TqdmProgress:
+    """A ``tqdm.auto`` bar of finished calls; its description says what it waits for."""
+
+    def __init__(self, desc: str | None = None) -> None:
+        self._desc = desc
+        self._bar: Any = None
+
+    def start(self, stats: RunStats) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(
+            total=stats.total, initial=stats.finished, desc=self._desc, unit="call", leave=True
+        )
+
+    def update(self, stats: RunStats) -> None:
+        bar = self._bar
+        if bar is None:
+            return
+        if bar.total != stats.total:
+            bar.total = stats.total
+        bar.update(stats.finished - bar.n)
+        postfix = {}
+        if stats.failed:
+            postfix["failed"] = stats.failed
+        if stats.retries:
+            postfix["retries"] = stats.retries
+        if stats.rate_limited:
+            postfix["429s"] = stats.rate_limited
+        if postfix:
+            bar.set_postfix(postfix, refresh=False)
+        if stats.waiting_until is None and bar.desc != (self._desc or ""):
+            bar.set_description_str(self._desc or "", refresh=False)
+
+    def waiting(self, stats: RunStats, seconds: float, resource: str | None) -> None:
+        if self._bar is not None:
+            self._bar.set_description_str(_describe_wait(seconds, resource))
+
+    def finish(self, stats: RunStats, interrupted: bool) -> None:
+        if self._bar is None:
+            return
+        self.update(stats)
+        if interrupted:
+            self._bar.set_description_str("interrupted")
+        else:
+            self._bar.set_description_str(self._desc or "", refresh=False)
+        self._bar.close()
+        self._bar = None
+
+
+class LogProgress:
+    """INFO lines on the ``rate_limited`` logger, at most one every ``every`` seconds."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last = -math.inf
+        self._t0 = 0.0
+
+    def start(self, stats: RunStats) -> None:
+        self._t0 = time.monotonic()
+        logger.info("Running %d calls (%d already finished)", stats.total, stats.finished)
+
+    def _line(self, stats: RunStats) -> str:
+        parts = [f"{stats.finished}/{stats.total} calls finished"]
+        if stats.failed:
+            parts.append(f"{stats.failed} failed")
+        if stats.retries:
+            parts.append(f"{stats.retries} retries")
+        if stats.rate_limited:
+            parts.append(f"{stats.rate_limited} HTTP 429")
+        parts.append(f"{time.monotonic() - self._t0:.1f} s")
+        return ", ".join(parts)
+
+    def update(self, stats: RunStats) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            logger.info(self._line(stats))
+
+    def waiting(self, stats: RunStats, seconds: float, resource: str | None) -> None:
+        logger.info("%s (%s)", _describe_wait(seconds, resource).capitalize(), self._line(stats))
+
+    def finish(self, stats: RunStats, interrupted: bool) -> None:
+        logger.info("%s: %s", "Interrupted" if interrupted else "Done", self._line(stats))
+
+
+def _in_notebook() -> bool:
+    shell = sys.modules.get("IPython")
+    if shell is None or "ipykernel" not in sys.modules:
+        return False
+    try:
+        ipython = shell.get_ipython()  # type: ignore[attr-defined]
+    except Exception:
+        return False
+    return ipython is not None and "IPKernelApp" in getattr(ipython, "config", {})
+
+
+def make_progress(progress: object) -> Progress | None:
+    """The Progress a Runner's ``progress=`` argument asks for (None: nothing)."""
+    if progress is False:
+        return None
+    if progress is None:
+        stream = sys.stderr
+        is_tty = stream is not None and hasattr(stream, "isatty") and stream.isatty()
+        return TqdmProgress() if is_tty or _in_notebook() else LogProgress()
+    if progress is True or progress == "tqdm":
+        return TqdmProgress()
+    if progress == "log":
+        return LogProgress()
+    if isinstance(progress, Progress):
+        return progress
+    from rate_limited.exceptions import ConfigurationError
+
+    raise ConfigurationError(
+        f"progress must be None (automatic), True, False, 'tqdm', 'log' or a Progress "
+        f"object; got {progress!r}."
+    )

@@ -1,0 +1,177 @@
+"""Quota declarations: what a call uses of each rate-limited resource, and how it refills.
+
+A ``Resource`` says *what* is limited (``quota`` per ``time_window_seconds``) and *how a
+call's usage is counted*:
+
+* ``arguments_usage_extractor(call)``: billed when the call starts (e.g. 1 request);
+* ``results_usage_extractor(call, result)``: billed when it returns (e.g. tokens used);
+* ``max_results_usage_estimator(call)``: an upper bound of the results usage, held while
+  the call is in flight and then replaced by the actual usage.
+
+Refill is ``"window"`` (each usage expires whole after the window; rate_limited 0.4's
+model) or ``"bucket"`` (continuous refill at quota/window per second, as OpenAI and
+Anthropic do).
+
+A Resource is a declaration: every Runner keeps its own ledger of what it has used, so one
+list of resources can be handed to several runners (each then has the whole quota; give
+them separate lists with smaller quotas to split one). For code written against 0.4,
+a Resource still works as a standalone usage counter on the monotonic clock
+(``add_usage``, ``get_amount_used``, ``is_available`` ...), independent of any Runner.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from numbers import Real
+from typing import TYPE_CHECKING, Any, Literal
+
+from rate_limited._ledger import BucketMeter, WindowMeter, _Meter, make_meter
+from rate_limited.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from rate_limited.calls import Call
+
+__all__ = ["Refill", "Resource", "Unit"]
+
+#: Amount of a resource (requests, tokens, dollars ...); ints are fine too.
+Unit = float
+Refill = Literal["window", "bucket"]
+
+ArgumentsUsageExtractor = Callable[["Call"], float]
+ResultsUsageExtractor = Callable[["Call", Any], float]
+
+
+def _positive_finite(value: object, what: str, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ConfigurationError(
+            f"Resource {name!r}: {what} must be a positive number, got {value!r} "
+            f"({type(value).__name__})."
+        )
+    number = float(value)
+    if not number > 0 or math.isinf(number):
+        raise ConfigurationError(
+            f"Resource {name!r}: {what} must be a positive, finite number, got {value!r}."
+        )
+    return number
+
+
+def _optional_callable(value: object, what: str, name: str) -> None:
+    if value is not None and not callable(value):
+        raise ConfigurationError(
+            f"Resource {name!r}: {what} must be a callable or None, got "
+            f"{type(value).__name__}: {value!r}."
+        )
+
+
+class Resource:
+    """A rate-limited resource: at most ``quota`` units per ``time_window_seconds``."""
+
+    __slots__ = (
+        "_meter",
+        "arguments_usage_extractor",
+        "max_results_usage_estimator",
+        "name",
+        "quota",
+        "refill",
+        "results_usage_extractor",
+        "time_window_seconds",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        quota: Unit,
+        time_window_seconds: float,
+        arguments_usage_extractor: ArgumentsUsageExtractor | None = None,
+        results_usage_extractor: ResultsUsageExtractor | None = None,
+        max_results_usage_estimator: ArgumentsUsageExtractor | None = None,
+        refill: Refill = "window",
+    ) -> None:
+        """Declare a resource.
+
+        Args:
+            name: shown in progress, errors and outcomes; unique within a Runner.
+            quota: how much may be used per window (positive).
+            time_window_seconds: the window, in seconds (positive; 0.5 and 86400 are exact).
+            arguments_usage_extractor: usage billed before the call, from its arguments.
+            results_usage_extractor: usage billed after the call, from its result.
+            max_results_usage_estimator: upper bound of the results usage, reserved while
+                the call runs; requires ``results_usage_extractor``.
+            refill: ``"window"`` (usage expires whole after the window) or ``"bucket"``
+                (continuous refill at quota/window per second).
+        """
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"Resource name must be a non-empty string, got {name!r}.")
+        self.name = name
+        self.quota: Unit = _positive_finite(quota, "quota", name)
+        if isinstance(quota, int) and not isinstance(quota, bool):
+            self.quota = quota  # keep ints as ints for 0.4-style arithmetic and display
+        self.time_window_seconds = _positive_finite(
+            time_window_seconds, "time_window_seconds", name
+        )
+        _optional_callable(arguments_usage_extractor, "arguments_usage_extractor", name)
+        _optional_callable(results_usage_extractor, "results_usage_extractor", name)
+        _optional_callable(max_results_usage_estimator, "max_results_usage_estimator", name)
+        if max_results_usage_estimator is not None and results_usage_extractor is None:
+            raise ConfigurationError(
+                f"Resource {name!r}: max_results_usage_estimator can only be used when "
+                "results_usage_extractor is also provided (the estimate is held until the "
+                "actual usage, read from the result, replaces it)."
+            )
+        if refill not in ("window", "bucket"):
+            raise ConfigurationError(
+                f"Resource {name!r}: refill must be 'window' or 'bucket', got {refill!r}."
+            )
+        self.arguments_usage_extractor = arguments_usage_extractor
+        self.results_usage_extractor = results_usage_extractor
+        self.max_results_usage_estimator = max_results_usage_estimator
+        self.refill: Refill = refill
+        self._meter: _Meter | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Resource({self.name!r}, quota={self.quota}, "
+            f"time_window_seconds={self.time_window_seconds}, refill={self.refill!r})"
+        )
+
+    # -- rate_limited 0.4: a Resource as a standalone usage counter -------------------------
+    @property
+    def _standalone(self) -> _Meter:
+        if self._meter is None:
+            self._meter = make_meter(self.refill, self.quota, self.time_window_seconds)
+        return self._meter
+
+    def add_usage(self, amount: Unit) -> None:
+        """Log ``amount`` as used now (standalone counter, monotonic clock)."""
+        self._standalone.bill(amount, time.monotonic())
+
+    def reserve_amount(self, amount: Unit) -> None:
+        """Hold ``amount`` until ``remove_reserved`` (standalone counter)."""
+        self._standalone.reserve(amount)
+
+    def remove_reserved(self, amount: Unit) -> None:
+        """Release an amount held by ``reserve_amount``."""
+        self._standalone.unreserve(amount)
+
+    def get_amount_used(self) -> Unit:
+        """Usage within the current window, reservations excluded."""
+        return self._standalone.used(time.monotonic())
+
+    def get_amount_available(self) -> Unit:
+        """Quota left now, reservations included."""
+        return self._standalone.available(time.monotonic())
+
+    def is_available(self, amount: Unit) -> bool:
+        """Whether ``amount`` fits in what is left of the quota now."""
+        return self._standalone.fits(amount, time.monotonic())
+
+    def get_next_expiration(self) -> datetime:
+        """When the oldest usage expires (now if nothing is used), as a wall-clock time."""
+        now = time.monotonic()
+        meter = self._standalone
+        assert isinstance(meter, WindowMeter | BucketMeter)
+        expiry = meter.next_expiry(now)
+        return datetime.now() + timedelta(seconds=0 if expiry is None else expiry - now)

@@ -1,0 +1,481 @@
+"""``Runner``: wrap a callable, declare its quotas, ``schedule()`` calls, ``run()`` them.
+
+The Runner owns an asyncio event loop running in a background daemon thread, started on
+the first run and reused by every later one (the engine, its ledger and its thread pool
+live there). So the same blocking ``run()`` works in a script, in a Jupyter cell and
+inside a running event loop, and ``run_coro()`` is the same thing for async code.
+
+Ctrl-C / "interrupt kernel": while ``run()`` blocks in the main thread it installs its own
+SIGINT handler (and restores the previous one after), because Python 3.11+'s
+``asyncio.run`` handler only cancels the main task, which a blocking call never notices.
+The handler asks the engine to stop: admission stops, running coroutines are cancelled,
+and ``run()`` returns the partial ``RunResult`` (``interrupted=True``). A second Ctrl-C
+while it stops raises KeyboardInterrupt as usual. Sync calls already in a thread cannot be
+stopped: they stay ``running``, their results are kept when they arrive, and the next
+``run()`` waits for them instead of sending them again.
+
+After a run that was not interrupted, the Runner starts a new batch: the next ``run()``
+returns only calls scheduled after it, as in rate_limited 0.4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import inspect
+import logging
+import math
+import signal
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from numbers import Real
+from typing import Any
+
+from rate_limited._clock import Clock, MonotonicClock
+from rate_limited._engine import Engine
+from rate_limited._policy import (
+    Validator,
+    exponential_backoff,
+    normalize_validators,
+    retry_if_transient,
+)
+from rate_limited.calls import Call, Result
+from rate_limited.exceptions import ConfigurationError, QuotaExceededError, RunnerClosedError
+from rate_limited.outcomes import RunResult, Status
+from rate_limited.progress import make_progress
+from rate_limited.resources import Resource
+
+__all__ = ["Runner"]
+
+logger = logging.getLogger("rate_limited")
+
+
+class _LoopThread:
+    """An event loop running forever in a daemon thread."""
+
+    def __init__(self, clock: Clock, name: str) -> None:
+        self.loop = clock.new_event_loop()
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.thread.start()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+            self.loop.call_soon_threadsafe(callback, *args)
+
+
+def _shutdown(loop_thread: _LoopThread | None, engine: Engine | None) -> None:
+    """Stop the loop thread and the pool; safe to call twice, from any thread."""
+    if engine is not None and engine.pool is not None:
+        engine.pool.shutdown(wait=False)
+    if loop_thread is None:
+        return
+    loop = loop_thread.loop
+    if loop.is_closed():
+        return
+    loop_thread.call_soon(loop.stop)
+    if threading.current_thread() is not loop_thread.thread:
+        loop_thread.thread.join(timeout=5)
+        if not loop_thread.thread.is_alive():
+            loop.close()
+
+
+class Runner:
+    """Runs calls of ``function`` as fast as ``resources`` allow, and never faster."""
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        resources: Iterable[Resource] = (),
+        max_concurrent: int = 64,
+        max_retries: int = 5,
+        validation_function: Callable[[Result], bool] | None = None,
+        progress_interval: float = 0.1,
+        long_wait_warning_seconds: float | None = 2.0,
+        *,
+        validation: Validator | Iterable[Validator] | None = None,
+        retry_if: Callable[[BaseException], bool] = retry_if_transient,
+        backoff: Callable[[int, BaseException | None], float] | None = None,
+        timeout: float | None = None,
+        progress: object = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Wrap ``function`` (sync or async callable: function, partial, lambda, method).
+
+        Args:
+            function: what each scheduled call calls.
+            resources: the quotas, as ``Resource`` objects (names must be unique).
+            max_concurrent: most calls in flight at once.
+            max_retries: retries after a failed attempt (so ``max_retries + 1`` attempts).
+            validation_function: rate_limited 0.4's single validator (kept as an alias).
+            progress_interval: least seconds between two progress updates.
+            long_wait_warning_seconds: say so when every call waits this long for quota
+                (None: never).
+            validation: a validator or a list of them; each gets the value and returns
+                True if it is valid. An invalid value is a ``ValidationError``, retried.
+            retry_if: which exceptions are retried (default: all but permanent errors,
+                see ``rate_limited.retry_if_transient``).
+            backoff: ``(failures, exception) -> seconds`` before a retry (default:
+                ``exponential_backoff()``, 0.5 s doubling to 30 s, full jitter). A
+                ``Retry-After`` from the server is honoured on top of it.
+            timeout: seconds one attempt may take; past it, the attempt fails with
+                ``CallTimeoutError`` and is retried (None: no limit).
+            progress: None (automatic), True, False, ``"tqdm"``, ``"log"`` or a Progress.
+            clock: where time comes from (``rate_limited.testing.FakeClock`` in tests).
+            name: shown in logs and thread names (default: the function's name).
+        """
+        if not callable(function):
+            raise ConfigurationError(
+                f"function must be callable (the API call to run), got "
+                f"{type(function).__name__}: {function!r}."
+            )
+        self.function = function
+        self.resources = _check_resources(resources)
+        self.max_concurrent = _check_int(max_concurrent, "max_concurrent", minimum=1)
+        self.max_retries = _check_int(max_retries, "max_retries", minimum=0)
+        self.validators = normalize_validators(validation, validation_function)
+        self.progress_interval = _check_seconds(progress_interval, "progress_interval", zero=True)
+        self.long_wait_warning_seconds = (
+            None
+            if long_wait_warning_seconds is None
+            else _check_seconds(long_wait_warning_seconds, "long_wait_warning_seconds", zero=True)
+        )
+        self.timeout = None if timeout is None else _check_seconds(timeout, "timeout")
+        if not callable(retry_if):
+            raise ConfigurationError(f"retry_if must be a callable, got {retry_if!r}.")
+        if backoff is not None and not callable(backoff):
+            raise ConfigurationError(f"backoff must be a callable, got {backoff!r}.")
+        self.retry_if = retry_if
+        self.backoff = backoff if backoff is not None else exponential_backoff()
+        make_progress(progress)  # validate now, build one per run
+        self._progress_spec = progress
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigurationError(
+                f"clock must have a new_event_loop() method (e.g. FakeClock()), got {clock!r}."
+            )
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
+        self.name = name or _function_name(function)
+        self.logger = logging.getLogger(f"rate_limited.Runner.{self.name}")
+
+        #: Calls of the current batch, in schedule order.
+        self.scheduled_calls: list[Call] = []
+        self._extractors = [
+            (r.name, r.quota, r.arguments_usage_extractor, r.max_results_usage_estimator)
+            for r in self.resources
+        ]
+        self._loop_thread: _LoopThread | None = None
+        self._engine: Engine | None = None
+        self._running = False
+        self._closed = False
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._interrupt_requested = False
+        self.schedule = self._make_schedule(function)  # type: ignore[method-assign]
+
+    # -- scheduling --------------------------------------------------------------------------
+    def schedule(self, *args: Any, **kwargs: Any) -> Call:
+        """Schedule a call: ``runner.schedule(x, y=1)`` where you would call ``f(x, y=1)``.
+
+        Returns the Call handle; ``run()`` runs it. (Each Runner replaces this method with
+        a wrapper carrying the wrapped function's signature and docstring.)
+        """
+        return self._schedule(args, kwargs)
+
+    def _schedule(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        if self._closed:
+            raise RunnerClosedError("This Runner was closed; create a new Runner to schedule.")
+        calls = self.scheduled_calls
+        call = Call(self.function, args, kwargs, len(calls))
+        if self._extractors:
+            call.demand = self._demand_of(call)
+        calls.append(call)
+        if self._running:
+            assert self._loop_thread is not None and self._engine is not None
+            if threading.current_thread() is self._loop_thread.thread:
+                self._engine.enqueue(call)
+            else:
+                self._loop_thread.call_soon(self._engine.enqueue, call)
+        return call
+
+    def _demand_of(self, call: Call) -> tuple[tuple[float, float], ...]:
+        demand = []
+        for name, quota, args_extractor, estimator in self._extractors:
+            args_usage = _usage(args_extractor, call, name, "arguments_usage_extractor")
+            estimate = _usage(estimator, call, name, "max_results_usage_estimator")
+            needed = args_usage + estimate
+            if needed > quota:
+                raise QuotaExceededError(
+                    f"Call {call!r} exceeds resource quota of {name!r}: it needs {needed:g} "
+                    f"but the whole quota is {quota:g}, so it could never run. Raise the "
+                    "quota, lower the call's usage (e.g. max_tokens) or split the call.",
+                    resource=name,
+                    needed=needed,
+                    quota=quota,
+                )
+            demand.append((args_usage, estimate))
+        return tuple(demand)
+
+    def _make_schedule(self, function: Callable[..., Any]) -> Callable[..., Call]:
+        """A ``schedule`` for this instance that looks like ``function`` to IDEs and
+        ``help()``; nothing shared (the class, the function) is modified."""
+        runner = self
+
+        def schedule(*args: Any, **kwargs: Any) -> Call:
+            # The common case inline (this is the whole per-call cost of scheduling).
+            if runner._extractors or runner._running or runner._closed:
+                return runner._schedule(args, kwargs)
+            calls = runner.scheduled_calls
+            call = Call(function, args, kwargs, len(calls))
+            calls.append(call)
+            return call
+
+        qualname = getattr(function, "__qualname__", None) or _function_name(function)
+        module = getattr(function, "__module__", None) or "[Module not found]"
+        try:
+            signature: inspect.Signature | None = inspect.signature(function)
+        except (TypeError, ValueError):
+            signature = None
+        schedule.__doc__ = (
+            f"Schedule a call to {qualname} in {module}\n"
+            "Returns the Call handle - call run() to get results\n\n"
+            f"{_function_name(function)}{signature if signature is not None else '(...)'}\n"
+            "Docstring:\n\n"
+            f"{getattr(function, '__doc__', None) or '[Docstring not found]'}"
+        )
+        annotations = dict(getattr(function, "__annotations__", None) or {})
+        annotations["return"] = None  # as in 0.4 (a copy: the function is left untouched)
+        schedule.__annotations__ = annotations
+        schedule.__wrapped__ = function  # type: ignore[attr-defined]
+        if signature is not None:
+            schedule.__signature__ = signature.replace(  # type: ignore[attr-defined]
+                return_annotation=Call
+            )
+        schedule.__qualname__ = f"{type(self).__qualname__}.schedule"
+        return schedule
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """Run every scheduled call that has not finished; block until done or interrupted.
+
+        Returns ``RunResult`` (unpacks as ``results, exceptions``), in schedule order.
+        Works the same in a script, a notebook and inside a running event loop.
+        """
+        engine, loop_thread = self._start()
+        if threading.current_thread() is loop_thread.thread:
+            raise RuntimeError(
+                "run() was called from inside the Runner's own loop (from the function it "
+                "runs); schedule() more calls instead, they join the current run."
+            )
+        calls = self.scheduled_calls
+        future = loop_thread.submit(self._run_batch(engine, calls))
+        with self._sigint_handler(loop_thread, engine):
+            while True:
+                try:
+                    interrupted, elapsed = future.result(timeout=0.25)
+                    break
+                except concurrent.futures.TimeoutError:
+                    continue
+                except KeyboardInterrupt:  # no handler of ours (not the main thread)
+                    if self._interrupt_requested:
+                        raise
+                    self._interrupt_requested = True
+                    loop_thread.call_soon(engine.request_stop)
+        return self._result(calls, interrupted, elapsed)
+
+    async def run_coro(self) -> RunResult:
+        """``run()`` for async code: ``results, exceptions = await runner.run_coro()``.
+
+        Cancelling the awaiting task stops the run (as an interrupt does) and re-raises.
+        """
+        engine, loop_thread = self._start()
+        try:
+            if asyncio.get_running_loop() is loop_thread.loop:
+                raise RuntimeError(
+                    "run_coro() was awaited inside the Runner's own loop (from the function "
+                    "it runs); schedule() more calls instead, they join the current run."
+                )
+        except RuntimeError as exc:
+            if "Runner's own loop" in str(exc):
+                raise
+        calls = self.scheduled_calls
+        future = loop_thread.submit(self._run_batch(engine, calls))
+        try:
+            interrupted, elapsed = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            loop_thread.call_soon(engine.request_stop)
+            raise
+        return self._result(calls, interrupted, elapsed)
+
+    async def _run_batch(self, engine: Engine, calls: list[Call]) -> tuple[bool, float]:
+        started = engine.loop.time()
+        self._running = True
+        try:
+            interrupted = await engine.run(calls, make_progress(self._progress_spec))
+        finally:
+            self._running = False
+        return interrupted, engine.loop.time() - started
+
+    def _result(self, calls: list[Call], interrupted: bool, elapsed: float) -> RunResult:
+        self._interrupt_requested = False
+        results = [c.result if c.status is Status.SUCCEEDED else None for c in calls]
+        exceptions = [list(c._exceptions) if c._exceptions else [] for c in calls]
+        if interrupted:
+            done = sum(1 for c in calls if c.status.is_final)
+            self.logger.warning(
+                "Interrupted: %d of %d calls finished; run() again to resume the rest.",
+                done,
+                len(calls),
+            )
+        elif calls is self.scheduled_calls:
+            self.scheduled_calls = []  # complete: the next run() starts a new batch
+        return RunResult(results, exceptions, calls, interrupted, elapsed)
+
+    def _start(self) -> tuple[Engine, _LoopThread]:
+        if self._closed:
+            raise RunnerClosedError("This Runner was closed; create a new Runner to run.")
+        if self._running:
+            raise RuntimeError("This Runner is already running; wait for its run() to end.")
+        if self._loop_thread is None or self._engine is None:
+            loop_thread = _LoopThread(self.clock, name=f"rate_limited-{self.name}")
+            self._loop_thread = loop_thread
+            self._engine = Engine(
+                self.function,
+                self.resources,
+                loop_thread.loop,
+                max_concurrent=self.max_concurrent,
+                max_retries=self.max_retries,
+                retry_if=self.retry_if,
+                backoff=self.backoff,
+                validators=self.validators,
+                timeout=self.timeout,
+                long_wait_seconds=self.long_wait_warning_seconds,
+                progress_interval=self.progress_interval,
+            )
+            self._finalizer = weakref.finalize(self, _shutdown, loop_thread, self._engine)
+        return self._engine, self._loop_thread
+
+    @contextlib.contextmanager
+    def _sigint_handler(self, loop_thread: _LoopThread, engine: Engine) -> Iterator[None]:
+        """While run() blocks in the main thread, Ctrl-C stops the run instead of raising."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_sigint(signum: int, frame: object) -> None:
+            if self._interrupt_requested:
+                raise KeyboardInterrupt  # second Ctrl-C: give up waiting
+            self._interrupt_requested = True
+            loop_thread.call_soon(engine.request_stop)
+
+        try:
+            previous = signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # signals unavailable here (e.g. a subinterpreter)
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the background loop and its threads; the Runner cannot run afterwards.
+
+        Sync calls still running in threads finish in the background (daemon threads).
+        """
+        self._closed = True
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self.scheduled_calls)} scheduled"
+        return f"<Runner {self.name} ({state})>"
+
+
+# -- argument checks -----------------------------------------------------------------------------
+def _function_name(function: Callable[..., Any]) -> str:
+    name = getattr(function, "__name__", None)
+    if name is None and hasattr(function, "func"):  # functools.partial
+        name = getattr(function.func, "__name__", None)
+    return name or type(function).__name__
+
+
+def _check_resources(resources: Iterable[Resource]) -> list[Resource]:
+    if isinstance(resources, Resource):
+        raise ConfigurationError(
+            "resources must be a list of Resource objects; wrap a single one: [resource]."
+        )
+    try:
+        items = list(resources)
+    except TypeError:
+        raise ConfigurationError(
+            f"resources must be a list of Resource objects, got {type(resources).__name__}."
+        ) from None
+    names: set[str] = set()
+    for item in items:
+        if not isinstance(item, Resource):
+            raise ConfigurationError(
+                f"resources must contain Resource objects, got {type(item).__name__}: {item!r}."
+            )
+        if item.name in names:
+            raise ConfigurationError(
+                f"Two resources are named {item.name!r}; give each resource a unique name."
+            )
+        names.add(item.name)
+    return items
+
+
+def _check_int(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+def _check_seconds(value: object, name: str, zero: bool = False) -> float:
+    ok = isinstance(value, Real) and not isinstance(value, bool)
+    number = float(value) if ok else math.nan  # type: ignore[arg-type]
+    if (
+        not ok
+        or math.isnan(number)
+        or math.isinf(number)
+        or number < 0
+        or (number == 0 and not zero)
+    ):
+        bound = ">= 0" if zero else "> 0"
+        raise ConfigurationError(f"{name} must be a number of seconds {bound}, got {value!r}.")
+    return number
+
+
+def _usage(
+    extractor: Callable[[Call], float] | None, call: Call, resource: str, what: str
+) -> float:
+    if extractor is None:
+        return 0.0
+    try:
+        value = extractor(call)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"{what} of resource {resource!r} raised {type(exc).__name__}: {exc} for "
+            f"{call!r}. Check the arguments passed to schedule() (the extractor reads them "
+            "with call.get_argument(name))."
+        ) from exc
+    if isinstance(value, bool) or not isinstance(value, Real) or not float(value) >= 0:
+        raise ConfigurationError(
+            f"{what} of resource {resource!r} returned {value!r} for {call!r}; "
+            "usage must be a non-negative number."
+        )
+    return float(value)

@@ -30,6 +30,7 @@ for everyone until its ``Retry-After`` (cool-down).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import inspect
 import logging
@@ -74,8 +75,7 @@ def is_async_callable(function: Callable[..., Any]) -> bool:
     objects with an ``async def __call__``)."""
     if inspect.iscoroutinefunction(function):
         return True
-    call = getattr(type(function), "__call__", None)
-    return call is not None and inspect.iscoroutinefunction(call)
+    return inspect.iscoroutinefunction(type(function).__call__)
 
 
 class RunStats:
@@ -564,7 +564,7 @@ class Engine:
         if isinstance(reservation, Reservation):
             self.ledger.settle(reservation, actual, now)
         else:  # a late result whose reservation was already settled: bill what it used
-            for meter, amount in zip(self.ledger.meters, actual):
+            for meter, amount in zip(self.ledger.meters, actual, strict=True):
                 if amount:
                     meter.bill(amount, now)
 
@@ -580,7 +580,7 @@ class Engine:
             self.ledger.keep(reservation, now)
             usage = call.usage if call.usage is not None else {}
             call.usage = usage
-            for resource, (args_usage, estimate) in zip(self.resources, call.demand):
+            for resource, (args_usage, estimate) in zip(self.resources, call.demand, strict=True):
                 usage[resource.name] = usage.get(resource.name, 0.0) + args_usage + estimate
         call.reservation = None
 
@@ -665,8 +665,6 @@ def _clear_frames(exc: BaseException) -> None:
     """Keep the exception and its traceback text, drop the frames' local variables."""
     tb = exc.__traceback__
     while tb is not None:
-        try:
+        with contextlib.suppress(RuntimeError):  # a frame still executing
             tb.tb_frame.clear()
-        except RuntimeError:  # a frame still executing
-            pass
         tb = tb.tb_next

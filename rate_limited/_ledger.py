@@ -221,11 +221,11 @@ class Ledger:
         """Admit a call needing ``demand[i] = (arguments usage, results estimate)`` of
         resource i, or return None without changing anything."""
         meters = self.meters
-        for meter, (args_usage, estimate) in zip(meters, demand):
+        for meter, (args_usage, estimate) in zip(meters, demand, strict=True):
             if not meter.fits(args_usage + estimate, now):
                 return None
         billed = []
-        for meter, (args_usage, estimate) in zip(meters, demand):
+        for meter, (args_usage, estimate) in zip(meters, demand, strict=True):
             billed.append(meter.bill(args_usage, now))
             if estimate:
                 meter.reserve(estimate)
@@ -233,7 +233,9 @@ class Ledger:
 
     def settle(self, reservation: Reservation, results_usage: Sequence[float], now: float) -> None:
         """The call returned: release its estimates and bill its actual results usage."""
-        for meter, estimate, actual in zip(self.meters, reservation.estimates, results_usage):
+        for meter, estimate, actual in zip(
+            self.meters, reservation.estimates, results_usage, strict=True
+        ):
             if estimate:
                 meter.unreserve(estimate)
             if actual:
@@ -241,14 +243,16 @@ class Ledger:
 
     def keep(self, reservation: Reservation, now: float) -> None:
         """The call failed in a way that may have been billed: the estimate becomes usage."""
-        for meter, estimate in zip(self.meters, reservation.estimates):
+        for meter, estimate in zip(self.meters, reservation.estimates, strict=True):
             if estimate:
                 meter.unreserve(estimate)
                 meter.bill(estimate, now)
 
     def release(self, reservation: Reservation, now: float) -> None:
         """The call proved it was not billed (never sent, refused, 429): undo everything."""
-        for meter, estimate, token in zip(self.meters, reservation.estimates, reservation.billed):
+        for meter, estimate, token in zip(
+            self.meters, reservation.estimates, reservation.billed, strict=True
+        ):
             if estimate:
                 meter.unreserve(estimate)
             meter.refund(token, now)
@@ -256,13 +260,15 @@ class Ledger:
     def next_free_time(self, demand: Sequence[tuple[float, float]], now: float) -> float:
         """Earliest time at which ``demand`` fits, ``inf`` if it waits on a release."""
         when = now
-        for meter, (args_usage, estimate) in zip(self.meters, demand):
+        for meter, (args_usage, estimate) in zip(self.meters, demand, strict=True):
             when = max(when, meter.free_at(args_usage + estimate, now))
         return when
 
     def binding(self, demand: Sequence[tuple[float, float]], now: float) -> str | None:
         """Name of the resource that keeps ``demand`` from fitting now (for messages)."""
-        for name, meter, (args_usage, estimate) in zip(self.names, self.meters, demand):
+        for name, meter, (args_usage, estimate) in zip(
+            self.names, self.meters, demand, strict=True
+        ):
             if not meter.fits(args_usage + estimate, now):
                 return name
         return None
@@ -271,5 +277,5 @@ class Ledger:
         """``{name: (used, reserved, quota)}`` for progress displays."""
         return {
             name: (meter.used(now), meter.reserved, meter.quota)
-            for name, meter in zip(self.names, self.meters)
+            for name, meter in zip(self.names, self.meters, strict=True)
         }

@@ -223,8 +223,7 @@ class Engine:
         if self.pool is not None:
             now = self.loop.time()
             for call, token in self.pool.take_back():
-                if call._token == token:
-                    call._token += 1
+                if call.attempts == token and call.status is RUNNING:
                     call.attempts -= 1  # never started
                     self._release(call, now)
                     call.status = PENDING
@@ -454,19 +453,18 @@ class Engine:
                 now = loop.time()
                 continue
             call.status = RUNNING
-            call.attempts += 1
-            call._token += 1
+            call.attempts += 1  # also the token that tells this attempt's result apart
             call.started_at = now
-            pool.submit(call, call._token)
+            pool.submit(call, call.attempts)
             if timeout is not None:
-                loop.call_at(now + timeout, self._sync_timeout, call, call._token)
+                loop.call_at(now + timeout, self._sync_timeout, call, call.attempts)
 
     def _on_completions(self) -> None:
         pool = self.pool
         assert pool is not None
         now = self.loop.time()  # one read per batch of completions
         for call, token, ok, value in pool.drain():
-            if token != call._token or call.status is not RUNNING:
+            if token != call.attempts or call.status is not RUNNING:
                 self._late(call, ok, value)
             elif ok and inspect.isawaitable(value):
                 task = self.loop.create_task(self._await_returned(call, value))
@@ -491,11 +489,10 @@ class Engine:
         self._wake()
 
     def _sync_timeout(self, call: Call, token: int) -> None:
-        if call._token != token or call.status is not RUNNING:
+        if call.attempts != token or call.status is not RUNNING:
             return
         assert self.pool is not None
-        self.pool.abandoned += 1
-        call._token += 1  # the thread's eventual result is now a late one
+        self.pool.abandoned += 1  # its result will come late: the call is no longer RUNNING
         error = CallTimeoutError(
             f"the call took longer than timeout={self.timeout} s (its thread cannot be "
             "stopped; a late result is kept if the call has not succeeded by then)"

@@ -26,6 +26,10 @@ Result = Any
 #: Shared by calls scheduled without keyword arguments (one dict less per call).
 _NO_KWARGS: dict[str, Any] = {}
 
+#: The last call whose arguments were bound, and them: usage extractors ask a call for
+#: several arguments in a row, and a slot per call for this would cost memory.
+_last_bound: tuple[object, dict[str, Any]] = (None, {})
+
 _signature_cache: dict[int, tuple[Callable[..., Any], inspect.Signature | None]] = {}
 
 
@@ -52,9 +56,7 @@ class Call:
     """
 
     __slots__ = (
-        "_arguments",
         "_exceptions",
-        "_token",
         "args",
         "attempts",
         "demand",
@@ -97,8 +99,6 @@ class Call:
         self.finished_at: float | None = None
         #: Stable key for stores and caches (set by the Runner when it has a store).
         self.key: str | None = None
-        self._arguments: dict[str, Any] | None = None
-        self._token = 0  # incremented per attempt; tells a stale thread result apart
 
     # -- rate_limited 0.4 -----------------------------------------------------------------
     @property
@@ -136,9 +136,13 @@ class Call:
     @property
     def all_arguments_dict(self) -> dict[str, Any]:
         """Every argument passed, by parameter name (``**kwargs`` extras flattened in)."""
-        if self._arguments is None:
-            self._arguments = self._bind()
-        return self._arguments
+        global _last_bound
+        last = _last_bound
+        if last[0] is self:
+            return last[1]
+        arguments = self._bind()
+        _last_bound = (self, arguments)
+        return arguments
 
     def _bind(self) -> dict[str, Any]:
         sig = _signature(self.function)

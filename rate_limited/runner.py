@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import inspect
 import logging
 import math
@@ -325,8 +326,16 @@ class Runner:
 
     def _result(self, calls: list[Call], interrupted: bool, elapsed: float) -> RunResult:
         self._interrupt_requested = False
-        results = [c.result if c.status is Status.SUCCEEDED else None for c in calls]
-        exceptions = [list(c._exceptions) if c._exceptions else [] for c in calls]
+        # Paused collector: 100k new lists would trigger full passes over every Call.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            succeeded = Status.SUCCEEDED
+            results = [c.result if c.status is succeeded else None for c in calls]
+            exceptions = [c.exceptions for c in calls]  # each call's own list, as in 0.4
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         if interrupted:
             done = sum(1 for c in calls if c.status.is_final)
             self.logger.warning(

@@ -2,10 +2,32 @@
 
 * ``FakeClock``: virtual time for a Runner (``Runner(..., clock=FakeClock())``), so that
   quota windows of minutes or days cost no real time in a test.
+* ``MockProvider``: a real HTTP server on 127.0.0.1 speaking the OpenAI and Anthropic wire
+  formats, enforcing RPM/TPM limits with its own accounting (never the package's ledger),
+  with configurable latency, output lengths and seeded faults. The real ``openai`` and
+  ``anthropic`` clients work against it via ``base_url``; ``rate-limited demo`` uses it.
 """
 
 from __future__ import annotations
 
 from rate_limited.testing.clock import FakeClock
+from rate_limited.testing.mock_provider import (
+    Faults,
+    Limits,
+    MockProvider,
+    MockProviderStats,
+    RequestLogEntry,
+    count_tokens,
+    prompt_digest,
+)
 
-__all__ = ["FakeClock"]
+__all__ = [
+    "FakeClock",
+    "Faults",
+    "Limits",
+    "MockProvider",
+    "MockProviderStats",
+    "RequestLogEntry",
+    "count_tokens",
+    "prompt_digest",
+]

@@ -1,0 +1,107 @@
+"""What the MockProvider's wire formats share: a parsed call, its outputs, client errors.
+
+Each provider module (``_openai_wire``, ``_anthropic_wire``) turns a JSON body into an
+``ApiCall`` — what admission needs (prompt tokens, reserved output) and what generation
+needs (how many answers, in which shape, echoing what) — and renders ``Output``s and
+``ApiError``s back in its own format. The server in between does not know either format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "ApiCall",
+    "ApiError",
+    "Endpoint",
+    "Output",
+    "Shape",
+    "optional_int",
+    "require_list",
+    "require_str",
+]
+
+Endpoint = Literal["chat.completions", "embeddings", "responses", "messages"]
+#: How a reply is shaped: plain text, a JSON object (``{"text": ...}``), or a tool call.
+Shape = Literal["text", "json", "tool"]
+
+
+class ApiError(Exception):
+    """A client error, answered in the provider's error format with ``status``."""
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+@dataclass
+class ApiCall:
+    """One parsed API request."""
+
+    endpoint: Endpoint
+    model: str
+    body: dict[str, Any]
+    #: Prompt tokens by the mock's tokenizer (input tokens, for Anthropic).
+    prompt_tokens: int
+    #: Most output tokens per answer: ``max_tokens`` or the server's default (0: none).
+    max_output_tokens: int = 0
+    #: Answers asked for (OpenAI's ``n``).
+    choices: int = 1
+    #: Text of the last user message, for replies that echo or hash it.
+    prompt_text: str = ""
+    shape: Shape = "text"
+    #: The tool a forced tool call names.
+    tool_name: str = ""
+
+    @property
+    def reserved_output_tokens(self) -> int:
+        """Output tokens charged at admission: ``max_output_tokens * choices``."""
+        return self.max_output_tokens * self.choices
+
+
+@dataclass
+class Output:
+    """One generated answer: its text (JSON text for json and tool shapes)."""
+
+    text: str
+    tokens: int
+    #: Whether it stopped at the output limit (finish reason "length" / "max_tokens").
+    truncated: bool
+
+
+def require_str(body: dict[str, Any], key: str) -> str:
+    """``body[key]`` as a non-empty string, or a 400 naming the parameter."""
+    value = body.get(key)
+    if value is None:
+        raise ApiError(400, f"Missing required parameter: '{key}'.", param=key)
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, f"Invalid '{key}': expected a non-empty string.", param=key)
+    return value
+
+
+def require_list(body: dict[str, Any], key: str) -> list[Any]:
+    """``body[key]`` as a non-empty list, or a 400 naming the parameter."""
+    value = body.get(key)
+    if value is None:
+        raise ApiError(400, f"Missing required parameter: '{key}'.", param=key)
+    if not isinstance(value, list) or not value:
+        raise ApiError(400, f"Invalid '{key}': expected a non-empty array.", param=key)
+    return value
+
+
+def optional_int(body: dict[str, Any], key: str, *, minimum: int = 1) -> int | None:
+    """``body[key]`` as an int of at least ``minimum``, None if absent, else a 400."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ApiError(
+            400, f"Invalid '{key}': expected an integer >= {minimum}, got {value!r}.", param=key
+        )
+    return value

@@ -1,0 +1,406 @@
+"""MockProvider: a local HTTP server that speaks OpenAI's and Anthropic's wire formats.
+
+It is the package's testing seam: the real ``openai`` and ``anthropic`` clients work
+against it unmodified (``base_url=mp.base_url``, or ``mp.anthropic_base_url`` for
+Anthropic), and it enforces rate limits the way the providers document them, with its
+own code — it never imports the package's ledger, so it catches that ledger lying.
+
+Endpoints: ``POST /v1/chat/completions``, ``/v1/embeddings``, ``/v1/responses``,
+``/v1/messages`` (Anthropic) and ``GET /v1/models``; unknown paths get a 404, bodies the
+real API would refuse a 400, a missing API key a 401 (``Authorization: Bearer`` for
+OpenAI, ``x-api-key`` for Anthropic). Streaming is refused with a 400.
+
+The rules, each documented where it lives:
+
+* Tokens (``_tokens``): each ``\\w+|[^\\w\\s]`` match costs ceil(len/4); 4 per message,
+  3 per prompt, 85 per image or other media part; ``count_tokens`` is public.
+* Limits (``_limits``, ``_buckets``): token buckets of capacity = the per-minute limit,
+  refilled continuously at limit/60 per second. An OpenAI request is admitted if 1
+  request and ``prompt + max_tokens * n`` tokens fit (``max_completion_tokens`` wins over
+  ``max_tokens``; ``default_max_tokens`` when both are absent; embeddings cost the
+  prompt only). An Anthropic request needs 1 request, its prompt in the input bucket and
+  ``max_tokens`` in the output bucket. Over the limit: 429 with ``retry-after`` (whole
+  seconds, rounded up; OpenAI also ``retry-after-ms``); a request larger than a whole
+  bucket gets a 429 with ``x-should-retry: false``. Every answer past the request checks
+  (200, 429, 500) carries the provider's rate-limit headers for each limited bucket.
+* Settlement: with ``refund_unused_output=True`` (the default) the output tokens reserved
+  but not generated are given back when the answer is sent — OpenAI's token bucket ends up
+  charged ``prompt + completion``, Anthropic's output bucket the actual output tokens.
+* Faults (``_faults``): only admitted requests are faulted, and they keep everything
+  admission charged (no refund), as a provider that failed mid-way has billed already.
+* Answers (``_outputs``): heavy-tailed lengths capped at ``max_tokens``, text that starts
+  with the last user message (or its ``prompt_digest``) and whose ``count_tokens`` is the
+  reported completion tokens, all drawn from a per-request seeded rng (``_app``).
+
+Run it from code (``with MockProvider(rpm=60) as mp: ...``) or from a shell with ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import enum
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from types import FrameType, TracebackType
+
+from ._app import MockApp
+from ._faults import Faults
+from ._http import HttpServer, raise_open_files_limit
+from ._limits import Limits, RateLimiter
+from ._outputs import OutputModel, OutputTokens, ReplyMode, prompt_digest
+from ._stats import MockProviderStats, RequestLogEntry, StatsRecorder
+from ._tokens import count_tokens
+
+__all__ = [
+    "Faults",
+    "Limits",
+    "MockProvider",
+    "MockProviderStats",
+    "RequestLogEntry",
+    "count_tokens",
+    "main",
+    "prompt_digest",
+]
+
+#: Models listed by ``GET /v1/models`` (any model name is accepted by the endpoints).
+DEFAULT_MODELS = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "gpt-4.1-mini",
+    "text-embedding-3-small",
+    "claude-haiku-4-5",
+    "claude-sonnet-4-5",
+)
+
+
+class _Keep(enum.Enum):
+    KEEP = "keep"
+
+
+_KEEP = _Keep.KEEP
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class MockProvider:
+    """A rate-limited fake OpenAI/Anthropic API on 127.0.0.1, served from its own thread.
+
+    Limits are per minute, None meaning unlimited: ``rpm`` (each API family has its own
+    request bucket), ``tpm`` (OpenAI), ``input_tpm`` and ``output_tpm`` (Anthropic);
+    ``model_limits`` gives some models buckets of their own. Answers take ``latency`` +
+    ``latency_per_token`` * output tokens + uniform [0, ``jitter``) seconds and have
+    ``output_tokens`` tokens (fixed, drawn by a callable, or lognormal around
+    ``median_output_tokens`` when None), all reproducible from ``seed``.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        input_tpm: float | None = None,
+        output_tpm: float | None = None,
+        model_limits: Mapping[str, Limits] | None = None,
+        latency: float = 0.0,
+        latency_per_token: float = 0.0,
+        jitter: float = 0.0,
+        output_tokens: OutputTokens = None,
+        median_output_tokens: float = 100.0,
+        reply: ReplyMode = "echo",
+        default_max_tokens: int = 4096,
+        faults: Faults | None = None,
+        seed: int = 0,
+        api_key: str | None = None,
+        refund_unused_output: bool = True,
+        models: Sequence[str] = DEFAULT_MODELS,
+        embedding_dimensions: int = 16,
+        log_requests: bool = True,
+    ) -> None:
+        if default_max_tokens < 1:
+            raise ValueError(f"default_max_tokens must be >= 1, got {default_max_tokens}")
+        self._host = host
+        self._requested_port = port
+        self._port = 0
+        self._stats = StatsRecorder(log_requests=log_requests)
+        self._limiter = RateLimiter(
+            Limits(rpm=rpm, tpm=tpm, input_tpm=input_tpm, output_tpm=output_tpm), model_limits
+        )
+        self._app = MockApp(
+            limiter=self._limiter,
+            stats=self._stats,
+            outputs=OutputModel(
+                output_tokens=output_tokens,
+                median_output_tokens=median_output_tokens,
+                reply=reply,
+                latency=latency,
+                latency_per_token=latency_per_token,
+                jitter=jitter,
+            ),
+            faults=faults or Faults(),
+            seed=seed,
+            default_max_tokens=default_max_tokens,
+            models=models,
+            api_key=api_key,
+            embedding_dimensions=embedding_dimensions,
+            refund_unused_output=refund_unused_output,
+        )
+        self._server = HttpServer(self._app.handle)
+        self._state = _State.NEW
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> MockProvider:
+        """Start serving in a background daemon thread; returns once it is listening.
+
+        It also raises the process's soft limit of open files to 4096 where it is lower,
+        so one process can hold both ends of hundreds of connections.
+        """
+        if self._state is _State.RUNNING:
+            raise RuntimeError("MockProvider is already running")
+        if self._state is _State.STOPPED:
+            raise RuntimeError("a stopped MockProvider cannot be restarted; create a new one")
+        raise_open_files_limit(4096)
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=self._run, args=(ready, failure), name="MockProvider", daemon=True
+        )
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._state = _State.STOPPED
+            raise failure[0]
+        self._state = _State.RUNNING
+        return self
+
+    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self._port = loop.run_until_complete(
+                self._server.start(self._host, self._requested_port)
+            )
+        except BaseException as exc:  # e.g. the port is taken: re-raised by start()
+            failure.append(exc)
+            loop.close()
+            ready.set()
+            return
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self._server.close())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def stop(self) -> None:
+        """Stop serving: end open connections and requests in work, join the thread."""
+        if self._state is not _State.RUNNING:
+            self._state = _State.STOPPED
+            return
+        self._state = _State.STOPPED
+        assert self._loop is not None and self._thread is not None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+
+    def __enter__(self) -> MockProvider:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- addresses ---------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (known once started)."""
+        if not self._port:
+            raise RuntimeError("MockProvider is not started; call start() or use `with`")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT``."""
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The ``base_url`` for ``openai.OpenAI``/``AsyncOpenAI``: ``http://HOST:PORT/v1``."""
+        return f"{self.url}/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        """The ``base_url`` for ``anthropic.Anthropic``/``AsyncAnthropic`` (no ``/v1``)."""
+        return self.url
+
+    # -- limits and faults at runtime --------------------------------------------------
+
+    def limits(self, model: str | None = None) -> Limits:
+        """The limits in force (for ``model``, if it has limits of its own)."""
+        return self._limiter.limits(model)
+
+    def set_limits(
+        self,
+        *,
+        rpm: float | _Keep | None = _KEEP,
+        tpm: float | _Keep | None = _KEEP,
+        input_tpm: float | _Keep | None = _KEEP,
+        output_tpm: float | _Keep | None = _KEEP,
+        model: str | None = None,
+    ) -> None:
+        """Change some limits now (None: unlimited; omitted: unchanged).
+
+        With ``model``, that model gets limits of its own (starting from the shared ones).
+        Buckets keep what is in use: lowering a limit below it leaves a debt to refill.
+        """
+        given = {"rpm": rpm, "tpm": tpm, "input_tpm": input_tpm, "output_tpm": output_tpm}
+        current = self._limiter.limits(model)
+        values = {name: getattr(current, name) for name in given}
+        values.update({k: v for k, v in given.items() if not isinstance(v, _Keep)})
+        self._limiter.set_limits(Limits(**values), model)
+
+    def refill(self) -> None:
+        """Fill every bucket, as if the server had been idle for a minute."""
+        self._limiter.refill()
+
+    @property
+    def faults(self) -> Faults:
+        """The fault probabilities in force."""
+        return self._app.faults
+
+    def set_faults(self, faults: Faults | None) -> None:
+        """Replace the fault probabilities (None: no faults) for requests from now on."""
+        self._app.faults = faults or Faults()
+
+    # -- what it saw -------------------------------------------------------------------
+
+    def stats(self) -> MockProviderStats:
+        """A snapshot of the counters (thread-safe)."""
+        return self._stats.snapshot()
+
+    @property
+    def request_log(self) -> list[RequestLogEntry]:
+        """A copy of the log of every request, in the order outcomes were decided."""
+        return self._stats.log()
+
+    def reset_stats(self) -> None:
+        """Clear counters, peaks and the request log (the buckets are left as they are)."""
+        self._stats.reset()
+
+    def __repr__(self) -> str:
+        where = self.url if self._state is _State.RUNNING else self._state.value
+        return f"<MockProvider {where} {self.limits()}>"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rate-limited mock-provider",
+        description="Serve a rate-limited mock of the OpenAI and Anthropic APIs.",
+    )
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    add("--port", type=int, default=8000, help="port (0 picks a free one; default 8000)")
+    add("--rpm", type=float, help="requests per minute (default unlimited)")
+    add("--tpm", type=float, help="OpenAI tokens per minute")
+    add("--input-tpm", type=float, help="Anthropic input tokens per minute")
+    add("--output-tpm", type=float, help="Anthropic output tokens per minute")
+    add("--latency", type=float, default=0.0, help="seconds before each answer")
+    add("--latency-per-token", type=float, default=0.0, help="extra seconds per output token")
+    add("--jitter", type=float, default=0.0, help="extra uniform random seconds, at most")
+    add("--output-tokens", type=int, help="fixed output length (default: lognormal)")
+    add("--median-output-tokens", type=float, default=100.0, help="lognormal median")
+    add("--reply", choices=("echo", "hash", "filler"), default="echo", help="reply prefix")
+    add("--default-max-tokens", type=int, default=4096, help="reserved when max_tokens is unset")
+    add("--seed", type=int, default=0, help="seed of every random draw")
+    add("--api-key", help="accept only this API key (default: any non-empty key)")
+    for kind in ("error-500", "hang", "malformed", "drop"):
+        add(f"--{kind}", type=float, default=0.0, help=f"probability of a {kind} fault")
+    add("--hang-seconds", type=float, default=30.0, help="how long a hang fault holds")
+    add("--log-requests", action="store_true", help="keep a request log (memory grows)")
+    return parser
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve a MockProvider until Ctrl-C; prints the OpenAI base URL first."""
+    args = _parser().parse_args(argv)
+    faults = Faults(
+        error_500=args.error_500,
+        hang=args.hang,
+        malformed=args.malformed,
+        drop=args.drop,
+        hang_seconds=args.hang_seconds,
+    )
+    provider = MockProvider(
+        host=args.host,
+        port=args.port,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        input_tpm=args.input_tpm,
+        output_tpm=args.output_tpm,
+        latency=args.latency,
+        latency_per_token=args.latency_per_token,
+        jitter=args.jitter,
+        output_tokens=args.output_tokens,
+        median_output_tokens=args.median_output_tokens,
+        reply=args.reply,
+        default_max_tokens=args.default_max_tokens,
+        faults=faults,
+        seed=args.seed,
+        api_key=args.api_key,
+        log_requests=args.log_requests,
+    )
+    provider.start()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:  # Ctrl-C even where SIGINT was ignored (background jobs); SIGTERM too
+        previous = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    print(provider.base_url, flush=True)
+    print(f"anthropic base_url: {provider.anthropic_base_url}", flush=True)
+    print(f"limits: {dataclasses.asdict(provider.limits())}", flush=True)
+    print("Press Ctrl-C to stop.", file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        provider.stop()
+        if in_main_thread:
+            for signum, handler in zip((signal.SIGINT, signal.SIGTERM), previous, strict=True):
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        stats = provider.stats()
+        print(
+            f"served {stats.requests} requests: {stats.admitted} admitted, "
+            f"{stats.rejected} rate-limited, faults {stats.faults}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

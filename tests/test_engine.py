@@ -1,0 +1,377 @@
+"""The engine on a fake clock: exact windows, admission order, billing, retries, timeouts.
+
+Every test here runs in virtual time (``FakeClock``): a window of a minute or a day costs
+nothing, and times are exact, so the assertions count events and compare instants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from rate_limited import (
+    CallTimeoutError,
+    PermanentError,
+    Resource,
+    Runner,
+    Status,
+    UsageExtractionError,
+    ValidationError,
+    constant_backoff,
+)
+from rate_limited.testing import FakeClock
+
+
+def requests_per(quota: float, window: float, refill: str = "window") -> Resource:
+    return Resource(
+        "requests", quota, window, arguments_usage_extractor=lambda call: 1, refill=refill
+    )  # type: ignore[arg-type]
+
+
+def make_runner(function: Callable[..., Any], resources: list[Resource], **kwargs: Any) -> Runner:
+    kwargs.setdefault("progress", False)
+    return Runner(function, resources, clock=FakeClock(), **kwargs)
+
+
+async def echo(x: Any) -> Any:
+    return x
+
+
+class HttpError(Exception):
+    def __init__(self, status_code: int, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+        self.headers = {} if retry_after is None else {"retry-after": str(retry_after)}
+
+
+# -- exact windows ---------------------------------------------------------------------------
+def test_forty_calls_at_ten_per_second_take_three_seconds() -> None:
+    """0.4 took 7 s here: it compared timedelta.seconds, so a 1 s window lasted 2 s."""
+    runner = make_runner(echo, [requests_per(10, 1.0)])
+    for i in range(40):
+        runner.schedule(i)
+    result = runner.run()
+    assert result.results == list(range(40))
+    starts = [o.started_at for o in result.outcomes]
+    assert starts == [float(i // 10) for i in range(40)]
+    assert result.elapsed == pytest.approx(3.0)
+
+
+def test_half_second_window_is_half_a_second() -> None:
+    runner = make_runner(echo, [requests_per(1, 0.5)])
+    for i in range(3):
+        runner.schedule(i)
+    assert [o.started_at for o in runner.run().outcomes] == [0.0, 0.5, 1.0]
+
+
+def test_one_day_window_expires_after_one_day() -> None:
+    runner = make_runner(echo, [requests_per(1, 86400)])
+    runner.schedule(1)
+    runner.schedule(2)
+    result = runner.run()
+    assert [o.started_at for o in result.outcomes] == [0.0, 86400.0]
+
+
+def test_bucket_refills_continuously() -> None:
+    runner = make_runner(echo, [requests_per(10, 1.0, refill="bucket")])
+    for i in range(30):
+        runner.schedule(i)
+    starts = [o.started_at for o in runner.run().outcomes]
+    assert starts[:10] == [0.0] * 10
+    assert starts[10:] == pytest.approx([0.1 * k for k in range(1, 21)])
+
+
+# -- admission -------------------------------------------------------------------------------
+def test_max_concurrent_is_never_exceeded() -> None:
+    running = peak = 0
+
+    async def slow(x: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(1)
+        running -= 1
+        return x
+
+    runner = make_runner(slow, [], max_concurrent=7)
+    for i in range(50):
+        runner.schedule(i)
+    result = runner.run()
+    assert result.results == list(range(50))
+    assert peak == 7
+    assert result.elapsed == pytest.approx(math.ceil(50 / 7))
+
+
+def test_admission_is_fifo_so_a_large_call_is_not_starved() -> None:
+    """A call needing the whole quota waits for it; later small calls do not jump ahead."""
+    tokens = Resource("tokens", 10, 1.0, arguments_usage_extractor=lambda c: c.get_argument("x"))
+    runner = make_runner(echo, [tokens])
+    for x in (3, 10, 1, 1):
+        runner.schedule(x)
+    starts = [o.started_at for o in runner.run().outcomes]
+    assert starts == [0.0, 1.0, 2.0, 2.0]
+
+
+def test_estimate_is_held_in_flight_then_replaced_by_actual_usage() -> None:
+    async def spend(x: int) -> dict[str, int]:
+        await asyncio.sleep(0.1)
+        return {"used": 2}
+
+    tokens = Resource(
+        "tokens",
+        10,
+        1.0,
+        results_usage_extractor=lambda call, result: result["used"],
+        max_results_usage_estimator=lambda call: 5,
+    )
+    runner = make_runner(spend, [tokens])
+    for i in range(6):
+        runner.schedule(i)
+    result = runner.run()
+    starts = [o.started_at for o in result.outcomes]
+    # Two fit by their estimates (5 + 5). When they settle at 0.1 only 2 + 2 stays billed,
+    # so one more estimate fits; the next waits for the usage billed at 0.1 to expire at
+    # 1.1, and from then on each settles (0.1 s) to make room for the next.
+    assert starts == pytest.approx([0.0, 0.0, 0.1, 1.1, 1.2, 1.3])
+    assert all(o.usage == {"tokens": 2.0} for o in result.outcomes)
+
+
+def test_failed_call_keeps_its_estimate_billed() -> None:
+    async def fail(x: int) -> None:
+        raise PermanentError("boom")
+
+    tokens = Resource(
+        "tokens",
+        10,
+        1.0,
+        results_usage_extractor=lambda c, r: 0,
+        max_results_usage_estimator=lambda call: 6,
+    )
+    runner = make_runner(fail, [tokens])
+    runner.schedule(1)
+    runner.schedule(2)
+    result = runner.run()
+    assert [o.status for o in result.outcomes] == [Status.FAILED, Status.FAILED]
+    assert [o.started_at for o in result.outcomes] == [0.0, 1.0]
+    assert result.outcomes[0].usage == {"tokens": 6.0}
+
+
+def test_429_releases_usage_and_pauses_everyone_until_retry_after() -> None:
+    attempts: list[tuple[int, float]] = []
+    loop_time: Callable[[], float] = lambda: 0.0  # noqa: E731
+
+    async def flaky(x: int) -> int:
+        attempts.append((x, loop_time()))
+        if x == 0 and len(attempts) == 1:
+            raise HttpError(429, retry_after=2)
+        return x
+
+    runner = make_runner(
+        flaky, [requests_per(100, 60)], max_concurrent=1, backoff=constant_backoff(0)
+    )
+    for x in range(3):
+        runner.schedule(x)
+    loop_time = lambda: asyncio.get_running_loop().time()  # noqa: E731
+    result = runner.run()
+    assert result.results == [0, 1, 2]
+    assert attempts == [(0, 0.0), (0, 2.0), (1, 2.0), (2, 2.0)]
+    # the 429 proved the request was not billed: 3 requests used, not 4
+    assert runner._engine is not None
+    assert runner._engine.ledger.meters[0].used(2.0) == 3
+
+
+# -- retries ---------------------------------------------------------------------------------
+def test_retries_back_off_and_keep_their_place() -> None:
+    calls: list[tuple[int, float]] = []
+
+    async def fails_twice(x: int) -> int:
+        calls.append((x, asyncio.get_running_loop().time()))
+        if x == 0 and sum(1 for c in calls if c[0] == 0) <= 2:
+            raise ConnectionError("reset")
+        return x
+
+    runner = make_runner(
+        fails_twice, [], max_retries=5, backoff=lambda failures, exc: 10.0 * failures
+    )
+    runner.schedule(0)
+    runner.schedule(1)
+    result = runner.run()
+    assert result.results == [0, 1]
+    assert [t for x, t in calls if x == 0] == [0.0, 10.0, 30.0]
+    assert result.outcomes[0].attempts == 3
+    assert [type(e) for e in result.exceptions[0]] == [ConnectionError, ConnectionError]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(HttpError(400), id="400"),
+        pytest.param(HttpError(401), id="401"),
+        pytest.param(HttpError(404), id="404"),
+        pytest.param(PermanentError("no"), id="PermanentError"),
+    ],
+)
+def test_permanent_errors_are_not_retried(error: Exception) -> None:
+    async def fail(x: int) -> int:
+        raise error
+
+    runner = make_runner(fail, [], max_retries=5)
+    runner.schedule(1)
+    result = runner.run()
+    assert result.outcomes[0].status is Status.FAILED
+    assert result.outcomes[0].attempts == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(HttpError(500), id="500"),
+        pytest.param(HttpError(503), id="503"),
+        pytest.param(HttpError(408), id="408"),
+        pytest.param(ConnectionResetError(), id="reset"),
+        pytest.param(KeyError("choices"), id="KeyError"),
+    ],
+)
+def test_transient_errors_are_retried_max_retries_times(error: Exception) -> None:
+    async def fail(x: int) -> int:
+        raise error
+
+    runner = make_runner(fail, [], max_retries=3)
+    runner.schedule(1)
+    result = runner.run()
+    assert result.outcomes[0].status is Status.FAILED
+    assert result.outcomes[0].attempts == 4
+    assert len(result.exceptions[0]) == 4
+
+
+def test_arguments_that_do_not_fit_the_function_are_not_retried() -> None:
+    runner = make_runner(echo, [], max_retries=5)
+    runner.schedule(1, 2, 3)
+    result = runner.run()
+    assert result.outcomes[0].attempts == 1
+    assert isinstance(result.exceptions[0][0], TypeError)
+
+
+def test_validation_failure_is_retried_and_recorded() -> None:
+    values = iter([1, 2, 3])
+
+    async def next_value(x: int) -> int:
+        return next(values)
+
+    runner = make_runner(
+        next_value, [], validation=[lambda v: v > 0, lambda v: v == 3], backoff=constant_backoff(0)
+    )
+    runner.schedule(0)
+    result = runner.run()
+    assert result.results == [3]
+    errors = result.exceptions[0]
+    assert [type(e) for e in errors] == [ValidationError, ValidationError]
+    assert [e.value for e in errors] == [1, 2]  # type: ignore[attr-defined]
+
+
+def test_a_validator_that_raises_is_a_failed_validation() -> None:
+    def explode(value: Any) -> bool:
+        raise RuntimeError("bad validator")
+
+    runner = make_runner(echo, [], validation=explode, max_retries=1, backoff=constant_backoff(0))
+    runner.schedule(1)
+    result = runner.run()
+    assert result.outcomes[0].status is Status.FAILED
+    assert all(isinstance(e, ValidationError) for e in result.exceptions[0])
+    assert isinstance(result.exceptions[0][0].__cause__, RuntimeError)
+
+
+def test_timeout_fails_the_attempt_and_retries() -> None:
+    durations = iter([10.0, 0.5])
+
+    async def slow(x: int) -> int:
+        await asyncio.sleep(next(durations))
+        return x
+
+    runner = make_runner(slow, [], timeout=1.0, backoff=constant_backoff(0))
+    runner.schedule(7)
+    result = runner.run()
+    assert result.results == [7]
+    assert [type(e) for e in result.exceptions[0]] == [CallTimeoutError]
+    assert result.elapsed == pytest.approx(1.5)
+
+
+def test_none_is_a_result() -> None:
+    async def nothing(x: int) -> None:
+        return None
+
+    runner = make_runner(nothing, [])
+    runner.schedule(1)
+    result = runner.run()
+    assert result.outcomes[0].status is Status.SUCCEEDED
+    assert result.interrupted is False
+
+
+# -- usage extraction failures ---------------------------------------------------------------
+def test_results_extractor_failure_keeps_the_result_and_bills_the_estimate() -> None:
+    tokens = Resource(
+        "tokens",
+        10,
+        1.0,
+        results_usage_extractor=lambda call, result: result["missing"],
+        max_results_usage_estimator=lambda call: 4,
+    )
+    runner = make_runner(echo, [tokens])
+    runner.schedule({"ok": True})
+    result = runner.run()
+    assert result.results == [{"ok": True}]
+    assert result.outcomes[0].status is Status.SUCCEEDED
+    assert [type(e) for e in result.exceptions[0]] == [UsageExtractionError]
+    assert result.outcomes[0].usage == {"tokens": 4.0}
+
+
+# -- runs ------------------------------------------------------------------------------------
+def test_failed_calls_stay_failed_on_the_next_run() -> None:
+    attempts = 0
+
+    async def always_fails(x: int) -> int:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionError("down")
+
+    runner = make_runner(always_fails, [], max_retries=2, backoff=constant_backoff(0))
+    runner.schedule(1)
+    first = runner.run()
+    assert attempts == 3 and first.outcomes[0].status is Status.FAILED
+    second = runner.run()  # a new, empty batch: nothing is re-sent
+    assert attempts == 3 and len(second.results) == 0
+
+
+def test_calls_scheduled_while_running_join_the_run() -> None:
+    runner: Runner
+
+    async def crawl(depth: int) -> int:
+        if depth < 3:
+            runner.schedule(depth + 1)
+        return depth
+
+    runner = make_runner(crawl, [])
+    runner.schedule(0)
+    result = runner.run()
+    assert result.results == [0, 1, 2, 3]
+
+
+def test_an_empty_run_returns_at_once() -> None:
+    runner = make_runner(echo, [])
+    assert runner.run() == ([], [])
+
+
+def test_run_coro_from_async_code() -> None:
+    runner = make_runner(echo, [requests_per(2, 1.0)])
+
+    async def main() -> list[Any]:
+        for i in range(5):
+            runner.schedule(i)
+        results, _ = await runner.run_coro()
+        return results
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]

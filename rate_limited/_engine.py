@@ -337,6 +337,17 @@ class Engine:
             future = self._wake_future = self.loop.create_future()
         await future
 
+    def wake(self) -> None:
+        """Let waiting admission look again (capacity may have changed)."""
+        self._wake()
+
+    def pause_until(self, when: float) -> None:
+        """Admit nothing before ``when`` (loop time); extends, never shortens, a pause."""
+        if when > self._pause_until:
+            self._pause_until = when
+            self.stats.cooldowns += 1
+        self._wake()
+
     def _wake(self) -> None:
         future = self._wake_future
         if future is not None:

@@ -36,6 +36,7 @@ from typing import Any
 
 from rate_limited._clock import Clock, MonotonicClock
 from rate_limited._engine import Engine
+from rate_limited._feedback import FeedbackSource, LedgerControl
 from rate_limited._policy import (
     Validator,
     exponential_backoff,
@@ -369,6 +370,8 @@ class Runner:
                 progress_interval=self.progress_interval,
             )
             self._finalizer = weakref.finalize(self, _shutdown, loop_thread, self._engine)
+            if isinstance(self.function, FeedbackSource):
+                self.function.attach_ledger(LedgerControl(self._engine))
         return self._engine, self._loop_thread
 
     @contextlib.contextmanager

@@ -35,6 +35,7 @@ import heapq
 import inspect
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from rate_limited.calls import Call
     from rate_limited.progress import Progress
     from rate_limited.resources import Resource
+    from rate_limited.stores import Store
 
 logger = logging.getLogger("rate_limited")
 
@@ -126,6 +128,10 @@ class Engine:
         timeout: float | None,
         long_wait_seconds: float | None,
         progress_interval: float,
+        store: Store | None = None,
+        refresh: bool = False,
+        retry_failed: bool = True,
+        function_name: str = "",
     ) -> None:
         self.function = function
         self.is_async = is_async_callable(function)
@@ -144,6 +150,13 @@ class Engine:
         self.long_wait_seconds = long_wait_seconds
         self.progress_interval = progress_interval
         self.progress: Progress | None = None
+        self.store = store
+        self.refresh = refresh
+        self.retry_failed = retry_failed
+        self.function_name = function_name
+        self._flush_scheduled = False
+        self._store_warned = False
+        self._wall_offset = time.time() - loop.time()  # loop time -> epoch seconds
 
         self._ready: deque[Call] = deque()
         self._retry: list[tuple[int, int, Call]] = []  # heap by (index, seq)
@@ -174,6 +187,9 @@ class Engine:
         self.progress = progress
         self._retry.clear()
         self._epoch += 1
+        self._wall_offset = time.time() - loop.time()
+        if self.store is not None:
+            self._restore(calls)
         ready: deque[Call] = deque()
         unfinished = succeeded = failed = 0
         for call in calls:
@@ -205,6 +221,7 @@ class Engine:
         finally:
             self._done = None
             self._cancel_timer()
+            self._flush_store()
             if progress is not None:
                 progress.finish(self.stats, interrupted=self._stopping)
             self.progress = None
@@ -379,7 +396,7 @@ class Engine:
         function, timeout, loop_time = self.function, self.timeout, self.loop.time
         # Fast path: no ledger, validators or timeout: admission is "take the head" and
         # settling is a few assignments, inlined (this loop is the whole per-call cost).
-        simple = not self._has_ledger and not self.validators and timeout is None
+        simple = not self._has_ledger and not self.validators and timeout is None and not self.store
         stats = self.stats
         since_yield = 0
         now = loop_time()  # read once per call; the next call starts when this one ended
@@ -654,6 +671,8 @@ class Engine:
         call.status = status
         call.finished_at = now
         call.reservation = None
+        if self.store is not None and call.key is not None:
+            self._save(call, now)
         self._in_flight -= 1
         stats = self.stats
         if status is SUCCEEDED:
@@ -667,6 +686,81 @@ class Engine:
         if self.progress is not None and now >= self._next_progress:
             self._next_progress = now + self.progress_interval
             self.progress.update(stats)
+
+    # -- the store ---------------------------------------------------------------------------
+    def _restore(self, calls: Sequence[Call]) -> None:
+        """Outcomes stored by an earlier run (this process or another) replace calling."""
+        assert self.store is not None
+        wanted = [c for c in calls if c.key is not None and not c.status.is_final]
+        if not wanted or self.refresh:
+            return
+        if any(c.status is RUNNING for c in wanted):
+            wanted = [c for c in wanted if c.status is not RUNNING]
+        stored = self.store.get_many([c.key for c in wanted])  # type: ignore[misc]
+        if not stored:
+            return
+        from rate_limited.exceptions import CallError
+
+        for call in wanted:
+            record = stored.get(call.key)  # type: ignore[arg-type]
+            if record is None:
+                continue
+            if record.status == "succeeded":
+                call.result = record.result
+                call.status = SUCCEEDED
+            elif not self.retry_failed:
+                call.status = FAILED
+                call.exceptions.append(CallError(f"failed in an earlier run: {record.error}"))
+            else:
+                continue  # failed before: try again
+            call.from_store = True
+            call.attempts = max(call.attempts, record.attempts)
+            call.usage = dict(record.usage)
+
+    def _save(self, call: Call, now: float) -> None:
+        from rate_limited.stores import StoredOutcome
+
+        assert self.store is not None and call.key is not None
+        succeeded = call.status is SUCCEEDED
+        error = call._exceptions[-1] if call._exceptions and not succeeded else None
+        offset = self._wall_offset
+        record = StoredOutcome(
+            key=call.key,
+            status="succeeded" if succeeded else "failed",
+            result=call.result if succeeded else None,
+            error=None if error is None else f"{type(error).__name__}: {error}",
+            attempts=call.attempts,
+            usage=dict(call.usage or {}),
+            started_at=None if call.started_at is None else call.started_at + offset,
+            finished_at=now + offset,
+            function=self.function_name,
+        )
+        try:
+            self.store.put(record)
+        except Exception as exc:  # unpicklable result, store gone: the call still succeeded
+            self._store_failed(exc, f"could not store the outcome of {call!r}")
+            return
+        if not self._flush_scheduled:
+            # Commit what settled in this pass of the loop, together, as soon as it ends:
+            # a crash loses at most the outcomes of one pass, not a whole buffer.
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_store)
+
+    def _flush_store(self) -> None:
+        self._flush_scheduled = False
+        if self.store is None:
+            return
+        try:
+            self.store.flush()
+        except Exception as exc:
+            self._store_failed(exc, "could not write to the store (outcomes kept in memory)")
+
+    def _store_failed(self, exc: Exception, what: str) -> None:
+        if not self._store_warned:
+            self._store_warned = True
+            logger.warning("%s: %s: %s", what, type(exc).__name__, exc)
+        else:
+            logger.debug("%s: %s: %s", what, type(exc).__name__, exc)
 
 
 def _clear_frames(exc: BaseException) -> None:

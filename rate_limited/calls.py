@@ -61,6 +61,7 @@ class Call:
         "attempts",
         "demand",
         "finished_at",
+        "from_store",
         "function",
         "index",
         "key",
@@ -99,6 +100,8 @@ class Call:
         self.finished_at: float | None = None
         #: Stable key for stores and caches (set by the Runner when it has a store).
         self.key: str | None = None
+        #: True when the outcome was read from the store instead of calling the function.
+        self.from_store = False
 
     # -- rate_limited 0.4 -----------------------------------------------------------------
     @property

@@ -9,6 +9,13 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
     ├── ConfigurationError (ValueError)    bad argument to Resource / Runner / schedule
     │   └── QuotaExceededError              a call needs more than a whole quota: never runs
     ├── RunnerClosedError (RuntimeError)    the Runner was closed; make a new one
+    ├── StoreError                          a checkpoint store failed (nothing stored is lost)
+    │   ├── UnknownStoreError (ValueError)  a store URL with a scheme no backend handles
+    │   ├── StoreUnavailableError           can't open or reach it: unwritable path, Redis down
+    │   ├── StoreCorruptedError             not a store, or damaged; left untouched
+    │   ├── StoreVersionError               written by another schema version; left untouched
+    │   ├── StoreIntegrityError             a record's signature does not verify: not loaded
+    │   └── StoreSerializationError (TypeError) a result can't be serialized
     ├── CallError                           recorded per attempt, never raised by run()
     │   ├── ValidationError                 a validator rejected the value (retried)
     │   ├── CallTimeoutError (TimeoutError) the attempt ran past ``timeout`` (retried)
@@ -34,6 +41,13 @@ __all__ = [
     "QuotaExceededError",
     "RateLimitedError",
     "RunnerClosedError",
+    "StoreCorruptedError",
+    "StoreError",
+    "StoreIntegrityError",
+    "StoreSerializationError",
+    "StoreUnavailableError",
+    "StoreVersionError",
+    "UnknownStoreError",
     "UsageExtractionError",
     "ValidationError",
 ]
@@ -70,6 +84,34 @@ class QuotaExceededError(ConfigurationError):
 
 class RunnerClosedError(RateLimitedError, RuntimeError):
     """The Runner was closed (``close()`` or a ``with`` block ended)."""
+
+
+class StoreError(RateLimitedError):
+    """Base of every error a store raises (also raised for using a closed store)."""
+
+
+class UnknownStoreError(StoreError, ValueError):
+    """The store URL has a scheme no backend handles."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store can't be opened or reached: unwritable path, Redis not running..."""
+
+
+class StoreCorruptedError(StoreError):
+    """The file is not a store (or is damaged), or a record can't be decoded."""
+
+
+class StoreVersionError(StoreError):
+    """The store was written with another schema version; it is left as it is."""
+
+
+class StoreIntegrityError(StoreError):
+    """A record's signature does not verify: it was not written with this store's secret."""
+
+
+class StoreSerializationError(StoreError, TypeError):
+    """A result can't be serialized, so it can't be stored."""
 
 
 class CallError(RateLimitedError):

@@ -27,6 +27,7 @@ import gc
 import inspect
 import logging
 import math
+import os
 import signal
 import threading
 import weakref
@@ -48,6 +49,7 @@ from rate_limited.exceptions import ConfigurationError, QuotaExceededError, Runn
 from rate_limited.outcomes import RunResult, Status
 from rate_limited.progress import make_progress
 from rate_limited.resources import Resource
+from rate_limited.stores.base import Store
 
 __all__ = ["Runner"]
 
@@ -110,6 +112,11 @@ class Runner:
         progress: object = None,
         clock: Clock | None = None,
         name: str | None = None,
+        store: str | os.PathLike[str] | Store | None = None,
+        key: Callable[[Call], str] | None = None,
+        refresh: bool = False,
+        ttl: float | None = None,
+        retry_failed: bool = True,
     ) -> None:
         """Wrap ``function`` (sync or async callable: function, partial, lambda, method).
 
@@ -134,6 +141,15 @@ class Runner:
             progress: None (automatic), True, False, ``"tqdm"``, ``"log"`` or a Progress.
             clock: where time comes from (``rate_limited.testing.FakeClock`` in tests).
             name: shown in logs and thread names (default: the function's name).
+            store: where finished calls are kept, so that a rerun (even in a new process)
+                and any runner sharing the store get them back without calling again:
+                ``"runs.db"`` / ``"sqlite:///runs.db"``, ``"redis://host:6379/0"``,
+                ``"memory://"`` or a ``Store``. None (default): kept in this Runner only.
+            key: ``key(call) -> str`` identifies a call in the store (default: a hash of
+                the function and its arguments, secrets such as API keys left out).
+            refresh: ignore stored outcomes (the calls run again and overwrite them).
+            ttl: seconds after which a stored outcome no longer counts.
+            retry_failed: run calls that failed in an earlier run again (default True).
         """
         if not callable(function):
             raise ConfigurationError(
@@ -166,6 +182,24 @@ class Runner:
             )
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.name = name or _function_name(function)
+        if key is not None and not callable(key):
+            raise ConfigurationError(f"key must be a callable key(call) -> str, got {key!r}.")
+        if ttl is not None:
+            _check_seconds(ttl, "ttl")
+        self._key = key
+        self.refresh = bool(refresh)
+        self.retry_failed = bool(retry_failed)
+        #: The store finished calls are kept in (None: this Runner only).
+        self.store: Store | None = None
+        self._owns_store = False
+        if store is not None:
+            from rate_limited.stores import Store as StoreClass
+            from rate_limited.stores import open_store
+
+            self._owns_store = not isinstance(store, StoreClass)
+            self.store = open_store(store, ttl=ttl) if self._owns_store else store  # type: ignore[arg-type]
+        elif ttl is not None:
+            raise ConfigurationError("ttl= needs a store= to expire outcomes from.")
         self.logger = logging.getLogger(f"rate_limited.Runner.{self.name}")
 
         #: Calls of the current batch, in schedule order.
@@ -180,6 +214,13 @@ class Runner:
         self._closed = False
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._interrupt_requested = False
+        self._function_identity = ""
+        if self.store is not None:
+            from rate_limited._keys import function_identity
+
+            self._function_identity = function_identity(function)
+        #: schedule() has work beyond creating the Call (usage extraction, keys).
+        self._slow_schedule = bool(self._extractors) or self.store is not None
         self.schedule = self._make_schedule(function)  # type: ignore[method-assign]
 
     # -- scheduling --------------------------------------------------------------------------
@@ -198,6 +239,8 @@ class Runner:
         call = Call(self.function, args, kwargs, len(calls))
         if self._extractors:
             call.demand = self._demand_of(call)
+        if self.store is not None:
+            call.key = self._key_of(call)
         calls.append(call)
         if self._running:
             assert self._loop_thread is not None and self._engine is not None
@@ -225,6 +268,23 @@ class Runner:
             demand.append((args_usage, estimate))
         return tuple(demand)
 
+    def _key_of(self, call: Call) -> str:
+        if self._key is not None:
+            try:
+                key = self._key(call)
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"key= raised {type(exc).__name__}: {exc} for {call!r}."
+                ) from exc
+            if not isinstance(key, str) or not key:
+                raise ConfigurationError(
+                    f"key= must return a non-empty str, got {key!r} for {call!r}."
+                )
+            return key
+        from rate_limited._keys import call_key
+
+        return call_key(self.function, call.args, call.kwargs)
+
     def _make_schedule(self, function: Callable[..., Any]) -> Callable[..., Call]:
         """A ``schedule`` for this instance that looks like ``function`` to IDEs and
         ``help()``; nothing shared (the class, the function) is modified."""
@@ -232,7 +292,7 @@ class Runner:
 
         def schedule(*args: Any, **kwargs: Any) -> Call:
             # The common case inline (this is the whole per-call cost of scheduling).
-            if runner._extractors or runner._running or runner._closed:
+            if runner._slow_schedule or runner._running or runner._closed:
                 return runner._schedule(args, kwargs)
             calls = runner.scheduled_calls
             call = Call(function, args, kwargs, len(calls))
@@ -368,6 +428,10 @@ class Runner:
                 timeout=self.timeout,
                 long_wait_seconds=self.long_wait_warning_seconds,
                 progress_interval=self.progress_interval,
+                store=self.store,
+                refresh=self.refresh,
+                retry_failed=self.retry_failed,
+                function_name=self._function_identity,
             )
             self._finalizer = weakref.finalize(self, _shutdown, loop_thread, self._engine)
             if isinstance(self.function, FeedbackSource):
@@ -397,6 +461,15 @@ class Runner:
         finally:
             signal.signal(signal.SIGINT, previous)
 
+    def results(self) -> RunResult:
+        """A snapshot of the current batch, readable while a run is going (from any thread):
+        what has finished so far, in schedule order."""
+        calls = list(self.scheduled_calls)
+        results = [c.result if c.status is Status.SUCCEEDED else None for c in calls]
+        exceptions = [list(c._exceptions or ()) for c in calls]
+        done = all(c.status.is_final for c in calls)
+        return RunResult(results, exceptions, calls, interrupted=not done)
+
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the background loop and its threads; the Runner cannot run afterwards.
@@ -406,6 +479,11 @@ class Runner:
         self._closed = True
         if self._finalizer is not None:
             self._finalizer()
+        if self.store is not None:
+            if self._owns_store:
+                self.store.close()
+            else:
+                self.store.flush()
 
     def __enter__(self) -> Runner:
         return self

@@ -1,0 +1,418 @@
+"""Stable call keys: one short hex string per distinct call, the same in every process.
+
+A store files each finished call under its key, so a fresh process (after a kernel restart,
+or on another machine) that schedules the same call finds the stored result instead of
+paying for the call again. The key is a sha256 digest (32 hex characters) of a canonical JSON
+form of the function's identity and of the call's arguments. Nothing in it comes from
+``hash()`` or ``id()``, so it does not depend on the process, the hash seed or the machine.
+
+What makes two calls "the same":
+
+- The function's identity: ``module.qualname`` for a plain function; for a bound method the
+  method's ``module.qualname`` and the *type* of its instance (the instance itself, e.g. an
+  ``openai.OpenAI`` client holding an API key, is context, not data); the underlying function
+  for a ``functools.partial``, whose bound arguments are merged into the call's arguments
+  (so ``partial(f, a=1)(b=2)`` and ``f(a=1, b=2)`` share a key); the type for a callable
+  object. Two lambdas of one module share ``module.<lambda>``, so a lambda's identity also
+  holds a digest of its code (bytecode, constants and global names), its defaults and its
+  closure: editing a lambda changes its keys, and they may change across Python versions.
+  Nested functions (``<locals>`` in their qualname) add their defaults and closure values.
+  Editing a named function's body does not change its keys (that is what makes a cache).
+- The arguments, bound to parameter names when the signature can be read (``f(1, b=2)`` and
+  ``f(1, 2)`` share a key), without applying defaults (``f(n=0)`` and ``f()`` differ).
+  Dicts are order-independent, lists and tuples ordered (and distinct), sets sorted, floats
+  exact (``0.1`` and ``0.1000001`` differ, ``1`` and ``1.0`` too). Pydantic v2 models
+  count by ``model_dump(mode="json")`` and type, dataclasses by fields and type, enums by
+  value, datetimes, dates, Decimals, UUIDs and paths by ``str``. Everything else (API
+  clients, HTTP sessions, locks...) is context and counts by its type's qualified name only.
+- Secrets never reach a key: arguments and dict keys (at any depth, e.g. in
+  ``extra_headers``) named like api_key, authorization, auth, \\*token (but not
+  ``max_tokens`` and other counts), secret, password or cookie are dropped, and so are the
+  names given in ``exclude``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import enum
+import functools
+import hashlib
+import inspect
+import json
+import pathlib
+import re
+import types
+import uuid
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, TypeAlias
+
+__all__ = ["KEY_VERSION", "call_key", "function_identity", "is_secret_name"]
+
+#: Bumped whenever the canonical form changes, so old keys never alias new ones.
+KEY_VERSION = 1
+_KEY_HEX_CHARS = 32
+
+_Canon: TypeAlias = "bool | int | str | list[_Canon] | None"
+
+# Words that make a name secret wherever they appear in it (after splitting on _ - . and
+# camelCase), the last words that do, and the words that make a trailing "key" secret.
+_SECRET_WORDS = frozenset(
+    {
+        "apikey",
+        "auth",
+        "authorization",
+        "cookie",
+        "credential",
+        "credentials",
+        "passphrase",
+        "passwd",
+        "password",
+        "secret",
+        "secrets",
+    }
+)
+_KEY_QUALIFIERS = frozenset(
+    {"access", "api", "auth", "client", "encryption", "master", "private", "secret", "signing"}
+    | {"subscription"}
+)
+_CAMEL = re.compile(r"([a-z0-9])([A-Z])|([A-Z])([A-Z][a-z])")
+_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
+_PLAIN_TYPES: dict[type, str] = {
+    datetime.datetime: "datetime",
+    datetime.date: "date",
+    datetime.time: "time",
+    datetime.timedelta: "timedelta",
+    decimal.Decimal: "decimal",
+    uuid.UUID: "uuid",
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def is_secret_name(name: str) -> bool:
+    """Whether an argument or dict key called ``name`` holds a secret that keys must not see.
+
+    ``api_key``, ``Authorization``, ``x-api-key``, ``access_token``, ``refreshToken``,
+    ``client_secret`` and ``db_password`` are secret; ``max_tokens``, ``token_count``,
+    ``key`` and ``author`` are not.
+    """
+    words = [w for w in _WORD_SPLIT.split(_CAMEL.sub(_split_camel, name).lower()) if w]
+    if not words:
+        return False
+    if any(w in _SECRET_WORDS for w in words):
+        return True
+    last = words[-1]
+    if last.endswith("token") or last.endswith("apikey"):
+        return True
+    if last != "key" or len(words) < 2:
+        return False
+    return words[-2] in _KEY_QUALIFIERS or words[-2].endswith("api")
+
+
+def _split_camel(match: re.Match[str]) -> str:
+    first, second = (match[1], match[2]) if match[1] else (match[3], match[4])
+    return f"{first}_{second}"
+
+
+def call_key(
+    function: Callable[..., Any],
+    args: tuple[Any, ...] | list[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    namespace: str | None = None,
+    exclude: Collection[str] = (),
+) -> str:
+    """The stable key of ``function(*args, **kwargs)``: 32 lowercase hex characters.
+
+    ``namespace`` separates otherwise identical calls (e.g. two experiments sharing one
+    store); ``exclude`` names arguments (and dict keys, at any depth) that must not count,
+    such as a request id. See the module docstring for what counts.
+    """
+    names = frozenset((exclude,) if isinstance(exclude, str) else exclude)
+    context = _Context(names)
+    function, args, merged = _unwrap_partial(function, tuple(args), dict(kwargs or {}))
+    identity = _identity(function, context)
+    bound = _bind(function, args, merged)
+    if bound is None:
+        arguments: _Canon = ["unbound", _canon(list(args), context), _canon(merged, context)]
+    else:
+        arguments = _canon(bound, context)
+    payload = ["rate_limited.call_key", KEY_VERSION, namespace, identity, arguments]
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:_KEY_HEX_CHARS]
+
+
+def function_identity(function: Callable[..., Any]) -> str:
+    """A readable name of what ``function`` calls, e.g. ``"mymodule.summarize"``.
+
+    Stored beside each outcome for humans; it is not unique (two lambdas of one module both
+    read ``"mymodule.<lambda>"``), the key is.
+    """
+    while isinstance(function, functools.partial):
+        function = function.func
+    if isinstance(function, types.MethodType):
+        return _qualified(function.__func__)
+    if isinstance(function, (types.FunctionType, types.BuiltinFunctionType, type)):
+        return _qualified(function)
+    return _qualified(type(function))
+
+
+class _Context:
+    """What one canonicalisation needs: the excluded names and the containers being visited."""
+
+    __slots__ = ("active", "exclude")
+
+    def __init__(self, exclude: frozenset[str]) -> None:
+        self.exclude = exclude
+        # ids of the containers on the current path, only to stop at cycles; never output.
+        self.active: set[int] = set()
+
+    def drops(self, name: str) -> bool:
+        return name in self.exclude or is_secret_name(name)
+
+
+def _qualified(obj: Any) -> str:
+    module = getattr(obj, "__module__", None) or "builtins"
+    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "?")
+    return f"{module}.{qualname}"
+
+
+def _unwrap_partial(
+    function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    while isinstance(function, functools.partial):
+        args = (*function.args, *args)
+        kwargs = {**function.keywords, **kwargs}
+        function = function.func
+    return function, args, kwargs
+
+
+def _identity(function: Any, context: _Context) -> _Canon:
+    if isinstance(function, types.MethodType):
+        owner = function.__self__
+        owner_type = owner if isinstance(owner, type) else type(owner)
+        return ["method", _qualified(function.__func__), _qualified(owner_type)]
+    if isinstance(function, types.FunctionType):
+        name = _qualified(function)
+        if function.__name__ == "<lambda>":
+            return ["lambda", name, _code_digest(function.__code__), *_state(function, context)]
+        if "<locals>" in function.__qualname__:
+            return ["local", name, *_state(function, context)]
+        return ["function", name]
+    if isinstance(function, types.BuiltinFunctionType):
+        owner = function.__self__
+        if owner is None or isinstance(owner, types.ModuleType):
+            return ["builtin", _qualified(function)]
+        owner_type = owner if isinstance(owner, type) else type(owner)
+        return ["builtin-method", _qualified(owner_type), function.__name__]
+    if isinstance(function, type):
+        return ["class", _qualified(function)]
+    return ["callable", _qualified(type(function))]
+
+
+def _state(function: types.FunctionType, context: _Context) -> list[_Canon]:
+    """Defaults and closure values: what tells apart two functions made by one factory."""
+    defaults = _canon(list(function.__defaults__ or ()), context)
+    kwdefaults = _canon(dict(function.__kwdefaults__ or {}), context)
+    cells: list[Any] = []
+    for cell in function.__closure__ or ():
+        try:
+            cells.append(cell.cell_contents)
+        except ValueError:  # an empty cell: the variable was not assigned yet
+            cells.append(None)
+    return [defaults, kwdefaults, _canon(cells, context)]
+
+
+def _code_digest(code: types.CodeType) -> str:
+    digest = hashlib.sha256(code.co_code)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            digest.update(_code_digest(const).encode())
+        else:
+            digest.update(json.dumps(_canon(const, _Context(frozenset()))).encode())
+        digest.update(b"\0")
+    digest.update("\0".join(code.co_names).encode())
+    return digest.hexdigest()[:_KEY_HEX_CHARS]
+
+
+class _Binder:
+    """A signature reduced to what binding needs; much quicker than ``Signature.bind``."""
+
+    __slots__ = ("keyword", "positional", "positional_only", "var_keyword", "var_positional")
+
+    def __init__(self, signature: inspect.Signature) -> None:
+        kinds = inspect.Parameter
+        params = list(signature.parameters.values())
+        self.positional = [
+            p.name for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
+        ]
+        self.positional_only = {p.name for p in params if p.kind is kinds.POSITIONAL_ONLY}
+        self.keyword = {
+            p.name for p in params if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
+        }
+        self.var_positional = next((p.name for p in params if p.kind is kinds.VAR_POSITIONAL), None)
+        self.var_keyword = any(p.kind is kinds.VAR_KEYWORD for p in params)
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """Arguments by name (``**kwargs`` flattened, ``*args`` a tuple); None if they don't fit."""
+        arguments = dict(zip(self.positional, args, strict=False))
+        if len(args) > len(self.positional):
+            if self.var_positional is None:
+                return None
+            arguments[self.var_positional] = tuple(args[len(self.positional) :])
+        for name, value in kwargs.items():
+            if name in arguments or name in self.positional_only:
+                return None  # given twice, or positional-only passed by keyword
+            if name not in self.keyword and not self.var_keyword:
+                return None
+            arguments[name] = value
+        return arguments
+
+
+@functools.lru_cache(maxsize=512)
+def _binder(function: Callable[..., Any]) -> _Binder:
+    return _Binder(inspect.signature(function))
+
+
+def _bind(
+    function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The call's arguments by parameter name, or None when the signature can't be used.
+
+    Defaults are not applied. A call that does not fit the signature (it will fail when it
+    runs) gets None too, and its key is made from the arguments as given.
+    """
+    skip_first = False
+    target: Callable[..., Any] = function
+    if isinstance(function, types.MethodType) and isinstance(function.__func__, types.FunctionType):
+        # Bind through the plain function (cached) with the instance as first argument.
+        target, args, skip_first = function.__func__, (function.__self__, *args), True
+    try:
+        binder = _binder(target)
+    except (TypeError, ValueError):  # builtins without a signature, unhashable callables
+        try:
+            binder = _Binder(inspect.signature(target))
+        except (TypeError, ValueError):
+            return None
+    arguments = binder.bind(args, kwargs)
+    if arguments is not None and skip_first:
+        if binder.positional:
+            del arguments[binder.positional[0]]
+        elif binder.var_positional is not None:  # def method(*args): self is args[0]
+            arguments[binder.var_positional] = arguments[binder.var_positional][1:]
+    return arguments
+
+
+def _sort_key(item: _Canon) -> str:
+    return json.dumps(item, separators=(",", ":"), ensure_ascii=True)
+
+
+def _canon(obj: Any, context: _Context) -> _Canon:
+    """The canonical JSON form of one value; every container form starts with a tag string."""
+    kind = type(obj)
+    if kind is str or kind is int or obj is None or kind is bool:
+        return obj  # type: ignore[no-any-return]
+    if kind is float:
+        return ["float", float.__repr__(obj)]
+    if kind is dict or kind is list or kind is tuple:
+        return _visit(obj, context)
+    return _canon_other(obj, context)
+
+
+def _canon_other(obj: Any, context: _Context) -> _Canon:
+    if isinstance(obj, enum.Enum):
+        return ["enum", _qualified(type(obj)), _canon(obj.value, context)]
+    if isinstance(obj, bool):
+        return bool(obj)
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return ["float", float.__repr__(obj)]
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return ["bytes", bytes(obj).hex()]
+    for plain_type, tag in _PLAIN_TYPES.items():
+        if isinstance(obj, plain_type):
+            return [tag, str(obj)]
+    if isinstance(obj, pathlib.PurePath):
+        return ["path", str(obj)]
+    if isinstance(obj, complex):
+        return ["complex", repr(obj)]
+    return _visit(obj, context)
+
+
+def _visit(obj: Any, context: _Context) -> _Canon:
+    if id(obj) in context.active:
+        return ["cycle"]
+    context.active.add(id(obj))
+    try:
+        return _canon_container(obj, context)
+    finally:
+        context.active.discard(id(obj))
+
+
+def _canon_container(obj: Any, context: _Context) -> _Canon:
+    if isinstance(obj, dict) or (not isinstance(obj, (list, tuple)) and isinstance(obj, Mapping)):
+        pairs: list[tuple[str, _Canon]] = []
+        for name, value in obj.items():
+            if isinstance(name, str) and context.drops(name):
+                continue
+            pair: list[_Canon] = [_canon(name, context), _canon(value, context)]
+            # str keys (nearly all) sort by themselves, before all others.
+            order = f"s{name}" if isinstance(name, str) else f"z{_sort_key(pair[0])}"
+            pairs.append((order, pair))
+        pairs.sort(key=lambda p: p[0])
+        return ["dict", *(pair for _, pair in pairs)]
+    if isinstance(obj, list):
+        return ["list", *(_canon(item, context) for item in obj)]
+    if isinstance(obj, tuple):
+        tag = "tuple" if type(obj) is tuple else f"tuple:{_qualified(type(obj))}"
+        return [tag, *(_canon(item, context) for item in obj)]
+    if isinstance(obj, (set, frozenset)):
+        items = [_canon(item, context) for item in obj]
+        return ["set", *sorted(items, key=_sort_key)]
+    if isinstance(obj, type):
+        return _canon_class(obj, context)
+    if isinstance(
+        obj,
+        (types.FunctionType, types.MethodType, types.BuiltinFunctionType, functools.partial),
+    ):
+        function, args, kwargs = _unwrap_partial(obj, (), {})
+        partial_args = _canon([list(args), kwargs], context) if obj is not function else None
+        return ["function", _identity(function, context), partial_args]
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump) and hasattr(type(obj), "model_fields"):
+        try:
+            data = dump(mode="json")
+        except Exception:
+            return ["object", _qualified(type(obj))]
+        return ["model", _qualified(type(obj)), _canon(data, context)]
+    if dataclasses.is_dataclass(obj):
+        fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        return ["dataclass", _qualified(type(obj)), _canon(fields, context)]
+    if type(obj).__module__ == "numpy":
+        return _canon_numpy(obj, context)
+    return ["object", _qualified(type(obj))]
+
+
+def _canon_class(cls: type, context: _Context) -> _Canon:
+    # A pydantic model class (e.g. a structured-output ``response_format``) counts by its
+    # JSON schema too, so changing its fields changes the key.
+    schema = getattr(cls, "model_json_schema", None)
+    if callable(schema):
+        try:
+            return ["class", _qualified(cls), _canon(schema(), context)]
+        except Exception:
+            pass
+    return ["class", _qualified(cls)]
+
+
+def _canon_numpy(obj: Any, context: _Context) -> _Canon:
+    try:
+        if hasattr(obj, "shape") and hasattr(obj, "tolist") and obj.shape != ():
+            return ["ndarray", str(obj.dtype), _canon(obj.tolist(), context)]
+        return _canon(obj.item(), context)
+    except Exception:
+        return ["object", _qualified(type(obj))]

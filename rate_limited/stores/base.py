@@ -1,0 +1,322 @@
+"""The store interface: what the engine asks of every backend, and the write buffer they share.
+
+The engine calls a store from one thread (its event loop's), so every method is quick; they
+are also safe to call from another thread (``Runner.results()`` reads while a run writes),
+because each store serialises its own calls with a lock. Writes are buffered: ``put`` keeps
+the record and ``flush`` writes the buffer in one small transaction, by itself once
+``flush_size`` records wait or the oldest has waited ``flush_interval`` seconds (checked on
+``put`` and by ``maybe_flush``). A process killed with SIGKILL loses at most the records put
+since the last flush. Reads see buffered records as if they were written.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import gc
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+__all__ = [
+    "Store",
+    "StoreCorruptedError",
+    "StoreError",
+    "StoreIntegrityError",
+    "StoreSerializationError",
+    "StoreUnavailableError",
+    "StoreVersionError",
+    "StoredOutcome",
+    "UnknownStoreError",
+]
+
+
+# The exceptions live in rate_limited.exceptions (one tree for the package).
+from rate_limited.exceptions import (
+    StoreCorruptedError,
+    StoreError,
+    StoreIntegrityError,
+    StoreSerializationError,
+    StoreUnavailableError,
+    StoreVersionError,
+    UnknownStoreError,
+)
+
+#: Statuses a stored outcome can have.
+STATUSES = ("succeeded", "failed")
+
+
+@dataclasses.dataclass(slots=True)
+class StoredOutcome:
+    """One finished call as a store keeps it: its result and plain facts about how it went."""
+
+    #: The call's key (see ``rate_limited._keys.call_key``).
+    key: str
+    #: ``"succeeded"`` or ``"failed"``.
+    status: str
+    #: The value the call returned (None for a failed call).
+    result: Any = None
+    #: ``"ExcType: message"`` of the last error; never the exception object.
+    error: str | None = None
+    #: Attempts made, retries included.
+    attempts: int = 1
+    #: Usage billed per resource name.
+    usage: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Wall-clock epoch seconds when the first attempt started, if known.
+    started_at: float | None = None
+    #: Wall-clock epoch seconds when the call finished.
+    finished_at: float = dataclasses.field(default_factory=time.time)
+    #: The function's readable identity, for humans (``function_identity``).
+    function: str = ""
+    #: Wall-clock epoch seconds after which the record counts as absent, if any.
+    expires_at: float | None = None
+
+
+_S = TypeVar("_S", bound="Store")
+
+
+@contextlib.contextmanager
+def _gc_paused(count: int) -> Iterator[None]:
+    """Pause the cyclic garbage collector while ``count`` records are decoded at once.
+
+    Unpickling 100,000 results makes millions of objects, and CPython's collector would
+    traverse the growing heap again and again: resuming a big run got 3-4 times slower.
+    The previous state is restored, so user code that disabled the collector keeps it off.
+    """
+    if count < 1000 or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+class Store(abc.ABC):
+    """A durable map from call key to ``StoredOutcome``; see the module docstring.
+
+    ``ttl`` is a maximum age in seconds: a record whose ``finished_at`` is older counts as
+    absent (as does one past its own ``expires_at``). ``clock`` gives wall-clock epoch
+    seconds and is there for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: float | None = None,
+        flush_size: int = 256,
+        flush_interval: float = 0.2,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if ttl is not None and not (ttl > 0 and math.isfinite(ttl)):
+            raise ValueError(f"ttl must be a positive number of seconds or None, not {ttl!r}")
+        if flush_size < 1:
+            raise ValueError(f"flush_size must be at least 1, not {flush_size!r}")
+        if not flush_interval >= 0:
+            raise ValueError(f"flush_interval must be >= 0 seconds, not {flush_interval!r}")
+        #: Maximum age of a record in seconds (None: records never expire by age).
+        self.ttl = ttl
+        #: Buffered records that trigger a flush.
+        self.flush_size = flush_size
+        #: Seconds the oldest buffered record may wait before a flush.
+        self.flush_interval = flush_interval
+        self._clock = clock
+        self._lock = threading.RLock()
+        # key -> (record, the backend's encoded form of it)
+        self._pending: dict[str, tuple[StoredOutcome, Any]] = {}
+        self._pending_since: float | None = None
+        self._closed = False
+
+    # -- what the engine calls ---------------------------------------------------------
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, StoredOutcome]:
+        """The present, unexpired records among ``keys``, by key."""
+        with self._lock:
+            self._check_open()
+            now = self._clock()
+            found: dict[str, StoredOutcome] = {}
+            missing: list[str] = []
+            for key in dict.fromkeys(keys):
+                pending = self._pending.get(key)
+                if pending is None:
+                    missing.append(key)
+                elif self._is_live(pending[0], now):
+                    found[key] = pending[0]
+            if missing:
+                with _gc_paused(len(missing)):
+                    records = self._read(missing, now)
+                for record in records:
+                    if self._is_live(record, now):
+                        found[record.key] = record
+            return found
+
+    def get(self, key: str) -> StoredOutcome | None:
+        """The record of ``key``, or None when it is absent or expired."""
+        return self.get_many([key]).get(key)
+
+    def put(self, record: StoredOutcome) -> None:
+        """Buffer ``record`` (replacing any record of its key); flush when the buffer is due.
+
+        The result is serialised now, so an unpicklable one raises StoreSerializationError
+        here, and later changes to the object are not stored.
+        """
+        with self._lock:
+            self._check_open()
+            encoded = self._encode(record)
+            self._pending.pop(record.key, None)
+            self._pending[record.key] = (record, encoded)
+            now = self._clock()
+            if self._pending_since is None:
+                self._pending_since = now
+            if len(self._pending) >= self.flush_size or self._flush_due(now):
+                self.flush()
+
+    def flush(self) -> None:
+        """Write every buffered record, in one transaction. A failed flush keeps them."""
+        with self._lock:
+            if not self._pending:
+                return
+            self._check_open()
+            self._write([encoded for _, encoded in self._pending.values()])
+            self._pending.clear()
+            self._pending_since = None
+
+    def maybe_flush(self) -> bool:
+        """Flush if the oldest buffered record has waited ``flush_interval``; True if it did.
+
+        ``put`` checks this by itself; call it from a timer when no more puts may come soon.
+        """
+        with self._lock:
+            if self._closed or not self._pending or not self._flush_due(self._clock()):
+                return False
+            self.flush()
+            return True
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Remove the records of ``keys`` (absent keys are ignored)."""
+        with self._lock:
+            self._check_open()
+            keys = list(dict.fromkeys(keys))
+            for key in keys:
+                self._pending.pop(key, None)
+            if not self._pending:
+                self._pending_since = None
+            if keys:
+                self._delete(keys)
+
+    def clear(self) -> None:
+        """Remove every record of this store."""
+        with self._lock:
+            self._check_open()
+            self._pending.clear()
+            self._pending_since = None
+            self._clear()
+
+    def count(self) -> int:
+        """How many present, unexpired records the store holds (buffered ones included)."""
+        with self._lock:
+            self._check_open()
+            self.flush()
+            return self._count(self._clock())
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __bool__(self) -> bool:
+        return True  # an empty store is still a store: ``store or default`` must keep it
+
+    def iter_records(self) -> Iterator[StoredOutcome]:
+        """Every present, unexpired record, read in pages so writers are not held up."""
+        with self._lock:
+            self._check_open()
+            self.flush()
+            now = self._clock()
+        for record in self._iter(now):
+            if self._is_live(record, now):
+                yield record
+
+    def close(self) -> None:
+        """Flush, then release the connection. Closing twice is fine; using it after is not."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self.flush()
+            finally:
+                self._closed = True
+                self._close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return self._closed
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self!r} is closed; open a new store with open_store(...)")
+
+    def _flush_due(self, now: float) -> bool:
+        since = self._pending_since
+        # ``now < since``: the wall clock went back; flush rather than wait for it.
+        return since is not None and (now - since >= self.flush_interval or now < since)
+
+    def _is_live(self, record: StoredOutcome, now: float) -> bool:
+        if record.expires_at is not None and record.expires_at <= now:
+            return False
+        return self.ttl is None or record.finished_at + self.ttl > now
+
+    def _expiry(self, record: StoredOutcome) -> float | None:
+        """When a record written now stops counting: its own expiry or its ttl, the earlier."""
+        by_age = None if self.ttl is None else record.finished_at + self.ttl
+        if record.expires_at is None:
+            return by_age
+        return record.expires_at if by_age is None else min(by_age, record.expires_at)
+
+    # -- what a backend implements (called with the lock held, except ``_iter``) ---------
+
+    @abc.abstractmethod
+    def _encode(self, record: StoredOutcome) -> Any:
+        """Serialise ``record`` for ``_write`` (raise StoreSerializationError if it can't)."""
+
+    @abc.abstractmethod
+    def _write(self, items: list[Any]) -> None:
+        """Write encoded records, replacing those with the same keys, atomically if it can."""
+
+    @abc.abstractmethod
+    def _read(self, keys: list[str], now: float) -> Iterable[StoredOutcome]:
+        """The stored records among ``keys`` (expired ones may be left out)."""
+
+    @abc.abstractmethod
+    def _delete(self, keys: list[str]) -> None: ...
+
+    @abc.abstractmethod
+    def _clear(self) -> None: ...
+
+    @abc.abstractmethod
+    def _count(self, now: float) -> int:
+        """The number of live stored records (the buffer is flushed first)."""
+
+    @abc.abstractmethod
+    def _iter(self, now: float) -> Iterator[StoredOutcome]:
+        """Every stored record; takes ``self._lock`` per page, not for the whole walk."""
+
+    @abc.abstractmethod
+    def _close(self) -> None: ...

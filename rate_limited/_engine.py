@@ -413,14 +413,15 @@ class Engine:
                 call = ready.popleft()
                 self._in_flight += 1
             else:
-                call = self._admit()
-                if call is None:
+                admitted = self._admit()
+                if admitted is None:
                     if self._unfinished <= 0 or self._stopping:
                         return
                     await self._wait()
                     since_yield = 0
                     now = loop_time()
                     continue
+                call = admitted
                 if self._wake_future is not None and (self._ready or self._retry):
                     self._wake()  # capacity may fit more than this call: let idle workers try
             call.status = RUNNING

@@ -121,7 +121,9 @@ class WindowMeter(_Meter):
     def refund(self, token: object, now: float) -> None:
         if token is None:
             return
-        entry, amount = token  # type: ignore[misc]
+        assert isinstance(token, tuple)
+        entry: list[float] = token[0]
+        amount: float = token[1]
         self._expire(now)
         take = min(amount, entry[1])
         entry[1] -= take

@@ -92,6 +92,7 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
     interrupted: bool
     #: Seconds the run took, on the runner's clock.
     elapsed: float
+    _outcomes: list[Outcome] | None
 
     def __new__(
         cls,
@@ -105,10 +106,10 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         self.calls = calls
         self.interrupted = interrupted
         self.elapsed = elapsed
-        self._outcomes: list[Outcome] | None = None
+        self._outcomes = None
         return self
 
-    def __getnewargs__(self) -> tuple[Any, ...]:  # type: ignore[override]
+    def __getnewargs__(self) -> tuple[Any, ...]:
         return (self[0], self[1], self.calls, self.interrupted, self.elapsed)
 
     @property

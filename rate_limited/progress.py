@@ -139,7 +139,7 @@ def _in_notebook() -> bool:
     if shell is None or "ipykernel" not in sys.modules:
         return False
     try:
-        ipython = shell.get_ipython()  # type: ignore[attr-defined]
+        ipython = shell.get_ipython()
     except Exception:
         return False
     return ipython is not None and "IPKernelApp" in getattr(ipython, "config", {})

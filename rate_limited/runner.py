@@ -196,8 +196,11 @@ class Runner:
             from rate_limited.stores import Store as StoreClass
             from rate_limited.stores import open_store
 
-            self._owns_store = not isinstance(store, StoreClass)
-            self.store = open_store(store, ttl=ttl) if self._owns_store else store  # type: ignore[arg-type]
+            if isinstance(store, StoreClass):
+                self.store = store
+            else:
+                self._owns_store = True
+                self.store = open_store(store, ttl=ttl)
         elif ttl is not None:
             raise ConfigurationError("ttl= needs a store= to expire outcomes from.")
         self.logger = logging.getLogger(f"rate_limited.Runner.{self.name}")

@@ -56,7 +56,14 @@ def _ping(port: int) -> bool:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """URL of a throwaway redis-server (no persistence), killed after the session."""
+    """URL of a throwaway redis-server (no persistence), killed after the session.
+
+    ``RATE_LIMITED_TEST_REDIS_URL`` (set by .ci/run, which starts one) is used instead.
+    """
+    given = os.environ.get("RATE_LIMITED_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
     server = shutil.which("redis-server")
     if server is None:
         if os.environ.get("CI"):

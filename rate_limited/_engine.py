@@ -81,9 +81,10 @@ def is_async_callable(function: Callable[..., Any]) -> bool:
 
 
 class RunStats:
-    """Counters of the current run, read by progress displays."""
+    """Counters of the current run, read by progress displays (on the loop thread)."""
 
     __slots__ = (
+        "_engine",
         "binding",
         "cooldowns",
         "failed",
@@ -95,7 +96,10 @@ class RunStats:
         "waiting_until",
     )
 
-    def __init__(self, total: int, done: int, failed: int, now: float) -> None:
+    def __init__(
+        self, total: int, done: int, failed: int, now: float, engine: Engine | None = None
+    ) -> None:
+        self._engine = engine
         self.total = total  #: calls in this run
         self.succeeded = done  #: calls that ended with a value
         self.failed = failed  #: calls that ended failed
@@ -109,6 +113,38 @@ class RunStats:
     @property
     def finished(self) -> int:
         return self.succeeded + self.failed
+
+    @property
+    def in_flight(self) -> int:
+        """Attempts running now."""
+        return 0 if self._engine is None else max(0, self._engine._in_flight)
+
+    @property
+    def backing_off(self) -> int:
+        """Calls waiting out a backoff before their next attempt."""
+        return 0 if self._engine is None else self._engine._backing_off
+
+    @property
+    def now(self) -> float:
+        """The engine's clock (loop time)."""
+        return self.started_at if self._engine is None else self._engine.loop.time()
+
+    @property
+    def elapsed(self) -> float:
+        return self.now - self.started_at
+
+    @property
+    def paused_until(self) -> float | None:
+        """End of a cool-down after HTTP 429 (loop time), if one is going on."""
+        if self._engine is None or self._engine._pause_until <= self.now:
+            return None
+        return self._engine._pause_until
+
+    def usage(self) -> dict[str, tuple[float, float, float]]:
+        """``{resource: (used, reserved, quota)}`` now."""
+        if self._engine is None:
+            return {}
+        return self._engine.ledger.snapshot(self.now)
 
 
 class Engine:
@@ -162,6 +198,9 @@ class Engine:
         self._retry: list[tuple[int, int, Call]] = []  # heap by (index, seq)
         self._retry_seq = 0
         self._epoch = 0  # run number: a backoff timer of an earlier run is a no-op
+        self._backing_off = 0
+        self._batch_len = 0
+        self._ticker: asyncio.TimerHandle | None = None
         self._awaiting: set[asyncio.Task[None]] = set()  # awaitables from sync functions
         self._in_flight = 0
         self._unfinished = 0
@@ -174,7 +213,7 @@ class Engine:
         self._workers: set[asyncio.Task[None]] = set()
         self._next_progress = -math.inf
         self._warned_wait = False
-        self.stats = RunStats(0, 0, 0, loop.time())
+        self.stats = RunStats(0, 0, 0, loop.time(), self)
         self.pool: ThreadPool | None = None
         if not self.is_async:
             self.pool = ThreadPool(function, loop, self._on_completions, max_concurrent)
@@ -204,11 +243,14 @@ class Engine:
                     call.status = PENDING
                     ready.append(call)
         self._ready = ready
+        self._batch_len = len(calls)
         self._unfinished = unfinished
-        self.stats = RunStats(len(calls), succeeded, failed, loop.time())
+        self.stats = RunStats(len(calls), succeeded, failed, loop.time(), self)
         self._warned_wait = False
+        self._backing_off = 0
         if progress is not None:
             progress.start(self.stats)
+            self._ticker = loop.call_later(self._tick_interval, self._tick)
         try:
             if unfinished:
                 self._done = loop.create_future()
@@ -221,12 +263,28 @@ class Engine:
         finally:
             self._done = None
             self._cancel_timer()
+            if self._ticker is not None:
+                self._ticker.cancel()
+                self._ticker = None
             self._flush_store()
             if progress is not None:
                 progress.finish(self.stats, interrupted=self._stopping)
             self.progress = None
         await self._join_workers()
         return self._stopping
+
+    @property
+    def _tick_interval(self) -> float:
+        return max(self.progress_interval, 0.05)
+
+    def _tick(self) -> None:
+        """Refresh the progress display while nothing finishes (e.g. waiting for quota)."""
+        if self.progress is None or self._done is None:
+            self._ticker = None
+            return
+        self._next_progress = self.loop.time() + self.progress_interval
+        self.progress.update(self.stats)
+        self._ticker = self.loop.call_later(self._tick_interval, self._tick)
 
     def request_stop(self) -> None:
         """Stop admitting, cancel running coroutines, put queued calls back (loop thread)."""
@@ -259,8 +317,8 @@ class Engine:
 
     def enqueue(self, call: Call) -> None:
         """A call scheduled while a run is going (loop thread)."""
-        if self._done is None or self._stopping:
-            return  # the next run() picks it up
+        if self._done is None or self._stopping or call.index < self._batch_len:
+            return  # the next run() picks it up, or this one already has
         self._ready.append(call)
         self._unfinished += 1
         self.stats.total += 1
@@ -653,11 +711,14 @@ class Engine:
             delay = 0.0
         logger.debug("%r failed (%s: %s); retry in %.2f s", call, type(exc).__name__, exc, delay)
         if delay > 0 and not self._stopping:
-            self.loop.call_at(now + delay, self._due, call, self._epoch)
+            self._backing_off += 1
+            self.loop.call_at(now + delay, self._due, call, self._epoch, True)
         else:
             self._due(call, self._epoch)
 
-    def _due(self, call: Call, epoch: int) -> None:
+    def _due(self, call: Call, epoch: int, backed_off: bool = False) -> None:
+        if backed_off and epoch == self._epoch:
+            self._backing_off -= 1
         if epoch != self._epoch or self._stopping or self._done is None:
             return  # the next run() requeues it
         if call.status is not PENDING:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from rate_limited._engine import RunStats
 
-__all__ = ["LogProgress", "Progress", "TqdmProgress", "make_progress"]
+__all__ = ["LogProgress", "Progress", "TqdmProgress", "check_progress", "make_progress"]
 
 logger = logging.getLogger("rate_limited")
 
@@ -53,15 +53,16 @@ class TqdmProgress:
     """A ``tqdm.auto`` bar of finished calls; its description says what it waits for."""
 
     def __init__(self, desc: str | None = None) -> None:
-        self._desc = desc
-        self._bar: Any = None
-
-    def start(self, stats: RunStats) -> None:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(
-            total=stats.total, initial=stats.finished, desc=self._desc, unit="call", leave=True
-        )
+        self._desc = desc
+        # Made here, in the thread that starts the run: a notebook shows it in that cell.
+        self._bar: Any = tqdm(total=None, desc=desc, unit="call", leave=True)
+
+    def start(self, stats: RunStats) -> None:
+        if self._bar is not None:
+            self._bar.reset(total=stats.total)
+            self._bar.update(stats.finished)
 
     def update(self, stats: RunStats) -> None:
         bar = self._bar
@@ -145,8 +146,27 @@ def _in_notebook() -> bool:
     return ipython is not None and "IPKernelApp" in getattr(ipython, "config", {})
 
 
+def check_progress(progress: object) -> None:
+    """Raise ConfigurationError now if ``progress=`` is not something make_progress takes."""
+    if progress is None or progress is True or progress is False:
+        return
+    if progress in ("tqdm", "log") or isinstance(progress, Progress):
+        return
+    from rate_limited.exceptions import ConfigurationError
+
+    raise ConfigurationError(
+        f"progress must be None (automatic), True, False, 'tqdm', 'log' or a Progress "
+        f"object; got {progress!r}."
+    )
+
+
 def make_progress(progress: object) -> Progress | None:
-    """The Progress a Runner's ``progress=`` argument asks for (None: nothing)."""
+    """The Progress a Runner's ``progress=`` argument asks for (None: nothing).
+
+    Called in the thread that starts the run, so that a notebook display appears in the
+    cell that started it.
+    """
+    check_progress(progress)
     if progress is False:
         return None
     if progress is None:
@@ -157,11 +177,5 @@ def make_progress(progress: object) -> Progress | None:
         return TqdmProgress()
     if progress == "log":
         return LogProgress()
-    if isinstance(progress, Progress):
-        return progress
-    from rate_limited.exceptions import ConfigurationError
-
-    raise ConfigurationError(
-        f"progress must be None (automatic), True, False, 'tqdm', 'log' or a Progress "
-        f"object; got {progress!r}."
-    )
+    assert isinstance(progress, Progress)
+    return progress

@@ -5,8 +5,11 @@ the first run and reused by every later one (the engine, its ledger and its thre
 live there). So the same blocking ``run()`` works in a script, in a Jupyter cell and
 inside a running event loop, and ``run_coro()`` is the same thing for async code.
 
-Ctrl-C / "interrupt kernel": while ``run()`` blocks in the main thread it installs its own
-SIGINT handler (and restores the previous one after), because Python 3.11+'s
+``run()`` is ``start().result()``: ``start()`` returns a ``RunHandle`` at once (a
+background run, e.g. in a notebook) and ``result()`` waits for it.
+
+Ctrl-C / "interrupt kernel": while ``result()`` waits in the main thread it installs its
+own SIGINT handler (and restores the previous one after), because Python 3.11+'s
 ``asyncio.run`` handler only cancels the main task, which a blocking call never notices.
 The handler asks the engine to stop: admission stops, running coroutines are cancelled,
 and ``run()`` returns the partial ``RunResult`` (``interrupted=True``). A second Ctrl-C
@@ -28,10 +31,9 @@ import inspect
 import logging
 import math
 import os
-import signal
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from numbers import Real
 from typing import Any
 
@@ -46,8 +48,9 @@ from rate_limited._policy import (
 )
 from rate_limited.calls import Call, Result
 from rate_limited.exceptions import ConfigurationError, QuotaExceededError, RunnerClosedError
+from rate_limited.handle import RunHandle
 from rate_limited.outcomes import RunResult, Status
-from rate_limited.progress import make_progress
+from rate_limited.progress import Progress, check_progress, make_progress
 from rate_limited.resources import Resource
 from rate_limited.stores.base import Store
 
@@ -174,7 +177,7 @@ class Runner:
             raise ConfigurationError(f"backoff must be a callable, got {backoff!r}.")
         self.retry_if = retry_if
         self.backoff = backoff if backoff is not None else exponential_backoff()
-        make_progress(progress)  # validate now, build one per run
+        check_progress(progress)  # validate now; each run builds its own display
         self._progress_spec = progress
         if clock is not None and not isinstance(clock, Clock):
             raise ConfigurationError(
@@ -216,7 +219,6 @@ class Runner:
         self._running = False
         self._closed = False
         self._finalizer: weakref.finalize[Any, Any] | None = None
-        self._interrupt_requested = False
         self._function_identity = ""
         if self.store is not None:
             from rate_limited._keys import function_identity
@@ -331,65 +333,58 @@ class Runner:
         """Run every scheduled call that has not finished; block until done or interrupted.
 
         Returns ``RunResult`` (unpacks as ``results, exceptions``), in schedule order.
-        Works the same in a script, a notebook and inside a running event loop.
+        Works the same in a script, a notebook and inside a running event loop. Ctrl-C
+        (or "interrupt kernel") returns the partial result; ``run()`` again resumes.
         """
-        engine, loop_thread = self._start()
-        if threading.current_thread() is loop_thread.thread:
-            raise RuntimeError(
-                "run() was called from inside the Runner's own loop (from the function it "
-                "runs); schedule() more calls instead, they join the current run."
-            )
-        calls = self.scheduled_calls
-        future = loop_thread.submit(self._run_batch(engine, calls))
-        with self._sigint_handler(loop_thread, engine):
-            while True:
-                try:
-                    interrupted, elapsed = future.result(timeout=0.25)
-                    break
-                except concurrent.futures.TimeoutError:
-                    continue
-                except KeyboardInterrupt:  # no handler of ours (not the main thread)
-                    if self._interrupt_requested:
-                        raise
-                    self._interrupt_requested = True
-                    loop_thread.call_soon(engine.request_stop)
-        return self._result(calls, interrupted, elapsed)
+        return self.start().result()
 
     async def run_coro(self) -> RunResult:
         """``run()`` for async code: ``results, exceptions = await runner.run_coro()``.
 
         Cancelling the awaiting task stops the run (as an interrupt does) and re-raises.
         """
-        engine, loop_thread = self._start()
-        try:
-            if asyncio.get_running_loop() is loop_thread.loop:
-                raise RuntimeError(
-                    "run_coro() was awaited inside the Runner's own loop (from the function "
-                    "it runs); schedule() more calls instead, they join the current run."
-                )
-        except RuntimeError as exc:
-            if "Runner's own loop" in str(exc):
-                raise
-        calls = self.scheduled_calls
-        future = loop_thread.submit(self._run_batch(engine, calls))
-        try:
-            interrupted, elapsed = await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            loop_thread.call_soon(engine.request_stop)
-            raise
-        return self._result(calls, interrupted, elapsed)
+        return await self.start()
 
-    async def _run_batch(self, engine: Engine, calls: list[Call]) -> tuple[bool, float]:
-        started = engine.loop.time()
-        self._running = True
+    def start(self) -> RunHandle:
+        """Start running the scheduled calls in the background and return at once.
+
+        ``handle.result()`` blocks for the RunResult, ``await handle`` awaits it,
+        ``handle.stop()`` stops and returns the partial result, ``handle.results()``
+        shows what has finished so far. Calls scheduled meanwhile join the run.
+        """
+        engine, loop_thread = self._ensure_engine()
+        if threading.current_thread() is loop_thread.thread:
+            raise RuntimeError(
+                "run() was called from inside the Runner's own loop (from the function it "
+                "runs); schedule() more calls instead, they join the current run."
+            )
+        calls = self.scheduled_calls
+        progress = make_progress(self._progress_spec)  # built here: notebook output lands
+        self._running = True  # in the caller's cell, not wherever the engine thread is
         try:
-            interrupted = await engine.run(calls, make_progress(self._progress_spec))
+            future = loop_thread.submit(self._run_batch(engine, calls, progress))
+        except BaseException:
+            self._running = False
+            raise
+        return RunHandle(
+            future,
+            calls,
+            request_stop=lambda: loop_thread.call_soon(engine.request_stop),
+            finish=self._result,
+            snapshot=self.results,
+        )
+
+    async def _run_batch(
+        self, engine: Engine, calls: list[Call], progress: Progress | None
+    ) -> tuple[bool, float]:
+        started = engine.loop.time()
+        try:
+            interrupted = await engine.run(calls, progress)
         finally:
             self._running = False
         return interrupted, engine.loop.time() - started
 
     def _result(self, calls: list[Call], interrupted: bool, elapsed: float) -> RunResult:
-        self._interrupt_requested = False
         # Paused collector: 100k new lists would trigger full passes over every Call.
         gc_was_enabled = gc.isenabled()
         gc.disable()
@@ -411,11 +406,14 @@ class Runner:
             self.scheduled_calls = []  # complete: the next run() starts a new batch
         return RunResult(results, exceptions, calls, interrupted, elapsed)
 
-    def _start(self) -> tuple[Engine, _LoopThread]:
+    def _ensure_engine(self) -> tuple[Engine, _LoopThread]:
         if self._closed:
             raise RunnerClosedError("This Runner was closed; create a new Runner to run.")
         if self._running:
-            raise RuntimeError("This Runner is already running; wait for its run() to end.")
+            raise RuntimeError(
+                "This Runner is already running (a run() or start() has not ended); wait "
+                "for it, or stop it with handle.stop()."
+            )
         if self._loop_thread is None or self._engine is None:
             loop_thread = _LoopThread(self.clock, name=f"rate_limited-{self.name}")
             self._loop_thread = loop_thread
@@ -440,29 +438,6 @@ class Runner:
             if isinstance(self.function, FeedbackSource):
                 self.function.attach_ledger(LedgerControl(self._engine))
         return self._engine, self._loop_thread
-
-    @contextlib.contextmanager
-    def _sigint_handler(self, loop_thread: _LoopThread, engine: Engine) -> Iterator[None]:
-        """While run() blocks in the main thread, Ctrl-C stops the run instead of raising."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def on_sigint(signum: int, frame: object) -> None:
-            if self._interrupt_requested:
-                raise KeyboardInterrupt  # second Ctrl-C: give up waiting
-            self._interrupt_requested = True
-            loop_thread.call_soon(engine.request_stop)
-
-        try:
-            previous = signal.signal(signal.SIGINT, on_sigint)
-        except ValueError:  # signals unavailable here (e.g. a subinterpreter)
-            yield
-            return
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
 
     def results(self) -> RunResult:
         """A snapshot of the current batch, readable while a run is going (from any thread):

@@ -1,0 +1,114 @@
+"""Background runs: ``runner.start()`` returns a RunHandle at once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from rate_limited import Runner, Status
+
+
+def gated_runner(n: int = 10) -> tuple[Runner, threading.Event]:
+    """Sync calls that block until the test opens the gate: the run can't end early."""
+    gate = threading.Event()
+
+    def wait_for_gate(i: int) -> int:
+        gate.wait(10)
+        return i
+
+    runner = Runner(wait_for_gate, [], max_concurrent=4, progress=False)
+    for i in range(n):
+        runner.schedule(i)
+    return runner, gate
+
+
+def test_start_returns_at_once_and_result_waits() -> None:
+    runner, gate = gated_runner()
+    handle = runner.start()
+    assert not handle.done()
+    snapshot = handle.results()
+    assert snapshot.counts().get("succeeded", 0) == 0 and snapshot.interrupted
+    gate.set()
+    result = handle.result(timeout=10)
+    assert result.results == list(range(10)) and not result.interrupted
+    assert handle.done() and handle.result() is result
+
+
+def test_results_grow_while_the_run_goes_on() -> None:
+    async def step(i: int) -> int:
+        await asyncio.sleep(0.02 * i)
+        return i
+
+    runner = Runner(step, [], max_concurrent=10, progress=False)
+    for i in range(10):
+        runner.schedule(i)
+    handle = runner.start()
+    seen = []
+    while not handle.done():
+        seen.append(handle.results().counts().get("succeeded", 0))
+        time.sleep(0.01)
+    assert seen == sorted(seen)  # never goes back
+    assert any(0 < n < 10 for n in seen)  # and was seen part-way (the run takes ~0.2 s)
+    assert handle.result().counts() == {"succeeded": 10}
+
+
+def test_stop_returns_partial_results_and_run_resumes() -> None:
+    runner, gate = gated_runner()
+    handle = runner.start()
+    time.sleep(0.1)  # 4 calls are in threads, waiting at the gate
+    threading.Timer(0.2, gate.set).start()
+    partial = handle.stop(timeout=10)
+    assert partial.interrupted
+    statuses = [o.status for o in partial.outcomes]
+    assert statuses.count(Status.RUNNING) + statuses.count(Status.SUCCEEDED) == 4
+    assert statuses.count(Status.PENDING) == 6
+    rest = runner.run()
+    assert rest.results == list(range(10)) and not rest.interrupted
+    assert [o.attempts for o in rest.outcomes] == [1] * 10  # nothing was sent twice
+
+
+def test_await_a_handle() -> None:
+    async def double(i: int) -> int:
+        return 2 * i
+
+    runner = Runner(double, [], progress=False)
+
+    async def main() -> list[int]:
+        for i in range(5):
+            runner.schedule(i)
+        result = await runner.start()
+        return result.results
+
+    assert asyncio.run(main()) == [0, 2, 4, 6, 8]
+
+
+def test_a_second_start_while_running_is_refused() -> None:
+    runner, gate = gated_runner()
+    handle = runner.start()
+    with pytest.raises(RuntimeError, match="already running"):
+        runner.start()
+    gate.set()
+    handle.result(timeout=10)
+
+
+def test_calls_scheduled_during_a_background_run_join_it() -> None:
+    runner, gate = gated_runner(4)
+    handle = runner.start()
+    for i in range(4, 8):
+        runner.schedule(i)
+    gate.set()
+    result = handle.result(timeout=10)
+    assert result.results == list(range(8))
+    assert [o.attempts for o in result.outcomes] == [1] * 8
+
+
+def test_result_timeout_leaves_the_run_going() -> None:
+    runner, gate = gated_runner(2)
+    handle = runner.start()
+    with pytest.raises(TimeoutError):
+        handle.result(timeout=0.05)
+    gate.set()
+    assert handle.result(timeout=10).results == [0, 1]

@@ -35,6 +35,7 @@ from rate_limited.exceptions import (
     UsageExtractionError,
     ValidationError,
 )
+from rate_limited.handle import RunHandle
 from rate_limited.outcomes import Outcome, RunResult, Status
 from rate_limited.progress import LogProgress, Progress, TqdmProgress
 from rate_limited.resources import Resource
@@ -58,6 +59,7 @@ __all__ = [
     "RateLimitedError",
     "Resource",
     "RetryIf",
+    "RunHandle",
     "RunResult",
     "Runner",
     "RunnerClosedError",

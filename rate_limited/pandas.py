@@ -1,20 +1,35 @@
-"""DataFrames out of runs: one row per call with its result, status, error and usage.
+"""DataFrames in and out: one call per row, one row per call.
 
-pandas is optional (``pip install 'rate_limited[pandas]'``) and imported only here, when
-a DataFrame is asked for.
+``runner.apply(df, row_to_kwargs)`` (or ``df.rate_limited.apply(runner, row_to_kwargs)``
+once this module is imported) schedules one call per row with the keyword arguments
+``row_to_kwargs(row)`` returns, runs them, and returns a DataFrame aligned to ``df.index``
+with each call's ``result``, ``status``, ``error``, ``attempts``, ``latency``,
+``from_store`` and ``usage_<resource>``; ``RunResult.to_pandas()`` gives the same table
+for any run.
+
+Rerunning the same cell resumes instead of starting over: if the runner still holds an
+interrupted batch of exactly these calls, ``apply`` runs that batch again (only the
+unfinished calls are sent); with a ``store=``, a fresh runner or kernel gets the finished
+rows back from the store without calling again.
+
+pandas is optional (``pip install 'rate_limited[pandas]'``) and imported only here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from rate_limited.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     import pandas
 
     from rate_limited.outcomes import Outcome
+    from rate_limited.runner import Runner
 
-__all__ = ["outcomes_frame"]
+__all__ = ["apply", "outcomes_frame"]
 
 
 def _pandas() -> Any:
@@ -47,3 +62,73 @@ def outcomes_frame(outcomes: Sequence[Outcome], index: Any = None) -> pandas.Dat
     frame = pd.DataFrame(columns, index=index)
     frame["status"] = frame["status"].astype("category")
     return frame
+
+
+def apply(
+    runner: Runner,
+    frame: pandas.DataFrame,
+    row_to_kwargs: Callable[[pandas.Series], Mapping[str, Any]],
+) -> pandas.DataFrame:
+    """One call per row of ``frame`` with ``row_to_kwargs(row)`` as its keyword arguments;
+    returns the outcomes as a DataFrame aligned to ``frame.index`` (see the module doc)."""
+    pd = _pandas()
+    if not isinstance(frame, pd.DataFrame):
+        raise ConfigurationError(f"apply() takes a pandas DataFrame, got {type(frame).__name__}.")
+    if not callable(row_to_kwargs):
+        raise ConfigurationError(
+            "row_to_kwargs must be a function of a row (a pandas Series) returning the "
+            f"call's keyword arguments as a dict; got {row_to_kwargs!r}."
+        )
+    wanted: list[Mapping[str, Any]] = []
+    for label, row in frame.iterrows():
+        kwargs = row_to_kwargs(row)
+        if not isinstance(kwargs, Mapping):
+            raise ConfigurationError(
+                f"row_to_kwargs must return a dict of keyword arguments; for row {label!r} "
+                f"it returned {type(kwargs).__name__}: {kwargs!r}."
+            )
+        wanted.append(kwargs)
+    pending = runner.scheduled_calls
+    if pending and not _same_calls(pending, wanted):
+        raise ConfigurationError(
+            f"This runner holds {len(pending)} scheduled calls that are not these rows' "
+            "calls; run() them first (or use another Runner) before apply()."
+        )
+    if not pending:
+        for kwargs in wanted:
+            runner.schedule(**kwargs)
+    result = runner.run()
+    return outcomes_frame(result.outcomes, index=frame.index)
+
+
+def _same_calls(calls: Sequence[Any], wanted: Sequence[Mapping[str, Any]]) -> bool:
+    if len(calls) != len(wanted):
+        return False
+    try:
+        return all(
+            not c.args and dict(c.kwargs) == dict(w) for c, w in zip(calls, wanted, strict=True)
+        )
+    except Exception:  # arguments whose == raises (e.g. arrays): not provably the same
+        return False
+
+
+def _register_accessor() -> None:
+    pd = _pandas()
+
+    @pd.api.extensions.register_dataframe_accessor("rate_limited")
+    class RateLimitedAccessor:
+        """``df.rate_limited.apply(runner, row_to_kwargs)``: see ``rate_limited.pandas``."""
+
+        def __init__(self, frame: pandas.DataFrame) -> None:
+            self._frame = frame
+
+        def apply(
+            self,
+            runner: Runner,
+            row_to_kwargs: Callable[[pandas.Series], Mapping[str, Any]],
+        ) -> pandas.DataFrame:
+            return apply(runner, self._frame, row_to_kwargs)
+
+
+with contextlib.suppress(ImportError):  # no pandas: apply() says what to install
+    _register_accessor()

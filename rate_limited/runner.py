@@ -33,9 +33,9 @@ import math
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from numbers import Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rate_limited._clock import Clock, MonotonicClock
 from rate_limited._engine import Engine
@@ -53,6 +53,9 @@ from rate_limited.outcomes import RunResult, Status
 from rate_limited.progress import Progress, check_progress, make_progress
 from rate_limited.resources import Resource
 from rate_limited.stores.base import Store
+
+if TYPE_CHECKING:
+    import pandas
 
 __all__ = ["Runner"]
 
@@ -438,6 +441,21 @@ class Runner:
             if isinstance(self.function, FeedbackSource):
                 self.function.attach_ledger(LedgerControl(self._engine))
         return self._engine, self._loop_thread
+
+    def apply(
+        self,
+        frame: pandas.DataFrame,
+        row_to_kwargs: Callable[[pandas.Series], Mapping[str, Any]],
+    ) -> pandas.DataFrame:
+        """One call per row of ``frame``; returns a DataFrame aligned to ``frame.index``.
+
+        ``row_to_kwargs(row)`` gives the call's keyword arguments. The result has one row
+        per input row: ``result``, ``status``, ``error``, ``attempts``, ``latency``,
+        ``from_store`` and ``usage_<resource>``. Rerunning after an interrupt resumes.
+        """
+        from rate_limited.pandas import apply
+
+        return apply(self, frame, row_to_kwargs)
 
     def results(self) -> RunResult:
         """A snapshot of the current batch, readable while a run is going (from any thread):

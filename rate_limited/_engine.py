@@ -88,6 +88,7 @@ class RunStats:
         "binding",
         "cooldowns",
         "failed",
+        "long_waits",
         "rate_limited",
         "retries",
         "started_at",
@@ -106,6 +107,7 @@ class RunStats:
         self.retries = 0  #: failed attempts that were retried
         self.rate_limited = 0  #: attempts answered 429
         self.cooldowns = 0  #: times admission paused for a Retry-After
+        self.long_waits = 0  #: waits for quota longer than long_wait_warning_seconds
         self.waiting_until: float | None = None  #: admission waits for quota until then
         self.binding: str | None = None  #: the resource it waits for
         self.started_at = now
@@ -401,7 +403,10 @@ class Engine:
             seconds = (
                 "until a running call settles" if until == math.inf else (f"{until - now:.1f} s")
             )
-            logger.info("All calls are waiting for %s: %s", binding or "capacity", seconds)
+            # A warning the first time in a run (it explains a slow run), INFO afterwards.
+            level = logging.INFO if stats.long_waits else logging.WARNING
+            stats.long_waits += 1
+            logger.log(level, "All calls are waiting for %s: %s", binding or "capacity", seconds)
             if self.progress is not None:
                 self.progress.waiting(stats, until - now, binding)
 

@@ -252,7 +252,8 @@ class Engine:
         self._backing_off = 0
         if progress is not None:
             progress.start(self.stats)
-            self._ticker = loop.call_later(self._tick_interval, self._tick)
+            if not getattr(loop, "virtual_time", False):  # a FakeClock would jump per tick
+                self._ticker = loop.call_later(self._tick_interval, self._tick)
         try:
             if unfinished:
                 self._done = loop.create_future()

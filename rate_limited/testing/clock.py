@@ -80,6 +80,9 @@ class _JumpingSelector:
 
 
 class _VirtualTimeLoop(asyncio.SelectorEventLoop):
+    #: Tells the engine not to refresh progress on a timer (each tick would be a jump).
+    virtual_time = True
+
     def __init__(self, clock: FakeClock) -> None:
         self._fake_clock = clock
         selector = _JumpingSelector(clock)

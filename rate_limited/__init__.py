@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from rate_limited._clock import Clock, MonotonicClock
 from rate_limited._policy import (
     Backoff,
@@ -32,6 +34,13 @@ from rate_limited.exceptions import (
     QuotaExceededError,
     RateLimitedError,
     RunnerClosedError,
+    StoreCorruptedError,
+    StoreError,
+    StoreIntegrityError,
+    StoreSerializationError,
+    StoreUnavailableError,
+    StoreVersionError,
+    UnknownStoreError,
     UsageExtractionError,
     ValidationError,
 )
@@ -42,6 +51,9 @@ from rate_limited.resources import Resource
 from rate_limited.runner import Runner
 
 __version__ = "0.5.0.dev0"
+
+# A library does not print logs unless the application configures logging.
+logging.getLogger("rate_limited").addHandler(logging.NullHandler())
 
 __all__ = [
     "Backoff",
@@ -64,7 +76,14 @@ __all__ = [
     "Runner",
     "RunnerClosedError",
     "Status",
+    "StoreCorruptedError",
+    "StoreError",
+    "StoreIntegrityError",
+    "StoreSerializationError",
+    "StoreUnavailableError",
+    "StoreVersionError",
     "TqdmProgress",
+    "UnknownStoreError",
     "UsageExtractionError",
     "ValidationError",
     "__version__",

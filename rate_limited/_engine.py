@@ -165,6 +165,7 @@ class Engine:
         validators: tuple[Callable[[Any], Any], ...],
         timeout: float | None,
         long_wait_seconds: float | None,
+        name: str = "rate_limited",
         progress_interval: float,
         store: Store | None = None,
         refresh: bool = False,
@@ -218,7 +219,9 @@ class Engine:
         self.stats = RunStats(0, 0, 0, loop.time(), self)
         self.pool: ThreadPool | None = None
         if not self.is_async:
-            self.pool = ThreadPool(function, loop, self._on_completions, max_concurrent)
+            self.pool = ThreadPool(
+                function, loop, self._on_completions, max_concurrent, name=f"rate_limited-{name}"
+            )
 
     # -- running a batch ---------------------------------------------------------------------
     async def run(self, calls: Sequence[Call], progress: Progress | None) -> bool:
@@ -251,7 +254,7 @@ class Engine:
         self._warned_wait = False
         self._backing_off = 0
         if progress is not None:
-            progress.start(self.stats)
+            self._report(progress.start, self.stats)
             if not getattr(loop, "virtual_time", False):  # a FakeClock would jump per tick
                 self._ticker = loop.call_later(self._tick_interval, self._tick)
         try:
@@ -270,8 +273,8 @@ class Engine:
                 self._ticker.cancel()
                 self._ticker = None
             self._flush_store()
-            if progress is not None:
-                progress.finish(self.stats, interrupted=self._stopping)
+            if self.progress is not None:
+                self._report(self.progress.finish, self.stats, self._stopping)
             self.progress = None
         await self._join_workers()
         return self._stopping
@@ -286,7 +289,7 @@ class Engine:
             self._ticker = None
             return
         self._next_progress = self.loop.time() + self.progress_interval
-        self.progress.update(self.stats)
+        self._report(self.progress.update, self.stats)
         self._ticker = self.loop.call_later(self._tick_interval, self._tick)
 
     def request_stop(self) -> None:
@@ -409,7 +412,7 @@ class Engine:
             stats.long_waits += 1
             logger.log(level, "All calls are waiting for %s: %s", binding or "capacity", seconds)
             if self.progress is not None:
-                self.progress.waiting(stats, until - now, binding)
+                self._report(self.progress.waiting, stats, until - now, binding)
 
     # -- waiting -----------------------------------------------------------------------------
     async def _wait(self) -> None:
@@ -501,14 +504,15 @@ class Engine:
                 if self._stopping:
                     self._cancelled(call, now)
                     raise
-                self._failed(call, asyncio.CancelledError("the call was cancelled"), now)
+                cancelled = asyncio.CancelledError("the call was cancelled")
+                self._settle(self._failed, call, cancelled, now)
             except BaseException as exc:
                 now = loop_time()
-                if timeout is not None and isinstance(exc, TimeoutError):
+                if timeout is not None and isinstance(exc, TimeoutError | asyncio.TimeoutError):
                     error = CallTimeoutError(f"the call took longer than timeout={timeout} s")
                     error.__cause__ = exc
                     exc = error
-                self._failed(call, exc, now)
+                self._settle(self._failed, call, exc, now)
             else:
                 now = loop_time()
                 if simple:
@@ -523,9 +527,9 @@ class Engine:
                         self._wake()
                     if self.progress is not None and now >= self._next_progress:
                         self._next_progress = now + self.progress_interval
-                        self.progress.update(stats)
+                        self._report(self.progress.update, stats)
                 else:
-                    self._returned(call, value, now)
+                    self._settle(self._returned, call, value, now)
             since_yield += 1
             if since_yield >= _YIELD_EVERY:
                 since_yield = 0
@@ -564,9 +568,9 @@ class Engine:
                 self._awaiting.add(task)
                 task.add_done_callback(self._awaiting.discard)
             elif ok:
-                self._returned(call, value, now)
+                self._settle(self._returned, call, value, now)
             else:
-                self._failed(call, value, now)
+                self._settle(self._failed, call, value, now)
         self._wake()
 
     async def _await_returned(self, call: Call, awaitable: Any) -> None:
@@ -576,9 +580,9 @@ class Engine:
             self._cancelled(call, self.loop.time())
             raise
         except BaseException as exc:
-            self._failed(call, exc, self.loop.time())
+            self._settle(self._failed, call, exc, self.loop.time())
         else:
-            self._returned(call, value, self.loop.time())
+            self._settle(self._returned, call, value, self.loop.time())
         self._wake()
 
     def _sync_timeout(self, call: Call, token: int) -> None:
@@ -590,7 +594,7 @@ class Engine:
             f"the call took longer than timeout={self.timeout} s (its thread cannot be "
             "stopped; a late result is kept if the call has not succeeded by then)"
         )
-        self._failed(call, error, self.loop.time())
+        self._settle(self._failed, call, error, self.loop.time())
         self._wake()
 
     def _late(self, call: Call, ok: bool, value: Any) -> None:
@@ -607,9 +611,40 @@ class Engine:
         if was_queued:
             self._in_flight += 1
         call.reservation = None
-        self._returned(call, value, self.loop.time())
+        self._settle(self._returned, call, value, self.loop.time())
 
     # -- settling ----------------------------------------------------------------------------
+    def _settle(
+        self, settle: Callable[[Call, Any, float], None], call: Call, value: Any, now: float
+    ) -> None:
+        """Run a settle step; if anything in it raises, the call fails instead of the run
+        hanging (a worker that died would leave its call RUNNING for ever)."""
+        try:
+            settle(call, value, now)
+        except Exception as exc:
+            logger.exception("Internal error while settling %r; the call is marked failed", call)
+            if call.status.is_final:
+                return
+            if call.status is RUNNING:
+                self._in_flight -= 1
+            call.reservation = None
+            call.exceptions.append(exc)
+            call.status = FAILED
+            call.finished_at = now
+            self.stats.failed += 1
+            self._unfinished -= 1
+            if self._unfinished <= 0:
+                self._resolve_done()
+                self._wake()
+
+    def _report(self, method: Callable[..., None], *args: Any) -> None:
+        """Call the progress display; a display that raises is dropped, not the run."""
+        try:
+            method(*args)
+        except Exception:
+            logger.exception("The progress display failed; the run goes on without it")
+            self.progress = None
+
     def _returned(self, call: Call, value: Any, now: float) -> None:
         if self._has_ledger:
             self._bill_results(call, value, now)
@@ -753,7 +788,7 @@ class Engine:
             self._wake()
         if self.progress is not None and now >= self._next_progress:
             self._next_progress = now + self.progress_interval
-            self.progress.update(stats)
+            self._report(self.progress.update, stats)
 
     # -- the store ---------------------------------------------------------------------------
     def _restore(self, calls: Sequence[Call]) -> None:

@@ -173,12 +173,18 @@ class BucketMeter(_Meter):
     def bill(self, amount: float, now: float) -> object:
         self._drain(now)
         self._level += amount
-        return amount
+        return (amount, now) if amount else None
 
     def refund(self, token: object, now: float) -> None:
+        """Take back what is left of a usage: the part that has drained since is gone."""
         self._drain(now)
-        if token:
-            self._level = max(0.0, self._level - float(token))  # type: ignore[arg-type]
+        if token is None:
+            return
+        assert isinstance(token, tuple)
+        amount, billed_at = token
+        remaining = amount - (now - billed_at) * self._rate
+        if remaining > 0:
+            self._level = max(0.0, self._level - remaining)
 
     def free_at(self, needed: float, now: float) -> float:
         self._drain(now)

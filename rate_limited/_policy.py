@@ -20,6 +20,7 @@ status (``status_code``, ``status``, ``code``, or ``response.status_code``) and
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -54,6 +55,13 @@ def _as_status(value: object) -> int | None:
 def http_status(exc: BaseException) -> int | None:
     """The HTTP status an exception carries (openai, anthropic, httpx, requests, aiohttp,
     urllib), or None."""
+    try:
+        return _http_status(exc)
+    except Exception:  # a property that raises: no usable status
+        return None
+
+
+def _http_status(exc: BaseException) -> int | None:
     for attr in ("status_code", "status", "http_status", "code"):
         status = _as_status(getattr(exc, attr, None))
         if status is not None:
@@ -81,19 +89,30 @@ def retry_after_seconds(exc: BaseException) -> float | None:
     if headers is None:
         return None
     try:
-        millis = headers.get("retry-after-ms")
+        millis = _header(headers, "retry-after-ms")
         if millis is not None:
-            return max(0.0, float(millis) / 1000.0)
-        value = headers.get("retry-after")
-    except Exception:  # exotic header containers
+            return _finite_seconds(float(millis) / 1000.0)
+        value = _header(headers, "retry-after")
+        if value is None:
+            return None
+        try:
+            return _finite_seconds(float(value))
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(str(value))
+            return _finite_seconds(parsed.timestamp() - time.time())
+    except Exception:  # garbage, exotic containers: as if there were no header
         return None
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return None if parsed is None else max(0.0, parsed.timestamp() - time.time())
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None and isinstance(headers, dict):  # a plain dict is case-sensitive
+        value = next((v for k, v in headers.items() if str(k).lower() == name), None)
+    return value
+
+
+def _finite_seconds(seconds: float) -> float | None:
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -103,8 +122,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TypeError) and _raised_by_the_call_itself(exc):
         return False  # the arguments do not fit the function: every attempt would fail
     status = http_status(exc)
-    if status is None:
-        return True
+    if status is None or status < 400:
+        return True  # no status, or a non-error one (e.g. a 200 with a malformed body)
     return status in _TRANSIENT_4XX or status >= 500
 
 
@@ -196,12 +215,21 @@ def exponential_backoff(
     """``initial * multiplier**(failures-1)`` capped at ``maximum``; with ``jitter``, a
     uniform draw in [0, that] ("full jitter"), so that many calls failing together do not
     come back together."""
-    if initial < 0 or maximum < 0 or multiplier < 1:
-        raise ValueError("exponential_backoff needs initial >= 0, maximum >= 0, multiplier >= 1")
+    bounds = (("initial", initial, 0), ("maximum", maximum, 0), ("multiplier", multiplier, 1))
+    for name, value, least in bounds:
+        if not isinstance(value, int | float) or not math.isfinite(value) or value < least:
+            from rate_limited.exceptions import ConfigurationError
+
+            raise ConfigurationError(
+                f"exponential_backoff: {name} must be a finite number >= {least}, got {value!r}."
+            )
     draw = (rng or random.Random()).random
 
     def delay(failures: int, exc: BaseException | None) -> float:
-        ceiling = min(maximum, initial * multiplier ** max(0, failures - 1))
+        try:
+            ceiling = min(maximum, initial * multiplier ** max(0, failures - 1))
+        except OverflowError:  # after ~1000 failures: it is the maximum anyway
+            ceiling = maximum
         return ceiling * draw() if jitter else ceiling
 
     return Backoff(
@@ -223,19 +251,21 @@ def normalize_validators(
     validation_function: Validator | None,
 ) -> tuple[Validator, ...]:
     """Validators from ``validation=`` (one or a list) and 0.4's ``validation_function=``."""
-    validators: list[Validator] = []
+    from rate_limited.exceptions import ConfigurationError
+
+    validators: list[Any] = []
     if validation_function is not None:
         validators.append(validation_function)
     if validation is None:
         pass
     elif callable(validation):
         validators.append(validation)
-    else:
+    elif isinstance(validation, Iterable) and not isinstance(validation, str | bytes):
         validators.extend(validation)
+    else:
+        validators.append(validation)  # reported below
     for validator in validators:
         if not callable(validator):
-            from rate_limited.exceptions import ConfigurationError
-
             raise ConfigurationError(
                 f"validation must be a callable or a list of callables returning True for a "
                 f"valid value; got {type(validator).__name__}: {validator!r}."
@@ -250,8 +280,9 @@ def validate(value: Any, validators: tuple[Validator, ...]) -> tuple[str, BaseEx
         name = getattr(validator, "__qualname__", None) or repr(validator)
         try:
             ok = validator(value)
+            valid = bool(ok)  # inside the try: a DataFrame or array has no truth value
         except Exception as exc:
             return f"Validation failed: {name} raised {type(exc).__name__}: {exc}", exc
-        if not ok:
+        if not valid:
             return f"Validation failed: {name} returned {ok!r}", None
     return "", None

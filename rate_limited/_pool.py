@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -67,7 +68,9 @@ class ThreadPool:
         self._queue.put((call, token))
         if spawn:
             thread = threading.Thread(
-                target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
+                target=self._work,
+                name=f"{self._name}-worker-{len(self._threads)}",
+                daemon=True,
             )
             self._threads.append(thread)
             thread.start()
@@ -97,8 +100,9 @@ class ThreadPool:
             out.append(completions.popleft())
         return out
 
-    def shutdown(self, wait: bool = False) -> None:
-        """Stop the threads once they finish their current call."""
+    def shutdown(self, wait: float = 0.0) -> None:
+        """Stop the threads once they finish their current call; wait up to ``wait``
+        seconds in all for them (idle ones exit at once; a busy one finishes its call)."""
         with self._lock:
             if self._closed:
                 return
@@ -106,9 +110,13 @@ class ThreadPool:
             threads = list(self._threads)
         for _ in threads:
             self._queue.put(_STOP)
-        if wait:
-            for thread in threads:
-                thread.join()
+        deadline = time.monotonic() + wait
+        for thread in threads:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if thread is not threading.current_thread():
+                thread.join(remaining)
 
     # -- worker threads -----------------------------------------------------------------------
     def _work(self) -> None:

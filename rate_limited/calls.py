@@ -12,8 +12,10 @@ through ``**kwargs`` or left at its default (usage extractors use it). Unlike ra
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from rate_limited.outcomes import Status
@@ -23,8 +25,9 @@ __all__ = ["Call", "Result"]
 #: Whatever the wrapped function returns.
 Result = Any
 
-#: Shared by calls scheduled without keyword arguments (one dict less per call).
-_NO_KWARGS: dict[str, Any] = {}
+#: Shared by calls scheduled without keyword arguments (one dict less per call); read-only,
+#: so that no call can change another's arguments.
+_NO_KWARGS: Mapping[str, Any] = MappingProxyType({})
 
 #: The last call whose arguments were bound, and them: usage extractors ask a call for
 #: several arguments in a row, and a slot per call for this would cost memory.
@@ -77,7 +80,7 @@ class Call:
         self,
         function: Callable[..., Any],
         args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
         index: int = 0,
     ) -> None:
         self.function = function
@@ -147,11 +150,23 @@ class Call:
         _last_bound = (self, arguments)
         return arguments
 
+    def _target(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """The function the call reaches and all its arguments (a partial's included)."""
+        function = self.function
+        if isinstance(function, functools.partial):
+            return (
+                function.func,
+                (*function.args, *self.args),
+                {**function.keywords, **self.kwargs},
+            )
+        return function, self.args, dict(self.kwargs)
+
     def _bind(self) -> dict[str, Any]:
-        sig = _signature(self.function)
+        function, args, kwargs = self._target()
+        sig = _signature(function)
         if sig is None:
-            return dict(self.kwargs)
-        bound = sig.bind(*self.args, **self.kwargs)  # TypeError: arguments don't fit
+            return kwargs
+        bound = sig.bind(*args, **kwargs)  # TypeError: arguments don't fit
         arguments = dict(bound.arguments)
         for name, param in sig.parameters.items():
             if param.kind is inspect.Parameter.VAR_KEYWORD and name in arguments:
@@ -166,7 +181,7 @@ class Call:
         arguments = self.all_arguments_dict
         if name in arguments:
             return arguments[name]
-        sig = _signature(self.function)
+        sig = _signature(self._target()[0])
         if sig is not None:
             param = sig.parameters.get(name)
             if param is not None and param.default is not inspect.Parameter.empty:

@@ -9,6 +9,7 @@ call), ``.interrupted`` and ``.to_pandas()``.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,8 +59,11 @@ class Outcome:
     finished_at: float | None
     #: Store key of the call, when the runner has a store.
     key: str | None
-    #: The Call itself, for its arguments (``call.args``, ``call.get_argument(...)``).
-    call: Call
+    #: True when the outcome came from the store instead of a call.
+    from_store: bool
+    #: The Call itself, for its arguments (``call.args``, ``call.get_argument(...)``);
+    #: None in a RunResult that was pickled (the function may not be picklable).
+    call: Call | None
 
     @property
     def error(self) -> BaseException | None:
@@ -79,6 +83,7 @@ class Outcome:
             started_at=call.started_at,
             finished_at=call.finished_at,
             key=call.key,
+            from_store=call.from_store,
             call=call,
         )
 
@@ -109,8 +114,10 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         self._outcomes = None
         return self
 
-    def __getnewargs__(self) -> tuple[Any, ...]:
-        return (self[0], self[1], self.calls, self.interrupted, self.elapsed)
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Without the Calls: they hold the function, often a lambda or a client method.
+        outcomes = [dataclasses.replace(o, call=None) for o in self.outcomes]
+        return (_unpickle, (self[0], self[1], outcomes, self.interrupted, self.elapsed))
 
     @property
     def results(self) -> list[Any]:
@@ -132,8 +139,13 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
     def counts(self) -> dict[str, int]:
         """How many calls are in each status, e.g. ``{"succeeded": 98, "failed": 2}``."""
         counts: dict[str, int] = {}
-        for call in self.calls:
-            counts[call.status.value] = counts.get(call.status.value, 0) + 1
+        statuses = (
+            (o.status for o in self._outcomes)
+            if not self.calls and self._outcomes
+            else (c.status for c in self.calls)
+        )
+        for status in statuses:
+            counts[status.value] = counts.get(status.value, 0) + 1
         return counts
 
     def to_pandas(self) -> pandas.DataFrame:
@@ -146,3 +158,15 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items()))
         flag = ", interrupted" if self.interrupted else ""
         return f"<RunResult of {len(self[0])} calls: {counts or 'none'}{flag}>"
+
+
+def _unpickle(
+    results: list[Any],
+    exceptions: list[list[BaseException]],
+    outcomes: list[Outcome],
+    interrupted: bool,
+    elapsed: float,
+) -> RunResult:
+    result = RunResult(results, exceptions, (), interrupted, elapsed)
+    result._outcomes = outcomes
+    return result

@@ -55,7 +55,7 @@ def outcomes_frame(outcomes: Sequence[Outcome], index: Any = None) -> pandas.Dat
         ],
         "attempts": [o.attempts for o in outcomes],
         "latency": [o.latency for o in outcomes],
-        "from_store": [o.call.from_store for o in outcomes],
+        "from_store": [o.from_store for o in outcomes],
     }
     for name in resources:
         columns[f"usage_{name}"] = [o.usage.get(name) for o in outcomes]

@@ -119,7 +119,7 @@ class LogProgress:
             parts.append(f"{stats.retries} retries")
         if stats.rate_limited:
             parts.append(f"{stats.rate_limited} HTTP 429")
-        parts.append(f"{time.monotonic() - self._t0:.1f} s")
+        parts.append(f"{stats.elapsed:.1f} s")
         return ", ".join(parts)
 
     def update(self, stats: RunStats) -> None:

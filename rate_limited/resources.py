@@ -50,7 +50,10 @@ def _positive_finite(value: object, what: str, name: str) -> float:
             f"Resource {name!r}: {what} must be a positive number, got {value!r} "
             f"({type(value).__name__})."
         )
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
     if not number > 0 or math.isinf(number):
         raise ConfigurationError(
             f"Resource {name!r}: {what} must be a positive, finite number, got {value!r}."
@@ -146,6 +149,10 @@ class Resource:
 
     def add_usage(self, amount: Unit) -> None:
         """Log ``amount`` as used now (standalone counter, monotonic clock)."""
+        if not amount >= 0:
+            raise ConfigurationError(
+                f"Resource {self.name!r}: add_usage takes a non-negative amount, got {amount!r}."
+            )
         self._standalone.bill(amount, time.monotonic())
 
     def reserve_amount(self, amount: Unit) -> None:

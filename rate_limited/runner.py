@@ -85,7 +85,7 @@ class _LoopThread:
 def _shutdown(loop_thread: _LoopThread | None, engine: Engine | None) -> None:
     """Stop the loop thread and the pool; safe to call twice, from any thread."""
     if engine is not None and engine.pool is not None:
-        engine.pool.shutdown(wait=False)
+        engine.pool.shutdown(wait=1.0)  # idle threads exit at once; busy ones finish later
     if loop_thread is None:
         return
     loop = loop_thread.loop
@@ -220,6 +220,7 @@ class Runner:
         self._loop_thread: _LoopThread | None = None
         self._engine: Engine | None = None
         self._running = False
+        self._start_lock = threading.Lock()
         self._closed = False
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._function_identity = ""
@@ -264,7 +265,7 @@ class Runner:
             args_usage = _usage(args_extractor, call, name, "arguments_usage_extractor")
             estimate = _usage(estimator, call, name, "max_results_usage_estimator")
             needed = args_usage + estimate
-            if needed > quota:
+            if needed > quota * (1 + 1e-9):  # the ledger's rounding slack
                 raise QuotaExceededError(
                     f"Call {call!r} exceeds resource quota of {name!r}: it needs {needed:g} "
                     f"but the whole quota is {quota:g}, so it could never run. Raise the "
@@ -296,9 +297,12 @@ class Runner:
     def _make_schedule(self, function: Callable[..., Any]) -> Callable[..., Call]:
         """A ``schedule`` for this instance that looks like ``function`` to IDEs and
         ``help()``; nothing shared (the class, the function) is modified."""
-        runner = self
+        runner_ref = weakref.ref(self)  # no cycle: a dropped Runner stops its thread at once
 
         def schedule(*args: Any, **kwargs: Any) -> Call:
+            runner = runner_ref()
+            if runner is None:
+                raise RunnerClosedError("This Runner no longer exists.")
             # The common case inline (this is the whole per-call cost of scheduling).
             if runner._slow_schedule or runner._running or runner._closed:
                 return runner._schedule(args, kwargs)
@@ -355,16 +359,19 @@ class Runner:
         ``handle.stop()`` stops and returns the partial result, ``handle.results()``
         shows what has finished so far. Calls scheduled meanwhile join the run.
         """
-        engine, loop_thread = self._ensure_engine()
-        if threading.current_thread() is loop_thread.thread:
+        loop_thread = self._loop_thread
+        if loop_thread is not None and threading.current_thread() is loop_thread.thread:
             raise RuntimeError(
                 "run() was called from inside the Runner's own loop (from the function it "
                 "runs); schedule() more calls instead, they join the current run."
             )
+        with self._start_lock:  # two threads calling run() at once: one run, one error
+            engine, loop_thread = self._ensure_engine()
+            self._running = True
         calls = self.scheduled_calls
-        progress = make_progress(self._progress_spec)  # built here: notebook output lands
-        self._running = True  # in the caller's cell, not wherever the engine thread is
         try:
+            # Built here, in the caller's thread: a notebook display lands in its cell.
+            progress = make_progress(self._progress_spec)
             future = loop_thread.submit(self._run_batch(engine, calls, progress))
         except BaseException:
             self._running = False
@@ -406,7 +413,18 @@ class Runner:
                 len(calls),
             )
         elif calls is self.scheduled_calls:
-            self.scheduled_calls = []  # complete: the next run() starts a new batch
+            # Complete: the next run() starts a new batch. Calls scheduled after the engine
+            # had finished (a background run) were not part of this run: they carry over.
+            ran = len(calls)
+            while ran and calls[ran - 1].status is Status.PENDING and not calls[ran - 1].attempts:
+                ran -= 1
+            later = calls[ran:]
+            for index, call in enumerate(later):
+                call.index = index
+            self.scheduled_calls = later
+            if later:
+                calls = calls[:ran]
+                del results[ran:], exceptions[ran:]
         return RunResult(results, exceptions, calls, interrupted, elapsed)
 
     def _ensure_engine(self) -> tuple[Engine, _LoopThread]:
@@ -430,6 +448,7 @@ class Runner:
                 backoff=self.backoff,
                 validators=self.validators,
                 timeout=self.timeout,
+                name=self.name,
                 long_wait_seconds=self.long_wait_warning_seconds,
                 progress_interval=self.progress_interval,
                 store=self.store,

@@ -401,7 +401,8 @@ class Runner:
         try:
             succeeded = Status.SUCCEEDED
             results = [c.result if c.status is succeeded else None for c in calls]
-            exceptions = [c.exceptions for c in calls]  # each call's own list, as in 0.4
+            # A call's own list when it has exceptions (as in 0.4), else a new empty one.
+            exceptions = [c._exceptions or [] for c in calls]
         finally:
             if gc_was_enabled:
                 gc.enable()

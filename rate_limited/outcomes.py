@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import pandas
 
     from rate_limited.calls import Call
+    from rate_limited.resources import Resource
 
 __all__ = ["Outcome", "RunResult", "Status"]
 
@@ -97,6 +98,10 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
     interrupted: bool
     #: Seconds the run took, on the runner's clock.
     elapsed: float
+    #: The runner's resources, in the order of each call's demand (for ``plot()``).
+    resources: tuple[Resource, ...]
+    #: When the run started, on the runner's clock (loop time, like ``Outcome.started_at``).
+    started_at: float | None
     _outcomes: list[Outcome] | None
 
     def __new__(
@@ -111,6 +116,8 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         self.calls = calls
         self.interrupted = interrupted
         self.elapsed = elapsed
+        self.resources = ()
+        self.started_at = None
         self._outcomes = None
         return self
 
@@ -147,6 +154,13 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         for status in statuses:
             counts[status.value] = counts.get(status.value, 0) + 1
         return counts
+
+    def plot(self, ax: Any = None, **options: Any) -> Any:
+        """Each resource's usage over time against its quota, and when each call waited,
+        ran and failed: a matplotlib Figure (``pip install 'rate_limited[plot]'``)."""
+        from rate_limited._plot import plot_run
+
+        return plot_run(self, ax, **options)
 
     def to_pandas(self) -> pandas.DataFrame:
         """One row per call: result, status, error, attempts, latency and usage columns."""

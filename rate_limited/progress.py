@@ -6,15 +6,21 @@ counts *calls*, not attempts: a retried call moves the bar once, when it ends.
 
 ``progress=`` of the Runner chooses:
 
-* ``None`` (default): a tqdm bar when stderr is a terminal or in a notebook; otherwise
-  ``logging`` lines on the ``rate_limited`` logger at INFO (silent unless the
+* ``None`` (default): in a notebook, a live ipywidgets dashboard (calls, usage of each
+  resource against its quota, 429s and cool-downs, ETA), falling back to the tqdm bar on
+  any doubt (as ``tqdm.autonotebook`` does); a tqdm bar when stderr is a terminal;
+  otherwise ``logging`` lines on the ``rate_limited`` logger at INFO (silent unless the
   application configures logging), so CI logs and cron jobs stay clean;
-* ``True`` / ``"tqdm"``: always the tqdm bar (``tqdm.auto``); ``"log"``: log lines;
+* ``"dashboard"``: the notebook dashboard; ``True`` / ``"tqdm"``: the tqdm bar
+  (``tqdm.auto``); ``"log"``: log lines;
 * ``False``: nothing at all; or any object implementing ``Progress``.
+
+Plain scripts never import ipywidgets nor the dashboard module.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import sys
@@ -150,14 +156,36 @@ def check_progress(progress: object) -> None:
     """Raise ConfigurationError now if ``progress=`` is not something make_progress takes."""
     if progress is None or progress is True or progress is False:
         return
-    if progress in ("tqdm", "log") or isinstance(progress, Progress):
+    if progress in ("tqdm", "log", "dashboard") or isinstance(progress, Progress):
         return
     from rate_limited.exceptions import ConfigurationError
 
     raise ConfigurationError(
-        f"progress must be None (automatic), True, False, 'tqdm', 'log' or a Progress "
-        f"object; got {progress!r}."
+        f"progress must be None (automatic), True, False, 'dashboard', 'tqdm', 'log' or a "
+        f"Progress object; got {progress!r}."
     )
+
+
+def _dashboard() -> Progress | None:
+    """The notebook dashboard, or None on any doubt (the caller falls back to tqdm)."""
+    if importlib.util.find_spec("ipywidgets") is None:
+        return None
+    try:
+        from rate_limited._dashboard import DashboardProgress
+
+        return DashboardProgress()
+    except Exception:
+        logger.debug("No notebook dashboard; using the tqdm bar", exc_info=True)
+        return None
+
+
+def __getattr__(name: str) -> Any:
+    """``DashboardProgress`` on demand: plain scripts never import the dashboard."""
+    if name == "DashboardProgress":
+        from rate_limited._dashboard import DashboardProgress
+
+        return DashboardProgress
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_progress(progress: object) -> Progress | None:
@@ -170,9 +198,15 @@ def make_progress(progress: object) -> Progress | None:
     if progress is False:
         return None
     if progress is None:
+        if _in_notebook():
+            return _dashboard() or TqdmProgress()
         stream = sys.stderr
         is_tty = stream is not None and hasattr(stream, "isatty") and stream.isatty()
-        return TqdmProgress() if is_tty or _in_notebook() else LogProgress()
+        return TqdmProgress() if is_tty else LogProgress()
+    if progress == "dashboard":
+        from rate_limited._dashboard import DashboardProgress  # ImportError names the extra
+
+        return DashboardProgress()
     if progress is True or progress == "tqdm":
         return TqdmProgress()
     if progress == "log":

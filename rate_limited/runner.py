@@ -426,7 +426,11 @@ class Runner:
             if later:
                 calls = calls[:ran]
                 del results[ran:], exceptions[ran:]
-        return RunResult(results, exceptions, calls, interrupted, elapsed)
+        result = RunResult(results, exceptions, calls, interrupted, elapsed)
+        result.resources = tuple(self.resources)
+        if self._engine is not None:
+            result.started_at = self._engine.stats.started_at
+        return result
 
     def _ensure_engine(self) -> tuple[Engine, _LoopThread]:
         if self._closed:
@@ -484,7 +488,11 @@ class Runner:
         results = [c.result if c.status is Status.SUCCEEDED else None for c in calls]
         exceptions = [list(c._exceptions or ()) for c in calls]
         done = all(c.status.is_final for c in calls)
-        return RunResult(results, exceptions, calls, interrupted=not done)
+        result = RunResult(results, exceptions, calls, interrupted=not done)
+        result.resources = tuple(self.resources)
+        if self._engine is not None:
+            result.started_at = self._engine.stats.started_at
+        return result
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:

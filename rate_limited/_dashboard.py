@@ -1,0 +1,407 @@
+"""``DashboardProgress``: a live ipywidgets dashboard of a run, for Jupyter notebooks.
+
+A bare counter does not tell a notebook user what they want to know while thousands of
+calls go by: whether requests or tokens are the limit, how close to each quota the run
+is, what fails, whether the provider answers 429, and when it will be done. This panel
+shows all of it and updates while the cell blocks (or while other cells run, after
+``runner.start()``):
+
+* calls finished / total as a bar; succeeded, failed, in flight, backing off, retries;
+* one bar per resource: used + reserved against its quota, the one admission waits for
+  highlighted, and how long the run has waited for each;
+* HTTP 429s, cool-downs ("cooling down for N s"), what admission waits for and how long;
+* elapsed time, and an ETA from the completion rate of the last half minute;
+* the final state: done or interrupted.
+
+It is created (and displayed) in ``__init__``, in the thread that starts the run, so it
+appears in that cell; the engine then calls ``start``/``update``/``waiting``/``finish``
+on its loop thread, at most every ``progress_interval`` plus a ticker. A widget value is
+set only when it changed. ``state()`` returns what the widgets show as a plain dict, so
+tests (and users) can read it without a screenshot.
+
+ipywidgets is optional (``pip install 'rate_limited[notebook]'``) and imported only here.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rate_limited._engine import RunStats
+
+__all__ = ["DashboardProgress"]
+
+#: Seconds of completions the ETA's rate is measured over.
+RATE_WINDOW = 30.0
+#: Most samples kept in ``history`` (past it, every other one is dropped).
+MAX_HISTORY = 4000
+
+_GREY = "color: var(--jp-ui-font-color2, #666)"
+
+
+def _widgets() -> Any:
+    try:
+        import ipywidgets
+    except ImportError as exc:
+        raise ImportError(
+            "The notebook dashboard needs ipywidgets: pip install 'rate_limited[notebook]'"
+        ) from exc
+    return ipywidgets
+
+
+def _show(widget: Any) -> None:
+    """Display a widget in the current cell's output (IPython comes with ipywidgets)."""
+    from IPython import display
+
+    show: Callable[..., object] = display.display
+    show(widget)
+
+
+def format_seconds(seconds: float, tenths: bool = True) -> str:
+    """``"4.2 s"``, ``"42 s"``, ``"3 min 12 s"``, ``"2 h 05 min"``: short, for a status line.
+
+    ``tenths=False`` rounds short times to whole seconds too (a text that changes once a
+    second, not at every update).
+    """
+    if math.isinf(seconds) or math.isnan(seconds):
+        return "?"
+    seconds = max(0.0, seconds)
+    if seconds < 10 and tenths:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def format_amount(amount: float) -> str:
+    """``"90,000"`` for whole numbers, ``"1.25"`` otherwise (dollars, fractions)."""
+    if amount == int(amount):
+        return f"{int(amount):,}"
+    return f"{amount:,.2f}"
+
+
+def _set(widget: Any, name: str, value: Any) -> None:
+    """Set a widget trait only if it changed: each change is a message to the browser."""
+    if getattr(widget, name) != value:
+        setattr(widget, name, value)
+
+
+def _set_line(widget: Any, text: str) -> None:
+    """Set a line of text; an empty line is hidden rather than left as a blank gap."""
+    _set(widget, "value", text)
+    _set(widget.layout, "display", None if text else "none")
+
+
+class _ResourceRow:
+    """One resource: its name, a bar of used + reserved against the quota, the numbers."""
+
+    def __init__(self, widgets: Any, name: str, quota: float) -> None:
+        self.name = name
+        self.label = widgets.HTML(
+            value=f"<code>{html.escape(name)}</code>", layout=widgets.Layout(width="190px")
+        )
+        self.bar = widgets.FloatProgress(
+            value=0.0, min=0.0, max=quota, layout=widgets.Layout(width="260px")
+        )
+        self.text = widgets.HTML(value="")
+        self.box = widgets.HBox([self.label, self.bar, self.text])
+
+
+class DashboardProgress:
+    """A live ipywidgets panel of a run (a ``Progress``), displayed where it is created.
+
+    ``Runner(..., progress=DashboardProgress())`` shows it in the cell that creates it;
+    ``state()`` returns what it shows as a dict. ``display=False`` builds it without
+    showing it (show it yourself with ``IPython.display.display(dashboard.widget)``).
+    """
+
+    def __init__(self, title: str | None = None, *, display: bool = True) -> None:
+        widgets = _widgets()
+        self._widgets = widgets
+        self._lock = threading.Lock()
+        self._title = title
+        self.title = widgets.HTML(value="")
+        self.bar = widgets.IntProgress(
+            value=0, min=0, max=1, bar_style="info", layout=widgets.Layout(width="450px")
+        )
+        self.calls = widgets.HTML(value="")
+        self.counts = widgets.HTML(value="")
+        self.resources = widgets.VBox([])
+        hidden = {"display": "none"}
+        self.limits = widgets.HTML(value="", layout=widgets.Layout(**hidden))
+        self.wait = widgets.HTML(value="", layout=widgets.Layout(**hidden))
+        self.time = widgets.HTML(value="")
+        #: The whole panel (an ipywidgets VBox).
+        self.widget = widgets.VBox(
+            [
+                self.title,
+                widgets.HBox([self.bar, self.calls]),
+                self.counts,
+                self.resources,
+                self.limits,
+                self.wait,
+                self.time,
+            ]
+        )
+        self._rows: dict[str, _ResourceRow] = {}
+        self._values: dict[str, Any] = {}
+        self._samples: deque[tuple[float, int]] = deque()
+        self._waited: dict[str, float] = {}
+        self._last_binding: str | None = None
+        self._last_now = 0.0
+        self._last_until = 0.0
+        self._status = "not started"
+        #: ``(loop time, {resource: (used, reserved, quota)})`` at each update of the
+        #: current run: the ledger's own numbers, for ``plot_run(..., history=...)``.
+        self.history: list[tuple[float, dict[str, tuple[float, float, float]]]] = []
+        self._history_every = 0.0
+        self._render_title()
+        if display:
+            _show(self.widget)
+
+    def _ipython_display_(self) -> None:
+        _show(self.widget)
+
+    # -- Progress --------------------------------------------------------------------------
+    def start(self, stats: RunStats) -> None:
+        with self._lock:
+            now = stats.now
+            self._status = "running"
+            self._samples = deque([(now, stats.finished)])
+            self._waited = {}
+            self._last_binding = None
+            self._last_now = now
+            self._values = {}
+            self.history = []
+            self._history_every = 0.0
+            self._render_title()
+            _set(self.bar, "bar_style", "info")
+            self._refresh(stats)
+
+    def update(self, stats: RunStats) -> None:
+        with self._lock:
+            self._refresh(stats)
+
+    def waiting(self, stats: RunStats, seconds: float, resource: str | None) -> None:
+        with self._lock:
+            self._refresh(stats)
+
+    def finish(self, stats: RunStats, interrupted: bool) -> None:
+        with self._lock:
+            self._refresh(stats, final=True)
+            self._status = "interrupted" if interrupted else "done"
+            if interrupted:
+                style = "warning"
+            elif stats.failed:
+                style = "danger"
+            else:
+                style = "success"
+            _set(self.bar, "bar_style", style)
+            self._render_title()
+
+    # -- reading it --------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """What the dashboard shows now, as plain (JSON-able) values.
+
+        Keys: ``status`` (not started / running / done / interrupted), the counters
+        (``total``, ``finished``, ``succeeded``, ``failed``, ``in_flight``, ``backing_off``,
+        ``retries``, ``rate_limited``, ``cooldowns``), ``cooling_down`` and
+        ``waiting_seconds`` (seconds left, or None), ``waiting_for``, ``waited``
+        (seconds per resource), ``elapsed``, ``rate`` (calls/s) and ``eta`` (seconds or
+        None), ``usage`` (per resource: used, reserved, quota, and the bar's value and
+        max), ``bar`` (the calls bar's value, max and style) and ``text`` (each line).
+        """
+        with self._lock:
+            state = dict(self._values)
+            state["status"] = self._status
+            state["waited"] = dict(self._waited)
+            usage = {}
+            for name, row in self._rows.items():
+                entry = dict(state.get("usage", {}).get(name, {}))
+                entry.update(bar_value=row.bar.value, bar_max=row.bar.max, text=row.text.value)
+                entry["bar_style"] = row.bar.bar_style
+                usage[name] = entry
+            state["usage"] = usage
+            state["bar"] = {
+                "value": self.bar.value,
+                "max": self.bar.max,
+                "style": self.bar.bar_style,
+            }
+            state["text"] = {
+                "title": self.title.value,
+                "calls": self.calls.value,
+                "counts": self.counts.value,
+                "limits": self.limits.value,
+                "waiting": self.wait.value,
+                "time": self.time.value,
+            }
+        return state
+
+    def __repr__(self) -> str:
+        values = self._values
+        if not values:
+            return f"<DashboardProgress ({self._status})>"
+        return (
+            f"<DashboardProgress ({self._status}): {values['finished']}/{values['total']} "
+            f"calls, {values['failed']} failed>"
+        )
+
+    def _record(
+        self, now: float, usage: dict[str, tuple[float, float, float]], final: bool
+    ) -> None:
+        history = self.history
+        if history and not final and now - history[-1][0] < self._history_every:
+            return
+        history.append((now, usage))
+        if len(history) > MAX_HISTORY:
+            del history[1::2]
+            self._history_every = (now - history[0][0]) / len(history)
+
+    # -- drawing -----------------------------------------------------------------------------
+    def _render_title(self) -> None:
+        name = f" · {html.escape(self._title)}" if self._title else ""
+        colors = {"done": "#2e7d32", "interrupted": "#ef6c00", "running": "#1565c0"}
+        color = colors.get(self._status, "#666")
+        _set(
+            self.title,
+            "value",
+            f"<b>rate_limited</b>{name} · <b style='color: {color}'>{self._status}</b>",
+        )
+
+    def _refresh(self, stats: RunStats, final: bool = False) -> None:
+        now = stats.now
+        total, finished = stats.total, stats.finished
+        values: dict[str, Any] = {
+            "total": total,
+            "finished": finished,
+            "succeeded": stats.succeeded,
+            "failed": stats.failed,
+            "in_flight": stats.in_flight,
+            "backing_off": 0 if final else stats.backing_off,
+            "retries": stats.retries,
+            "rate_limited": stats.rate_limited,
+            "cooldowns": stats.cooldowns,
+            "elapsed": stats.elapsed,
+        }
+
+        # Calls: the bar and its numbers.
+        _set(self.bar, "max", max(total, 1))
+        _set(self.bar, "value", min(finished, max(total, 1)))
+        percent = f" · {100 * finished / total:.0f}%" if total else ""
+        _set(self.calls, "value", f"<b>{finished:,}</b> / {total:,} calls{percent}")
+        parts = [f"✔ {stats.succeeded:,} succeeded"]
+        parts.append(f"✖ {stats.failed:,} failed" if stats.failed else "0 failed")
+        if not final:
+            parts.append(f"{values['in_flight']:,} in flight")
+        elif values["in_flight"]:  # sync calls in threads, after an interrupt
+            parts.append(f"{values['in_flight']:,} still running (their results will be kept)")
+        if values["backing_off"]:
+            parts.append(f"{values['backing_off']:,} backing off before a retry")
+        if stats.retries:
+            parts.append(f"{stats.retries:,} retries")
+        _set(self.counts, "value", " · ".join(parts))
+
+        # What admission waits for, and for how long in total per resource.
+        # (The last wait seen lasted until now, or until its announced end if sooner.)
+        last = self._last_binding
+        if last is not None:
+            waited = min(now, self._last_until) - self._last_now
+            self._waited[last] = self._waited.get(last, 0.0) + max(0.0, waited)
+        until = stats.waiting_until
+        waiting = not final and until is not None and until > now
+        binding = (stats.binding or "capacity") if waiting else None
+        self._last_binding, self._last_now = binding, now
+        self._last_until = until if until is not None else now
+        seconds_left = None if not waiting or until is None or math.isinf(until) else until - now
+        values["waiting_for"] = binding
+        values["waiting_seconds"] = seconds_left
+        if binding is None:
+            wait_text = ""
+        else:
+            how_long = (
+                "until a running call settles"
+                if seconds_left is None
+                else f"{format_seconds(seconds_left)} left"
+            )
+            so_far = self._waited.get(binding, 0.0)
+            so_far_text = f", {format_seconds(so_far)} waited for it so far" if so_far >= 1 else ""
+            wait_text = f"⏳ waiting for <b>{html.escape(binding)}</b>: {how_long}{so_far_text}"
+        _set_line(self.wait, wait_text)
+
+        # Resources: used + reserved against the quota.
+        usage = stats.usage()
+        self._record(now, usage, final)
+        values["usage"] = {}
+        for name, (used, reserved, quota) in usage.items():
+            row = self._rows.get(name)
+            if row is None:
+                row = self._rows[name] = _ResourceRow(self._widgets, name, quota)
+                self.resources.children = tuple(r.box for r in self._rows.values())
+            held = used + reserved
+            fraction = held / quota if quota else 0.0
+            values["usage"][name] = {
+                "used": used,
+                "reserved": reserved,
+                "quota": quota,
+                "fraction": fraction,
+            }
+            _set(row.bar, "max", quota)
+            _set(row.bar, "value", min(max(held, 0.0), quota))
+            is_binding = binding == name
+            style = "danger" if is_binding else "warning" if fraction >= 0.9 else "info"
+            _set(row.bar, "bar_style", style)
+            text = f"{format_amount(used)} used"
+            if reserved:
+                text += f" + {format_amount(reserved)} reserved"
+            text += f" / {format_amount(quota)} ({100 * fraction:.0f}%)"
+            waited_here = self._waited.get(name, 0.0)
+            if waited_here >= 1:
+                text += f" · waited {format_seconds(waited_here)}"
+            if is_binding:
+                text += " · <b>the limit now</b>"
+            _set(row.text, "value", text)
+
+        # HTTP 429s and cool-downs.
+        paused = None if final else stats.paused_until
+        cooling = None if paused is None else paused - now
+        values["cooling_down"] = cooling
+        limit_parts = []
+        if stats.rate_limited:
+            limit_parts.append(f"{stats.rate_limited:,} HTTP 429s")
+        if stats.cooldowns:
+            limit_parts.append(f"{stats.cooldowns:,} cool-downs")
+        if cooling is not None:
+            limit_parts.append(f"<b>cooling down for {format_seconds(cooling)}</b>")
+        _set_line(self.limits, " · ".join(limit_parts))
+
+        # Elapsed and ETA from the recent completion rate.
+        samples = self._samples
+        if not samples or finished != samples[-1][1]:
+            samples.append((now, finished))
+        while len(samples) > 2 and samples[1][0] < now - RATE_WINDOW:
+            samples.popleft()
+        first_time, first_done = samples[0]
+        rate = (finished - first_done) / (now - first_time) if now > first_time else 0.0
+        remaining = total - finished
+        eta = None
+        if not final and remaining > 0 and rate > 0:
+            eta = remaining / rate
+        values["rate"] = rate if rate > 0 else None
+        values["eta"] = eta
+        time_text = f"elapsed {format_seconds(values['elapsed'], tenths=final)}"
+        if not final and remaining > 0:
+            time_text += " · ETA " + ("?" if eta is None else format_seconds(eta, tenths=False))
+        if rate > 0:
+            time_text += f" · {rate:,.1f} calls/s"
+        _set(self.time, "value", f"<span style='{_GREY}'>{time_text}</span>")
+        self._values = values

@@ -29,7 +29,7 @@ class RunHandle:
 
     def __init__(
         self,
-        future: concurrent.futures.Future[tuple[bool, float]],
+        future: concurrent.futures.Future[tuple[bool, float]] | asyncio.Task[tuple[bool, float]],
         calls: list[Call],
         request_stop: Callable[[], None],
         finish: Callable[[list[Call], bool, float], RunResult],
@@ -72,6 +72,8 @@ class RunHandle:
         """
         if self._result is not None:
             return self._result
+        if isinstance(self._future, asyncio.Task):
+            return self._result_on_this_loop(self._future, timeout)
         deadline = None if timeout is None else _monotonic() + timeout
         with self._sigint_stops_the_run():
             while True:
@@ -89,6 +91,21 @@ class RunHandle:
                     self._stop()
         return self._finished(interrupted, elapsed)
 
+    def _result_on_this_loop(
+        self, task: asyncio.Task[tuple[bool, float]], timeout: float | None
+    ) -> RunResult:
+        """``event_loop="current"``: the run is a task on the caller's (notebook's) loop,
+        which nest_asyncio lets us run to completion from inside a cell."""
+        loop = task.get_loop()
+        with self._sigint_stops_the_run():
+            try:
+                interrupted, elapsed = loop.run_until_complete(
+                    asyncio.wait_for(asyncio.shield(task), timeout)
+                )
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"the run did not end within {timeout} s") from None
+        return self._finished(interrupted, elapsed)
+
     def __await__(self) -> Generator[Any, None, RunResult]:
         return self._wait_async().__await__()
 
@@ -96,7 +113,10 @@ class RunHandle:
         if self._result is not None:
             return self._result
         try:
-            interrupted, elapsed = await asyncio.wrap_future(self._future)
+            if isinstance(self._future, asyncio.Task):
+                interrupted, elapsed = await asyncio.shield(self._future)
+            else:
+                interrupted, elapsed = await asyncio.wrap_future(self._future)
         except asyncio.CancelledError:
             self._stop()
             raise

@@ -35,10 +35,10 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from numbers import Real
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from rate_limited._clock import Clock, MonotonicClock
-from rate_limited._engine import Engine
+from rate_limited._engine import Engine, is_async_callable
 from rate_limited._feedback import FeedbackSource, LedgerControl
 from rate_limited._policy import (
     Validator,
@@ -123,6 +123,7 @@ class Runner:
         refresh: bool = False,
         ttl: float | None = None,
         retry_failed: bool = True,
+        event_loop: Literal["own", "current"] = "own",
     ) -> None:
         """Wrap ``function`` (sync or async callable: function, partial, lambda, method).
 
@@ -156,6 +157,11 @@ class Runner:
             refresh: ignore stored outcomes (the calls run again and overwrite them).
             ttl: seconds after which a stored outcome no longer counts.
             retry_failed: run calls that failed in an earlier run again (default True).
+            event_loop: ``"own"`` (default): the engine runs on the Runner's own loop in a
+                background thread. ``"current"``: an async function runs on the loop that
+                calls ``run()`` (a notebook's), made re-entrant with nest_asyncio; use it
+                when your async client is bound to that loop (e.g. an aiohttp session made
+                in a cell). Sync functions always use the Runner's own loop.
         """
         if not callable(function):
             raise ConfigurationError(
@@ -188,6 +194,11 @@ class Runner:
             )
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.name = name or _function_name(function)
+        if event_loop not in ("own", "current"):
+            raise ConfigurationError(f"event_loop must be 'own' or 'current', got {event_loop!r}.")
+        #: Where the engine runs: the Runner's own loop thread, or the caller's loop.
+        self.event_loop = event_loop
+        self._runs_on_loop = is_async_callable(function)
         if key is not None and not callable(key):
             raise ConfigurationError(f"key must be a callable key(call) -> str, got {key!r}.")
         if ttl is not None:
@@ -218,7 +229,9 @@ class Runner:
             for r in self.resources
         ]
         self._loop_thread: _LoopThread | None = None
-        self._engine: Engine | None = None
+        self._engine: Engine | None = None  # on the Runner's own loop thread
+        self._caller_engine: Engine | None = None  # event_loop="current"
+        self._active_engine: Engine | None = None  # the one the last run used
         self._running = False
         self._start_lock = threading.Lock()
         self._closed = False
@@ -251,12 +264,17 @@ class Runner:
         if self.store is not None:
             call.key = self._key_of(call)
         calls.append(call)
-        if self._running:
-            assert self._loop_thread is not None and self._engine is not None
-            if threading.current_thread() is self._loop_thread.thread:
-                self._engine.enqueue(call)
+        engine = self._active_engine
+        if self._running and engine is not None:
+            try:
+                on_its_loop = asyncio.get_running_loop() is engine.loop
+            except RuntimeError:
+                on_its_loop = False
+            if on_its_loop:
+                engine.enqueue(call)
             else:
-                self._loop_thread.call_soon(self._engine.enqueue, call)
+                with contextlib.suppress(RuntimeError):  # loop closed: next run() has it
+                    engine.loop.call_soon_threadsafe(engine.enqueue, call)
         return call
 
     def _demand_of(self, call: Call) -> tuple[tuple[float, float], ...]:
@@ -359,6 +377,13 @@ class Runner:
         ``handle.stop()`` stops and returns the partial result, ``handle.results()``
         shows what has finished so far. Calls scheduled meanwhile join the run.
         """
+        if self.event_loop == "current" and self._runs_on_loop:
+            try:
+                caller_loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                caller_loop = None  # a plain script: nothing is bound to a loop of its own
+            if caller_loop is not None:
+                return self._start_on(caller_loop)
         loop_thread = self._loop_thread
         if loop_thread is not None and threading.current_thread() is loop_thread.thread:
             raise RuntimeError(
@@ -368,6 +393,7 @@ class Runner:
         with self._start_lock:  # two threads calling run() at once: one run, one error
             engine, loop_thread = self._ensure_engine()
             self._running = True
+            self._active_engine = engine
         calls = self.scheduled_calls
         try:
             # Built here, in the caller's thread: a notebook display lands in its cell.
@@ -380,6 +406,43 @@ class Runner:
             future,
             calls,
             request_stop=lambda: loop_thread.call_soon(engine.request_stop),
+            finish=self._result,
+            snapshot=self.results,
+        )
+
+    def _start_on(self, loop: asyncio.AbstractEventLoop) -> RunHandle:
+        """``event_loop="current"``: run the engine as a task on the caller's running loop,
+        made re-entrant by nest_asyncio, so async clients bound to that loop work."""
+        import nest_asyncio
+
+        nest_asyncio.apply(loop)
+        with self._start_lock:
+            if self._closed:
+                raise RunnerClosedError("This Runner was closed; create a new Runner to run.")
+            if self._running:
+                raise RuntimeError(
+                    "This Runner is already running (a run() or start() has not ended); wait "
+                    "for it, or stop it with handle.stop()."
+                )
+            engine = self._caller_engine
+            if engine is None or engine.loop is not loop:
+                engine = self._caller_engine = self._new_engine(loop)
+            self._running = True
+            self._active_engine = engine
+        calls = self.scheduled_calls
+        try:
+            progress = make_progress(self._progress_spec)
+            task = loop.create_task(self._run_batch(engine, calls, progress))
+        except BaseException:
+            self._running = False
+            raise
+        def request_stop() -> None:
+            loop.call_soon_threadsafe(engine.request_stop)
+
+        return RunHandle(
+            task,
+            calls,
+            request_stop=request_stop,
             finish=self._result,
             snapshot=self.results,
         )
@@ -428,8 +491,8 @@ class Runner:
                 del results[ran:], exceptions[ran:]
         result = RunResult(results, exceptions, calls, interrupted, elapsed)
         result.resources = tuple(self.resources)
-        if self._engine is not None:
-            result.started_at = self._engine.stats.started_at
+        if self._active_engine is not None:
+            result.started_at = self._active_engine.stats.started_at
         return result
 
     def _ensure_engine(self) -> tuple[Engine, _LoopThread]:
@@ -443,28 +506,32 @@ class Runner:
         if self._loop_thread is None or self._engine is None:
             loop_thread = _LoopThread(self.clock, name=f"rate_limited-{self.name}")
             self._loop_thread = loop_thread
-            self._engine = Engine(
-                self.function,
-                self.resources,
-                loop_thread.loop,
-                max_concurrent=self.max_concurrent,
-                max_retries=self.max_retries,
-                retry_if=self.retry_if,
-                backoff=self.backoff,
-                validators=self.validators,
-                timeout=self.timeout,
-                name=self.name,
-                long_wait_seconds=self.long_wait_warning_seconds,
-                progress_interval=self.progress_interval,
-                store=self.store,
-                refresh=self.refresh,
-                retry_failed=self.retry_failed,
-                function_name=self._function_identity,
-            )
+            self._engine = self._new_engine(loop_thread.loop)
             self._finalizer = weakref.finalize(self, _shutdown, loop_thread, self._engine)
-            if isinstance(self.function, FeedbackSource):
-                self.function.attach_ledger(LedgerControl(self._engine))
         return self._engine, self._loop_thread
+
+    def _new_engine(self, loop: asyncio.AbstractEventLoop) -> Engine:
+        engine = Engine(
+            self.function,
+            self.resources,
+            loop,
+            max_concurrent=self.max_concurrent,
+            max_retries=self.max_retries,
+            retry_if=self.retry_if,
+            backoff=self.backoff,
+            validators=self.validators,
+            timeout=self.timeout,
+            name=self.name,
+            long_wait_seconds=self.long_wait_warning_seconds,
+            progress_interval=self.progress_interval,
+            store=self.store,
+            refresh=self.refresh,
+            retry_failed=self.retry_failed,
+            function_name=self._function_identity,
+        )
+        if isinstance(self.function, FeedbackSource):
+            self.function.attach_ledger(LedgerControl(engine))
+        return engine
 
     def apply(
         self,
@@ -490,8 +557,8 @@ class Runner:
         done = all(c.status.is_final for c in calls)
         result = RunResult(results, exceptions, calls, interrupted=not done)
         result.resources = tuple(self.resources)
-        if self._engine is not None:
-            result.started_at = self._engine.stats.started_at
+        if self._active_engine is not None:
+            result.started_at = self._active_engine.stats.started_at
         return result
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -67,6 +67,9 @@ PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     Status.CANCELLED,
 )
 
+#: Failures that are not errors of the call: no backoff for them, nor counted in it.
+_NOT_ERRORS = (ValidationError, UsageExtractionError)
+
 #: An instant coroutine never yields; yield to the loop every this many calls anyway, so
 #: that an interrupt or a progress update gets through.
 _YIELD_EVERY = 512
@@ -745,11 +748,16 @@ class Engine:
         stats.retries += 1
         self._in_flight -= 1
         call.status = PENDING
-        try:
-            delay = float(self.backoff(failures, exc))
-        except Exception:
-            logger.exception("backoff raised for %r; retrying at once", call)
-            delay = 0.0
+        if isinstance(exc, ValidationError):
+            delay = 0.0  # the API answered (just not validly): nothing to back off from
+        else:
+            # The exponent counts errors only: invalid values before do not stretch it.
+            errors = sum(1 for e in call.exceptions if not isinstance(e, _NOT_ERRORS))
+            try:
+                delay = float(self.backoff(errors, exc))
+            except Exception:
+                logger.exception("backoff raised for %r; retrying at once", call)
+                delay = 0.0
         logger.debug("%r failed (%s: %s); retry in %.2f s", call, type(exc).__name__, exc, delay)
         if delay > 0 and not self._stopping:
             self._backing_off += 1

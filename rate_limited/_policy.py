@@ -206,8 +206,8 @@ class Backoff:
 
 
 def exponential_backoff(
-    initial: float = 0.5,
-    maximum: float = 30.0,
+    initial: float = 0.25,
+    maximum: float = 8.0,
     multiplier: float = 2.0,
     jitter: bool = True,
     rng: random.Random | None = None,

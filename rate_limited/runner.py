@@ -140,9 +140,9 @@ class Runner:
                 True if it is valid. An invalid value is a ``ValidationError``, retried.
             retry_if: which exceptions are retried (default: all but permanent errors,
                 see ``rate_limited.retry_if_transient``).
-            backoff: ``(failures, exception) -> seconds`` before a retry (default:
-                ``exponential_backoff()``, 0.5 s doubling to 30 s, full jitter). A
-                ``Retry-After`` from the server is honoured on top of it.
+            backoff: ``(errors, exception) -> seconds`` before retrying an error (default:
+                ``exponential_backoff()``, 0.25 s doubling to 8 s, full jitter). A failed
+                validation is retried at once. A 429's ``Retry-After`` pauses every call.
             timeout: seconds one attempt may take; past it, the attempt fails with
                 ``CallTimeoutError`` and is retried (None: no limit).
             progress: None (automatic), True, False, ``"tqdm"``, ``"log"`` or a Progress.

@@ -417,13 +417,7 @@ class Runner:
 
         nest_asyncio.apply(loop)
         with self._start_lock:
-            if self._closed:
-                raise RunnerClosedError("This Runner was closed; create a new Runner to run.")
-            if self._running:
-                raise RuntimeError(
-                    "This Runner is already running (a run() or start() has not ended); wait "
-                    "for it, or stop it with handle.stop()."
-                )
+            self._check_can_start()
             engine = self._caller_engine
             if engine is None or engine.loop is not loop:
                 engine = self._caller_engine = self._new_engine(loop)
@@ -495,7 +489,7 @@ class Runner:
             result.started_at = self._active_engine.stats.started_at
         return result
 
-    def _ensure_engine(self) -> tuple[Engine, _LoopThread]:
+    def _check_can_start(self) -> None:
         if self._closed:
             raise RunnerClosedError("This Runner was closed; create a new Runner to run.")
         if self._running:
@@ -503,6 +497,9 @@ class Runner:
                 "This Runner is already running (a run() or start() has not ended); wait "
                 "for it, or stop it with handle.stop()."
             )
+
+    def _ensure_engine(self) -> tuple[Engine, _LoopThread]:
+        self._check_can_start()
         if self._loop_thread is None or self._engine is None:
             loop_thread = _LoopThread(self.clock, name=f"rate_limited-{self.name}")
             self._loop_thread = loop_thread

@@ -106,6 +106,20 @@ def ensure_venv04(venv_dir: Path = VENV04_DIR, *, quiet: bool = False) -> Path:
     return python
 
 
+def ensure_packages(python: str | Path, packages: Sequence[str], *, quiet: bool = False) -> None:
+    """Install into ``python``'s environment those of ``packages`` (distribution names) it
+    lacks, with its own pip (e.g. ``openai`` into the 0.4 virtualenv)."""
+    missing = [p for p in packages if _installed_version(Path(python), p) is None]
+    if not missing:
+        return
+    if not quiet:
+        print(f"installing {' '.join(missing)} for {python} ...")
+    command = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
+    done = subprocess.run([*command, *missing], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"could not install {missing}:\n{done.stdout}\n{done.stderr}")
+
+
 # -- workers --------------------------------------------------------------------------------------
 def run_worker(
     python: str | Path,

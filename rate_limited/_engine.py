@@ -471,6 +471,11 @@ class Engine:
         since_yield = 0
         now = loop_time()  # read once per call; the next call starts when this one ended
         while True:
+            if self._flush_scheduled:
+                # Let the store commit what just settled before this worker sends another
+                # request: a crash then loses at most the calls in flight.
+                await asyncio.sleep(0)
+                now = loop_time()
             ready = self._ready
             if (
                 simple

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import gc
 import inspect
 import logging
 import math
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from rate_limited._clock import Clock, MonotonicClock
 from rate_limited._engine import Engine, is_async_callable
 from rate_limited._feedback import FeedbackSource, LedgerControl
+from rate_limited._gc import bulk_allocation
 from rate_limited._policy import (
     Validator,
     exponential_backoff,
@@ -214,6 +214,11 @@ class Runner:
             from rate_limited.stores import open_store
 
             if isinstance(store, StoreClass):
+                if ttl is not None:
+                    raise ConfigurationError(
+                        "ttl= applies when the Runner opens the store from a URL or path; "
+                        "for a Store object, pass ttl= to open_store() instead."
+                    )
                 self.store = store
             else:
                 self._owns_store = True
@@ -430,6 +435,7 @@ class Runner:
         except BaseException:
             self._running = False
             raise
+
         def request_stop() -> None:
             loop.call_soon_threadsafe(engine.request_stop)
 
@@ -453,16 +459,11 @@ class Runner:
 
     def _result(self, calls: list[Call], interrupted: bool, elapsed: float) -> RunResult:
         # Paused collector: 100k new lists would trigger full passes over every Call.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with bulk_allocation(len(calls)):
             succeeded = Status.SUCCEEDED
             results = [c.result if c.status is succeeded else None for c in calls]
             # A call's own list when it has exceptions (as in 0.4), else a new empty one.
             exceptions = [c._exceptions or [] for c in calls]
-        finally:
-            if gc_was_enabled:
-                gc.enable()
         if interrupted:
             done = sum(1 for c in calls if c.status.is_final)
             self.logger.warning(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-import gc
 import math
 import threading
 import time
@@ -36,6 +35,7 @@ __all__ = [
 
 
 # The exceptions live in rate_limited.exceptions (one tree for the package).
+from rate_limited._gc import bulk_allocation
 from rate_limited.exceptions import (
     StoreCorruptedError,
     StoreError,
@@ -79,22 +79,10 @@ class StoredOutcome:
 _S = TypeVar("_S", bound="Store")
 
 
-@contextlib.contextmanager
-def _gc_paused(count: int) -> Iterator[None]:
-    """Pause the cyclic garbage collector while ``count`` records are decoded at once.
-
-    Unpickling 100,000 results makes millions of objects, and CPython's collector would
-    traverse the growing heap again and again: resuming a big run got 3-4 times slower.
-    The previous state is restored, so user code that disabled the collector keeps it off.
-    """
-    if count < 1000 or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+def _gc_paused(count: int) -> contextlib.AbstractContextManager[None]:
+    """Pause the cyclic garbage collector while ``count`` records are decoded at once:
+    unpickling 100,000 results makes millions of objects (see ``rate_limited._gc``)."""
+    return bulk_allocation(count)
 
 
 class Store(abc.ABC):

@@ -2,9 +2,10 @@
 
 Everything here runs on the Runner's own event loop thread, so state needs no locks.
 
-Admission is strictly FIFO by schedule index (a retried call keeps its index and goes
-back ahead of later calls), so no call starves: only the head call is ever tried against
-the ledger. When the head does not fit, whoever tried arms one timer for the exact time
+Admission is FIFO by schedule index: a retried call keeps its index and goes back ahead
+of calls scheduled after it, and only the head call is ever tried against the ledger, so
+no call starves. Among retries, the one that has failed least goes first (then by index):
+a call that keeps returning invalid values cannot take every free slot from the others. When the head does not fit, whoever tried arms one timer for the exact time
 the ledger says it will fit (``Ledger.next_free_time``) and waits; a settling call or a
 new one also wakes the waiters. Nothing polls.
 
@@ -201,7 +202,9 @@ class Engine:
         self._wall_offset = time.time() - loop.time()  # loop time -> epoch seconds
 
         self._ready: deque[Call] = deque()
-        self._retry: list[tuple[int, int, Call]] = []  # heap by (index, seq)
+        # Retries due, a heap by (failures, index, seq): among retries the one that failed
+        # least goes first, so a call that keeps failing cannot take every free slot.
+        self._retry: list[tuple[int, int, int, Call]] = []
         self._retry_seq = 0
         self._epoch = 0  # run number: a backoff timer of an earlier run is a no-op
         self._backing_off = 0
@@ -350,8 +353,8 @@ class Engine:
     def _head(self) -> Call | None:
         ready, retry = self._ready, self._retry
         while True:
-            if retry and not (ready and ready[0].index < retry[0][0]):
-                call = retry[0][2]
+            if retry and not (ready and ready[0].index < retry[0][1]):
+                call = retry[0][3]
                 if call.status is PENDING:
                     return call
                 heapq.heappop(retry)  # settled meanwhile by a late result
@@ -365,7 +368,7 @@ class Engine:
 
     def _pop_head(self, call: Call) -> None:
         retry = self._retry
-        if retry and retry[0][2] is call:
+        if retry and retry[0][3] is call:
             heapq.heappop(retry)
         else:
             self._ready.popleft()
@@ -753,16 +756,19 @@ class Engine:
         stats.retries += 1
         self._in_flight -= 1
         call.status = PENDING
+        # An invalid value waits only the backoff's first step: the API answered, so there is
+        # nothing to back off from, but the pause lets other ready calls take their turn
+        # instead of this one taking every free slot. Errors back off exponentially, and
+        # the exponent counts errors only (invalid values before do not stretch it).
         if isinstance(exc, ValidationError):
-            delay = 0.0  # the API answered (just not validly): nothing to back off from
+            errors = 1
         else:
-            # The exponent counts errors only: invalid values before do not stretch it.
             errors = sum(1 for e in call.exceptions if not isinstance(e, _NOT_ERRORS))
-            try:
-                delay = float(self.backoff(errors, exc))
-            except Exception:
-                logger.exception("backoff raised for %r; retrying at once", call)
-                delay = 0.0
+        try:
+            delay = float(self.backoff(errors, exc))
+        except Exception:
+            logger.exception("backoff raised for %r; retrying at once", call)
+            delay = 0.0
         logger.debug("%r failed (%s: %s); retry in %.2f s", call, type(exc).__name__, exc, delay)
         if delay > 0 and not self._stopping:
             self._backing_off += 1
@@ -778,7 +784,7 @@ class Engine:
         if call.status is not PENDING:
             return  # the next run() requeues it
         self._retry_seq += 1
-        heapq.heappush(self._retry, (call.index, self._retry_seq, call))
+        heapq.heappush(self._retry, (call.failures, call.index, self._retry_seq, call))
         if self.is_async:
             self._start_runners()
         self._wake()

@@ -5,8 +5,9 @@ Everything here runs on the Runner's own event loop thread, so state needs no lo
 Admission is FIFO by schedule index: a retried call keeps its index and goes back ahead
 of calls scheduled after it, and only the head call is ever tried against the ledger, so
 no call starves. Among retries, the one that has failed least goes first (then by index):
-a call that keeps returning invalid values cannot take every free slot from the others. When the head does not fit, whoever tried arms one timer for the exact time
-the ledger says it will fit (``Ledger.next_free_time``) and waits; a settling call or a
+a call that keeps returning invalid values cannot take every free slot from the others.
+When the head does not fit, whoever tried arms one timer for the exact time the ledger
+says it will fit (``Ledger.next_free_time``) and waits; a settling call or a
 new one also wakes the waiters. Nothing polls.
 
 How calls run depends on the function:
@@ -375,31 +376,60 @@ class Engine:
 
     def _admit(self) -> Call | None:
         """Take the head call if it may start now, else arm the wake-up and return None."""
-        if self._stopping or self._in_flight >= self.max_concurrent:
-            return None
-        call = self._head()
-        if call is None:
-            return None
-        if self._has_ledger or self._pause_until > -math.inf:
+        while True:
+            if self._stopping or self._in_flight >= self.max_concurrent:
+                return None
+            call = self._head()
+            if call is None:
+                return None
+            if not self._has_ledger and self._pause_until == -math.inf:
+                break
             now = self.loop.time()
             if now < self._pause_until:
                 self._arm_timer(self._pause_until)
                 self._note_wait(self._pause_until, "cool-down after HTTP 429", now)
                 return None
-            if self._has_ledger:
-                reservation = self.ledger.try_reserve(call.demand, now)
-                if reservation is None:
-                    when = self.ledger.next_free_time(call.demand, now)
-                    if when < math.inf:
-                        self._arm_timer(max(when, now + 1e-9 * max(1.0, now)))
-                    self._note_wait(when, self.ledger.binding(call.demand, now), now)
-                    return None
+            if not self._has_ledger:
+                break
+            reservation = self.ledger.try_reserve(call.demand, now)
+            if reservation is not None:
                 call.reservation = reservation
                 if self.stats.waiting_until is not None:
                     self._note_wait(None, None, now)
+                break
+            when = self.ledger.next_free_time(call.demand, now)
+            if when == math.inf and self._in_flight <= 0:
+                self._never_fits(call, now)  # a quota lowered below the call's needs
+                continue  # and look at the next call
+            if when < math.inf:
+                self._arm_timer(max(when, now + 1e-9 * max(1.0, now)))
+            self._note_wait(when, self.ledger.binding(call.demand, now), now)
+            return None
         self._pop_head(call)
         self._in_flight += 1
         return call
+
+    def _never_fits(self, call: Call, now: float) -> None:
+        """The head call needs more than a whole quota (lowered since it was scheduled,
+        e.g. by limits read from the provider's headers): it can never run, so it fails
+        instead of waiting for ever."""
+        from rate_limited.exceptions import QuotaExceededError
+
+        name = self.ledger.binding(call.demand, now) or "?"
+        index = self.ledger.names.index(name) if name in self.ledger.names else 0
+        needed = sum(call.demand[index]) if call.demand else 0.0
+        quota = self.ledger.meters[index].quota
+        error = QuotaExceededError(
+            f"Call {call!r} exceeds resource quota of {name!r}: it needs {needed:g} but the "
+            f"whole quota is now {quota:g}, so it could never run.",
+            resource=name,
+            needed=needed,
+            quota=quota,
+        )
+        self._pop_head(call)
+        self._in_flight += 1  # _finish counts it out
+        call.exceptions.append(error)
+        self._finish(call, FAILED, now)
 
     def _note_wait(self, until: float | None, binding: str | None, now: float) -> None:
         stats = self.stats

@@ -41,6 +41,11 @@ class LedgerControl:
         self._loop: asyncio.AbstractEventLoop = engine.loop
 
     @property
+    def closed(self) -> bool:
+        """True once the Runner's loop is closed: reports would go nowhere."""
+        return self._loop.is_closed()
+
+    @property
     def resource_names(self) -> list[str]:
         return list(self._engine.ledger.names)
 
@@ -61,7 +66,9 @@ class LedgerControl:
         elsewhere (another process on the same key), so admission slows down to match.
         Never the other way round: a ledger more careful than the provider stays so.
         """
-        self._post(self._report_remaining, self._index(resource), max(0.0, float(remaining)))
+        # May be negative: a 429's headers count without the refused request, which the
+        # ledger releases right after.
+        self._post(self._report_remaining, self._index(resource), float(remaining))
 
     def pause(self, seconds: float) -> None:
         """Admit nothing for ``seconds`` (a cool-down), on top of any 429 Retry-After."""

@@ -59,16 +59,15 @@ class TqdmProgress:
     """A ``tqdm.auto`` bar of finished calls; its description says what it waits for."""
 
     def __init__(self, desc: str | None = None) -> None:
-        from tqdm.auto import tqdm
-
         self._desc = desc
-        # Made here, in the thread that starts the run: a notebook shows it in that cell.
-        self._bar: Any = tqdm(total=None, desc=desc, unit="call", leave=True)
+        self._bar: Any = None
 
     def start(self, stats: RunStats) -> None:
-        if self._bar is not None:
-            self._bar.reset(total=stats.total)
-            self._bar.update(stats.finished)
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(
+            total=stats.total, initial=stats.finished, desc=self._desc, unit="call", leave=True
+        )
 
     def update(self, stats: RunStats) -> None:
         bar = self._bar

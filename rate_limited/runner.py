@@ -646,6 +646,8 @@ def _usage(
         return 0.0
     try:
         value = extractor(call)
+    except ConfigurationError:
+        raise  # already says what is wrong (e.g. a preset's RequestTooLargeError)
     except Exception as exc:
         raise ConfigurationError(
             f"{what} of resource {resource!r} raised {type(exc).__name__}: {exc} for "

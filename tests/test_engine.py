@@ -375,3 +375,40 @@ def test_run_coro_from_async_code() -> None:
         return results
 
     assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+
+
+def test_a_call_that_no_longer_fits_a_lowered_quota_fails_instead_of_hanging() -> None:
+    """Limits read from headers may lower a quota below a queued call's needs."""
+    from rate_limited import QuotaExceededError
+    from rate_limited._feedback import LedgerControl
+
+    class Shrinking:
+        """Lowers the tokens quota to 5 on its first call (as a preset would)."""
+
+        def __init__(self) -> None:
+            self.control: LedgerControl | None = None
+
+        def attach_ledger(self, control: LedgerControl) -> None:
+            self.control = control
+
+        async def __call__(self, tokens: int) -> int:
+            assert self.control is not None
+            self.control.set_quota("tokens", 5)
+            return tokens
+
+    tokens = Resource(
+        "tokens", 10, 60, arguments_usage_extractor=lambda c: c.get_argument("tokens")
+    )
+    function = Shrinking()
+    runner = make_runner(function, [tokens], max_concurrent=1)
+    for amount in (3, 8, 2):
+        runner.schedule(amount)
+    result = runner.run()
+    assert result.results == [3, None, 2]
+    assert [o.status for o in result.outcomes] == [
+        Status.SUCCEEDED,
+        Status.FAILED,
+        Status.SUCCEEDED,
+    ]
+    assert isinstance(result.exceptions[1][0], QuotaExceededError)
+    assert result.exceptions[1][0].quota == 5

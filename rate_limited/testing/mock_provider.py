@@ -378,11 +378,11 @@ def main(argv: list[str] | None = None) -> int:
         previous = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _on_sigterm)
-    print(provider.base_url, flush=True)
-    print(f"anthropic base_url: {provider.anthropic_base_url}", flush=True)
-    print(f"limits: {dataclasses.asdict(provider.limits())}", flush=True)
-    print("Press Ctrl-C to stop.", file=sys.stderr, flush=True)
-    try:
+    try:  # the prints too: a Ctrl-C right after the first line must not kill the process
+        print(provider.base_url, flush=True)
+        print(f"anthropic base_url: {provider.anthropic_base_url}", flush=True)
+        print(f"limits: {dataclasses.asdict(provider.limits())}", flush=True)
+        print("Press Ctrl-C to stop.", file=sys.stderr, flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

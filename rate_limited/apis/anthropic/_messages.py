@@ -1,0 +1,171 @@
+"""Preset for Anthropic's Messages API (the ``anthropic`` SDK): ``messages.create``.
+
+Anthropic limits each model by three per-minute buckets, all refilling continuously:
+
+* ``requests_per_minute``: 1 per call;
+* ``input_tokens_per_minute``: the prompt (system, messages, tools) estimated while the
+  call is in flight, then ``usage.input_tokens`` plus ``cache_creation_input_tokens``
+  (cache reads do not count against it);
+* ``output_tokens_per_minute``: ``max_tokens`` while in flight (Anthropic reserves it at
+  admission), then ``usage.output_tokens``.
+
+Limits left as None are read from the ``anthropic-ratelimit-*`` headers. Claude's
+tokenizer is not public, so prompts are estimated with the conservative counter unless
+``tokenizer=`` says otherwise; the calibration learned from ``usage`` then shrinks
+(or grows) later estimates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from rate_limited.apis._headers import Family
+from rate_limited.apis._preset import MINUTE, Preset, field, is_async_client
+from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
+from rate_limited.apis._tokens import Tokenizer
+from rate_limited.resources import Resource
+
+if TYPE_CHECKING:
+    from rate_limited.calls import Call
+
+__all__ = ["AsyncMessages", "Messages"]
+
+
+def _count(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return 0.0
+
+
+class Messages(Preset):
+    """``client.messages.create`` with RPM, input TPM and output TPM limits.
+
+    ``claude = Messages(anthropic.Anthropic(), requests_per_minute=50,
+    input_tokens_per_minute=40_000, output_tokens_per_minute=8_000)``;
+    ``runner = claude.runner()``; ``runner.schedule(model=..., max_tokens=...,
+    messages=[...])``. Returns what ``create`` returns (a ``Message``). For an
+    ``AsyncAnthropic`` client, ``Messages(client)`` is an ``AsyncMessages``.
+    """
+
+    family: ClassVar[Family] = "anthropic"
+    limit_kinds = (
+        ("requests_per_minute", "requests"),
+        ("input_tokens_per_minute", "input_tokens"),
+        ("output_tokens_per_minute", "output_tokens"),
+    )
+    endpoint = ("messages",)
+    auto_tokenizer: ClassVar[Literal["auto", "conservative"]] = "conservative"
+    is_async: ClassVar[bool] = False
+
+    def __new__(cls, client: Any = None, **options: Any) -> Messages:
+        if cls is Messages and client is not None and is_async_client(client, cls.endpoint):
+            return object.__new__(AsyncMessages)
+        return object.__new__(cls)
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        requests_per_minute: float | None = None,
+        input_tokens_per_minute: float | None = None,
+        output_tokens_per_minute: float | None = None,
+        tokenizer: Tokenizer = "auto",
+        image_tokens: int | None = None,
+        media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
+        client_max_retries: int | None = 0,
+    ) -> None:
+        """Wrap ``client`` (default: ``anthropic.Anthropic()``, or ``AsyncAnthropic()``
+        for ``AsyncMessages``) with its limits (None: read from the headers).
+
+        ``tokenizer``: ``"auto"`` (the conservative counter), ``"conservative"`` or a
+        callable counting the tokens of a text. ``image_tokens``, ``media_tokens``: tokens
+        per image, per document part. ``client_max_retries``: the SDK's own retries
+        (default 0, so the Runner sees every attempt; None leaves the client as it is).
+        """
+        super().__init__(
+            client,
+            {
+                "requests": requests_per_minute,
+                "input_tokens": input_tokens_per_minute,
+                "output_tokens": output_tokens_per_minute,
+            },
+            tokenizer=tokenizer,
+            image_tokens=image_tokens,
+            media_tokens=media_tokens,
+            client_max_retries=client_max_retries,
+        )
+
+    def _default_client(self) -> Any:
+        try:
+            import anthropic
+        except ImportError:
+            raise ImportError(
+                f"{type(self).__name__} needs the anthropic SDK: "
+                "pip install 'rate_limited[anthropic]'"
+            ) from None
+        return anthropic.AsyncAnthropic() if self.is_async else anthropic.Anthropic()
+
+    def _resource(self, name: str, kind: str, quota: float) -> Resource:
+        if kind == "input_tokens":
+            extract, estimate = self._actual_input, self._estimate_input
+        elif kind == "output_tokens":
+            extract, estimate = self._actual_output, self._estimate_output
+        else:
+            return super()._resource(name, kind, quota)
+        return Resource(
+            name,
+            quota,
+            MINUTE,
+            results_usage_extractor=extract,
+            max_results_usage_estimator=estimate,
+            refill="bucket",
+        )
+
+    def _prompt(self, estimator: PromptEstimator, params: Mapping[str, Any]) -> int:
+        return estimator.anthropic(params)
+
+    def _reserved_output(self, params: Mapping[str, Any]) -> float:
+        return _count(params.get("max_tokens"))
+
+    def demand_by_kind(self, params: Mapping[str, Any]) -> dict[str, float]:
+        return {
+            "requests": 1.0,
+            "input_tokens": float(self.prompt_tokens(params)),
+            "output_tokens": self._reserved_output(params),
+        }
+
+    def _estimate_input(self, call: Call) -> float:
+        demand = float(self.prompt_tokens(self._params(call)))
+        self._note_demand("input_tokens_per_minute", demand)
+        return demand
+
+    def _estimate_output(self, call: Call) -> float:
+        demand = self._reserved_output(self._params(call))
+        self._note_demand("output_tokens_per_minute", demand)
+        return demand
+
+    def _actual_input(self, call: Call, result: Any) -> float:
+        usage = field(result, "usage")
+        billed = field(usage, "input_tokens")
+        if not isinstance(billed, int | float) or isinstance(billed, bool):
+            raise ValueError(f"the response has no usage.input_tokens (usage: {usage!r})")
+        if not call.args:
+            self.calibration.observe(self.raw_prompt_tokens(call.kwargs), float(billed))
+        return float(billed) + _count(field(usage, "cache_creation_input_tokens"))
+
+    def _actual_output(self, call: Call, result: Any) -> float:
+        usage = field(result, "usage")
+        produced = field(usage, "output_tokens")
+        if not isinstance(produced, int | float) or isinstance(produced, bool):
+            raise ValueError(f"the response has no usage.output_tokens (usage: {usage!r})")
+        return float(produced)
+
+
+class AsyncMessages(Messages):
+    """``Messages`` for ``anthropic.AsyncAnthropic``: calling it returns a coroutine."""
+
+    is_async = True
+
+    async def __call__(self, **params: Any) -> Any:
+        return await self._send_async(params)

@@ -1,0 +1,260 @@
+"""Presets for the ``openai>=1`` SDK: chat completions, responses and embeddings.
+
+Each preset wraps one ``create`` method of a client (``openai.OpenAI`` or
+``openai.AsyncOpenAI``; Azure and other compatible clients work too) with OpenAI's two
+per-minute limits, both refilling continuously:
+
+* ``requests_per_minute``: 1 per call;
+* ``tokens_per_minute``: while the call is in flight, its prompt estimate plus the output
+  the provider reserves at admission (``max_completion_tokens`` or ``max_tokens``, times
+  ``n``; the model's maximum output when neither is given); then the ``total_tokens`` the
+  response's ``usage`` reports.
+
+Either limit left as None is read from the ``x-ratelimit-*`` headers (see ``Preset``).
+``ChatCompletions(client)`` returns an ``AsyncChatCompletions`` for an async client, so
+the same line makes a sync or an async Runner function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rate_limited.apis._headers import Family
+from rate_limited.apis._preset import MINUTE, Preset, field, is_async_client
+from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
+from rate_limited.apis._tokens import Tokenizer
+from rate_limited.resources import Resource
+
+if TYPE_CHECKING:
+    from rate_limited.calls import Call
+
+__all__ = [
+    "AsyncChatCompletions",
+    "AsyncEmbeddings",
+    "AsyncResponses",
+    "ChatCompletions",
+    "Embeddings",
+    "Responses",
+    "default_max_output_tokens",
+]
+
+#: Most output tokens of a model family, by model-name prefix (longest prefix first):
+#: what a call without ``max_tokens`` may generate, so what is reserved for it.
+MODEL_MAX_OUTPUT_TOKENS: tuple[tuple[str, int], ...] = (
+    ("gpt-5", 128_000),
+    ("gpt-4.1", 32_768),
+    ("gpt-4o", 16_384),
+    ("chatgpt-4o", 16_384),
+    ("gpt-4-turbo", 4_096),
+    ("gpt-4", 8_192),
+    ("gpt-3.5", 4_096),
+    ("o1", 100_000),
+    ("o3", 100_000),
+    ("o4", 100_000),
+)
+#: Reserved for a model not in the table.
+FALLBACK_MAX_OUTPUT_TOKENS = 4_096
+
+
+def default_max_output_tokens(model: object) -> int:
+    """The output reserved for a call to ``model`` that sets no maximum."""
+    if isinstance(model, str):
+        for prefix, tokens in MODEL_MAX_OUTPUT_TOKENS:
+            if model.startswith(prefix):
+                return tokens
+    return FALLBACK_MAX_OUTPUT_TOKENS
+
+
+def _positive_int(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+class _OpenAIPreset(Preset):
+    family: ClassVar[Family] = "openai"
+    limit_kinds = (("requests_per_minute", "requests"), ("tokens_per_minute", "tokens"))
+    is_async: ClassVar[bool] = False
+    #: The ``usage`` field with the prompt tokens (for calibration).
+    prompt_usage_field: ClassVar[str] = "prompt_tokens"
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        tokenizer: Tokenizer = "auto",
+        default_max_tokens: int | None = None,
+        image_tokens: int | None = None,
+        media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
+        client_max_retries: int | None = 0,
+    ) -> None:
+        """Wrap ``client`` (default: ``openai.OpenAI()``, or ``AsyncOpenAI()`` for the
+        async classes) with its limits.
+
+        Args:
+            client: an ``openai`` client; the preset uses a copy of it with
+                ``max_retries=client_max_retries``.
+            requests_per_minute: the model's RPM limit; None reads it from the headers.
+            tokens_per_minute: the model's TPM limit; None reads it from the headers.
+            tokenizer: ``"auto"`` (tiktoken when its encoding is available offline, else
+                the conservative estimate), ``"tiktoken"``, ``"conservative"``, or a
+                callable counting the tokens of a text.
+            default_max_tokens: output reserved for a call that sets no maximum (default:
+                the model's maximum output, see ``MODEL_MAX_OUTPUT_TOKENS``).
+            image_tokens: tokens per image part (default: 85 for ``detail="low"``, else
+                the gpt-4o family's maximum, 1445).
+            media_tokens: tokens per audio or file part.
+            client_max_retries: the SDK's own retries (default 0: the Runner retries, and
+                its ledger sees every attempt); None leaves the client as it is.
+        """
+        super().__init__(
+            client,
+            {"requests": requests_per_minute, "tokens": tokens_per_minute},
+            tokenizer=tokenizer,
+            image_tokens=image_tokens,
+            media_tokens=media_tokens,
+            client_max_retries=client_max_retries,
+        )
+        self._default_max_tokens = _positive_int(default_max_tokens)
+
+    def _default_client(self) -> Any:
+        try:
+            import openai
+        except ImportError:
+            raise ImportError(
+                f"{type(self).__name__} needs the openai SDK: pip install 'rate_limited[openai]'"
+            ) from None
+        return openai.AsyncOpenAI() if self.is_async else openai.OpenAI()
+
+    def _resource(self, name: str, kind: str, quota: float) -> Resource:
+        if kind != "tokens":
+            return super()._resource(name, kind, quota)
+        return Resource(
+            name,
+            quota,
+            MINUTE,
+            results_usage_extractor=self._actual_tokens,
+            max_results_usage_estimator=self._estimate_tokens,
+            refill="bucket",
+        )
+
+    def _max_output(self, params: Mapping[str, Any]) -> int:
+        return self._default_max_tokens or default_max_output_tokens(params.get("model"))
+
+    def demand_by_kind(self, params: Mapping[str, Any]) -> dict[str, float]:
+        tokens = self.prompt_tokens(params) + self._reserved_output(params)
+        return {"requests": 1.0, "tokens": float(tokens)}
+
+    def _estimate_tokens(self, call: Call) -> float:
+        params = self._params(call)
+        demand = float(self.prompt_tokens(params) + self._reserved_output(params))
+        self._note_demand("tokens_per_minute", demand)
+        return demand
+
+    def _actual_tokens(self, call: Call, result: Any) -> float:
+        usage = field(result, "usage")
+        total = field(usage, "total_tokens")
+        if not isinstance(total, int | float) or isinstance(total, bool):
+            raise ValueError(f"the response has no usage.total_tokens (usage: {usage!r})")
+        prompt = field(usage, self.prompt_usage_field)
+        if isinstance(prompt, int) and not call.args:
+            self.calibration.observe(self.raw_prompt_tokens(call.kwargs), prompt)
+        return float(total)
+
+
+class ChatCompletions(_OpenAIPreset):
+    """``client.chat.completions.create`` with RPM and TPM limits.
+
+    ``chat = ChatCompletions(openai.OpenAI(), requests_per_minute=500,
+    tokens_per_minute=200_000)``; ``runner = chat.runner()`` (or ``Runner(chat,
+    chat.resources)``); ``runner.schedule(model=..., messages=[...], max_tokens=...)``.
+    Returns what ``create`` returns (a ``ChatCompletion``). For an ``AsyncOpenAI``
+    client, ``ChatCompletions(client)`` is an ``AsyncChatCompletions``.
+    """
+
+    endpoint = ("chat", "completions")
+
+    def __new__(cls, client: Any = None, **options: Any) -> ChatCompletions:
+        if cls is ChatCompletions and client is not None and is_async_client(client, cls.endpoint):
+            return object.__new__(AsyncChatCompletions)
+        return object.__new__(cls)
+
+    def _prompt(self, estimator: PromptEstimator, params: Mapping[str, Any]) -> int:
+        return estimator.chat(params)
+
+    def _reserved_output(self, params: Mapping[str, Any]) -> float:
+        maximum = _positive_int(params.get("max_completion_tokens")) or _positive_int(
+            params.get("max_tokens")
+        )
+        choices = _positive_int(params.get("n")) or 1
+        return float((maximum or self._max_output(params)) * choices)
+
+
+class AsyncChatCompletions(ChatCompletions):
+    """``ChatCompletions`` for ``openai.AsyncOpenAI``: calling it returns a coroutine."""
+
+    is_async = True
+
+    async def __call__(self, **params: Any) -> Any:
+        return await self._send_async(params)
+
+
+class Responses(_OpenAIPreset):
+    """``client.responses.create`` with RPM and TPM limits (``max_output_tokens`` is the
+    output reserved). For an ``AsyncOpenAI`` client, ``Responses(client)`` is an
+    ``AsyncResponses``."""
+
+    endpoint = ("responses",)
+    prompt_usage_field = "input_tokens"
+
+    def __new__(cls, client: Any = None, **options: Any) -> Responses:
+        if cls is Responses and client is not None and is_async_client(client, cls.endpoint):
+            return object.__new__(AsyncResponses)
+        return object.__new__(cls)
+
+    def _prompt(self, estimator: PromptEstimator, params: Mapping[str, Any]) -> int:
+        return estimator.responses(params)
+
+    def _reserved_output(self, params: Mapping[str, Any]) -> float:
+        maximum = _positive_int(params.get("max_output_tokens"))
+        return float(maximum or self._max_output(params))
+
+
+class AsyncResponses(Responses):
+    """``Responses`` for ``openai.AsyncOpenAI``: calling it returns a coroutine."""
+
+    is_async = True
+
+    async def __call__(self, **params: Any) -> Any:
+        return await self._send_async(params)
+
+
+class Embeddings(_OpenAIPreset):
+    """``client.embeddings.create`` with RPM and TPM limits (the input's tokens; no
+    output). For an ``AsyncOpenAI`` client, ``Embeddings(client)`` is an
+    ``AsyncEmbeddings``."""
+
+    endpoint = ("embeddings",)
+
+    def __new__(cls, client: Any = None, **options: Any) -> Embeddings:
+        if cls is Embeddings and client is not None and is_async_client(client, cls.endpoint):
+            return object.__new__(AsyncEmbeddings)
+        return object.__new__(cls)
+
+    def _prompt(self, estimator: PromptEstimator, params: Mapping[str, Any]) -> int:
+        return estimator.embeddings(params)
+
+    def _reserved_output(self, params: Mapping[str, Any]) -> float:
+        return 0.0
+
+
+class AsyncEmbeddings(Embeddings):
+    """``Embeddings`` for ``openai.AsyncOpenAI``: calling it returns a coroutine."""
+
+    is_async = True
+
+    async def __call__(self, **params: Any) -> Any:
+        return await self._send_async(params)

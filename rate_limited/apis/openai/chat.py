@@ -1,0 +1,92 @@
+"""rate_limited 0.4's OpenAI chat helper, at its 0.4 import path, for the ``openai>=1`` SDK.
+
+``openai_chat_resources(requests_per_minute, tokens_per_minute, model_max_len)`` returns
+the two Resources to pass to ``Runner`` together with any function whose keyword
+arguments are those of ``chat.completions.create`` (``messages``, ``max_tokens``...) and
+whose result has a ``usage.total_tokens``: a dict (pre-1.0 SDK, ``.model_dump()``) or an
+SDK object. What changed since 0.4:
+
+* both limits refill continuously (``refill="bucket"``), as OpenAI counts them;
+* no fixed 5% margin on the token limit: the estimate errs high instead and the actual
+  ``usage`` replaces it as soon as the call returns;
+* the prompt estimate counts every message part (text, images, tool calls), ``tools``,
+  ``functions`` and ``response_format`` with the conservative counter (CJK, JSON and URLs
+  are no longer under-counted as 2 tokens per space-separated word);
+* the output reserved is ``max_completion_tokens`` or ``max_tokens`` (else
+  ``model_max_len``) times ``n``, plus the prompt once (0.4 multiplied the prompt by n).
+
+For new code, ``rate_limited.apis.openai.ChatCompletions`` does all this and also reads
+the rate-limit headers.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+from rate_limited.apis._preset import field
+from rate_limited.apis._prompts import PromptEstimator
+from rate_limited.apis._tokens import conservative_tokens
+from rate_limited.apis.common import get_requests_per_minute
+from rate_limited.resources import Resource
+
+if TYPE_CHECKING:
+    from rate_limited.calls import Call, Result
+
+__all__ = [
+    "estimate_input_tokens",
+    "estimate_tokens_used",
+    "get_tokens_per_minute",
+    "get_used_tokens",
+    "openai_chat_resources",
+]
+
+_ESTIMATOR = PromptEstimator(conservative_tokens)
+
+
+def openai_chat_resources(
+    requests_per_minute: int | float, tokens_per_minute: int | float, model_max_len: int
+) -> list[Resource]:
+    """``[requests_per_minute, tokens_per_minute]`` Resources for chat completions.
+
+    ``model_max_len``: output reserved for a call that sets no ``max_tokens``.
+    """
+    return [
+        get_requests_per_minute(requests_per_minute),
+        get_tokens_per_minute(tokens_per_minute, model_max_len),
+    ]
+
+
+def get_tokens_per_minute(quota: int | float, model_max_len: int) -> Resource:
+    """A ``"tokens_per_minute"`` Resource (continuous refill) for chat completions."""
+    return Resource(
+        name="tokens_per_minute",
+        quota=quota,
+        time_window_seconds=60,
+        max_results_usage_estimator=partial(estimate_tokens_used, model_max_len=model_max_len),
+        results_usage_extractor=get_used_tokens,
+        refill="bucket",
+    )
+
+
+def get_used_tokens(call: Call, results: Result) -> int:
+    """``usage.total_tokens`` of a response: a dict or an SDK object."""
+    total_tokens = field(results, "usage", "total_tokens")
+    if total_tokens is None:
+        raise ValueError("Could not find total_tokens in results")
+    return int(total_tokens)
+
+
+def estimate_tokens_used(call: Call, model_max_len: int) -> int:
+    """Upper bound of the tokens a call uses: its prompt plus the output reserved."""
+    maximum = call.get_argument("max_completion_tokens") or call.get_argument("max_tokens")
+    choices = call.get_argument("n") or 1
+    output = maximum if maximum is not None else model_max_len
+    return estimate_input_tokens(call) + int(output) * int(choices)
+
+
+def estimate_input_tokens(call: Call) -> int:
+    """Upper bound of the prompt tokens of a call (messages, tools, functions, format)."""
+    names = ("messages", "tools", "functions", "response_format")
+    params = {name: call.get_argument(name) for name in names}
+    return _ESTIMATOR.chat(params)

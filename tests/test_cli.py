@@ -1,0 +1,131 @@
+"""The ``rate-limited`` command: the demo end to end in a subprocess (with Ctrl-C and a
+resume), the MockProvider server, the bench launcher and the usage errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rate_limited import cli
+
+
+def run_demo(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rate_limited", "demo", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "flags", [pytest.param((), id="sync"), pytest.param(("--async",), id="async")]
+)
+def test_demo_runs_end_to_end_and_prints_a_summary(tmp_path: Path, flags: tuple[str, ...]) -> None:
+    done = run_demo(tmp_path, "--requests", "200", *flags)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "Done after" in out
+    assert "200 of 200 requests succeeded." in out
+    assert re.search(r"provider saw: 200 requests, 0 answered 429, [\d,]+ tokens", out)
+    assert "3,000 requests and 200,000 tokens per minute" in out
+    assert re.search(r"used: +[\d.]+% of the tokens", out)
+    assert "200/200" in done.stderr  # the progress bar
+    again = run_demo(tmp_path, "--requests", "200", *flags)
+    assert "(200 loaded from the store)" in again.stdout
+    assert "provider saw: 0 requests" in again.stdout
+    fresh = run_demo(tmp_path, "--requests", "200", "--fresh", *flags)
+    assert "loaded from the store" not in fresh.stdout
+
+
+@pytest.mark.slow
+def test_demo_interrupted_then_resumed(tmp_path: Path) -> None:
+    """Ctrl-C stops the run with a partial summary; the next demo takes up the rest."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rate_limited", "demo", "--requests", "300", "--tpm", "20000"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert "Running 300 chat completions" in process.stdout.readline() + (
+            process.stdout.readline()
+        )
+        time.sleep(2.0)  # 20,000 TPM: the first ~100 at once, then about 2 a second
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130
+    assert "Interrupted after" in out
+    assert "Run `rate-limited demo` again to resume" in out
+    finished = int(re.search(r"Interrupted after [\d.]+ s: (\d+) of 300", out).group(1))  # type: ignore[union-attr]
+    assert 0 < finished < 300
+    resumed = run_demo(tmp_path, "--requests", "300")  # the limits are not part of a call
+    loaded = int(re.search(r"\((\d+) loaded from the store\)", resumed.stdout).group(1))  # type: ignore[union-attr]
+    assert loaded >= finished
+
+
+def test_mock_provider_command_serves_until_interrupted() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rate_limited", "mock-provider", "--port", "0", "--rpm", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", process.stdout.readline().strip())
+        assert "Press Ctrl-C" in process.stderr.readline()  # printed last before it waits
+        time.sleep(0.3)  # mock_provider.main prints that just before entering its try:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0
+    assert "served 0 requests" in err
+
+
+def test_bench_runs_a_script_of_the_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "hello.py").write_text(
+        "import sys, pathlib; pathlib.Path('ran.txt').write_text(' '.join(sys.argv[1:]))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "hello", "--fast"]) == 0
+    assert (tmp_path / "ran.txt").read_text() == "--fast"
+    assert cli.main(["bench", "nowhere"]) == 2
+    assert "benchmarks/nowhere.py not found" in capsys.readouterr().err
+
+
+def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert "demo" in capsys.readouterr().out
+    assert cli.main(["demo", "--requests", "0"]) == 2
+    assert "must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--bogus"])
+
+
+def test_the_console_script_is_declared() -> None:
+    pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
+    assert 'rate-limited = "rate_limited.cli:main"' in pyproject
+    assert os.path.exists(Path(cli.__file__).with_name("__main__.py"))

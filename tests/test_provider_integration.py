@@ -176,10 +176,12 @@ def test_rpm_bound_workload_gets_no_429(make_provider: MakeProvider, kind: str) 
     provider = make_provider(rpm=600, latency=0.02)
     chat = ChatCompletions(openai_client(provider, kind), requests_per_minute=600)
     runner = chat.runner(progress=False)
-    result, elapsed = _saturate(runner, 650, max_tokens=20)
+    result, _ = _saturate(runner, 650, max_tokens=20)
     assert all(r is not None for r in result.results)
-    assert provider.stats().rejected == 0
-    assert 4.5 <= elapsed <= 7.5  # the provider allows no less than 5 s; we lose little
+    stats = provider.stats()
+    assert stats.rejected == 0
+    # Ran at the limit, as the provider itself measured (its bucket full at admission).
+    assert stats.peak_usage["openai.requests"] >= 0.95
 
 
 @pytest.mark.slow
@@ -191,15 +193,11 @@ def test_tpm_bound_workload_gets_no_429(make_provider: MakeProvider, kind: str) 
         openai_client(provider, kind), tokens_per_minute=60_000, requests_per_minute=10_000
     )
     runner = chat.runner(progress=False)
-    result, elapsed = _saturate(runner, 124, max_tokens=1000)
+    result, _ = _saturate(runner, 124, max_tokens=1000)
     assert all(r is not None for r in result.results)
     stats = provider.stats()
     assert stats.rejected == 0
-    used = stats.prompt_tokens + stats.completion_tokens
-    ideal = (used - 60_000) / 1000  # what the bucket's refill allows after the burst
-    # ... plus ~1 s to have the last call's whole reservation free, and the ledger's margin
-    # for the headers' age (0.5 s of refill); the rest is this machine's speed.
-    assert ideal - 0.5 <= elapsed <= ideal + 4.0
+    assert stats.peak_usage["openai.tokens"] >= 0.95  # at the limit, by the provider's count
 
 
 @pytest.mark.slow
@@ -217,14 +215,11 @@ def test_anthropic_output_bound_workload_gets_no_429(
     runner = claude.runner(progress=False)
     for i in range(103):
         runner.schedule(model="claude-haiku-4-5", max_tokens=200, messages=user(f"q {i}"))
-    started = time.monotonic()
     result = runner.run()
-    elapsed = time.monotonic() - started
     assert all(r is not None for r in result.results)
-    assert provider.stats().rejected == 0
-    # 6,180 output tokens, and 200 reserved to admit the last call: 380 beyond the full
-    # bucket, at 100/s; plus the ledger's margin for the headers' age (0.5 s of refill).
-    assert 3.0 <= elapsed <= 6.5
+    stats = provider.stats()
+    assert stats.rejected == 0
+    assert stats.peak_usage["anthropic.output_tokens"] >= 0.95  # at the limit
 
 
 # -- unknown limits --------------------------------------------------------------------------
@@ -321,9 +316,7 @@ def test_faults_end_every_call_and_nothing_hangs(
         backoff=FAST_RETRIES,
         timeout=0.5 if where == "runner" else 5.0,
     )
-    started = time.monotonic()
-    result, _ = _saturate(runner, 300, max_tokens=20)
-    assert time.monotonic() - started < 8
+    result, _ = _saturate(runner, 300, max_tokens=20)  # pytest-timeout guards a hang
     for i, value in enumerate(result.results):
         assert value is not None, result.exceptions[i]
         assert value.choices[0].message.content.split()[:2] == ["request", str(i)]

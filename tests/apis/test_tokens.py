@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import random
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -229,17 +228,16 @@ def test_missing_encoding_falls_back_quickly_and_once(monkeypatch: pytest.Monkey
 
     monkeypatch.setitem(sys.modules, "tiktoken", FakeTiktoken)
     monkeypatch.setattr(_tokens, "_encodings", {})
-    started = time.monotonic()
     assert resolve_counter("auto", "gpt-4o") is conservative_tokens
     assert resolve_counter("auto", "gpt-4o-mini") is conservative_tokens
-    assert time.monotonic() - started < 1.0
-    assert calls == ["fake_base"]
+    assert calls == ["fake_base"]  # tried once, the failure cached
     with pytest.raises(RuntimeError, match="could not be loaded"):
         resolve_counter("tiktoken", "gpt-4o")
 
 
 def test_a_hanging_download_is_abandoned(monkeypatch: pytest.MonkeyPatch) -> None:
     release = __import__("threading").Event()
+    finished = __import__("threading").Event()
 
     class SlowTiktoken:
         @staticmethod
@@ -249,14 +247,14 @@ def test_a_hanging_download_is_abandoned(monkeypatch: pytest.MonkeyPatch) -> Non
         @staticmethod
         def get_encoding(name: str) -> Any:
             release.wait(5)
+            finished.set()
             raise ConnectionError("timed out")
 
     monkeypatch.setitem(sys.modules, "tiktoken", SlowTiktoken)
     monkeypatch.setattr(_tokens, "_encodings", {})
     monkeypatch.setattr(_tokens, "TIKTOKEN_TIMEOUT", 0.2)
-    started = time.monotonic()
     assert resolve_counter("auto", None) is conservative_tokens
-    assert time.monotonic() - started < 1.0
+    assert not finished.is_set()  # returned while the download was still hanging
     release.set()
 
 

@@ -176,11 +176,13 @@ class Engine:
         refresh: bool = False,
         retry_failed: bool = True,
         function_name: str = "",
+        ledger: Ledger | None = None,
     ) -> None:
         self.function = function
         self.is_async = is_async_callable(function)
         self.resources = list(resources)
-        self.ledger = Ledger(self.resources)
+        #: Shared by every engine of one Runner: quota used on one loop counts on another.
+        self.ledger = ledger if ledger is not None else Ledger(self.resources)
         self._has_ledger = bool(self.resources)
         self._results_extractors = [r.results_usage_extractor for r in self.resources]
         self._has_results_usage = any(e is not None for e in self._results_extractors)
@@ -211,6 +213,8 @@ class Engine:
         self._backing_off = 0
         self._batch_len = 0
         self._ticker: asyncio.TimerHandle | None = None
+        #: Calls of this run with the same store key as an earlier one: they take its outcome.
+        self._followers: dict[Call, list[Call]] = {}
         self._awaiting: set[asyncio.Task[None]] = set()  # awaitables from sync functions
         self._in_flight = 0
         self._unfinished = 0
@@ -243,6 +247,8 @@ class Engine:
             self._restore(calls)
         ready: deque[Call] = deque()
         unfinished = succeeded = failed = 0
+        self._followers = {}
+        leaders: dict[str, Call] = {}  # with a store: one call per key, the others follow
         for call in calls:
             status = call.status
             if status is SUCCEEDED:
@@ -251,6 +257,20 @@ class Engine:
                 failed += 1
             else:
                 unfinished += 1
+                key = call.key
+                if key is not None and self.store is not None:
+                    leader = leaders.setdefault(key, call)
+                    if leader is not call:
+                        call.status = PENDING
+                        self._followers.setdefault(leader, []).append(call)
+                        if not _same_arguments(call, leader):
+                            logger.warning(
+                                "%r and %r have the same store key but different arguments; "
+                                "they share one outcome (check key=)",
+                                leader,
+                                call,
+                            )
+                        continue
                 if status is not RUNNING:  # RUNNING: a sync call still in its thread
                     call.status = PENDING
                     ready.append(call)
@@ -674,6 +694,7 @@ class Engine:
             call.finished_at = now
             self.stats.failed += 1
             self._unfinished -= 1
+            self._settle_followers(call, now)
             if self._unfinished <= 0:
                 self._resolve_done()
                 self._wake()
@@ -832,12 +853,27 @@ class Engine:
         else:
             stats.failed += 1
         self._unfinished -= 1
+        if self._followers:
+            self._settle_followers(call, now)
         if self._unfinished <= 0 and self._in_flight <= 0:
             self._resolve_done()
             self._wake()
         if self.progress is not None and now >= self._next_progress:
             self._next_progress = now + self.progress_interval
             self._report(self.progress.update, stats)
+
+    def _settle_followers(self, leader: Call, now: float) -> None:
+        """Calls with the leader's store key end as it did, without being sent."""
+        for follower in self._followers.pop(leader, ()):
+            follower.status = leader.status
+            follower.result = leader.result
+            follower.exceptions = list(leader._exceptions or ())
+            follower.finished_at = now
+            if leader.status is SUCCEEDED:
+                self.stats.succeeded += 1
+            else:
+                self.stats.failed += 1
+            self._unfinished -= 1
 
     # -- the store ---------------------------------------------------------------------------
     def _restore(self, calls: Sequence[Call]) -> None:
@@ -913,6 +949,13 @@ class Engine:
             logger.warning("%s: %s: %s", what, type(exc).__name__, exc)
         else:
             logger.debug("%s: %s: %s", what, type(exc).__name__, exc)
+
+
+def _same_arguments(one: Call, other: Call) -> bool:
+    try:
+        return bool(one.args == other.args and dict(one.kwargs) == dict(other.kwargs))
+    except Exception:  # arguments whose == raises: can't tell, don't warn
+        return True
 
 
 def _clear_frames(exc: BaseException) -> None:

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from numbers import Real
@@ -40,6 +41,7 @@ from rate_limited._clock import Clock, MonotonicClock
 from rate_limited._engine import Engine, is_async_callable
 from rate_limited._feedback import FeedbackSource, LedgerControl
 from rate_limited._gc import bulk_allocation
+from rate_limited._ledger import Ledger
 from rate_limited._policy import (
     Validator,
     exponential_backoff,
@@ -196,6 +198,11 @@ class Runner:
         self.name = name or _function_name(function)
         if event_loop not in ("own", "current"):
             raise ConfigurationError(f"event_loop must be 'own' or 'current', got {event_loop!r}.")
+        if event_loop == "current" and clock is not None and not isinstance(clock, MonotonicClock):
+            raise ConfigurationError(
+                "event_loop='current' runs on the caller's loop, whose time is real; it "
+                "cannot be combined with another clock= (e.g. FakeClock)."
+            )
         #: Where the engine runs: the Runner's own loop thread, or the caller's loop.
         self.event_loop = event_loop
         self._runs_on_loop = is_async_callable(function)
@@ -237,6 +244,11 @@ class Runner:
         self._engine: Engine | None = None  # on the Runner's own loop thread
         self._caller_engine: Engine | None = None  # event_loop="current"
         self._active_engine: Engine | None = None  # the one the last run used
+        #: The calls of the last completed ``apply()`` (rerunning that cell sends nothing).
+        self._last_apply: list[Call] | None = None
+        self._active_future: concurrent.futures.Future[tuple[bool, float]] | None = None
+        # One ledger for the Runner's life, whichever loop its engine runs on.
+        self._ledger = Ledger(self.resources)
         self._running = False
         self._start_lock = threading.Lock()
         self._closed = False
@@ -407,6 +419,7 @@ class Runner:
         except BaseException:
             self._running = False
             raise
+        self._active_future = future
         return RunHandle(
             future,
             calls,
@@ -526,6 +539,7 @@ class Runner:
             refresh=self.refresh,
             retry_failed=self.retry_failed,
             function_name=self._function_identity,
+            ledger=self._ledger,
         )
         if isinstance(self.function, FeedbackSource):
             self.function.attach_ledger(LedgerControl(engine))
@@ -560,12 +574,16 @@ class Runner:
         return result
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
         """Stop the background loop and its threads; the Runner cannot run afterwards.
 
-        Sync calls still running in threads finish in the background (daemon threads).
+        A run still going is stopped. Sync calls still running in threads (say, after a
+        Ctrl-C) get up to ``timeout`` seconds to finish, so that their paid-for results
+        are kept (and stored); any still running after that finish unseen.
         """
         self._closed = True
+        self._stop_running_batch()
+        self._wait_for_threads(timeout)
         if self._finalizer is not None:
             self._finalizer()
         if self.store is not None:
@@ -573,6 +591,31 @@ class Runner:
                 self.store.close()
             else:
                 self.store.flush()
+
+    def _wait_for_threads(self, timeout: float) -> None:
+        engine = self._engine
+        if engine is None or engine.pool is None or engine.loop.is_closed():
+            return
+        deadline = time.monotonic() + timeout
+        while engine._in_flight > 0 and time.monotonic() < deadline:
+            time.sleep(0.02)  # the engine's loop settles (and stores) them meanwhile
+
+    def _stop_running_batch(self, timeout: float = 5.0) -> None:
+        """On close(): stop a run still going and let it end, so that its handle returns
+        the partial result instead of waiting for a loop that is gone."""
+        engine, future = self._active_engine, self._active_future
+        if not self._running or engine is None:
+            return
+        with contextlib.suppress(RuntimeError):  # loop already closed
+            engine.loop.call_soon_threadsafe(engine.request_stop)
+        if future is None or engine.loop is not getattr(self._loop_thread, "loop", None):
+            return  # event_loop="current": the caller's loop ends the task by itself
+        with contextlib.suppress(Exception):
+            future.result(timeout)
+        if not future.done():
+            future.set_exception(
+                RunnerClosedError("The Runner was closed before its run could stop.")
+            )
 
     def __enter__(self) -> Runner:
         return self

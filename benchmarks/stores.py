@@ -182,34 +182,7 @@ class GcTimer:
         gc.callbacks.remove(self)
 
 
-def _patch_gc_fix() -> None:
-    """The fix proposed when the resume target is missed, applied to this process only.
-
-    ``Store.get_many`` pauses the collector while it decodes (``_gc_paused`` in
-    rate_limited/stores/base.py); the patched pause ends with ``gc.freeze(); gc.unfreeze()``,
-    which moves the decoded objects to the oldest generation without traversing them.
-    """
-    from rate_limited.stores import base
-
-    @contextlib.contextmanager
-    def paused(count: int) -> Iterator[None]:
-        if count < 1000 or not gc.isenabled():
-            yield
-            return
-        gc.disable()
-        try:
-            yield
-        finally:
-            gc.freeze()
-            gc.unfreeze()
-            gc.enable()
-
-    if not hasattr(base, "_gc_paused"):
-        raise SystemExit("rate_limited.stores.base._gc_paused is gone: drop --gc-fix")
-    base._gc_paused = paused
-
-
-def _resume(results: str, spec: str, calls: int, gc_fix: bool = False) -> dict[str, Any]:
+def _resume(results: str, spec: str, calls: int) -> dict[str, Any]:
     """A fresh process resumes the finished run: every result from the store, no call made.
 
     The user's script imports what builds its function (openai for a chat batch) before
@@ -218,9 +191,6 @@ def _resume(results: str, spec: str, calls: int, gc_fix: bool = False) -> dict[s
     importing = time.perf_counter()
     from rate_limited import Runner
     from rate_limited._keys import call_key
-
-    if gc_fix:
-        _patch_gc_fix()
 
     if results == "chat":
         import openai.types.chat  # noqa: F401
@@ -271,7 +241,7 @@ def _resume(results: str, spec: str, calls: int, gc_fix: bool = False) -> dict[s
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     if args.worker == "resume":  # imports are part of what it times
-        info: dict[str, Any] = _resume(args.results, args.spec, args.calls, args.gc_fix)
+        info: dict[str, Any] = _resume(args.results, args.spec, args.calls)
         import rate_limited
 
         info.update(file=rate_limited.__file__, python=sys.version.split()[0])
@@ -492,8 +462,6 @@ RESUME_ROWS = (
 COLUMN_NAMES = {
     "int": "int results",
     "chat": "ChatCompletion results",
-    "int+fix": "int, GC fix (experiment)",
-    "chat+fix": "ChatCompletion, GC fix (experiment)",
 }
 
 
@@ -523,43 +491,6 @@ def _resume_table(samples: dict[str, list[dict[str, Any]]]) -> tuple[str, bool]:
     return markdown_table(header, rows), all_met
 
 
-def _diagnosis(samples: dict[str, list[dict[str, Any]]]) -> str:
-    """Where the time of a resume that missed its target goes, and the fix measured."""
-    from _common import median
-
-    notes = []
-    for kind in RESULT_KINDS:
-        got, fixed = samples.get(kind), samples.get(f"{kind}+fix")
-        if not got or not fixed:
-            continue
-
-        def m(key: str, values: list[dict[str, Any]] = got) -> str:
-            return _format(median([s[key] for s in values]))
-
-        notes.append(
-            f"Where the time goes ({COLUMN_NAMES[kind]}, medians; profiled with cProfile and "
-            f"`gc.callbacks`): of {m('schedule_run')}, **{m('gc')} is the cyclic garbage "
-            f"collector** ({m('gc_full')} in full collections). `Store.get_many` pauses it while "
-            "it decodes (`rate_limited/stores/base.py:_gc_paused`), but when it is enabled again "
-            "the objects of every decoded result (about a dozen per ChatCompletion) all sit in "
-            "the youngest generation, so the allocations that follow (the rest of `get_many`, "
-            "then `rate_limited/_engine.py:Engine._restore`, in the engine row) trigger a "
-            "generation-0, then a generation-1, then a full collection, each traversing all of "
-            f"them. `get_many` ({m('get_many')}, some of that GC included) is "
-            "`rate_limited/stores/_codec.py:Codec.open` per record (pydantic `validate_json` in "
-            "`_load_result`, the HMAC in `Codec._mac`, `json.loads` of the meta) and the "
-            "`fetchall` of `rate_limited/stores/sqlite.py:SqliteStore._read`; `schedule()` "
-            f"({m('schedule')}) is mostly `rate_limited/_keys.py:call_key` ({m('keys')}: "
-            "canonical JSON and sha256 of each call). **Proposed fix**: end `_gc_paused` with "
-            "`gc.freeze(); gc.unfreeze()` before `gc.enable()`: that moves the decoded objects "
-            "to the oldest generation without traversing them (they stay collectable: the next "
-            "full collection sees them as usual). Measured here by patching it in the worker "
-            f"(the experiment column): schedule + run {m('schedule_run')} → "
-            f"{m('schedule_run', fixed)}, GC {m('gc')} → {m('gc', fixed)}."
-        )
-    return "\n\n".join(notes)
-
-
 def _report(
     args: argparse.Namespace,
     argv: Sequence[str],
@@ -568,7 +499,6 @@ def _report(
     resume: str,
     resume_met: bool,
     redis_ok: bool,
-    diagnosis: str,
 ) -> str:
     from _common import command_line, machine_info, today
 
@@ -618,7 +548,6 @@ def _report(
             resume,
             "",
             f"Target (< 3 s): {'met' if resume_met else '**not met**'}.",
-            *(["", diagnosis] if diagnosis else []),
         ]
     )
 
@@ -637,7 +566,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kind", choices=KINDS, default="async", help=argparse.SUPPRESS)
     parser.add_argument("--results", choices=RESULT_KINDS, default="int", help=argparse.SUPPRESS)
     parser.add_argument("--spec", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--gc-fix", action="store_true", help=argparse.SUPPRESS)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.calls < 1 or args.repeat < 1:
@@ -647,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(worker(args)))
         return 0
 
-    from _common import REPO_ROOT, WorkerError, median, replace_section
+    from _common import REPO_ROOT, WorkerError, replace_section
 
     os.environ["RATE_LIMITED_STORE_SECRET"] = SECRET
     try:
@@ -690,14 +618,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for _ in range(args.repeat):
                     resumes.setdefault(results, []).append(driver.run(resume))
                 print(f"resume ({results}) done ({time.perf_counter() - started:.0f} s)")
-                if median([s["schedule_run"] for s in resumes[results]]) >= TARGET_RESUME:
-                    for _ in range(args.repeat):  # missed: measure the proposed fix too
-                        resumes.setdefault(f"{results}+fix", []).append(
-                            driver.run([*resume, "--gc-fix"])
-                        )
-                    print(
-                        f"resume ({results}, GC fix) done ({time.perf_counter() - started:.0f} s)"
-                    )
         except WorkerError as exc:
             print(exc, file=sys.stderr)
             return 1
@@ -712,7 +632,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume_table,
         resume_met,
         redis_url is not None,
-        _diagnosis(resumes),
     )
     print()
     print(report)

@@ -120,6 +120,22 @@ def ensure_packages(python: str | Path, packages: Sequence[str], *, quiet: bool 
         raise RuntimeError(f"could not install {missing}:\n{done.stdout}\n{done.stderr}")
 
 
+def preamble(script: str, argv: Sequence[str]) -> list[str]:
+    """The first lines of a RESULTS.md section: date, machine, and the command to rerun."""
+    machine = machine_info()
+    return [
+        f"Date: {today()}. Machine: {machine['nproc']} CPUs ({machine['cpu']}), "
+        f"{machine['implementation']} {machine['python']}, {machine['os']}.",
+        "",
+        "Command (from the repository root):",
+        "",
+        "```",
+        command_line(script, argv),
+        "```",
+        "",
+    ]
+
+
 # -- workers --------------------------------------------------------------------------------------
 def run_worker(
     python: str | Path,

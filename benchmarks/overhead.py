@@ -278,20 +278,11 @@ HEADER = (
 
 
 def _report(rows: list[list[str]], args: argparse.Namespace, argv: Sequence[str]) -> str:
-    from _common import command_line, machine_info, markdown_table, today
+    from _common import markdown_table, preamble
 
-    machine = machine_info()
     return "\n".join(
         [
-            f"Date: {today()}. Machine: {machine['nproc']} CPUs ({machine['cpu']}), "
-            f"{machine['implementation']} {machine['python']}, {machine['os']}.",
-            "",
-            "Command (from the repository root):",
-            "",
-            "```",
-            command_line(__file__, argv),
-            "```",
-            "",
+            *preamble(__file__, argv),
             f"N = {args.calls:,} trivial calls (`def f(x): return x`, or `async def`), no "
             f"resources, `progress_interval={PROGRESS_INTERVAL}` on both sides (0.4's best "
             "setting; the new package also with `progress=False`); each measure repeated "

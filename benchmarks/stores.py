@@ -500,9 +500,8 @@ def _report(
     resume_met: bool,
     redis_ok: bool,
 ) -> str:
-    from _common import command_line, machine_info, today
+    from _common import preamble
 
-    machine = machine_info()
     repeats = "once" if args.repeat == 1 else f"{args.repeat} times"
     redis_note = (
         "Redis: a local `redis-server` on 127.0.0.1 without persistence, through TCP."
@@ -511,15 +510,7 @@ def _report(
     )
     return "\n".join(
         [
-            f"Date: {today()}. Machine: {machine['nproc']} CPUs ({machine['cpu']}), "
-            f"{machine['implementation']} {machine['python']}, {machine['os']}.",
-            "",
-            "Command (from the repository root):",
-            "",
-            "```",
-            command_line(__file__, argv),
-            "```",
-            "",
+            *preamble(__file__, argv),
             f"### Store overhead per call (N = {args.calls:,} trivial calls)",
             "",
             f"Each configuration ran {repeats}, each time in a fresh process, the backends "

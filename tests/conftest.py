@@ -10,7 +10,11 @@ import httpx
 import pytest
 
 from rate_limited.resources import Resource
+from rate_limited.testing import MockProvider
 from tests.limited_server import LimitedServer
+
+#: Starts a MockProvider with the given options (see the make_provider fixture).
+MakeProvider = Callable[..., MockProvider]
 
 
 @pytest.fixture
@@ -67,3 +71,19 @@ async def async_client(url: str, how_many: int, failure_proba: float = 0.0) -> d
 def client(request: pytest.FixtureRequest) -> Callable[..., Any]:
     """Each test using it runs once with a sync and once with an async client."""
     return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def make_provider() -> Iterator[MakeProvider]:
+    """Start MockProviders (fast, fixed-length answers by default); stop them after."""
+    started: list[MockProvider] = []
+
+    def make(**options: Any) -> MockProvider:
+        options.setdefault("output_tokens", 12)
+        provider = MockProvider(**options).start()
+        started.append(provider)
+        return provider
+
+    yield make
+    for provider in started:
+        provider.stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -30,25 +30,9 @@ from rate_limited.apis.openai import (
     openai_chat_resources,
 )
 from rate_limited.testing import Faults, MockProvider
+from tests.conftest import MakeProvider
 
-MakeProvider = Callable[..., MockProvider]
 FAST_RETRIES = exponential_backoff(initial=0.02, maximum=0.2)
-
-
-@pytest.fixture
-def make_provider() -> Iterator[MakeProvider]:
-    started: list[MockProvider] = []
-
-    def make(**options: Any) -> MockProvider:
-        options.setdefault("output_tokens", 12)
-        provider = MockProvider(**options).start()
-        started.append(provider)
-        return provider
-
-    yield make
-    for provider in started:
-        provider.stop()
-
 
 _clients: list[Any] = []
 

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -37,24 +37,7 @@ from rate_limited.testing.mock_provider import (
     count_tokens,
     prompt_digest,
 )
-
-MakeProvider = Callable[..., MockProvider]
-
-
-@pytest.fixture
-def make_provider() -> Iterator[MakeProvider]:
-    """Start MockProviders (fast, fixed-length answers by default); stop them after."""
-    started: list[MockProvider] = []
-
-    def make(**options: Any) -> MockProvider:
-        options.setdefault("output_tokens", 12)
-        provider = MockProvider(**options).start()
-        started.append(provider)
-        return provider
-
-    yield make
-    for provider in started:
-        provider.stop()
+from tests.conftest import MakeProvider
 
 
 @pytest.fixture

@@ -150,15 +150,24 @@ class WindowMeter(_Meter):
 
 
 class BucketMeter(_Meter):
-    """Usage drains continuously at ``quota / window`` per second (a leaky bucket)."""
+    """Usage drains continuously at ``quota / window`` per second (a leaky bucket).
 
-    __slots__ = ("_level", "_rate", "_since")
+    An idle bucket (level 0) loses its refill, and so does the provider's. The provider's
+    starts to drain when the first request *arrives*, some time after we admitted it, so
+    a ledger draining from the admission would credit refill the provider never had and
+    admit a request too early. With ``start_delay`` (``Resource(refill_delay=...)``; the
+    provider presets use 0.5 s), a bucket going from idle to busy starts to drain that much
+    later: a one-time cost of that much refill per idle period, nothing in a saturated run.
+    """
 
-    def __init__(self, quota: float, window: float) -> None:
+    __slots__ = ("_level", "_rate", "_since", "start_delay")
+
+    def __init__(self, quota: float, window: float, start_delay: float = 0.0) -> None:
         super().__init__(quota, window)
         self._rate = self.quota / self.window
         self._level = 0.0
         self._since = -math.inf
+        self.start_delay = start_delay
 
     def _drain(self, now: float) -> None:
         if now > self._since:
@@ -172,6 +181,8 @@ class BucketMeter(_Meter):
 
     def bill(self, amount: float, now: float) -> object:
         self._drain(now)
+        if amount and self._level <= 0.0 and now >= self._since:
+            self._since = now + self.start_delay  # idle -> busy: see the class docstring
         self._level += amount
         return (amount, now) if amount else None
 
@@ -194,15 +205,17 @@ class BucketMeter(_Meter):
             return now
         if self._reserved + needed > self.quota + slack:
             return math.inf
-        return now + excess / self._rate
+        return max(now, self._since) + excess / self._rate  # no refill before _since
 
     def next_expiry(self, now: float) -> float | None:
         self._drain(now)
-        return now + self._level / self._rate if self._level > 0 else None
+        return max(now, self._since) + self._level / self._rate if self._level > 0 else None
 
 
-def make_meter(refill: str, quota: float, window: float) -> _Meter:
-    return BucketMeter(quota, window) if refill == "bucket" else WindowMeter(quota, window)
+def make_meter(refill: str, quota: float, window: float, refill_delay: float = 0.0) -> _Meter:
+    if refill == "bucket":
+        return BucketMeter(quota, window, refill_delay)
+    return WindowMeter(quota, window)
 
 
 class Reservation:
@@ -223,7 +236,9 @@ class Ledger:
 
     def __init__(self, resources: Sequence[Resource]) -> None:
         self.names = [r.name for r in resources]
-        self.meters = [make_meter(r.refill, r.quota, r.time_window_seconds) for r in resources]
+        self.meters = [
+            make_meter(r.refill, r.quota, r.time_window_seconds, r.refill_delay) for r in resources
+        ]
 
     def try_reserve(self, demand: Sequence[tuple[float, float]], now: float) -> Reservation | None:
         """Admit a call needing ``demand[i] = (arguments usage, results estimate)`` of

@@ -79,6 +79,7 @@ class Resource:
         "name",
         "quota",
         "refill",
+        "refill_delay",
         "results_usage_extractor",
         "time_window_seconds",
     )
@@ -92,6 +93,7 @@ class Resource:
         results_usage_extractor: ResultsUsageExtractor | None = None,
         max_results_usage_estimator: ArgumentsUsageExtractor | None = None,
         refill: Refill = "window",
+        refill_delay: float = 0.0,
     ) -> None:
         """Declare a resource.
 
@@ -105,6 +107,9 @@ class Resource:
                 the call runs; requires ``results_usage_extractor``.
             refill: ``"window"`` (usage expires whole after the window) or ``"bucket"``
                 (continuous refill at quota/window per second).
+            refill_delay: with ``"bucket"``, seconds an idle bucket waits before it starts
+                to refill when a call arrives: the provider's bucket only starts when the
+                request reaches it, so this covers the transit (the presets use 0.5).
         """
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"Resource name must be a non-empty string, got {name!r}.")
@@ -132,6 +137,16 @@ class Resource:
         self.results_usage_extractor = results_usage_extractor
         self.max_results_usage_estimator = max_results_usage_estimator
         self.refill: Refill = refill
+        if (
+            isinstance(refill_delay, bool)
+            or not isinstance(refill_delay, Real)
+            or not (0 <= float(refill_delay) < math.inf)
+        ):
+            raise ConfigurationError(
+                f"Resource {name!r}: refill_delay must be a number of seconds >= 0, "
+                f"got {refill_delay!r}."
+            )
+        self.refill_delay: float = float(refill_delay)
         self._meter: _Meter | None = None
 
     def __repr__(self) -> str:
@@ -144,7 +159,9 @@ class Resource:
     @property
     def _standalone(self) -> _Meter:
         if self._meter is None:
-            self._meter = make_meter(self.refill, self.quota, self.time_window_seconds)
+            self._meter = make_meter(
+                self.refill, self.quota, self.time_window_seconds, self.refill_delay
+            )
         return self._meter
 
     def add_usage(self, amount: Unit) -> None:

@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from rate_limited import Resource
+from rate_limited import ConfigurationError, Resource
 from rate_limited._ledger import BucketMeter, Ledger, WindowMeter, make_meter
 
 
@@ -276,3 +276,21 @@ def test_free_at_is_the_first_instant_that_fits(seed: int, refill: str) -> None:
         assert fresh().fits(needed, when), (needed, when)
         if when > now and refill == "window":
             assert not fresh().fits(needed, math.nextafter(when, -math.inf))
+
+
+def test_a_bucket_with_a_refill_delay_starts_draining_that_much_later() -> None:
+    """The provider's idle bucket only starts when the request arrives: a ledger that
+    drained from the admission would credit refill the provider never had."""
+    meter = BucketMeter(10, 1.0, start_delay=0.5)  # 10 per second
+    meter.bill(10, now=0.0)  # idle -> busy at 0: no refill before 0.5
+    assert meter.free_at(1, now=0.0) == pytest.approx(0.6)
+    assert meter.used(0.4) == pytest.approx(10.0)
+    assert meter.used(0.6) == pytest.approx(9.0)
+    meter.bill(1, now=0.6)  # busy: the delay applies only when leaving idle
+    assert meter.used(0.7) == pytest.approx(9.0)
+
+
+def test_refill_delay_must_be_a_non_negative_number() -> None:
+    Resource("rpm", 10, 60, refill="bucket", refill_delay=0.5)
+    with pytest.raises(ConfigurationError, match="refill_delay"):
+        Resource("rpm", 10, 60, refill="bucket", refill_delay=-1)

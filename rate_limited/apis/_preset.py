@@ -27,7 +27,7 @@ from rate_limited.apis._headers import Family, headers_of
 from rate_limited.apis._limits import MINUTE, UNKNOWN_QUOTA, LimitTracker
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
 from rate_limited.apis._tokens import Calibration, TextCounter, Tokenizer, resolve_counter
-from rate_limited.apis.common import RequestTooLargeError
+from rate_limited.apis.common import PROVIDER_REFILL_DELAY, RequestTooLargeError
 from rate_limited.exceptions import ConfigurationError
 from rate_limited.resources import Resource
 
@@ -133,7 +133,14 @@ class Preset:
 
     def _resource(self, name: str, kind: str, quota: float) -> Resource:
         """The Resource for one limit (the requests one by default)."""
-        return Resource(name, quota, MINUTE, arguments_usage_extractor=_one, refill="bucket")
+        return Resource(
+            name,
+            quota,
+            MINUTE,
+            arguments_usage_extractor=_one,
+            refill="bucket",
+            refill_delay=PROVIDER_REFILL_DELAY,
+        )
 
     # -- estimates ---------------------------------------------------------------------------
     def estimator(self, model: str | None) -> PromptEstimator:

@@ -19,6 +19,12 @@ if TYPE_CHECKING:
 __all__ = ["RequestTooLargeError", "get_requests_per_minute"]
 
 
+#: ``Resource(refill_delay=...)`` of the provider presets: an idle bucket starts refilling
+#: this long after a call is admitted, because the provider's only starts when the request
+#: arrives (see ``rate_limited._ledger.BucketMeter``).
+PROVIDER_REFILL_DELAY = 0.5
+
+
 def _one_request(call: Call) -> int:
     return 1
 
@@ -31,6 +37,7 @@ def get_requests_per_minute(quota: int | float, refill: Refill = "bucket") -> Re
         time_window_seconds=60,
         arguments_usage_extractor=_one_request,
         refill=refill,
+        refill_delay=PROVIDER_REFILL_DELAY,
     )
 
 

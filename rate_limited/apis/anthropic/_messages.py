@@ -24,6 +24,7 @@ from rate_limited.apis._headers import Family
 from rate_limited.apis._preset import MINUTE, Preset, field, is_async_client
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
 from rate_limited.apis._tokens import Tokenizer
+from rate_limited.apis.common import PROVIDER_REFILL_DELAY
 from rate_limited.resources import Resource
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ class Messages(Preset):
             results_usage_extractor=extract,
             max_results_usage_estimator=estimate,
             refill="bucket",
+            refill_delay=PROVIDER_REFILL_DELAY,
         )
 
     def _prompt(self, estimator: PromptEstimator, params: Mapping[str, Any]) -> int:

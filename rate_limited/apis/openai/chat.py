@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from rate_limited.apis._preset import field
 from rate_limited.apis._prompts import PromptEstimator
 from rate_limited.apis._tokens import conservative_tokens
-from rate_limited.apis.common import get_requests_per_minute
+from rate_limited.apis.common import PROVIDER_REFILL_DELAY, get_requests_per_minute
 from rate_limited.resources import Resource
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ def get_tokens_per_minute(quota: int | float, model_max_len: int) -> Resource:
         max_results_usage_estimator=partial(estimate_tokens_used, model_max_len=model_max_len),
         results_usage_extractor=get_used_tokens,
         refill="bucket",
+        refill_delay=PROVIDER_REFILL_DELAY,
     )
 
 

@@ -26,7 +26,13 @@ Settling an attempt: arguments usage stays billed; the results estimate is relea
 the actual results usage billed (or, if the extractor fails, the estimate is billed and a
 ``UsageExtractionError`` recorded, the result kept); validators run; a failure is
 classified (``_policy``) and retried after a backoff, or is final. A 429 pauses admission
-for everyone until its ``Retry-After`` (cool-down).
+for everyone until its ``Retry-After`` (cool-down), corrects the ledger (``Ledger.refused``)
+and does not count against ``max_retries``; only ``rate_limit_patience`` seconds of
+nothing but 429s end the run (``RateLimitedTooLongError``).
+
+With partitioned resources (one quota per model, say), a head call waiting for its own
+partition does not hold up calls of another: the first call of each other partition
+(a *lane*) that needs none of what the head waits for may pass it (``_admit_past``).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rate_limited._feedback import CURRENT_ADMISSION
 from rate_limited._ledger import Ledger, Reservation
 from rate_limited._policy import (
     is_rate_limited,
@@ -50,7 +57,12 @@ from rate_limited._policy import (
     validate,
 )
 from rate_limited._pool import ThreadPool
-from rate_limited.exceptions import CallTimeoutError, UsageExtractionError, ValidationError
+from rate_limited.exceptions import (
+    CallTimeoutError,
+    RateLimitedTooLongError,
+    UsageExtractionError,
+    ValidationError,
+)
 from rate_limited.outcomes import Status
 
 if TYPE_CHECKING:
@@ -177,6 +189,7 @@ class Engine:
         retry_failed: bool = True,
         function_name: str = "",
         ledger: Ledger | None = None,
+        rate_limit_patience: float | None = None,
     ) -> None:
         self.function = function
         self.is_async = is_async_callable(function)
@@ -200,6 +213,16 @@ class Engine:
         self.refresh = refresh
         self.retry_failed = retry_failed
         self.function_name = function_name
+        self.rate_limit_patience = rate_limit_patience
+        # 429 streaks: attempts answered otherwise (successes are counted in stats), the
+        # count when the streak was last checked, and when the streak started.
+        self._answered = 0
+        self._answers_seen = 0
+        self._streak_since = -math.inf
+        self._gave_up: RateLimitedTooLongError | None = None
+        # Partitioned resources: fresh calls by partition keys, each (call, attempts then).
+        self._lanes: dict[tuple[Any, ...], deque[tuple[Call, int]]] | None = None
+        self._passed: set[Call] = set()  # admitted from a lane, still in _ready
         self._flush_scheduled = False
         self._store_warned = False
         self._wall_offset = time.time() - loop.time()  # loop time -> epoch seconds
@@ -275,9 +298,18 @@ class Engine:
                     call.status = PENDING
                     ready.append(call)
         self._ready = ready
+        self._passed.clear()
+        self._lanes = None
+        if self.ledger.partitioned:
+            self._lanes = {}
+            for call in ready:
+                self._add_to_lane(call)
+        self._gave_up = None
         self._batch_len = len(calls)
         self._unfinished = unfinished
         self.stats = RunStats(len(calls), succeeded, failed, loop.time(), self)
+        self._answers_seen = succeeded + self._answered  # a 429 streak starts with the run
+        self._streak_since = self.stats.started_at
         self._warned_wait = False
         self._backing_off = 0
         if progress is not None:
@@ -353,6 +385,8 @@ class Engine:
         if self._done is None or self._stopping or call.index < self._batch_len:
             return  # the next run() picks it up, or this one already has
         self._ready.append(call)
+        if self._lanes is not None:
+            self._add_to_lane(call)
         self._unfinished += 1
         self.stats.total += 1
         self._start_runners()
@@ -381,9 +415,9 @@ class Engine:
                 heapq.heappop(retry)  # settled meanwhile by a late result
             elif ready:
                 call = ready[0]
-                if call.status is PENDING:
+                if call.status is PENDING and not (self._passed and call in self._passed):
                     return call
-                ready.popleft()
+                self._passed.discard(ready.popleft())
             else:
                 return None
 
@@ -421,6 +455,12 @@ class Engine:
             if when == math.inf and self._in_flight <= 0:
                 self._never_fits(call, now)  # a quota lowered below the call's needs
                 continue  # and look at the next call
+            if self._lanes is not None and len(self._lanes) > 1:
+                passing, lane_when = self._admit_past(call, now)
+                if passing is not None:
+                    self._in_flight += 1
+                    return passing
+                when = min(when, lane_when)
             if when < math.inf:
                 self._arm_timer(max(when, now + 1e-9 * max(1.0, now)))
             self._note_wait(when, self.ledger.binding(call.demand, now), now)
@@ -429,16 +469,50 @@ class Engine:
         self._in_flight += 1
         return call
 
+    def _add_to_lane(self, call: Call) -> None:
+        assert self._lanes is not None
+        lane = tuple(need[2] for need in call.demand)
+        self._lanes.setdefault(lane, deque()).append((call, call.attempts))
+
+    def _admit_past(self, head: Call, now: float) -> tuple[Call | None, float]:
+        """The head waits: admit the oldest first call of another lane that needs none of
+        what the head waits for (so it cannot delay it), if one fits now. Else returns
+        None and when the earliest of those lane heads will fit."""
+        assert self._lanes is not None
+        ledger = self.ledger
+        blocked = ledger.blocked_by(head.demand, now)
+        own = tuple(need[2] for need in head.demand)
+        firsts = []
+        for lane, queue in list(self._lanes.items()):
+            while queue and (
+                queue[0][0].status is not PENDING or queue[0][0].attempts != queue[0][1]
+            ):
+                queue.popleft()  # admitted meanwhile (or finished): stale
+            if not queue:
+                del self._lanes[lane]
+            elif lane != own:
+                firsts.append(queue)
+        when = math.inf
+        for queue in sorted(firsts, key=lambda q: q[0][0].index):
+            call = queue[0][0]
+            if ledger.meter_ids(call.demand) & blocked:
+                continue
+            reservation = ledger.try_reserve(call.demand, now)
+            if reservation is not None:
+                call.reservation = reservation
+                queue.popleft()
+                self._passed.add(call)
+                return call, now
+            when = min(when, ledger.next_free_time(call.demand, now))
+        return None, when
+
     def _never_fits(self, call: Call, now: float) -> None:
         """The head call needs more than a whole quota (lowered since it was scheduled,
         e.g. by limits read from the provider's headers): it can never run, so it fails
         instead of waiting for ever."""
         from rate_limited.exceptions import QuotaExceededError
 
-        name = self.ledger.binding(call.demand, now) or "?"
-        index = self.ledger.names.index(name) if name in self.ledger.names else 0
-        needed = sum(call.demand[index]) if call.demand else 0.0
-        quota = self.ledger.meters[index].quota
+        name, needed, quota = self.ledger.shortfall(call.demand, now) or ("?", 0.0, 0.0)
         error = QuotaExceededError(
             f"Call {call!r} exceeds resource quota of {name!r}: it needs {needed:g} but the "
             f"whole quota is now {quota:g}, so it could never run.",
@@ -555,6 +629,8 @@ class Engine:
             call.status = RUNNING
             call.attempts += 1
             call.started_at = now
+            if not simple:
+                CURRENT_ADMISSION.set(_admission(call))  # for the function's feedback
             try:
                 if timeout is None:
                     value = await function(*call.args, **call.kwargs)
@@ -635,6 +711,7 @@ class Engine:
         self._wake()
 
     async def _await_returned(self, call: Call, awaitable: Any) -> None:
+        CURRENT_ADMISSION.set(_admission(call))
         try:
             value = await awaitable
         except asyncio.CancelledError:
@@ -728,7 +805,7 @@ class Engine:
             usage = call.usage = {}
         actual = [0.0] * len(self.resources)
         for i, resource in enumerate(self.resources):
-            args_usage, estimate = call.demand[i]
+            estimate = call.demand[i][1]
             amount = 0.0
             extractor = self._results_extractors[i]
             if extractor is not None:
@@ -746,14 +823,12 @@ class Engine:
                     logger.warning("%s for %r", error, call)
                     amount = estimate
             actual[i] = amount
-            if reservation is not None:
-                usage[resource.name] = usage.get(resource.name, 0.0) + args_usage + amount
         if isinstance(reservation, Reservation):
-            self.ledger.settle(reservation, actual, now)
+            billed = self.ledger.settle(reservation, actual, now)  # by each resource's rule
+            for resource, need, amount in zip(self.resources, call.demand, billed, strict=True):
+                usage[resource.name] = usage.get(resource.name, 0.0) + need[0] + amount
         else:  # a late result whose reservation was already settled: bill what it used
-            for meter, amount in zip(self.ledger.meters, actual, strict=True):
-                if amount:
-                    meter.bill(amount, now)
+            self.ledger.bill(call.demand, actual, now)
 
     def _release(self, call: Call, now: float) -> None:
         reservation = call.reservation
@@ -767,8 +842,8 @@ class Engine:
             self.ledger.keep(reservation, now)
             usage = call.usage if call.usage is not None else {}
             call.usage = usage
-            for resource, (args_usage, estimate) in zip(self.resources, call.demand, strict=True):
-                usage[resource.name] = usage.get(resource.name, 0.0) + args_usage + estimate
+            for resource, need in zip(self.resources, call.demand, strict=True):
+                usage[resource.name] = usage.get(resource.name, 0.0) + need[0] + need[1]
         call.reservation = None
 
     def _cancelled(self, call: Call, now: float) -> None:
@@ -776,30 +851,47 @@ class Engine:
         call.status = CANCELLED
         self._in_flight -= 1
 
+    def _refuse(self, call: Call, now: float) -> None:
+        """HTTP 429: the request was not billed, and the ledger believed in room the
+        provider did not have: release it and correct the ledger (``Ledger.refused``)."""
+        reservation = call.reservation
+        if isinstance(reservation, Reservation):
+            self.ledger.refused(reservation, now)
+        call.reservation = None
+
     def _failed(self, call: Call, exc: BaseException, now: float, settled: bool = False) -> None:
+        refused = is_rate_limited(exc)
         if not settled and self._has_ledger:
-            if proves_not_billed(exc):
+            if refused:
+                self._refuse(call, now)
+            elif proves_not_billed(exc):
                 self._release(call, now)
             else:
                 self._keep(call, now)
         _clear_frames(exc)
         call.exceptions.append(exc)
         stats = self.stats
-        if is_rate_limited(exc):
+        if refused:
             stats.rate_limited += 1
             pause = retry_after_seconds(exc)
             if pause is not None and now + pause > self._pause_until:
                 self._pause_until = now + pause
                 stats.cooldowns += 1
                 logger.info("HTTP 429: pausing every call for %.2f s (Retry-After)", pause)
-        failures = call.failures
-        retry = failures <= self.max_retries and isinstance(exc, Exception)
+        else:
+            self._answered += 1
+        retry = isinstance(exc, Exception)
         if retry:
             try:
                 retry = bool(self.retry_if(exc))
             except Exception:
                 logger.exception("retry_if raised for %r; not retrying", call)
                 retry = False
+        if retry and not refused:  # 429s do not use up retries: the provider refused
+            retry = _errors_counted(call) <= self.max_retries
+        if retry and refused and self._out_of_patience(now):
+            self._give_up(call, now)
+            return
         if not retry:
             logger.debug("%r failed for good: %s", call, exc)
             self._finish(call, FAILED, now)
@@ -827,6 +919,42 @@ class Engine:
         else:
             self._due(call, self._epoch)
 
+    def _out_of_patience(self, now: float) -> bool:
+        """Whether the attempts ending since ``rate_limit_patience`` s ago were all 429s."""
+        if self._gave_up is not None:
+            return True
+        answers = self.stats.succeeded + self._answered
+        if answers != self._answers_seen:
+            self._answers_seen = answers
+            self._streak_since = now  # something was answered since the last 429
+        patience = self.rate_limit_patience
+        return patience is not None and now - self._streak_since >= patience
+
+    def _give_up(self, call: Call, now: float) -> None:
+        """Nothing but 429s for ``rate_limit_patience`` s: ``call`` and every call still
+        waiting fail with ``RateLimitedTooLongError`` (calls in flight end as they do)."""
+        if self._gave_up is None:
+            self._gave_up = RateLimitedTooLongError(
+                f"the provider answered nothing but HTTP 429 for {self.rate_limit_patience:g} s "
+                "(rate_limit_patience), so the run gave up on the calls still waiting: check "
+                "the quotas given against the provider's limits (and whether something else "
+                "uses the same key), then run() again."
+            )
+            logger.warning("%s", self._gave_up)
+        waiting = [call]
+        waiting += [c for c in self._ready if c.status is PENDING and c is not call]
+        waiting += [entry[3] for entry in self._retry if entry[3].status is PENDING]
+        self._ready.clear()
+        self._retry.clear()
+        self._passed.clear()
+        if self._lanes is not None:
+            self._lanes.clear()
+        for waiter in dict.fromkeys(waiting):
+            waiter.exceptions.append(self._gave_up)
+            if waiter is not call:
+                self._in_flight += 1  # _finish counts it out
+            self._finish(waiter, FAILED, now)
+
     def _due(self, call: Call, epoch: int, backed_off: bool = False) -> None:
         if backed_off and epoch == self._epoch:
             self._backing_off -= 1
@@ -834,6 +962,11 @@ class Engine:
             return  # the next run() requeues it
         if call.status is not PENDING:
             return  # the next run() requeues it
+        if self._gave_up is not None:
+            call.exceptions.append(self._gave_up)
+            self._in_flight += 1
+            self._finish(call, FAILED, self.loop.time())
+            return
         self._retry_seq += 1
         heapq.heappush(self._retry, (call.failures, call.index, self._retry_seq, call))
         if self.is_async:
@@ -949,6 +1082,20 @@ class Engine:
             logger.warning("%s: %s: %s", what, type(exc).__name__, exc)
         else:
             logger.debug("%s: %s: %s", what, type(exc).__name__, exc)
+
+
+def _admission(call: Call) -> Reservation | None:
+    reservation = call.reservation
+    return reservation if isinstance(reservation, Reservation) else None
+
+
+def _errors_counted(call: Call) -> int:
+    """Failed attempts that count against ``max_retries``: not 429s, nor usage errors."""
+    return sum(
+        1
+        for e in call._exceptions or ()
+        if not isinstance(e, UsageExtractionError) and not is_rate_limited(e)
+    )
 
 
 def _same_arguments(one: Call, other: Call) -> bool:

@@ -1,11 +1,16 @@
 """Feedback from the provider into the ledger: rate-limit headers, discovered limits.
 
 A provider tells more than 429s: OpenAI's ``x-ratelimit-remaining-tokens`` or Anthropic's
-``anthropic-ratelimit-*`` headers say how much is left *now*, counting usage from other
-processes on the same key, and ``x-ratelimit-limit-*`` says what the limit is when the
-user does not know it. A wrapped function that can read them (the API presets in
-``rate_limited.apis``) implements ``FeedbackSource``; the Runner then hands it a
-``LedgerControl`` before its first run.
+``anthropic-ratelimit-*`` headers say how much was left when it took the request,
+counting usage from other processes on the same key, and ``x-ratelimit-limit-*`` says
+what the limit is when the user does not know it. A wrapped function that can read them
+(the API presets in ``rate_limited.apis``) implements ``FeedbackSource``; the Runner then
+hands it a ``LedgerControl`` before its first run.
+
+A header describes the provider's bucket when it took *that* request, so a report names
+the request's admission: ``control.admission()``, called from inside the wrapped function
+(the engine sets it for each attempt, in the coroutine's context or the worker thread),
+and the ledger compares the header with what it believed then (``Ledger.reconcile``).
 
 ``LedgerControl`` is thread-safe: a sync function calls it from a pool thread, an async
 one from the loop; every change is applied on the engine's loop thread, in order.
@@ -15,15 +20,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
-
-from rate_limited._ledger import BucketMeter
+from collections.abc import Callable, Hashable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from rate_limited._engine import Engine
+    from rate_limited._ledger import Reservation
 
-__all__ = ["FeedbackSource", "LedgerControl"]
+__all__ = ["CURRENT_ADMISSION", "FeedbackSource", "LedgerControl"]
+
+logger = logging.getLogger("rate_limited")
+
+#: The reservation of the attempt running in this context (set by the engine).
+CURRENT_ADMISSION: ContextVar[Reservation | None] = ContextVar(
+    "rate_limited_admission", default=None
+)
 
 
 @runtime_checkable
@@ -39,6 +53,7 @@ class LedgerControl:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._loop: asyncio.AbstractEventLoop = engine.loop
+        engine.ledger.expect_reports()
 
     @property
     def closed(self) -> bool:
@@ -49,64 +64,90 @@ class LedgerControl:
     def resource_names(self) -> list[str]:
         return list(self._engine.ledger.names)
 
-    def quota(self, resource: str) -> float:
-        """The quota the ledger currently enforces for ``resource``."""
-        return self._engine.ledger.meters[self._index(resource)].quota
+    def quota(self, resource: str, partition: Hashable = None) -> float:
+        """The quota the ledger currently enforces for ``resource`` (and ``partition``)."""
+        return self._engine.ledger.quota(resource, partition)
 
-    def set_quota(self, resource: str, quota: float) -> None:
-        """Enforce ``quota`` for ``resource`` from now on (e.g. a limit read from headers)."""
+    def rule(self, resource: str) -> str:
+        """The settle rule the ledger bills ``resource`` by now."""
+        return self._engine.ledger.rule(resource)
+
+    @staticmethod
+    def admission() -> Reservation | None:
+        """The admission of the attempt calling this (None outside the Runner's calls)."""
+        return CURRENT_ADMISSION.get()
+
+    def set_quota(self, resource: str, quota: float, partition: Hashable = None) -> None:
+        """Enforce ``quota`` for ``resource`` (``partition``'s key, if partitioned) from now
+        on, e.g. a limit read from the headers."""
         if not quota > 0 or math.isinf(quota):
             raise ValueError(f"quota must be a positive finite number, got {quota!r}")
-        self._post(self._set_quota, self._index(resource), float(quota))
+        self._engine.ledger.names.index(resource)  # a clear error now, not on the loop
+        self._post(self._set_quota, resource, float(quota), partition)
 
-    def report_remaining(self, resource: str, remaining: float) -> None:
-        """The provider says ``remaining`` units of ``resource`` are left now.
-
-        If the ledger believes more is available, the difference is billed as usage from
-        elsewhere (another process on the same key), so admission slows down to match.
-        Never the other way round: a ledger more careful than the provider stays so.
-        """
-        # May be negative: a 429's headers count without the refused request, which the
-        # ledger releases right after.
-        self._post(self._report_remaining, self._index(resource), float(remaining))
+    def report_remaining(
+        self,
+        resource: str,
+        remaining: float,
+        *,
+        partition: Hashable = None,
+        admission: Reservation | None = None,
+        precision: float = 0.0,
+        refused: bool = False,
+    ) -> None:
+        """The provider says ``remaining`` (± ``precision``: Anthropic rounds token counts
+        to the thousand) of ``resource`` was left when it took the request of
+        ``admission`` (without counting it, if it ``refused`` it: a 429). A ledger that
+        believed in more room bills the difference (``Ledger.reconcile``). A report on an
+        unknown admission (None: a call from outside this Runner) tells it nothing."""
+        self._engine.ledger.names.index(resource)
+        self._post(
+            self._reconcile, resource, float(remaining), partition, admission, precision, refused
+        )
 
     def pause(self, seconds: float) -> None:
         """Admit nothing for ``seconds`` (a cool-down), on top of any 429 Retry-After."""
         self._post(self._pause, max(0.0, float(seconds)))
 
     # -- on the loop thread ------------------------------------------------------------------
-    def _index(self, resource: str) -> int:
-        try:
-            return self._engine.ledger.names.index(resource)
-        except ValueError:
-            raise KeyError(
-                f"no resource named {resource!r}; the Runner has {self._engine.ledger.names}"
-            ) from None
-
-    def _post(self, callback: object, *args: object) -> None:
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is self._loop:
-            callback(*args)  # type: ignore[operator]
+            try:
+                callback(*args)
+            except Exception:  # never fail the call that reported: it was paid for
+                logger.exception("Could not apply the provider's report to the ledger")
         else:
             with contextlib.suppress(RuntimeError):  # loop closed: the runner is gone
-                self._loop.call_soon_threadsafe(callback, *args)  # type: ignore[arg-type]
+                self._loop.call_soon_threadsafe(callback, *args)
 
-    def _set_quota(self, index: int, quota: float) -> None:
-        meter = self._engine.ledger.meters[index]
-        meter.quota = quota
-        if isinstance(meter, BucketMeter):
-            meter._rate = quota / meter.window
+    def _set_quota(self, resource: str, quota: float, partition: Hashable) -> None:
+        self._engine.ledger.set_quota(resource, quota, partition)
         self._engine.wake()
 
-    def _report_remaining(self, index: int, remaining: float) -> None:
-        meter = self._engine.ledger.meters[index]
-        now = self._loop.time()
-        believed = meter.available(now)
-        if believed > remaining:
-            meter.bill(believed - remaining, now)
+    def _reconcile(
+        self,
+        resource: str,
+        remaining: float,
+        partition: Hashable,
+        admission: Reservation | None,
+        precision: float,
+        refused: bool,
+    ) -> None:
+        ledger = self._engine.ledger
+        ledger.reconcile(
+            resource,
+            remaining,
+            self._loop.time(),
+            partition=partition,
+            admission=admission,
+            precision=precision,
+            refused=refused,
+        )
+        self._engine.wake()  # a switch of settle rule may have freed room
 
     def _pause(self, seconds: float) -> None:
         self._engine.pause_until(self._loop.time() + seconds)

@@ -1,304 +1,533 @@
-"""The in-memory quota ledger: how much of each resource is used, held, and when it frees.
+"""The in-memory quota ledger: what each resource has used, holds, and when it frees.
 
 Pure bookkeeping with time passed in explicitly (``now`` is ``loop.time()`` in the engine),
-so it is tested without any clock and a 60 s window costs no real time.
+on top of the meters of ``rate_limited._meters``. The engine runs on one event loop
+thread, so every operation is atomic without locks. The interface is what a shared
+(Redis) ledger implements too: a demand in, an opaque ``Reservation`` out, and the
+reservation back to settle, keep, release or refuse it.
 
-Two refill models, one interface (``_Meter``):
+**Demand.** Per resource ``(arguments usage, results estimate, partition key)``, computed
+once at ``schedule()``. A partitioned resource (``Resource(partition=...)``) has one meter
+per key, made on first use with the quota ``partition_quotas`` gives that key (else the
+resource's), so a call costs one dict lookup per resource, whatever the number of keys.
 
-* ``WindowMeter`` ("window"): every usage expires whole ``window`` seconds after it was
-  logged, as in rate_limited 0.4, but with exact float arithmetic (0.4 compared
-  ``timedelta.seconds``, so a 0.5 s window lasted 1 s and a 1-day window never expired).
-* ``BucketMeter`` ("bucket"): usage drains continuously at ``quota / window`` per second,
-  the way OpenAI and Anthropic refill their limits.
+**Settle rules** (``Resource(settle=...)``), what the provider bills for a call:
 
-Each meter also holds *reservations*: results-usage estimates of calls in flight, which
-count against the quota until the call settles and its actual usage replaces them.
+* ``"actual"`` (rate_limited 0.4's rule, Anthropic's for output tokens): the estimate is
+  held while the call runs, then the actual results usage replaces it.
+* ``"reserved"`` (OpenAI's TPM): the provider counts ``prompt + max_tokens * n`` when the
+  request arrives and does not give the unused part back. The ledger does the same: the
+  estimate is billed at admission (it drains from then, as at the provider), and settling
+  bills only what the actual usage has above it.
 
-``Ledger`` combines one meter per resource and admits a call only if every resource has
-room for its whole demand, reserving on all of them at once (the engine runs on one event
-loop thread, so this is atomic without locks).
+**Agreeing with the provider.** ``reconcile`` takes what a response's rate-limit headers
+say was left when the provider took the request. The ledger compares it with the lowest
+room it believed in between that request's admission and now, and bills what it believed
+above it (``rate_limited._reconcile`` says why that reading is safe whatever the order in
+which requests arrived). A 429 (``refused``) is reconciled from its headers when it has
+them, else the resource that was closest to its quota at the request's admission is
+corrected: the provider had less than the request needed where the ledger saw that and
+more. A bucket is billed what it believed was free plus the request's charge (a level that
+drains at the refill rate: the burst the provider did not allow is given up, the pace is
+kept); a window only the request's charge (billing its free room would block it for a
+whole window).
+
+**Discovering the rule.** A bucket meter of a resource with an estimate that receives
+headers also keeps a *twin*: its calls billed by the other rule. When three headers in a
+row show the provider with more room than the ``"reserved"`` view can explain (beyond
+every request then in flight and the refill since) while the ``"actual"`` view fits, the
+provider refunds: the resource switches rule and takes the twin's usage, so the capacity
+the provider hands back is used. The other way round (an ``"actual"`` view that believed
+in more than the provider had, while the ``"reserved"`` twin fits) switches to
+``"reserved"``. The switch is made once per resource, for every key.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Hashable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Literal
+
+from rate_limited._meters import BucketMeter, Meter, make_meter
+from rate_limited._reconcile import Mark, Track, correct, release, settle
 
 if TYPE_CHECKING:
     from rate_limited.resources import Resource
 
-#: Relative slack in comparisons, so that float rounding never makes a call wait for
-#: an amount of capacity that is smaller than rounding noise.
-_EPS = 1e-9
+__all__ = ["Demand", "Ledger", "Reservation", "Settle"]
 
+logger = logging.getLogger("rate_limited")
 
-class _Meter:
-    """Usage of one resource: ``quota`` per ``window`` seconds."""
+Settle = Literal["actual", "reserved"]
+#: One call's needs, per resource: (arguments usage, results estimate, partition key).
+Demand = Sequence[tuple[float, float, Hashable]]
 
-    __slots__ = ("_reserved", "quota", "window")
-
-    def __init__(self, quota: float, window: float) -> None:
-        self.quota = float(quota)
-        self.window = float(window)
-        self._reserved = 0.0
-
-    # -- usage -------------------------------------------------------------------------
-    def used(self, now: float) -> float:
-        """Usage still counting against the quota at ``now`` (reservations excluded)."""
-        raise NotImplementedError
-
-    def bill(self, amount: float, now: float) -> object:
-        """Log ``amount`` as used at ``now``; returns a token that ``refund`` accepts."""
-        raise NotImplementedError
-
-    def refund(self, token: object, now: float) -> None:
-        """Take back a usage logged by ``bill`` (the call proved it was not billed)."""
-        raise NotImplementedError
-
-    def free_at(self, needed: float, now: float) -> float:
-        """Earliest time >= now at which ``needed`` fits; ``inf`` if only a release helps."""
-        raise NotImplementedError
-
-    # -- reservations --------------------------------------------------------------------
-    @property
-    def reserved(self) -> float:
-        return self._reserved
-
-    def reserve(self, amount: float) -> None:
-        self._reserved += amount
-
-    def unreserve(self, amount: float) -> None:
-        self._reserved = max(0.0, self._reserved - amount)
-
-    # -- queries -------------------------------------------------------------------------
-    def available(self, now: float) -> float:
-        return self.quota - self.used(now) - self._reserved
-
-    def fits(self, needed: float, now: float) -> bool:
-        return self.available(now) >= needed - _EPS * self.quota
-
-
-class WindowMeter(_Meter):
-    """Each usage expires whole ``window`` seconds after it was logged."""
-
-    __slots__ = ("_log", "_used")
-
-    def __init__(self, quota: float, window: float) -> None:
-        super().__init__(quota, window)
-        # [logged_at, amount] pairs in time order; lists so that refund can zero one.
-        self._log: deque[list[float]] = deque()
-        self._used = 0.0
-
-    def _expire(self, now: float) -> None:
-        log, window = self._log, self.window
-        while log and log[0][0] + window <= now:
-            entry = log.popleft()
-            self._used -= entry[1]
-            entry[1] = 0.0  # a refund of an expired usage is then a no-op
-        if not log:
-            self._used = 0.0  # no drift from float sums once everything has expired
-
-    def used(self, now: float) -> float:
-        self._expire(now)
-        return max(0.0, self._used)
-
-    def bill(self, amount: float, now: float) -> object:
-        if amount <= 0:
-            return None
-        log = self._log
-        if log and log[-1][0] == now:  # same instant: merge, keeps the log short
-            entry = log[-1]
-            entry[1] += amount
-            self._used += amount
-            return (entry, amount)
-        entry = [now, float(amount)]
-        log.append(entry)
-        self._used += amount
-        return (entry, amount)
-
-    def refund(self, token: object, now: float) -> None:
-        if token is None:
-            return
-        assert isinstance(token, tuple)
-        entry: list[float] = token[0]
-        amount: float = token[1]
-        self._expire(now)
-        take = min(amount, entry[1])
-        entry[1] -= take
-        self._used -= take
-
-    def free_at(self, needed: float, now: float) -> float:
-        self._expire(now)
-        slack = _EPS * self.quota
-        excess = self._used + self._reserved + needed - self.quota
-        if excess <= slack:
-            return now
-        if self._reserved + needed > self.quota + slack:
-            return math.inf  # only a settling call can make room
-        for logged_at, amount in self._log:
-            excess -= amount
-            if excess <= slack:
-                return logged_at + self.window
-        return math.inf  # unreachable unless the log is inconsistent
-
-    def next_expiry(self, now: float) -> float | None:
-        """When the oldest usage expires, or None when nothing is logged."""
-        self._expire(now)
-        return self._log[0][0] + self.window if self._log else None
-
-
-class BucketMeter(_Meter):
-    """Usage drains continuously at ``quota / window`` per second (a leaky bucket).
-
-    An idle bucket (level 0) loses its refill, and so does the provider's. The provider's
-    starts to drain when the first request *arrives*, some time after we admitted it, so
-    a ledger draining from the admission would credit refill the provider never had and
-    admit a request too early. With ``start_delay`` (``Resource(refill_delay=...)``; the
-    provider presets use 0.5 s), a bucket going from idle to busy starts to drain that much
-    later: a one-time cost of that much refill per idle period, nothing in a saturated run.
-    """
-
-    __slots__ = ("_level", "_rate", "_since", "start_delay")
-
-    def __init__(self, quota: float, window: float, start_delay: float = 0.0) -> None:
-        super().__init__(quota, window)
-        self._rate = self.quota / self.window
-        self._level = 0.0
-        self._since = -math.inf
-        self.start_delay = start_delay
-
-    def _drain(self, now: float) -> None:
-        if now > self._since:
-            if self._level > 0.0:
-                self._level = max(0.0, self._level - (now - self._since) * self._rate)
-            self._since = now
-
-    def used(self, now: float) -> float:
-        self._drain(now)
-        return self._level
-
-    def bill(self, amount: float, now: float) -> object:
-        self._drain(now)
-        if amount and self._level <= 0.0 and now >= self._since:
-            self._since = now + self.start_delay  # idle -> busy: see the class docstring
-        self._level += amount
-        return (amount, now) if amount else None
-
-    def refund(self, token: object, now: float) -> None:
-        """Take back what is left of a usage: the part that has drained since is gone."""
-        self._drain(now)
-        if token is None:
-            return
-        assert isinstance(token, tuple)
-        amount, billed_at = token
-        remaining = amount - (now - billed_at) * self._rate
-        if remaining > 0:
-            self._level = max(0.0, self._level - remaining)
-
-    def free_at(self, needed: float, now: float) -> float:
-        self._drain(now)
-        slack = _EPS * self.quota
-        excess = self._level + self._reserved + needed - self.quota
-        if excess <= slack:
-            return now
-        if self._reserved + needed > self.quota + slack:
-            return math.inf
-        return max(now, self._since) + excess / self._rate  # no refill before _since
-
-    def next_expiry(self, now: float) -> float | None:
-        self._drain(now)
-        return max(now, self._since) + self._level / self._rate if self._level > 0 else None
-
-
-def make_meter(refill: str, quota: float, window: float, refill_delay: float = 0.0) -> _Meter:
-    if refill == "bucket":
-        return BucketMeter(quota, window, refill_delay)
-    return WindowMeter(quota, window)
+#: Consecutive headers that must favour the twin's rule before the ledger switches to it.
+VOTES_TO_SWITCH = 3
+#: Beyond what in-flight requests and refill explain, how far (a fraction of the quota) a
+#: header must be from one view, and within of the other, to count as a vote.
+VOTE_MARGIN = 0.05
 
 
 class Reservation:
-    """What one admitted attempt holds: tokens of its billed arguments usage and its
-    reserved results estimates, per resource (aligned with ``Ledger.meters``)."""
+    """What one admitted attempt holds, per resource (aligned with the demand)."""
 
-    __slots__ = ("billed", "estimates")
+    __slots__ = ("at", "billed", "demand", "held", "marks", "meters", "reconciled")
 
-    def __init__(self, billed: list[object], estimates: Sequence[float]) -> None:
+    def __init__(
+        self,
+        meters: list[Meter],
+        demand: Demand,
+        billed: list[object],
+        held: list[tuple[float, float]],
+        marks: list[Mark | None] | None,
+        at: float,
+    ) -> None:
+        #: The meter each resource was charged on (its partition's, if partitioned).
+        self.meters = meters
+        self.demand = demand
+        #: Tokens of what was billed at admission (for ``release``).
         self.billed = billed
-        self.estimates = estimates
+        #: Per meter, (usage + reservations, corrections so far) right after admission.
+        self.held = held
+        #: Per meter the provider reports on, what ``reconcile`` needs (else None).
+        self.marks = marks
+        #: Admission time.
+        self.at = at
+        #: True once a refusal of this attempt was reconciled from its headers.
+        self.reconciled = False
+
+    def mark(self, index: int) -> Mark | None:
+        return None if self.marks is None else self.marks[index]
+
+
+class _Partitions(dict[Hashable, Meter]):
+    """The meters of a partitioned resource, one per key, made on first use."""
+
+    __slots__ = ("_make",)
+
+    def __init__(self, make: Callable[[Hashable], Meter]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key: Hashable) -> Meter:
+        meter = self[key] = self._make(key)
+        return meter
 
 
 class Ledger:
-    """One meter per resource; admission, settlement and wake-up times for the engine."""
+    """One meter per resource (and partition key); admission, settlement, reconciliation."""
 
-    __slots__ = ("meters", "names")
+    __slots__ = (
+        "_decided",
+        "_parts",
+        "_reported",
+        "_resources",
+        "_rules",
+        "_single",
+        "_tracks",
+        "_votes",
+        "names",
+    )
 
     def __init__(self, resources: Sequence[Resource]) -> None:
         self.names = [r.name for r in resources]
-        self.meters = [
-            make_meter(r.refill, r.quota, r.time_window_seconds, r.refill_delay) for r in resources
-        ]
+        self._resources = list(resources)
+        self._reported = False
+        self._rules: list[Settle] = [r.settle for r in resources]
+        self._single: list[Meter | None] = []
+        self._parts: list[_Partitions | None] = []
+        for index, resource in enumerate(resources):
+            if resource.partition is None:
+                self._single.append(self._new_meter(index, None))
+                self._parts.append(None)
+            else:
+                self._single.append(None)
+                self._parts.append(_Partitions(partial(self._new_meter, index)))
+        #: Meters the provider reports on (by id), made by their first report.
+        self._tracks: dict[int, Track] = {}
+        self._votes = [0] * len(resources)
+        self._decided = [False] * len(resources)
 
-    def try_reserve(self, demand: Sequence[tuple[float, float]], now: float) -> Reservation | None:
-        """Admit a call needing ``demand[i] = (arguments usage, results estimate)`` of
-        resource i, or return None without changing anything."""
-        meters = self.meters
-        for meter, (args_usage, estimate) in zip(meters, demand, strict=True):
-            if not meter.fits(args_usage + estimate, now):
+    def _new_meter(self, index: int, key: Hashable) -> Meter:
+        resource = self._resources[index]
+        quota = resource.quota_for(key)
+        window, delay = resource.time_window_seconds, resource.refill_delay
+        meter = make_meter(resource.refill, quota, window, delay)
+        if self._reported:
+            self._track(index, meter)
+        return meter
+
+    def _track(self, index: int, meter: Meter) -> Track:
+        twin = (
+            not self._decided[index]
+            and self._resources[index].max_results_usage_estimator is not None
+        )
+        track = self._tracks[id(meter)] = Track(meter, twin)
+        return track
+
+    def expect_reports(self) -> None:
+        """The provider will report on the calls (a ``FeedbackSource`` function): keep
+        from now on what ``reconcile`` needs, for every meter (and every new key's)."""
+        if self._reported:
+            return
+        self._reported = True
+        for index in range(len(self.names)):
+            for meter in self._all(index):
+                if id(meter) not in self._tracks:
+                    self._track(index, meter)
+
+    # -- meters ------------------------------------------------------------------------------
+    @property
+    def partitioned(self) -> bool:
+        """Whether some resource has one meter per partition key."""
+        return any(part is not None for part in self._parts)
+
+    def _meters(self, demand: Demand) -> list[Meter]:
+        meters = []
+        for single, part, need in zip(self._single, self._parts, demand, strict=True):
+            meters.append(single if single is not None else part[need[2]])  # type: ignore[index]
+        return meters
+
+    def _index(self, resource: str) -> int:
+        try:
+            return self.names.index(resource)
+        except ValueError:
+            raise KeyError(f"no resource named {resource!r}; the ledger has {self.names}") from None
+
+    def _all(self, index: int) -> list[Meter]:
+        single = self._single[index]
+        if single is not None:
+            return [single]
+        part = self._parts[index]
+        assert part is not None
+        return list(part.values())
+
+    def meter(self, resource: str, partition: Hashable = None) -> Meter:
+        """The meter of ``resource`` (``partition``'s, if partitioned; made if new)."""
+        index = self._index(resource)
+        single = self._single[index]
+        if single is not None:
+            return single
+        part = self._parts[index]
+        assert part is not None
+        return part[partition]
+
+    def rule(self, resource: str) -> Settle:
+        """The settle rule ``resource`` is billed by now (it may have been discovered)."""
+        return self._rules[self._index(resource)]
+
+    # -- admission and settlement --------------------------------------------------------------
+    def try_reserve(self, demand: Demand, now: float) -> Reservation | None:
+        """Admit a call needing ``demand``, or return None without changing anything."""
+        meters = self._meters(demand)
+        for meter, need in zip(meters, demand, strict=True):
+            if not meter.fits(need[0] + need[1], now):
                 return None
-        billed = []
-        for meter, (args_usage, estimate) in zip(meters, demand, strict=True):
-            billed.append(meter.bill(args_usage, now))
-            if estimate:
-                meter.reserve(estimate)
-        return Reservation(billed, [estimate for _, estimate in demand])
+        rules, tracks = self._rules, self._tracks
+        billed: list[object] = []
+        held: list[tuple[float, float]] = []
+        marks: list[Mark | None] | None = None
+        for index, (meter, need) in enumerate(zip(meters, demand, strict=True)):
+            args_usage, estimate = need[0], need[1]
+            rule = rules[index]
+            if rule == "reserved":
+                billed.append(meter.bill(args_usage + estimate, now))
+            else:
+                billed.append(meter.bill(args_usage, now))
+                if estimate:
+                    meter.reserve(estimate)
+            held.append((meter.held(now), meter.corrected))
+            track = tracks.get(id(meter)) if tracks else None
+            if track is not None:
+                if marks is None:
+                    marks = [None] * len(meters)
+                marks[index] = track.admit(meter, rule, args_usage, estimate, now)
+        return Reservation(meters, demand, billed, held, marks, now)
 
-    def settle(self, reservation: Reservation, results_usage: Sequence[float], now: float) -> None:
-        """The call returned: release its estimates and bill its actual results usage."""
-        for meter, estimate, actual in zip(
-            self.meters, reservation.estimates, results_usage, strict=True
+    def _untrack(self, reservation: Reservation, index: int) -> tuple[Track, Mark | None] | None:
+        """The reservation's call on meter ``index`` is over: out of its track's charge in
+        flight. Returns the track and the call's mark if the meter has a twin."""
+        if not self._tracks:
+            return None
+        track = self._tracks.get(id(reservation.meters[index]))
+        if track is None:
+            return None
+        mark = reservation.mark(index)
+        track.done(sum(reservation.demand[index][:2]), mark)
+        return (track, mark) if track.twin is not None else None
+
+    def settle(
+        self, reservation: Reservation, results_usage: Sequence[float], now: float
+    ) -> list[float]:
+        """The call returned with ``results_usage``: bill it by each resource's rule.
+        Returns what was billed per resource for the results (the estimate included)."""
+        billed = []
+        for index, (meter, need, actual) in enumerate(
+            zip(reservation.meters, reservation.demand, results_usage, strict=True)
         ):
-            if estimate:
-                meter.unreserve(estimate)
-            if actual:
-                meter.bill(actual, now)
+            rule = self._rules[index]
+            billed.append(settle(meter, rule, need[1], actual, now))
+            twin = self._untrack(reservation, index)
+            if twin is not None:
+                twin[0].settle_twin(rule, twin[1], need[1], actual, now)
+        return billed
 
     def keep(self, reservation: Reservation, now: float) -> None:
-        """The call failed in a way that may have been billed: the estimate becomes usage."""
-        for meter, estimate in zip(self.meters, reservation.estimates, strict=True):
-            if estimate:
-                meter.unreserve(estimate)
-                meter.bill(estimate, now)
+        """The call failed in a way that may have been billed: its estimate stays used."""
+        for index, (meter, need) in enumerate(
+            zip(reservation.meters, reservation.demand, strict=True)
+        ):
+            rule = self._rules[index]
+            settle(meter, rule, need[1], need[1], now)
+            twin = self._untrack(reservation, index)
+            if twin is not None:
+                twin[0].keep_twin(rule, twin[1], need[1], now)
 
     def release(self, reservation: Reservation, now: float) -> None:
-        """The call proved it was not billed (never sent, refused, 429): undo everything."""
-        for meter, estimate, token in zip(
-            self.meters, reservation.estimates, reservation.billed, strict=True
+        """The call proved it was not billed (never sent, refused): undo everything."""
+        for index, (meter, need, token) in enumerate(
+            zip(reservation.meters, reservation.demand, reservation.billed, strict=True)
         ):
-            if estimate:
-                meter.unreserve(estimate)
-            meter.refund(token, now)
+            rule = self._rules[index]
+            release(meter, rule, need[1], token, now)
+            twin = self._untrack(reservation, index)
+            if twin is not None:
+                twin[0].undo_twin(rule, twin[1], need[1], token, now)
 
-    def next_free_time(self, demand: Sequence[tuple[float, float]], now: float) -> float:
+    def refused(self, reservation: Reservation, now: float) -> None:
+        """The provider refused the call (HTTP 429): release it, and unless its headers
+        were reconciled already, correct the resource closest to its quota at admission
+        (see the module docstring)."""
+        self.release(reservation, now)
+        if reservation.reconciled:
+            return
+        tightest, lowest = -1, math.inf
+        for index, (meter, need, (held, _)) in enumerate(
+            zip(reservation.meters, reservation.demand, reservation.held, strict=True)
+        ):
+            if need[0] + need[1] > 0 and (meter.quota - held) / meter.quota < lowest:
+                tightest, lowest = index, (meter.quota - held) / meter.quota
+        if tightest < 0:
+            return
+        meter = reservation.meters[tightest]
+        charge = sum(reservation.demand[tightest][:2])
+        held, corrected = reservation.held[tightest]
+        free = meter.quota - held if isinstance(meter, BucketMeter) else 0.0
+        # Less what was corrected since the admission (other refusals of the same moment).
+        correct(meter, free + charge - (meter.corrected - corrected), now)
+        track = self._tracks.get(id(meter)) if self._tracks else None
+        mark = reservation.mark(tightest)
+        if (
+            track is not None
+            and track.twin is not None
+            and mark is not None
+            and mark[4] is not None
+        ):
+            twin = track.twin
+            free = twin.quota - mark[5]
+            correct(twin, free + charge - (twin.corrected - mark[6]), now)
+
+    def bill(self, demand: Demand, amounts: Sequence[float], now: float) -> None:
+        """Bill ``amounts`` of results usage that no reservation holds (a late result)."""
+        for meter, amount in zip(self._meters(demand), amounts, strict=True):
+            if amount:
+                meter.bill(amount, now)
+                track = self._tracks.get(id(meter)) if self._tracks else None
+                if track is not None and track.twin is not None:
+                    track.twin.bill(amount, now)
+
+    # -- waiting -------------------------------------------------------------------------------
+    def next_free_time(self, demand: Demand, now: float) -> float:
         """Earliest time at which ``demand`` fits, ``inf`` if it waits on a release."""
         when = now
-        for meter, (args_usage, estimate) in zip(self.meters, demand, strict=True):
-            when = max(when, meter.free_at(args_usage + estimate, now))
+        for meter, need in zip(self._meters(demand), demand, strict=True):
+            when = max(when, meter.free_at(need[0] + need[1], now))
         return when
 
-    def binding(self, demand: Sequence[tuple[float, float]], now: float) -> str | None:
+    def binding(self, demand: Demand, now: float) -> str | None:
         """Name of the resource that keeps ``demand`` from fitting now (for messages)."""
-        for name, meter, (args_usage, estimate) in zip(
-            self.names, self.meters, demand, strict=True
-        ):
-            if not meter.fits(args_usage + estimate, now):
-                return name
+        found = self.shortfall(demand, now)
+        return None if found is None else found[0]
+
+    def shortfall(self, demand: Demand, now: float) -> tuple[str, float, float] | None:
+        """``(resource, needed, quota)`` of the first resource ``demand`` does not fit now."""
+        for name, meter, need in zip(self.names, self._meters(demand), demand, strict=True):
+            needed = need[0] + need[1]
+            if not meter.fits(needed, now):
+                return name, needed, meter.quota
         return None
 
-    def snapshot(self, now: float) -> dict[str, tuple[float, float, float]]:
-        """``{name: (used, reserved, quota)}`` for progress displays."""
+    def blocked_by(self, demand: Demand, now: float) -> set[int]:
+        """Identities of the meters ``demand`` does not fit on now (see the engine's lanes)."""
         return {
-            name: (meter.used(now), meter.reserved, meter.quota)
-            for name, meter in zip(self.names, self.meters, strict=True)
+            id(meter)
+            for meter, need in zip(self._meters(demand), demand, strict=True)
+            if not meter.fits(need[0] + need[1], now)
         }
+
+    def meter_ids(self, demand: Demand) -> set[int]:
+        """Identities of the meters ``demand`` draws on (a positive amount)."""
+        return {
+            id(meter)
+            for meter, need in zip(self._meters(demand), demand, strict=True)
+            if need[0] + need[1] > 0
+        }
+
+    # -- quotas --------------------------------------------------------------------------------
+    def quota(self, resource: str, partition: Hashable = None) -> float:
+        """The quota enforced for ``resource`` (for ``partition``'s key if partitioned)."""
+        return self.meter(resource, partition).quota
+
+    def set_quota(self, resource: str, quota: float, partition: Hashable = None) -> None:
+        """Enforce ``quota`` from now on: for ``partition``'s meter if the resource is
+        partitioned and that key has one (a key not seen yet gets its quota when it is)."""
+        index = self._index(resource)
+        part = self._parts[index]
+        if part is None:
+            meters = self._all(index)
+        else:
+            found = part.get(partition)
+            meters = [] if found is None else [found]
+        for meter in meters:
+            meter.set_quota(quota)
+            track = self._tracks.get(id(meter))
+            if track is not None and track.twin is not None:
+                track.twin.set_quota(quota)
+
+    # -- the provider's view -------------------------------------------------------------------
+    def reconcile(
+        self,
+        resource: str,
+        remaining: float,
+        now: float,
+        *,
+        partition: Hashable = None,
+        admission: Reservation | None = None,
+        precision: float = 0.0,
+        refused: bool = False,
+    ) -> float:
+        """The provider says ``remaining`` (± ``precision``) of ``resource`` was left after
+        it took the request of ``admission`` (without it, if ``refused``). Bills what the
+        ledger believed above that, and returns it (see ``rate_limited._reconcile``)."""
+        index = self._index(resource)
+        meter = self.meter(resource, partition)
+        track = self._tracks.get(id(meter))
+        if track is None:  # not expecting reports: remember admissions from now on
+            track = self._track(index, meter)
+        ours = (
+            admission is not None
+            and index < len(admission.meters)
+            and admission.meters[index] is meter
+        )
+        mark = admission.mark(index) if ours else None  # type: ignore[union-attr]
+        if refused:
+            if not ours:
+                return 0.0  # what the refused request held is unknown: ``refused`` handles it
+            assert admission is not None
+            admission.reconciled = True
+            remaining -= sum(admission.demand[index][:2])  # as if it had been taken
+        if mark is None:
+            # Not a call admitted since the ledger tracks this meter (or one too old to
+            # compare with): what it believed then is unknown, so nothing can be told.
+            return 0.0
+        low = Track.lowest(meter, track.lows, mark[0], now)
+        if low is None:
+            return 0.0
+        if track.twin is not None and mark[4] is not None and not refused:
+            assert admission is not None
+            self._vote(index, meter, track, admission, mark, remaining, precision, now)
+        if track.twin is not None and track.twin_lows is not None and mark[4] is not None:
+            twin_low = Track.lowest(track.twin, track.twin_lows, mark[0], now)
+            if twin_low is not None:
+                correct(track.twin, twin_low - (remaining - precision), now)
+        return correct(meter, low - (remaining - precision), now)
+
+    def _vote(
+        self,
+        index: int,
+        meter: Meter,
+        track: Track,
+        admission: Reservation,
+        mark: Mark,
+        remaining: float,
+        precision: float,
+        now: float,
+    ) -> None:
+        """One header's evidence on which rule the provider bills by: both views as of the
+        request's admission, against what the provider said (see the module docstring)."""
+        if self._decided[index] or track.twin is None:
+            return
+        # What each view believed above the provider (negative: the provider had more).
+        error = meter.quota - admission.held[index][0] - remaining - (meter.corrected - mark[3])
+        twin = track.twin
+        twin_error = twin.quota - mark[5] - remaining - (twin.corrected - mark[6])
+        # The provider may look more generous than either view by what was in flight at
+        # the admission (arriving after the request) and the refill since; less generous
+        # by what was admitted since (arriving before it).
+        charge = sum(admission.demand[index][:2])
+        more = mark[1] - charge + max(0.0, now - admission.at) * meter.quota / meter.window
+        less = track.admitted - mark[2]
+        margin = VOTE_MARGIN * meter.quota + precision
+        if self._rules[index] == "reserved":
+            favours_twin = error < -(more + margin) and twin_error <= less + margin
+        else:
+            favours_twin = error - less > margin and -(more + margin) <= twin_error <= margin
+        self._votes[index] = self._votes[index] + 1 if favours_twin else 0
+        if self._votes[index] >= VOTES_TO_SWITCH:
+            self._switch(index, now)
+
+    def _switch(self, index: int, now: float) -> None:
+        old = self._rules[index]
+        new: Settle = "actual" if old == "reserved" else "reserved"
+        self._rules[index] = new
+        self._decided[index] = True
+        for meter in self._all(index):
+            track = self._tracks.get(id(meter))
+            if track is not None and track.twin is not None and isinstance(meter, BucketMeter):
+                meter.take_level(track.twin, now)
+                meter.corrected = track.twin.corrected
+                track.lows = track.twin_lows or track.lows
+                track.twin = track.twin_lows = None
+        what = (
+            "hands back the unused part of what it reserves"
+            if new == "actual"
+            else "keeps what it reserves, used or not"
+        )
+        logger.info(
+            "The provider's rate-limit headers show it %s for %r: billing it by the %r rule "
+            "from now on.",
+            what,
+            self.names[index],
+            new,
+        )
+
+    # -- display -------------------------------------------------------------------------------
+    def snapshot(self, now: float) -> dict[str, tuple[float, float, float]]:
+        """``{name: (used, reserved, quota)}`` for progress displays; for a partitioned
+        resource, its key nearest to its quota."""
+        shown: dict[str, tuple[float, float, float]] = {}
+        for index, name in enumerate(self.names):
+            best: tuple[float, float, float] | None = None
+            fraction = -math.inf
+            for meter in self._all(index):
+                used, reserved = meter.used(now), meter.reserved
+                if (used + reserved) / meter.quota > fraction:
+                    fraction = (used + reserved) / meter.quota
+                    best = (used, reserved, meter.quota)
+            shown[name] = best or (0.0, 0.0, float(self._resources[index].quota))
+        return shown
+
+    def partitions(self, now: float) -> dict[tuple[str, Hashable], tuple[float, float, float]]:
+        """``{(name, key): (used, reserved, quota)}`` of every partitioned meter."""
+        out: dict[tuple[str, Hashable], tuple[float, float, float]] = {}
+        for name, part in zip(self.names, self._parts, strict=True):
+            for key, meter in list((part or {}).items()):
+                out[(name, key)] = (meter.used(now), meter.reserved, meter.quota)
+        return out
+
+    def __repr__(self) -> str:
+        rules = ", ".join(f"{n}:{r}" for n, r in zip(self.names, self._rules, strict=True))
+        return f"<Ledger {rules}; {len(self._tracks)} meters reported on>"

@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from rate_limited._feedback import CURRENT_ADMISSION
+
 __all__ = ["ThreadPool"]
 
 #: (call, token, succeeded, value or exception)
@@ -133,6 +135,7 @@ class ThreadPool:
             if item is _STOP:
                 return
             call, token = item
+            CURRENT_ADMISSION.set(call.reservation)  # for the function's feedback (engine-set)
             try:
                 completion = (call, token, True, function(*call.args, **call.kwargs))
             except BaseException as exc:

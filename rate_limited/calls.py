@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -93,8 +93,9 @@ class Call:
         self.attempts = 0
         self.result: Result = None
         self._exceptions: list[BaseException] | None = None
-        #: Per resource: (arguments usage, results estimate), computed once at schedule().
-        self.demand: tuple[tuple[float, float], ...] = ()
+        #: Per resource: (arguments usage, results estimate, partition key), computed once
+        #: at schedule().
+        self.demand: tuple[tuple[float, float, Hashable], ...] = ()
         self.reservation: object = None
         #: Per resource name: usage billed for this call so far.
         self.usage: dict[str, float] | None = None

@@ -19,7 +19,8 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
     ├── CallError                           recorded per attempt, never raised by run()
     │   ├── ValidationError                 a validator rejected the value (retried)
     │   ├── CallTimeoutError (TimeoutError) the attempt ran past ``timeout`` (retried)
-    │   └── UsageExtractionError            results_usage_extractor failed; result kept
+    │   ├── UsageExtractionError            results_usage_extractor failed; result kept
+    │   └── RateLimitedTooLongError         nothing but HTTP 429s for rate_limit_patience s
     └── PermanentError                      raise it from your function: never retried
 
 ``BaseException`` is kept as an alias of ``RateLimitedError`` because rate_limited 0.4
@@ -40,6 +41,7 @@ __all__ = [
     "PermanentError",
     "QuotaExceededError",
     "RateLimitedError",
+    "RateLimitedTooLongError",
     "RunnerClosedError",
     "StoreCorruptedError",
     "StoreError",
@@ -140,6 +142,11 @@ class UsageExtractionError(CallError):
     The call's result is kept (it was paid for) and the resource is billed the call's
     estimate instead; this error is recorded so that the problem is visible.
     """
+
+
+class RateLimitedTooLongError(CallError):
+    """The provider answered nothing but HTTP 429 for ``rate_limit_patience`` seconds, so
+    the run gave up on the calls still waiting (a 429 alone never fails a call)."""
 
 
 class PermanentError(RateLimitedError):

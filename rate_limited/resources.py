@@ -10,7 +10,11 @@ call's usage is counted*:
 
 Refill is ``"window"`` (each usage expires whole after the window; rate_limited 0.4's
 model) or ``"bucket"`` (continuous refill at quota/window per second, as OpenAI and
-Anthropic do).
+Anthropic do). ``settle`` says what the provider bills for a call: ``"actual"`` (the
+estimate is replaced by the actual usage; 0.4's rule) or ``"reserved"`` (the estimate is
+billed at admission and never less, as OpenAI counts ``max_tokens``). ``partition`` gives
+a call's key (e.g. its model): each key has a quota of its own, as the providers limit
+each model separately.
 
 A Resource is a declaration: every Runner keeps its own ledger of what it has used, so one
 list of resources can be handed to several runners (each then has the whole quota; give
@@ -23,25 +27,27 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from datetime import datetime, timedelta
 from numbers import Real
 from typing import TYPE_CHECKING, Any, Literal
 
-from rate_limited._ledger import BucketMeter, WindowMeter, _Meter, make_meter
+from rate_limited._meters import BucketMeter, Meter, WindowMeter, make_meter
 from rate_limited.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from rate_limited.calls import Call
 
-__all__ = ["Refill", "Resource", "Unit"]
+__all__ = ["Refill", "Resource", "Settle", "Unit"]
 
 #: Amount of a resource (requests, tokens, dollars ...); ints are fine too.
 Unit = float
 Refill = Literal["window", "bucket"]
+Settle = Literal["actual", "reserved"]
 
 ArgumentsUsageExtractor = Callable[["Call"], float]
 ResultsUsageExtractor = Callable[["Call", Any], float]
+PartitionKey = Callable[["Call"], Hashable]
 
 
 def _positive_finite(value: object, what: str, name: str) -> float:
@@ -77,10 +83,13 @@ class Resource:
         "arguments_usage_extractor",
         "max_results_usage_estimator",
         "name",
+        "partition",
+        "partition_quotas",
         "quota",
         "refill",
         "refill_delay",
         "results_usage_extractor",
+        "settle",
         "time_window_seconds",
     )
 
@@ -94,6 +103,10 @@ class Resource:
         max_results_usage_estimator: ArgumentsUsageExtractor | None = None,
         refill: Refill = "window",
         refill_delay: float = 0.0,
+        *,
+        settle: Settle = "actual",
+        partition: PartitionKey | None = None,
+        partition_quotas: Mapping[Hashable, Unit] | None = None,
     ) -> None:
         """Declare a resource.
 
@@ -110,6 +123,15 @@ class Resource:
             refill_delay: with ``"bucket"``, seconds an idle bucket waits before it starts
                 to refill when a call arrives: the provider's bucket only starts when the
                 request reaches it, so this covers the transit (the presets use 0.5).
+            settle: what a call is billed when it returns: ``"actual"`` (default, as in
+                0.4): the results estimate is held while it runs, then replaced by the
+                actual results usage; ``"reserved"``: the estimate is billed when it is
+                admitted and never refunded, the actual usage above it billed on top (as
+                OpenAI counts ``prompt + max_tokens`` against TPM).
+            partition: ``partition(call) -> key``, computed once at ``schedule()``: each
+                key gets a quota of its own (one meter per key), e.g.
+                ``lambda call: call.get_argument("model")`` for per-model limits.
+            partition_quotas: ``{key: quota}`` for keys whose quota is not ``quota``.
         """
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"Resource name must be a non-empty string, got {name!r}.")
@@ -147,17 +169,51 @@ class Resource:
                 f"got {refill_delay!r}."
             )
         self.refill_delay: float = float(refill_delay)
-        self._meter: _Meter | None = None
+        if settle not in ("actual", "reserved"):
+            raise ConfigurationError(
+                f"Resource {name!r}: settle must be 'actual' or 'reserved', got {settle!r}."
+            )
+        self.settle: Settle = settle
+        _optional_callable(partition, "partition", name)
+        if partition_quotas is not None:
+            if partition is None:
+                raise ConfigurationError(
+                    f"Resource {name!r}: partition_quotas needs partition= (the function "
+                    "that gives each call its key)."
+                )
+            if not isinstance(partition_quotas, Mapping):
+                raise ConfigurationError(
+                    f"Resource {name!r}: partition_quotas must be a mapping of key to quota, "
+                    f"got {type(partition_quotas).__name__}."
+                )
+            if isinstance(partition_quotas, dict):
+                for key, value in partition_quotas.items():
+                    _positive_finite(value, f"partition_quotas[{key!r}]", name)
+        self.partition: PartitionKey | None = partition
+        self.partition_quotas: Mapping[Hashable, Unit] | None = partition_quotas
+        self._meter: Meter | None = None
+
+    def quota_for(self, key: Hashable) -> float:
+        """The quota of partition ``key``: ``partition_quotas[key]`` if given, else ``quota``."""
+        if self.partition_quotas is None:
+            return float(self.quota)
+        value = self.partition_quotas.get(key)
+        if value is None:
+            return float(self.quota)
+        return _positive_finite(value, f"partition_quotas[{key!r}]", self.name)
 
     def __repr__(self) -> str:
+        extra = "" if self.settle == "actual" else f", settle={self.settle!r}"
+        if self.partition is not None:
+            extra += ", partitioned"
         return (
             f"Resource({self.name!r}, quota={self.quota}, "
-            f"time_window_seconds={self.time_window_seconds}, refill={self.refill!r})"
+            f"time_window_seconds={self.time_window_seconds}, refill={self.refill!r}{extra})"
         )
 
     # -- rate_limited 0.4: a Resource as a standalone usage counter -------------------------
     @property
-    def _standalone(self) -> _Meter:
+    def _standalone(self) -> Meter:
         if self._meter is None:
             self._meter = make_meter(
                 self.refill, self.quota, self.time_window_seconds, self.refill_delay

@@ -33,7 +33,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from numbers import Real
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -126,6 +126,7 @@ class Runner:
         ttl: float | None = None,
         retry_failed: bool = True,
         event_loop: Literal["own", "current"] = "own",
+        rate_limit_patience: float | None = 600.0,
     ) -> None:
         """Wrap ``function`` (sync or async callable: function, partial, lambda, method).
 
@@ -134,6 +135,8 @@ class Runner:
             resources: the quotas, as ``Resource`` objects (names must be unique).
             max_concurrent: most calls in flight at once.
             max_retries: retries after a failed attempt (so ``max_retries + 1`` attempts).
+                An HTTP 429 does not count: the provider refused the request, so it is
+                sent again when the ledger (corrected by the 429) says it fits.
             validation_function: rate_limited 0.4's single validator (kept as an alias).
             progress_interval: least seconds between two progress updates.
             long_wait_warning_seconds: say so when every call waits this long for quota
@@ -164,6 +167,9 @@ class Runner:
                 calls ``run()`` (a notebook's), made re-entrant with nest_asyncio; use it
                 when your async client is bound to that loop (e.g. an aiohttp session made
                 in a cell). Sync functions always use the Runner's own loop.
+            rate_limit_patience: seconds of nothing but HTTP 429s (no attempt answered
+                otherwise) after which the run gives up: the calls still waiting fail
+                with ``RateLimitedTooLongError`` (None: never give up).
         """
         if not callable(function):
             raise ConfigurationError(
@@ -182,6 +188,11 @@ class Runner:
             else _check_seconds(long_wait_warning_seconds, "long_wait_warning_seconds", zero=True)
         )
         self.timeout = None if timeout is None else _check_seconds(timeout, "timeout")
+        self.rate_limit_patience = (
+            None
+            if rate_limit_patience is None
+            else _check_seconds(rate_limit_patience, "rate_limit_patience")
+        )
         if not callable(retry_if):
             raise ConfigurationError(f"retry_if must be a callable, got {retry_if!r}.")
         if backoff is not None and not callable(backoff):
@@ -237,8 +248,7 @@ class Runner:
         #: Calls of the current batch, in schedule order.
         self.scheduled_calls: list[Call] = []
         self._extractors = [
-            (r.name, r.quota, r.arguments_usage_extractor, r.max_results_usage_estimator)
-            for r in self.resources
+            (r, r.arguments_usage_extractor, r.max_results_usage_estimator) for r in self.resources
         ]
         self._loop_thread: _LoopThread | None = None
         self._engine: Engine | None = None  # on the Runner's own loop thread
@@ -294,11 +304,18 @@ class Runner:
                     engine.loop.call_soon_threadsafe(engine.enqueue, call)
         return call
 
-    def _demand_of(self, call: Call) -> tuple[tuple[float, float], ...]:
+    def _demand_of(self, call: Call) -> tuple[tuple[float, float, Hashable], ...]:
         demand = []
-        for name, quota, args_extractor, estimator in self._extractors:
+        for resource, args_extractor, estimator in self._extractors:
+            name = resource.name
             args_usage = _usage(args_extractor, call, name, "arguments_usage_extractor")
             estimate = _usage(estimator, call, name, "max_results_usage_estimator")
+            if resource.partition is None:
+                key: Hashable = None
+                quota: float = resource.quota
+            else:
+                key = _partition(resource, call)
+                quota = resource.quota_for(key)
             needed = args_usage + estimate
             if needed > quota * (1 + 1e-9):  # the ledger's rounding slack
                 raise QuotaExceededError(
@@ -309,7 +326,7 @@ class Runner:
                     needed=needed,
                     quota=quota,
                 )
-            demand.append((args_usage, estimate))
+            demand.append((args_usage, estimate, key))
         return tuple(demand)
 
     def _key_of(self, call: Call) -> str:
@@ -540,6 +557,7 @@ class Runner:
             retry_failed=self.retry_failed,
             function_name=self._function_identity,
             ledger=self._ledger,
+            rate_limit_patience=self.rate_limit_patience,
         )
         if isinstance(self.function, FeedbackSource):
             self.function.attach_ledger(LedgerControl(engine))
@@ -680,6 +698,22 @@ def _check_seconds(value: object, name: str, zero: bool = False) -> float:
         bound = ">= 0" if zero else "> 0"
         raise ConfigurationError(f"{name} must be a number of seconds {bound}, got {value!r}.")
     return number
+
+
+def _partition(resource: Resource, call: Call) -> Hashable:
+    """The partition key of ``call`` for ``resource`` (a clear error if it cannot be one)."""
+    assert resource.partition is not None
+    try:
+        key: Hashable = resource.partition(call)
+        hash(key)
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(
+            f"partition of resource {resource.name!r} raised {type(exc).__name__}: {exc} for "
+            f"{call!r}; it must return a hashable key (e.g. the model's name)."
+        ) from exc
+    return key
 
 
 def _usage(

@@ -1,170 +1,45 @@
-"""The ledger as pure functions of ``now``: windows, buckets, reservations, admission.
+"""The ledger as pure functions of ``now``: admission, settle rules, partitions, and
+agreeing with what the provider reports (headers, 429s), with its rule discovery.
 
-No clock and no event loop: every method takes the time explicitly, so a one-day window
-is one number and the assertions compare exact floats.
+No clock and no event loop: every method takes the time explicitly.
 """
 
 from __future__ import annotations
 
 import math
-import random
+from collections.abc import Hashable
+from typing import Any
 
 import pytest
 
-from rate_limited import ConfigurationError, Resource
-from rate_limited._ledger import BucketMeter, Ledger, WindowMeter, make_meter
+from rate_limited import Resource
+from rate_limited._ledger import Ledger
 
 
-def ledger_of(*specs: tuple[str, float, float, str]) -> Ledger:
-    return Ledger([Resource(n, q, w, refill=r) for n, q, w, r in specs])  # type: ignore[arg-type]
+def ledger_of(*specs: tuple[str, float, float, str], **options: Any) -> Ledger:
+    return Ledger([Resource(n, q, w, refill=r, **options) for n, q, w, r in specs])  # type: ignore[arg-type]
 
 
-# -- window meter ------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("window", "logged_at"),
-    [
-        pytest.param(0.5, 0.0, id="half-second"),
-        pytest.param(0.5, 1234.25, id="half-second-later"),
-        pytest.param(86400.0, 10.0, id="one-day"),
-        pytest.param(1.0, 0.1, id="one-second-unround-start"),
-    ],
-)
-def test_window_usage_expires_exactly_at_t_plus_window(window: float, logged_at: float) -> None:
-    meter = WindowMeter(10, window)
-    meter.bill(3, logged_at)
-    expiry = logged_at + window
-    assert meter.used(math.nextafter(expiry, -math.inf)) == 3
-    assert meter.used(expiry) == 0
-    assert meter.next_expiry(expiry) is None
-
-
-def test_window_free_at_is_the_expiry_of_the_usage_that_makes_room() -> None:
-    meter = WindowMeter(10, 10.0)
-    meter.bill(4, 0.0)
-    meter.bill(4, 1.0)
-    now = 1.5
-    assert meter.free_at(2, now) == now  # 8 + 2 fits
-    assert meter.free_at(5, now) == 10.0  # needs the first usage gone
-    assert meter.free_at(9, now) == 11.0  # needs both gone
-    assert meter.free_at(10, now) == 11.0
-    assert meter.free_at(10.5, now) == math.inf  # more than the quota: never
-    assert meter.next_expiry(now) == 10.0
-
-
-def test_window_free_at_agrees_with_fits_on_unround_floats() -> None:
-    """0.1 + 0.2 is 0.30000000000000004: free_at must say that, not 0.3."""
-    meter = WindowMeter(1, 0.2)
-    meter.bill(1, 0.1)
-    when = meter.free_at(1, 0.1)
-    assert when == 0.1 + 0.2
-    assert not meter.fits(1, math.nextafter(when, -math.inf))
-    assert meter.fits(1, when)
-
-
-def test_window_free_at_with_reservations() -> None:
-    meter = WindowMeter(10, 60.0)
-    meter.bill(5, 0.0)
-    meter.reserve(4)
-    assert meter.free_at(1, 1.0) == 1.0
-    assert meter.free_at(2, 1.0) == 60.0  # the usage expiring makes room next to the hold
-    assert meter.free_at(7, 1.0) == math.inf  # 4 held + 7 > 10: only a release helps
-    meter.unreserve(4)
-    assert meter.free_at(7, 1.0) == 60.0
-
-
-def test_same_instant_usages_merge_but_refund_separately() -> None:
-    meter = WindowMeter(10, 1.0)
-    first = meter.bill(2, 0.0)
-    second = meter.bill(3, 0.0)
-    meter.bill(1, 0.5)
-    assert len(meter._log) == 2  # one entry for t=0, one for t=0.5
-    assert meter.used(0.5) == 6
-    meter.refund(first, 0.5)
-    assert meter.used(0.5) == 4  # only the first call's 2 came back
-    meter.refund(second, 0.5)
-    assert meter.used(0.5) == 1
-    assert meter.used(1.0) == 1  # the merged entry expired whole
-    assert meter.used(1.5) == 0
-
-
-def test_refund_after_expiry_does_not_eat_newer_usage() -> None:
-    meter = WindowMeter(10, 1.0)
-    old = meter.bill(5, 0.0)
-    meter.bill(2, 1.0)  # the 5 expired at 1.0
-    meter.refund(old, 1.0)
-    assert meter.used(1.0) == 2
-
-
-def test_zero_usage_is_not_logged() -> None:
-    meter = WindowMeter(10, 1.0)
-    assert meter.bill(0, 0.0) is None
-    meter.refund(None, 0.0)
-    assert meter.used(0.0) == 0 and meter.next_expiry(0.0) is None
-
-
-# -- bucket meter ------------------------------------------------------------------------------
-def test_bucket_drains_at_quota_per_window() -> None:
-    meter = BucketMeter(10, 10.0)  # 1 unit per second
-    meter.bill(10, 0.0)
-    assert meter.used(0.0) == 10
-    assert meter.used(2.5) == 7.5
-    assert meter.used(20.0) == 0
-
-
-def test_bucket_free_at_is_exact() -> None:
-    meter = BucketMeter(10, 10.0)
-    meter.bill(10, 0.0)
-    assert meter.free_at(4, 0.0) == 4.0
-    assert meter.free_at(4, 1.0) == 4.0  # level 9 at 1.0, 3 more to drain
-    assert meter.free_at(1, 9.0) == 9.0  # level 1: fits now
-    assert meter.free_at(11, 9.0) == math.inf
-    meter.reserve(7)
-    assert meter.free_at(4, 9.0) == math.inf  # 7 held + 4 > 10
-
-
-def test_bucket_free_at_on_a_fast_bucket() -> None:
-    meter = BucketMeter(90_000, 60.0)  # 1500 tokens a second
-    meter.bill(90_000, 100.0)
-    when = meter.free_at(3000, 100.0)
-    assert when == pytest.approx(102.0, abs=1e-9)
-    assert meter.fits(3000, when)
-
-
-def test_bucket_refund_of_a_drained_usage_is_not_over_released() -> None:
-    meter = BucketMeter(10, 10.0)  # 1 unit per second
-    token = meter.bill(10, 0.0)  # e.g. a request that later gets a 429
-    meter.bill(5, 5.0)  # level 5 (drained) + 5 = 10
-    meter.refund(token, 5.0)
-    # Without the refunded usage the bucket would hold just the 5 billed at 5.0.
-    assert meter.used(5.0) >= 5 - 1e-9
-
-
-# -- float slack -------------------------------------------------------------------------------
-@pytest.mark.parametrize("refill", [pytest.param("window"), pytest.param("bucket")])
-def test_rounding_of_many_small_usages_does_not_block_a_call_that_fits(refill: str) -> None:
-    meter = make_meter(refill, 2.0, 3600.0)
-    for _ in range(19):
-        meter.bill(0.1, 0.0)
-    used = meter.used(0.0)
-    assert 2.0 - used < 0.1  # the sum rounded above 1.9: a naive comparison would refuse
-    assert meter.fits(0.1, 0.0)
-    assert meter.free_at(0.1, 0.0) == 0.0
-    assert not meter.fits(0.1 + 1e-6, 0.0)  # the slack is rounding noise, not capacity
+def d(
+    *needs: tuple[float, float] | tuple[float, float, Hashable],
+) -> list[tuple[float, float, Hashable]]:
+    """A demand: per resource (arguments usage, estimate[, partition key])."""
+    return [(n[0], n[1], n[2] if len(n) > 2 else None) for n in needs]  # type: ignore[misc]
 
 
 def test_ledger_admits_on_rounding_noise() -> None:
     ledger = ledger_of(("a", 0.3, 10.0, "window"))
-    assert ledger.try_reserve([(0.1, 0.0)], 0.0) is not None
-    assert ledger.try_reserve([(0.2, 0.0)], 1.0) is not None  # 0.1 + 0.2 > 0.3 in floats
-    assert ledger.next_free_time([(1e-6, 0.0)], 1.0) == 10.0
+    assert ledger.try_reserve(d((0.1, 0.0)), 0.0) is not None
+    assert ledger.try_reserve(d((0.2, 0.0)), 1.0) is not None  # 0.1 + 0.2 > 0.3 in floats
+    assert ledger.next_free_time(d((1e-6, 0.0)), 1.0) == 10.0
 
 
 # -- reservations through the ledger -------------------------------------------------------------
 def test_try_reserve_bills_arguments_and_holds_the_estimate() -> None:
     ledger = ledger_of(("tokens", 100, 60.0, "window"))
-    reservation = ledger.try_reserve([(10, 30)], 0.0)
+    reservation = ledger.try_reserve(d((10, 30)), 0.0)
     assert reservation is not None
-    meter = ledger.meters[0]
+    meter = ledger.meter("tokens")
     assert meter.used(0.0) == 10
     assert meter.reserved == 30
     assert meter.available(0.0) == 60
@@ -173,10 +48,10 @@ def test_try_reserve_bills_arguments_and_holds_the_estimate() -> None:
 
 def test_settle_replaces_the_estimate_by_the_actual_usage() -> None:
     ledger = ledger_of(("tokens", 100, 60.0, "window"))
-    reservation = ledger.try_reserve([(10, 30)], 0.0)
+    reservation = ledger.try_reserve(d((10, 30)), 0.0)
     assert reservation is not None
     ledger.settle(reservation, [12], 5.0)
-    meter = ledger.meters[0]
+    meter = ledger.meter("tokens")
     assert meter.reserved == 0
     assert meter.used(5.0) == 22
     assert meter.used(60.0) == 12  # the arguments usage expires with its own window
@@ -185,10 +60,10 @@ def test_settle_replaces_the_estimate_by_the_actual_usage() -> None:
 
 def test_keep_turns_the_estimate_into_usage() -> None:
     ledger = ledger_of(("tokens", 100, 60.0, "window"))
-    reservation = ledger.try_reserve([(10, 30)], 0.0)
+    reservation = ledger.try_reserve(d((10, 30)), 0.0)
     assert reservation is not None
     ledger.keep(reservation, 5.0)
-    meter = ledger.meters[0]
+    meter = ledger.meter("tokens")
     assert meter.reserved == 0
     assert meter.used(5.0) == 40
     assert meter.used(60.0) == 30
@@ -198,99 +73,58 @@ def test_keep_turns_the_estimate_into_usage() -> None:
 @pytest.mark.parametrize("refill", [pytest.param("window"), pytest.param("bucket")])
 def test_release_undoes_billing_and_holding(refill: str) -> None:
     ledger = ledger_of(("requests", 10, 60.0, refill), ("tokens", 100, 60.0, refill))
-    before = ledger.try_reserve([(1, 0), (20, 0)], 0.0)
-    reservation = ledger.try_reserve([(1, 0), (10, 50)], 0.0)
+    before = ledger.try_reserve(d((1, 0), (20, 0)), 0.0)
+    reservation = ledger.try_reserve(d((1, 0), (10, 50)), 0.0)
     assert before is not None and reservation is not None
     ledger.release(reservation, 0.0)
-    requests, tokens = ledger.meters
+    requests, tokens = ledger.meter("requests"), ledger.meter("tokens")
     assert requests.used(0.0) == 1 and tokens.used(0.0) == 20  # only the other call's
     assert tokens.reserved == 0
 
 
 def test_release_leaves_other_reservations_alone() -> None:
     ledger = ledger_of(("tokens", 100, 60.0, "window"))
-    first = ledger.try_reserve([(0, 40)], 0.0)
-    second = ledger.try_reserve([(0, 30)], 0.0)
+    first = ledger.try_reserve(d((0, 40)), 0.0)
+    second = ledger.try_reserve(d((0, 30)), 0.0)
     assert first is not None and second is not None
     ledger.release(first, 1.0)
-    assert ledger.meters[0].reserved == 30
+    assert ledger.meter("tokens").reserved == 30
 
 
 # -- atomic admission ----------------------------------------------------------------------------
 def test_admission_is_all_or_nothing_across_resources() -> None:
     ledger = ledger_of(("requests", 10, 60.0, "window"), ("tokens", 5, 60.0, "window"))
-    assert ledger.try_reserve([(0, 0), (4, 0)], 0.0) is not None
-    assert ledger.try_reserve([(3, 0), (2, 0)], 1.0) is None  # requests fit, tokens do not
-    requests, tokens = ledger.meters
+    assert ledger.try_reserve(d((0, 0), (4, 0)), 0.0) is not None
+    assert ledger.try_reserve(d((3, 0), (2, 0)), 1.0) is None  # requests fit, tokens do not
+    requests, tokens = ledger.meter("requests"), ledger.meter("tokens")
     assert requests.used(1.0) == 0  # nothing of the refused call was billed
     assert tokens.used(1.0) == 4
-    assert ledger.binding([(3, 0), (2, 0)], 1.0) == "tokens"
-    assert ledger.try_reserve([(3, 0), (1, 0)], 1.0) is not None
+    assert ledger.binding(d((3, 0), (2, 0)), 1.0) == "tokens"
+    assert ledger.try_reserve(d((3, 0), (1, 0)), 1.0) is not None
     assert requests.used(1.0) == 3 and tokens.used(1.0) == 5
-    assert ledger.binding([(0, 0), (0, 0)], 1.0) is None
+    assert ledger.binding(d((0, 0), (0, 0)), 1.0) is None
 
 
 def test_refused_estimate_is_not_held() -> None:
     ledger = ledger_of(("requests", 10, 60.0, "window"), ("tokens", 5, 60.0, "window"))
-    assert ledger.try_reserve([(1, 0), (0, 6)], 0.0) is None
-    assert ledger.meters[0].used(0.0) == 0
-    assert ledger.meters[1].reserved == 0
+    assert ledger.try_reserve(d((1, 0), (0, 6)), 0.0) is None
+    assert ledger.meter("requests").used(0.0) == 0
+    assert ledger.meter("tokens").reserved == 0
 
 
 def test_next_free_time_is_the_latest_over_resources() -> None:
     ledger = ledger_of(("requests", 2, 10.0, "window"), ("tokens", 10, 10.0, "bucket"))
-    assert ledger.try_reserve([(2, 0), (10, 0)], 0.0) is not None
+    assert ledger.try_reserve(d((2, 0), (10, 0)), 0.0) is not None
     # requests free at 10.0 (window); 4 tokens drain by 4.0 (bucket): the later wins.
-    assert ledger.next_free_time([(1, 0), (4, 0)], 1.0) == 10.0
-    assert ledger.next_free_time([(0, 0), (4, 0)], 1.0) == 4.0
-    assert ledger.next_free_time([(0, 0), (0, 0)], 1.0) == 1.0
+    assert ledger.next_free_time(d((1, 0), (4, 0)), 1.0) == 10.0
+    assert ledger.next_free_time(d((0, 0), (4, 0)), 1.0) == 4.0
+    assert ledger.next_free_time(d((0, 0), (0, 0)), 1.0) == 1.0
 
 
 def test_next_free_time_is_inf_when_only_a_release_helps() -> None:
     ledger = ledger_of(("tokens", 10, 60.0, "window"))
-    held = ledger.try_reserve([(0, 8)], 0.0)
+    held = ledger.try_reserve(d((0, 8)), 0.0)
     assert held is not None
-    assert ledger.next_free_time([(0, 5)], 1000.0) == math.inf  # time alone never helps
+    assert ledger.next_free_time(d((0, 5)), 1000.0) == math.inf  # time alone never helps
     ledger.settle(held, [1], 1000.0)
-    assert ledger.next_free_time([(0, 5)], 1000.0) == 1000.0
-
-
-# -- free_at is consistent with fits -------------------------------------------------------------
-@pytest.mark.parametrize("seed", [pytest.param(s, id=f"seed-{s}") for s in range(5)])
-@pytest.mark.parametrize("refill", [pytest.param("window"), pytest.param("bucket")])
-def test_free_at_is_the_first_instant_that_fits(seed: int, refill: str) -> None:
-    rng = random.Random(seed)
-    quota, window = rng.choice([(10, 1.0), (7.5, 0.3), (90_000, 60.0), (3, 86400.0)])
-    bills = sorted((rng.uniform(0, window), rng.uniform(0, quota / 3)) for _ in range(6))
-
-    def fresh() -> WindowMeter | BucketMeter:
-        meter = make_meter(refill, quota, window)
-        for at, amount in bills:
-            meter.bill(amount, at)
-        return meter  # type: ignore[return-value]
-
-    now = bills[-1][0]
-    for needed in (0.0, quota / 4, quota / 2, quota):
-        when = fresh().free_at(needed, now)
-        assert now <= when < math.inf
-        assert fresh().fits(needed, when), (needed, when)
-        if when > now and refill == "window":
-            assert not fresh().fits(needed, math.nextafter(when, -math.inf))
-
-
-def test_a_bucket_with_a_refill_delay_starts_draining_that_much_later() -> None:
-    """The provider's idle bucket only starts when the request arrives: a ledger that
-    drained from the admission would credit refill the provider never had."""
-    meter = BucketMeter(10, 1.0, start_delay=0.5)  # 10 per second
-    meter.bill(10, now=0.0)  # idle -> busy at 0: no refill before 0.5
-    assert meter.free_at(1, now=0.0) == pytest.approx(0.6)
-    assert meter.used(0.4) == pytest.approx(10.0)
-    assert meter.used(0.6) == pytest.approx(9.0)
-    meter.bill(1, now=0.6)  # busy: the delay applies only when leaving idle
-    assert meter.used(0.7) == pytest.approx(9.0)
-
-
-def test_refill_delay_must_be_a_non_negative_number() -> None:
-    Resource("rpm", 10, 60, refill="bucket", refill_delay=0.5)
-    with pytest.raises(ConfigurationError, match="refill_delay"):
-        Resource("rpm", 10, 60, refill="bucket", refill_delay=-1)
+    assert ledger.next_free_time(d((0, 5)), 1000.0) == 1000.0

@@ -5,6 +5,10 @@ Anthropic ``anthropic-ratelimit-{requests,input-tokens,output-tokens}-{limit,rem
 (and ``-tokens-`` for the tightest token bucket, which the presets do not need). Both
 describe buckets right after the provider admitted the request. The ``reset`` headers
 are not read: with continuous refill at limit/60 per second they add nothing.
+
+Anthropic documents its token counts as rounded: "anthropic-ratelimit-input-tokens-remaining:
+The number of input tokens remaining (rounded to the nearest thousand) before being rate
+limited" (the same for output tokens), so those readings carry a precision of 500.
 """
 
 from __future__ import annotations
@@ -21,14 +25,21 @@ _KINDS: dict[Family, tuple[str, ...]] = {
     "openai": ("requests", "tokens"),
     "anthropic": ("requests", "input_tokens", "output_tokens"),
 }
+#: How far a ``remaining`` header may be from the truth, by family and kind.
+_PRECISION: dict[tuple[Family, str], float] = {
+    ("anthropic", "input_tokens"): 500.0,
+    ("anthropic", "output_tokens"): 500.0,
+}
 
 
 @dataclass(frozen=True)
 class LimitReading:
-    """What a response said about one bucket: its limit and what was left (None: absent)."""
+    """What a response said about one bucket: its limit and what was left (None: absent),
+    and how far ``remaining`` may be from the truth (it was rounded)."""
 
     limit: float | None
     remaining: float | None
+    precision: float = 0.0
 
 
 def _number(headers: Mapping[str, str], name: str) -> float | None:
@@ -60,7 +71,7 @@ def read_limits(headers: Mapping[str, str] | None, family: Family) -> dict[str, 
             limit = _number(headers, f"anthropic-ratelimit-{label}-limit")
             remaining = _number(headers, f"anthropic-ratelimit-{label}-remaining")
         if limit is not None or remaining is not None:
-            readings[kind] = LimitReading(limit, remaining)
+            readings[kind] = LimitReading(limit, remaining, _PRECISION.get((family, kind), 0.0))
     return readings
 
 

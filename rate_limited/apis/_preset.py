@@ -13,6 +13,12 @@ ledger's sight: a preset works on a copy of the client with ``max_retries=0``
 attempt itself. A 429 that says retrying cannot help (``x-should-retry: false``: the
 request is larger than a whole bucket) becomes a ``RequestTooLargeError``, not retried.
 
+Every limit is per model, as at the providers: the resources are partitioned by the
+``model`` argument, ``model_limits={"gpt-4o": {"tokens_per_minute": ...}}`` overrides
+the preset's limits for one model, and limits left as None are discovered per model.
+Each limit is billed by the rule its provider documents (``settle_rules``); a provider
+whose headers show otherwise is discovered by the ledger (``rate_limited._ledger``).
+
 This base does no I/O of its own; the endpoint classes (``rate_limited.apis.openai``,
 ``rate_limited.apis.anthropic``) say how to estimate, what to call and what usage to read.
 """
@@ -20,27 +26,36 @@ This base does no I/O of its own; the endpoint classes (``rate_limited.apis.open
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from rate_limited._feedback import LedgerControl
 from rate_limited.apis._headers import Family, headers_of
 from rate_limited.apis._limits import MINUTE, UNKNOWN_QUOTA, LimitTracker
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
 from rate_limited.apis._tokens import Calibration, TextCounter, Tokenizer, resolve_counter
 from rate_limited.apis.common import PROVIDER_REFILL_DELAY, RequestTooLargeError
 from rate_limited.exceptions import ConfigurationError
-from rate_limited.resources import Resource
+from rate_limited.resources import Resource, Settle
 
 if TYPE_CHECKING:
-    from rate_limited._feedback import LedgerControl
+    from rate_limited._ledger import Reservation
     from rate_limited.calls import Call
     from rate_limited.runner import Runner
 
-__all__ = ["MINUTE", "UNKNOWN_QUOTA", "Preset", "field", "is_async_client"]
+__all__ = ["MINUTE", "UNKNOWN_QUOTA", "Preset", "field", "is_async_client", "model_of"]
+
+logger = logging.getLogger("rate_limited")
 
 
 def _one(call: Call) -> float:
     return 1.0
+
+
+def model_of(call: Call) -> Hashable:
+    """A call's partition key for the presets' resources: its ``model`` argument."""
+    return _model(call.kwargs)
 
 
 def field(obj: Any, *path: str) -> Any:
@@ -61,9 +76,8 @@ class Preset:
     limit_kinds: ClassVar[tuple[tuple[str, str], ...]]
     #: The SDK resource the preset calls, e.g. ``("chat", "completions")``.
     endpoint: ClassVar[tuple[str, ...]]
-    #: Seconds assumed between sending a request and the provider admitting it, when
-    #: crediting refill to the ``remaining`` it reported (see ``LimitTracker``).
-    admission_delay: ClassVar[float] = 0.5
+    #: By header kind: what the provider documents it bills (``Resource(settle=...)``).
+    settle_rules: ClassVar[Mapping[str, Settle]] = {}
     #: What ``tokenizer="auto"`` means for this provider.
     auto_tokenizer: ClassVar[Literal["auto", "conservative"]] = "auto"
 
@@ -72,6 +86,7 @@ class Preset:
         client: Any,
         limits: Mapping[str, float | None],
         *,
+        model_limits: Mapping[str, Mapping[str, float | None]] | None = None,
         tokenizer: Tokenizer = "auto",
         image_tokens: int | None = None,
         media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
@@ -97,27 +112,55 @@ class Preset:
         self._image_tokens = image_tokens
         self._media_tokens = media_tokens
         self._estimators: dict[str | None, PromptEstimator] = {}
+        self._warned_unattached = False
         #: Learned from ``usage``: scales prompt estimates of calls scheduled from then on.
         self.calibration = Calibration()
         given: dict[str, float | None] = {}
-        resources = []
         for name, kind in self.limit_kinds:
-            value = limits.get(kind)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
-            ):
-                raise ConfigurationError(
-                    f"{name} must be a positive number (or None to read it from the "
-                    f"provider's headers), got {value!r}."
-                )
-            given[kind] = value
-            resources.append(self._resource(name, kind, UNKNOWN_QUOTA if value is None else value))
-        #: What is known of the provider's limits; feeds the Runners' ledgers.
+            given[kind] = _limit(limits.get(kind), name)
+        #: What is known of the provider's limits, per model; feeds the Runners' ledgers.
         self.tracker = LimitTracker(
-            type(self).__name__, self.family, self.limit_kinds, given, self.admission_delay
+            type(self).__name__,
+            self.family,
+            self.limit_kinds,
+            given,
+            self._model_limits(model_limits),
         )
         #: The quotas to give the Runner: ``Runner(preset, preset.resources)``.
-        self.resources: list[Resource] = resources
+        self.resources: list[Resource] = [
+            self._resource(name, kind, given[kind] or UNKNOWN_QUOTA)
+            for name, kind in self.limit_kinds
+        ]
+
+    def _model_limits(
+        self, model_limits: Mapping[str, Mapping[str, float | None]] | None
+    ) -> dict[Hashable, dict[str, float | None]]:
+        if model_limits is None:
+            return {}
+        names = [name for name, _ in self.limit_kinds]
+        if not isinstance(model_limits, Mapping):
+            raise ConfigurationError(
+                "model_limits must map a model's name to its limits, e.g. "
+                f"{{'gpt-4o': {{'{names[-1]}': 30_000}}}}; got {type(model_limits).__name__}."
+            )
+        checked: dict[Hashable, dict[str, float | None]] = {}
+        for model, limits in model_limits.items():
+            if not isinstance(limits, Mapping):
+                raise ConfigurationError(
+                    f"model_limits[{model!r}] must map limit names ({', '.join(names)}) to "
+                    f"numbers, got {type(limits).__name__}."
+                )
+            unknown = sorted(set(limits) - set(names))
+            if unknown:
+                raise ConfigurationError(
+                    f"model_limits[{model!r}] has unknown limits {unknown}; "
+                    f"{type(self).__name__}'s limits are {', '.join(names)}."
+                )
+            checked[model] = {
+                name: _limit(value, f"model_limits[{model!r}][{name!r}]")
+                for name, value in limits.items()
+            }
+        return checked
 
     # -- hooks for the endpoint classes ------------------------------------------------------
     def _default_client(self) -> Any:
@@ -132,15 +175,29 @@ class Preset:
         raise NotImplementedError
 
     def _resource(self, name: str, kind: str, quota: float) -> Resource:
-        """The Resource for one limit (the requests one by default)."""
+        """The Resource for one limit (the requests one by default): refilled
+        continuously, one quota per model, billed by the provider's rule."""
+        extract, estimate = self._usage_of(kind)
         return Resource(
             name,
             quota,
             MINUTE,
-            arguments_usage_extractor=_one,
+            arguments_usage_extractor=_one if extract is None else None,
+            results_usage_extractor=extract,
+            max_results_usage_estimator=estimate,
             refill="bucket",
             refill_delay=PROVIDER_REFILL_DELAY,
+            settle=self.settle_rules.get(kind, "actual"),
+            partition=model_of,
+            partition_quotas=self.tracker.quotas(name),
         )
+
+    def _usage_of(
+        self, kind: str
+    ) -> tuple[Callable[[Call, Any], float] | None, Callable[[Call], float] | None]:
+        """``(results_usage_extractor, max_results_usage_estimator)`` of a token limit;
+        ``(None, None)`` for the requests limit (one per call, at admission)."""
+        return None, None
 
     # -- estimates ---------------------------------------------------------------------------
     def estimator(self, model: str | None) -> PromptEstimator:
@@ -176,8 +233,8 @@ class Preset:
             )
         return call.kwargs
 
-    def _note_demand(self, name: str, demand: float) -> None:
-        self.tracker.note_demand(name, demand)
+    def _note_demand(self, name: str, call: Call, demand: float) -> None:
+        self.tracker.note_demand(name, model_of(call), demand)
 
     # -- the Runner ---------------------------------------------------------------------------
     def attach_ledger(self, control: LedgerControl) -> None:
@@ -192,60 +249,87 @@ class Preset:
 
     @property
     def limits(self) -> dict[str, float | None]:
-        """Limits per minute in force, by resource name (None: not known yet)."""
+        """Limits per minute in force, by resource name (None: not known yet; for a limit
+        read from the headers, the one every model used so far reported)."""
         return self.tracker.limits
 
-    # -- calling ------------------------------------------------------------------------------
-    def _before(self) -> float:
-        self.tracker.warn_if_unattached()
-        return self.tracker.clock()
+    def limits_for(self, model: str) -> dict[str, float | None]:
+        """Limits per minute in force for ``model`` (None: not known yet)."""
+        return self.tracker.limits_for(model)
 
-    def _after(self, raw: Any, sent_at: float) -> Any:
+    # -- calling ------------------------------------------------------------------------------
+    def _before(self) -> Reservation | None:
+        """Before sending: the attempt's admission (what the headers are compared with)."""
+        if not self.tracker.attached and not self._warned_unattached:
+            unknown = self.tracker.unknown()
+            if unknown:
+                self._warned_unattached = True
+                logger.warning(
+                    "%s is called outside a Runner that runs it directly, so the limits it "
+                    "should discover (%s) are not enforced; use Runner(preset, "
+                    "preset.resources) or give the limits.",
+                    type(self).__name__,
+                    ", ".join(unknown),
+                )
+        return LedgerControl.admission()
+
+    def _after(self, raw: Any, params: Mapping[str, Any], admission: Reservation | None) -> Any:
         headers = headers_of(raw)
         if headers is not None:
-            self.tracker.feedback(headers, sent_at, answered=True)
+            self._feedback(headers, _model(params), True, False, admission)
         parse = getattr(raw, "parse", None)
         return parse() if callable(parse) else raw
 
+    def _feedback(
+        self,
+        headers: Mapping[str, str] | None,
+        model: Hashable,
+        answered: bool,
+        refused: bool,
+        admission: Reservation | None,
+    ) -> None:
+        """What the provider said into the tracker; a failure there is logged, never the
+        call's (an answered call was paid for)."""
+        try:
+            self.tracker.feedback(headers, model, answered, refused, admission)
+        except Exception:
+            logger.exception("%s could not read the rate-limit headers", type(self).__name__)
+
     def _failed(
-        self, exc: Exception, sent_at: float, params: Mapping[str, Any] | None = None
+        self,
+        exc: Exception,
+        params: Mapping[str, Any] | None = None,
+        admission: Reservation | None = None,
     ) -> Exception | None:
         """Feed back what a failed request said; a replacement exception to raise, if any."""
         headers = headers_of(exc)
         refused = getattr(exc, "status_code", None) == 429
-        # A 429's headers describe the buckets without this request, while the ledger
-        # still holds its reservation (released right after): report as if it were charged.
-        held = self.demand_by_kind(params) if refused and params is not None else None
-        self.tracker.feedback(headers, sent_at, answered=False, held=held)
+        self._feedback(headers, _model(params or {}), False, refused, admission)
         if refused and headers is not None and _header(headers, "x-should-retry") == "false":
             return RequestTooLargeError(str(exc), response=getattr(exc, "response", None))
         return None
 
-    def demand_by_kind(self, params: Mapping[str, Any]) -> dict[str, float]:
-        """What one request holds of each limit while in flight, by header kind."""
-        return {"requests": 1.0}
-
     def _send(self, params: dict[str, Any]) -> Any:
-        sent_at = self._before()
+        admission = self._before()
         try:
             raw = self._create(**params)
         except Exception as exc:
-            replacement = self._failed(exc, sent_at, params)
+            replacement = self._failed(exc, params, admission)
             if replacement is None:
                 raise
             raise replacement from exc
-        return self._after(raw, sent_at)
+        return self._after(raw, params, admission)
 
     async def _send_async(self, params: dict[str, Any]) -> Any:
-        sent_at = self._before()
+        admission = self._before()
         try:
             raw = await self._create(**params)
         except Exception as exc:
-            replacement = self._failed(exc, sent_at, params)
+            replacement = self._failed(exc, params, admission)
             if replacement is None:
                 raise
             raise replacement from exc
-        parsed = self._after(raw, sent_at)
+        parsed = self._after(raw, params, admission)
         if inspect.isawaitable(parsed):  # anthropic's async raw responses parse async
             parsed = await parsed
         return parsed
@@ -260,6 +344,22 @@ class Preset:
             for name, value in self.limits.items()
         )
         return f"<{type(self).__name__} {limits}>"
+
+
+def _model(params: Mapping[str, Any]) -> Hashable:
+    model = params.get("model")
+    return model if isinstance(model, Hashable) else repr(model)
+
+
+def _limit(value: object, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(
+            f"{name} must be a positive number (or None to read it from the provider's "
+            f"headers), got {value!r}."
+        )
+    return value
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

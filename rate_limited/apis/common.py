@@ -8,6 +8,7 @@ minute.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from rate_limited.exceptions import PermanentError
@@ -29,8 +30,14 @@ def _one_request(call: Call) -> int:
     return 1
 
 
-def get_requests_per_minute(quota: int | float, refill: Refill = "bucket") -> Resource:
-    """A ``"requests_per_minute"`` Resource: each call uses 1 of ``quota`` per minute."""
+def get_requests_per_minute(
+    quota: int | float,
+    refill: Refill = "bucket",
+    *,
+    partition: Callable[[Call], Hashable] | None = None,
+) -> Resource:
+    """A ``"requests_per_minute"`` Resource: each call uses 1 of ``quota`` per minute
+    (per ``partition`` key, e.g. per model, if given)."""
     return Resource(
         name="requests_per_minute",
         quota=quota,
@@ -38,6 +45,7 @@ def get_requests_per_minute(quota: int | float, refill: Refill = "bucket") -> Re
         arguments_usage_extractor=_one_request,
         refill=refill,
         refill_delay=PROVIDER_REFILL_DELAY,
+        partition=partition,
     )
 
 

@@ -20,7 +20,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import _anthropic_wire, _openai_wire
@@ -70,7 +70,8 @@ class MockApp:
         models: Sequence[str],
         api_key: str | None,
         embedding_dimensions: int,
-        refund_unused_output: bool,
+        refund_unused_output: Mapping[Family, bool],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limiter = limiter
         self.stats = stats
@@ -82,12 +83,13 @@ class MockApp:
         self._models = tuple(models)
         self._api_key = api_key
         self._dimensions = embedding_dimensions
-        self._refund = refund_unused_output
+        self._refund = dict(refund_unused_output)
+        self._clock = clock
         self._attempts: dict[str, int] = {}
 
     async def handle(self, request: HttpRequest) -> HttpResponse | None:
         """Answer one request (None: close the connection without answering)."""
-        arrival = time.monotonic()
+        arrival = self._clock()
         path = request.path.rstrip("/")
         is_anthropic = "anthropic-version" in request.headers or path == "/v1/messages"
         family: Family = "anthropic" if is_anthropic else "openai"
@@ -210,7 +212,7 @@ class MockApp:
             completion = sum(output.tokens for output in outputs)
             log(200, completion)
             await asyncio.sleep(self.outputs.delay(completion, rng))
-            if self._refund:
+            if self._refund[family]:
                 self.limiter.refund(decision, reserved - completion)
         finally:
             self.stats.finished()

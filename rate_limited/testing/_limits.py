@@ -2,13 +2,21 @@
 
 OpenAI limits requests (``rpm``) and tokens (``tpm``); Anthropic limits requests
 (``rpm``), input tokens (``input_tpm``) and output tokens (``output_tpm``). Each API
-family has its own buckets, shared by all models unless ``model_limits`` gives a model
-buckets of its own (then that model draws only on those). A limit of None is unlimited:
-no bucket, and no rate-limit headers for it. Buckets are created full on first use.
+family has its own buckets, and each model its own, as both providers document: "Rate
+limits are applied separately for each model; therefore you can use different models up
+to their respective limits simultaneously" (Anthropic); "Rate limits vary by the model
+being used" (OpenAI). ``model_limits`` gives some models limits of their own (the others
+have the default ones); ``per_model=False`` makes the models without limits of their own
+share one set of buckets. A limit of None is unlimited: no bucket, and no rate-limit
+headers for it. Buckets are created full on first use.
 
-Rate-limit headers describe the buckets right after the admission decision, in each
-provider's format: OpenAI durations like ``"1s"``, ``"6m0s"``, ``"120ms"`` (time until
-the bucket is full again), Anthropic RFC 3339 instants (when it is full again).
+Rate-limit headers describe the buckets right after the admission decision, that is as of
+the request's *arrival*, before the requests that arrive after it, and are sent with its
+answer, however late that is: OpenAI's "x-ratelimit-remaining-tokens: The remaining number
+of tokens that are permitted before exhausting the rate limit", in OpenAI's format (reset
+as durations like ``"1s"``, ``"6m0s"``, ``"120ms"``: time until the bucket is full again);
+Anthropic's in RFC 3339 instants, with the token counts "rounded to the nearest thousand"
+as its docs say.
 """
 
 from __future__ import annotations
@@ -120,8 +128,10 @@ class RateLimiter:
         now: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         window: float = 60.0,
+        per_model: bool = True,
     ) -> None:
         self._lock = threading.Lock()
+        self._per_model = per_model
         self._now = now
         self._wall = wall
         self._window = window
@@ -141,18 +151,16 @@ class RateLimiter:
                 self._default = limits
             else:
                 self._models[model] = limits
-            scope = f"[{model}]" if model is not None else ""
             for family, kinds in _KINDS.items():
                 for attr, kind in kinds:
-                    name = f"{family}.{kind}{scope}"
-                    bucket = self._buckets.get(name)
-                    if bucket is None:
-                        continue
-                    limit = getattr(limits, attr)
-                    if limit is None:
-                        del self._buckets[name]
-                    else:
-                        bucket.set_limit(limit)
+                    for name in list(self._buckets):
+                        if not self._governs(name, f"{family}.{kind}", model):
+                            continue
+                        limit = getattr(limits, attr)
+                        if limit is None:
+                            del self._buckets[name]
+                        else:
+                            self._buckets[name].set_limit(limit)
 
     def refill(self) -> None:
         """Fill every bucket, as if the server had been idle for a minute."""
@@ -196,10 +204,20 @@ class RateLimiter:
             with self._lock:
                 decision.output_bucket.refund(amount)
 
+    def _governs(self, name: str, prefix: str, model: str | None) -> bool:
+        """Whether bucket ``name`` takes its limits from ``model``'s (None: the default)."""
+        if model is not None:
+            return name == f"{prefix}[{model}]"
+        if name == prefix:
+            return True
+        if not name.startswith(prefix + "["):
+            return False
+        return name[len(prefix) + 1 : -1] not in self._models
+
     def _buckets_for(self, family: Family, model: str) -> dict[str, TokenBucket]:
         own = model in self._models
         limits = self._models[model] if own else self._default
-        scope = f"[{model}]" if own else ""
+        scope = f"[{model}]" if own or self._per_model else ""
         buckets: dict[str, TokenBucket] = {}
         for attr, kind in _KINDS[family]:
             limit = getattr(limits, attr)
@@ -235,8 +253,15 @@ class RateLimiter:
     @staticmethod
     def _anthropic_triplet(label: str, bucket: TokenBucket, wall: float) -> list[Header]:
         prefix = f"anthropic-ratelimit-{label}"
+        available = max(0.0, bucket.available())
+        # "The number of tokens remaining (rounded to the nearest thousand)"; requests exact.
+        remaining = math.floor(available) if label == "requests" else _nearest_thousand(available)
         return [
             (f"{prefix}-limit", _number(bucket.capacity)),
-            (f"{prefix}-remaining", str(max(0, math.floor(bucket.available())))),
+            (f"{prefix}-remaining", str(remaining)),
             (f"{prefix}-reset", rfc3339(wall + bucket.time_to_full())),
         ]
+
+
+def _nearest_thousand(value: float) -> int:
+    return math.floor(value / 1000.0 + 0.5) * 1000

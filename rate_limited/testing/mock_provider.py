@@ -15,17 +15,27 @@ The rules, each documented where it lives:
 * Tokens (``_tokens``): each ``\\w+|[^\\w\\s]`` match costs ceil(len/4); 4 per message,
   3 per prompt, 85 per image or other media part; ``count_tokens`` is public.
 * Limits (``_limits``, ``_buckets``): token buckets of capacity = the per-minute limit,
-  refilled continuously at limit/60 per second. An OpenAI request is admitted if 1
-  request and ``prompt + max_tokens * n`` tokens fit (``max_completion_tokens`` wins over
-  ``max_tokens``; ``default_max_tokens`` when both are absent; embeddings cost the
-  prompt only). An Anthropic request needs 1 request, its prompt in the input bucket and
-  ``max_tokens`` in the output bucket. Over the limit: 429 with ``retry-after`` (whole
+  refilled continuously at limit/60 per second, one set per model. An OpenAI request is
+  admitted if 1 request and ``prompt + max_tokens * n`` tokens fit (``max_completion_tokens``
+  wins over ``max_tokens``; ``default_max_tokens`` when both are absent; embeddings cost
+  the prompt only). An Anthropic request needs 1 request, its prompt in the input bucket
+  and ``max_tokens`` in the output bucket. Over the limit: 429 with ``retry-after`` (whole
   seconds, rounded up; OpenAI also ``retry-after-ms``); a request larger than a whole
   bucket gets a 429 with ``x-should-retry: false``. Every answer past the request checks
-  (200, 429, 500) carries the provider's rate-limit headers for each limited bucket.
-* Settlement: with ``refund_unused_output=True`` (the default) the output tokens reserved
-  but not generated are given back when the answer is sent — OpenAI's token bucket ends up
-  charged ``prompt + completion``, Anthropic's output bucket the actual output tokens.
+  (200, 429, 500) carries the provider's rate-limit headers for each limited bucket, as
+  of the request's arrival (Anthropic's token counts rounded to the thousand).
+* Settlement, each wire format by its provider's documented rule unless
+  ``refund_unused_output`` says otherwise for both:
+
+  - OpenAI keeps what it reserved: "Your rate limit is calculated as the maximum of
+    max_tokens and the estimated number of tokens based on the character count of your
+    request" (platform.openai.com/docs/guides/rate-limits), so the token bucket stays
+    charged ``prompt + max_tokens * n`` (``refund_unused_output=False``).
+  - Anthropic hands the unused output back: "OTPM rate limits are estimated based on
+    max_tokens at the beginning of each request, and the estimate is adjusted at the end
+    of the request to reflect the actual number of output tokens used"
+    (docs.anthropic.com/en/api/rate-limits), so the output bucket ends up charged the
+    actual output tokens (``refund_unused_output=True``).
 * Faults (``_faults``): only admitted requests are faulted, and they keep everything
   admission charged (no refund), as a provider that failed mid-way has billed already.
 * Answers (``_outputs``): heavy-tailed lengths capped at ``max_tokens``, text that starts
@@ -33,6 +43,9 @@ The rules, each documented where it lives:
   reported completion tokens, all drawn from a per-request seeded rng (``_app``).
 
 Run it from code (``with MockProvider(rpm=60) as mp: ...``) or from a shell with ``main``.
+``transport()`` answers in-process instead, on the caller's own event loop and without a
+socket: with ``clock=FakeClock().time`` and a Runner on that ``FakeClock``, a minute of
+rate limits (latency included) costs no real time.
 """
 
 from __future__ import annotations
@@ -45,13 +58,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType, TracebackType
+from typing import Any
 
 from ._app import MockApp
 from ._faults import Faults
-from ._http import HttpServer, raise_open_files_limit
-from ._limits import Limits, RateLimiter
+from ._http import HttpRequest, HttpServer, raise_open_files_limit
+from ._limits import Family, Limits, RateLimiter
 from ._outputs import OutputModel, OutputTokens, ReplyMode, prompt_digest
 from ._stats import MockProviderStats, RequestLogEntry, StatsRecorder
 from ._tokens import count_tokens
@@ -78,6 +92,10 @@ DEFAULT_MODELS = (
 )
 
 
+#: What each provider documents about unused output (see the module docstring).
+DOCUMENTED_REFUNDS: Mapping[Family, bool] = {"openai": False, "anthropic": True}
+
+
 class _Keep(enum.Enum):
     KEEP = "keep"
 
@@ -94,9 +112,14 @@ class _State(enum.Enum):
 class MockProvider:
     """A rate-limited fake OpenAI/Anthropic API on 127.0.0.1, served from its own thread.
 
-    Limits are per minute, None meaning unlimited: ``rpm`` (each API family has its own
-    request bucket), ``tpm`` (OpenAI), ``input_tpm`` and ``output_tpm`` (Anthropic);
-    ``model_limits`` gives some models buckets of their own. Answers take ``latency`` +
+    Limits are per minute and per model, None meaning unlimited: ``rpm`` (each API family
+    has its own request bucket), ``tpm`` (OpenAI), ``input_tpm`` and ``output_tpm``
+    (Anthropic); ``model_limits`` gives some models limits of their own, and
+    ``per_model=False`` makes the others share one set of buckets.
+    ``refund_unused_output`` (None: each provider's documented rule, see the module
+    docstring) says whether unused output goes back to the bucket at the answer. ``clock``
+    replaces ``time.monotonic`` for the buckets (e.g. ``FakeClock().time``, with a client on
+    that clock's loop). Answers take ``latency`` +
     ``latency_per_token`` * output tokens + uniform [0, ``jitter``) seconds and have
     ``output_tokens`` tokens (fixed, drawn by a callable, or lognormal around
     ``median_output_tokens`` when None), all reproducible from ``seed``.
@@ -122,7 +145,9 @@ class MockProvider:
         faults: Faults | None = None,
         seed: int = 0,
         api_key: str | None = None,
-        refund_unused_output: bool = True,
+        refund_unused_output: bool | None = None,
+        per_model: bool = True,
+        clock: Callable[[], float] | None = None,
         models: Sequence[str] = DEFAULT_MODELS,
         embedding_dimensions: int = 16,
         log_requests: bool = True,
@@ -133,9 +158,18 @@ class MockProvider:
         self._requested_port = port
         self._port = 0
         self._stats = StatsRecorder(log_requests=log_requests)
+        now = clock if clock is not None else time.monotonic
         self._limiter = RateLimiter(
-            Limits(rpm=rpm, tpm=tpm, input_tpm=input_tpm, output_tpm=output_tpm), model_limits
+            Limits(rpm=rpm, tpm=tpm, input_tpm=input_tpm, output_tpm=output_tpm),
+            model_limits,
+            now=now,
+            per_model=per_model,
         )
+        refunds: dict[Family, bool] = dict(DOCUMENTED_REFUNDS)
+        if refund_unused_output is not None:
+            refunds = dict.fromkeys(refunds, bool(refund_unused_output))
+        #: Whether each wire format hands unused output back at the answer.
+        self.refunds: Mapping[Family, bool] = refunds
         self._app = MockApp(
             limiter=self._limiter,
             stats=self._stats,
@@ -153,7 +187,8 @@ class MockProvider:
             models=models,
             api_key=api_key,
             embedding_dimensions=embedding_dimensions,
-            refund_unused_output=refund_unused_output,
+            refund_unused_output=refunds,
+            clock=now,
         )
         self._server = HttpServer(self._app.handle)
         self._state = _State.NEW
@@ -252,6 +287,34 @@ class MockProvider:
         """The ``base_url`` for ``anthropic.Anthropic``/``AsyncAnthropic`` (no ``/v1``)."""
         return self.url
 
+    def transport(self) -> Any:
+        """An ``httpx`` async transport that answers in-process, on the event loop of the
+        client using it (its latency an ``asyncio.sleep`` there): ``openai.AsyncOpenAI(
+        base_url="http://mock/v1", http_client=httpx.AsyncClient(transport=mp.transport()))``.
+        No need to ``start()``. With ``clock=FakeClock().time`` and the Runner on that
+        FakeClock, the buckets, the latency and the client's timeouts are all virtual."""
+        import httpx
+
+        app = self._app
+
+        async def handle(request: httpx.Request) -> httpx.Response:
+            body = await request.aread()
+            answer = await app.handle(
+                HttpRequest(
+                    method=request.method,
+                    path=request.url.path,
+                    query=request.url.query.decode(),
+                    headers={k.lower(): v for k, v in request.headers.items()},
+                    body=body,
+                )
+            )
+            if answer is None:  # a dropped connection
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+            headers = [("content-type", answer.content_type), *answer.headers]
+            return httpx.Response(answer.status, headers=headers, content=answer.body)
+
+        return httpx.MockTransport(handle)
+
     # -- limits and faults at runtime --------------------------------------------------
 
     def limits(self, model: str | None = None) -> Limits:
@@ -332,6 +395,13 @@ def _parser() -> argparse.ArgumentParser:
     add("--default-max-tokens", type=int, default=4096, help="reserved when max_tokens is unset")
     add("--seed", type=int, default=0, help="seed of every random draw")
     add("--api-key", help="accept only this API key (default: any non-empty key)")
+    add(
+        "--refund-unused-output",
+        choices=("documented", "yes", "no"),
+        default="documented",
+        help="hand unused output back at the answer (default: as each provider documents: "
+        "OpenAI no, Anthropic yes)",
+    )
     for kind in ("error-500", "hang", "malformed", "drop"):
         add(f"--{kind}", type=float, default=0.0, help=f"probability of a {kind} fault")
     add("--hang-seconds", type=float, default=30.0, help="how long a hang fault holds")
@@ -370,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         faults=faults,
         seed=args.seed,
         api_key=args.api_key,
+        refund_unused_output={"documented": None, "yes": True, "no": False}[
+            args.refund_unused_output
+        ],
         log_requests=args.log_requests,
     )
     provider.start()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from rate_limited import ConfigurationError, Runner
+from rate_limited._feedback import CURRENT_ADMISSION
 from rate_limited.apis._headers import read_limits
 from rate_limited.apis._preset import UNKNOWN_QUOTA
 from rate_limited.apis.anthropic import AsyncMessages, Messages
@@ -97,17 +98,26 @@ class FakeControl:
 
     def __init__(self, names: list[str]) -> None:
         self.resource_names = names
-        self.quotas: list[tuple[str, float]] = []
-        self.reports: list[tuple[str, float]] = []
+        self.closed = False
+        #: (resource, quota, partition)
+        self.quotas: list[tuple[str, float, Any]] = []
+        #: (resource, remaining, partition, admission, precision, refused)
+        self.reports: list[tuple[str, float, Any, Any, float, bool]] = []
 
-    def set_quota(self, resource: str, quota: float) -> None:
-        self.quotas.append((resource, quota))
+    def set_quota(self, resource: str, quota: float, partition: Any = None) -> None:
+        self.quotas.append((resource, quota, partition))
 
-    def report_remaining(self, resource: str, remaining: float) -> None:
-        self.reports.append((resource, remaining))
-
-    def quota(self, resource: str) -> float:
-        return 0.0
+    def report_remaining(
+        self,
+        resource: str,
+        remaining: float,
+        *,
+        partition: Any = None,
+        admission: Any = None,
+        precision: float = 0.0,
+        refused: bool = False,
+    ) -> None:
+        self.reports.append((resource, remaining, partition, admission, precision, refused))
 
     def pause(self, seconds: float) -> None:
         pass
@@ -177,12 +187,10 @@ def test_responses_embeddings_and_anthropic_estimates() -> None:
     assert embeddings._reserved_output({"input": "abc"}) == 0
     assert embeddings.raw_prompt_tokens({"input": ["abc", [1, 2]]}) == 5
     claude = Messages(FakeClient(), tokenizer=count)
-    params = {"system": "sys", "messages": user("hello"), "max_tokens": 40}
-    assert claude.demand_by_kind(params) == {
-        "requests": 1.0,
-        "input_tokens": 3 + 3 + 5 + 5,
-        "output_tokens": 40.0,
-    }
+    call = call_of(claude, model="c", system="sys", messages=user("hello"), max_tokens=40)
+    estimates = [r.max_results_usage_estimator for r in claude.resources]
+    assert [e(call) if e is not None else None for e in estimates] == [None, 3 + 3 + 5 + 5, 40]
+    assert [r.settle for r in claude.resources] == ["actual"] * 3
 
 
 def test_positional_arguments_and_streaming_are_refused_at_schedule() -> None:
@@ -247,16 +255,23 @@ def attached(preset: Any) -> FakeControl:
     return control
 
 
-def test_remaining_is_reported_with_the_refill_since_admission() -> None:
+def test_remaining_is_reported_with_the_admission_it_describes() -> None:
+    """A header describes the bucket when the provider took that request: the report
+    carries the attempt's admission (the ledger compares with what it believed then)."""
     client = FakeClient(Raw(chat_result(), openai_headers(600, 500, 60_000, 30_000)))
     chat = ChatCompletions(client, requests_per_minute=600, tokens_per_minute=60_000)
     control = attached(chat)
     assert control.quotas == []  # known limits: nothing to set
-    clock = iter([100.0, 101.5])  # sent at 100, answered 1.5 s later
-    chat.tracker.clock = lambda: next(clock)
-    chat(model="m", messages=user("x"), max_tokens=5)
-    # 1.5 s minus the 0.5 s assumed before admission: 1 s of refill at limit / 60 per second
-    assert control.reports == [("requests_per_minute", 510.0), ("tokens_per_minute", 31_000.0)]
+    admission = object()
+    token = CURRENT_ADMISSION.set(admission)  # type: ignore[arg-type]
+    try:
+        chat(model="gpt-4o", messages=user("x"), max_tokens=5)
+    finally:
+        CURRENT_ADMISSION.reset(token)
+    assert control.reports == [
+        ("requests_per_minute", 500.0, "gpt-4o", admission, 0.0, False),
+        ("tokens_per_minute", 30_000.0, "gpt-4o", admission, 0.0, False),
+    ]
 
 
 def test_unknown_limits_start_with_one_probe_then_are_discovered(
@@ -264,19 +279,64 @@ def test_unknown_limits_start_with_one_probe_then_are_discovered(
 ) -> None:
     client = FakeClient(Raw(chat_result(), openai_headers(600, 599, 60_000, 59_000)))
     chat = ChatCompletions(client, tokenizer=len)
-    estimate = chat.resources[1].max_results_usage_estimator
+    requests, tokens = chat.resources
+    estimate = tokens.max_results_usage_estimator
     assert estimate is not None
     estimate(call_of(chat, model="m", messages=user("x"), max_tokens=1000))
     control = attached(chat)
-    assert control.quotas == [("requests_per_minute", 1.0), ("tokens_per_minute", 1009.0)]
+    # Until the model's first answer, its quotas let one call through: a probe.
+    assert (requests.quota_for("m"), tokens.quota_for("m")) == (1.0, 1009.0)
     with caplog.at_level(logging.INFO, logger="rate_limited"):
         chat(model="m", messages=user("x"), max_tokens=1000)
     assert chat.limits == {"requests_per_minute": 600.0, "tokens_per_minute": 60_000.0}
-    assert control.quotas[2:] == [("requests_per_minute", 600.0), ("tokens_per_minute", 60_000)]
-    assert "requests_per_minute=600, tokens_per_minute=60000" in caplog.text
+    assert control.quotas == [
+        ("requests_per_minute", 600.0, "m"),
+        ("tokens_per_minute", 60_000, "m"),
+    ]
+    assert (requests.quota_for("m"), tokens.quota_for("m")) == (600.0, 60_000.0)
+    assert "for m: requests_per_minute=600, tokens_per_minute=60000" in caplog.text
     # Known now: a call that can never fit is refused when scheduled.
-    with pytest.raises(ValueError, match="provider's limit is 60000"):
+    with pytest.raises(ValueError, match="limit for m is 60000"):
         estimate(call_of(chat, model="m", messages=user("x"), max_tokens=70_000))
+    # Another model is another bucket, to discover on its own.
+    assert tokens.quota_for("other") == 1.0
+    assert chat.limits_for("other") == {"requests_per_minute": None, "tokens_per_minute": None}
+
+
+def test_limits_per_model_given_and_overridden() -> None:
+    chat = ChatCompletions(
+        FakeClient(),
+        requests_per_minute=500,
+        tokens_per_minute=200_000,
+        model_limits={"gpt-4o": {"tokens_per_minute": 30_000}, "o3": {"requests_per_minute": None}},
+    )
+    requests, tokens = chat.resources
+    assert requests.partition is not None and tokens.settle == "reserved"
+    assert chat.limits_for("gpt-4o-mini") == {
+        "requests_per_minute": 500,
+        "tokens_per_minute": 200_000,
+    }
+    assert chat.limits_for("gpt-4o") == {"requests_per_minute": 500, "tokens_per_minute": 30_000}
+    assert chat.limits_for("o3") == {"requests_per_minute": None, "tokens_per_minute": 200_000}
+    assert tokens.quota_for("gpt-4o") == 30_000 and requests.quota_for("o3") == 1.0
+    runner = Runner(chat, chat.resources, progress=False)
+    with pytest.raises(ValueError, match="tokens_per_minute"):
+        runner.schedule(model="gpt-4o", messages=user("x"), max_tokens=40_000)
+    runner.schedule(model="gpt-4o-mini", messages=user("x"), max_tokens=40_000)
+
+
+@pytest.mark.parametrize(
+    ("model_limits", "message"),
+    [
+        pytest.param({"m": {"tpm": 5}}, "unknown limits", id="unknown-name"),
+        pytest.param({"m": {"tokens_per_minute": -1}}, "positive number", id="negative"),
+        pytest.param({"m": 5}, "must map limit names", id="not-a-mapping"),
+        pytest.param([("m", {})], "must map a model", id="a-list"),
+    ],
+)
+def test_bad_model_limits_are_refused(model_limits: Any, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        ChatCompletions(FakeClient(), model_limits=model_limits)
 
 
 def test_a_probe_failing_without_headers_lets_another_go() -> None:
@@ -285,7 +345,8 @@ def test_a_probe_failing_without_headers_lets_another_go() -> None:
     control = attached(chat)
     with pytest.raises(ConnectionError):
         chat(model="m", messages=user("x"))
-    assert control.quotas == [("requests_per_minute", 1.0), ("requests_per_minute", 2.0)]
+    assert control.quotas == [("requests_per_minute", 2.0, "m")]
+    assert chat.resources[0].quota_for("m") == 2.0
 
 
 def test_limits_the_provider_does_not_report_are_unlimited(
@@ -297,7 +358,7 @@ def test_limits_the_provider_does_not_report_are_unlimited(
     with pytest.raises(StatusError):
         chat(model="m", messages=user("x"))  # a 500 that describes the buckets
     assert chat.limits == {"requests_per_minute": 60.0, "tokens_per_minute": math.inf}
-    assert ("tokens_per_minute", UNKNOWN_QUOTA) in control.quotas
+    assert ("tokens_per_minute", UNKNOWN_QUOTA, "m") in control.quotas
     claude = Messages(FakeClient(Raw(chat_result(), {})))
     attached(claude)
     with caplog.at_level(logging.WARNING, logger="rate_limited"):
@@ -313,12 +374,15 @@ def test_a_lower_limit_in_the_headers_wins(caplog: pytest.LogCaptureFixture) -> 
     with caplog.at_level(logging.WARNING, logger="rate_limited"):
         chat(model="m", messages=user("x"))
     assert chat.limits == {"requests_per_minute": 300.0, "tokens_per_minute": 60_000.0}
-    assert control.quotas == [("requests_per_minute", 300.0), ("tokens_per_minute", 60_000)]
+    assert control.quotas == [
+        ("requests_per_minute", 300.0, "m"),
+        ("tokens_per_minute", 60_000, "m"),
+    ]
     assert "lower than the 600 given" in caplog.text
 
 
-def test_a_429_reports_as_if_its_reservation_were_charged() -> None:
-    """Its headers leave it out, while the ledger holds it until it releases it."""
+def test_a_429_reports_its_headers_as_refused() -> None:
+    """Its headers leave the refused request out; the ledger knows what it held."""
     headers = openai_headers(600, 100, 60_000, 500)
     chat = ChatCompletions(
         FakeClient(StatusError(429, headers)),
@@ -329,7 +393,10 @@ def test_a_429_reports_as_if_its_reservation_were_charged() -> None:
     control = attached(chat)
     with pytest.raises(StatusError):
         chat(model="m", messages=user("x"), max_tokens=1000)
-    assert control.reports == [("requests_per_minute", 99.0), ("tokens_per_minute", 0.0)]
+    assert [(r[0], r[1], r[5]) for r in control.reports] == [
+        ("requests_per_minute", 100.0, True),
+        ("tokens_per_minute", 500.0, True),
+    ]
 
 
 def test_too_large_for_the_provider_is_permanent() -> None:
@@ -353,10 +420,10 @@ def test_anthropic_headers_are_read() -> None:
         "anthropic-ratelimit-tokens-limit": "8000",
     }
     readings = read_limits(headers, "anthropic")
-    assert {k: (r.limit, r.remaining) for k, r in readings.items()} == {
-        "requests": (50, 49),
-        "input_tokens": (40_000, 39_000),
-        "output_tokens": (8000, 7000),
+    assert {k: (r.limit, r.remaining, r.precision) for k, r in readings.items()} == {
+        "requests": (50, 49, 0),
+        "input_tokens": (40_000, 39_000, 500),  # "rounded to the nearest thousand"
+        "output_tokens": (8000, 7000, 500),
     }
     assert read_limits({"x-ratelimit-limit-tokens": "oops"}, "openai") == {}
 
@@ -403,4 +470,8 @@ def test_04_resources_and_requests_per_minute() -> None:
         "bucket",
     )
     assert (tokens.name, tokens.quota, tokens.refill) == ("tokens_per_minute", 10_000, "bucket")
+    assert tokens.settle == "reserved"  # OpenAI's rule
+    call = Call(create, (), {"messages": user("x"), "model": "gpt-4o"})
+    assert requests.partition is not None and requests.partition(call) == "gpt-4o"
+    assert openai_chat_resources(1, 2, 3, settle="actual")[1].settle == "actual"
     assert get_requests_per_minute(5, refill="window").refill == "window"

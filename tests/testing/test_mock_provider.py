@@ -469,7 +469,7 @@ def test_rpm_limit_answers_429_with_retry_after(make_provider: MakeProvider) -> 
     assert refused.value.code == "rate_limit_exceeded"
     stats = provider.stats()
     assert (stats.admitted, stats.rejected, stats.by_status) == (3, 1, {200: 3, 429: 1})
-    assert stats.peak_usage["openai.requests"] == pytest.approx(1.0, abs=1e-3)
+    assert stats.peak_usage["openai.requests[m]"] == pytest.approx(1.0, abs=1e-3)
 
 
 def test_tpm_counts_prompt_plus_max_tokens_times_n(make_provider: MakeProvider) -> None:
@@ -492,17 +492,25 @@ def test_tpm_counts_prompt_plus_max_tokens_times_n(make_provider: MakeProvider) 
     assert "retry-after" not in too_big.value.response.headers
 
 
-def test_unused_output_is_refunded_and_default_max_tokens_reserved(
-    make_provider: MakeProvider,
+@pytest.mark.parametrize(
+    "refund",
+    [pytest.param(None, id="documented-no-refund"), pytest.param(True, id="refund")],
+)
+def test_unused_output_is_kept_as_openai_documents_or_refunded(
+    make_provider: MakeProvider, refund: bool | None
 ) -> None:
-    provider = make_provider(tpm=10_000, default_max_tokens=1000)
+    provider = make_provider(tpm=10_000, default_max_tokens=1000, refund_unused_output=refund)
+    assert provider.refunds == {"openai": bool(refund), "anthropic": True}
     prompt = chat_prompt_tokens("x")
     with oai(provider) as client:
         client.chat.completions.create(model="m", messages=user("x"), max_tokens=500)
         raw = client.chat.completions.with_raw_response.create(model="m", messages=user("x"))
-    # the first request keeps prompt + 12 generated; the second holds prompt + 1000 reserved
+    # The second request holds prompt + 1000 reserved (default_max_tokens); the first keeps
+    # prompt + 500 (OpenAI: max_tokens counts, used or not) or prompt + 12 if refunded.
+    kept = 12 if refund else 500
     remaining = int(raw.headers["x-ratelimit-remaining-tokens"])
-    assert 10_000 - (prompt + 12) - (prompt + 1000) <= remaining <= 10_000 - 1000
+    assert 10_000 - (prompt + kept) - (prompt + 1000) <= remaining
+    assert remaining <= 10_000 - (prompt + kept) - (prompt + 1000) + 5  # refill meanwhile
     assert provider.stats().reserved_output_tokens == 1500
 
 
@@ -522,21 +530,24 @@ def test_refill_is_continuous_through_the_server(make_provider: MakeProvider) ->
 
 
 def test_anthropic_input_and_output_buckets(make_provider: MakeProvider) -> None:
-    provider = make_provider(rpm=100, input_tpm=30, output_tpm=1000)
+    provider = make_provider(rpm=100, input_tpm=30, output_tpm=10_000)
     prompt = chat_prompt_tokens("hello there")  # 3 + 4 + 4
     with claude(provider) as client:
         first = client.messages.with_raw_response.create(
-            model="c", max_tokens=600, messages=user("hello there")
+            model="c", max_tokens=4000, messages=user("hello there")
         )
         second = client.messages.with_raw_response.create(
-            model="c", max_tokens=600, messages=user("hello there")
+            model="c", max_tokens=4000, messages=user("hello there")
         )
         with pytest.raises(anthropic.RateLimitError) as refused:
-            client.messages.create(model="c", max_tokens=600, messages=user("hello there"))
-    assert 400 <= int(first.headers["anthropic-ratelimit-output-tokens-remaining"]) <= 405
-    # the first answer's unused 588 reserved tokens came back when it was sent
-    assert int(second.headers["anthropic-ratelimit-output-tokens-remaining"]) >= 1000 - 12 - 600
-    assert int(second.headers["anthropic-ratelimit-input-tokens-remaining"]) == 30 - 2 * prompt
+            client.messages.create(model="c", max_tokens=4000, messages=user("hello there"))
+    # Token counts are "rounded to the nearest thousand"; requests are exact.
+    assert first.headers["anthropic-ratelimit-output-tokens-remaining"] == "6000"
+    assert first.headers["anthropic-ratelimit-requests-remaining"] == "99"
+    # The first answer's unused 3988 reserved tokens came back when it was sent (Anthropic
+    # adjusts OTPM to the actual output at the end): 5988 left, not 2000.
+    assert second.headers["anthropic-ratelimit-output-tokens-remaining"] == "6000"
+    assert second.headers["anthropic-ratelimit-input-tokens-remaining"] == "0"  # 8, rounded
     headers = refused.value.response.headers
     assert headers["retry-after"] == str(math.ceil((prompt - (30 - 2 * prompt)) / 0.5))
     assert refused.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
@@ -551,7 +562,8 @@ def test_limits_change_at_runtime_and_per_model(make_provider: MakeProvider) -> 
         client.chat.completions.create(model="m", messages=user("x"))
         with pytest.raises(openai.RateLimitError):
             client.chat.completions.create(model="m", messages=user("x"))
-        client.chat.completions.create(model="big", messages=user("x"))  # its own bucket
+        client.chat.completions.create(model="big", messages=user("x"))  # its own limits
+        client.chat.completions.create(model="n", messages=user("x"))  # its own bucket
         provider.set_limits(rpm=None)
         client.chat.completions.create(model="m", messages=user("x"))
         provider.set_limits(rpm=2, tpm=50)
@@ -561,7 +573,21 @@ def test_limits_change_at_runtime_and_per_model(make_provider: MakeProvider) -> 
         provider.set_limits(tpm=None)
         provider.refill()
         client.chat.completions.create(model="m", messages=user("x"), max_tokens=100)
-    assert set(provider.stats().peak_usage) >= {"openai.requests", "openai.requests[big]"}
+    assert set(provider.stats().peak_usage) >= {
+        "openai.requests[m]",
+        "openai.requests[n]",
+        "openai.requests[big]",
+    }
+
+
+def test_models_can_share_buckets(make_provider: MakeProvider) -> None:
+    provider = make_provider(rpm=1, per_model=False, model_limits={"big": Limits(rpm=100)})
+    with oai(provider) as client:
+        client.chat.completions.create(model="m", messages=user("x"))
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model="n", messages=user("x"))  # m's bucket
+        client.chat.completions.create(model="big", messages=user("x"))
+    assert set(provider.stats().peak_usage) == {"openai.requests", "openai.requests[big]"}
 
 
 # -- faults ------------------------------------------------------------------------------
@@ -667,7 +693,7 @@ def test_stats_and_request_log(make_provider: MakeProvider) -> None:
     assert stats.reserved_output_tokens == 300
     assert stats.first_admission is not None and stats.last_admission is not None
     assert 0 < stats.admission_span < 5
-    assert 0 < stats.peak_usage["openai.tokens"] <= 1
+    assert 0 < stats.peak_usage["openai.tokens[m]"] <= 1
     assert stats.peak_in_flight == 1
     log = provider.request_log
     assert [e.endpoint for e in log] == ["chat.completions"] * 3 + ["embeddings"]

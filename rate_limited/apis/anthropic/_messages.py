@@ -1,6 +1,7 @@
 """Preset for Anthropic's Messages API (the ``anthropic`` SDK): ``messages.create``.
 
-Anthropic limits each model by three per-minute buckets, all refilling continuously:
+Anthropic limits each model by three per-minute buckets, all refilling continuously, all
+billed by the actual usage at the end (``settle="actual"``):
 
 * ``requests_per_minute``: 1 per call;
 * ``input_tokens_per_minute``: the prompt (system, messages, tools) estimated while the
@@ -9,7 +10,18 @@ Anthropic limits each model by three per-minute buckets, all refilling continuou
 * ``output_tokens_per_minute``: ``max_tokens`` while in flight (Anthropic reserves it at
   admission), then ``usage.output_tokens``.
 
-Limits left as None are read from the ``anthropic-ratelimit-*`` headers. Claude's
+That is Anthropic's documented accounting (docs.anthropic.com/en/api/rate-limits): "ITPM
+rate limits are estimated at the beginning of each request, and the estimate is adjusted
+during the request to reflect the actual number of input tokens used. The final
+adjustment counts input_tokens and cache_creation_input_tokens towards ITPM rate limits"
+("For all other models, cache_read_input_tokens do not count towards ITPM rate limits",
+a few older models excepted), and "OTPM rate limits are estimated based on max_tokens at
+the beginning of each request, and the estimate is adjusted at the end of the request to
+reflect the actual number of output tokens used." Also: "Rate limits are applied
+separately for each model", so the limits are per model here too.
+
+Limits left as None are read from the ``anthropic-ratelimit-*`` headers, per model (their
+token counts are "rounded to the nearest thousand": see ``rate_limited.apis._headers``). Claude's
 tokenizer is not public, so prompts are estimated with the conservative counter unless
 ``tokenizer=`` says otherwise; the calibration learned from ``usage`` then shrinks
 (or grows) later estimates.
@@ -17,15 +29,14 @@ tokenizer is not public, so prompts are estimated with the conservative counter 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from rate_limited.apis._headers import Family
-from rate_limited.apis._preset import MINUTE, Preset, field, is_async_client
+from rate_limited.apis._preset import Preset, field, is_async_client
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
 from rate_limited.apis._tokens import Tokenizer
-from rate_limited.apis.common import PROVIDER_REFILL_DELAY
-from rate_limited.resources import Resource
+from rate_limited.resources import Settle
 
 if TYPE_CHECKING:
     from rate_limited.calls import Call
@@ -57,6 +68,10 @@ class Messages(Preset):
     )
     endpoint = ("messages",)
     auto_tokenizer: ClassVar[Literal["auto", "conservative"]] = "conservative"
+    settle_rules: ClassVar[Mapping[str, Settle]] = {
+        "input_tokens": "actual",
+        "output_tokens": "actual",
+    }
     is_async: ClassVar[bool] = False
 
     def __new__(cls, client: Any = None, **options: Any) -> Messages:
@@ -71,13 +86,16 @@ class Messages(Preset):
         requests_per_minute: float | None = None,
         input_tokens_per_minute: float | None = None,
         output_tokens_per_minute: float | None = None,
+        model_limits: Mapping[str, Mapping[str, float | None]] | None = None,
         tokenizer: Tokenizer = "auto",
         image_tokens: int | None = None,
         media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
         client_max_retries: int | None = 0,
     ) -> None:
         """Wrap ``client`` (default: ``anthropic.Anthropic()``, or ``AsyncAnthropic()``
-        for ``AsyncMessages``) with its limits (None: read from the headers).
+        for ``AsyncMessages``) with each model's limits (None: read from the headers);
+        ``model_limits={"claude-opus-4-1": {"output_tokens_per_minute": 8_000}}`` gives
+        some models limits of their own.
 
         ``tokenizer``: ``"auto"`` (the conservative counter), ``"conservative"`` or a
         callable counting the tokens of a text. ``image_tokens``, ``media_tokens``: tokens
@@ -91,6 +109,7 @@ class Messages(Preset):
                 "input_tokens": input_tokens_per_minute,
                 "output_tokens": output_tokens_per_minute,
             },
+            model_limits=model_limits,
             tokenizer=tokenizer,
             image_tokens=image_tokens,
             media_tokens=media_tokens,
@@ -107,22 +126,14 @@ class Messages(Preset):
             ) from None
         return anthropic.AsyncAnthropic() if self.is_async else anthropic.Anthropic()
 
-    def _resource(self, name: str, kind: str, quota: float) -> Resource:
+    def _usage_of(
+        self, kind: str
+    ) -> tuple[Callable[[Call, Any], float] | None, Callable[[Call], float] | None]:
         if kind == "input_tokens":
-            extract, estimate = self._actual_input, self._estimate_input
-        elif kind == "output_tokens":
-            extract, estimate = self._actual_output, self._estimate_output
-        else:
-            return super()._resource(name, kind, quota)
-        return Resource(
-            name,
-            quota,
-            MINUTE,
-            results_usage_extractor=extract,
-            max_results_usage_estimator=estimate,
-            refill="bucket",
-            refill_delay=PROVIDER_REFILL_DELAY,
-        )
+            return self._actual_input, self._estimate_input
+        if kind == "output_tokens":
+            return self._actual_output, self._estimate_output
+        return None, None
 
     def _prompt(self, estimator: PromptEstimator, params: Mapping[str, Any]) -> int:
         return estimator.anthropic(params)
@@ -130,21 +141,14 @@ class Messages(Preset):
     def _reserved_output(self, params: Mapping[str, Any]) -> float:
         return _count(params.get("max_tokens"))
 
-    def demand_by_kind(self, params: Mapping[str, Any]) -> dict[str, float]:
-        return {
-            "requests": 1.0,
-            "input_tokens": float(self.prompt_tokens(params)),
-            "output_tokens": self._reserved_output(params),
-        }
-
     def _estimate_input(self, call: Call) -> float:
         demand = float(self.prompt_tokens(self._params(call)))
-        self._note_demand("input_tokens_per_minute", demand)
+        self._note_demand("input_tokens_per_minute", call, demand)
         return demand
 
     def _estimate_output(self, call: Call) -> float:
         demand = self._reserved_output(self._params(call))
-        self._note_demand("output_tokens_per_minute", demand)
+        self._note_demand("output_tokens_per_minute", call, demand)
         return demand
 
     def _actual_input(self, call: Call, result: Any) -> float:

@@ -2,30 +2,41 @@
 
 Each preset wraps one ``create`` method of a client (``openai.OpenAI`` or
 ``openai.AsyncOpenAI``; Azure and other compatible clients work too) with OpenAI's two
-per-minute limits, both refilling continuously:
+per-minute limits, per model, both refilling continuously:
 
 * ``requests_per_minute``: 1 per call;
-* ``tokens_per_minute``: while the call is in flight, its prompt estimate plus the output
-  the provider reserves at admission (``max_completion_tokens`` or ``max_tokens``, times
-  ``n``; the model's maximum output when neither is given); then the ``total_tokens`` the
-  response's ``usage`` reports.
+* ``tokens_per_minute``: the prompt estimate plus the output the provider reserves
+  (``max_completion_tokens`` or ``max_tokens``, times ``n``; the model's maximum output
+  when neither is given), billed when the call is admitted and never less
+  (``settle="reserved"``); a response whose ``usage.total_tokens`` is larger is billed the
+  difference on top.
 
-Either limit left as None is read from the ``x-ratelimit-*`` headers (see ``Preset``).
+That is OpenAI's documented accounting. Its rate-limit guide: "Your rate limit is
+calculated as the maximum of max_tokens and the estimated number of tokens based on the
+character count of your request. Try to set the max_tokens value as close to your expected
+response size as possible." (platform.openai.com/docs/guides/rate-limits, "Reduce the
+max_tokens to match the size of your completions"); its cookbook's parallel processor
+counts a request as "prompt + n * max_tokens" (openai-cookbook,
+examples/api_request_parallel_processor.py). Nothing says the unused part comes back, and
+"Note that unsuccessful requests contribute to your per-minute limit". A compatible server
+that does hand it back is discovered from its headers (see ``rate_limited._ledger``).
+
+Either limit left as None is read from the ``x-ratelimit-*`` headers, per model (see
+``Preset``); ``model_limits`` gives some models limits of their own.
 ``ChatCompletions(client)`` returns an ``AsyncChatCompletions`` for an async client, so
 the same line makes a sync or an async Runner function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rate_limited.apis._headers import Family
-from rate_limited.apis._preset import MINUTE, Preset, field, is_async_client
+from rate_limited.apis._preset import Preset, field, is_async_client
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
 from rate_limited.apis._tokens import Tokenizer
-from rate_limited.apis.common import PROVIDER_REFILL_DELAY
-from rate_limited.resources import Resource
+from rate_limited.resources import Settle
 
 if TYPE_CHECKING:
     from rate_limited.calls import Call
@@ -76,6 +87,7 @@ def _positive_int(value: object) -> int | None:
 class _OpenAIPreset(Preset):
     family: ClassVar[Family] = "openai"
     limit_kinds = (("requests_per_minute", "requests"), ("tokens_per_minute", "tokens"))
+    settle_rules: ClassVar[Mapping[str, Settle]] = {"tokens": "reserved"}
     is_async: ClassVar[bool] = False
     #: The ``usage`` field with the prompt tokens (for calibration).
     prompt_usage_field: ClassVar[str] = "prompt_tokens"
@@ -86,6 +98,7 @@ class _OpenAIPreset(Preset):
         *,
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
+        model_limits: Mapping[str, Mapping[str, float | None]] | None = None,
         tokenizer: Tokenizer = "auto",
         default_max_tokens: int | None = None,
         image_tokens: int | None = None,
@@ -98,8 +111,11 @@ class _OpenAIPreset(Preset):
         Args:
             client: an ``openai`` client; the preset uses a copy of it with
                 ``max_retries=client_max_retries``.
-            requests_per_minute: the model's RPM limit; None reads it from the headers.
-            tokens_per_minute: the model's TPM limit; None reads it from the headers.
+            requests_per_minute: each model's RPM limit; None reads it from the headers.
+            tokens_per_minute: each model's TPM limit; None reads it from the headers.
+            model_limits: limits of some models, e.g. ``{"gpt-4o": {"requests_per_minute":
+                500, "tokens_per_minute": 30_000}}``; a limit a model does not list (or
+                lists as None) is the preset's.
             tokenizer: ``"auto"`` (tiktoken when its encoding is available offline, else
                 the conservative estimate), ``"tiktoken"``, ``"conservative"``, or a
                 callable counting the tokens of a text.
@@ -114,6 +130,7 @@ class _OpenAIPreset(Preset):
         super().__init__(
             client,
             {"requests": requests_per_minute, "tokens": tokens_per_minute},
+            model_limits=model_limits,
             tokenizer=tokenizer,
             image_tokens=image_tokens,
             media_tokens=media_tokens,
@@ -130,30 +147,20 @@ class _OpenAIPreset(Preset):
             ) from None
         return openai.AsyncOpenAI() if self.is_async else openai.OpenAI()
 
-    def _resource(self, name: str, kind: str, quota: float) -> Resource:
-        if kind != "tokens":
-            return super()._resource(name, kind, quota)
-        return Resource(
-            name,
-            quota,
-            MINUTE,
-            results_usage_extractor=self._actual_tokens,
-            max_results_usage_estimator=self._estimate_tokens,
-            refill="bucket",
-            refill_delay=PROVIDER_REFILL_DELAY,
-        )
+    def _usage_of(
+        self, kind: str
+    ) -> tuple[Callable[[Call, Any], float] | None, Callable[[Call], float] | None]:
+        if kind == "tokens":
+            return self._actual_tokens, self._estimate_tokens
+        return None, None
 
     def _max_output(self, params: Mapping[str, Any]) -> int:
         return self._default_max_tokens or default_max_output_tokens(params.get("model"))
 
-    def demand_by_kind(self, params: Mapping[str, Any]) -> dict[str, float]:
-        tokens = self.prompt_tokens(params) + self._reserved_output(params)
-        return {"requests": 1.0, "tokens": float(tokens)}
-
     def _estimate_tokens(self, call: Call) -> float:
         params = self._params(call)
         demand = float(self.prompt_tokens(params) + self._reserved_output(params))
-        self._note_demand("tokens_per_minute", demand)
+        self._note_demand("tokens_per_minute", call, demand)
         return demand
 
     def _actual_tokens(self, call: Call, result: Any) -> float:

@@ -6,7 +6,12 @@ arguments are those of ``chat.completions.create`` (``messages``, ``max_tokens``
 whose result has a ``usage.total_tokens``: a dict (pre-1.0 SDK, ``.model_dump()``) or an
 SDK object. What changed since 0.4:
 
-* both limits refill continuously (``refill="bucket"``), as OpenAI counts them;
+* both limits refill continuously (``refill="bucket"``), as OpenAI counts them, and apply
+  to each model separately (the calls' ``model`` argument), as OpenAI's do;
+* tokens are billed by OpenAI's documented rule (``settle="reserved"``): the prompt plus
+  ``max_tokens * n`` when the call is admitted, never less, the ``usage`` above that on
+  top (see ``rate_limited.apis.openai._presets``); ``settle="actual"`` for a compatible
+  server that hands the unused output back;
 * no fixed 5% margin on the token limit: the estimate errs high instead and the actual
   ``usage`` replaces it as soon as the call returns;
 * the prompt estimate counts every message part (text, images, tool calls), ``tools``,
@@ -21,6 +26,7 @@ the rate-limit headers.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -28,7 +34,7 @@ from rate_limited.apis._preset import field
 from rate_limited.apis._prompts import PromptEstimator
 from rate_limited.apis._tokens import conservative_tokens
 from rate_limited.apis.common import PROVIDER_REFILL_DELAY, get_requests_per_minute
-from rate_limited.resources import Resource
+from rate_limited.resources import Resource, Settle
 
 if TYPE_CHECKING:
     from rate_limited.calls import Call, Result
@@ -38,6 +44,7 @@ __all__ = [
     "estimate_tokens_used",
     "get_tokens_per_minute",
     "get_used_tokens",
+    "model_argument",
     "openai_chat_resources",
 ]
 
@@ -45,20 +52,29 @@ _ESTIMATOR = PromptEstimator(conservative_tokens)
 
 
 def openai_chat_resources(
-    requests_per_minute: int | float, tokens_per_minute: int | float, model_max_len: int
+    requests_per_minute: int | float,
+    tokens_per_minute: int | float,
+    model_max_len: int,
+    *,
+    settle: Settle = "reserved",
 ) -> list[Resource]:
-    """``[requests_per_minute, tokens_per_minute]`` Resources for chat completions.
+    """``[requests_per_minute, tokens_per_minute]`` Resources for chat completions, per
+    model.
 
     ``model_max_len``: output reserved for a call that sets no ``max_tokens``.
+    ``settle``: ``"reserved"`` (OpenAI's rule) or ``"actual"`` (a server that refunds).
     """
     return [
-        get_requests_per_minute(requests_per_minute),
-        get_tokens_per_minute(tokens_per_minute, model_max_len),
+        get_requests_per_minute(requests_per_minute, partition=model_argument),
+        get_tokens_per_minute(tokens_per_minute, model_max_len, settle=settle),
     ]
 
 
-def get_tokens_per_minute(quota: int | float, model_max_len: int) -> Resource:
-    """A ``"tokens_per_minute"`` Resource (continuous refill) for chat completions."""
+def get_tokens_per_minute(
+    quota: int | float, model_max_len: int, *, settle: Settle = "reserved"
+) -> Resource:
+    """A ``"tokens_per_minute"`` Resource (continuous refill, per model) for chat
+    completions, billed by OpenAI's rule unless ``settle`` says otherwise."""
     return Resource(
         name="tokens_per_minute",
         quota=quota,
@@ -67,7 +83,15 @@ def get_tokens_per_minute(quota: int | float, model_max_len: int) -> Resource:
         results_usage_extractor=get_used_tokens,
         refill="bucket",
         refill_delay=PROVIDER_REFILL_DELAY,
+        settle=settle,
+        partition=model_argument,
     )
+
+
+def model_argument(call: Call) -> Hashable:
+    """The ``model`` a call is for: each model has limits of its own."""
+    model = call.get_argument("model")
+    return model if isinstance(model, Hashable) else repr(model)
 
 
 def get_used_tokens(call: Call, results: Result) -> int:

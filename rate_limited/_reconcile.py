@@ -1,0 +1,206 @@
+"""What the ledger keeps of a meter whose provider reports on it, to agree with it.
+
+A rate-limit header (``x-ratelimit-remaining-tokens``...) says how much the provider had
+left when it took one request: at that request's *arrival*, which the ledger does not
+see. Between its admission and its answer the ledger admitted other requests, some of
+which may have arrived first (and are counted in the header), and the buckets refilled.
+So the header is compared with the *lowest* room the ledger believed in between that
+admission and now (``Lows``, corrections made since added back): whichever request
+arrived when, the provider cannot have had less than that unless the ledger believed in
+room that was not there. What it believed above the header is then billed (usage from
+elsewhere: another process on the key, an estimate too low). A header can thus make the
+ledger more careful, never less; and a ledger more careful than the provider stays so,
+except for the one thing headers can settle: the settle rule.
+
+``Track.twin`` is the same meter's calls billed by the other settle rule (and corrected
+against the headers by the same reasoning). Both views are then compared with each
+header *as of its admission* (``Ledger._vote``): a provider with much more room than the
+``"reserved"`` view can explain, beyond every request then in flight and the refill
+since, while the ``"actual"`` view fits, refunds unused output.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Literal
+
+from rate_limited._meters import BucketMeter, Meter
+
+__all__ = ["Lows", "Mark", "Track", "correct", "release", "settle"]
+
+_NO_TWIN = (math.nan, math.nan)
+
+Settle = Literal["actual", "reserved"]
+
+#: Seconds of admissions a meter remembers: a report on an older one tells nothing.
+HORIZON = 600.0
+
+#: What a tracked meter records at an admission: (admission number, charge in flight then
+#: (this one's included), charge admitted so far (this one's included), corrections so
+#: far, the twin's billing token (None: no twin), the twin's held and corrections right
+#: after (nan: no twin)).
+Mark = tuple[int, float, float, float, object, float, float]
+
+
+class Lows:
+    """The room believed after each admission, for "the lowest since admission k":
+    a stack of (number, time, room + corrections then) increasing from bottom to top, so
+    the first entry at or after k holds the minimum of everything pushed since k."""
+
+    __slots__ = ("_numbers", "_times", "_trimmed", "_values", "count")
+
+    def __init__(self) -> None:
+        self._numbers: list[int] = []
+        self._times: list[float] = []
+        self._values: list[float] = []
+        self._trimmed = 0  # admissions up to this number are forgotten
+        #: Admissions pushed so far.
+        self.count = 0
+
+    def push(self, value: float, now: float) -> int:
+        """Record the room ``value`` right after an admission at ``now``; its number."""
+        self.count += 1
+        numbers, times, values = self._numbers, self._times, self._values
+        while values and values[-1] >= value:
+            numbers.pop()
+            times.pop()
+            values.pop()
+        numbers.append(self.count)
+        times.append(now)
+        values.append(value)
+        if times[0] < now - HORIZON:
+            old = bisect.bisect_left(times, now - HORIZON)
+            self._trimmed = numbers[old - 1]
+            del numbers[:old], times[:old], values[:old]
+        return self.count
+
+    def since(self, number: int) -> float | None:
+        """The lowest value pushed from admission ``number`` on (None: forgotten)."""
+        if number <= self._trimmed:
+            return None
+        at = bisect.bisect_left(self._numbers, number)
+        return self._values[at] if at < len(self._values) else None
+
+
+class Track:
+    """A meter the provider reports on: its admissions' lows, the charge in flight, and
+    (for buckets) the twin billed by the other rule."""
+
+    __slots__ = ("admitted", "in_flight", "lows", "twin", "twin_lows")
+
+    def __init__(self, meter: Meter, twin: bool) -> None:
+        #: Charge of admitted calls not settled yet (admitted while tracked).
+        self.in_flight = 0.0
+        #: Charge admitted since the meter is tracked.
+        self.admitted = 0.0
+        self.lows = Lows()
+        #: The meter's calls billed by the other rule, since it started to be tracked.
+        self.twin: BucketMeter | None = None
+        self.twin_lows: Lows | None = None
+        if twin and isinstance(meter, BucketMeter):
+            self.twin = meter.copy()
+            self.twin_lows = Lows()
+
+    def admit(
+        self, meter: Meter, rule: Settle, args_usage: float, estimate: float, now: float
+    ) -> Mark:
+        """A call was admitted on ``meter`` (already billed there by ``rule``)."""
+        charge = args_usage + estimate
+        self.in_flight += charge
+        self.admitted += charge
+        number = self.lows.push(meter.available(now) + meter.corrected, now)
+        twin = self.twin
+        if twin is None:
+            return (number, self.in_flight, self.admitted, meter.corrected, None, *_NO_TWIN)
+        if rule == "reserved":  # the twin bills by the other rule
+            token = twin.bill(args_usage, now) or True
+            if estimate:
+                twin.reserve(estimate)
+        else:
+            token = twin.bill(charge, now) or True
+        assert self.twin_lows is not None
+        self.twin_lows.push(twin.available(now) + twin.corrected, now)
+        held = twin.held(now)
+        return (number, self.in_flight, self.admitted, meter.corrected, token, held, twin.corrected)
+
+    def done(self, charge: float, mark: Mark | None) -> None:
+        """A call admitted with ``mark`` settled, was kept or released."""
+        if mark is not None:
+            self.in_flight = max(0.0, self.in_flight - charge)
+
+    def settle_twin(
+        self, rule: Settle, mark: Mark | None, estimate: float, actual: float, now: float
+    ) -> None:
+        """Settle a call on the twin by the other rule than the meter's ``rule``."""
+        twin = self.twin
+        assert twin is not None
+        other: Settle = "actual" if rule == "reserved" else "reserved"
+        if mark is not None and mark[4] is not None:  # admitted while twinned
+            settle(twin, other, estimate, actual, now)
+        elif rule == "reserved":  # the twin copied its estimate as used: hand back the rest
+            if actual < estimate:
+                twin.refund((estimate - actual, now), now)
+            elif actual > estimate:
+                twin.bill(actual - estimate, now)
+        else:  # the twin copied its estimate as reserved: bill it whole
+            twin.unreserve(estimate)
+            twin.bill(max(estimate, actual), now)
+
+    def undo_twin(
+        self, rule: Settle, mark: Mark | None, estimate: float, token: object, now: float
+    ) -> None:
+        """Release (``token``: the meter's billing token) a call on the twin."""
+        assert self.twin is not None
+        if mark is not None and mark[4] is not None:
+            other: Settle = "actual" if rule == "reserved" else "reserved"
+            release(self.twin, other, estimate, mark[4], now)
+        else:  # billed there as on the meter
+            release(self.twin, rule, estimate, token, now)
+
+    def keep_twin(self, rule: Settle, mark: Mark | None, estimate: float, now: float) -> None:
+        """A call that may have been billed: its estimate stays used on the twin too."""
+        assert self.twin is not None
+        twinned = mark is not None and mark[4] is not None
+        rule_there: Settle = rule
+        if twinned:
+            rule_there = "actual" if rule == "reserved" else "reserved"
+        settle(self.twin, rule_there, estimate, estimate, now)
+
+    @staticmethod
+    def lowest(meter: Meter, lows: Lows, number: int, now: float) -> float | None:
+        """The lowest room the meter believed in since admission ``number``, with the
+        corrections made since counted as if made then (None: too long ago)."""
+        low = lows.since(number)
+        return None if low is None else min(meter.available(now), low - meter.corrected)
+
+
+def settle(meter: Meter, rule: Settle, estimate: float, actual: float, now: float) -> float:
+    """Settle one call's results on one meter; returns what its results were billed."""
+    if rule == "reserved":  # the estimate was billed at admission
+        extra = actual - estimate
+        if extra > 0:
+            meter.bill(extra, now)
+        return max(estimate, actual)
+    if estimate:
+        meter.unreserve(estimate)
+    if actual:
+        meter.bill(actual, now)
+    return actual
+
+
+def release(meter: Meter, rule: Settle, estimate: float, token: object, now: float) -> None:
+    """Undo one call's admission on one meter (it was never billed by the provider)."""
+    if rule != "reserved" and estimate:
+        meter.unreserve(estimate)
+    if token is not True:  # True: a twin billed nothing at admission
+        meter.refund(token, now)
+
+
+def correct(meter: Meter, amount: float, now: float) -> float:
+    """Bill ``amount`` (if positive) as usage the provider saw and the ledger did not."""
+    if not amount > 1e-9 * meter.quota:
+        return 0.0
+    meter.bill(amount, now)
+    meter.corrected += amount
+    return amount

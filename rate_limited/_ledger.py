@@ -317,18 +317,16 @@ class Ledger:
         held, corrected = reservation.held[tightest]
         free = meter.quota - held if isinstance(meter, BucketMeter) else 0.0
         # Less what was corrected since the admission (other refusals of the same moment).
-        correct(meter, free + charge - (meter.corrected - corrected), now)
+        fixed = correct(meter, free + charge - (meter.corrected - corrected), now)
         track = self._tracks.get(id(meter)) if self._tracks else None
         mark = reservation.mark(tightest)
-        if (
-            track is not None
-            and track.twin is not None
-            and mark is not None
-            and mark[4] is not None
-        ):
-            twin = track.twin
-            free = twin.quota - mark[5]
-            correct(twin, free + charge - (twin.corrected - mark[6]), now)
+        if track is None or track.twin is None or mark is None or mark[4] is None:
+            return
+        twin = track.twin
+        free = twin.quota - mark[5]
+        track.twin_fixed += correct(twin, free + charge - (twin.corrected - mark[6]), now)
+        track.fixed += fixed
+        self._weigh(tightest, meter, track, now)
 
     def bill(self, demand: Demand, amounts: Sequence[float], now: float) -> None:
         """Bill ``amounts`` of results usage that no reservation holds (a late result)."""
@@ -433,17 +431,28 @@ class Ledger:
             # Not a call admitted since the ledger tracks this meter (or one too old to
             # compare with): what it believed then is unknown, so nothing can be told.
             return 0.0
-        low = Track.lowest(meter, track.lows, mark[0], now)
+        if refused:
+            # The provider refused it: more careful is right, so compare with what the
+            # ledger believed at the admission itself (requests admitted after it and
+            # arrived before count against it here, which only makes it more careful).
+            assert admission is not None
+            held, corrected = admission.held[index]
+            low: float | None = meter.quota - held - (meter.corrected - corrected)
+        else:
+            low = Track.lowest(meter, track.lows, mark[0], now)
         if low is None:
             return 0.0
         if track.twin is not None and mark[4] is not None and not refused:
             assert admission is not None
             self._vote(index, meter, track, admission, mark, remaining, precision, now)
+        fixed = correct(meter, low - (remaining - precision), now)
         if track.twin is not None and track.twin_lows is not None and mark[4] is not None:
             twin_low = Track.lowest(track.twin, track.twin_lows, mark[0], now)
             if twin_low is not None:
-                correct(track.twin, twin_low - (remaining - precision), now)
-        return correct(meter, low - (remaining - precision), now)
+                track.twin_fixed += correct(track.twin, twin_low - (remaining - precision), now)
+            track.fixed += fixed
+            self._weigh(index, meter, track, now)
+        return fixed
 
     def _vote(
         self,
@@ -471,10 +480,29 @@ class Ledger:
         more = mark[1] - charge + max(0.0, now - admission.at) * meter.quota / meter.window
         less = track.admitted - mark[2]
         margin = VOTE_MARGIN * meter.quota + precision
-        if self._rules[index] == "reserved":
-            favours_twin = error < -(more + margin) and twin_error <= less + margin
-        else:
-            favours_twin = error - less > margin and -(more + margin) <= twin_error <= margin
+        if self._rules[index] != "reserved":
+            return  # an "actual" view is weighed over many calls (``_weigh``)
+        favours_twin = error < -(more + margin) and twin_error <= less + margin
+        self._count(index, favours_twin, now)
+
+    def _weigh(self, index: int, meter: Meter, track: Track, now: float) -> None:
+        """Evidence against an "actual" meter, over calls whose unused estimates add up to
+        the vote margin: it needed (beyond what its "reserved" twin needed) at least half
+        of them in corrections, so the provider kept what it reserved (a vote); or almost
+        none (the votes start again). A switch to "reserved" is the careful way round, so
+        the corrections lagging the calls by a round trip only delay it."""
+        if self._rules[index] != "actual" or self._decided[index]:
+            return
+        if track.unused < VOTE_MARGIN * meter.quota:
+            return
+        needed = (track.fixed - track.twin_fixed) / track.unused
+        track.unused = track.fixed = track.twin_fixed = 0.0
+        if needed >= 0.5:
+            self._count(index, True, now)
+        elif needed < 0.1:
+            self._count(index, False, now)
+
+    def _count(self, index: int, favours_twin: bool, now: float) -> None:
         self._votes[index] = self._votes[index] + 1 if favours_twin else 0
         if self._votes[index] >= VOTES_TO_SWITCH:
             self._switch(index, now)

@@ -87,13 +87,28 @@ class Track:
     """A meter the provider reports on: its admissions' lows, the charge in flight, and
     (for buckets) the twin billed by the other rule."""
 
-    __slots__ = ("admitted", "in_flight", "lows", "twin", "twin_lows")
+    __slots__ = (
+        "admitted",
+        "fixed",
+        "in_flight",
+        "lows",
+        "twin",
+        "twin_fixed",
+        "twin_lows",
+        "unused",
+    )
 
     def __init__(self, meter: Meter, twin: bool) -> None:
         #: Charge of admitted calls not settled yet (admitted while tracked).
         self.in_flight = 0.0
         #: Charge admitted since the meter is tracked.
         self.admitted = 0.0
+        #: Evidence on an "actual" meter, since it was last weighed: the unused estimate of
+        #: the calls settled (what the two rules bill differently), and the corrections
+        #: the meter and its twin needed meanwhile.
+        self.unused = 0.0
+        self.fixed = 0.0
+        self.twin_fixed = 0.0
         self.lows = Lows()
         #: The meter's calls billed by the other rule, since it started to be tracked.
         self.twin: BucketMeter | None = None
@@ -138,6 +153,8 @@ class Track:
         other: Settle = "actual" if rule == "reserved" else "reserved"
         if mark is not None and mark[4] is not None:  # admitted while twinned
             settle(twin, other, estimate, actual, now)
+            if rule == "actual":
+                self.unused += max(0.0, estimate - actual)
         elif rule == "reserved":  # the twin copied its estimate as used: hand back the rest
             if actual < estimate:
                 twin.refund((estimate - actual, now), now)

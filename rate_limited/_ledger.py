@@ -74,7 +74,7 @@ VOTE_MARGIN = 0.05
 class Reservation:
     """What one admitted attempt holds, per resource (aligned with the demand)."""
 
-    __slots__ = ("at", "billed", "demand", "held", "marks", "meters", "reconciled")
+    __slots__ = ("at", "billed", "demand", "held", "marks", "meters", "reconciled", "rules")
 
     def __init__(
         self,
@@ -84,6 +84,7 @@ class Reservation:
         held: list[tuple[float, float]],
         marks: list[Mark | None] | None,
         at: float,
+        rules: tuple[Settle, ...],
     ) -> None:
         #: The meter each resource was charged on (its partition's, if partitioned).
         self.meters = meters
@@ -94,8 +95,9 @@ class Reservation:
         self.held = held
         #: Per meter the provider reports on, what ``reconcile`` needs (else None).
         self.marks = marks
-        #: Admission time.
+        #: Admission time, and each resource's settle rule then.
         self.at = at
+        self.rules = rules
         #: True once a refusal of this attempt was reconciled from its headers.
         self.reconciled = False
 
@@ -136,7 +138,7 @@ class Ledger:
         self.names = [r.name for r in resources]
         self._resources = list(resources)
         self._reported = False
-        self._rules: list[Settle] = [r.settle for r in resources]
+        self._rules: tuple[Settle, ...] = tuple(r.settle for r in resources)
         self._single: list[Meter | None] = []
         self._parts: list[_Partitions | None] = []
         for index, resource in enumerate(resources):
@@ -245,7 +247,17 @@ class Ledger:
                 if marks is None:
                     marks = [None] * len(meters)
                 marks[index] = track.admit(meter, rule, args_usage, estimate, now)
-        return Reservation(meters, demand, billed, held, marks, now)
+        return Reservation(meters, demand, billed, held, marks, now, rules)
+
+    def _rule(self, reservation: Reservation, index: int) -> Settle:
+        """The rule a call is billed by on its meter: the one it was admitted under, unless
+        the resource switched since and the meter took its twin's view of the call."""
+        rule = self._rules[index]
+        then = reservation.rules[index]
+        if then == rule:
+            return rule
+        mark = reservation.mark(index)
+        return rule if mark is not None and mark[4] is not None else then
 
     def _untrack(self, reservation: Reservation, index: int) -> tuple[Track, Mark | None] | None:
         """The reservation's call on meter ``index`` is over: out of its track's charge in
@@ -268,7 +280,7 @@ class Ledger:
         for index, (meter, need, actual) in enumerate(
             zip(reservation.meters, reservation.demand, results_usage, strict=True)
         ):
-            rule = self._rules[index]
+            rule = self._rule(reservation, index)
             billed.append(settle(meter, rule, need[1], actual, now))
             twin = self._untrack(reservation, index)
             if twin is not None:
@@ -280,7 +292,7 @@ class Ledger:
         for index, (meter, need) in enumerate(
             zip(reservation.meters, reservation.demand, strict=True)
         ):
-            rule = self._rules[index]
+            rule = self._rule(reservation, index)
             settle(meter, rule, need[1], need[1], now)
             twin = self._untrack(reservation, index)
             if twin is not None:
@@ -291,7 +303,7 @@ class Ledger:
         for index, (meter, need, token) in enumerate(
             zip(reservation.meters, reservation.demand, reservation.billed, strict=True)
         ):
-            rule = self._rules[index]
+            rule = self._rule(reservation, index)
             release(meter, rule, need[1], token, now)
             twin = self._untrack(reservation, index)
             if twin is not None:
@@ -510,13 +522,14 @@ class Ledger:
     def _switch(self, index: int, now: float) -> None:
         old = self._rules[index]
         new: Settle = "actual" if old == "reserved" else "reserved"
-        self._rules[index] = new
+        rules = list(self._rules)
+        rules[index] = new
+        self._rules = tuple(rules)  # a new tuple: reservations keep the rules of their time
         self._decided[index] = True
         for meter in self._all(index):
             track = self._tracks.get(id(meter))
             if track is not None and track.twin is not None and isinstance(meter, BucketMeter):
-                meter.take_level(track.twin, now)
-                meter.corrected = track.twin.corrected
+                meter.take_state(track.twin, now)
                 track.lows = track.twin_lows or track.lows
                 track.twin = track.twin_lows = None
         what = (

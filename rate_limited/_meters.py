@@ -234,12 +234,13 @@ class BucketMeter(Meter):
         twin.corrected = self.corrected
         return twin
 
-    def take_level(self, other: BucketMeter, now: float) -> None:
-        """Adopt ``other``'s usage (not its reservations): the ledger switches to the view
+    def take_state(self, other: BucketMeter, now: float) -> None:
+        """Adopt ``other``'s usage and reservations: the ledger switches to the view
         ``other`` kept of the same calls (see ``rate_limited._ledger``)."""
         other._drain(now)
         self._drain(now)
-        self._level, self._since = other._level, other._since
+        self._level, self._since, self._reserved = other._level, other._since, other._reserved
+        self.corrected = other.corrected
 
 
 def make_meter(refill: str, quota: float, window: float, refill_delay: float = 0.0) -> Meter:

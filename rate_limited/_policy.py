@@ -14,7 +14,10 @@ Any plain function of the same shape works where a policy object does.
 Errors are classified from what they carry, without importing any client library: an HTTP
 status (``status_code``, ``status``, ``code``, or ``response.status_code``) and
 ``Retry-After`` headers. 400/401/403/404/422 and other 4xx are permanent; 408, 409, 425,
-429, 5xx and errors without a status (connection resets, timeouts) are transient.
+429, 5xx and errors without a status (connection resets, timeouts) are transient, except a
+429 that says the account is out of credit (OpenAI's ``insufficient_quota``: "You
+exceeded your current quota, please check your plan and billing details"), which no wait
+can fix.
 """
 
 from __future__ import annotations
@@ -124,7 +127,22 @@ def is_transient(exc: BaseException) -> bool:
     status = http_status(exc)
     if status is None or status < 400:
         return True  # no status, or a non-error one (e.g. a 200 with a malformed body)
+    if status == 429 and _out_of_credit(exc):
+        return False
     return status in _TRANSIENT_4XX or status >= 500
+
+
+def _out_of_credit(exc: BaseException) -> bool:
+    """A 429 about billing, not rate: OpenAI's ``insufficient_quota`` error code."""
+    try:
+        code = getattr(exc, "code", None)
+        if code is None:
+            body = getattr(exc, "body", None)
+            error = body.get("error", body) if isinstance(body, dict) else None
+            code = error.get("code") if isinstance(error, dict) else None
+        return code == "insufficient_quota"
+    except Exception:  # exotic exception objects: as if it said nothing
+        return False
 
 
 def _raised_by_the_call_itself(exc: BaseException) -> bool:

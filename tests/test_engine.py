@@ -16,6 +16,7 @@ import pytest
 from rate_limited import (
     CallTimeoutError,
     PermanentError,
+    RateLimitedTooLongError,
     Resource,
     Runner,
     Status,
@@ -415,3 +416,135 @@ def test_a_call_that_no_longer_fits_a_lowered_quota_fails_instead_of_hanging() -
     ]
     assert isinstance(result.exceptions[1][0], QuotaExceededError)
     assert result.exceptions[1][0].quota == 5
+
+
+# -- HTTP 429 --------------------------------------------------------------------------------
+def test_429s_do_not_use_up_retries() -> None:
+    """A refusal is not a failure of the call: it is sent again when there is room, however
+    many times, while other errors still count against max_retries."""
+    attempts: list[int] = []
+
+    async def refused_often(x: int) -> int:
+        attempts.append(x)
+        if len(attempts) <= 7:
+            raise HttpError(429, retry_after=1)
+        if len(attempts) == 8:
+            raise ConnectionError("reset")
+        return x
+
+    runner = make_runner(refused_often, [], max_retries=1, backoff=constant_backoff(0))
+    runner.schedule(0)
+    result = runner.run()
+    assert result.results == [0]
+    assert [type(e).__name__ for e in result.exceptions[0]] == ["HttpError"] * 7 + [
+        "ConnectionError"
+    ]
+    assert runner._engine is not None and runner._engine.stats.rate_limited == 7
+
+
+def test_nothing_but_429s_for_the_patience_gives_up_on_the_waiting_calls() -> None:
+    sent: list[tuple[int, float]] = []
+
+    async def always_refused(x: int) -> int:
+        sent.append((x, asyncio.get_running_loop().time()))
+        raise HttpError(429, retry_after=10)
+
+    runner = make_runner(
+        always_refused,
+        [requests_per(100, 60)],
+        max_concurrent=1,
+        backoff=constant_backoff(0),
+        rate_limit_patience=60,
+    )
+    for x in range(5):
+        runner.schedule(x)
+    result = runner.run()
+    assert [o.status for o in result.outcomes] == [Status.FAILED] * 5
+    # The first call was refused every 10 s (Retry-After) for 60 s; then the run gave up on
+    # it and on the four calls still waiting, without sending them.
+    assert [x for x, _ in sent] == [0] * 7
+    assert sent[-1][1] == 60.0
+    gave_up = result.exceptions[4][-1]
+    assert isinstance(gave_up, RateLimitedTooLongError)
+    assert "nothing but HTTP 429 for 60 s" in str(gave_up)
+    assert result.exceptions[4] == [gave_up]
+    assert isinstance(result.exceptions[0][-1], RateLimitedTooLongError)
+
+
+def test_an_answer_between_429s_restarts_the_patience() -> None:
+    attempts: dict[int, int] = {}
+
+    async def flaky(x: int) -> int:
+        attempts[x] = attempts.get(x, 0) + 1
+        if attempts[x] <= 4:  # each call is refused for 20 s, then answered
+            raise HttpError(429, retry_after=5)
+        return x
+
+    runner = make_runner(
+        flaky, [], max_concurrent=1, backoff=constant_backoff(0), rate_limit_patience=30
+    )
+    for x in range(4):
+        runner.schedule(x)
+    result = runner.run()
+    assert result.results == [0, 1, 2, 3]  # 80 s of 429s in all, never 30 s without an answer
+
+
+def test_a_429_for_an_exhausted_account_is_not_retried() -> None:
+    class OutOfCredit(HttpError):
+        code = "insufficient_quota"
+
+    async def no_credit(x: int) -> int:
+        raise OutOfCredit(429)
+
+    runner = make_runner(no_credit, [])
+    runner.schedule(0)
+    result = runner.run()
+    assert [type(e) for e in result.exceptions[0]] == [OutOfCredit]
+
+
+# -- partitions: one quota per key, and lanes ------------------------------------------------
+def test_calls_of_another_partition_pass_a_head_waiting_for_its_own() -> None:
+    """One model's quota is spent; the next model's calls do not wait behind its call."""
+
+    async def work(model: str, i: int) -> str:
+        return model
+
+    per_model = Resource(
+        "requests",
+        2,
+        60,
+        arguments_usage_extractor=lambda call: 1,
+        partition=lambda call: call.get_argument("model"),
+        partition_quotas={"fast": 100},
+    )
+    runner = make_runner(work, [per_model])
+    for i in range(4):
+        runner.schedule("slow", i)
+        runner.schedule("fast", i)
+    result = runner.run()
+    starts = {(o.call.args[0], o.call.args[1]): o.started_at for o in result.outcomes if o.call}
+    assert [starts[("fast", i)] for i in range(4)] == [0.0] * 4
+    assert [starts[("slow", i)] for i in range(4)] == [0.0, 0.0, 60.0, 60.0]
+
+
+def test_a_call_that_needs_what_the_head_waits_for_does_not_pass_it() -> None:
+    """FIFO holds where it matters: a call of another partition that also needs the shared
+    resource the head waits for stays behind it."""
+
+    async def work(model: str, i: int) -> str:
+        return model
+
+    per_model = Resource(
+        "per_model",
+        100,
+        60,
+        arguments_usage_extractor=lambda call: 1,
+        partition=lambda call: call.get_argument("model"),
+    )
+    shared = requests_per(2, 60)
+    runner = make_runner(work, [per_model, shared])
+    for i in range(2):
+        runner.schedule("a", i)
+        runner.schedule("b", i)
+    result = runner.run()
+    assert [o.started_at for o in result.outcomes] == [0.0, 0.0, 60.0, 60.0]

@@ -197,5 +197,6 @@ def test_a_bucket_takes_its_quota_and_a_copy_is_independent() -> None:
     twin = meter.copy()
     twin.bill(4, 1.0)
     assert meter.used(1.0) == pytest.approx(6.0) and twin.used(1.0) == pytest.approx(10.0)
-    meter.take_level(twin, 2.0)
-    assert meter.used(2.0) == pytest.approx(8.0)
+    twin.reserve(3)
+    meter.take_state(twin, 2.0)
+    assert (meter.used(2.0), meter.reserved) == (pytest.approx(8.0), 3)

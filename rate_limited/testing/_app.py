@@ -184,6 +184,7 @@ class MockApp:
                 call.prompt_tokens,
                 completion,
                 fault,
+                reserved if decision.admitted else 0,
             )
             self.stats.record(entry, admitted=decision.admitted)
 

@@ -198,6 +198,11 @@ class RateLimiter:
                 output_bucket=buckets.get(output_kind),
             )
 
+    def levels(self) -> dict[str, tuple[float, float]]:
+        """``{bucket name: (available now, capacity)}`` of every bucket made so far."""
+        with self._lock:
+            return {name: (b.available(), b.capacity) for name, b in self._buckets.items()}
+
     def refund(self, decision: Decision, amount: float) -> None:
         """Give back ``amount`` unused output tokens reserved by an admitted request."""
         if decision.output_bucket is not None and amount > 0:

@@ -34,6 +34,8 @@ class RequestLogEntry:
     completion_tokens: int
     #: The injected fault ("error_500", "hang", "malformed", "drop"), or None.
     fault: str | None
+    #: Output tokens the request reserved at admission (``max_tokens * n``; 0 if refused).
+    reserved_output_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from types import FrameType, TracebackType
+from types import FrameType, ModuleType, TracebackType
 from typing import Any
 
 from ._app import MockApp
@@ -287,17 +287,26 @@ class MockProvider:
         """The ``base_url`` for ``anthropic.Anthropic``/``AsyncAnthropic`` (no ``/v1``)."""
         return self.url
 
-    def transport(self) -> Any:
+    def transport(self, sdk: ModuleType | None = None) -> Any:
         """An ``httpx`` async transport that answers in-process, on the event loop of the
-        client using it (its latency an ``asyncio.sleep`` there): ``openai.AsyncOpenAI(
-        base_url="http://mock/v1", http_client=httpx.AsyncClient(transport=mp.transport()))``.
-        No need to ``start()``. With ``clock=FakeClock().time`` and the Runner on that
-        FakeClock, the buckets, the latency and the client's timeouts are all virtual."""
-        import httpx
+        client using it (its latency an ``asyncio.sleep`` there); no need to ``start()``::
 
+            http = openai.DefaultAsyncHttpxClient(transport=mp.transport(openai))
+            client = openai.AsyncOpenAI(base_url="http://mock/v1", http_client=http)
+
+        ``sdk``: the SDK module whose client will use it (``openai``, ``anthropic``): an SDK
+        that ships its own copy of httpx needs a transport of that copy (default: httpx).
+        With ``clock=FakeClock().time`` and the Runner on that FakeClock, the buckets, the
+        latency and the client's timeouts are all virtual."""
+        httpx: Any
+        if sdk is not None:
+            base = sdk.DefaultAsyncHttpxClient.__mro__[1]
+            httpx = sys.modules[base.__module__.split(".")[0]]
+        else:
+            import httpx
         app = self._app
 
-        async def handle(request: httpx.Request) -> httpx.Response:
+        async def handle(request: Any) -> Any:
             body = await request.aread()
             answer = await app.handle(
                 HttpRequest(
@@ -344,6 +353,11 @@ class MockProvider:
     def refill(self) -> None:
         """Fill every bucket, as if the server had been idle for a minute."""
         self._limiter.refill()
+
+    def buckets(self) -> dict[str, tuple[float, float]]:
+        """``{bucket: (available now, limit)}``, e.g. ``"openai.tokens[gpt-4o]"`` (a
+        consistent snapshot, safe from any thread: for samplers and tests)."""
+        return self._limiter.levels()
 
     @property
     def faults(self) -> Faults:

@@ -169,23 +169,36 @@ def test_rpm_bound_workload_gets_no_429(make_provider: MakeProvider, kind: str) 
     stats = provider.stats()
     assert stats.rejected == 0
     # Ran at the limit, as the provider itself measured (its bucket full at admission).
-    assert stats.peak_usage["openai.requests"] >= 0.95
+    assert stats.peak_usage["openai.requests[gpt-4o-mini]"] >= 0.95
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", KINDS)
-def test_tpm_bound_workload_gets_no_429(make_provider: MakeProvider, kind: str) -> None:
-    """60,000 TPM, each call ~520 tokens but reserving ~1,020 (max_tokens 1000)."""
-    provider = make_provider(tpm=60_000, rpm=10_000, output_tokens=500, latency=0.05)
+@pytest.mark.parametrize(
+    ("kind", "refund"),
+    [
+        pytest.param("sync", None, id="sync-openai-rule"),
+        pytest.param("async", None, id="async-openai-rule"),
+        pytest.param("async", True, id="async-refunds"),
+    ],
+)
+def test_tpm_bound_workload_gets_no_429(
+    make_provider: MakeProvider, kind: str, refund: bool | None
+) -> None:
+    """60,000 TPM, each call ~520 tokens but reserving ~1,020 (max_tokens 1000): the
+    provider keeps the 1,020 (OpenAI's rule: 59 at once, then one a second) or hands 500
+    back (found from its headers: then about two a second)."""
+    provider = make_provider(
+        tpm=60_000, rpm=10_000, output_tokens=500, latency=0.05, refund_unused_output=refund
+    )
     chat = ChatCompletions(
         openai_client(provider, kind), tokens_per_minute=60_000, requests_per_minute=10_000
     )
     runner = chat.runner(progress=False)
-    result, _ = _saturate(runner, 124, max_tokens=1000)
+    result, _ = _saturate(runner, 140 if refund else 70, max_tokens=1000)
     assert all(r is not None for r in result.results)
     stats = provider.stats()
     assert stats.rejected == 0
-    assert stats.peak_usage["openai.tokens"] >= 0.95  # at the limit, by the provider's count
+    assert stats.peak_usage["openai.tokens[gpt-4o-mini]"] >= 0.95  # by the provider's count
 
 
 @pytest.mark.slow
@@ -207,7 +220,9 @@ def test_anthropic_output_bound_workload_gets_no_429(
     assert all(r is not None for r in result.results)
     stats = provider.stats()
     assert stats.rejected == 0
-    assert stats.peak_usage["anthropic.output_tokens"] >= 0.95  # at the limit
+    # At the limit; Anthropic's headers round to the thousand (500 of this 6,000 limit),
+    # and the ledger reads them at their low end: the level may stay that much below.
+    assert stats.peak_usage["anthropic.output_tokens[claude-haiku-4-5]"] >= 0.9
 
 
 # -- unknown limits --------------------------------------------------------------------------
@@ -218,7 +233,7 @@ def test_limits_are_discovered_from_the_headers(make_provider: MakeProvider, kin
     chat = ChatCompletions(openai_client(provider, kind))
     assert chat.limits == {"requests_per_minute": None, "tokens_per_minute": None}
     runner = chat.runner(progress=False)
-    result, _ = _saturate(runner, 124, max_tokens=1000)
+    result, _ = _saturate(runner, 70, max_tokens=1000)
     assert all(r is not None for r in result.results)
     assert chat.limits == {"requests_per_minute": 6000, "tokens_per_minute": 60_000}
     assert provider.stats().rejected == 0

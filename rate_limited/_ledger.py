@@ -33,13 +33,17 @@ kept); a window only the request's charge (billing its free room would block it 
 whole window).
 
 **Discovering the rule.** A bucket meter of a resource with an estimate that receives
-headers also keeps a *twin*: its calls billed by the other rule. When three headers in a
-row show the provider with more room than the ``"reserved"`` view can explain (beyond
-every request then in flight and the refill since) while the ``"actual"`` view fits, the
-provider refunds: the resource switches rule and takes the twin's usage, so the capacity
-the provider hands back is used. The other way round (an ``"actual"`` view that believed
-in more than the provider had, while the ``"reserved"`` twin fits) switches to
-``"reserved"``. The switch is made once per resource, for every key.
+headers also keeps a *twin*: its calls billed by the other rule, corrected by the same
+headers against its own belief. Whenever the calls settled since the last look have
+unused estimates (what the two rules bill differently) worth the vote margin (5% of the
+quota), the corrections each view needed meanwhile are weighed (``_weigh``): the view of
+the provider's rule needs none for them, the other about all. Switching to ``"actual"``
+(the provider refunds) is the risky way, so it also needs the provider to have shown
+more room than the ``"reserved"`` view can explain, beyond what was in flight and the
+refill since. Three such windows in a row switch the resource (every key) once and for
+all, the meter taking its twin's view: the capacity a refunding provider hands back is
+used, and an ``"actual"`` view of a provider that keeps what it reserves stops being
+corrected call after call.
 """
 
 from __future__ import annotations
@@ -337,8 +341,7 @@ class Ledger:
         twin = track.twin
         free = twin.quota - mark[5]
         track.twin_fixed += correct(twin, free + charge - (twin.corrected - mark[6]), now)
-        track.fixed += fixed
-        self._weigh(tightest, meter, track, now)
+        track.fixed += fixed  # weighed with the next header
 
     def bill(self, demand: Demand, amounts: Sequence[float], now: float) -> None:
         """Bill ``amounts`` of results usage that no reservation holds (a late result)."""
@@ -454,64 +457,56 @@ class Ledger:
             low = Track.lowest(meter, track.lows, mark[0], now)
         if low is None:
             return 0.0
+        generous = False
         if track.twin is not None and mark[4] is not None and not refused:
             assert admission is not None
-            self._vote(index, meter, track, admission, mark, remaining, precision, now)
+            generous = self._generous(index, meter, admission, mark, remaining, precision, now)
         fixed = correct(meter, low - (remaining - precision), now)
         if track.twin is not None and track.twin_lows is not None and mark[4] is not None:
             twin_low = Track.lowest(track.twin, track.twin_lows, mark[0], now)
             if twin_low is not None:
                 track.twin_fixed += correct(track.twin, twin_low - (remaining - precision), now)
             track.fixed += fixed
-            self._weigh(index, meter, track, now)
+            if not refused:
+                self._weigh(index, meter, track, generous, now)
         return fixed
 
-    def _vote(
+    def _generous(
         self,
         index: int,
         meter: Meter,
-        track: Track,
         admission: Reservation,
         mark: Mark,
         remaining: float,
         precision: float,
         now: float,
-    ) -> None:
-        """One header's evidence on which rule the provider bills by: both views as of the
-        request's admission, against what the provider said (see the module docstring)."""
-        if self._decided[index] or track.twin is None:
-            return
-        # What each view believed above the provider (negative: the provider had more).
-        error = meter.quota - admission.held[index][0] - remaining - (meter.corrected - mark[3])
-        twin = track.twin
-        twin_error = twin.quota - mark[5] - remaining - (twin.corrected - mark[6])
-        # The provider may look more generous than either view by what was in flight at
-        # the admission (arriving after the request) and the refill since; less generous
-        # by what was admitted since (arriving before it).
+    ) -> bool:
+        """Whether the provider had more room, when it took the request, than the view the
+        ledger had at its admission can explain: beyond what was then in flight (arriving
+        after it) and the refill since, by more than the vote margin."""
+        believed = meter.quota - admission.held[index][0] - (meter.corrected - mark[3])
         charge = sum(admission.demand[index][:2])
         more = mark[1] - charge + max(0.0, now - admission.at) * meter.quota / meter.window
-        less = track.admitted - mark[2]
         margin = VOTE_MARGIN * meter.quota + precision
-        if self._rules[index] != "reserved":
-            return  # an "actual" view is weighed over many calls (``_weigh``)
-        favours_twin = error < -(more + margin) and twin_error <= less + margin
-        self._count(index, favours_twin, now)
+        return remaining - believed > more + margin
 
-    def _weigh(self, index: int, meter: Meter, track: Track, now: float) -> None:
-        """Evidence against an "actual" meter, over calls whose unused estimates add up to
-        the vote margin: it needed (beyond what its "reserved" twin needed) at least half
-        of them in corrections, so the provider kept what it reserved (a vote); or almost
-        none (the votes start again). A switch to "reserved" is the careful way round, so
-        the corrections lagging the calls by a round trip only delay it."""
-        if self._rules[index] != "actual" or self._decided[index]:
+    def _weigh(self, index: int, meter: Meter, track: Track, generous: bool, now: float) -> None:
+        """Evidence on the rule, over calls whose unused estimates (what the two rules
+        bill differently) add up to the vote margin: the corrections each view needed
+        meanwhile. The view of the provider's rule needs none for them; the other needs
+        about all of them (the "actual" view when the provider keeps what it reserves), or
+        finds the provider far more generous (the "reserved" view when it refunds)."""
+        if self._decided[index] or track.unused < VOTE_MARGIN * meter.quota:
             return
-        if track.unused < VOTE_MARGIN * meter.quota:
-            return
-        needed = (track.fixed - track.twin_fixed) / track.unused
+        needed, twin_needed = track.fixed / track.unused, track.twin_fixed / track.unused
         track.unused = track.fixed = track.twin_fixed = 0.0
-        if needed >= 0.5:
-            self._count(index, True, now)
-        elif needed < 0.1:
+        if self._rules[index] == "reserved":
+            # Switching to "actual" is the risky way: the provider must show the room, and
+            # the "actual" twin must have held without corrections, this window.
+            self._count(index, generous and twin_needed < 0.25, now)
+        elif needed - twin_needed >= 0.5:
+            self._count(index, True, now)  # the careful way round: corrections suffice
+        elif needed - twin_needed < 0.1:
             self._count(index, False, now)
 
     def _count(self, index: int, favours_twin: bool, now: float) -> None:

@@ -103,9 +103,9 @@ class Track:
         self.in_flight = 0.0
         #: Charge admitted since the meter is tracked.
         self.admitted = 0.0
-        #: Evidence on an "actual" meter, since it was last weighed: the unused estimate of
-        #: the calls settled (what the two rules bill differently), and the corrections
-        #: the meter and its twin needed meanwhile.
+        #: Evidence on the rule since it was last weighed: the unused estimates of the
+        #: calls settled (what the two rules bill differently), and the corrections the
+        #: meter and its twin needed meanwhile.
         self.unused = 0.0
         self.fixed = 0.0
         self.twin_fixed = 0.0
@@ -153,8 +153,7 @@ class Track:
         other: Settle = "actual" if rule == "reserved" else "reserved"
         if mark is not None and mark[4] is not None:  # admitted while twinned
             settle(twin, other, estimate, actual, now)
-            if rule == "actual":
-                self.unused += max(0.0, estimate - actual)
+            self.unused += max(0.0, estimate - actual)
         elif rule == "reserved":  # the twin copied its estimate as used: hand back the rest
             if actual < estimate:
                 twin.refund((estimate - actual, now), now)

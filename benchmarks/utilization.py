@@ -1,29 +1,41 @@
-"""How close to the provider's limit each client gets, against the MockProvider.
+"""How close to the provider's limits each client gets, under both ways a provider bills.
 
-What: one workload of chat completions pushed through (a) this package's
-``ChatCompletions`` preset, (b) rate_limited 0.4.0 with ``openai_chat_resources`` and
-(c) what the popular guides teach: ``asyncio.gather`` + ``asyncio.Semaphore`` + tenacity's
-``wait_random_exponential`` over ``AsyncOpenAI`` (OpenAI cookbook, "How to handle rate
-limits"). Workloads: (1) RPM-bound, (2) TPM-bound with heavy-tailed outputs, (3) the TPM
-workload with the limits unknown to the client (headers only).
-Why: the issue promises, with known limits, at least 97% of the binding limit in the
-steady state and zero 429s; with unknown limits at least 90% and under 1% of requests
-answered 429. Nobody publishes these numbers; we do.
+What: chat completions pushed through five clients against the MockProvider: (a) this
+package's ``ChatCompletions`` preset with the limits given, (a') the same with no limits
+(read from the response headers), (b) this package's ``openai_chat_resources`` around
+``create(...).model_dump()``, (c) rate_limited 0.4.0's ``openai_chat_resources`` around
+the same function, and (d) what the popular guides teach: ``asyncio.gather`` +
+``asyncio.Semaphore`` + tenacity's ``wait_random_exponential`` over ``AsyncOpenAI``.
+
+Under both settle rules a provider may apply to unused output:
+* **keeps** (OpenAI's documented rule, the MockProvider's default for its OpenAI wire
+  format): a request counts ``prompt + max_tokens`` against TPM when it arrives, and the
+  unused part is not handed back;
+* **refunds** (a compatible server that hands it back at the answer).
+
+Workloads: **rpm** (600 RPM binds), **tpm** (120,000 TPM binds), **two models**
+(gpt-4o-mini at 120,000 TPM and gpt-4o at 60,000 TPM at once, each model its own buckets,
+requests 2:1). The clients of this package are told each rule the way a user would: the
+preset and ``openai_chat_resources`` assume OpenAI's rule (the preset finds a refunding
+provider from its headers); under **refunds**, ``openai_chat_resources`` is declared
+``settle="actual"`` (it reads no headers), with one more row showing its default there.
 
 How: the MockProvider runs in this process (a fresh one per cell) and a sampler thread
-reads its binding bucket every 20 ms; each client runs as a worker in its own
-``python -I`` process (0.4 in ``benchmarks/.venv04``, with ``openai`` added). Every
-client starts on a full bucket (a whole minute of quota it may burst), so:
+reads its buckets (``MockProvider.buckets()``) every 20 ms; each client runs as a worker in
+its own ``python -I`` process (0.4 in ``benchmarks/.venv04``, with ``openai`` added). Every
+client starts on full buckets (a whole minute of quota it may burst), so:
 
-* steady state: from 3 s after the bucket first ran below 5% of the limit to 1 s before
-  the last admission. The quota charged in it is ``refill - (level at end - level at
-  start) - refill lost while the bucket sat full`` (end levels averaged over 2 s:
-  refunds of unused output make the level jump), and throughput / limit is that over
-  ``limit / 60 * seconds``. A client that never drains the bucket has no steady state.
-* overall: the quota charged from the first to the last admission over what the
-  provider allowed in that time (the full bucket plus the refill).
+* steady state: the last ``--steady`` seconds (default 20) before 1 s before the model's
+  last admission, and not before 3 s after the binding bucket first ran below 5% of the
+  limit (the burst of the first minute, and learning the limits or the rule, come first:
+  the workload is sized for 15 s of that on top). The quota charged in it is ``refill -
+  (level at end - level at start) - refill lost while the bucket sat full`` (end levels
+  averaged over 2 s: refunds make the level jump), over ``limit / 60 * seconds``. A
+  client that never drains the bucket has no steady state.
+* overall: the quota charged from the first to the last admission over what the provider
+  allowed in that time (the full bucket plus the refill).
 
-    python benchmarks/utilization.py [--scale 1.0] [--write]
+    python benchmarks/utilization.py [--steady 20] [--write] [--only rule:workload:client,...]
 """
 
 from __future__ import annotations
@@ -40,14 +52,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-CLIENTS = ("new", "v04", "guides")
 CONCURRENCY = 64
-MODEL = "gpt-4o-mini"
-#: Per workload: the MockProvider's limits, requests, max_tokens, median output tokens.
-WORKLOADS: dict[str, dict[str, Any]] = {
-    "rpm": {"rpm": 600, "tpm": None, "requests": 1000, "max_tokens": 300, "median": 60},
-    "tpm": {"rpm": 6000, "tpm": 120_000, "requests": 560, "max_tokens": 1000, "median": 150},
+MINI, FOUR_O = "gpt-4o-mini", "gpt-4o"
+RULES = ("keeps", "refunds")
+WORKLOADS = ("rpm", "tpm", "two-models")
+CLIENTS = ("preset", "headers", "ocr", "v04", "guides")
+#: Per workload: per model, (RPM, TPM) at the provider; the binding kind; max_tokens; the
+#: median output; the share of the requests.
+SPECS: dict[str, dict[str, Any]] = {
+    "rpm": {"limits": {MINI: (600, 400_000)}, "binds": "requests", "max_tokens": 300},
+    "tpm": {"limits": {MINI: (6000, 120_000)}, "binds": "tokens", "max_tokens": 1000},
+    "two-models": {
+        "limits": {MINI: (6000, 120_000), FOUR_O: (6000, 60_000)},
+        "binds": "tokens",
+        "max_tokens": 1000,
+    },
 }
+MEDIAN_OUTPUT = 150
 #: The bucket has run dry (the initial burst is over) below this fraction of the limit; the
 #: steady state starts SETTLE s later; endpoint levels are averaged over EDGE s.
 DRY, SETTLE, EDGE = 0.05, 3.0, 2.0
@@ -57,55 +78,120 @@ _VOCABULARY = (
     "it for on that as with was be by this at from or an are data call fast slow time load"
 )
 _WORDS = _VOCABULARY.split()
+#: The mean of min(lognormal(median, sigma 1), max_tokens) for max_tokens 300 and 1000.
+_MEAN_OUTPUT = {300: 190, 1000: 235}
+#: Seconds the workload allows for the first minute's burst to end and the limits (or the
+#: provider's rule) to be learned, before the steady state.
+LEARNING = 15.0
 
 
-def make_requests(workload: str, scale: float) -> list[dict[str, Any]]:
-    """The workload's requests (seeded): a user prompt of 20-150 words, max_tokens."""
-    spec = WORKLOADS[workload]
+# -- the workload ---------------------------------------------------------------------------------
+def make_requests(workload: str, rule: str, steady: float) -> list[dict[str, Any]]:
+    """The workload's requests (seeded): enough for every model to run ``steady`` seconds at
+    its limit after its first minute's burst, under ``rule``."""
+    from rate_limited.testing import count_tokens
+
+    spec = SPECS[workload]
+    models = list(spec["limits"])
+    pattern = [MINI, MINI, FOUR_O] if len(models) == 2 else [MINI]
     rng = random.Random(f"utilization:{workload}")
+    max_tokens = spec["max_tokens"]
+    output = max_tokens if rule == "keeps" else _MEAN_OUTPUT[max_tokens]
+    needed = {}
+    for model, (rpm, tpm) in spec["limits"].items():
+        limit = rpm if spec["binds"] == "requests" else tpm
+        needed[model] = limit + limit / 60.0 * (steady + LEARNING + EDGE)
     requests = []
-    for index in range(int(spec["requests"] * scale)):
+    for index in itertools.count():
+        model = pattern[index % len(pattern)]
+        if all(n <= 0 for n in needed.values()):
+            break
         words = " ".join(rng.choices(_WORDS, k=rng.randint(20, 150)))
-        message = {"role": "user", "content": f"Request {index}: {words}"}
-        requests.append({"model": MODEL, "messages": [message], "max_tokens": spec["max_tokens"]})
+        content = f"Request {index}: {words}"
+        charge = 1 if spec["binds"] == "requests" else count_tokens(content) + 7 + output
+        needed[model] -= charge
+        message = {"role": "user", "content": content}
+        requests.append({"model": model, "messages": [message], "max_tokens": max_tokens})
     return requests
 
 
 # -- workers: run in their own interpreter (stdlib, openai, one rate_limited, tenacity) ----------
-def _worker_new(base_url: str, requests: list[dict[str, Any]], limits: dict[str, Any]) -> Any:
+def _limits_of(workload: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the preset's options, the model_limits of openai_chat_resources) for the workload."""
+    limits = SPECS[workload]["limits"]
+    rpm, tpm = limits[MINI]
+    others = {m: {"requests_per_minute": r, "tokens_per_minute": t} for m, (r, t) in limits.items()}
+    others.pop(MINI)
+    options: dict[str, Any] = {"requests_per_minute": rpm, "tokens_per_minute": tpm}
+    if others:
+        options["model_limits"] = others
+    return options, others
+
+
+def _worker_preset(
+    base_url: str, requests: list[dict[str, Any]], workload: str, given: bool
+) -> Any:
     import openai
 
     from rate_limited.apis.openai import ChatCompletions
 
     client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", timeout=60)
-    chat = ChatCompletions(client, **limits)
+    options = _limits_of(workload)[0] if given else {}
+    chat = ChatCompletions(client, **options)
     runner = chat.runner(max_concurrent=CONCURRENCY, progress=False)
     for kwargs in requests:
         runner.schedule(**kwargs)
     return runner.run()
 
 
-def _worker_v04(base_url: str, requests: list[dict[str, Any]], limits: dict[str, Any]) -> Any:
+def _create_as_dicts(base_url: str) -> Any:
     import openai
 
-    from rate_limited.apis.openai.chat import openai_chat_resources
-    from rate_limited.runner import Runner
-
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", timeout=60)
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", timeout=60, max_retries=0)
 
     async def create(**kwargs: Any) -> Any:  # 0.4 reads results["usage"]["total_tokens"]
         return (await client.chat.completions.create(**kwargs)).model_dump()
 
+    return create
+
+
+def _worker_ocr(base_url: str, requests: list[dict[str, Any]], workload: str, settle: str) -> Any:
+    from rate_limited.apis.openai.chat import openai_chat_resources
+    from rate_limited.runner import Runner
+
+    options, others = _limits_of(workload)
     resources = openai_chat_resources(
-        limits["requests_per_minute"], limits["tokens_per_minute"], model_max_len=4096
+        options["requests_per_minute"],
+        options["tokens_per_minute"],
+        model_max_len=4096,
+        settle=settle,
+        model_limits=others or None,
     )
-    runner = Runner(create, resources, max_concurrent=CONCURRENCY, progress_interval=0.1)
+    runner = Runner(
+        _create_as_dicts(base_url), resources, max_concurrent=CONCURRENCY, progress=False
+    )
     for kwargs in requests:
         runner.schedule(**kwargs)
     return runner.run()
 
 
-def _worker_guides(base_url: str, requests: list[dict[str, Any]], limits: dict[str, Any]) -> Any:
+def _worker_v04(base_url: str, requests: list[dict[str, Any]], workload: str) -> Any:
+    from rate_limited.apis.openai.chat import openai_chat_resources
+    from rate_limited.runner import Runner
+
+    options = _limits_of(workload)[0]  # 0.4 has one pair of limits: the first model's
+    resources = openai_chat_resources(
+        options["requests_per_minute"], options["tokens_per_minute"], model_max_len=4096
+    )
+    runner = Runner(
+        _create_as_dicts(base_url), resources, max_concurrent=CONCURRENCY, progress_interval=0.1
+    )
+    for kwargs in requests:
+        runner.schedule(**kwargs)
+    return runner.run()
+
+
+def _worker_guides(base_url: str, requests: list[dict[str, Any]]) -> Any:
     import openai
     from tenacity import retry, stop_after_attempt, wait_random_exponential
 
@@ -129,17 +215,19 @@ def _worker_guides(base_url: str, requests: list[dict[str, Any]], limits: dict[s
     return results, [[o] if isinstance(o, BaseException) else [] for o in outcomes]
 
 
-def worker(client: str, base_url: str, workload: str, scale: float, known: bool) -> dict[str, Any]:
-    spec = WORKLOADS[workload]
-    limits: dict[str, Any] = {}
-    if known:
-        limits = {"requests_per_minute": spec["rpm"], "tokens_per_minute": spec["tpm"]}
-        if limits["tokens_per_minute"] is None:  # unlimited: 0.4 needs a number
-            limits["tokens_per_minute"] = 10**9
-    requests = make_requests(workload, scale)
-    run = {"new": _worker_new, "v04": _worker_v04, "guides": _worker_guides}[client]
+def worker(
+    client: str, base_url: str, workload: str, rule: str, steady: float, settle: str
+) -> dict[str, Any]:
+    requests = make_requests(workload, rule, steady)
     started = time.monotonic()
-    results, exceptions = run(base_url, requests, limits)
+    if client in ("preset", "headers"):
+        results, exceptions = _worker_preset(base_url, requests, workload, client == "preset")
+    elif client == "ocr":
+        results, exceptions = _worker_ocr(base_url, requests, workload, settle)
+    elif client == "v04":
+        results, exceptions = _worker_v04(base_url, requests, workload)
+    else:
+        results, exceptions = _worker_guides(base_url, requests)
     elapsed = time.monotonic() - started
     failed = [i for i, r in enumerate(results) if r is None]
     errors = sorted({type(e).__name__ for i in failed for e in exceptions[i][-1:]})
@@ -157,11 +245,10 @@ def worker(client: str, base_url: str, workload: str, scale: float, known: bool)
 
 # -- the driver ---------------------------------------------------------------------------------
 class Sampler:
-    """Reads the MockProvider's buckets every ``interval`` s (its private limiter: this is a
-    benchmark of this repository, written against its own test double)."""
+    """Reads the MockProvider's buckets every ``interval`` s."""
 
     def __init__(self, provider: Any, interval: float = 0.02) -> None:
-        self._limiter = provider._limiter
+        self._provider = provider
         self._interval = interval
         self._stop = threading.Event()
         self.samples: list[tuple[float, dict[str, float]]] = []
@@ -173,10 +260,8 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            with self._limiter._lock:
-                now = time.monotonic()
-                levels = {n: b.available() for n, b in self._limiter._buckets.items()}
-            self.samples.append((now, levels))
+            levels = {name: level for name, (level, _) in self._provider.buckets().items()}
+            self.samples.append((time.monotonic(), levels))
 
     def stop(self) -> None:
         self._stop.set()
@@ -189,19 +274,22 @@ def _mean_level(series: list[tuple[float, float]], start: float, end: float) -> 
 
 
 def steady_state(
-    samples: list[tuple[float, dict[str, float]]], bucket: str, limit: float, last_admission: float
-) -> dict[str, Any]:
+    samples: list[tuple[float, dict[str, float]]],
+    bucket: str,
+    limit: float,
+    last_admission: float,
+    seconds: float,
+) -> float | None:
     """Throughput / limit of ``bucket`` over the steady state (see the module docstring)."""
     series = [(t, levels[bucket]) for t, levels in samples if bucket in levels]
     rate = limit / 60.0
     dry_at = next((t for t, a in series if a < DRY * limit), None)
     if dry_at is None:
-        return {"utilization": None, "window": 0.0}
-    start, end = dry_at + SETTLE, last_admission - EDGE / 2
+        return None
+    end = last_admission - EDGE / 2
+    start = max(dry_at + SETTLE, end - seconds)
     if end - start < 4 * EDGE:
-        return {"utilization": None, "window": 0.0}
-    # Endpoint levels averaged over EDGE seconds: refunds make the level jump by a reply's
-    # unused output, which over a short window would swamp the measure.
+        return None
     level_start = _mean_level(series, start - EDGE / 2, start + EDGE / 2)
     level_end = _mean_level(series, end - EDGE / 2, end + EDGE / 2)
     lost = sum(
@@ -211,7 +299,7 @@ def steady_state(
     )
     window = end - start
     charged = rate * window - (level_end - level_start) - lost
-    return {"utilization": charged / (rate * window), "window": window}
+    return charged / (rate * window)
 
 
 def overall(
@@ -235,129 +323,230 @@ def overall(
 
 
 def run_cell(
-    client: str, workload: str, known: bool, python: str | Path, scale: float
+    rule: str, workload: str, client: str, settle: str, python: str | Path, steady: float
 ) -> dict[str, Any]:
     from _common import run_worker
 
-    from rate_limited.testing import MockProvider
+    from rate_limited.testing import Limits, MockProvider
 
-    spec = WORKLOADS["tpm" if workload == "unknown" else workload]
+    spec = SPECS[workload]
+    rpm, tpm = spec["limits"][MINI]
+    model_limits = {m: Limits(rpm=r, tpm=t) for m, (r, t) in spec["limits"].items() if m != MINI}
     provider = MockProvider(
-        rpm=spec["rpm"],
-        tpm=spec["tpm"],
-        median_output_tokens=spec["median"],
+        rpm=rpm,
+        tpm=tpm,
+        model_limits=model_limits or None,
+        median_output_tokens=MEDIAN_OUTPUT,
+        refund_unused_output=rule == "refunds",
         seed=7,
-        log_requests=False,
         **LATENCY,
     ).start()
     sampler = Sampler(provider).start()
     try:
-        base = "tpm" if workload == "unknown" else workload
-        args = ["--worker", client, "--base-url", provider.base_url, "--workload", base]
-        args += ["--scale", str(scale)] + (["--known"] if known else [])
-        result = run_worker(python, __file__, args, timeout=900)
+        args = ["--worker", client, "--base-url", provider.base_url, "--workload", workload]
+        args += ["--rule", rule, "--steady", str(steady), "--settle", settle]
+        result = run_worker(python, __file__, args, timeout=1200)
     finally:
         sampler.stop()
         stats = provider.stats()
+        log = provider.request_log
         provider.stop()
-    if base == "rpm":
-        bucket, limit = "openai.requests", spec["rpm"]
-    else:
-        bucket, limit = "openai.tokens", spec["tpm"]
-    first, last = stats.first_admission or 0.0, stats.last_admission or 0.0
-    steady = steady_state(sampler.samples, bucket, limit, last)
-    steady["overall"] = overall(sampler.samples, bucket, limit, first, last)
+    kind = spec["binds"]
+    per_model = {}
+    for model, (model_rpm, model_tpm) in spec["limits"].items():
+        bucket, limit = f"openai.{kind}[{model}]", model_rpm if kind == "requests" else model_tpm
+        times = [e.time for e in log if e.model == model and e.status not in (429, None)]
+        first, last = (min(times), max(times)) if times else (0.0, 0.0)
+        per_model[model] = {
+            "steady": steady_state(sampler.samples, bucket, limit, last, steady),
+            "overall": overall(sampler.samples, bucket, limit, first, last),
+        }
     result.update(
+        rule=rule,
         workload=workload,
-        known=known,
+        settle=settle,
         provider_requests=stats.requests,
-        admitted=stats.admitted,
         rejected=stats.rejected,
-        first_admission=stats.first_admission,
-        **steady,
+        per_model=per_model,
     )
     return result
 
 
-TARGETS = {"rpm": "≥ 97%, 0 429s", "tpm": "≥ 97%, 0 429s", "unknown": "≥ 90%, < 1% 429s"}
 LABELS = {
-    "new": "(a) rate_limited (this)",
-    "v04": "(b) rate_limited 0.4.0",
-    "guides": "(c) gather + Semaphore + tenacity",
+    "preset": "(a) ChatCompletions preset",
+    "headers": "(a') preset, no limits",
+    "ocr": "(b) openai_chat_resources",
+    "v04": "(c) rate_limited 0.4.0",
+    "guides": "(d) gather + Semaphore + tenacity",
 }
 
 
-def _cells(only: str | None) -> list[tuple[str, str, bool]]:
-    cells = [
-        (client, workload, workload != "unknown")
-        for workload in ("rpm", "tpm", "unknown")
-        for client in CLIENTS
-        if not (workload == "unknown" and client != "new")
-    ]
+def _cells(only: str | None) -> list[tuple[str, str, str, str]]:
+    """(rule, workload, client, settle of openai_chat_resources) of every cell to run."""
+    cells = []
+    for rule in RULES:
+        for workload in WORKLOADS:
+            for client in CLIENTS:
+                declared = "actual" if rule == "refunds" else "reserved"
+                cells.append((rule, workload, client, declared))
+                if client == "ocr" and rule == "refunds" and workload == "tpm":
+                    cells.append((rule, workload, client, "reserved"))  # its default
     if only:
-        wanted = {tuple(c.split(":")) for c in only.split(",")}
-        cells = [c for c in cells if (c[0], c[1]) in wanted]
+        wanted = [tuple(c.split(":")) for c in only.split(",")]
+        cells = [c for c in cells if any(c[: len(w)] == w for w in wanted)]
     return cells
 
 
 def _limits_label(result: dict[str, Any]) -> str:
-    if result["client"] == "guides":
+    client = result["client"]
+    if client == "guides":
         return "(uses none)"
-    return "given" if result["known"] else "headers"
+    if client == "headers":
+        return "headers"
+    if client == "v04" and result["workload"] == "two-models":
+        return "given (one pair: gpt-4o-mini's)"
+    if client == "ocr":
+        return f'given, settle="{result["settle"]}"'
+    return "given"
+
+
+def _percent(value: float | None) -> str:
+    return "never saturated" if value is None else f"{value:.1%}"
+
+
+def _per_model(result: dict[str, Any], key: str) -> str:
+    values = result["per_model"]
+    if len(values) == 1:
+        return _percent(next(iter(values.values()))[key])
+    return " / ".join(f"{_percent(v[key])}" for v in values.values())
 
 
 def _row(result: dict[str, Any]) -> list[str]:
-    utilization = result["utilization"]
     sent = result["provider_requests"]
     rejected = result["rejected"]
     failed = result["failed"]
     errors = f" ({', '.join(result['errors'])})" if failed else ""
     return [
+        result["rule"],
         result["workload"],
         LABELS[result["client"]],
         _limits_label(result),
-        "never saturated" if utilization is None else f"{utilization:.1%}",
-        "-" if result["overall"] is None else f"{result['overall']:.1%}",
-        f"{rejected} ({rejected / max(1, sent):.1%})",
+        _per_model(result, "steady"),
+        _per_model(result, "overall"),
+        f"{rejected} ({rejected / max(1, sent):.2%})",
         f"{result['elapsed']:.1f} s",
         f"{result['requests'] - failed}/{result['requests']}{errors}",
     ]
 
 
+def _checks(results: list[dict[str, Any]]) -> list[str]:
+    """The targets the issue set, checked on this run's cells."""
+
+    def cells(clients: tuple[str, ...], workloads: tuple[str, ...]) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in results
+            if r["client"] in clients
+            and r["workload"] in workloads
+            and (
+                r["client"] != "ocr"
+                or r["settle"] == ("actual" if r["rule"] == "refunds" else "reserved")
+            )
+        ]
+
+    def steady_values(rows: list[dict[str, Any]]) -> list[float]:
+        return [
+            v["steady"] if v["steady"] is not None else 0.0
+            for r in rows
+            for v in r["per_model"].values()
+        ]
+
+    lines = []
+    given = cells(("preset", "ocr"), ("rpm", "tpm"))
+    learned = cells(("headers",), ("rpm", "tpm", "two-models"))
+    two = cells(("preset", "ocr"), ("two-models",))
+    ours = cells(("preset", "headers", "ocr"), WORKLOADS)
+    specs = [
+        (
+            "limits given, both rules, RPM- and TPM-bound, preset and openai_chat_resources: "
+            "steady state >= 99%, 0 429s",
+            given,
+            0.99,
+            lambda r: r["rejected"] == 0,
+        ),
+        (
+            "limits learned from the headers: >= 97%, < 0.5% of requests answered 429",
+            learned,
+            0.97,
+            lambda r: r["rejected"] < 0.005 * r["provider_requests"],
+        ),
+        (
+            "two models at once, each within its own limit: each bucket >= 97%, 0 429s",
+            two,
+            0.97,
+            lambda r: r["rejected"] == 0,
+        ),
+    ]
+    for text, rows, floor, ok in specs:
+        if not rows:
+            continue
+        values = steady_values(rows)
+        met = min(values) >= floor and all(ok(r) for r in rows)
+        worst = min(values)
+        rejected = sum(r["rejected"] for r in rows)
+        lines.append(
+            f"- {text}: {'met' if met else 'NOT MET'} (lowest {worst:.1%}, "
+            f"{rejected} 429s in {len(rows)} cells)"
+        )
+    lost = sum(r["failed"] for r in ours)
+    if ours:
+        lines.append(
+            f"- no call lost to 429s (this package's rows): {'met' if lost == 0 else 'NOT MET'} "
+            f"({lost} calls failed)"
+        )
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply request counts")
+    parser.add_argument("--steady", type=float, default=20.0, help="steady-state seconds")
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
-    parser.add_argument("--only", help="cells to run, e.g. new:rpm,v04:tpm,new:unknown")
+    parser.add_argument("--only", help="cells to run: rule[:workload[:client]],...")
     parser.add_argument("--replay", help="render the cells a previous run logged (JSON lines)")
     parser.add_argument("--worker", choices=CLIENTS, help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
-    parser.add_argument("--workload", choices=tuple(WORKLOADS), help=argparse.SUPPRESS)
-    parser.add_argument("--known", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--workload", choices=WORKLOADS, help=argparse.SUPPRESS)
+    parser.add_argument("--rule", choices=RULES, help=argparse.SUPPRESS)
+    parser.add_argument("--settle", default="reserved", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.base_url, args.workload, args.scale, args.known)))
+        result = worker(
+            args.worker, args.base_url, args.workload, args.rule, args.steady, args.settle
+        )
+        print(json.dumps(result))
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import _common
 
-    pythons = {"new": sys.executable, "guides": sys.executable}
-    if not args.replay and any(c[0] == "v04" for c in _cells(args.only)):
+    cells = [] if args.replay else _cells(args.only)
+    pythons = {c: sys.executable for c in CLIENTS}
+    if any(c[2] == "v04" for c in cells):
         pythons["v04"] = str(_common.ensure_venv04())
         _common.ensure_packages(pythons["v04"], ["openai"])
     results = []
     if args.replay:  # the JSON lines a previous run printed to stderr: re-render only
         lines = Path(args.replay).read_text(encoding="utf-8").splitlines()
         results = [json.loads(line) for line in lines if line.startswith("{")]
-    for client, workload, known in [] if args.replay else _cells(args.only):
-        print(f"running {client} on {workload} ...", file=sys.stderr, flush=True)
-        result = run_cell(client, workload, known, pythons[client], args.scale)
+    for rule, workload, client, settle in cells:
+        print(f"running {rule} / {workload} / {client} ...", file=sys.stderr, flush=True)
+        result = run_cell(rule, workload, client, settle, pythons[client], args.steady)
         expected = "/benchmarks/.venv04/" if client == "v04" else str(_common.REPO_ROOT)
         if result["file"] is not None and expected not in result["file"]:
             raise RuntimeError(f"{client} imported rate_limited from {result['file']}")
         print(json.dumps(result), file=sys.stderr, flush=True)
         results.append(result)
     header = [
+        "rule",
         "workload",
         "client",
         "limits",
@@ -367,80 +556,74 @@ def main(argv: Sequence[str] | None = None) -> int:
         "makespan",
         "calls succeeded",
     ]
-    rows = [_row(r) for r in results]
-    if any(r["workload"] == "unknown" for r in results):
-        rows += [
-            ["unknown", LABELS["v04"], "-", "n/a: 0.4 needs the limits", *["-"] * 4],
-            ["unknown", LABELS["guides"], "(uses none)", "same as its tpm row", *["-"] * 4],
-        ]
-    table = _common.markdown_table(header, rows)
-    text = _report(table, args, argv)
+    table = _common.markdown_table(header, [_row(r) for r in results])
+    text = _report(table, _checks(results), args, argv)
     print(text)
     if args.write:
         _common.replace_section("Utilization", text)
     return 0
 
 
-def _report(table: str, args: argparse.Namespace, argv: Sequence[str] | None) -> str:
+def _report(
+    table: str, checks: list[str], args: argparse.Namespace, argv: Sequence[str] | None
+) -> str:
     import _common
 
-    machine = _common.machine_info()
-    rpm, tpm = WORKLOADS["rpm"], WORKLOADS["tpm"]
     given = list(argv if argv is not None else sys.argv[1:])
     if "--replay" in given:  # how the cells were measured, not how they were re-rendered
         index = given.index("--replay")
         del given[index : index + 2]
-    command = _common.command_line(__file__, [a for a in given if a != "--write"])
-    return f"""Date: {_common.today()}. Machine: {machine["nproc"]} CPUs ({machine["cpu"]}), \
-{machine["implementation"]} {machine["python"]}, {machine["os"]}.
-
-Command (from the repository root):
-
-```
-{command} --write
-```
-
+    preamble = "\n".join(
+        _common.preamble(__file__, [a for a in given if a != "--write"] + ["--write"])
+    )
+    return f"""{preamble}
 MockProvider (one per cell, in the driver's process): latency {LATENCY["latency"]} s + \
-{LATENCY["latency_per_token"]} s per output token + up to {LATENCY["jitter"]} s jitter; \
-outputs lognormal (sigma 1) capped at max_tokens; unused output refunded at the answer. \
-Workloads ({MODEL}, prompts of 20-150 words, scale {args.scale:g}): \
-**rpm**: {int(rpm["requests"] * args.scale)} requests, limits {rpm["rpm"]} RPM and no TPM, \
-max_tokens {rpm["max_tokens"]}, median output {rpm["median"]}; \
-**tpm**: {int(tpm["requests"] * args.scale)} requests, limits {tpm["tpm"]:,} TPM \
-(binding) and {tpm["rpm"]} RPM, max_tokens {tpm["max_tokens"]}, median output \
-{tpm["median"]}; **unknown**: the tpm workload, the client given no limits. Each client \
-runs {CONCURRENCY} calls at most at once, over `openai.AsyncOpenAI`: (a) \
-`ChatCompletions(client, requests_per_minute=..., tokens_per_minute=...)` (none for \
-unknown; the preset sets the client's max_retries to 0); (b) 0.4's \
-`openai_chat_resources(rpm, tpm, 4096)` around `create(...).model_dump()`, \
-`progress_interval=0.1`; (c) `asyncio.Semaphore({CONCURRENCY})` + \
-`@retry(wait=wait_random_exponential(min=1, max=60), stop=stop_after_attempt(6))`, SDK \
-defaults (max_retries=2). (b) cannot run without limits and (c) never uses them, so \
-their unknown-limits cells are the tpm ones.
+{LATENCY["latency_per_token"]} s per output token + up to {LATENCY["jitter"]} s \
+jitter; outputs lognormal (median {MEDIAN_OUTPUT}, sigma 1) capped at max_tokens; each \
+model its own buckets. **keeps**: OpenAI's documented rule (prompt + max_tokens \
+counted on arrival, never handed back; the mock's default for the OpenAI wire format); \
+**refunds**: unused output handed back at the answer. Workloads (prompts of 20-150 \
+words; each sized for {LEARNING:g} + {args.steady:g} s past the first minute's burst \
+for this package's clients): **rpm**: 600 RPM binds (400,000 TPM does not), max_tokens \
+300; **tpm**: 120,000 TPM binds (6,000 RPM does not), max_tokens 1000; **two-models**: \
+gpt-4o-mini at 120,000 TPM and gpt-4o at 60,000 TPM at once, requests 2:1 (figures: \
+gpt-4o-mini / gpt-4o), max_tokens 1000. Each client runs {CONCURRENCY} calls at most \
+at once, over `openai.AsyncOpenAI`: (a) `ChatCompletions(client, \
+requests_per_minute=..., tokens_per_minute=..., model_limits=...)`; (a') \
+`ChatCompletions(client)`; (b) `openai_chat_resources(rpm, tpm, 4096, settle=..., \
+model_limits=...)` around `create(...).model_dump()` (client max_retries=0); (c) 0.4's \
+`openai_chat_resources(rpm, tpm, 4096)` around the same function, \
+`progress_interval=0.1` (0.4 has one pair of limits: gpt-4o-mini's on two-models); (d) \
+`asyncio.Semaphore({CONCURRENCY})` + `@retry(wait=wait_random_exponential(min=1, \
+max=60), stop=stop_after_attempt(6))`, SDK defaults (max_retries=2).
 
 {table}
 
-Steady state: from {SETTLE:g} s after the binding bucket first ran below {DRY:.0%} of \
-the limit (the initial burst is over) to {EDGE / 2:g} s before the last admission; \
-throughput / limit = quota charged in it / (limit / 60 * seconds), read from the \
-provider's bucket sampled every 20 ms (refill, minus the change of the level, minus \
+Steady state: the last {args.steady:g} s to {EDGE / 2:g} s before the model's last \
+admission, not before {SETTLE:g} s after the binding bucket first ran below {DRY:.0%} of \
+the limit (the burst of the first minute, and learning the limits or the rule, come \
+first: each workload is sized for {LEARNING:g} s of that); throughput / limit = quota \
+charged in it / (limit / 60 * seconds), read from \
+the provider's bucket sampled every 20 ms (refill, minus the change of the level, minus \
 refill lost while the bucket sat full; end levels averaged over {EDGE:g} s). "never \
-saturated": the client never drained the bucket, so it never ran at the limit. Overall: \
-quota charged from the first to the last admission / what the provider allowed then (the \
-full bucket plus the refill). 429s are counted by the provider (SDK retries included). \
-Targets: {TARGETS["rpm"]} on rpm and tpm, {TARGETS["unknown"]} on unknown.
+saturated": the client never drained the bucket. Overall: quota charged from the first \
+to the last admission / what the provider allowed then (the full bucket plus the \
+refill). 429s are counted by the provider (SDK retries included).
 
-Reading it: (a) keeps the provider's bucket at its edge from the end of the burst to the \
-last call, on either limit, with no 429 (a steady-state figure a little above 100% is \
-measurement noise: refunds of unused output move the level in lumps). Without limits it \
-sends one probe, reads the limits from its answer and then runs as if it had been told. \
-(b) 0.4 counts each request for a whole window (61 s, from its `timedelta.seconds` \
-arithmetic) while the provider refills continuously, so after its first burst it waits \
-with the bucket refilling (and finally full, the refill lost) and never runs at the \
-limit: 1.6-1.9x the makespan. (c) sends whatever the semaphore allows: about 7 of 10 \
-requests are answered 429, its backoff sleeps leave the bucket idle (81% of the limit \
-in the steady state), and with `stop_after_attempt(6)` 2-4% of the calls fail for good \
-(its tpm makespan is short only because those calls were dropped).
+Targets, checked on this run:
+
+{chr(10).join(checks)}
+
+Reading it: this package's clients keep each binding bucket at its edge after the burst, \
+under either rule, with no 429: the preset and `openai_chat_resources` bill OpenAI's rule \
+(max_tokens counted, never less), and the preset finds a refunding provider from its \
+headers in a few seconds and then bills the actual usage; without the limits it sends one \
+probe per model and reads them. With two models, each model's calls wait only for its \
+own buckets. `openai_chat_resources` reads no headers: under **refunds** it is declared \
+`settle="actual"`; left at OpenAI's rule there (its extra row) it is safe but leaves the \
+refunded capacity unused. 0.4 counts each request for a whole window (61 s) while the \
+provider refills continuously, and bills the actual usage where OpenAI keeps max_tokens; \
+the guides' recipe sends whatever its semaphore allows and backs off blindly.
 """
 
 

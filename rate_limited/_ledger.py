@@ -491,20 +491,26 @@ class Ledger:
         return remaining - believed > more + margin
 
     def _weigh(self, index: int, meter: Meter, track: Track, generous: bool, now: float) -> None:
-        """Evidence on the rule, over calls whose unused estimates (what the two rules
-        bill differently) add up to the vote margin: the corrections each view needed
-        meanwhile. The view of the provider's rule needs none for them; the other needs
-        about all of them (the "actual" view when the provider keeps what it reserves), or
-        finds the provider far more generous (the "reserved" view when it refunds)."""
+        """Evidence on the rule, once the calls settled since the window opened have unused
+        estimates (what the two rules bill differently) worth the vote margin: the
+        corrections each view needed meanwhile. The view of the provider's rule needs none
+        for them; the other needs about all of them (the "actual" view when the provider
+        keeps what it reserves), or finds the provider far more generous than it can
+        explain (the "reserved" view when it refunds)."""
         if self._decided[index] or track.unused < VOTE_MARGIN * meter.quota:
             return
         needed, twin_needed = track.fixed / track.unused, track.twin_fixed / track.unused
-        track.unused = track.fixed = track.twin_fixed = 0.0
         if self._rules[index] == "reserved":
-            # Switching to "actual" is the risky way: the provider must show the room, and
-            # the "actual" twin must have held without corrections, this window.
-            self._count(index, generous and twin_needed < 0.25, now)
-        elif needed - twin_needed >= 0.5:
+            # Switching to "actual" is the risky way: each header must show the provider
+            # with that much room, while the "actual" twin has needed next to no correction
+            # for the calls of the window (which stays open while the votes add up).
+            favours = generous and twin_needed < 0.25
+            if not favours:
+                track.unused = track.fixed = track.twin_fixed = 0.0
+            self._count(index, favours, now)
+            return
+        track.unused = track.fixed = track.twin_fixed = 0.0
+        if needed - twin_needed >= 0.5:
             self._count(index, True, now)  # the careful way round: corrections suffice
         elif needed - twin_needed < 0.1:
             self._count(index, False, now)

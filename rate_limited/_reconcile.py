@@ -13,10 +13,8 @@ ledger more careful, never less; and a ledger more careful than the provider sta
 except for the one thing headers can settle: the settle rule.
 
 ``Track.twin`` is the same meter's calls billed by the other settle rule (and corrected
-against the headers by the same reasoning). Both views are then compared with each
-header *as of its admission* (``Ledger._vote``): a provider with much more room than the
-``"reserved"`` view can explain, beyond every request then in flight and the refill
-since, while the ``"actual"`` view fits, refunds unused output.
+against the headers by the same reasoning); the corrections each view needs tell which
+rule the provider bills by (``Ledger._weigh``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ minute.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from rate_limited.exceptions import PermanentError
@@ -35,6 +35,7 @@ def get_requests_per_minute(
     refill: Refill = "bucket",
     *,
     partition: Callable[[Call], Hashable] | None = None,
+    partition_quotas: Mapping[Hashable, float] | None = None,
 ) -> Resource:
     """A ``"requests_per_minute"`` Resource: each call uses 1 of ``quota`` per minute
     (per ``partition`` key, e.g. per model, if given)."""
@@ -46,6 +47,7 @@ def get_requests_per_minute(
         refill=refill,
         refill_delay=PROVIDER_REFILL_DELAY,
         partition=partition,
+        partition_quotas=partition_quotas,
     )
 
 

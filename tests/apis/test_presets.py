@@ -475,3 +475,13 @@ def test_04_resources_and_requests_per_minute() -> None:
     assert requests.partition is not None and requests.partition(call) == "gpt-4o"
     assert openai_chat_resources(1, 2, 3, settle="actual")[1].settle == "actual"
     assert get_requests_per_minute(5, refill="window").refill == "window"
+
+
+def test_04_resources_take_limits_per_model() -> None:
+    requests, tokens = openai_chat_resources(
+        100, 10_000, 2048, model_limits={"gpt-4o": {"tokens_per_minute": 3_000}}
+    )
+    assert (tokens.quota_for("gpt-4o"), tokens.quota_for("gpt-4o-mini")) == (3_000, 10_000)
+    assert requests.quota_for("gpt-4o") == 100
+    with pytest.raises(ConfigurationError, match="unknown limit 'tpm'"):
+        openai_chat_resources(1, 2, 3, model_limits={"m": {"tpm": 5}})

@@ -26,7 +26,7 @@ the rate-limit headers.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,7 @@ from rate_limited.apis._preset import field
 from rate_limited.apis._prompts import PromptEstimator
 from rate_limited.apis._tokens import conservative_tokens
 from rate_limited.apis.common import PROVIDER_REFILL_DELAY, get_requests_per_minute
+from rate_limited.exceptions import ConfigurationError
 from rate_limited.resources import Resource, Settle
 
 if TYPE_CHECKING:
@@ -57,21 +58,49 @@ def openai_chat_resources(
     model_max_len: int,
     *,
     settle: Settle = "reserved",
+    model_limits: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[Resource]:
     """``[requests_per_minute, tokens_per_minute]`` Resources for chat completions, per
     model.
 
     ``model_max_len``: output reserved for a call that sets no ``max_tokens``.
     ``settle``: ``"reserved"`` (OpenAI's rule) or ``"actual"`` (a server that refunds).
+    ``model_limits``: limits of some models, e.g. ``{"gpt-4o": {"tokens_per_minute":
+    30_000}}`` (the others have the limits given).
     """
+    quotas: dict[str, dict[Hashable, float]] = {
+        "requests_per_minute": {},
+        "tokens_per_minute": {},
+    }
+    for model, limits in (model_limits or {}).items():
+        for name, value in limits.items():
+            if name not in quotas:
+                raise ConfigurationError(
+                    f"model_limits[{model!r}] has an unknown limit {name!r}; the limits are "
+                    "requests_per_minute and tokens_per_minute."
+                )
+            quotas[name][model] = value
     return [
-        get_requests_per_minute(requests_per_minute, partition=model_argument),
-        get_tokens_per_minute(tokens_per_minute, model_max_len, settle=settle),
+        get_requests_per_minute(
+            requests_per_minute,
+            partition=model_argument,
+            partition_quotas=quotas["requests_per_minute"] or None,
+        ),
+        get_tokens_per_minute(
+            tokens_per_minute,
+            model_max_len,
+            settle=settle,
+            partition_quotas=quotas["tokens_per_minute"] or None,
+        ),
     ]
 
 
 def get_tokens_per_minute(
-    quota: int | float, model_max_len: int, *, settle: Settle = "reserved"
+    quota: int | float,
+    model_max_len: int,
+    *,
+    settle: Settle = "reserved",
+    partition_quotas: Mapping[Hashable, float] | None = None,
 ) -> Resource:
     """A ``"tokens_per_minute"`` Resource (continuous refill, per model) for chat
     completions, billed by OpenAI's rule unless ``settle`` says otherwise."""
@@ -85,6 +114,7 @@ def get_tokens_per_minute(
         refill_delay=PROVIDER_REFILL_DELAY,
         settle=settle,
         partition=model_argument,
+        partition_quotas=partition_quotas,
     )
 
 

@@ -46,6 +46,7 @@ import itertools
 import json
 import random
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -216,9 +217,9 @@ def _worker_guides(base_url: str, requests: list[dict[str, Any]]) -> Any:
 
 
 def worker(
-    client: str, base_url: str, workload: str, rule: str, steady: float, settle: str
+    client: str, base_url: str, workload: str, requests_file: str, settle: str
 ) -> dict[str, Any]:
-    requests = make_requests(workload, rule, steady)
+    requests = json.loads(Path(requests_file).read_text(encoding="utf-8"))
     started = time.monotonic()
     if client in ("preset", "headers"):
         results, exceptions = _worker_preset(base_url, requests, workload, client == "preset")
@@ -330,6 +331,7 @@ def run_cell(
     from rate_limited.testing import Limits, MockProvider
 
     spec = SPECS[workload]
+    requests = make_requests(workload, rule, steady)  # the same for every client
     rpm, tpm = spec["limits"][MINI]
     model_limits = {m: Limits(rpm=r, tpm=t) for m, (r, t) in spec["limits"].items() if m != MINI}
     provider = MockProvider(
@@ -343,9 +345,12 @@ def run_cell(
     ).start()
     sampler = Sampler(provider).start()
     try:
-        args = ["--worker", client, "--base-url", provider.base_url, "--workload", workload]
-        args += ["--rule", rule, "--steady", str(steady), "--settle", settle]
-        result = run_worker(python, __file__, args, timeout=1200)
+        with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8") as file:
+            json.dump(requests, file)
+            file.flush()
+            args = ["--worker", client, "--base-url", provider.base_url]
+            args += ["--workload", workload, "--requests", file.name, "--settle", settle]
+            result = run_worker(python, __file__, args, timeout=1200)
     finally:
         sampler.stop()
         stats = provider.stats()
@@ -516,13 +521,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--worker", choices=CLIENTS, help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--workload", choices=WORKLOADS, help=argparse.SUPPRESS)
-    parser.add_argument("--rule", choices=RULES, help=argparse.SUPPRESS)
+    parser.add_argument("--requests", help=argparse.SUPPRESS)
     parser.add_argument("--settle", default="reserved", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        result = worker(
-            args.worker, args.base_url, args.workload, args.rule, args.steady, args.settle
-        )
+        result = worker(args.worker, args.base_url, args.workload, args.requests, args.settle)
         print(json.dumps(result))
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -68,10 +68,6 @@ class LedgerControl:
         """The quota the ledger currently enforces for ``resource`` (and ``partition``)."""
         return self._engine.ledger.quota(resource, partition)
 
-    def rule(self, resource: str) -> str:
-        """The settle rule the ledger bills ``resource`` by now."""
-        return self._engine.ledger.rule(resource)
-
     @staticmethod
     def admission() -> Reservation | None:
         """The admission of the attempt calling this (None outside the Runner's calls)."""
@@ -82,7 +78,7 @@ class LedgerControl:
         on, e.g. a limit read from the headers."""
         if not quota > 0 or math.isinf(quota):
             raise ValueError(f"quota must be a positive finite number, got {quota!r}")
-        self._engine.ledger.names.index(resource)  # a clear error now, not on the loop
+        self._check(resource)
         self._post(self._set_quota, resource, float(quota), partition)
 
     def report_remaining(
@@ -100,7 +96,7 @@ class LedgerControl:
         ``admission`` (without counting it, if it ``refused`` it: a 429). A ledger that
         believed in more room bills the difference (``Ledger.reconcile``). A report on an
         unknown admission (None: a call from outside this Runner) tells it nothing."""
-        self._engine.ledger.names.index(resource)
+        self._check(resource)
         self._post(
             self._reconcile, resource, float(remaining), partition, admission, precision, refused
         )
@@ -108,6 +104,13 @@ class LedgerControl:
     def pause(self, seconds: float) -> None:
         """Admit nothing for ``seconds`` (a cool-down), on top of any 429 Retry-After."""
         self._post(self._pause, max(0.0, float(seconds)))
+
+    def _check(self, resource: str) -> None:
+        """A clear error now, not later on the loop."""
+        if resource not in self._engine.ledger.names:
+            raise KeyError(
+                f"no resource named {resource!r}; the Runner has {self._engine.ledger.names}"
+            )
 
     # -- on the loop thread ------------------------------------------------------------------
     def _post(self, callback: Callable[..., None], *args: Any) -> None:

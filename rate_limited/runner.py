@@ -244,8 +244,11 @@ class Runner:
         self._engine: Engine | None = None  # on the Runner's own loop thread
         self._caller_engine: Engine | None = None  # event_loop="current"
         self._active_engine: Engine | None = None  # the one the last run used
-        #: The calls of the last completed ``apply()`` (rerunning that cell sends nothing).
-        self._last_apply: list[Call] | None = None
+        #: The RunResult of the last run that ended (``run()``, ``start()``, ``apply()``):
+        #: ``runner.last_result.plot()`` / ``.to_pandas()`` after an ``apply()``.
+        self.last_result: RunResult | None = None
+        #: The result of the last completed ``apply()`` (rerunning that cell sends nothing).
+        self._last_apply: RunResult | None = None
         self._active_future: concurrent.futures.Future[tuple[bool, float]] | None = None
         # One ledger for the Runner's life, whichever loop its engine runs on.
         self._ledger = Ledger(self.resources)
@@ -501,6 +504,7 @@ class Runner:
         result.resources = tuple(self.resources)
         if self._active_engine is not None:
             result.started_at = self._active_engine.stats.started_at
+        self.last_result = result
         return result
 
     def _check_can_start(self) -> None:
@@ -555,6 +559,10 @@ class Runner:
         ``row_to_kwargs(row)`` gives the call's keyword arguments. The result has one row
         per input row: ``result``, ``status``, ``error``, ``attempts``, ``latency``,
         ``from_store`` and ``usage_<resource>``. Rerunning after an interrupt resumes.
+        Every row is scheduled before anything runs: a row that cannot be scheduled (one
+        that needs more than a whole quota, say) is named in the error and nothing is
+        kept, so the Runner is ready for the corrected frame. The run's RunResult is
+        ``runner.last_result`` afterwards (``.plot()``, ``.to_pandas()``).
         """
         from rate_limited.pandas import apply
 

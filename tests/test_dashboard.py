@@ -256,6 +256,27 @@ def test_a_limit_the_provider_does_not_have_reads_no_limit() -> None:
     assert "tokens: 9 used · no limit" in dashboard.text()
 
 
+def test_limits_discovered_from_the_headers_are_shown(make_provider: Any) -> None:
+    openai = pytest.importorskip("openai")
+    from rate_limited.apis.openai import ChatCompletions
+
+    provider = make_provider(rpm=600, tpm=12_000)
+    chat = ChatCompletions(openai.OpenAI(base_url=provider.base_url, api_key="sk-test"))
+    dashboard = Recording()
+    runner = chat.runner(progress=dashboard, progress_interval=0)
+    for i in range(5):
+        runner.schedule(
+            model="gpt-4o-mini", max_tokens=20, messages=[{"role": "user", "content": f"hi {i}"}]
+        )
+    runner.run()
+    runner.close()
+    final = dashboard.state()["usage"]
+    assert final["requests_per_minute"]["quota"] == 600
+    assert final["tokens_per_minute"]["quota"] == 12_000
+    assert final["requests_per_minute"]["text"].startswith("5 used / 600 (")
+    assert "/ 12,000 (" in final["tokens_per_minute"]["text"]
+
+
 class Published:
     """Records what the dashboard publishes to the notebook (instead of IPython)."""
 

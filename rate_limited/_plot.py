@@ -37,6 +37,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from rate_limited.apis._limits import UNKNOWN_QUOTA  # a preset's "no such limit" quota
+
 if TYPE_CHECKING:
     from rate_limited.outcomes import Outcome, RunResult
     from rate_limited.resources import Resource
@@ -51,10 +53,6 @@ UsageHistory = Sequence[tuple[float, dict[str, tuple[float, float, float]]]]
 
 #: Margin on each side of the run on the time axis, as a fraction of its length.
 X_MARGIN = 0.02
-
-#: A quota at least this large is no limit at all (the presets' placeholder for a limit
-#: the provider does not have: ``rate_limited.apis._limits.UNKNOWN_QUOTA``).
-NO_LIMIT = 1e15
 
 #: Bar colours of the timeline, by status.
 STATUS_COLORS = {
@@ -295,7 +293,7 @@ def _nothing_ran(result: RunResult) -> str:
 
 def _label(resource: Resource, quota: float | None = None) -> str:
     quota = float(resource.quota) if quota is None else quota
-    if quota >= NO_LIMIT:
+    if quota >= UNKNOWN_QUOTA:
         return f"{resource.name}: no limit"
     window = f"{resource.time_window_seconds:g} s"
     return f"{resource.name}: {quota:,.10g} per {window} ({resource.refill})"
@@ -303,7 +301,7 @@ def _label(resource: Resource, quota: float | None = None) -> str:
 
 def _no_limit_entry(ax: Any, resource: Resource) -> None:
     """A legend entry (and nothing drawn) for a resource without a limit."""
-    (line,) = ax.plot([], [], linestyle="none", label=_label(resource, NO_LIMIT))
+    (line,) = ax.plot([], [], linestyle="none", label=_label(resource, UNKNOWN_QUOTA))
     line.set_gid(f"no-limit:{resource.name}")
 
 
@@ -322,7 +320,7 @@ def _draw_history(ax: Any, history: UsageHistory, resources: Sequence[Resource],
         # Each sample against the quota the ledger enforced then (a discovered limit).
         declared = float(resource.quota)
         quotas = [usage[name][2] if name in usage else declared for _, usage in history]
-        if quotas[-1] >= NO_LIMIT:
+        if quotas[-1] >= UNKNOWN_QUOTA:
             _no_limit_entry(ax, resource)
             continue
         used = [
@@ -347,7 +345,7 @@ def _draw_usage(ax: Any, result: RunResult, resources: Sequence[Resource], t0: f
     events = usage_events(result.outcomes, resources)
     for resource in resources:
         quota = float(resource.quota)
-        if quota >= NO_LIMIT:
+        if quota >= UNKNOWN_QUOTA:
             _no_limit_entry(ax, resource)
             continue
         xs, ys = usage_curve(

@@ -1,8 +1,8 @@
 """``SemanticCache``: what to compare, with which embeddings, how close is close enough.
 
 The object is configuration plus the embedder (a local model is loaded once and shared);
-the entries live with each store it is used with (``index(store)``, one index per store,
-shared by the Runners using that store object). ``Runner(..., store=...,
+the entries live with each store it is used with (``index(store)``: one index per store
+object, shared by every cache and Runner using that store). ``Runner(..., store=...,
 semantic_cache=cache)`` binds it to the Runner's store through a ``SemanticStep``.
 """
 
@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import threading
-import weakref
 from collections.abc import Callable, Iterable
 from numbers import Real
 from typing import TYPE_CHECKING
@@ -124,8 +122,6 @@ class SemanticCache:
         self._salt = b"\0".join(
             (_PARTITION_VERSION, self.embedder.name.encode(), normalizer.encode())
         )
-        self._indexes: weakref.WeakKeyDictionary[Store, SemanticIndex] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
 
     # -- what the lookup step uses ---------------------------------------------------------
     def split(self, call: Call) -> tuple[str, str] | None:
@@ -150,12 +146,7 @@ class SemanticCache:
 
     def index(self, store: Store) -> SemanticIndex:
         """The index living with ``store`` (created on first use, then shared)."""
-        with self._lock:
-            found = self._indexes.get(store)
-            if found is None:
-                found = self._indexes[store] = index_for(store)
-                weakref.finalize(store, found.close)
-            return found
+        return index_for(store)
 
     def __repr__(self) -> str:
         text = "conversation" if self.text is None else repr(self.text)

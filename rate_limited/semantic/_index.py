@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -183,8 +185,22 @@ def sign_entry(signer: Signer, partition: str, key: str, text: str, vector: byte
     return signer(partition.encode(), key.encode(), text.encode("utf-8", "surrogatepass"), vector)
 
 
+_indexes: weakref.WeakKeyDictionary[Store, SemanticIndex] = weakref.WeakKeyDictionary()
+_indexes_lock = threading.Lock()
+
+
 def index_for(store: Store) -> SemanticIndex:
-    """The semantic index that lives with ``store`` (see the module docstring)."""
+    """The semantic index that lives with ``store`` (see the module docstring): one per
+    store object, shared by every cache and Runner using it, closed with the store."""
+    with _indexes_lock:
+        found = _indexes.get(store)
+        if found is None:
+            found = _indexes[store] = _new_index(store)
+            weakref.finalize(store, found.close)
+        return found
+
+
+def _new_index(store: Store) -> SemanticIndex:
     from rate_limited.stores import MemoryStore, RedisStore, SqliteStore
 
     if isinstance(store, SqliteStore) and store.path != ":memory:":

@@ -312,3 +312,22 @@ def test_stopping_during_the_lookup_sends_nothing(
     release.set()
     assert result.interrupted and ask.sent == []
     assert runner.run().results == ["m@0.0: Capital of France?"]
+
+
+def test_the_dashboard_counts_hits_and_what_they_saved(ask: Asker, embedder: WordEmbedder) -> None:
+    pytest.importorskip("ipywidgets")
+    from rate_limited import Resource
+    from rate_limited._dashboard import DashboardProgress
+
+    dashboard = DashboardProgress(display=False)
+    calls = Resource("calls", 100, 60, arguments_usage_extractor=lambda call: 1)
+    cache = SemanticCache(embed=embedder, text="prompt")
+    with Runner(
+        ask, [calls], store="memory://", semantic_cache=cache, progress=dashboard
+    ) as runner:
+        for prompt in ["Capital of France?", "capital of France", "Capital of Spain?"]:
+            runner.schedule(prompt)
+        runner.run()
+    state = dashboard.state()
+    assert state["semantic_hits"] == 1 and state["semantic_saved"] == {"calls": 1.0}
+    assert "1 answered by the semantic cache (saved 1 calls)" in state["text"]["counts"]

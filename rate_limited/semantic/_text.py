@@ -138,7 +138,10 @@ def split(call: Call, text: str | TextOf | None) -> tuple[str, str] | None:
     Raises ConfigurationError when ``text=`` gives something that can't be separated from
     the rest of the call (the error names what to change).
     """
-    arguments = call.all_arguments_dict
+    try:
+        arguments = call.all_arguments_dict
+    except TypeError:
+        return None  # arguments that don't fit the function: the call will fail as it is
     if text is None:
         found = _default(arguments)
     elif isinstance(text, str):

@@ -202,3 +202,7 @@ def test_redact_hides_secrets(secret: str) -> None:
 def test_redact_leaves_prose_alone() -> None:
     text = "Summarize this ticket: my order #4471 arrived damaged, the token of thanks."
     assert redact(text) == text
+
+
+def test_arguments_that_dont_fit_the_function_are_not_compared() -> None:
+    assert split(Call(ask, ("a", "b", 0.0, "extra"), {}), "prompt") is None

@@ -279,7 +279,8 @@ class SemanticStep:
         return None
 
     def _answer_from_store(self, group: list[Call], candidate: Candidate, record: Any) -> None:
-        match = SemanticMatch(candidate.key, candidate.text, candidate.similarity, record.usage)
+        saved = dict(record.usage)
+        match = SemanticMatch(candidate.key, candidate.text, candidate.similarity, saved)
         for call in group:
             call.result = record.result
             call.status = Status.SUCCEEDED
@@ -308,7 +309,7 @@ class SemanticStep:
             text = probe.text if probe is not None else ""
             follower.result = call.result
             follower.status = Status.SUCCEEDED
-            follower.semantic = SemanticMatch(call.key or "", text, similarity, usage)
+            follower.semantic = SemanticMatch(call.key or "", text, similarity, dict(usage))
             self._probes.pop(follower, None)
             self.stats.count_hit(usage)
             answered.append(follower)

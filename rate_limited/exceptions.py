@@ -22,6 +22,10 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
     │   └── UsageExtractionError            results_usage_extractor failed; result kept
     └── PermanentError                      raise it from your function: never retried
 
+    RateLimitedWarning (UserWarning)
+    └── SemanticCacheWarning                the semantic cache could not look up or index
+                                            some calls: they were sent as usual
+
 ``BaseException`` is kept as an alias of ``RateLimitedError`` because rate_limited 0.4
 exported that name; new code should not use it (it shadows the builtin).
 """
@@ -40,7 +44,9 @@ __all__ = [
     "PermanentError",
     "QuotaExceededError",
     "RateLimitedError",
+    "RateLimitedWarning",
     "RunnerClosedError",
+    "SemanticCacheWarning",
     "StoreCorruptedError",
     "StoreError",
     "StoreIntegrityError",
@@ -155,3 +161,12 @@ class UsageExtractionError(CallError):
 
 class PermanentError(RateLimitedError):
     """Raise this (or a subclass) from the wrapped function to stop retrying a call."""
+
+
+class RateLimitedWarning(UserWarning):
+    """Base of every warning rate_limited issues."""
+
+
+class SemanticCacheWarning(RateLimitedWarning):
+    """The semantic cache could not embed, search or index some calls; those calls were
+    sent (or stored) as usual, never answered without a lookup."""

@@ -86,6 +86,8 @@ class TqdmProgress:
             postfix["retries"] = stats.retries
         if stats.rate_limited:
             postfix["429s"] = stats.rate_limited
+        if stats.semantic is not None and stats.semantic.hits:
+            postfix["semantic hits"] = stats.semantic.hits
         if postfix:
             bar.set_postfix(postfix, refresh=False)
         if stats.waiting_until is None and bar.desc != (self._desc or ""):
@@ -127,6 +129,8 @@ class LogProgress:
             parts.append(f"{stats.retries} retries")
         if stats.rate_limited:
             parts.append(f"{stats.rate_limited} HTTP 429")
+        if stats.semantic is not None and stats.semantic.hits:
+            parts.append(f"{stats.semantic.hits} answered by the semantic cache")
         parts.append(f"{stats.elapsed:.1f} s")
         return ", ".join(parts)
 

@@ -14,12 +14,17 @@ Conventions, for whoever adds a section:
   the blocks before it. Define what it needs in it, or in an earlier block.
 * Every fence has a language tag (``bash``, ``text``, ...), so no Python hides in an
   untagged one.
-* A Python block that must not run (say, it needs a real API key) is preceded by the
-  line ``<!-- readme: skip (why) -->``; the reason is required. Use it sparingly.
+* A Python block that needs an optional dependency not every CI job installs (the
+  semantic cache's local model needs PyTorch) is preceded by
+  ``<!-- readme: requires module[, module] -->``: where one is missing, the block is
+  left out and the test, after running all the others, is reported skipped, naming it.
+* A Python block that must not run at all (say, it needs a real API key) is preceded by
+  ``<!-- readme: skip (why) -->``; the reason is required. Use it sparingly.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +35,7 @@ import pytest
 README = Path(__file__).resolve().parent.parent / "README.md"
 PYTHON = ("python", "py")
 SKIP = re.compile(r"^<!--\s*readme:\s*skip\s*\((?P<reason>[^)]*)\)\s*-->\s*$")
+REQUIRES = re.compile(r"^<!--\s*readme:\s*requires\s+(?P<modules>[\w., ]+?)\s*-->\s*$")
 FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 
 
@@ -44,6 +50,8 @@ class Block:
     source: str
     #: Why it is not run, from a ``<!-- readme: skip (...) -->`` line just before it.
     skip: str | None
+    #: Modules it needs, from a ``<!-- readme: requires ... -->`` line just before it.
+    requires: tuple[str, ...] = ()
 
     @property
     def is_python(self) -> bool:
@@ -73,7 +81,9 @@ def read_blocks(text: str) -> list[Block]:
         previous = next((lines[i] for i in range(index - 1, -1, -1) if lines[i].strip()), "")
         marker = SKIP.match(previous.strip())
         skip = marker["reason"].strip() if marker else None
-        blocks.append(Block(index + 1, language, "\n".join(body) + "\n", skip))
+        needs = REQUIRES.match(previous.strip())
+        requires = tuple(m.strip() for m in needs["modules"].split(",")) if needs else ()
+        blocks.append(Block(index + 1, language, "\n".join(body) + "\n", skip, requires))
         index = end + 1
     return blocks
 
@@ -99,14 +109,19 @@ def test_the_reader_finds_every_block_and_marker() -> None:
             "```",
             "plain",
             "```",
+            "<!-- readme: requires torch, sentence_transformers -->",
+            "```python",
+            "import torch",
+            "```",
         ]
     )
     blocks = read_blocks(text)
-    assert [(b.line, b.language, b.skip) for b in blocks] == [
-        (2, "python", None),
-        (7, "py", "needs a real key"),
-        (10, "bash", None),
-        (13, "", None),
+    assert [(b.line, b.language, b.skip, b.requires) for b in blocks] == [
+        (2, "python", None, ()),
+        (7, "py", "needs a real key", ()),
+        (10, "bash", None, ()),
+        (13, "", None, ()),
+        (17, "python", None, ("torch", "sentence_transformers")),
     ]
     assert blocks[0].source == "x = 1\n" and blocks[2].source == "echo '```'\n"
 
@@ -115,8 +130,9 @@ def test_every_block_is_tagged_and_every_skip_gives_a_reason() -> None:
     untagged = [b.line for b in BLOCKS if not b.language]
     assert untagged == [], f"README.md: tag these fences with their language: {untagged}"
     for block in BLOCKS:
-        if block.skip is not None:
+        if block.skip is not None or block.requires:
             assert block.is_python, f"line {block.line}: only Python blocks are skipped"
+        if block.skip is not None:
             assert block.skip, f"line {block.line}: say why the block is skipped"
     python = [b for b in BLOCKS if b.is_python]
     assert len(python) >= 10
@@ -144,9 +160,14 @@ def mock_environment(make_provider: Any, monkeypatch: pytest.MonkeyPatch, tmp_pa
 def test_every_python_block_runs_as_written(mock_environment: Any) -> None:
     namespace: dict[str, Any] = {"__name__": "__readme__"}
     ran = 0
+    left_out: list[str] = []
     try:
         for block in BLOCKS:
             if not block.is_python or block.skip is not None:
+                continue
+            missing = [m for m in block.requires if importlib.util.find_spec(m) is None]
+            if missing:
+                left_out.append(f"line {block.line} (needs {', '.join(missing)})")
                 continue
             # Compiled at its own line of README.md: tracebacks show the README's lines.
             code = compile("\n" * block.line + block.source, str(README), "exec")
@@ -159,10 +180,12 @@ def test_every_python_block_runs_as_written(mock_environment: Any) -> None:
             ran += 1
     finally:
         _close_runners(namespace)
-    assert ran == sum(b.is_python and b.skip is None for b in BLOCKS)
+    assert ran + len(left_out) == sum(b.is_python and b.skip is None for b in BLOCKS)
     # They did talk to the provider (and nothing else could have answered).
     assert mock_environment.stats().requests > 0
     assert mock_environment.stats().rejected == 0
+    if left_out:
+        pytest.skip(f"{ran} README blocks ran; not run here: {'; '.join(left_out)}")
 
 
 def _close_runners(namespace: dict[str, Any]) -> None:

@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import html
 import math
-import re
 import threading
 import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from rate_limited._format import format_amount, format_seconds, plain_text
 from rate_limited.apis._limits import UNKNOWN_QUOTA
 
 if TYPE_CHECKING:
@@ -58,11 +58,7 @@ RATE_WINDOW = 30.0
 #: Most samples kept in ``history`` (past it, every other one is dropped).
 MAX_HISTORY = 4000
 
-#: Against a quota at least this large, amounts are shown in whole units.
-WHOLE_UNITS_FROM = 100
-
 _GREY = "color: var(--jp-ui-font-color2, #666)"
-_TAG = re.compile(r"<[^>]*>")
 
 
 def _widgets() -> Any:
@@ -82,42 +78,6 @@ def _publish(data: dict[str, Any], display_id: str, *, update: bool = False) -> 
 
     publish: Callable[..., object] = display.update_display if update else display.display
     publish(data, raw=True, display_id=display_id)
-
-
-def format_seconds(seconds: float, tenths: bool = True) -> str:
-    """``"4.2 s"``, ``"42 s"``, ``"3 min 12 s"``, ``"2 h 05 min"``: short, for a status line.
-
-    ``tenths=False`` rounds short times to whole seconds too (a text that changes once a
-    second, not at every update).
-    """
-    if math.isinf(seconds) or math.isnan(seconds):
-        return "?"
-    seconds = max(0.0, seconds)
-    if seconds < 10 and tenths:
-        return f"{seconds:.1f} s"
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole} s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def format_amount(amount: float, quota: float | None = None) -> str:
-    """``"90,000"`` for whole numbers, ``"1.25"`` otherwise (dollars, fractions); against
-    a ``quota`` of ``WHOLE_UNITS_FROM`` or more, rounded to whole units (``"161"``)."""
-    if quota is not None and quota >= WHOLE_UNITS_FROM:
-        amount = round(amount)
-    if amount == int(amount):
-        return f"{int(amount):,}"
-    return f"{amount:,.2f}"
-
-
-def _text(markup: str) -> str:
-    """The text of one of the dashboard's own HTML lines."""
-    return html.unescape(_TAG.sub("", markup)).strip()
 
 
 def _set(widget: Any, name: str, value: Any) -> None:
@@ -314,7 +274,7 @@ class DashboardProgress:
 
     def text(self) -> str:
         """What the dashboard shows, as plain text (one line each)."""
-        return "\n".join(_text(markup) for _, markup in self._lines())
+        return "\n".join(plain_text(markup) for _, markup in self._lines())
 
     def html(self) -> str:
         """What the dashboard shows, as static HTML (bars as ``<progress>`` elements)."""

@@ -29,7 +29,8 @@ from rate_limited.testing import FakeClock
 pytest.importorskip("ipywidgets")
 
 from rate_limited import _dashboard
-from rate_limited._dashboard import DashboardProgress, format_amount, format_seconds
+from rate_limited._dashboard import DashboardProgress
+from rate_limited._format import format_amount
 
 if TYPE_CHECKING:
     from rate_limited._engine import RunStats
@@ -233,19 +234,6 @@ def test_whole_units_against_a_large_quota() -> None:
     assert all(re.fullmatch(r"[\d,]+ used / 600 \(\d+%\).*", text) for text in texts), texts
 
 
-@pytest.mark.parametrize(
-    ("amount", "quota", "text"),
-    [
-        pytest.param(160.51, 600, "161", id="requests"),
-        pytest.param(90_000, None, "90,000", id="whole"),
-        pytest.param(1.25, 5, "1.25", id="dollars"),
-        pytest.param(2.0, 5, "2", id="whole-dollars"),
-    ],
-)
-def test_format_amount(amount: float, quota: float | None, text: str) -> None:
-    assert format_amount(amount, quota) == text
-
-
 def test_a_limit_the_provider_does_not_have_reads_no_limit() -> None:
     unlimited = Resource("tokens", 1e15, 60, arguments_usage_extractor=lambda call: 3)
     dashboard = fake_run(one_second, [requests_per(3, 10), unlimited], 3)
@@ -339,21 +327,6 @@ def test_missing_ipywidgets_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setitem(sys.modules, "ipywidgets", None)
     with pytest.raises(ImportError, match=r"rate_limited\[notebook\]"):
         DashboardProgress(display=False)
-
-
-@pytest.mark.parametrize(
-    ("seconds", "tenths", "text"),
-    [
-        pytest.param(4.23, True, "4.2 s", id="tenths"),
-        pytest.param(4.23, False, "4 s", id="whole"),
-        pytest.param(42.4, True, "42 s", id="seconds"),
-        pytest.param(192, True, "3 min 12 s", id="minutes"),
-        pytest.param(7500, True, "2 h 05 min", id="hours"),
-        pytest.param(float("inf"), True, "?", id="unknown"),
-    ],
-)
-def test_format_seconds(seconds: float, tenths: bool, text: str) -> None:
-    assert format_seconds(seconds, tenths) == text
 
 
 # -- a real kernel --------------------------------------------------------------------------

@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     from rate_limited.calls import Call
     from rate_limited.progress import Progress
     from rate_limited.resources import Resource
+    from rate_limited.semantic._step import SemanticStats, SemanticStep
     from rate_limited.stores import Store
 
 logger = logging.getLogger("rate_limited")
@@ -159,6 +160,13 @@ class RunStats:
             return None
         return self._engine._pause_until
 
+    @property
+    def semantic(self) -> SemanticStats | None:
+        """The semantic cache's hits in this run and the usage they saved (None: no cache)."""
+        if self._engine is None or self._engine.semantic is None:
+            return None
+        return self._engine.semantic.stats
+
     def usage(self) -> dict[str, tuple[float, float, float]]:
         """``{resource: (used, reserved, quota)}`` now."""
         if self._engine is None:
@@ -190,6 +198,7 @@ class Engine:
         function_name: str = "",
         ledger: Ledger | None = None,
         rate_limit_patience: float | None = None,
+        semantic: SemanticStep | None = None,
     ) -> None:
         self.function = function
         self.is_async = is_async_callable(function)
@@ -223,6 +232,9 @@ class Engine:
         # Partitioned resources: fresh calls by partition keys, each (call, attempts then).
         self._lanes: dict[tuple[Any, ...], deque[tuple[Call, int]]] | None = None
         self._passed: set[Call] = set()  # admitted from a lane, still in _ready
+        #: The semantic cache (see ``rate_limited.semantic._step``), if the Runner has one.
+        self.semantic = semantic
+        self._lookup: asyncio.Task[set[Call]] | None = None
         self._flush_scheduled = False
         self._store_warned = False
         self._wall_offset = time.time() - loop.time()  # loop time -> epoch seconds
@@ -268,6 +280,9 @@ class Engine:
         self._wall_offset = time.time() - loop.time()
         if self.store is not None:
             self._restore(calls)
+        waiting = await self._semantic_lookup(calls) if self.semantic is not None else set()
+        if self._stopping:
+            return True  # interrupted while the semantic cache looked up: nothing was sent
         ready: deque[Call] = deque()
         unfinished = succeeded = failed = 0
         self._followers = {}
@@ -294,6 +309,8 @@ class Engine:
                                 call,
                             )
                         continue
+                if call in waiting:
+                    continue  # the semantic cache: it waits for an earlier call of this run
                 if status is not RUNNING:  # RUNNING: a sync call still in its thread
                     call.status = PENDING
                     ready.append(call)
@@ -355,6 +372,8 @@ class Engine:
         """Stop admitting, cancel running coroutines, put queued calls back (loop thread)."""
         if self._done is not None and not self._done.done():
             self._stop()
+        elif self._lookup is not None:
+            self._lookup.cancel()
 
     def _stop(self) -> None:
         self._stopping = True
@@ -772,6 +791,8 @@ class Engine:
             self.stats.failed += 1
             self._unfinished -= 1
             self._settle_followers(call, now)
+            if self.semantic is not None:
+                self._semantic_settled(call, now)
             if self._unfinished <= 0:
                 self._resolve_done()
                 self._wake()
@@ -988,6 +1009,8 @@ class Engine:
         self._unfinished -= 1
         if self._followers:
             self._settle_followers(call, now)
+        if self.semantic is not None:
+            self._semantic_settled(call, now)
         if self._unfinished <= 0 and self._in_flight <= 0:
             self._resolve_done()
             self._wake()
@@ -1001,12 +1024,42 @@ class Engine:
             follower.status = leader.status
             follower.result = leader.result
             follower.exceptions = list(leader._exceptions or ())
+            follower.semantic = leader.semantic
             follower.finished_at = now
             if leader.status is SUCCEEDED:
                 self.stats.succeeded += 1
             else:
                 self.stats.failed += 1
             self._unfinished -= 1
+
+    # -- the semantic cache ---------------------------------------------------------------
+    async def _semantic_lookup(self, calls: Sequence[Call]) -> set[Call]:
+        """Calls the semantic cache answers succeed now; returns those that wait for an
+        earlier call of this run. A stop request cancels the lookup."""
+        assert self.semantic is not None
+        self._lookup = self.loop.create_task(self.semantic.lookup(calls, self.loop))
+        try:
+            await asyncio.wait((self._lookup,))
+        finally:
+            lookup, self._lookup = self._lookup, None
+        if lookup.cancelled():
+            self._stopping = True
+            return set()
+        return lookup.result()
+
+    def _semantic_settled(self, call: Call, now: float) -> None:
+        """The semantic cache indexes a paid-for success; the calls of this run that asked
+        it in other words take its answer, or are sent after all if it failed."""
+        assert self.semantic is not None
+        answered, unanswered = self.semantic.settled(call)
+        for follower in answered:
+            follower.finished_at = now
+            self.stats.succeeded += 1
+            self._unfinished -= 1
+            if self._followers:
+                self._settle_followers(follower, now)
+        for follower in unanswered:
+            self._due(follower, self._epoch)
 
     # -- the store ---------------------------------------------------------------------------
     def _restore(self, calls: Sequence[Call]) -> None:

@@ -23,6 +23,10 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
     │   └── RateLimitedTooLongError         nothing but HTTP 429s for rate_limit_patience s
     └── PermanentError                      raise it from your function: never retried
 
+    RateLimitedWarning (UserWarning)
+    └── SemanticCacheWarning                the semantic cache could not look up or index
+                                            some calls: they were sent as usual
+
 ``BaseException`` is kept as an alias of ``RateLimitedError`` because rate_limited 0.4
 exported that name; new code should not use it (it shadows the builtin).
 """
@@ -42,7 +46,9 @@ __all__ = [
     "QuotaExceededError",
     "RateLimitedError",
     "RateLimitedTooLongError",
+    "RateLimitedWarning",
     "RunnerClosedError",
+    "SemanticCacheWarning",
     "StoreCorruptedError",
     "StoreError",
     "StoreIntegrityError",
@@ -71,11 +77,22 @@ class QuotaExceededError(ConfigurationError):
     """A call's demand on a resource exceeds the resource's whole quota.
 
     Such a call could never be admitted, so ``schedule()`` refuses it (a ValueError,
-    as in rate_limited 0.4).
+    as in rate_limited 0.4). ``apply()`` checks every row first and raises one error
+    naming all the rows that are too large (``rows``), having scheduled nothing.
     """
 
-    def __init__(self, message: str, *, resource: str, needed: float, quota: float) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        resource: str,
+        needed: float,
+        quota: float,
+        rows: list[Any] | None = None,
+    ) -> None:
         super().__init__(message)
+        #: ``apply()``: index labels of every row that is too large (``df.drop(index=rows)``).
+        self.rows = rows
         #: Name of the resource whose quota is too small.
         self.resource = resource
         #: What the call needs of it (arguments usage plus results estimate).
@@ -151,3 +168,12 @@ class RateLimitedTooLongError(CallError):
 
 class PermanentError(RateLimitedError):
     """Raise this (or a subclass) from the wrapped function to stop retrying a call."""
+
+
+class RateLimitedWarning(UserWarning):
+    """Base of every warning rate_limited issues."""
+
+
+class SemanticCacheWarning(RateLimitedWarning):
+    """The semantic cache could not embed, search or index some calls; those calls were
+    sent (or stored) as usual, never answered without a lookup."""

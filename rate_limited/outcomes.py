@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from rate_limited.calls import Call
     from rate_limited.resources import Resource
+    from rate_limited.semantic import SemanticMatch
 
 __all__ = ["Outcome", "RunResult", "Status"]
 
@@ -65,6 +66,9 @@ class Outcome:
     #: The Call itself, for its arguments (``call.args``, ``call.get_argument(...)``);
     #: None in a RunResult that was pickled (the function may not be picklable).
     call: Call | None
+    #: How the semantic cache answered the call: the matched call's key, its redacted
+    #: prompt and the similarity (None: it did not).
+    semantic: SemanticMatch | None = None
 
     @property
     def error(self) -> BaseException | None:
@@ -86,6 +90,7 @@ class Outcome:
             key=call.key,
             from_store=call.from_store,
             call=call,
+            semantic=call.semantic,
         )
 
 

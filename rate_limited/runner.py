@@ -59,6 +59,9 @@ from rate_limited.stores.base import Store
 if TYPE_CHECKING:
     import pandas
 
+    from rate_limited.semantic import SemanticCache
+    from rate_limited.semantic._step import SemanticStep
+
 __all__ = ["Runner"]
 
 logger = logging.getLogger("rate_limited")
@@ -127,6 +130,7 @@ class Runner:
         retry_failed: bool = True,
         event_loop: Literal["own", "current"] = "own",
         rate_limit_patience: float | None = 600.0,
+        semantic_cache: SemanticCache | None = None,
     ) -> None:
         """Wrap ``function`` (sync or async callable: function, partial, lambda, method).
 
@@ -170,6 +174,10 @@ class Runner:
             rate_limit_patience: seconds of nothing but HTTP 429s (no attempt answered
                 otherwise) after which the run gives up: the calls still waiting fail
                 with ``RateLimitedTooLongError`` (None: never give up).
+            semantic_cache: a ``rate_limited.semantic.SemanticCache``: a call asked before
+                in other words (and identical in everything else) takes the stored answer
+                of the earlier call instead of being sent. Needs ``store=``; off with
+                ``refresh=True`` (fresh answers are still indexed) or None (default).
         """
         if not callable(function):
             raise ConfigurationError(
@@ -244,6 +252,9 @@ class Runner:
         elif ttl is not None:
             raise ConfigurationError("ttl= needs a store= to expire outcomes from.")
         self.logger = logging.getLogger(f"rate_limited.Runner.{self.name}")
+        #: The semantic cache bound to the store (None: no semantic cache).
+        self.semantic_cache = semantic_cache
+        self._semantic = self._bind_semantic_cache(semantic_cache)
 
         #: Calls of the current batch, in schedule order.
         self.scheduled_calls: list[Call] = []
@@ -254,8 +265,11 @@ class Runner:
         self._engine: Engine | None = None  # on the Runner's own loop thread
         self._caller_engine: Engine | None = None  # event_loop="current"
         self._active_engine: Engine | None = None  # the one the last run used
-        #: The calls of the last completed ``apply()`` (rerunning that cell sends nothing).
-        self._last_apply: list[Call] | None = None
+        #: The RunResult of the last run that ended (``run()``, ``start()``, ``apply()``):
+        #: ``runner.last_result.plot()`` / ``.to_pandas()`` after an ``apply()``.
+        self.last_result: RunResult | None = None
+        #: The result of the last completed ``apply()`` (rerunning that cell sends nothing).
+        self._last_apply: RunResult | None = None
         self._active_future: concurrent.futures.Future[tuple[bool, float]] | None = None
         # One ledger for the Runner's life, whichever loop its engine runs on.
         self._ledger = Ledger(self.resources)
@@ -290,6 +304,8 @@ class Runner:
             call.demand = self._demand_of(call)
         if self.store is not None:
             call.key = self._key_of(call)
+        if self._semantic is not None:
+            self._semantic.check(call)  # a text= that can't split the call: an error now
         calls.append(call)
         engine = self._active_engine
         if self._running and engine is not None:
@@ -328,6 +344,25 @@ class Runner:
                 )
             demand.append((args_usage, estimate, key))
         return tuple(demand)
+
+    def _bind_semantic_cache(self, cache: SemanticCache | None) -> SemanticStep | None:
+        if cache is None:
+            return None
+        from rate_limited.semantic import SemanticCache
+        from rate_limited.semantic._step import SemanticStep
+
+        if not isinstance(cache, SemanticCache):
+            raise ConfigurationError(
+                f"semantic_cache must be a rate_limited.semantic.SemanticCache or None, got "
+                f"{cache!r}."
+            )
+        if self.store is None:
+            raise ConfigurationError(
+                "semantic_cache= answers calls with the stored outcomes of earlier ones, so it "
+                "needs a store: pass store='runs.db' (kept across kernel restarts), "
+                "'redis://...' or 'memory://' (this process only)."
+            )
+        return SemanticStep(cache, self.store, lookups=not self.refresh)
 
     def _key_of(self, call: Call) -> str:
         if self._key is not None:
@@ -518,6 +553,7 @@ class Runner:
         result.resources = tuple(self.resources)
         if self._active_engine is not None:
             result.started_at = self._active_engine.stats.started_at
+        self.last_result = result
         return result
 
     def _check_can_start(self) -> None:
@@ -558,6 +594,7 @@ class Runner:
             function_name=self._function_identity,
             ledger=self._ledger,
             rate_limit_patience=self.rate_limit_patience,
+            semantic=self._semantic,
         )
         if isinstance(self.function, FeedbackSource):
             self.function.attach_ledger(LedgerControl(engine))
@@ -573,6 +610,10 @@ class Runner:
         ``row_to_kwargs(row)`` gives the call's keyword arguments. The result has one row
         per input row: ``result``, ``status``, ``error``, ``attempts``, ``latency``,
         ``from_store`` and ``usage_<resource>``. Rerunning after an interrupt resumes.
+        Every row is scheduled before anything runs: a row that cannot be scheduled (one
+        that needs more than a whole quota, say) is named in the error and nothing is
+        kept, so the Runner is ready for the corrected frame. The run's RunResult is
+        ``runner.last_result`` afterwards (``.plot()``, ``.to_pandas()``).
         """
         from rate_limited.pandas import apply
 
@@ -604,8 +645,12 @@ class Runner:
         self._wait_for_threads(timeout)
         if self._finalizer is not None:
             self._finalizer()
+        if self._semantic is not None:
+            self._semantic.flush()
         if self.store is not None:
             if self._owns_store:
+                if self._semantic is not None:
+                    self._semantic.index.close()
                 self.store.close()
             else:
                 self.store.flush()

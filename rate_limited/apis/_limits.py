@@ -38,6 +38,7 @@ from rate_limited.exceptions import QuotaExceededError
 
 if TYPE_CHECKING:
     from rate_limited._ledger import Reservation
+    from rate_limited.resources import Resource
 
 __all__ = ["MINUTE", "UNKNOWN_QUOTA", "LimitTracker"]
 
@@ -108,6 +109,9 @@ class LimitTracker:
         self._controls: list[LedgerControl] = []
         self._warned: set[str] = set()
         self._lock = threading.RLock()
+        #: The preset's declared Resources by name: a limit read from the headers becomes
+        #: their quota too, so ``preset.resources`` (and plots of a run) show it.
+        self.declared: dict[str, Resource] = {}
 
     def _state(self, model: Hashable) -> _Model:
         state = self._models.get(model)
@@ -260,6 +264,8 @@ class LimitTracker:
                         self._warn_lower(name, model, limit, in_force)
                     state.in_force[kind] = in_force = limit
                     quotas.append((name, self._quota_for(state, name, limit)))
+                    if name in self.declared:
+                        self.declared[name].quota = int(limit) if limit.is_integer() else limit
                     discovered.append(f"{name}={limit:g}")
                 if reading is None or reading.remaining is None or in_force is None:
                     continue

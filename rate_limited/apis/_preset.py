@@ -131,6 +131,7 @@ class Preset:
             self._resource(name, kind, given[kind] or UNKNOWN_QUOTA)
             for name, kind in self.limit_kinds
         ]
+        self.tracker.declared = {r.name: r for r in self.resources}
 
     def _model_limits(
         self, model_limits: Mapping[str, Mapping[str, float | None]] | None

@@ -37,7 +37,7 @@ __all__ = ["main"]
 #: bucket starts full (a minute of quota at once), then refills at limit/60 per second.
 DEMO_REQUESTS = 2000
 DEMO_RPM = 3000
-DEMO_TPM = 250_000
+DEMO_TPM = 200_000
 DEMO_STORE = "rate_limited_demo.db"
 DEMO_CONCURRENCY = 64
 DEMO_SEED = 0

@@ -625,8 +625,11 @@ probe per model and reads them. With two models, each model's calls wait only fo
 own buckets. `openai_chat_resources` reads no headers: under **refunds** it is declared \
 `settle="actual"`; left at OpenAI's rule there (its extra row) it is safe but leaves the \
 refunded capacity unused. 0.4 counts each request for a whole window (61 s) while the \
-provider refills continuously, and bills the actual usage where OpenAI keeps max_tokens; \
-the guides' recipe sends whatever its semaphore allows and backs off blindly.
+provider refills continuously (so where nothing else goes wrong it never runs at the \
+limit), and bills the actual usage where OpenAI keeps max_tokens: under **keeps** most \
+of its requests are answered 429, and the calls whose retries the 429s used up are lost. \
+The guides' recipe sends whatever its semaphore allows and backs off blindly: most \
+requests answered 429, the bucket idle during the sleeps, calls lost after six attempts.
 """
 
 

@@ -55,7 +55,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 from rate_limited._meters import BucketMeter, Meter, make_meter
-from rate_limited._reconcile import Mark, Track, correct, release, settle
+from rate_limited._reconcile import Mark, Track, Votes, correct, generous, release, settle
 
 if TYPE_CHECKING:
     from rate_limited.resources import Resource
@@ -67,12 +67,6 @@ logger = logging.getLogger("rate_limited")
 Settle = Literal["actual", "reserved"]
 #: One call's needs, per resource: (arguments usage, results estimate, partition key).
 Demand = Sequence[tuple[float, float, Hashable]]
-
-#: Consecutive headers that must favour the twin's rule before the ledger switches to it.
-VOTES_TO_SWITCH = 3
-#: Beyond what in-flight requests and refill explain, how far (a fraction of the quota) a
-#: header must be from one view, and within of the other, to count as a vote.
-VOTE_MARGIN = 0.05
 
 
 class Reservation:
@@ -127,7 +121,6 @@ class Ledger:
     """One meter per resource (and partition key); admission, settlement, reconciliation."""
 
     __slots__ = (
-        "_decided",
         "_parts",
         "_reported",
         "_resources",
@@ -154,8 +147,7 @@ class Ledger:
                 self._parts.append(_Partitions(partial(self._new_meter, index)))
         #: Meters the provider reports on (by id), made by their first report.
         self._tracks: dict[int, Track] = {}
-        self._votes = [0] * len(resources)
-        self._decided = [False] * len(resources)
+        self._votes = Votes(len(resources))
 
     def _new_meter(self, index: int, key: Hashable) -> Meter:
         resource = self._resources[index]
@@ -168,7 +160,7 @@ class Ledger:
 
     def _track(self, index: int, meter: Meter) -> Track:
         twin = (
-            not self._decided[index]
+            not self._votes.decided[index]
             and self._resources[index].max_results_usage_estimator is not None
         )
         track = self._tracks[id(meter)] = Track(meter, twin)
@@ -457,68 +449,25 @@ class Ledger:
             low = Track.lowest(meter, track.lows, mark[0], now)
         if low is None:
             return 0.0
-        generous = False
+        was_generous = False
         if track.twin is not None and mark[4] is not None and not refused:
             assert admission is not None
-            generous = self._generous(index, meter, admission, mark, remaining, precision, now)
+            held, corrected = admission.held[index][0], mark[3]
+            believed = meter.quota - held - (meter.corrected - corrected)
+            charge = sum(admission.demand[index][:2])
+            was_generous = generous(
+                meter, believed, mark, charge, now - admission.at, remaining, precision
+            )
         fixed = correct(meter, low - (remaining - precision), now)
         if track.twin is not None and track.twin_lows is not None and mark[4] is not None:
             twin_low = Track.lowest(track.twin, track.twin_lows, mark[0], now)
             if twin_low is not None:
                 track.twin_fixed += correct(track.twin, twin_low - (remaining - precision), now)
             track.fixed += fixed
-            if not refused:
-                self._weigh(index, meter, track, generous, now)
+            rule = self._rules[index]
+            if not refused and self._votes.weigh(index, rule, meter, track, was_generous):
+                self._switch(index, now)
         return fixed
-
-    def _generous(
-        self,
-        index: int,
-        meter: Meter,
-        admission: Reservation,
-        mark: Mark,
-        remaining: float,
-        precision: float,
-        now: float,
-    ) -> bool:
-        """Whether the provider had more room, when it took the request, than the view the
-        ledger had at its admission can explain: beyond what was then in flight (arriving
-        after it) and the refill since, by more than the vote margin."""
-        believed = meter.quota - admission.held[index][0] - (meter.corrected - mark[3])
-        charge = sum(admission.demand[index][:2])
-        more = mark[1] - charge + max(0.0, now - admission.at) * meter.quota / meter.window
-        margin = VOTE_MARGIN * meter.quota + precision
-        return remaining - believed > more + margin
-
-    def _weigh(self, index: int, meter: Meter, track: Track, generous: bool, now: float) -> None:
-        """Evidence on the rule, once the calls settled since the window opened have unused
-        estimates (what the two rules bill differently) worth the vote margin: the
-        corrections each view needed meanwhile. The view of the provider's rule needs none
-        for them; the other needs about all of them (the "actual" view when the provider
-        keeps what it reserves), or finds the provider far more generous than it can
-        explain (the "reserved" view when it refunds)."""
-        if self._decided[index] or track.unused < VOTE_MARGIN * meter.quota:
-            return
-        needed, twin_needed = track.fixed / track.unused, track.twin_fixed / track.unused
-        if self._rules[index] == "reserved":
-            # Switching to "actual" is the risky way: each header must show the provider
-            # with that much room, while the "actual" twin has needed next to no correction
-            # for the calls of the window (which stays open while the votes add up).
-            favours = generous and twin_needed < 0.25
-            if not favours:
-                track.unused = track.fixed = track.twin_fixed = 0.0
-            self._count(index, favours, now)
-            return
-        track.unused = track.fixed = track.twin_fixed = 0.0
-        if needed - twin_needed >= 0.5:
-            self._count(index, True, now)  # the careful way round: corrections suffice
-        elif needed - twin_needed < 0.1:
-            self._count(index, False, now)
-
-    def _count(self, index: int, favours_twin: bool, now: float) -> None:
-        self._votes[index] = self._votes[index] + 1 if favours_twin else 0
-        if self._votes[index] >= VOTES_TO_SWITCH:
-            self._switch(index, now)
 
     def _switch(self, index: int, now: float) -> None:
         old = self._rules[index]
@@ -526,7 +475,6 @@ class Ledger:
         rules = list(self._rules)
         rules[index] = new
         self._rules = tuple(rules)  # a new tuple: reservations keep the rules of their time
-        self._decided[index] = True
         for meter in self._all(index):
             track = self._tracks.get(id(meter))
             if track is not None and track.twin is not None and isinstance(meter, BucketMeter):

@@ -25,14 +25,19 @@ from typing import Literal
 
 from rate_limited._meters import BucketMeter, Meter
 
-__all__ = ["Lows", "Mark", "Track", "correct", "release", "settle"]
+__all__ = ["Lows", "Mark", "Track", "Votes", "correct", "generous", "release", "settle"]
 
 _NO_TWIN = (math.nan, math.nan)
 
 Settle = Literal["actual", "reserved"]
 
 #: Seconds of admissions a meter remembers: a report on an older one tells nothing.
-HORIZON = 600.0
+HORIZON = 300.0
+#: Consecutive votes for the twin's rule before the ledger switches to it.
+VOTES_TO_SWITCH = 3
+#: Evidence is weighed over calls whose unused estimates add up to this fraction of the
+#: quota; the provider must be this much (plus rounding) beyond what a view can explain.
+VOTE_MARGIN = 0.05
 
 #: What a tracked meter records at an admission: (admission number, charge in flight then
 #: (this one's included), charge admitted so far (this one's included), corrections so
@@ -187,6 +192,67 @@ class Track:
         corrections made since counted as if made then (None: too long ago)."""
         low = lows.since(number)
         return None if low is None else min(meter.available(now), low - meter.corrected)
+
+
+def generous(
+    meter: Meter,
+    believed: float,
+    mark: Mark,
+    charge: float,
+    waited: float,
+    remaining: float,
+    precision: float,
+) -> bool:
+    """Whether the provider had more room (``remaining``) when it took a request than the
+    ledger ``believed`` at its admission can explain: beyond what was then in flight
+    (arriving after it) and the refill in the ``waited`` seconds since, by the margin."""
+    more = mark[1] - charge + max(0.0, waited) * meter.quota / meter.window
+    return remaining - believed > more + VOTE_MARGIN * meter.quota + precision
+
+
+class Votes:
+    """Per resource, the evidence so far on which settle rule its provider applies."""
+
+    __slots__ = ("counts", "decided")
+
+    def __init__(self, count: int) -> None:
+        self.counts = [0] * count
+        #: Resources whose rule was switched: decided once and for all.
+        self.decided = [False] * count
+
+    def weigh(
+        self, index: int, rule: Settle, meter: Meter, track: Track, was_generous: bool
+    ) -> bool:
+        """Weigh a window of evidence, once the calls settled since it opened have unused
+        estimates (what the two rules bill differently) worth the vote margin: the
+        corrections each view needed meanwhile. The view of the provider's rule needs none
+        for them; the other needs about all of them (the "actual" view when the provider
+        keeps what it reserves), or finds the provider far more generous than it can
+        explain (the "reserved" view when it refunds). True: switch to the twin's rule."""
+        if self.decided[index] or track.unused < VOTE_MARGIN * meter.quota:
+            return False
+        needed, twin_needed = track.fixed / track.unused, track.twin_fixed / track.unused
+        if rule == "reserved":
+            # Switching to "actual" is the risky way: each header must show the provider
+            # with that much room, while the "actual" twin has needed next to no correction
+            # for the calls of the window (which stays open while the votes add up).
+            favours = was_generous and twin_needed < 0.25
+            if not favours:
+                track.unused = track.fixed = track.twin_fixed = 0.0
+            return self._count(index, favours)
+        track.unused = track.fixed = track.twin_fixed = 0.0
+        if needed - twin_needed >= 0.5:
+            return self._count(index, True)  # the careful way round: corrections suffice
+        if needed - twin_needed < 0.1:
+            return self._count(index, False)
+        return False
+
+    def _count(self, index: int, favours_twin: bool) -> bool:
+        self.counts[index] = self.counts[index] + 1 if favours_twin else 0
+        if self.counts[index] >= VOTES_TO_SWITCH:
+            self.decided[index] = True
+            return True
+        return False
 
 
 def settle(meter: Meter, rule: Settle, estimate: float, actual: float, now: float) -> float:

@@ -215,7 +215,7 @@ class DashboardProgress:
 
         Keys: ``status`` (not started / running / done / interrupted), the counters
         (``total``, ``finished``, ``succeeded``, ``failed``, ``in_flight``, ``backing_off``,
-        ``retries``, ``rate_limited``, ``cooldowns``), ``cooling_down`` and
+        ``retries``, ``rate_limited``, ``cooldowns``, ``store_failures``), ``cooling_down`` and
         ``waiting_seconds`` (seconds left, or None), ``waiting_for``, ``waited``
         (seconds per resource), ``elapsed``, ``rate`` (calls/s) and ``eta`` (seconds or
         None), ``usage`` (per resource: used, reserved, quota, and the bar's value and
@@ -292,6 +292,7 @@ class DashboardProgress:
             "rate_limited": stats.rate_limited,
             "cooldowns": stats.cooldowns,
             "elapsed": stats.elapsed,
+            "store_failures": stats.store_failures,
         }
 
         # Calls: the bar and its numbers.
@@ -309,6 +310,8 @@ class DashboardProgress:
             parts.append(f"{values['backing_off']:,} backing off before a retry")
         if stats.retries:
             parts.append(f"{stats.retries:,} retries")
+        if stats.store_failures:
+            parts.append(f"⚠ {stats.store_failures:,} not stored (see the StoreWarning)")
         _set(self.counts, "value", " · ".join(parts))
 
         # What admission waits for, and for how long in total per resource.

@@ -105,6 +105,8 @@ class WindowMeter(_Meter):
         return max(0.0, self._used)
 
     def bill(self, amount: float, now: float) -> object:
+        """Log ``amount`` at ``now``, which may be a little in the past (a sync call billed
+        at the instant its thread started it): the log stays in time order."""
         if amount <= 0:
             return None
         log = self._log
@@ -114,7 +116,13 @@ class WindowMeter(_Meter):
             self._used += amount
             return (entry, amount)
         entry = [now, float(amount)]
-        log.append(entry)
+        if not log or log[-1][0] < now:
+            log.append(entry)
+        else:  # earlier than the last entries (a few at most): insert in its place
+            at = len(log)
+            while at and log[at - 1][0] > now:
+                at -= 1
+            log.insert(at, entry)
         self._used += amount
         return (entry, amount)
 
@@ -220,13 +228,24 @@ def make_meter(refill: str, quota: float, window: float, refill_delay: float = 0
 
 class Reservation:
     """What one admitted attempt holds: tokens of its billed arguments usage and its
-    reserved results estimates, per resource (aligned with ``Ledger.meters``)."""
+    reserved results estimates, per resource (aligned with ``Ledger.meters``).
 
-    __slots__ = ("billed", "estimates")
+    ``deferred`` is the arguments usage of an attempt admitted but not started yet (a sync
+    call waiting for its thread): held like an estimate until ``Ledger.begin`` bills it
+    at the moment the function starts, so that a window counts from the real start.
+    """
 
-    def __init__(self, billed: list[object], estimates: Sequence[float]) -> None:
+    __slots__ = ("billed", "deferred", "estimates")
+
+    def __init__(
+        self,
+        billed: list[object],
+        estimates: Sequence[float],
+        deferred: Sequence[float] | None = None,
+    ) -> None:
         self.billed = billed
         self.estimates = estimates
+        self.deferred = deferred
 
 
 class Ledger:
@@ -240,13 +259,28 @@ class Ledger:
             make_meter(r.refill, r.quota, r.time_window_seconds, r.refill_delay) for r in resources
         ]
 
-    def try_reserve(self, demand: Sequence[tuple[float, float]], now: float) -> Reservation | None:
+    def try_reserve(
+        self, demand: Sequence[tuple[float, float]], now: float, *, defer: bool = False
+    ) -> Reservation | None:
         """Admit a call needing ``demand[i] = (arguments usage, results estimate)`` of
-        resource i, or return None without changing anything."""
+        resource i, or return None without changing anything.
+
+        ``defer``: hold the arguments usage instead of billing it; ``begin`` bills it when
+        the call actually starts.
+        """
         meters = self.meters
         for meter, (args_usage, estimate) in zip(meters, demand, strict=True):
             if not meter.fits(args_usage + estimate, now):
                 return None
+        if defer:
+            for meter, (args_usage, estimate) in zip(meters, demand, strict=True):
+                if args_usage + estimate:
+                    meter.reserve(args_usage + estimate)
+            return Reservation(
+                [None] * len(meters),
+                [estimate for _, estimate in demand],
+                [args_usage for args_usage, _ in demand],
+            )
         billed = []
         for meter, (args_usage, estimate) in zip(meters, demand, strict=True):
             billed.append(meter.bill(args_usage, now))
@@ -254,8 +288,22 @@ class Ledger:
                 meter.reserve(estimate)
         return Reservation(billed, [estimate for _, estimate in demand])
 
+    def begin(self, reservation: Reservation, now: float) -> None:
+        """The call started at ``now``: bill its deferred arguments usage (no-op if not
+        deferred). ``now`` may be a little in the past (when the thread started it)."""
+        deferred = reservation.deferred
+        if deferred is None:
+            return
+        reservation.deferred = None
+        billed = reservation.billed
+        for i, (meter, args_usage) in enumerate(zip(self.meters, deferred, strict=True)):
+            if args_usage:
+                meter.unreserve(args_usage)
+                billed[i] = meter.bill(args_usage, now)
+
     def settle(self, reservation: Reservation, results_usage: Sequence[float], now: float) -> None:
         """The call returned: release its estimates and bill its actual results usage."""
+        self.begin(reservation, now)
         for meter, estimate, actual in zip(
             self.meters, reservation.estimates, results_usage, strict=True
         ):
@@ -266,6 +314,7 @@ class Ledger:
 
     def keep(self, reservation: Reservation, now: float) -> None:
         """The call failed in a way that may have been billed: the estimate becomes usage."""
+        self.begin(reservation, now)
         for meter, estimate in zip(self.meters, reservation.estimates, strict=True):
             if estimate:
                 meter.unreserve(estimate)
@@ -273,6 +322,12 @@ class Ledger:
 
     def release(self, reservation: Reservation, now: float) -> None:
         """The call proved it was not billed (never sent, refused, 429): undo everything."""
+        deferred = reservation.deferred
+        if deferred is not None:  # never started: only held
+            reservation.deferred = None
+            for meter, args_usage in zip(self.meters, deferred, strict=True):
+                if args_usage:
+                    meter.unreserve(args_usage)
         for meter, estimate, token in zip(
             self.meters, reservation.estimates, reservation.billed, strict=True
         ):

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from rate_limited._keys import is_secret_name
 from rate_limited.outcomes import Status
 
 __all__ = ["Call", "Result"]
@@ -29,9 +30,11 @@ Result = Any
 #: so that no call can change another's arguments.
 _NO_KWARGS: Mapping[str, Any] = MappingProxyType({})
 
-#: The last call whose arguments were bound, and them: usage extractors ask a call for
-#: several arguments in a row, and a slot per call for this would cost memory.
-_last_bound: tuple[object, dict[str, Any]] = (None, {})
+#: The last arguments bound, and the result: usage extractors ask a call for several
+#: arguments in a row, and a slot per call for this would cost memory. Keyed by what the
+#: binding depends on (compared by identity), not by the Call, so that the cache never
+#: keeps a Call (and through it its Runner) alive.
+_last_bound: tuple[object, object, object, dict[str, Any]] = (None, None, None, {})
 
 _signature_cache: dict[int, tuple[Callable[..., Any], inspect.Signature | None]] = {}
 
@@ -60,6 +63,8 @@ class Call:
 
     __slots__ = (
         "_exceptions",
+        "_owner",
+        "_warnings",
         "args",
         "attempts",
         "demand",
@@ -82,6 +87,7 @@ class Call:
         args: tuple[Any, ...] = (),
         kwargs: Mapping[str, Any] | None = None,
         index: int = 0,
+        owner: object = None,
     ) -> None:
         self.function = function
         self.args = args
@@ -93,6 +99,9 @@ class Call:
         self.attempts = 0
         self.result: Result = None
         self._exceptions: list[BaseException] | None = None
+        self._warnings: list[BaseException] | None = None
+        #: The Runner that scheduled the call: it lives while the call is held.
+        self._owner = owner
         #: Per resource: (arguments usage, results estimate), computed once at schedule().
         self.demand: tuple[tuple[float, float], ...] = ()
         self.reservation: object = None
@@ -117,6 +126,14 @@ class Call:
     @exceptions.setter
     def exceptions(self, value: list[BaseException]) -> None:
         self._exceptions = value
+
+    @property
+    def warnings(self) -> list[BaseException]:
+        """Problems of an attempt that did not fail it, e.g. a ``UsageExtractionError``
+        (the usage could not be read from a result that was kept)."""
+        if self._warnings is None:
+            self._warnings = []
+        return self._warnings
 
     @property
     def failures(self) -> int:
@@ -144,10 +161,10 @@ class Call:
         """Every argument passed, by parameter name (``**kwargs`` extras flattened in)."""
         global _last_bound
         last = _last_bound
-        if last[0] is self:
-            return last[1]
+        if last[0] is self.function and last[1] is self.args and last[2] is self.kwargs:
+            return last[3]
         arguments = self._bind()
-        _last_bound = (self, arguments)
+        _last_bound = (self.function, self.args, self.kwargs, arguments)
         return arguments
 
     def _target(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
@@ -189,9 +206,16 @@ class Call:
         return None
 
     def __repr__(self) -> str:
+        """Shows the arguments with secrets redacted (``api_key='***'``): reprs end up in
+        logs and error messages."""
+        from rate_limited._redact import REDACTED, redact, secret_values
+
         name = getattr(self.function, "__qualname__", None) or type(self.function).__name__
-        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
-        text = ", ".join(parts)
+        parts = [repr(a) for a in self.args] + [
+            f"{k}={REDACTED!r}" if is_secret_name(k) else f"{k}={v!r}"
+            for k, v in self.kwargs.items()
+        ]
+        text = redact(", ".join(parts)[:2000], secret_values(self))  # shown: 200 at most
         if len(text) > 200:
             text = text[:197] + "..."
         return f"<Call #{self.index} {name}({text}) {self.status.value}>"

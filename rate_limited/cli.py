@@ -138,6 +138,9 @@ def _summary(
     args: argparse.Namespace, result: Any, stats: Any, elapsed: float, store: Path | None
 ) -> None:
     succeeded = sum(1 for value in result.results if value is not None)
+    # Calls already sent at a Ctrl-C finished afterwards (the Runner's close() waited).
+    late = sum(1 for call in result.calls if call.status.value == "succeeded") - succeeded
+    succeeded += late
     from_store = sum(1 for outcome in result.outcomes if getattr(outcome, "from_store", False))
     tokens = stats.prompt_tokens + stats.completion_tokens
     lines = [
@@ -164,6 +167,11 @@ def _summary(
             f"({stats.admitted / span * 60:,.0f} requests/min, {tokens / span * 60:,.0f} "
             "tokens/min)",
         ]
+    if late:
+        lines.append(
+            f"  {late:,} requests already sent at the interrupt finished after it; their "
+            "results were kept" + (" and stored." if store is not None else ".")
+        )
     if result.interrupted:
         if store is not None:
             lines.append(f"Run `rate-limited demo` again to resume: finished calls are in {store}.")
@@ -217,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return demo(args)
-    except KeyboardInterrupt:  # a second Ctrl-C while the run stopped
+    except KeyboardInterrupt:  # a Ctrl-C outside the run (e.g. while it is set up)
         print("\nStopped.", file=sys.stderr)
         return 130
 

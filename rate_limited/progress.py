@@ -21,18 +21,19 @@ Plain scripts never import ipywidgets nor the dashboard module.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import math
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from rate_limited._redact import get_logger
 
 if TYPE_CHECKING:
     from rate_limited._engine import RunStats
 
 __all__ = ["LogProgress", "Progress", "TqdmProgress", "check_progress", "make_progress"]
 
-logger = logging.getLogger("rate_limited")
+logger = get_logger("rate_limited")
 
 
 @runtime_checkable
@@ -83,6 +84,8 @@ class TqdmProgress:
             postfix["retries"] = stats.retries
         if stats.rate_limited:
             postfix["429s"] = stats.rate_limited
+        if stats.store_failures:
+            postfix["not stored"] = stats.store_failures
         if postfix:
             bar.set_postfix(postfix, refresh=False)
         if stats.waiting_until is None and bar.desc != (self._desc or ""):
@@ -124,6 +127,8 @@ class LogProgress:
             parts.append(f"{stats.retries} retries")
         if stats.rate_limited:
             parts.append(f"{stats.rate_limited} HTTP 429")
+        if stats.store_failures:
+            parts.append(f"{stats.store_failures} not stored")
         parts.append(f"{stats.elapsed:.1f} s")
         return ", ".join(parts)
 

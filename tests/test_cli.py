@@ -80,6 +80,47 @@ def test_demo_interrupted_then_resumed(tmp_path: Path) -> None:
     assert loaded >= finished
 
 
+def paid_requests(summary: str) -> int:
+    """Requests the demo's MockProvider billed: those it saw, less those it answered 429."""
+    found = re.search(r"provider saw: ([\d,]+) requests, ([\d,]+) answered 429", summary)
+    assert found is not None, summary
+    seen, rejected = (int(number.replace(",", "")) for number in found.groups())
+    return seen - rejected
+
+
+@pytest.mark.slow
+def test_demo_async_interrupted_and_rerun_pays_for_each_request_once(tmp_path: Path) -> None:
+    """Ctrl-C cancelled the coroutines in flight although the provider had billed them, and
+    the rerun sent them again: 2,064 paid requests for 2,000 results. Now they finish (the
+    Runner's close() waits for them), are stored, and the rerun does not send them."""
+    requests = 1000
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rate_limited", "demo", "--async", "--requests", str(requests)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert "Running 1,000 chat completions" in process.stdout.readline() + (
+            process.stdout.readline()
+        )
+        time.sleep(2.5)  # the first few hundred are done, dozens are in flight
+        process.send_signal(signal.SIGINT)
+        first, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130 and "Interrupted after" in first
+    second = run_demo(tmp_path, "--async", "--requests", str(requests))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"{requests:,} of {requests:,} requests succeeded" in second.stdout
+    assert 0 < paid_requests(first) < requests
+    assert paid_requests(first) + paid_requests(second.stdout) == requests
+
+
 def test_mock_provider_command_serves_until_interrupted() -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "rate_limited", "mock-provider", "--port", "0", "--rpm", "5"],

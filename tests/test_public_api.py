@@ -74,7 +74,11 @@ def test_exceptions_derive_from_the_package_base_and_are_exported() -> None:
 
     for name in exceptions.__all__:
         error = getattr(exceptions, name)
-        assert issubclass(error, rate_limited.RateLimitedError), name
+        if issubclass(error, Warning):
+            assert issubclass(error, rate_limited.RateLimitedWarning), name
+            assert issubclass(error, UserWarning), name
+        else:
+            assert issubclass(error, rate_limited.RateLimitedError), name
         reachable = getattr(rate_limited, name, None) or getattr(stores, name, None)
         assert reachable is error, f"{name} is not exported from rate_limited or its stores"
 

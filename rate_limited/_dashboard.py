@@ -6,7 +6,8 @@ is, what fails, whether the provider answers 429, and when it will be done. This
 shows all of it and updates while the cell blocks (or while other cells run, after
 ``runner.start()``):
 
-* calls finished / total as a bar; succeeded, failed, in flight, backing off, retries;
+* calls finished / total as a bar; succeeded, failed, in flight, backing off, retries,
+  and the calls the semantic cache answered with the usage they saved;
 * one bar per resource: used + reserved against its quota, the one admission waits for
   highlighted, and how long the run has waited for each;
 * HTTP 429s, cool-downs ("cooling down for N s"), what admission waits for and how long;
@@ -215,7 +216,9 @@ class DashboardProgress:
 
         Keys: ``status`` (not started / running / done / interrupted), the counters
         (``total``, ``finished``, ``succeeded``, ``failed``, ``in_flight``, ``backing_off``,
-        ``retries``, ``rate_limited``, ``cooldowns``, ``store_failures``), ``cooling_down`` and
+        ``retries``, ``rate_limited``, ``cooldowns``, ``store_failures``), ``semantic_hits``
+        and ``semantic_saved`` (calls the semantic cache answered, and the usage per resource
+        they did not spend), ``cooling_down`` and
         ``waiting_seconds`` (seconds left, or None), ``waiting_for``, ``waited``
         (seconds per resource), ``elapsed``, ``rate`` (calls/s) and ``eta`` (seconds or
         None), ``usage`` (per resource: used, reserved, quota, and the bar's value and
@@ -310,6 +313,18 @@ class DashboardProgress:
             parts.append(f"{values['backing_off']:,} backing off before a retry")
         if stats.retries:
             parts.append(f"{stats.retries:,} retries")
+        semantic = stats.semantic
+        values["semantic_hits"] = 0 if semantic is None else semantic.hits
+        values["semantic_saved"] = {} if semantic is None else dict(semantic.saved)
+        if semantic is not None and semantic.hits:
+            # Dollars saved come with prices (cost.py); until then, the usage not spent.
+            saved = ", ".join(
+                f"{format_amount(v)} {html.escape(k)}" for k, v in semantic.saved.items()
+            )
+            parts.append(
+                f"⤳ {semantic.hits:,} answered by the semantic cache"
+                + (f" (saved {saved})" if saved else "")
+            )
         if stats.store_failures:
             parts.append(f"⚠ {stats.store_failures:,} not stored (see the StoreWarning)")
         _set(self.counts, "value", " · ".join(parts))

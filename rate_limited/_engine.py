@@ -82,6 +82,7 @@ if TYPE_CHECKING:
     from rate_limited.calls import Call
     from rate_limited.progress import Progress
     from rate_limited.resources import Resource
+    from rate_limited.semantic._step import SemanticStats, SemanticStep
     from rate_limited.stores import Store
 
 logger = get_logger("rate_limited")
@@ -185,6 +186,13 @@ class RunStats:
             return None
         return self._engine._pause_until
 
+    @property
+    def semantic(self) -> SemanticStats | None:
+        """The semantic cache's hits in this run and the usage they saved (None: no cache)."""
+        if self._engine is None or self._engine.semantic is None:
+            return None
+        return self._engine.semantic.stats
+
     def usage(self) -> dict[str, tuple[float, float, float]]:
         """``{resource: (used, reserved, quota)}`` now."""
         if self._engine is None:
@@ -215,6 +223,7 @@ class Engine:
         retry_failed: bool = True,
         function_name: str = "",
         ledger: Ledger | None = None,
+        semantic: SemanticStep | None = None,
     ) -> None:
         self.function = function
         self.is_async = is_async_callable(function)
@@ -238,6 +247,9 @@ class Engine:
         self.refresh = refresh
         self.retry_failed = retry_failed
         self.function_name = function_name
+        #: The semantic cache (see ``rate_limited.semantic._step``), if the Runner has one.
+        self.semantic = semantic
+        self._lookup: asyncio.Task[set[Call]] | None = None
         self._flush_scheduled = False
         self._flush_timer: asyncio.TimerHandle | None = None
         self._wall_offset = time.time() - loop.time()  # loop time -> epoch seconds
@@ -259,6 +271,7 @@ class Engine:
         self._stop_for = 0
         #: An error of the engine itself: it ends the run and run() raises it.
         self._fatal: BaseException | None = None
+        self._running_batch = False
 
         self._ready: deque[Call] = deque()
         # Retries due, a heap by (failures, index, seq): among retries the one that failed
@@ -304,8 +317,15 @@ class Engine:
 
         Raises the engine's own error if one ended the run (see the module docstring).
         """
-        if self._done is not None:
+        if self._running_batch:
             raise RuntimeError("this engine is already running a batch")
+        self._running_batch = True
+        try:
+            return await self._run(calls, progress, run_id)
+        finally:
+            self._running_batch = False
+
+    async def _run(self, calls: Sequence[Call], progress: Progress | None, run_id: int) -> bool:
         loop = self.loop
         self._run_id = run_id
         self._fatal = None
@@ -316,6 +336,12 @@ class Engine:
         self._wall_offset = time.time() - loop.time()
         if self.store is not None:
             self._restore(calls)
+        if run_id and self._stop_for == run_id:
+            self._stopping = True  # stopped before it started: nothing is looked up or sent
+            return True
+        waiting = await self._semantic_lookup(calls) if self.semantic is not None else set()
+        if self._stopping:
+            return True  # interrupted while the semantic cache looked up: nothing was sent
         ready: deque[Call] = deque()
         unfinished = succeeded = failed = 0
         self._followers = {}
@@ -342,6 +368,8 @@ class Engine:
                                 call,
                             )
                         continue
+                if call in waiting:
+                    continue  # the semantic cache: it waits for an earlier call of this run
                 if status is not RUNNING:  # RUNNING: a sync call still in its thread
                     call.status = PENDING
                     ready.append(call)
@@ -356,9 +384,7 @@ class Engine:
             if not getattr(loop, "virtual_time", False):  # a FakeClock would jump per tick
                 self._ticker = loop.call_later(self._tick_interval, self._tick)
         try:
-            if run_id and self._stop_for == run_id:
-                self._stopping = True  # stopped before it started: nothing is admitted
-            elif unfinished:
+            if unfinished:
                 self._done = loop.create_future()
                 self._start_runners()
                 await self._done
@@ -408,6 +434,8 @@ class Engine:
             return
         if self._done is not None and not self._done.done():
             self._stop()
+        elif self._lookup is not None:
+            self._lookup.cancel()
 
     def _stop(self) -> None:
         self._stopping = True
@@ -940,6 +968,8 @@ class Engine:
             self.stats.failed += 1
             self._unfinished -= 1
             self._settle_followers(call, now)
+            if self.semantic is not None:
+                self._semantic_settled(call, now)
             if self._unfinished <= 0:
                 self._resolve_done()
                 self._wake()
@@ -1124,6 +1154,8 @@ class Engine:
         self._unfinished -= 1
         if self._followers:
             self._settle_followers(call, now)
+        if self.semantic is not None:
+            self._semantic_settled(call, now)
         if self._unfinished <= 0 and self._in_flight <= 0:
             self._resolve_done()
             self._wake()
@@ -1137,12 +1169,42 @@ class Engine:
             follower.status = leader.status
             follower.result = leader.result
             follower.exceptions = list(leader._exceptions or ())
+            follower.semantic = leader.semantic
             follower.finished_at = now
             if leader.status is SUCCEEDED:
                 self.stats.succeeded += 1
             else:
                 self.stats.failed += 1
             self._unfinished -= 1
+
+    # -- the semantic cache ---------------------------------------------------------------
+    async def _semantic_lookup(self, calls: Sequence[Call]) -> set[Call]:
+        """Calls the semantic cache answers succeed now; returns those that wait for an
+        earlier call of this run. A stop request cancels the lookup."""
+        assert self.semantic is not None
+        self._lookup = self.loop.create_task(self.semantic.lookup(calls, self.loop))
+        try:
+            await asyncio.wait((self._lookup,))
+        finally:
+            lookup, self._lookup = self._lookup, None
+        if lookup.cancelled():
+            self._stopping = True
+            return set()
+        return lookup.result()
+
+    def _semantic_settled(self, call: Call, now: float) -> None:
+        """The semantic cache indexes a paid-for success; the calls of this run that asked
+        it in other words take its answer, or are sent after all if it failed."""
+        assert self.semantic is not None
+        answered, unanswered = self.semantic.settled(call)
+        for follower in answered:
+            follower.finished_at = now
+            self.stats.succeeded += 1
+            self._unfinished -= 1
+            if self._followers:
+                self._settle_followers(follower, now)
+        for follower in unanswered:
+            self._due(follower, self._epoch)
 
     # -- the store ---------------------------------------------------------------------------
     def _restore(self, calls: Sequence[Call]) -> None:

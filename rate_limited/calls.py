@@ -16,10 +16,13 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rate_limited._keys import is_secret_name
 from rate_limited.outcomes import Status
+
+if TYPE_CHECKING:
+    from rate_limited.semantic import SemanticMatch
 
 __all__ = ["Call", "Result"]
 
@@ -76,6 +79,7 @@ class Call:
         "kwargs",
         "reservation",
         "result",
+        "semantic",
         "started_at",
         "status",
         "usage",
@@ -114,6 +118,8 @@ class Call:
         self.key: str | None = None
         #: True when the outcome was read from the store instead of calling the function.
         self.from_store = False
+        #: How the semantic cache answered it (a ``SemanticMatch``), if it did.
+        self.semantic: SemanticMatch | None = None
 
     # -- rate_limited 0.4 -----------------------------------------------------------------
     @property

@@ -25,10 +25,12 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
 
 Warnings (``UserWarning`` subclasses, emitted in the thread that called ``run()``)::
 
-    RateLimitedWarning
+    RateLimitedWarning (UserWarning)
     ├── StoreWarning          some finished calls could not be stored (count and reason)
     ├── UsageWarning          a results usage could not be read; the estimate was billed
-    └── BlockingCallWarning   an async function blocked the event loop (names the fix)
+    ├── BlockingCallWarning   an async function blocked the event loop (names the fix)
+    └── SemanticCacheWarning  the semantic cache could not look up or index some calls:
+                              they were sent as usual
 
 ``BaseException`` is kept as an alias of ``RateLimitedError`` because rate_limited 0.4
 exported that name; new code should not use it (it shadows the builtin).
@@ -54,6 +56,7 @@ __all__ = [
     "RateLimitedError",
     "RateLimitedWarning",
     "RunnerClosedError",
+    "SemanticCacheWarning",
     "StoreCorruptedError",
     "StoreError",
     "StoreIntegrityError",
@@ -159,8 +162,12 @@ class UsageExtractionError(CallError):
     """
 
 
+class PermanentError(RateLimitedError):
+    """Raise this (or a subclass) from the wrapped function to stop retrying a call."""
+
+
 class RateLimitedWarning(UserWarning):
-    """Base of the warnings rate_limited emits."""
+    """Base of every warning rate_limited issues."""
 
 
 class StoreWarning(RateLimitedWarning):
@@ -179,8 +186,9 @@ class BlockingCallWarning(RateLimitedWarning):
     the calls ran one at a time; the message names the fix."""
 
 
-class PermanentError(RateLimitedError):
-    """Raise this (or a subclass) from the wrapped function to stop retrying a call."""
+class SemanticCacheWarning(RateLimitedWarning):
+    """The semantic cache could not embed, search or index some calls; those calls were
+    sent (or stored) as usual, never answered without a lookup."""
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from rate_limited.calls import Call
     from rate_limited.resources import Resource
+    from rate_limited.semantic import SemanticMatch
 
 __all__ = ["Outcome", "RunResult", "Status"]
 
@@ -68,6 +69,9 @@ class Outcome:
     #: Problems that did not fail the call, e.g. a ``UsageExtractionError`` on a call
     #: that succeeded (its usage could not be read, so its estimate was billed).
     warnings: tuple[BaseException, ...] = ()
+    #: How the semantic cache answered the call: the matched call's key, its redacted
+    #: prompt and the similarity (None: it did not).
+    semantic: SemanticMatch | None = None
 
     @property
     def error(self) -> BaseException | None:
@@ -90,6 +94,7 @@ class Outcome:
             from_store=call.from_store,
             call=call,
             warnings=tuple(call._warnings or ()),
+            semantic=call.semantic,
         )
 
 

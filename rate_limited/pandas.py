@@ -4,7 +4,8 @@
 once this module is imported) schedules one call per row with the keyword arguments
 ``row_to_kwargs(row)`` returns, runs them, and returns a DataFrame aligned to ``df.index``
 with each call's ``result``, ``status``, ``error``, ``attempts``, ``latency``,
-``from_store`` and ``usage_<resource>``; ``RunResult.to_pandas()`` gives the same table
+``from_store``, ``semantic_key`` / ``semantic_text`` / ``semantic_similarity`` and
+``usage_<resource>``; ``RunResult.to_pandas()`` gives the same table
 for any run.
 
 Rerunning the same cell resumes instead of starting over: if the runner still holds an
@@ -44,7 +45,9 @@ def _pandas() -> Any:
 
 def outcomes_frame(outcomes: Sequence[Outcome], index: Any = None) -> pandas.DataFrame:
     """One row per outcome: ``result``, ``status``, ``error``, ``attempts``, ``latency``,
-    ``from_store`` and a ``usage_<resource>`` column per resource."""
+    ``from_store``, the semantic cache's match (``semantic_key``, ``semantic_text``,
+    ``semantic_similarity``; None where it did not answer) and a ``usage_<resource>``
+    column per resource."""
     pd = _pandas()
     resources: dict[str, None] = {}
     for outcome in outcomes:
@@ -58,6 +61,11 @@ def outcomes_frame(outcomes: Sequence[Outcome], index: Any = None) -> pandas.Dat
         "attempts": [o.attempts for o in outcomes],
         "latency": [o.latency for o in outcomes],
         "from_store": [o.from_store for o in outcomes],
+        "semantic_key": [None if o.semantic is None else o.semantic.key for o in outcomes],
+        "semantic_text": [None if o.semantic is None else o.semantic.text for o in outcomes],
+        "semantic_similarity": [
+            None if o.semantic is None else o.semantic.similarity for o in outcomes
+        ],
     }
     for name in resources:
         columns[f"usage_{name}"] = [o.usage.get(name) for o in outcomes]

@@ -86,6 +86,8 @@ class TqdmProgress:
             postfix["429s"] = stats.rate_limited
         if stats.store_failures:
             postfix["not stored"] = stats.store_failures
+        if stats.semantic is not None and stats.semantic.hits:
+            postfix["semantic hits"] = stats.semantic.hits
         if postfix:
             bar.set_postfix(postfix, refresh=False)
         if stats.waiting_until is None and bar.desc != (self._desc or ""):
@@ -129,6 +131,8 @@ class LogProgress:
             parts.append(f"{stats.rate_limited} HTTP 429")
         if stats.store_failures:
             parts.append(f"{stats.store_failures} not stored")
+        if stats.semantic is not None and stats.semantic.hits:
+            parts.append(f"{stats.semantic.hits} answered by the semantic cache")
         parts.append(f"{stats.elapsed:.1f} s")
         return ", ".join(parts)
 

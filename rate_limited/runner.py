@@ -72,6 +72,9 @@ from rate_limited.stores.base import Store
 if TYPE_CHECKING:
     import pandas
 
+    from rate_limited.semantic import SemanticCache
+    from rate_limited.semantic._step import SemanticStep
+
 __all__ = ["Runner"]
 
 logger = get_logger("rate_limited")
@@ -182,6 +185,7 @@ class Runner:
         ttl: float | None = None,
         retry_failed: bool = True,
         event_loop: Literal["own", "current"] = "own",
+        semantic_cache: SemanticCache | None = None,
     ) -> None:
         """Wrap ``function`` (sync or async callable: function, partial, lambda, method).
 
@@ -220,6 +224,10 @@ class Runner:
                 calls ``run()`` (a notebook's), made re-entrant with nest_asyncio; use it
                 when your async client is bound to that loop (e.g. an aiohttp session made
                 in a cell). Sync functions always use the Runner's own loop.
+            semantic_cache: a ``rate_limited.semantic.SemanticCache``: a call asked before
+                in other words (and identical in everything else) takes the stored answer
+                of the earlier call instead of being sent. Needs ``store=``; off with
+                ``refresh=True`` (fresh answers are still indexed) or None (default).
         """
         if not callable(function):
             raise ConfigurationError(
@@ -289,6 +297,9 @@ class Runner:
         elif ttl is not None:
             raise ConfigurationError("ttl= needs a store= to expire outcomes from.")
         self.logger = get_logger(f"rate_limited.Runner.{self.name}")
+        #: The semantic cache bound to the store (None: no semantic cache).
+        self.semantic_cache = semantic_cache
+        self._semantic = self._bind_semantic_cache(semantic_cache)
 
         #: Calls of the current batch, in schedule order.
         self.scheduled_calls: list[Call] = []
@@ -337,6 +348,8 @@ class Runner:
             call.demand = self._demand_of(call)
         if self.store is not None:
             call.key = self._key_of(call)
+        if self._semantic is not None:
+            self._semantic.check(call)  # a text= that can't split the call: an error now
         calls.append(call)
         engine = self._active_engine
         if self._running and engine is not None:
@@ -368,6 +381,25 @@ class Runner:
                 )
             demand.append((args_usage, estimate))
         return tuple(demand)
+
+    def _bind_semantic_cache(self, cache: SemanticCache | None) -> SemanticStep | None:
+        if cache is None:
+            return None
+        from rate_limited.semantic import SemanticCache
+        from rate_limited.semantic._step import SemanticStep
+
+        if not isinstance(cache, SemanticCache):
+            raise ConfigurationError(
+                f"semantic_cache must be a rate_limited.semantic.SemanticCache or None, got "
+                f"{cache!r}."
+            )
+        if self.store is None:
+            raise ConfigurationError(
+                "semantic_cache= answers calls with the stored outcomes of earlier ones, so it "
+                "needs a store: pass store='runs.db' (kept across kernel restarts), "
+                "'redis://...' or 'memory://' (this process only)."
+            )
+        return SemanticStep(cache, self.store, lookups=not self.refresh)
 
     def _key_of(self, call: Call) -> str:
         if self._key is not None:
@@ -632,6 +664,7 @@ class Runner:
             retry_failed=self.retry_failed,
             function_name=self._function_identity,
             ledger=self._ledger,
+            semantic=self._semantic,
         )
         if isinstance(self.function, FeedbackSource):
             self.function.attach_ledger(LedgerControl(engine))
@@ -681,6 +714,8 @@ class Runner:
         self._wait_for_running_calls(timeout)
         if self._finalizer is not None:
             self._finalizer()
+        if self._semantic is not None:
+            self._semantic.flush()
         if self.store is not None:
             self._close_store()
 
@@ -717,6 +752,8 @@ class Runner:
         assert store is not None
         try:
             if self._owns_store:
+                if self._semantic is not None:
+                    self._semantic.index.close()
                 store.close()
             else:
                 store.flush()

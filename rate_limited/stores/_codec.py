@@ -79,6 +79,17 @@ class Codec:
         )
         return hmac.digest(self._secret, message, "sha256")
 
+    def sign(self, domain: bytes, *parts: bytes) -> bytes:
+        """HMAC-SHA256 of ``parts`` (each length-prefixed) under the store's secret, for data
+        kept beside the records (e.g. semantic-cache entries); ``domain`` names the kind of
+        data, so that no signature of one kind is valid for another, nor for a record."""
+        if domain == _DOMAIN:
+            raise ValueError("that domain is the records' own")
+        message = [domain]
+        for part in parts:
+            message += (_LENGTH.pack(len(part)), part)
+        return hmac.digest(self._secret, b"".join(message), "sha256")
+
     def seal(self, record: StoredOutcome) -> Sealed:
         """Encode and sign ``record``; StoreSerializationError if its result can't be pickled."""
         try:

@@ -48,29 +48,35 @@ def test_demo_runs_end_to_end_and_prints_a_summary(tmp_path: Path, flags: tuple[
     assert "loaded from the store" not in fresh.stdout
 
 
-@pytest.mark.slow
-def test_demo_interrupted_then_resumed(tmp_path: Path) -> None:
-    """Ctrl-C stops the run with a partial summary; the next demo takes up the rest."""
+def interrupt_demo(cwd: Path, *args: str, after: float) -> tuple[int, str]:
+    """Start ``rate-limited demo *args``, Ctrl-C it ``after`` seconds into its run; its exit
+    code and output."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "rate_limited", "demo", "--requests", "300", "--tpm", "20000"],
-        cwd=tmp_path,
+        [sys.executable, "-m", "rate_limited", "demo", *args],
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         assert process.stdout is not None
-        assert "Running 300 chat completions" in process.stdout.readline() + (
-            process.stdout.readline()
-        )
-        time.sleep(2.0)  # 20,000 TPM: the first ~100 at once, then about 2 a second
+        assert "chat completions" in process.stdout.readline() + process.stdout.readline()
+        time.sleep(after)
         process.send_signal(signal.SIGINT)
-        out, _ = process.communicate(timeout=30)
+        out, _ = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
-    assert process.returncode == 130
+    return process.returncode, out
+
+
+@pytest.mark.slow
+def test_demo_interrupted_then_resumed(tmp_path: Path) -> None:
+    """Ctrl-C stops the run with a partial summary; the next demo takes up the rest."""
+    # 20,000 TPM: the first ~100 at once, then about 2 a second
+    returncode, out = interrupt_demo(tmp_path, "--requests", "300", "--tpm", "20000", after=2.0)
+    assert returncode == 130
     assert "Interrupted after" in out
     assert "Run `rate-limited demo` again to resume" in out
     finished = int(re.search(r"Interrupted after [\d.]+ s: (\d+) of 300", out).group(1))  # type: ignore[union-attr]
@@ -94,26 +100,9 @@ def test_demo_async_interrupted_and_rerun_pays_for_each_request_once(tmp_path: P
     the rerun sent them again: 2,064 paid requests for 2,000 results. Now they finish (the
     Runner's close() waits for them), are stored, and the rerun does not send them."""
     requests = 1000
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rate_limited", "demo", "--async", "--requests", str(requests)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        assert "Running 1,000 chat completions" in process.stdout.readline() + (
-            process.stdout.readline()
-        )
-        time.sleep(2.5)  # the first few hundred are done, dozens are in flight
-        process.send_signal(signal.SIGINT)
-        first, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 130 and "Interrupted after" in first
+    # after 2.5 s the first few hundred are done, dozens are in flight
+    returncode, first = interrupt_demo(tmp_path, "--async", "--requests", str(requests), after=2.5)
+    assert returncode == 130 and "Interrupted after" in first
     second = run_demo(tmp_path, "--async", "--requests", str(requests))
     assert second.returncode == 0, second.stderr[-2000:]
     assert f"{requests:,} of {requests:,} requests succeeded" in second.stdout

@@ -336,15 +336,18 @@ def test_none_is_a_result() -> None:
 
 
 # -- usage extraction failures ---------------------------------------------------------------
-def test_results_extractor_failure_keeps_the_result_and_bills_the_estimate() -> None:
-    tokens = Resource(
+def tokens_read_from_a_missing_field() -> Resource:
+    return Resource(
         "tokens",
         10,
         1.0,
         results_usage_extractor=lambda call, result: result["missing"],
         max_results_usage_estimator=lambda call: 4,
     )
-    runner = make_runner(echo, [tokens])
+
+
+def test_results_extractor_failure_keeps_the_result_and_bills_the_estimate() -> None:
+    runner = make_runner(echo, [tokens_read_from_a_missing_field()])
     runner.schedule({"ok": True})
     with pytest.warns(UsageWarning, match="1 call"):
         result = runner.run()
@@ -357,14 +360,7 @@ def test_results_extractor_failure_keeps_the_result_and_bills_the_estimate() -> 
 def test_an_extraction_problem_of_a_call_that_succeeded_is_a_warning_not_an_exception() -> None:
     """0.4 code reads a non-empty ``exceptions[i]`` as a failure: a call that succeeded must
     keep it empty, its extraction problem goes to ``outcome.warnings``."""
-    tokens = Resource(
-        "tokens",
-        10,
-        1.0,
-        results_usage_extractor=lambda call, result: result["missing"],
-        max_results_usage_estimator=lambda call: 4,
-    )
-    runner = make_runner(echo, [tokens])
+    runner = make_runner(echo, [tokens_read_from_a_missing_field()])
     runner.schedule({"ok": True})
     with pytest.warns(UsageWarning):
         results, exceptions = runner.run()

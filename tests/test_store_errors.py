@@ -12,9 +12,7 @@ import contextlib
 import logging
 import socket
 import sqlite3
-import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -347,32 +345,13 @@ def test_a_full_disk_is_one_store_warning_with_the_count_and_close_does_not_rais
     assert attempts <= 10
 
 
-def test_redis_going_down_during_a_run_is_a_store_warning(tmp_path: Path) -> None:
+def test_redis_going_down_during_a_run_is_a_store_warning() -> None:
     import redis
 
-    from tests.stores.conftest import _free_port, _ping
+    from tests.stores.conftest import start_redis_server, stop_redis_server
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server, port = start_redis_server()  # of its own: this test shuts it down
     try:
-        deadline = time.monotonic() + 10
-        while not _ping(port):
-            assert time.monotonic() < deadline and server.poll() is None, "no redis-server"
-            time.sleep(0.01)
 
         def square_then_kill(i: int) -> int:
             if i == 20:
@@ -397,5 +376,4 @@ def test_redis_going_down_during_a_run_is_a_store_warning(tmp_path: Path) -> Non
         assert 80 <= result.store_failures <= 100
     finally:
         if server.poll() is None:
-            server.kill()
-        server.wait()
+            stop_redis_server(server)

@@ -707,14 +707,6 @@ class Engine:
         except BaseException as exc:  # a bug of the engine: end the run, don't hang it
             self._crash(exc)
 
-    def _watch(self, awaitable: Any) -> Any:
-        """The call's awaitable, timed step by step if this call is one of those watched
-        for blocking the loop (the first ones, then one in ``_WATCH_EVERY``)."""
-        self._watched += 1
-        if self._warned_blocking or (self._watched > _WATCH_FIRST and self._watched % _WATCH_EVERY):
-            return awaitable
-        return _StepTimer(awaitable, self._blocked)
-
     def _blocked(self, seconds: float) -> None:
         """A watched call blocked the loop. Once may be a one-time set-up in the first call
         (a client building its headers, a tokenizer loading); twice is a habit."""
@@ -775,7 +767,14 @@ class Engine:
             call.attempts += 1
             call.started_at = now
             try:
-                awaitable = self._watch(function(*call.args, **call.kwargs))
+                awaitable = function(*call.args, **call.kwargs)
+                # The first calls, then one in _WATCH_EVERY, are timed step by step: a long
+                # step blocked the loop (see _blocked).
+                watched = self._watched = self._watched + 1
+                if (watched <= _WATCH_FIRST or not watched % _WATCH_EVERY) and (
+                    not self._warned_blocking
+                ):
+                    awaitable = _StepTimer(awaitable, self._blocked)
                 if timeout is None:
                     value = await awaitable
                 else:

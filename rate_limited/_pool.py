@@ -83,8 +83,9 @@ class ThreadPool:
         Raises the system's error if it refuses a thread and the pool has none at all.
         """
         with self._lock:
+            self._queued += 1
             spawn = (
-                self._queued + 1 > self._idle
+                self._queued > self._idle
                 and len(self._threads) - self.abandoned < self.max_workers
                 and not self._closed
                 and self.thread_limit is None
@@ -94,12 +95,12 @@ class ThreadPool:
                 thread = _start_thread(self._work, f"{self._name}-worker-{len(self._threads)}")
             except RuntimeError as exc:  # "can't start new thread"
                 if not self._threads:
+                    with self._lock:
+                        self._queued -= 1
                     raise
                 self.thread_limit = exc  # go on with the threads there are
             else:
                 self._threads.append(thread)
-        with self._lock:
-            self._queued += 1
         self._queue.put((call, token))
 
     def take_back(self) -> list[tuple[Any, int]]:
@@ -163,23 +164,23 @@ class ThreadPool:
             call, token = item
             if self._report_starts:
                 append((call, token, None, clock()))
-                self._wake()
+                if not self._wake_pending and not self._wake():
+                    return  # the loop was closed: the runner is gone
             try:
                 completion = (call, token, True, function(*call.args, **call.kwargs))
             except BaseException as exc:
                 completion = (call, token, False, exc)
             append(completion)
             del completion, call, item
-            if not self._wake():
+            if not self._wake_pending and not self._wake():
                 return  # the loop was closed: the runner is gone
 
     def _wake(self) -> bool:
-        """Have the loop drain the completions, unless a wake-up is already pending;
-        False if the loop is closed."""
-        if not self._wake_pending:
-            self._wake_pending = True
-            try:
-                self._loop.call_soon_threadsafe(self._on_completions)
-            except RuntimeError:
-                return False
+        """Have the loop drain the completions (no wake-up is pending); False if the loop
+        is closed."""
+        self._wake_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._on_completions)
+        except RuntimeError:
+            return False
         return True

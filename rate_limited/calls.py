@@ -24,7 +24,7 @@ from rate_limited.outcomes import Status
 if TYPE_CHECKING:
     from rate_limited.semantic import SemanticMatch
 
-__all__ = ["Call", "Result"]
+__all__ = ["Call", "CallOwner", "Result"]
 
 #: Whatever the wrapped function returns.
 Result = Any
@@ -57,6 +57,24 @@ def _signature(function: Callable[..., Any]) -> inspect.Signature | None:
     return sig
 
 
+class CallOwner:
+    """What schedules Calls (the Runner): each Call it makes holds it, and calls its
+    ``function``."""
+
+    function: Callable[..., Any]
+
+
+class _Extras:
+    """The fields of a Call that most calls never set, kept apart to keep Calls small."""
+
+    __slots__ = ("from_store", "semantic", "warnings")
+
+    def __init__(self) -> None:
+        self.from_store = False
+        self.semantic: SemanticMatch | None = None
+        self.warnings: list[BaseException] | None = None
+
+
 class Call:
     """One scheduled call of the Runner's function, with its state across attempts.
 
@@ -64,22 +82,22 @@ class Call:
     ``kwargs``, ``status``, ``result``, ``exceptions``, ``attempts``.
     """
 
+    # Memory: a million scheduled calls are most of what the package holds, so the rare
+    # fields share one slot (``_extras``), and the Runner that scheduled the call stands in
+    # for its function (``_source``; ``function`` reads it from there).
     __slots__ = (
         "_exceptions",
-        "_owner",
-        "_warnings",
+        "_extras",
+        "_source",
         "args",
         "attempts",
         "demand",
         "finished_at",
-        "from_store",
-        "function",
         "index",
         "key",
         "kwargs",
         "reservation",
         "result",
-        "semantic",
         "started_at",
         "status",
         "usage",
@@ -91,9 +109,11 @@ class Call:
         args: tuple[Any, ...] = (),
         kwargs: Mapping[str, Any] | None = None,
         index: int = 0,
-        owner: object = None,
+        owner: CallOwner | None = None,
     ) -> None:
-        self.function = function
+        # The Runner that scheduled the call, whose function it calls: the call holds it,
+        # so that it lives while the call is held (else: the function itself).
+        self._source: CallOwner | Callable[..., Any] = function if owner is None else owner
         self.args = args
         self.kwargs = kwargs if kwargs else _NO_KWARGS
         #: Position of this call in the results of the run it belongs to.
@@ -103,9 +123,7 @@ class Call:
         self.attempts = 0
         self.result: Result = None
         self._exceptions: list[BaseException] | None = None
-        self._warnings: list[BaseException] | None = None
-        #: The Runner that scheduled the call: it lives while the call is held.
-        self._owner = owner
+        self._extras: _Extras | None = None
         #: Per resource: (arguments usage, results estimate), computed once at schedule().
         self.demand: tuple[tuple[float, float], ...] = ()
         self.reservation: object = None
@@ -116,10 +134,38 @@ class Call:
         self.finished_at: float | None = None
         #: Stable key for stores and caches (set by the Runner when it has a store).
         self.key: str | None = None
-        #: True when the outcome was read from the store instead of calling the function.
-        self.from_store = False
-        #: How the semantic cache answered it (a ``SemanticMatch``), if it did.
-        self.semantic: SemanticMatch | None = None
+
+    @property
+    def function(self) -> Callable[..., Any]:
+        """What the call calls: the Runner's function."""
+        source = self._source
+        return source.function if isinstance(source, CallOwner) else source
+
+    def _more(self) -> _Extras:
+        extras = self._extras
+        if extras is None:
+            extras = self._extras = _Extras()
+        return extras
+
+    @property
+    def from_store(self) -> bool:
+        """True when the outcome was read from the store instead of calling the function."""
+        extras = self._extras
+        return extras is not None and extras.from_store
+
+    @from_store.setter
+    def from_store(self, value: bool) -> None:
+        self._more().from_store = value
+
+    @property
+    def semantic(self) -> SemanticMatch | None:
+        """How the semantic cache answered it (a ``SemanticMatch``), if it did."""
+        extras = self._extras
+        return None if extras is None else extras.semantic
+
+    @semantic.setter
+    def semantic(self, value: SemanticMatch | None) -> None:
+        self._more().semantic = value
 
     # -- rate_limited 0.4 -----------------------------------------------------------------
     @property
@@ -137,9 +183,15 @@ class Call:
     def warnings(self) -> list[BaseException]:
         """Problems of an attempt that did not fail it, e.g. a ``UsageExtractionError``
         (the usage could not be read from a result that was kept)."""
-        if self._warnings is None:
-            self._warnings = []
-        return self._warnings
+        extras = self._more()
+        if extras.warnings is None:
+            extras.warnings = []
+        return extras.warnings
+
+    @property
+    def _warnings(self) -> list[BaseException] | None:
+        extras = self._extras
+        return None if extras is None else extras.warnings
 
     @property
     def failures(self) -> int:

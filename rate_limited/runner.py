@@ -53,7 +53,7 @@ from rate_limited._policy import (
     retry_if_transient,
 )
 from rate_limited._redact import describe, get_logger
-from rate_limited.calls import Call, Result
+from rate_limited.calls import Call, CallOwner, Result
 from rate_limited.exceptions import (
     ConfigurationError,
     QuotaExceededError,
@@ -159,7 +159,7 @@ async def _flush(engine: Engine) -> None:
     engine._flush_store(final=True)
 
 
-class Runner:
+class Runner(CallOwner):
     """Runs calls of ``function`` as fast as ``resources`` allow, and never faster."""
 
     def __init__(

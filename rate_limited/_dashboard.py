@@ -20,6 +20,18 @@ on its loop thread, at most every ``progress_interval`` plus a ticker. A widget 
 set only when it changed. ``state()`` returns what the widgets show as a plain dict, so
 tests (and users) can read it without a screenshot.
 
+Amounts are shown in whole units against a quota of 100 or more (a bucket refilling
+continuously holds fractions of a request, which tell nobody anything), with cents
+below that; a limit the provider does not have (a preset's placeholder quota) reads
+"no limit". The quota shown is the one the ledger enforces, so a limit discovered from
+the provider's headers appears as soon as it is known.
+
+Static renders: a saved notebook, nbconvert's HTML or GitHub have no live widgets (no
+kernel, often no widget manager). The dashboard is displayed as a bundle with a
+``display_id``: the widget, plus an HTML and a plain-text copy of what it shows. When
+the run ends, that output is replaced by the HTML and text of the final state alone,
+so the notebook keeps a readable record of the run; a new run brings the widget back.
+
 ipywidgets is optional (``pip install 'rate_limited[notebook]'``) and imported only here.
 """
 
@@ -28,9 +40,13 @@ from __future__ import annotations
 import html
 import math
 import threading
+import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from rate_limited._format import format_amount, format_seconds, plain_text
+from rate_limited.apis._limits import UNKNOWN_QUOTA
 
 if TYPE_CHECKING:
     from rate_limited._engine import RunStats
@@ -55,40 +71,13 @@ def _widgets() -> Any:
     return ipywidgets
 
 
-def _show(widget: Any) -> None:
-    """Display a widget in the current cell's output (IPython comes with ipywidgets)."""
+def _publish(data: dict[str, Any], display_id: str, *, update: bool = False) -> None:
+    """Display a mime bundle in the current cell's output, or replace the outputs shown
+    under ``display_id`` (IPython comes with ipywidgets)."""
     from IPython import display
 
-    show: Callable[..., object] = display.display
-    show(widget)
-
-
-def format_seconds(seconds: float, tenths: bool = True) -> str:
-    """``"4.2 s"``, ``"42 s"``, ``"3 min 12 s"``, ``"2 h 05 min"``: short, for a status line.
-
-    ``tenths=False`` rounds short times to whole seconds too (a text that changes once a
-    second, not at every update).
-    """
-    if math.isinf(seconds) or math.isnan(seconds):
-        return "?"
-    seconds = max(0.0, seconds)
-    if seconds < 10 and tenths:
-        return f"{seconds:.1f} s"
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole} s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def format_amount(amount: float) -> str:
-    """``"90,000"`` for whole numbers, ``"1.25"`` otherwise (dollars, fractions)."""
-    if amount == int(amount):
-        return f"{int(amount):,}"
-    return f"{amount:,.2f}"
+    publish: Callable[..., object] = display.update_display if update else display.display
+    publish(data, raw=True, display_id=display_id)
 
 
 def _set(widget: Any, name: str, value: Any) -> None:
@@ -167,11 +156,31 @@ class DashboardProgress:
         self.history: list[tuple[float, dict[str, tuple[float, float, float]]]] = []
         self._history_every = 0.0
         self._render_title()
+        #: Outputs showing this dashboard share it (``IPython.display.update_display``).
+        self.display_id = f"rate_limited-{uuid.uuid4().hex}"
+        self._shown = False  # displayed at least once
+        self._static = False  # the outputs show the final state, not the widget
         if display:
-            _show(self.widget)
+            self._ipython_display_()
 
     def _ipython_display_(self) -> None:
-        _show(self.widget)
+        with self._lock:
+            self._shown = True
+            _publish(self._bundle(live=not self._static), self.display_id)
+
+    def _bundle(self, live: bool) -> dict[str, Any]:
+        """What the outputs show: the widget (``live``) with HTML and text copies of it
+        for renderers without widgets, or only those copies (the final state)."""
+        data: dict[str, Any] = {"text/plain": self.text(), "text/html": self.html()}
+        if live:
+            bundle = self.widget._repr_mimebundle_()
+            data.update((k, v) for k, v in bundle.items() if k != "text/plain")
+        return data
+
+    def _republish(self, live: bool) -> None:
+        if self._shown:
+            self._static = not live
+            _publish(self._bundle(live), self.display_id, update=True)
 
     # -- Progress --------------------------------------------------------------------------
     def start(self, stats: RunStats) -> None:
@@ -188,6 +197,8 @@ class DashboardProgress:
             self._render_title()
             _set(self.bar, "bar_style", "info")
             self._refresh(stats)
+            if self._static:  # the dashboard shown again for a new run: live again
+                self._republish(live=True)
 
     def update(self, stats: RunStats) -> None:
         with self._lock:
@@ -209,6 +220,7 @@ class DashboardProgress:
                 style = "success"
             _set(self.bar, "bar_style", style)
             self._render_title()
+            self._republish(live=False)  # the record a saved notebook keeps
 
     # -- reading it --------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -249,6 +261,36 @@ class DashboardProgress:
                 "time": self.time.value,
             }
         return state
+
+    def _lines(self) -> list[tuple[str, str]]:
+        """``(kind, HTML)`` of each line shown, top to bottom (empty lines left out)."""
+        lines = [("title", self.title.value), ("calls", self.calls.value)]
+        lines.append(("counts", self.counts.value))
+        for row in self._rows.values():
+            lines.append((f"resource:{row.name}", f"{row.label.value}: {row.text.value}"))
+        lines += [("limits", self.limits.value), ("waiting", self.wait.value)]
+        lines.append(("time", self.time.value))
+        return [(kind, markup) for kind, markup in lines if markup]
+
+    def text(self) -> str:
+        """What the dashboard shows, as plain text (one line each)."""
+        return "\n".join(plain_text(markup) for _, markup in self._lines())
+
+    def html(self) -> str:
+        """What the dashboard shows, as static HTML (bars as ``<progress>`` elements)."""
+        parts = []
+        bars = {f"resource:{name}": row.bar for name, row in self._rows.items()}
+        bars["calls"] = self.bar
+        for kind, markup in self._lines():
+            bar = bars.get(kind)
+            if bar is not None and bar.layout.visibility != "hidden":
+                width = "450px" if kind == "calls" else "260px"
+                markup = (
+                    f"<progress value='{bar.value:g}' max='{bar.max:g}' "
+                    f"style='width: {width}; vertical-align: middle'></progress> {markup}"
+                )
+            parts.append(f"<div>{markup}</div>")
+        return f"<div class='rate-limited-dashboard'>{''.join(parts)}</div>"
 
     def __repr__(self) -> str:
         values = self._values
@@ -366,22 +408,28 @@ class DashboardProgress:
                 row = self._rows[name] = _ResourceRow(self._widgets, name, quota)
                 self.resources.children = tuple(r.box for r in self._rows.values())
             held = used + reserved
-            fraction = held / quota if quota else 0.0
+            unlimited = quota >= UNKNOWN_QUOTA
+            fraction = held / quota if quota and not unlimited else 0.0
             values["usage"][name] = {
                 "used": used,
                 "reserved": reserved,
-                "quota": quota,
+                "quota": None if unlimited else quota,
                 "fraction": fraction,
             }
-            _set(row.bar, "max", quota)
-            _set(row.bar, "value", min(max(held, 0.0), quota))
+            _set(row.bar, "max", 1.0 if unlimited else quota)
+            _set(row.bar, "value", 0.0 if unlimited else min(max(held, 0.0), quota))
+            _set(row.bar.layout, "visibility", "hidden" if unlimited else None)
             is_binding = binding == name
             style = "danger" if is_binding else "warning" if fraction >= 0.9 else "info"
             _set(row.bar, "bar_style", style)
-            text = f"{format_amount(used)} used"
+            scale = None if unlimited else quota
+            text = f"{format_amount(used, scale)} used"
             if reserved:
-                text += f" + {format_amount(reserved)} reserved"
-            text += f" / {format_amount(quota)} ({100 * fraction:.0f}%)"
+                text += f" + {format_amount(reserved, scale)} reserved"
+            if unlimited:
+                text += " · no limit"
+            else:
+                text += f" / {format_amount(quota)} ({100 * fraction:.0f}%)"
             waited_here = self._waited.get(name, 0.0)
             if waited_here >= 1:
                 text += f" · waited {format_seconds(waited_here)}"

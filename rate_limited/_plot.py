@@ -20,6 +20,11 @@ ledger's own numbers, sampled while the run went (``history=``: a
 ``DashboardProgress.history``, or the result's ``usage_history``), are drawn instead
 when given: used as a solid line and used + reserved dotted.
 
+The time axis covers the run, from its start to its last call's end (a bucket that is
+still draining after that is cut off at the edge), and a result with no call that ran
+says so in the axes instead of leaving them empty. A limit the provider does not have
+(a preset's placeholder quota) is named in the legend, not drawn at 0%.
+
 The usage panel needs the resources (quota, window, refill): ``resources=``, else the
 result's own ``resources`` attribute. matplotlib is optional (``pip install
 'rate_limited[plot]'``) and imported only when a plot is drawn; the arithmetic
@@ -32,17 +37,22 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from rate_limited.apis._limits import UNKNOWN_QUOTA  # a preset's "no such limit" quota
+
 if TYPE_CHECKING:
     from rate_limited.outcomes import Outcome, RunResult
     from rate_limited.resources import Resource
 
-__all__ = ["PANELS", "plot_run", "run_start", "usage_curve", "usage_events"]
+__all__ = ["PANELS", "plot_run", "run_end", "run_start", "usage_curve", "usage_events"]
 
 #: The panels ``plot_run`` can draw, top to bottom.
 PANELS = ("usage", "timeline")
 
 #: Samples of the ledger: ``(loop time, {resource: (used, reserved, quota)})``.
 UsageHistory = Sequence[tuple[float, dict[str, tuple[float, float, float]]]]
+
+#: Margin on each side of the run on the time axis, as a fraction of its length.
+X_MARGIN = 0.02
 
 #: Bar colours of the timeline, by status.
 STATUS_COLORS = {
@@ -81,6 +91,18 @@ def run_start(result: RunResult, start: float | None = None) -> float:
     if ends and result.elapsed:
         candidates.append(max(ends) - result.elapsed)
     return min(candidates) if candidates else 0.0
+
+
+def run_end(result: RunResult, start: float) -> float:
+    """Loop time the run ended: its start plus its elapsed time, or its last call's end
+    (or start) if later (a sync call that finished after an interrupt)."""
+    ends = [start + result.elapsed]
+    for outcome in result.outcomes:
+        if outcome.finished_at is not None:
+            ends.append(outcome.finished_at)
+        elif outcome.started_at is not None:
+            ends.append(outcome.started_at)
+    return max(ends)
 
 
 def usage_events(
@@ -231,8 +253,16 @@ def plot_run(
         if len(axes) != len(panels):
             raise ValueError(f"ax: give one Axes per panel ({len(panels)}), got {len(axes)}.")
     t0 = run_start(result, start)
+    span = run_end(result, t0) - t0
+    ran = sum(1 for o in result.outcomes if o.started_at is not None and not o.from_store)
+    empty = _nothing_ran(result) if ran == 0 and not history else None
     for panel, axis in zip(panels, axes, strict=True):
-        if panel == "usage":
+        if empty is not None:
+            axis.text(
+                0.5, 0.5, empty, transform=axis.transAxes, ha="center", va="center", gid="empty"
+            )
+            axis.set_yticks([])
+        elif panel == "usage":
             assert resources is not None
             if history:
                 _draw_history(axis, history, resources, t0)
@@ -240,6 +270,9 @@ def plot_run(
                 _draw_usage(axis, result, resources, t0)
         else:
             _draw_timeline(axis, result, t0)
+        # The run, not the time its buckets take to drain afterwards.
+        margin = X_MARGIN * span if span > 0 else 0.5
+        axis.set_xlim(-margin, span + margin)
     axes[-1].set_xlabel("seconds since the run started")
     figure = axes[0].figure
     if title is not None:
@@ -247,11 +280,29 @@ def plot_run(
     return figure
 
 
-def _label(resource: Resource) -> str:
-    return (
-        f"{resource.name}: {float(resource.quota):,.10g} per "
-        f"{resource.time_window_seconds:g} s ({resource.refill})"
-    )
+def _nothing_ran(result: RunResult) -> str:
+    """What to write in the axes of a run in which no call ran."""
+    total = len(result.outcomes)
+    if total == 0:
+        return "No calls in this run: nothing to draw."
+    stored = sum(1 for o in result.outcomes if o.from_store)
+    if stored == total:
+        return f"No call ran: all {total:,} came from the store."
+    return f"No call ran in this run ({total:,} calls, {stored:,} from the store)."
+
+
+def _label(resource: Resource, quota: float | None = None) -> str:
+    quota = float(resource.quota) if quota is None else quota
+    if quota >= UNKNOWN_QUOTA:
+        return f"{resource.name}: no limit"
+    window = f"{resource.time_window_seconds:g} s"
+    return f"{resource.name}: {quota:,.10g} per {window} ({resource.refill})"
+
+
+def _no_limit_entry(ax: Any, resource: Resource) -> None:
+    """A legend entry (and nothing drawn) for a resource without a limit."""
+    (line,) = ax.plot([], [], linestyle="none", label=_label(resource, UNKNOWN_QUOTA))
+    line.set_gid(f"no-limit:{resource.name}")
 
 
 def _finish_usage_axes(ax: Any, title: str) -> None:
@@ -265,14 +316,23 @@ def _finish_usage_axes(ax: Any, title: str) -> None:
 def _draw_history(ax: Any, history: UsageHistory, resources: Sequence[Resource], t0: float) -> None:
     xs = [when - t0 for when, _ in history]
     for resource in resources:
-        name, quota = resource.name, float(resource.quota)
-        used = [100 * usage[name][0] / quota if name in usage else 0.0 for _, usage in history]
+        name = resource.name
+        # Each sample against the quota the ledger enforced then (a discovered limit).
+        declared = float(resource.quota)
+        quotas = [usage[name][2] if name in usage else declared for _, usage in history]
+        if quotas[-1] >= UNKNOWN_QUOTA:
+            _no_limit_entry(ax, resource)
+            continue
+        used = [
+            100 * usage[name][0] / quota if name in usage else 0.0
+            for (_, usage), quota in zip(history, quotas, strict=True)
+        ]
         held = [
             100 * (usage[name][0] + usage[name][1]) / quota if name in usage else 0.0
-            for _, usage in history
+            for (_, usage), quota in zip(history, quotas, strict=True)
         ]
         style = "steps-post" if resource.refill == "window" else "default"
-        (line,) = ax.plot(xs, used, drawstyle=style, label=_label(resource))
+        (line,) = ax.plot(xs, used, drawstyle=style, label=_label(resource, quotas[-1]))
         line.set_gid(f"usage:{name}")
         (dotted,) = ax.plot(
             xs, held, drawstyle=style, linestyle=":", color=line.get_color(), linewidth=1
@@ -285,6 +345,9 @@ def _draw_usage(ax: Any, result: RunResult, resources: Sequence[Resource], t0: f
     events = usage_events(result.outcomes, resources)
     for resource in resources:
         quota = float(resource.quota)
+        if quota >= UNKNOWN_QUOTA:
+            _no_limit_entry(ax, resource)
+            continue
         xs, ys = usage_curve(
             events[resource.name], quota, resource.time_window_seconds, resource.refill, t0
         )

@@ -3,12 +3,15 @@
 * ``rate-limited demo`` starts a MockProvider on 127.0.0.1 with realistic limits (scaled
   so the run takes about half a minute), pushes 2,000 chat completions through the real
   ``openai`` client and ``rate_limited.apis.openai.ChatCompletions``, shows the progress
-  bar and ends with what the provider saw: requests, tokens, 429s, the rate achieved
-  against the limit. No API key, no network. With a durable store (``--store``, when
-  the Runner supports one), Ctrl-C and a second ``rate-limited demo`` resume the run.
+  bar and ends with what the provider saw: requests, tokens, 429s, the average rate and
+  the share of what the provider allowed (its buckets start full, so a short run's
+  average is above the limit: the summary says so). No API key, no network. Finished
+  calls are kept in a SQLite store (``--store``), so Ctrl-C and the command it prints
+  resume the run; its counts are read after the Runner has closed, when the calls
+  already sent at the Ctrl-C have finished and been stored.
 * ``rate-limited mock-provider`` serves the MockProvider until Ctrl-C (see its ``--help``).
-* ``rate-limited bench [utilization|overhead] ...`` runs a benchmark script of a source
-  checkout (they are not installed with the package).
+* ``rate-limited bench [NAME] ...`` runs ``benchmarks/NAME.py`` of a source checkout (they
+  are not installed with the package); ``--help`` says what each one touches.
 
 ``python -m rate_limited ...`` is the same command.
 """
@@ -16,13 +19,15 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
-import inspect
 import random
+import shlex
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,8 @@ DEMO_REQUESTS = 2000
 DEMO_RPM = 3000
 DEMO_TPM = 200_000
 DEMO_STORE = "rate_limited_demo.db"
+DEMO_CONCURRENCY = 64
+DEMO_SEED = 0
 _TOPICS = (
     "token buckets",
     "exponential backoff",
@@ -46,16 +53,33 @@ _TOPICS = (
 )
 
 
+DEMO_DESCRIPTION = f"""\
+Start a MockProvider (a local fake of the OpenAI API) on 127.0.0.1 and run
+{DEMO_REQUESTS:,} chat completions through the real openai client and ChatCompletions,
+with a progress bar; then print what the provider saw: requests, tokens, 429s, and
+the rate against the limits. No API key, no network.
+
+Finished calls are kept in a SQLite store, by default {DEMO_STORE} in the
+current directory (with its -wal/-shm files and the signing secret
+{DEMO_STORE}.key). Ctrl-C stops the run and prints the command that resumes
+it: running the same command again sends only what is not in the store yet."""
+
+
 def _demo_parser(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--requests", type=int, default=DEMO_REQUESTS, help="chat completions to run (2000)")
-    add("--rpm", type=float, default=DEMO_RPM, help=f"requests per minute ({DEMO_RPM})")
+    add("--rpm", type=float, default=DEMO_RPM, help=f"requests per minute ({DEMO_RPM:,})")
     add("--tpm", type=float, default=DEMO_TPM, help=f"tokens per minute ({DEMO_TPM:,})")
     add("--async", dest="use_async", action="store_true", help="use openai.AsyncOpenAI")
-    add("--concurrency", type=int, default=64, help="most requests in flight (64)")
+    add(
+        "--concurrency",
+        type=int,
+        default=DEMO_CONCURRENCY,
+        help=f"most requests in flight ({DEMO_CONCURRENCY})",
+    )
     add("--store", default=DEMO_STORE, help=f"where finished calls are kept ({DEMO_STORE})")
     add("--fresh", action="store_true", help="delete the store first: start over")
-    add("--seed", type=int, default=0, help="seed of the prompts and the provider")
+    add("--seed", type=int, default=DEMO_SEED, help="seed of the prompts and the provider")
 
 
 def _demo_prompts(count: int, seed: int) -> list[str]:
@@ -65,12 +89,6 @@ def _demo_prompts(count: int, seed: int) -> list[str]:
         f" in {rng.randint(2, 6)} sentences."
         for i in range(count)
     ]
-
-
-def _store_supported() -> bool:
-    from rate_limited.runner import Runner
-
-    return "store" in inspect.signature(Runner).parameters
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -87,7 +105,6 @@ def demo(args: argparse.Namespace) -> int:
         print("--requests, --rpm, --tpm and --concurrency must be positive", file=sys.stderr)
         return 2
     store = Path(args.store)
-    resumable = _store_supported()
     if args.fresh:
         for suffix in ("", "-wal", "-shm", "-journal"):
             with contextlib.suppress(FileNotFoundError):
@@ -106,18 +123,15 @@ def demo(args: argparse.Namespace) -> int:
         client_class = openai.AsyncOpenAI if args.use_async else openai.OpenAI
         client = client_class(base_url=provider.base_url, api_key="demo", timeout=30)
         chat = ChatCompletions(client, requests_per_minute=args.rpm, tokens_per_minute=args.tpm)
-        options: dict[str, Any] = {"max_concurrent": args.concurrency, "progress": "tqdm"}
-        if resumable:
-            options["store"] = str(store)
         print(
             f"MockProvider at {provider.base_url}: {args.rpm:,.0f} requests and {args.tpm:,.0f} "
             f"tokens per minute.\nRunning {args.requests:,} chat completions through "
-            f"openai.{client_class.__name__} and ChatCompletions "
-            f"({'resumable from ' + str(store) if resumable else 'no durable store yet'}); "
+            f"openai.{client_class.__name__} and ChatCompletions (resumable from {store}); "
             "Ctrl-C stops.",
             flush=True,
         )
-        with chat.runner(**options) as runner:
+        runner = chat.runner(max_concurrent=args.concurrency, progress="tqdm", store=str(store))
+        with runner:
             for prompt in _demo_prompts(args.requests, args.seed):
                 runner.schedule(
                     model="gpt-4o-mini",
@@ -127,92 +141,272 @@ def demo(args: argparse.Namespace) -> int:
             started = time.monotonic()
             result = runner.run()
             elapsed = time.monotonic() - started
+        # Closed: calls already sent at a Ctrl-C (sync ones, in threads) have finished and
+        # been stored by now, so the counts below are what the store holds.
         stats = provider.stats()
-    _summary(args, result, stats, elapsed, store if resumable else None)
+    counts = _counts(result, store)
+    _summary(args, result.interrupted, counts, stats, elapsed, store)
     if result.interrupted:
         return 130
-    return 0 if all(value is not None for value in result.results) else 1
+    return 0 if counts.succeeded == counts.total else 1
+
+
+@dataclass(frozen=True)
+class _Counts:
+    """How the demo's calls ended, read after the Runner has closed."""
+
+    total: int
+    #: Calls that succeeded, those finished after the interrupt included.
+    succeeded: int
+    #: Of those, how many had succeeded when ``run()`` returned.
+    at_return: int
+    #: Loaded from the store instead of being sent.
+    from_store: int
+    #: Succeeded calls of this run that the store holds.
+    saved: int
+
+
+def _counts(result: Any, store: Path) -> _Counts:
+    from rate_limited.outcomes import Status
+    from rate_limited.stores import open_store
+
+    calls = list(result.calls)
+    keys = [call.key for call in calls if call.key is not None]
+    with open_store(str(store)) as opened:
+        records = opened.get_many(keys)
+    return _Counts(
+        total=len(calls),
+        succeeded=sum(1 for call in calls if call.status is Status.SUCCEEDED),
+        at_return=sum(1 for value in result.results if value is not None),
+        from_store=sum(1 for call in calls if call.from_store),
+        saved=sum(1 for record in records.values() if record.status == "succeeded"),
+    )
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The ``rate-limited demo ...`` command that resumes this one: every option that
+    makes a difference to the calls or the run (never ``--fresh``, which starts over)."""
+    parts = ["rate-limited", "demo"]
+    defaults = (
+        ("requests", DEMO_REQUESTS),
+        ("rpm", DEMO_RPM),
+        ("tpm", DEMO_TPM),
+        ("concurrency", DEMO_CONCURRENCY),
+        ("seed", DEMO_SEED),
+    )
+    for name, default in defaults:
+        value = getattr(args, name)
+        if value != default:
+            parts += [f"--{name}", _number(value)]
+    if args.use_async:
+        parts.append("--async")  # the sync and async presets' calls have different keys
+    parts += ["--store", str(args.store)]
+    return shlex.join(parts)
 
 
 def _summary(
-    args: argparse.Namespace, result: Any, stats: Any, elapsed: float, store: Path | None
+    args: argparse.Namespace,
+    interrupted: bool,
+    counts: _Counts,
+    stats: Any,
+    elapsed: float,
+    store: Path,
 ) -> None:
-    succeeded = sum(1 for value in result.results if value is not None)
-    # Calls already sent at a Ctrl-C finished afterwards (the Runner's close() waited).
-    late = sum(1 for call in result.calls if call.status.value == "succeeded") - succeeded
-    succeeded += late
-    from_store = sum(1 for outcome in result.outcomes if getattr(outcome, "from_store", False))
     tokens = stats.prompt_tokens + stats.completion_tokens
+    loaded = f" ({counts.from_store:,} loaded from the store)" if counts.from_store else ""
+    late = counts.succeeded - counts.at_return
     lines = [
         "",
-        f"{'Interrupted' if result.interrupted else 'Done'} after {elapsed:.1f} s: "
-        f"{succeeded:,} of {len(result.results):,} requests succeeded"
-        + (f" ({from_store:,} loaded from the store)" if from_store else "")
-        + ".",
+        f"{'Interrupted' if interrupted else 'Done'} after {elapsed:.1f} s: "
+        f"{counts.succeeded:,} of {counts.total:,} requests succeeded{loaded}.",
+    ]
+    if late:
+        lines.append(
+            f"  {late:,} of them finished after Ctrl-C: they had been sent, so they were "
+            "waited for and kept."
+        )
+    lines += [
+        f"  store:        {counts.saved:,} of the {counts.total:,} are saved in {store}",
         f"  provider saw: {stats.requests:,} requests, {stats.rejected:,} answered 429, "
         f"{tokens:,} tokens ({stats.prompt_tokens:,} prompt + {stats.completion_tokens:,} "
         "completion)",
-        f"  limits:       {args.rpm:,.0f} requests and {args.tpm:,.0f} tokens per minute; each "
-        "bucket starts full (a minute of quota at once), then refills at limit/60 per second",
     ]
     span = stats.admission_span
     if stats.admitted > 1 and span > 0:
+        # Each provider bucket starts full: a minute of quota may go at once, so the
+        # average rate of a run shorter than a few minutes is above the limit. What the
+        # provider allowed in the span is that full bucket plus the refill.
         allowed_tokens = args.tpm + args.tpm / 60 * span
         allowed_requests = args.rpm + args.rpm / 60 * span
+        tokens_rate, requests_rate = tokens / span * 60, stats.admitted / span * 60
+        above = tokens_rate > args.tpm or requests_rate > args.rpm
         lines += [
-            f"  allowed:      {allowed_requests:,.0f} requests and {allowed_tokens:,.0f} tokens "
-            f"in the {span:.1f} s from the first admission to the last",
-            f"  used:         {tokens / allowed_tokens:.1%} of the tokens and "
-            f"{stats.admitted / allowed_requests:.1%} of the requests allowed "
-            f"({stats.admitted / span * 60:,.0f} requests/min, {tokens / span * 60:,.0f} "
-            "tokens/min)",
+            f"  rate:         {tokens_rate:,.0f} tokens/min and {requests_rate:,.0f} "
+            f"requests/min on average over the {span:.1f} s from the first admission to the "
+            "last",
+            f"  limits:       {args.tpm:,.0f} tokens and {args.rpm:,.0f} requests per minute; "
+            "each bucket starts full (a minute of quota that may go at once), then refills "
+            "at limit/60 per second"
+            + (". That initial burst is why the average is above the limit" if above else ""),
+            f"  utilization:  {tokens / allowed_tokens:.1%} of the tokens and "
+            f"{stats.admitted / allowed_requests:.1%} of the requests the provider allowed "
+            f"in those {span:.1f} s ({allowed_tokens:,.0f} tokens and "
+            f"{allowed_requests:,.0f} requests: the full buckets plus their refill)",
         ]
-    if late:
+    else:
         lines.append(
-            f"  {late:,} requests already sent at the interrupt finished after it; their "
-            "results were kept" + (" and stored." if store is not None else ".")
+            f"  limits:       {args.tpm:,.0f} tokens and {args.rpm:,.0f} requests per minute"
         )
-    if result.interrupted:
-        if store is not None:
-            lines.append(f"Run `rate-limited demo` again to resume: finished calls are in {store}.")
-        else:
-            lines.append(
-                "This build cannot resume across processes yet (its Runner has no store=), so "
-                "a second `rate-limited demo` starts over."
-            )
+    if interrupted:
+        left = counts.total - counts.saved
+        lines.append(
+            f"Run `{resume_command(args)}` to resume: it sends only the {left:,} requests "
+            f"not saved in {store}."
+        )
     print("\n".join(lines), flush=True)
+
+
+BENCH_USAGE = "rate-limited bench [NAME] [OPTIONS]"
+BENCH_DESCRIPTION = """\
+Run benchmarks/NAME.py of a source checkout (default: utilization) with this
+interpreter, from the repository root, passing OPTIONS on. The benchmarks are not
+installed with the package: run this from a git clone, in the virtualenv where the
+clone is installed.
+
+What it touches:
+  - a benchmark that compares with rate_limited 0.4 (marked below) installs
+    rate_limited 0.4.0 and its helpers (tqdm, openai) from PyPI into
+    benchmarks/.venv04 the first time, and reuses that virtualenv after;
+  - it starts MockProviders (and, for stores, a redis-server) on 127.0.0.1 and
+    writes temporary files; it calls no real API and needs no key;
+  - with --write, it replaces its own section of benchmarks/RESULTS.md."""
+
+
+def _bench_dirs() -> list[Path]:
+    return [
+        Path.cwd() / "benchmarks",
+        Path(__file__).resolve().parent.parent / "benchmarks",
+    ]
+
+
+def _bench_scripts() -> dict[str, Path]:
+    """The benchmark scripts of the checkout, by name (the first folder that has any)."""
+    for folder in _bench_dirs():
+        scripts = {p.stem: p for p in sorted(folder.glob("*.py")) if not p.stem.startswith("_")}
+        if scripts:
+            return scripts
+    return {}
+
+
+def _bench_summary(script: Path) -> tuple[str, bool]:
+    """The first line of a benchmark's docstring, and whether it installs 0.4 (it calls
+    ``ensure_venv04``, the helper that does)."""
+    source = script.read_text(encoding="utf-8")
+    try:
+        doc = ast.get_docstring(ast.parse(source)) or ""
+    except SyntaxError:
+        doc = ""
+    return (doc.splitlines() or [""])[0], "ensure_venv04" in source
+
+
+def bench_help(name: str | None) -> str:
+    """``rate-limited bench --help`` (and ``bench NAME --help``, with NAME's options)."""
+    scripts = _bench_scripts()
+    usage = BENCH_USAGE if name is None else f"rate-limited bench {name} [OPTIONS]"
+    lines = [f"usage: {usage}", "", BENCH_DESCRIPTION, ""]
+    if not scripts:
+        lines.append("No benchmarks/ folder here: run this from a git clone of the repository.")
+        return "\n".join(lines)
+    lines += [
+        "Benchmarks (* installs rate_limited 0.4.0 from PyPI into benchmarks/.venv04 on",
+        "first use; rate-limited bench NAME --help shows NAME's options):",
+    ]
+    for stem, path in scripts.items():
+        summary, installs = _bench_summary(path)
+        lines.append(f"  {stem:<12} {'*' if installs else ' '} {summary}")
+    script = scripts.get(name) if name is not None else None
+    if script is not None:
+        done = subprocess.run(
+            [sys.executable, str(script), "--help"],
+            capture_output=True,
+            text=True,
+            cwd=script.parent.parent,
+            check=False,
+        )
+        own = done.stdout.splitlines()
+        # Its own usage line names the script file; the options are what is useful here.
+        start = next(
+            (i for i, line in enumerate(own) if line.rstrip().endswith(("options:", "arguments:"))),
+            None,
+        )
+        if start is not None:
+            lines += ["", f"Options of benchmarks/{script.name}:", *own[start + 1 :]]
+    return "\n".join(lines)
 
 
 def bench(argv: Sequence[str]) -> int:
     """Run ``benchmarks/<name>.py`` of the source checkout with this interpreter."""
-    name = argv[0] if argv and not argv[0].startswith("-") else "utilization"
-    rest = list(argv[1:] if argv and not argv[0].startswith("-") else argv)
-    candidates = [
-        Path.cwd() / "benchmarks" / f"{name}.py",
-        Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py",
-    ]
-    script = next((path for path in candidates if path.is_file()), None)
+    name = argv[0] if argv and not argv[0].startswith("-") else None
+    rest = list(argv[1:] if name is not None else argv)
+    if "-h" in rest or "--help" in rest:
+        print(bench_help(name))
+        return 0
+    name = name or "utilization"
+    script = _bench_scripts().get(name)
     if script is None:
         print(
             f"benchmarks/{name}.py not found: the benchmarks live in the source checkout "
-            "(git clone the repository and run this from it).",
+            "(git clone the repository and run this from it). See rate-limited bench --help.",
             file=sys.stderr,
         )
         return 2
     return subprocess.call([sys.executable, str(script), *rest], cwd=script.parent.parent)
 
 
+MAIN_EPILOG = """\
+demo           runs against a local mock API; writes its store (rate_limited_demo.db
+               and .db.key) in the current directory
+mock-provider  serves the mock API on 127.0.0.1 until Ctrl-C; prints its base URLs and
+               limits on stdout, and its statistics on stderr when it stops
+bench          runs a benchmark of a source checkout; may install rate_limited 0.4 from
+               PyPI into benchmarks/.venv04 and rewrite benchmarks/RESULTS.md (--write)
+
+rate-limited COMMAND --help says more about each."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rate-limited`` console script."""
+    from rate_limited import __version__
+
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="rate-limited",
         description="Run many calls of rate-limited APIs as fast as the quotas allow.",
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"rate_limited {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _demo_parser(commands.add_parser("demo", help="a 2,000-request run against a mock API"))
-    commands.add_parser("mock-provider", help="serve the MockProvider", add_help=False)
-    commands.add_parser("bench", help="run a benchmark of the source checkout", add_help=False)
+    _demo_parser(
+        commands.add_parser(
+            "demo",
+            help=f"{DEMO_REQUESTS:,} chat completions against a local mock API, resumable",
+            description=DEMO_DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
+    commands.add_parser(
+        "mock-provider",
+        help="serve a rate-limited mock of the OpenAI and Anthropic APIs",
+        add_help=False,
+    )
+    commands.add_parser(
+        "bench", help="run a benchmark of a source checkout (see bench --help)", add_help=False
+    )
     if arguments and arguments[0] in ("mock-provider", "bench"):
         if arguments[0] == "bench":
             return bench(arguments[1:])

@@ -87,11 +87,22 @@ class QuotaExceededError(ConfigurationError):
     """A call's demand on a resource exceeds the resource's whole quota.
 
     Such a call could never be admitted, so ``schedule()`` refuses it (a ValueError,
-    as in rate_limited 0.4).
+    as in rate_limited 0.4). ``apply()`` checks every row first and raises one error
+    naming all the rows that are too large (``rows``), having scheduled nothing.
     """
 
-    def __init__(self, message: str, *, resource: str, needed: float, quota: float) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        resource: str,
+        needed: float,
+        quota: float,
+        rows: list[Any] | None = None,
+    ) -> None:
         super().__init__(message)
+        #: ``apply()``: index labels of every row that is too large (``df.drop(index=rows)``).
+        self.rows = rows
         #: Name of the resource whose quota is too small.
         self.resource = resource
         #: What the call needs of it (arguments usage plus results estimate).

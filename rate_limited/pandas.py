@@ -8,6 +8,14 @@ with each call's ``result``, ``status``, ``error``, ``attempts``, ``latency``,
 ``usage_<resource>``; ``RunResult.to_pandas()`` gives the same table
 for any run.
 
+Every row is scheduled before anything runs. A row that cannot be (it needs more than a
+whole quota, or a usage extractor fails on it) is named by its index label in the
+error, and the rows scheduled so far are dropped again, so the same Runner takes the
+corrected frame: ``runner.apply(df.drop(index=error.rows), ...)``. The result keeps the
+frame's own index either way. The run's ``RunResult`` is ``runner.last_result``
+afterwards, for ``.plot()``; it is not put in the frame's ``attrs``, which pandas
+deep-copies on every operation (a result holds the client it called).
+
 Rerunning the same cell resumes instead of starting over: if the runner still holds an
 interrupted batch of exactly these calls, ``apply`` runs that batch again (only the
 unfinished calls are sent), and after a complete run it returns that run's outcomes
@@ -24,7 +32,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rate_limited.exceptions import ConfigurationError
+from rate_limited.exceptions import ConfigurationError, QuotaExceededError
 from rate_limited.outcomes import Outcome
 
 if TYPE_CHECKING:
@@ -89,6 +97,8 @@ def apply(
             "row_to_kwargs must be a function of a row (a pandas Series) returning the "
             f"call's keyword arguments as a dict; got {row_to_kwargs!r}."
         )
+    runner._check_can_start()  # closed, or a run going on: say so before scheduling
+    labels: list[Any] = []
     wanted: list[Mapping[str, Any]] = []
     for label, row in frame.iterrows():
         kwargs = row_to_kwargs(row)
@@ -97,6 +107,7 @@ def apply(
                 f"row_to_kwargs must return a dict of keyword arguments; for row {label!r} "
                 f"it returned {type(kwargs).__name__}: {kwargs!r}."
             )
+        labels.append(label)
         wanted.append(kwargs)
     pending = runner.scheduled_calls
     if pending and not _same_calls(pending, wanted):
@@ -105,15 +116,58 @@ def apply(
             "calls; run() them first (or use another Runner) before apply()."
         )
     finished = runner._last_apply
-    if not pending and finished is not None and _same_calls(finished, wanted):
+    if not pending and finished is not None and _same_calls(finished.calls, wanted):
         # The same cell again after it completed: nothing left to send.
-        return outcomes_frame([Outcome.of(call) for call in finished], index=frame.index)
+        runner.last_result = finished
+        return outcomes_frame(finished.outcomes, index=frame.index)
     if not pending:
-        for kwargs in wanted:
-            runner.schedule(**kwargs)
+        _schedule_rows(runner, labels, wanted)
     result = runner.run()
-    runner._last_apply = None if result.interrupted else list(result.calls)
+    runner._last_apply = None if result.interrupted else result
     return outcomes_frame(result.outcomes, index=frame.index)
+
+
+#: Rows described one by one in the error for rows too large; the rest are counted.
+_ROWS_SHOWN = 5
+
+
+def _schedule_rows(runner: Runner, labels: list[Any], wanted: list[Mapping[str, Any]]) -> None:
+    """Schedule one call per row, or none: on any error the rows scheduled so far are
+    dropped and the error names the row (every row, when several are too large)."""
+    too_large: list[tuple[Any, QuotaExceededError]] = []
+    try:
+        for label, kwargs in zip(labels, wanted, strict=True):
+            try:
+                runner.schedule(**kwargs)
+            except QuotaExceededError as exc:
+                too_large.append((label, exc))  # go on: name them all at once
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"Row {label!r} of the DataFrame: {exc}") from exc
+    except BaseException:
+        runner.scheduled_calls = []
+        raise
+    if not too_large:
+        return
+    runner.scheduled_calls = []
+    described = [
+        f"row {label!r} needs {exc.needed:,.10g} of {exc.resource!r} (quota {exc.quota:,.10g})"
+        for label, exc in too_large[:_ROWS_SHOWN]
+    ]
+    if len(too_large) > _ROWS_SHOWN:
+        described.append(f"and {len(too_large) - _ROWS_SHOWN:,} more")
+    count = "1 row" if len(too_large) == 1 else f"{len(too_large):,} rows"
+    verb = "needs" if len(too_large) == 1 else "need"
+    first = too_large[0][1]
+    raise QuotaExceededError(
+        f"{count} of the {len(labels):,} {verb} more than a whole quota, so could never run: "
+        f"{'; '.join(described)}. Nothing was scheduled. Drop those rows "
+        "(df.drop(index=error.rows)) or lower their usage (e.g. max_tokens), then apply() "
+        "again.",
+        resource=first.resource,
+        needed=first.needed,
+        quota=first.quota,
+        rows=[label for label, _ in too_large],
+    ) from first
 
 
 def _same_calls(calls: Sequence[Any], wanted: Sequence[Mapping[str, Any]]) -> bool:

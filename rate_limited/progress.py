@@ -11,8 +11,9 @@ counts *calls*, not attempts: a retried call moves the bar once, when it ends.
   any doubt (as ``tqdm.autonotebook`` does); a tqdm bar when stderr is a terminal;
   otherwise ``logging`` lines on the ``rate_limited`` logger at INFO (silent unless the
   application configures logging), so CI logs and cron jobs stay clean;
-* ``"dashboard"``: the notebook dashboard; ``True`` / ``"tqdm"``: the tqdm bar
-  (``tqdm.auto``); ``"log"``: log lines;
+* ``"dashboard"``: the notebook dashboard (outside a notebook, where no widget can be
+  shown, the tqdm bar, with a one-line ``UserWarning`` saying so); ``True`` /
+  ``"tqdm"``: the tqdm bar (``tqdm.auto``); ``"log"``: log lines;
 * ``False``: nothing at all; or any object implementing ``Progress``.
 
 Plain scripts never import ipywidgets nor the dashboard module.
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import sys
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from rate_limited._redact import get_logger
@@ -212,6 +215,12 @@ def make_progress(progress: object) -> Progress | None:
         is_tty = stream is not None and hasattr(stream, "isatty") and stream.isatty()
         return TqdmProgress() if is_tty else LogProgress()
     if progress == "dashboard":
+        if not _in_notebook():
+            _warn_at_caller(
+                "progress='dashboard' needs a Jupyter notebook to show its widgets; "
+                "showing the tqdm bar instead."
+            )
+            return TqdmProgress()
         from rate_limited._dashboard import DashboardProgress  # ImportError names the extra
 
         return DashboardProgress()
@@ -221,3 +230,17 @@ def make_progress(progress: object) -> Progress | None:
         return LogProgress()
     assert isinstance(progress, Progress)
     return progress
+
+
+def _warn_at_caller(message: str) -> None:
+    """A UserWarning attributed to the first frame outside this package (the user's
+    ``run()`` or ``apply()`` line), so Python shows it once per line that asks."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(0)
+    level = 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        package + os.sep
+    ):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, UserWarning, stacklevel=level)

@@ -311,8 +311,11 @@ class Runner(CallOwner):
         self._engine: Engine | None = None  # on the Runner's own loop thread
         self._caller_engine: Engine | None = None  # event_loop="current"
         self._active_engine: Engine | None = None  # the one the last run used
-        #: The calls of the last completed ``apply()`` (rerunning that cell sends nothing).
-        self._last_apply: list[Call] | None = None
+        #: The RunResult of the last run that ended (``run()``, ``start()``, ``apply()``):
+        #: ``runner.last_result.plot()`` / ``.to_pandas()`` after an ``apply()``.
+        self.last_result: RunResult | None = None
+        #: The result of the last completed ``apply()`` (rerunning that cell sends nothing).
+        self._last_apply: RunResult | None = None
         self._active_future: concurrent.futures.Future[tuple[bool, float]] | None = None
         self._run_seq = 0  # numbers the runs, so that a stop reaches the right one
         # One ledger for the Runner's life, whichever loop its engine runs on.
@@ -625,6 +628,7 @@ class Runner(CallOwner):
             notices, result.store_failures = engine.take_notices()
             for category, text in notices:
                 warn(text, category)
+        self.last_result = result
         return result
 
     def _check_can_start(self) -> None:
@@ -680,6 +684,10 @@ class Runner(CallOwner):
         ``row_to_kwargs(row)`` gives the call's keyword arguments. The result has one row
         per input row: ``result``, ``status``, ``error``, ``attempts``, ``latency``,
         ``from_store`` and ``usage_<resource>``. Rerunning after an interrupt resumes.
+        Every row is scheduled before anything runs: a row that cannot be scheduled (one
+        that needs more than a whole quota, say) is named in the error and nothing is
+        kept, so the Runner is ready for the corrected frame. The run's RunResult is
+        ``runner.last_result`` afterwards (``.plot()``, ``.to_pandas()``).
         """
         from rate_limited.pandas import apply
 

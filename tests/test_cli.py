@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -37,9 +38,12 @@ def test_demo_runs_end_to_end_and_prints_a_summary(tmp_path: Path, flags: tuple[
     out = done.stdout
     assert "Done after" in out
     assert "200 of 200 requests succeeded." in out
+    assert "store:        200 of the 200 are saved in rate_limited_demo.db" in out
     assert re.search(r"provider saw: 200 requests, 0 answered 429, [\d,]+ tokens", out)
-    assert "3,000 requests and 200,000 tokens per minute" in out
-    assert re.search(r"used: +[\d.]+% of the tokens", out)
+    assert "200,000 tokens and 3,000 requests per minute" in out
+    # 200 requests fit in the buckets the provider starts with: the average is the burst.
+    assert "That initial burst is why the average is above the limit" in out
+    assert re.search(r"utilization: +[\d.]+% of the tokens", out)
     assert "200/200" in done.stderr  # the progress bar
     again = run_demo(tmp_path, "--requests", "200", *flags)
     assert "(200 loaded from the store)" in again.stdout
@@ -74,16 +78,25 @@ def interrupt_demo(cwd: Path, *args: str, after: float) -> tuple[int, str]:
 @pytest.mark.slow
 def test_demo_interrupted_then_resumed(tmp_path: Path) -> None:
     """Ctrl-C stops the run with a partial summary; the next demo takes up the rest."""
+    flags = ["--requests", "300", "--tpm", "20000", "--store", "my runs.db"]
     # 20,000 TPM: the first ~100 at once, then about 2 a second
-    returncode, out = interrupt_demo(tmp_path, "--requests", "300", "--tpm", "20000", after=2.0)
+    returncode, out = interrupt_demo(tmp_path, *flags, after=2.0)
     assert returncode == 130
     assert "Interrupted after" in out
-    assert "Run `rate-limited demo` again to resume" in out
+    # The hint repeats the flags that matter (quoted for the shell), never --fresh.
+    hint = re.search(r"Run `(rate-limited demo [^`]*)` to resume", out)
+    assert hint is not None, out
+    assert hint.group(1) == "rate-limited demo --requests 300 --tpm 20000 --store 'my runs.db'"
     finished = int(re.search(r"Interrupted after [\d.]+ s: (\d+) of 300", out).group(1))  # type: ignore[union-attr]
     assert 0 < finished < 300
-    resumed = run_demo(tmp_path, "--requests", "300")  # the limits are not part of a call
+    # The counts are the store's: calls already sent at the Ctrl-C were kept and counted.
+    saved = int(re.search(r"store: +(\d+) of the 300 are saved in my runs.db", out).group(1))  # type: ignore[union-attr]
+    assert saved == finished
+    assert f"it sends only the {300 - saved} requests not saved" in out
+    resumed = run_demo(tmp_path, *shlex.split(hint.group(1))[2:])
     loaded = int(re.search(r"\((\d+) loaded from the store\)", resumed.stdout).group(1))  # type: ignore[union-attr]
-    assert loaded >= finished
+    assert loaded == saved
+    assert f"provider saw: {300 - saved} requests" in resumed.stdout
 
 
 def paid_requests(summary: str) -> int:
@@ -144,6 +157,74 @@ def test_bench_runs_a_script_of_the_checkout(
     assert (tmp_path / "ran.txt").read_text() == "--fast"
     assert cli.main(["bench", "nowhere"]) == 2
     assert "benchmarks/nowhere.py not found" in capsys.readouterr().err
+
+
+def test_bench_help_says_what_it_runs_and_touches(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: rate-limited bench [NAME] [OPTIONS]")
+    assert "utilization.py" not in out.splitlines()[0]
+    flat = " ".join(out.split())
+    assert "installs rate_limited 0.4.0 from PyPI into benchmarks/.venv04" in flat
+    assert "replaces its own section of benchmarks/RESULTS.md" in flat
+    assert re.search(r"^  utilization  \* How close", out, re.M)  # it installs 0.4
+    assert re.search(r"^  stores         What a store costs", out, re.M)  # it does not
+    assert cli.main(["bench", "utilization", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: rate-limited bench utilization [OPTIONS]")
+    assert "Options of benchmarks/utilization.py:" in out and "--write" in out
+
+
+def test_bench_help_outside_a_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "_bench_dirs", lambda: [tmp_path / "benchmarks"])
+    assert cli.main(["bench", "-h"]) == 0
+    assert "run this from a git clone" in capsys.readouterr().out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from rate_limited import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"rate_limited {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        pytest.param(["--help"], ["demo", "mock-provider", "bench", ".venv04"], id="main"),
+        pytest.param(
+            ["demo", "--help"], ["127.0.0.1", "rate_limited_demo.db.key", "resumes"], id="demo"
+        ),
+        pytest.param(
+            ["mock-provider", "--help"],
+            ["usage: rate-limited mock-provider", "statistics", "on stderr"],
+            id="mock-provider",
+        ),
+    ],
+)
+def test_help_says_what_each_command_does_and_touches(
+    argv: list[str], expected: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for text in expected:
+        assert text in out
+
+
+def test_the_resume_command_repeats_the_options_that_matter() -> None:
+    parser = cli.argparse.ArgumentParser()
+    cli._demo_parser(parser)
+    args = parser.parse_args(["--async", "--fresh", "--tpm", "1e5", "--rpm", "10.5"])
+    assert cli.resume_command(args) == (
+        "rate-limited demo --rpm 10.5 --tpm 100000 --async --store rate_limited_demo.db"
+    )
 
 
 def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:

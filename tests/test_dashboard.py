@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -27,7 +28,9 @@ from rate_limited.testing import FakeClock
 
 pytest.importorskip("ipywidgets")
 
-from rate_limited._dashboard import DashboardProgress, format_amount, format_seconds
+from rate_limited import _dashboard
+from rate_limited._dashboard import DashboardProgress
+from rate_limited._format import format_amount
 
 if TYPE_CHECKING:
     from rate_limited._engine import RunStats
@@ -228,25 +231,116 @@ def test_a_run_that_had_nothing_to_do() -> None:
     assert dashboard.state()["bar"]["max"] == 1  # an empty bar, not a division by zero
 
 
+def test_whole_units_against_a_large_quota() -> None:
+    """A requests bucket drains continuously: 160.51 requests is shown as 161."""
+    requests = Resource(
+        "requests", 600, 60, arguments_usage_extractor=lambda call: 1, refill="bucket"
+    )
+
+    async def a_third(i: int) -> int:
+        await asyncio.sleep(0.33)
+        return i
+
+    dashboard = fake_run(a_third, [requests], 20, max_concurrent=5)
+    texts = [state["usage"]["requests"]["text"] for _, state, _ in dashboard.seen]
+    used = [state["usage"]["requests"]["used"] for _, state, _ in dashboard.seen]
+    assert any(u != int(u) for u in used)  # the ledger does hold fractions
+    assert all(re.fullmatch(r"[\d,]+ used / 600 \(\d+%\).*", text) for text in texts), texts
+
+
+def test_a_limit_the_provider_does_not_have_reads_no_limit() -> None:
+    unlimited = Resource("tokens", 1e15, 60, arguments_usage_extractor=lambda call: 3)
+    dashboard = fake_run(one_second, [requests_per(3, 10), unlimited], 3)
+    final = dashboard.state()["usage"]["tokens"]
+    assert final["text"] == "9 used · no limit"
+    assert final["quota"] is None and final["fraction"] == 0.0
+    assert "1,000,000,000,000,000" not in dashboard.text()
+    assert "tokens: 9 used · no limit" in dashboard.text()
+
+
+def test_limits_discovered_from_the_headers_are_shown(make_provider: Any) -> None:
+    openai = pytest.importorskip("openai")
+    from rate_limited.apis.openai import ChatCompletions
+
+    provider = make_provider(rpm=600, tpm=12_000)
+    chat = ChatCompletions(openai.OpenAI(base_url=provider.base_url, api_key="sk-test"))
+    dashboard = Recording()
+    runner = chat.runner(progress=dashboard, progress_interval=0)
+    for i in range(5):
+        runner.schedule(
+            model="gpt-4o-mini", max_tokens=20, messages=[{"role": "user", "content": f"hi {i}"}]
+        )
+    runner.run()
+    runner.close()
+    final = dashboard.state()["usage"]
+    assert final["requests_per_minute"]["quota"] == 600
+    assert final["tokens_per_minute"]["quota"] == 12_000
+    assert final["requests_per_minute"]["text"].startswith("5 used / 600 (")
+    assert "/ 12,000 (" in final["tokens_per_minute"]["text"]
+
+
+class Published:
+    """Records what the dashboard publishes to the notebook (instead of IPython)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[dict[str, Any], str, bool]] = []
+        monkeypatch.setattr(_dashboard, "_publish", self.publish)
+
+    def publish(self, data: dict[str, Any], display_id: str, *, update: bool = False) -> None:
+        self.calls.append((data, display_id, update))
+
+
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def test_the_final_state_replaces_the_widget_for_static_renders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    published = Published(monkeypatch)
+    dashboard = DashboardProgress(title="static")
+    (shown, display_id, update), *_ = published.calls
+    assert display_id == dashboard.display_id and not update
+    assert set(shown) == {WIDGET, "text/html", "text/plain"}  # live, with copies of it
+    assert shown[WIDGET]["model_id"] == dashboard.widget.model_id
+
+    runner = Runner(
+        one_second, [requests_per(3, 10)], progress=dashboard, clock=FakeClock(), name="job"
+    )
+    for i in range(6):
+        runner.schedule(i)
+    runner.run()
+    final, final_id, update = published.calls[-1]
+    assert final_id == display_id and update
+    assert set(final) == {"text/html", "text/plain"}  # no widget: readable anywhere
+    assert final["text/plain"].splitlines() == [
+        "rate_limited · static · done",
+        "6 / 6 calls · 100%",
+        "✔ 6 succeeded · 0 failed",
+        "requests: 3 used / 3 (100%) · waited 10 s",
+        "elapsed 11 s · 0.5 calls/s",
+    ]
+    html = final["text/html"]
+    assert "<b>6</b> / 6 calls" in html and "<progress value='6' max='6'" in html
+    assert "<progress value='3' max='3'" in html and "<code>requests</code>" in html
+
+    # The same dashboard for another run: the widget comes back, then the final state.
+    runner.schedule(6)
+    runner.run()
+    kinds = [(WIDGET in data, update) for data, _, update in published.calls]
+    assert kinds[-2:] == [(True, True), (False, True)]
+    assert "1 / 1 calls" in published.calls[-1][0]["text/plain"]
+
+
+def test_a_dashboard_never_shown_publishes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    published = Published(monkeypatch)
+    fake_run(one_second, [], 2)
+    assert published.calls == []
+
+
 def test_missing_ipywidgets_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ipywidgets", None)
     with pytest.raises(ImportError, match=r"rate_limited\[notebook\]"):
         DashboardProgress(display=False)
-
-
-@pytest.mark.parametrize(
-    ("seconds", "tenths", "text"),
-    [
-        pytest.param(4.23, True, "4.2 s", id="tenths"),
-        pytest.param(4.23, False, "4 s", id="whole"),
-        pytest.param(42.4, True, "42 s", id="seconds"),
-        pytest.param(192, True, "3 min 12 s", id="minutes"),
-        pytest.param(7500, True, "2 h 05 min", id="hours"),
-        pytest.param(float("inf"), True, "?", id="unknown"),
-    ],
-)
-def test_format_seconds(seconds: float, tenths: bool, text: str) -> None:
-    assert format_seconds(seconds, tenths) == text
 
 
 # -- a real kernel --------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 * Every notebook in ``notebooks/`` is executed with nbclient (kernel ``python3``, a time
   limit per cell): no cell may fail. The committed files carry no outputs.
+* The executed notebook, rendered to HTML by nbconvert (a static render: no kernel, no
+  widget manager), shows each run's dashboard as text in its final state.
 * ``interrupt_and_resume.ipynb`` is also driven the way a user would: its long cell is
   interrupted with ``interrupt_kernel()`` while calls are in flight; the cell must end
   normally with a partial result (checked inside the kernel), the resume cell must finish
@@ -12,7 +14,9 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
+nbconvert = pytest.importorskip("nbconvert")
 pytest.importorskip("ipykernel")
 pytest.importorskip("ipywidgets")
 pytest.importorskip("openai")
@@ -78,6 +83,35 @@ def test_notebook_runs_without_errors(path: Path, tmp_path: Path) -> None:
         if output.output_type == "error"
     ]
     assert errors == []
+    dashboards = [
+        output.data["text/plain"]
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "display_data"
+        and output.data.get("text/plain", "").startswith("rate_limited ·")
+    ]
+    page = visible_text(nb)
+    for dashboard in dashboards:
+        assert "application/vnd.jupyter.widget-view+json" not in dashboard
+        for line in dashboard.splitlines():
+            assert line in page, f"{line!r} is not in the HTML of {path.name}"
+    if path.name == "quickstart.ipynb":
+        assert [d.splitlines()[:2] for d in dashboards] == [
+            ["rate_limited · done", "60 / 60 calls · 100%"],
+            ["rate_limited · done", "220 / 220 calls · 100%"],
+        ]
+        assert "requests_per_second: 20 used / 20" in page
+
+
+def visible_text(nb: Any) -> str:
+    """The text a browser shows of the notebook rendered to HTML by nbconvert, with no
+    JavaScript running (scripts and styles left out, tags stripped, spaces collapsed)."""
+    body, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
+    body = re.sub(r"<(script|style)\b.*?</\1>", " ", body, flags=re.S | re.I)
+    lines = html.unescape(re.sub(r"<div\b[^>]*>", "\n", body))
+    lines = re.sub(r"<[^>]+>", "", lines)
+    return "\n".join(" ".join(line.split()) for line in lines.splitlines())
 
 
 # -- interrupting the kernel mid-run -------------------------------------------------------------

@@ -15,7 +15,15 @@ pd = pytest.importorskip("pandas")
 openai = pytest.importorskip("openai")
 
 import rate_limited.pandas  # noqa: E402,F401  (registers df.rate_limited)
-from rate_limited import ConfigurationError, Resource, Runner, Status  # noqa: E402
+from rate_limited import (  # noqa: E402
+    ConfigurationError,
+    QuotaExceededError,
+    Resource,
+    Runner,
+    RunnerClosedError,
+    Status,
+)
+from rate_limited.apis.openai import ChatCompletions  # noqa: E402
 from rate_limited.testing import MockProvider  # noqa: E402
 
 
@@ -136,3 +144,107 @@ def test_rerunning_after_an_interrupt_sends_only_the_unfinished_rows() -> None:
         bodies = [entry.body_hash for entry in provider.request_log]
         assert len(bodies) == 300
         assert len(set(bodies)) == 300
+
+
+# -- a row that cannot run --------------------------------------------------------------------
+def words(call: Any) -> float:
+    return float(len(call.get_argument("text").split()))
+
+
+def words_runner() -> Runner:
+    tokens = Resource("tokens", 10, 60, arguments_usage_extractor=words)
+    return Runner(shout, [tokens], progress=False)
+
+
+def texts_frame(*texts: str) -> Any:
+    return pd.DataFrame({"text": list(texts)}, index=[f"r{i}" for i in range(len(texts))])
+
+
+def test_a_row_too_large_is_named_and_the_runner_takes_the_frame_without_it() -> None:
+    runner = words_runner()
+    df = texts_frame("a b", "too " * 11, "c")
+    expected = r"row 'r1' needs 11 of 'tokens' \(quota 10\)"
+    with pytest.raises(QuotaExceededError, match=expected) as info:
+        runner.apply(df, lambda row: {"text": row["text"]})
+    error = info.value
+    assert error.rows == ["r1"]
+    assert (error.resource, error.needed, error.quota) == ("tokens", 11.0, 10.0)
+    assert "Nothing was scheduled" in str(error)
+    assert runner.scheduled_calls == []  # nothing held back for the next apply()
+
+    out = runner.apply(df.drop(index=error.rows), lambda row: {"text": row["text"]})
+    assert list(out.index) == ["r0", "r2"]  # the frame's own labels, not 0, 1
+    assert out["result"].tolist() == ["A B", "C"]
+    assert out["status"].tolist() == ["succeeded"] * 2
+
+
+def test_every_row_too_large_is_named_at_once() -> None:
+    runner = words_runner()
+    texts = ["ok"] * 3 + ["big " * 20] * 7
+    with pytest.raises(QuotaExceededError) as info:
+        runner.apply(texts_frame(*texts), lambda row: {"text": row["text"]})
+    assert info.value.rows == [f"r{i}" for i in range(3, 10)]
+    message = str(info.value)
+    assert message.startswith("7 rows of the 10 need more than a whole quota")
+    assert "row 'r7' needs 20" in message and "row 'r8'" not in message
+    assert "and 2 more" in message
+    assert runner.scheduled_calls == []
+
+
+def test_an_extractor_failing_on_a_row_names_the_row() -> None:
+    runner = words_runner()
+    df = pd.DataFrame({"text": ["a", None, "b"]}, index=["x", "y", "z"])
+    with pytest.raises(ConfigurationError, match=r"^Row 'y' of the DataFrame: .*AttributeError"):
+        runner.apply(df, lambda row: {"text": row["text"]})
+    assert runner.scheduled_calls == []
+    assert runner.apply(df.dropna(), lambda row: {"text": row["text"]})["result"].tolist() == [
+        "A",
+        "B",
+    ]
+
+
+def test_a_row_larger_than_a_preset_limit_sends_nothing() -> None:
+    with MockProvider(tpm=1000) as provider:
+        client = openai.OpenAI(base_url=provider.base_url, api_key="test")
+        chat = ChatCompletions(client, tokens_per_minute=1000)
+        runner = chat.runner(progress=False)
+        df = pd.DataFrame({"max_tokens": [10, 5000, 20]}, index=pd.Index([7, 8, 9], name="id"))
+
+        def request(row: Any) -> dict[str, Any]:
+            return {
+                "model": "gpt-4o-mini",
+                "max_tokens": int(row["max_tokens"]),
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+
+        with pytest.raises(QuotaExceededError, match="row 8 needs") as info:
+            runner.apply(df, request)
+        assert info.value.rows == [8] and info.value.resource == "tokens_per_minute"
+        assert provider.stats().requests == 0
+        out = runner.apply(df.drop(index=info.value.rows), request)
+        assert list(out.index) == [7, 9] and out["status"].eq("succeeded").all()
+        assert provider.stats().requests == 2
+
+
+def test_the_run_result_of_apply_is_the_runners_last_result() -> None:
+    requests = Resource("requests", 100, 60, arguments_usage_extractor=lambda call: 1)
+    runner = Runner(shout, [requests], progress=False)
+    assert runner.last_result is None
+    out = runner.apply(frame(), lambda row: {"text": row["text"]})
+    result = runner.last_result
+    assert result is not None and result.counts() == {"succeeded": 3}
+    assert result.results == out["result"].tolist()
+    table = result.to_pandas()
+    assert table["result"].tolist() == ["A", "B", "C"]
+    # The same cell again sends nothing and gives the same result back.
+    runner.run()  # another (empty) run in between
+    again = runner.apply(frame(), lambda row: {"text": row["text"]})
+    assert runner.last_result is result
+    assert again["result"].tolist() == out["result"].tolist()
+
+
+def test_apply_on_a_closed_runner_says_so() -> None:
+    runner = Runner(shout, [], progress=False)
+    runner.close()
+    with pytest.raises(RunnerClosedError):
+        runner.apply(frame(), lambda row: {"text": row["text"]})

@@ -210,3 +210,96 @@ def test_missing_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"rate_limited\[plot\]"):
         plot_run(result, resources=runner.resources)
+
+
+# -- the time axis and empty runs ------------------------------------------------------------------
+def assert_x_covers_the_run(figure: Any, span: float) -> None:
+    for axis in figure.axes:
+        left, right = axis.get_xlim()
+        assert -0.05 * span <= left <= 0 and span <= right <= 1.05 * span, (left, right, span)
+
+
+@pytest.mark.parametrize(
+    "window",
+    [pytest.param(10.0, id="10-s-bucket"), pytest.param(3600.0, id="1-hour-bucket")],
+)
+def test_the_time_axis_covers_the_run_not_the_drain(window: float) -> None:
+    """Two seconds of calls against an hour's bucket: the axis is the 2 s, not the hour."""
+    tokens = Resource(
+        "tokens",
+        1000,
+        window,
+        results_usage_extractor=lambda call, result: result["tokens"],
+        max_results_usage_estimator=lambda call: 50,
+        refill="bucket",
+    )
+    runner = Runner(work, [tokens], progress=False, clock=FakeClock(), max_concurrent=2)
+    for i in range(4):
+        runner.schedule(i)
+    result = runner.run()
+    span = max(o.finished_at for o in result.outcomes) - run_start(result)
+    assert span == pytest.approx(2.0)
+    figure = plot_run(result, resources=runner.resources)
+    assert_x_covers_the_run(figure, span)
+    # The bucket's curve goes on draining past the run; it is cut at the edge, not shown.
+    tokens_line = lines_by_gid(figure)["usage:tokens"]
+    assert max(tokens_line.get_xdata()) > 1.05 * span
+
+
+def test_the_time_axis_with_the_ledger_history() -> None:
+    pytest.importorskip("ipywidgets")
+    from rate_limited._dashboard import DashboardProgress
+
+    dashboard = DashboardProgress(display=False)
+    runner, result = finished_run(progress=dashboard, progress_interval=0)
+    figure = plot_run(result, resources=runner.resources, history=dashboard.history)
+    assert_x_covers_the_run(figure, 21.0)
+
+
+def texts_in(figure: Any) -> list[str]:
+    return [text.get_text() for axis in figure.axes for text in axis.texts]
+
+
+def test_an_empty_result_says_so() -> None:
+    runner = Runner(work, resources(), progress=False, clock=FakeClock())
+    result = runner.run()
+    figure = plot_run(result)
+    assert texts_in(figure) == ["No calls in this run: nothing to draw."] * 2
+    assert not lines_by_gid(figure).get("usage:requests")
+
+
+def test_a_result_read_from_the_store_says_no_call_ran(tmp_path: Any) -> None:
+    store = str(tmp_path / "runs.db")
+    for _ in range(2):
+        runner = Runner(work, resources(), progress=False, clock=FakeClock(), store=store)
+        for i in range(3):
+            runner.schedule(i)
+        result = runner.run()
+        runner.close()
+    assert all(o.from_store for o in result.outcomes)
+    figure = plot_run(result, panels=("timeline",))
+    assert texts_in(figure) == ["No call ran: all 3 came from the store."]
+
+
+def test_usage_is_drawn_against_the_quota_the_ledger_enforced() -> None:
+    """A limit discovered mid-run (quota 1 while probing, then 10) and one the provider
+    does not have (the presets' placeholder quota): each sample against its own quota,
+    and the unlimited one named in the legend, not drawn at 0%."""
+    requests = Resource("requests", 1e15, 60, arguments_usage_extractor=lambda call: 1)
+    tokens = Resource("tokens", 1e15, 60, arguments_usage_extractor=lambda call: 1)
+    runner = Runner(work, [requests, tokens], progress=False, clock=FakeClock())
+    runner.schedule(0)
+    result = runner.run()
+    history = [
+        (0.0, {"requests": (1.0, 0.0, 1.0), "tokens": (5.0, 0.0, 1e15)}),
+        (1.0, {"requests": (5.0, 0.0, 10.0), "tokens": (9.0, 0.0, 1e15)}),
+    ]
+    figure = plot_run(result, resources=runner.resources, history=history)
+    lines = lines_by_gid(figure)
+    assert list(lines["usage:requests"].get_ydata()) == [100.0, 50.0]
+    assert "usage:tokens" not in lines and "no-limit:tokens" in lines
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert legend == ["requests: 10 per 60 s (window)", "tokens: no limit"]
+    # Rebuilt from the outcomes, a resource without a limit is named the same way.
+    rebuilt = plot_run(result, resources=runner.resources)
+    assert "no-limit:requests" in lines_by_gid(rebuilt)

@@ -231,6 +231,47 @@ def test_make_progress_choices(
     assert type(make_progress(spec)) is kind
 
 
+def test_dashboard_outside_a_notebook_is_the_tqdm_bar_with_a_notice(
+    bars: tuple[list[tqdm.tqdm[Any]], io.StringIO],
+) -> None:
+    runner = Runner(echo, [], progress="dashboard", clock=FakeClock())
+    runner.schedule(1)
+    with pytest.warns(UserWarning, match=r"needs a Jupyter notebook.*tqdm bar instead") as seen:
+        assert runner.run().results == [1]
+    assert len(seen) == 1
+    assert seen[0].filename == __file__  # points at the user's run() line
+    made, _ = bars
+    assert len(made) == 1 and made[0].n == 1
+
+
+DASHBOARD_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from rate_limited import Runner
+
+    runner = Runner(lambda x: 2 * x, [], progress="dashboard")
+    for i in range(5):
+        runner.schedule(i)
+    print(runner.run().results)
+    print("loaded:", [m for m in ("ipywidgets", "rate_limited._dashboard") if m in sys.modules])
+    """
+)
+
+
+def test_dashboard_in_a_plain_script_prints_the_bar_and_one_line_notice() -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", DASHBOARD_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.splitlines() == ["[0, 2, 4, 6, 8]", "loaded: []"]  # no widget repr
+    notices = [line for line in child.stderr.splitlines() if "UserWarning" in line]
+    assert len(notices) == 1 and "showing the tqdm bar instead" in notices[0]
+    assert "5/5" in child.stderr
+
+
 def test_a_progress_object_is_used_as_is() -> None:
     recorder = Recorder()
     assert make_progress(recorder) is recorder

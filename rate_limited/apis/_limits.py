@@ -36,6 +36,7 @@ from rate_limited.exceptions import QuotaExceededError
 
 if TYPE_CHECKING:
     from rate_limited._feedback import LedgerControl
+    from rate_limited.resources import Resource
 
 __all__ = ["MINUTE", "UNKNOWN_QUOTA", "LimitTracker"]
 
@@ -74,6 +75,9 @@ class LimitTracker:
         self._lock = threading.Lock()
         #: Where time comes from (``time.monotonic``; replaced in tests).
         self.clock: Callable[[], float] = time.monotonic
+        #: The preset's declared Resources by name: a limit read from the headers becomes
+        #: their quota too, so ``preset.resources`` (and plots of a run) show it.
+        self.declared: dict[str, Resource] = {}
 
     @property
     def limits(self) -> dict[str, float | None]:
@@ -189,6 +193,8 @@ class LimitTracker:
                         self._warn_lower(kind, limit, in_force)
                     self._in_force[kind] = in_force = limit
                     quotas.append((name, self._quota_for(name, limit)))
+                    if name in self.declared:
+                        self.declared[name].quota = int(limit) if limit.is_integer() else limit
                     discovered.append(f"{name}={limit:g}")
                 if reading is None or reading.remaining is None or in_force is None:
                     continue

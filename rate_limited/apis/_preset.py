@@ -116,6 +116,7 @@ class Preset:
         self.tracker = LimitTracker(
             type(self).__name__, self.family, self.limit_kinds, given, self.admission_delay
         )
+        self.tracker.declared = {r.name: r for r in resources}
         #: The quotas to give the Runner: ``Runner(preset, preset.resources)``.
         self.resources: list[Resource] = resources
 

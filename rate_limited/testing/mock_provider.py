@@ -314,7 +314,13 @@ class MockProvider:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rate-limited mock-provider",
-        description="Serve a rate-limited mock of the OpenAI and Anthropic APIs.",
+        description=(
+            "Serve a rate-limited mock of the OpenAI and Anthropic APIs on HOST:PORT until "
+            "Ctrl-C (or SIGTERM). On start it prints the OpenAI base URL, the Anthropic "
+            "base URL and its limits on stdout; when it stops it prints its statistics "
+            "(requests served, admitted, rate-limited, faults) on stderr. It touches no "
+            "file and calls no real API."
+        ),
     )
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")

@@ -279,6 +279,26 @@ def test_unknown_limits_start_with_one_probe_then_are_discovered(
         estimate(call_of(chat, model="m", messages=user("x"), max_tokens=70_000))
 
 
+def test_discovered_limits_become_the_declared_quotas() -> None:
+    """``chat.resources`` shows what the headers said, not the placeholder quota; a limit
+    the provider does not report keeps it (no limit), and a lower one replaces a given one."""
+    headers = {"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "599"}
+    chat = ChatCompletions(FakeClient(Raw(chat_result(), headers)))
+    assert [r.quota for r in chat.resources] == [UNKNOWN_QUOTA, UNKNOWN_QUOTA]
+    attached(chat)
+    chat(model="m", messages=user("x"))
+    assert [r.quota for r in chat.resources] == [600, UNKNOWN_QUOTA]
+    assert "quota=600," in repr(chat.resources[0])
+    lower = ChatCompletions(
+        FakeClient(Raw(chat_result(), openai_headers(300, 299, 60_000, 59_000))),
+        requests_per_minute=600,
+        tokens_per_minute=90_000,
+    )
+    attached(lower)
+    lower(model="m", messages=user("x"))
+    assert [r.quota for r in lower.resources] == [300, 60_000]
+
+
 def test_a_probe_failing_without_headers_lets_another_go() -> None:
     client = FakeClient(ConnectionError("refused"))
     chat = ChatCompletions(client, tokens_per_minute=60_000)

@@ -1,0 +1,198 @@
+"""Every Python block of README.md runs as written, in order, against the MockProvider.
+
+A newcomer copies the README's blocks one after the other into a notebook or a script;
+so does this test: the blocks run top to bottom in one namespace, in an empty working
+directory, with nothing changed but the environment the clients read their base URL and
+key from (``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``, ``ANTHROPIC_BASE_URL`` /
+``ANTHROPIC_API_KEY``), pointing at a MockProvider on 127.0.0.1. A failing block is
+reported with its line in README.md (its code is compiled under that file name and
+line, so the traceback shows README's own lines).
+
+Conventions, for whoever adds a section:
+
+* A Python block is a fence tagged ``python`` (or ``py``); it must run as written after
+  the blocks before it. Define what it needs in it, or in an earlier block.
+* Every fence has a language tag (``bash``, ``text``, ...), so no Python hides in an
+  untagged one.
+* A Python block that needs an optional dependency not every CI job installs (the
+  semantic cache's local model needs PyTorch) is preceded by
+  ``<!-- readme: requires module[, module] -->``: where one is missing, the block is
+  left out and the test, after running all the others, is reported skipped, naming it.
+* A Python block that must not run at all (say, it needs a real API key) is preceded by
+  ``<!-- readme: skip (why) -->``; the reason is required. Use it sparingly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+PYTHON = ("python", "py")
+SKIP = re.compile(r"^<!--\s*readme:\s*skip\s*\((?P<reason>[^)]*)\)\s*-->\s*$")
+REQUIRES = re.compile(r"^<!--\s*readme:\s*requires\s+(?P<modules>[\w., ]+?)\s*-->\s*$")
+FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced block of the README."""
+
+    #: Line of the opening fence (1-based).
+    line: int
+    #: The info string's first word: "python", "bash", ... ("" if none).
+    language: str
+    source: str
+    #: Why it is not run, from a ``<!-- readme: skip (...) -->`` line just before it.
+    skip: str | None
+    #: Modules it needs, from a ``<!-- readme: requires ... -->`` line just before it.
+    requires: tuple[str, ...] = ()
+
+    @property
+    def is_python(self) -> bool:
+        return self.language in PYTHON
+
+
+def read_blocks(text: str) -> list[Block]:
+    """The fenced code blocks of a Markdown text, in order."""
+    lines = text.splitlines()
+    blocks: list[Block] = []
+    index = 0
+    while index < len(lines):
+        opening = FENCE.match(lines[index])
+        if opening is None:
+            index += 1
+            continue
+        fence = opening["fence"]
+        words = opening["info"].split()
+        language = words[0].lower() if words else ""
+        body: list[str] = []
+        end = index + 1
+        while end < len(lines) and not re.match(
+            rf"^ {{0,3}}{re.escape(fence[0])}{{{len(fence)},}}\s*$", lines[end]
+        ):
+            body.append(lines[end])
+            end += 1
+        previous = next((lines[i] for i in range(index - 1, -1, -1) if lines[i].strip()), "")
+        marker = SKIP.match(previous.strip())
+        skip = marker["reason"].strip() if marker else None
+        needs = REQUIRES.match(previous.strip())
+        requires = tuple(m.strip() for m in needs["modules"].split(",")) if needs else ()
+        blocks.append(Block(index + 1, language, "\n".join(body) + "\n", skip, requires))
+        index = end + 1
+    return blocks
+
+
+BLOCKS = read_blocks(README.read_text(encoding="utf-8"))
+
+
+def test_the_reader_finds_every_block_and_marker() -> None:
+    text = "\n".join(
+        [
+            "Intro",
+            "```python",
+            "x = 1",
+            "```",
+            "<!-- readme: skip (needs a real key) -->",
+            "",
+            "```py",
+            "call_the_real_api()",
+            "```",
+            "````bash",
+            "echo '```'",
+            "````",
+            "```",
+            "plain",
+            "```",
+            "<!-- readme: requires torch, sentence_transformers -->",
+            "```python",
+            "import torch",
+            "```",
+        ]
+    )
+    blocks = read_blocks(text)
+    assert [(b.line, b.language, b.skip, b.requires) for b in blocks] == [
+        (2, "python", None, ()),
+        (7, "py", "needs a real key", ()),
+        (10, "bash", None, ()),
+        (13, "", None, ()),
+        (17, "python", None, ("torch", "sentence_transformers")),
+    ]
+    assert blocks[0].source == "x = 1\n" and blocks[2].source == "echo '```'\n"
+
+
+def test_every_block_is_tagged_and_every_skip_gives_a_reason() -> None:
+    untagged = [b.line for b in BLOCKS if not b.language]
+    assert untagged == [], f"README.md: tag these fences with their language: {untagged}"
+    for block in BLOCKS:
+        if block.skip is not None or block.requires:
+            assert block.is_python, f"line {block.line}: only Python blocks are skipped"
+        if block.skip is not None:
+            assert block.skip, f"line {block.line}: say why the block is skipped"
+    python = [b for b in BLOCKS if b.is_python]
+    assert len(python) >= 10
+    assert sum(b.skip is None for b in python) >= len(python) - 2  # skips stay rare
+
+
+@pytest.fixture
+def mock_environment(make_provider: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """A MockProvider, the environment variables the SDKs read, an empty directory."""
+    pytest.importorskip("openai")
+    pytest.importorskip("anthropic")
+    pytest.importorskip("pandas")
+    pytest.importorskip("matplotlib")
+    provider = make_provider(rpm=1000, tpm=500_000, input_tpm=100_000, output_tpm=50_000)
+    monkeypatch.setenv("OPENAI_BASE_URL", provider.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-readme-test")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", provider.anthropic_base_url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-readme-test")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.chdir(tmp_path)
+    return provider
+
+
+@pytest.mark.slow
+def test_every_python_block_runs_as_written(mock_environment: Any) -> None:
+    namespace: dict[str, Any] = {"__name__": "__readme__"}
+    ran = 0
+    left_out: list[str] = []
+    try:
+        for block in BLOCKS:
+            if not block.is_python or block.skip is not None:
+                continue
+            missing = [m for m in block.requires if importlib.util.find_spec(m) is None]
+            if missing:
+                left_out.append(f"line {block.line} (needs {', '.join(missing)})")
+                continue
+            # Compiled at its own line of README.md: tracebacks show the README's lines.
+            code = compile("\n" * block.line + block.source, str(README), "exec")
+            try:
+                exec(code, namespace)
+            except Exception as exc:
+                raise AssertionError(
+                    f"the README.md block at line {block.line} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            ran += 1
+    finally:
+        _close_runners(namespace)
+    assert ran + len(left_out) == sum(b.is_python and b.skip is None for b in BLOCKS)
+    # They did talk to the provider (and nothing else could have answered).
+    assert mock_environment.stats().requests > 0
+    assert mock_environment.stats().rejected == 0
+    if left_out:
+        pytest.skip(f"{ran} README blocks ran; not run here: {'; '.join(left_out)}")
+
+
+def _close_runners(namespace: dict[str, Any]) -> None:
+    """Stop the loop threads of the Runners the blocks left behind (a user's process
+    would simply exit)."""
+    from rate_limited import Runner
+
+    for value in namespace.values():
+        if isinstance(value, Runner):
+            value.close()

@@ -1274,7 +1274,9 @@ class Engine:
         store = self.store
         if store is None:
             return
-        if self._flush_timer is not None and final:
+        if self._flush_timer is not None:
+            if not final:
+                return  # a failed flush: the timer tries again after the store's backoff
             self._flush_timer.cancel()
             self._flush_timer = None
         try:

@@ -112,7 +112,8 @@ class Call:
         owner: CallOwner | None = None,
     ) -> None:
         # The Runner that scheduled the call, whose function it calls: the call holds it,
-        # so that it lives while the call is held (else: the function itself).
+        # so that it lives while the call is held, until its run has ended (then, and for
+        # a Call made by hand, the function itself).
         self._source: CallOwner | Callable[..., Any] = function if owner is None else owner
         self.args = args
         self.kwargs = kwargs if kwargs else _NO_KWARGS

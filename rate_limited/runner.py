@@ -18,8 +18,9 @@ stored) when they arrive, and the next ``run()`` waits for them instead of sendi
 again; ``close()`` (and, with a store, the end of the program) waits for them too. A
 second Ctrl-C abandons them and says how many.
 
-A Runner lives as long as its ``Call`` objects are held (each Call refers to it), so dropping
-the variable that held the Runner does not break the calls scheduled through it.
+A Runner lives as long as its unfinished ``Call`` objects are held (each refers to it until
+its run has ended), so dropping the variable that held the Runner does not break the calls
+scheduled through it, nor a run going on in the background.
 
 After a run that was not interrupted, the Runner starts a new batch: the next ``run()``
 returns only calls scheduled after it, as in rate_limited 0.4.
@@ -620,6 +621,12 @@ class Runner(CallOwner):
             if later:
                 calls = calls[:ran]
                 del results[ran:], exceptions[ran:]
+        if not interrupted:
+            # Every call of the run is final: none needs the Runner to live any more, and
+            # last_result (which holds them) must not make a reference cycle through it.
+            function = self.function
+            for call in calls:
+                call._source = function
         result = RunResult(results, exceptions, calls, interrupted, elapsed)
         result.resources = tuple(self.resources)
         engine = self._active_engine

@@ -729,6 +729,10 @@ class Runner(CallOwner):
         self._wait_for_running_calls(timeout)
         if self._finalizer is not None:
             self._finalizer()
+        for engine in (self._engine, self._caller_engine):
+            if engine is not None:  # what calls finishing after their run had to say
+                for category, text in engine.take_notices()[0]:
+                    warn(text, category)
         if self._semantic is not None:
             self._semantic.flush()
         if self.store is not None:

@@ -131,10 +131,11 @@ def _asyncio_reports() -> Iterator[AsyncioWatchdog]:
 def asyncio_watchdog(_asyncio_reports: AsyncioWatchdog) -> Iterator[AsyncioWatchdog]:
     """Every test fails if asyncio reports an error nobody retrieved (the engine must end
     a call or the run with every error it meets, never drop one in a dead task). A dead
-    task reports when it is collected: the young generations are collected after each
-    test (cheap), everything at the end of the session."""
+    task reports when it is freed: at once, unless it sits in a reference cycle; those are
+    collected, and reported, at the end of the session (collecting after every test would
+    push the survivors into the oldest generation, whose automatic collections then stall
+    timing-sensitive tests)."""
     yield _asyncio_reports
-    gc.collect(1)
     reports, _asyncio_reports.reports = _asyncio_reports.reports, []
     if reports:
         pytest.fail("asyncio reported errors nobody retrieved:\n" + "\n".join(reports))

@@ -8,11 +8,13 @@ says why it was not stored.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -377,3 +379,30 @@ def test_redis_going_down_during_a_run_is_a_store_warning() -> None:
     finally:
         if server.poll() is None:
             stop_redis_server(server)
+
+
+def test_results_of_calls_finishing_after_an_interrupt_that_cant_be_stored_are_reported(
+    tmp_path: Path,
+) -> None:
+    """Calls still running at a Ctrl-C finish after run() returned: if their results can't
+    be stored, close() says so (there is no run left to say it)."""
+    gate = threading.Event()
+
+    async def late_and_unpicklable(i: int) -> Any:
+        while not gate.is_set():
+            await asyncio.sleep(0.01)
+        return threading.Lock()
+
+    runner = Runner(late_and_unpicklable, [], progress=False, store=str(tmp_path / "runs.db"))
+    for i in range(3):
+        runner.schedule(i)
+    handle = runner.start()
+    deadline = time.monotonic() + 10
+    while runner._engine is None or runner._engine.running_calls < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    partial = handle.stop(timeout=10)
+    assert partial.interrupted and partial.store_failures == 0
+    gate.set()
+    with pytest.warns(StoreWarning, match="^3 finished call"):
+        runner.close()

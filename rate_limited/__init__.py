@@ -26,11 +26,13 @@ from rate_limited._policy import (
     retry_if_transient,
 )
 from rate_limited.calls import Call
+from rate_limited.cost import Price
 from rate_limited.exceptions import (
     CallError,
     CallTimeoutError,
     ConfigurationError,
     PermanentError,
+    PriceWarning,
     QuotaExceededError,
     RateLimitedError,
     RateLimitedWarning,
@@ -68,6 +70,8 @@ __all__ = [
     "MonotonicClock",
     "Outcome",
     "PermanentError",
+    "Price",
+    "PriceWarning",
     "Progress",
     "QuotaExceededError",
     "RateLimitedError",

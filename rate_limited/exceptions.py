@@ -23,6 +23,7 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
     └── PermanentError                      raise it from your function: never retried
 
     RateLimitedWarning (UserWarning)
+    ├── PriceWarning                        no price is known for a model: its cost is None
     └── SemanticCacheWarning                the semantic cache could not look up or index
                                             some calls: they were sent as usual
 
@@ -42,6 +43,7 @@ __all__ = [
     "CallTimeoutError",
     "ConfigurationError",
     "PermanentError",
+    "PriceWarning",
     "QuotaExceededError",
     "RateLimitedError",
     "RateLimitedWarning",
@@ -170,3 +172,10 @@ class RateLimitedWarning(UserWarning):
 class SemanticCacheWarning(RateLimitedWarning):
     """The semantic cache could not embed, search or index some calls; those calls were
     sent (or stored) as usual, never answered without a lookup."""
+
+
+class PriceWarning(RateLimitedWarning):
+    """No price is known for a model (or no batch price): the cost of its calls is None.
+
+    Issued once per model per price table; pass the model's price with ``prices=``.
+    """

@@ -16,6 +16,10 @@ prefix; compact dates ``-20240718`` are retried as ``-2024-07-18``). A name no p
 pattern claims (``text-embedding-3-small``) is then looked up among OpenAI's and
 Anthropic's models, the providers the presets call.
 
+Service tiers: genai-prices has OpenAI's flex, priority and fast rates and Anthropic's
+fast mode as price variants too (``{"service_tier": ...}``, ``{"speed": "fast"}``); a
+``tier`` selects them.
+
 Batch rates: genai-prices has them for most current models, as a price variant
 (``{"processing": "batch"}``). For an OpenAI or Anthropic model without one, the batch
 price is half the standard price, as both providers document for every model their Batch
@@ -103,8 +107,13 @@ def _bundled_snapshot() -> Any:
         return _snapshot
 
 
-def lookup(model: str, when: datetime) -> TableEntry | None:
-    """The table's entry for ``model`` at ``when`` (UTC), or None if no model matches."""
+def lookup(model: str, when: datetime, tier: str | None = None) -> TableEntry | None:
+    """The table's entry for ``model`` at ``when`` (UTC), or None if no model matches.
+
+    ``tier`` selects the rates of a service tier or mode where the table has them:
+    OpenAI's ``service_tier`` ("flex", "priority", "fast"), Anthropic's ``speed``
+    ("fast"); elsewhere the standard rates stand, as in genai-prices.
+    """
     snapshot = _bundled_snapshot()
     try:
         provider, info = snapshot.find_provider_model(model, None, None, None)
@@ -119,7 +128,8 @@ def lookup(model: str, when: datetime) -> TableEntry | None:
             return None
     # A model found through a provider's fallback list keeps its own provider's variants.
     owner = next((p for p in snapshot.providers if any(m is info for m in p.models)), provider)
-    standard = _price(info.get_prices(when))
+    context = None if tier is None else {"service_tier": tier, "speed": tier}
+    standard = _price(info.get_prices(when, context))
     if isinstance(standard, str):
         return TableEntry(owner.id, info.id, None, f"its prices {standard}")
     if _has_batch_variant(info, when):

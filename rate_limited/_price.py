@@ -69,7 +69,8 @@ class Price:
     output_per_mtok: float
     #: Prompt tokens read from the prompt cache; None: ``input_per_mtok``.
     cached_input_per_mtok: float | None = field(default=None, kw_only=True)
-    #: Prompt tokens written to the cache (Anthropic, 5 minutes); None: ``input_per_mtok``.
+    #: Prompt tokens written to the cache (Anthropic's 5-minute writes; OpenAI's where
+    #: billed); None: ``input_per_mtok``.
     cache_write_per_mtok: float | None = field(default=None, kw_only=True)
     #: Prompt tokens written to the cache for one hour; None: ``cache_write_per_mtok``.
     cache_write_1h_per_mtok: float | None = field(default=None, kw_only=True)
@@ -136,14 +137,15 @@ class Price:
         return total / _MTOK
 
     def max_cost(
-        self, prompt_tokens: float, output_tokens: float, *, cache_write: bool = False
+        self, prompt_tokens: float, output_tokens: float, *, cache_write: bool = True
     ) -> float:
         """The most a call can cost with at most these prompt and output tokens, in USD.
 
-        Every prompt token is priced at the highest rate it could be billed at (cache
-        writes included only with ``cache_write``: Anthropic bills them above the input
-        rate), at the highest tier the prompt can reach. So for any usage within these
-        bounds, ``cost(usage) <= max_cost(...)``.
+        Every prompt token is priced at the highest rate it could be billed at, at the
+        highest tier the prompt can reach: cache writes, billed above the input rate
+        (Anthropic, recent OpenAI models), included unless ``cache_write=False`` says the
+        request can't write the cache. So for any usage within these bounds (and without
+        cache writes if so told), ``cost(usage) <= max_cost(...)``.
         """
         reachable = [self, *(tier for threshold, tier in self.tiers if prompt_tokens > threshold)]
         prompt_rate = max(p._prompt_rate(cache_write=cache_write) for p in reachable)

@@ -4,10 +4,11 @@ One shape for the usages the providers report, so that one price formula serves 
 ``input_tokens`` is every prompt token, however billed; the cache counts are parts of it:
 
 * OpenAI chat completions and embeddings: ``prompt_tokens`` (cached ones included),
-  ``prompt_tokens_details.cached_tokens``, ``completion_tokens`` (reasoning tokens are
-  part of it; embeddings have none);
+  ``prompt_tokens_details.cached_tokens`` and ``.cache_write_tokens``,
+  ``completion_tokens`` (reasoning tokens are part of it; embeddings have none);
 * OpenAI Responses API: ``input_tokens`` (cached included),
-  ``input_tokens_details.cached_tokens``, ``output_tokens`` (reasoning included);
+  ``input_tokens_details.cached_tokens`` and ``.cache_write_tokens``, ``output_tokens``
+  (reasoning included);
 * Anthropic messages: ``input_tokens`` counts only the tokens after the last cache
   breakpoint, so the prompt is ``input_tokens + cache_creation_input_tokens +
   cache_read_input_tokens``; ``cache_creation.ephemeral_1h_input_tokens`` are the writes
@@ -24,9 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TokenUsage", "read_usage"]
-
-_MISSING = object()
+__all__ = ["TokenUsage", "field", "read_usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +38,7 @@ class TokenUsage:
     output_tokens: int = 0
     #: Prompt tokens read from the prompt cache (OpenAI's ``cached_tokens``).
     cached_input_tokens: int = 0
-    #: Prompt tokens written to the prompt cache (Anthropic), of any lifetime.
+    #: Prompt tokens written to the prompt cache, of any lifetime.
     cache_write_tokens: int = 0
     #: Of ``cache_write_tokens``, those written for one hour instead of five minutes.
     cache_write_1h_tokens: int = 0
@@ -64,19 +63,21 @@ class TokenUsage:
             )
 
 
-def _get(obj: Any, name: str) -> Any:
-    """``obj.name`` or ``obj[name]``; ``_MISSING`` when there is no such field."""
+def field(obj: Any, name: str) -> Any:
+    """``obj.name`` or ``obj[name]`` (SDK objects and dicts alike); None when absent."""
+    if obj is None:
+        return None
     if isinstance(obj, Mapping):
-        return obj.get(name, _MISSING)
-    return getattr(obj, name, _MISSING)
+        return obj.get(name)
+    return getattr(obj, name, None)
 
 
 def _count(obj: Any, *path: str) -> int:
     """The token count at ``path`` (0 when absent or None), checked to be a count."""
     value = obj
     for name in path:
-        value = _get(value, name)
-        if value is _MISSING or value is None:
+        value = field(value, name)
+        if value is None:
             return 0
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # a JSON round trip through some proxies
@@ -86,7 +87,7 @@ def _count(obj: Any, *path: str) -> int:
 
 
 def _has(obj: Any, name: str) -> bool:
-    return _get(obj, name) not in (_MISSING, None)
+    return field(obj, name) is not None
 
 
 def read_usage(response: Any) -> TokenUsage:
@@ -97,8 +98,8 @@ def read_usage(response: Any) -> TokenUsage:
     """
     if isinstance(response, TokenUsage):
         return response
-    usage = _get(response, "usage")
-    if usage is _MISSING or usage is None:
+    usage = field(response, "usage")
+    if usage is None:
         usage = response
     if _has(usage, "prompt_tokens"):  # OpenAI chat completions, embeddings, compatibles
         return TokenUsage(
@@ -113,6 +114,7 @@ def read_usage(response: Any) -> TokenUsage:
                 input_tokens=_count(usage, "input_tokens"),
                 output_tokens=_count(usage, "output_tokens"),
                 cached_input_tokens=_count(usage, "input_tokens_details", "cached_tokens"),
+                cache_write_tokens=_count(usage, "input_tokens_details", "cache_write_tokens"),
             )
         # Anthropic (and a bare {"input_tokens", "output_tokens"}: the same either way).
         read = _count(usage, "cache_read_input_tokens")

@@ -280,6 +280,8 @@ def _reported_tier(response: Any) -> tuple[str | None, bool]:
     "priority", "batch") and ``usage.speed`` ("fast" in fast mode).
     """
     usage = field(response, "usage")
+    if usage is None:
+        usage = response
     if field(usage, "speed") == "fast":
         return "fast", False
     anthropic_tier = field(usage, "service_tier")

@@ -65,11 +65,35 @@ class TokenUsage:
 
 def field(obj: Any, name: str) -> Any:
     """``obj.name`` or ``obj[name]`` (SDK objects and dicts alike); None when absent."""
+    cls = type(obj)
+    if cls is dict:
+        return obj.get(name)
     if obj is None:
         return None
-    if isinstance(obj, Mapping):
+    kind = _kinds.get(cls)
+    if kind is None:
+        kind = _kinds.setdefault(cls, _kind(cls))
+    if kind is _MAPPING:
         return obj.get(name)
+    if kind is not _OBJECT and name not in kind:
+        # A field the model lacks, found without the AttributeError of a getattr miss
+        # (several microseconds on pydantic models); what a newer API added is an extra.
+        extra = getattr(obj, "__pydantic_extra__", None)
+        return extra.get(name) if isinstance(extra, dict) else None
     return getattr(obj, name, None)
+
+
+_MAPPING: frozenset[str] = frozenset({"<mapping>"})
+_OBJECT: frozenset[str] = frozenset({"<object>"})
+#: Per class: ``_MAPPING``, a pydantic model's field names, or ``_OBJECT`` (anything else).
+_kinds: dict[type, frozenset[str]] = {}
+
+
+def _kind(cls: type) -> frozenset[str]:
+    if issubclass(cls, Mapping):
+        return _MAPPING
+    fields = getattr(cls, "model_fields", None)  # pydantic v2 models
+    return frozenset(fields) if isinstance(fields, dict) else _OBJECT
 
 
 def _count(obj: Any, *path: str) -> int:

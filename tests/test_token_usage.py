@@ -6,6 +6,7 @@ must be the cost genai-prices computes from the same response.
 
 from __future__ import annotations
 
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -172,3 +173,25 @@ def test_usage_that_makes_no_sense_is_refused(response: Any, match: str) -> None
 def test_a_usage_alone_needs_the_model() -> None:
     with pytest.raises(ValueError, match="model="):
         cost({"prompt_tokens": 10, "completion_tokens": 1})
+
+
+def test_fields_an_older_sdk_lacks_are_read_from_its_extras() -> None:
+    pydantic = pytest.importorskip("pydantic")
+
+    class OldUsage(pydantic.BaseModel):  # an SDK type from before completion_tokens existed
+        model_config = pydantic.ConfigDict(extra="allow")
+        prompt_tokens: int
+
+    old = OldUsage.model_validate({"prompt_tokens": 10, "completion_tokens": 3})
+    assert read_usage(old) == TokenUsage(10, 3)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        pytest.param(MappingProxyType({"input_tokens": 7, "output_tokens": 2}), id="mapping"),
+        pytest.param(SimpleNamespace(input_tokens=7, output_tokens=2), id="plain-object"),
+    ],
+)
+def test_any_mapping_or_object_is_read(usage: Any) -> None:
+    assert read_usage(usage) == TokenUsage(7, 2)

@@ -41,6 +41,7 @@ at its first lookup (prices that genai-prices dates take effect in a new table).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -294,17 +295,15 @@ def _reported_tier(response: Any) -> tuple[str | None, bool]:
 
 
 def _response_model(response: Any) -> str:
-    model = (
-        response.get("model") if isinstance(response, Mapping) else getattr(response, "model", None)
-    )
+    model = field(response, "model")
     if not isinstance(model, str) or not model:
         raise ValueError("cost: the response names no model (a usage alone does not); pass model=.")
     return model
 
 
 def _check_tokens(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ConfigurationError(f"max_cost: {name} must be a number >= 0, got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise ConfigurationError(f"max_cost: {name} must be a finite number >= 0, got {value!r}.")
 
 
 def _warn_at_caller(message: str, category: type[Warning]) -> None:

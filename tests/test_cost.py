@@ -393,6 +393,7 @@ def test_max_cost_counts_cache_writes_unless_told_they_cannot_happen() -> None:
     [
         pytest.param(("gpt-4o-mini", -1, 10), "prompt_tokens", id="negative-prompt"),
         pytest.param(("gpt-4o-mini", 10, float("nan")), "max_output_tokens", id="nan-output"),
+        pytest.param(("gpt-4o-mini", float("inf"), 10), "prompt_tokens", id="inf-prompt"),
         pytest.param(("gpt-4o-mini", 10, 10, 0), "n", id="n-zero"),
         pytest.param((None, 10, 10), "model", id="no-model"),
     ],

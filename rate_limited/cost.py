@@ -318,49 +318,11 @@ def _warn_at_caller(message: str, category: type[Warning]) -> None:
     warnings.warn(message, category, stacklevel=level)
 
 
-# -- one table for the process, for the functions below -------------------------------------
-_default: PriceTable | None = None
-_default_lock = threading.Lock()
-
-
-def _table() -> PriceTable:
-    global _default
-    if _default is None:
-        with _default_lock:
-            if _default is None:
-                _default = PriceTable()
-    return _default
-
-
-def price(model: str, *, tier: str | None = None) -> Price | None:
-    """genai-prices' prices for ``model`` (``PriceTable.price`` of the process's table)."""
-    return _table().price(model, tier=tier)
-
-
-def cost(
-    response: Any, model: str | None = None, *, batch: bool = False, tier: str | None = None
-) -> float | None:
-    """The cost in USD of a response, at genai-prices' prices (``PriceTable.cost``)."""
-    return _table().cost(response, model, batch=batch, tier=tier)
-
-
-def max_cost(
-    model: str,
-    prompt_tokens: float,
-    max_output_tokens: float,
-    n: int = 1,
-    *,
-    batch: bool = False,
-    cache_write: bool = True,
-    tier: str | None = None,
-) -> float | None:
-    """The most a call can cost in USD, at genai-prices' prices (``PriceTable.max_cost``)."""
-    return _table().max_cost(
-        model,
-        prompt_tokens,
-        max_output_tokens,
-        n,
-        batch=batch,
-        cache_write=cache_write,
-        tier=tier,
-    )
+# -- one table for the process: the module's functions are its methods -------------------------
+_DEFAULT = PriceTable()
+#: ``PriceTable.price`` of the process's table (genai-prices' prices).
+price = _DEFAULT.price
+#: ``PriceTable.cost`` of the process's table: the cost in USD of a response.
+cost = _DEFAULT.cost
+#: ``PriceTable.max_cost`` of the process's table: the most a call can cost in USD.
+max_cost = _DEFAULT.max_cost

@@ -27,12 +27,14 @@ from rate_limited._policy import (
 )
 from rate_limited._redact import get_logger as _get_logger
 from rate_limited.calls import Call
+from rate_limited.cost import Price
 from rate_limited.exceptions import (
     BlockingCallWarning,
     CallError,
     CallTimeoutError,
     ConfigurationError,
     PermanentError,
+    PriceWarning,
     QuotaExceededError,
     RateLimitedError,
     RateLimitedWarning,
@@ -74,6 +76,8 @@ __all__ = [
     "MonotonicClock",
     "Outcome",
     "PermanentError",
+    "Price",
+    "PriceWarning",
     "Progress",
     "QuotaExceededError",
     "RateLimitedError",

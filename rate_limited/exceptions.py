@@ -29,6 +29,7 @@ Warnings (``UserWarning`` subclasses, emitted in the thread that called ``run()`
     ├── StoreWarning          some finished calls could not be stored (count and reason)
     ├── UsageWarning          a results usage could not be read; the estimate was billed
     ├── BlockingCallWarning   an async function blocked the event loop (names the fix)
+    ├── PriceWarning          no price is known for a model: its cost is None
     └── SemanticCacheWarning  the semantic cache could not look up or index some calls:
                               they were sent as usual
 
@@ -52,6 +53,7 @@ __all__ = [
     "CallTimeoutError",
     "ConfigurationError",
     "PermanentError",
+    "PriceWarning",
     "QuotaExceededError",
     "RateLimitedError",
     "RateLimitedWarning",
@@ -200,6 +202,13 @@ class BlockingCallWarning(RateLimitedWarning):
 class SemanticCacheWarning(RateLimitedWarning):
     """The semantic cache could not embed, search or index some calls; those calls were
     sent (or stored) as usual, never answered without a lookup."""
+
+
+class PriceWarning(RateLimitedWarning):
+    """No price is known for a model (or no batch price): the cost of its calls is None.
+
+    Issued once per model per price table; pass the model's price with ``prices=``.
+    """
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -3,7 +3,6 @@ all-MiniLM-L6-v2 loaded once per session for the few tests that need the real mo
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import os
 from typing import Any
@@ -35,8 +34,4 @@ def model() -> Any:
 
     embedder = LocalEmbedder()
     embedder.load()
-    # The model and torch are millions of long-lived objects: without this, each later
-    # full collection of the garbage collector walks them all (0.7 s here), a pause that
-    # makes timing-sensitive tests later in the session time out.
-    gc.freeze()
     return embedder

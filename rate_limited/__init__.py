@@ -25,12 +25,16 @@ from rate_limited._policy import (
     retry_if_status,
     retry_if_transient,
 )
+from rate_limited._redact import get_logger as _get_logger
 from rate_limited.calls import Call
+from rate_limited.cost import Price
 from rate_limited.exceptions import (
+    BlockingCallWarning,
     CallError,
     CallTimeoutError,
     ConfigurationError,
     PermanentError,
+    PriceWarning,
     QuotaExceededError,
     RateLimitedError,
     RateLimitedTooLongError,
@@ -43,8 +47,10 @@ from rate_limited.exceptions import (
     StoreSerializationError,
     StoreUnavailableError,
     StoreVersionError,
+    StoreWarning,
     UnknownStoreError,
     UsageExtractionError,
+    UsageWarning,
     ValidationError,
 )
 from rate_limited.handle import RunHandle
@@ -55,11 +61,13 @@ from rate_limited.runner import Runner
 
 __version__ = "0.5.0.dev0"
 
-# A library does not print logs unless the application configures logging.
-logging.getLogger("rate_limited").addHandler(logging.NullHandler())
+# A library does not print logs unless the application configures logging; and every
+# record of its loggers is redacted (no API key reaches a log).
+_get_logger("rate_limited").addHandler(logging.NullHandler())
 
 __all__ = [
     "Backoff",
+    "BlockingCallWarning",
     "Call",
     "CallError",
     "CallTimeoutError",
@@ -69,6 +77,8 @@ __all__ = [
     "MonotonicClock",
     "Outcome",
     "PermanentError",
+    "Price",
+    "PriceWarning",
     "Progress",
     "QuotaExceededError",
     "RateLimitedError",
@@ -88,9 +98,11 @@ __all__ = [
     "StoreSerializationError",
     "StoreUnavailableError",
     "StoreVersionError",
+    "StoreWarning",
     "TqdmProgress",
     "UnknownStoreError",
     "UsageExtractionError",
+    "UsageWarning",
     "ValidationError",
     "__version__",
     "constant_backoff",

@@ -228,8 +228,8 @@ class DashboardProgress:
 
         Keys: ``status`` (not started / running / done / interrupted), the counters
         (``total``, ``finished``, ``succeeded``, ``failed``, ``in_flight``, ``backing_off``,
-        ``retries``, ``rate_limited``, ``cooldowns``), ``semantic_hits`` and
-        ``semantic_saved`` (calls the semantic cache answered, and the usage per resource
+        ``retries``, ``rate_limited``, ``cooldowns``, ``store_failures``), ``semantic_hits``
+        and ``semantic_saved`` (calls the semantic cache answered, and the usage per resource
         they did not spend), ``cooling_down`` and
         ``waiting_seconds`` (seconds left, or None), ``waiting_for``, ``waited``
         (seconds per resource), ``elapsed``, ``rate`` (calls/s) and ``eta`` (seconds or
@@ -337,6 +337,7 @@ class DashboardProgress:
             "rate_limited": stats.rate_limited,
             "cooldowns": stats.cooldowns,
             "elapsed": stats.elapsed,
+            "store_failures": stats.store_failures,
         }
 
         # Calls: the bar and its numbers.
@@ -366,6 +367,8 @@ class DashboardProgress:
                 f"⤳ {semantic.hits:,} answered by the semantic cache"
                 + (f" (saved {saved})" if saved else "")
             )
+        if stats.store_failures:
+            parts.append(f"⚠ {stats.store_failures:,} not stored (see the StoreWarning)")
         _set(self.counts, "value", " · ".join(parts))
 
         # What admission waits for, and for how long in total per resource.

@@ -23,12 +23,30 @@ async functions: with no task per call the engine's overhead per call is a small
 of a task's, which the overhead benchmark needs; the admission rule is the same.
 
 Settling an attempt: arguments usage stays billed; the results estimate is released and
-the actual results usage billed (or, if the extractor fails, the estimate is billed and a
-``UsageExtractionError`` recorded, the result kept); validators run; a failure is
-classified (``_policy``) and retried after a backoff, or is final. A 429 pauses admission
-for everyone until its ``Retry-After`` (cool-down), corrects the ledger (``Ledger.refused``)
-and does not count against ``max_retries``; only ``rate_limit_patience`` seconds of
-nothing but 429s end the run (``RateLimitedTooLongError``).
+the actual results usage billed (or, if the extractor fails or gives a usage that is not
+a finite, non-negative number, the estimate is billed and a ``UsageExtractionError`` goes
+in the call's warnings, the result kept); validators run (one that raises fails the call
+for good: a bug in the validator is not an invalid value); a failure is classified
+(``_policy``) and retried after a backoff, or is final. A 429 pauses admission for
+everyone until its ``Retry-After`` (cool-down).
+
+A sync call's arguments usage is held at admission and billed at the instant its thread
+calls the function (``Ledger.begin``, with the time the thread read): a window then counts
+from the moment the request really left, however late the thread took the call.
+
+Stopping (Ctrl-C, ``handle.stop()``) stops admission and ends the run at once: calls
+already started (threads and coroutines alike) finish on this loop, their outcomes kept
+and stored when they arrive, and the next run waits for them instead of sending them
+again. ``abandon()`` (a second Ctrl-C, ``close()``) cancels the coroutines and stops
+waiting for the threads. A stop requested before its run has started is kept for it.
+
+No error may hang a run: an exception of a call's function, extractor or validator
+(``BaseException`` subclasses included) ends that call; an error of the engine itself (or the
+system refusing a thread) ends the run, and ``run()`` raises it.
+
+A 429 also corrects the ledger (``Ledger.refused``) and does not count against
+``max_retries``; only ``rate_limit_patience`` seconds of nothing but 429s end the run
+(``RateLimitedTooLongError``).
 
 With partitioned resources (one quota per model, say), a head call waiting for its own
 partition does not hold up calls of another: the first call of each other partition
@@ -57,10 +75,15 @@ from rate_limited._policy import (
     validate,
 )
 from rate_limited._pool import ThreadPool
+from rate_limited._redact import describe, get_logger, redact, secret_values
 from rate_limited.exceptions import (
+    BlockingCallWarning,
     CallTimeoutError,
     RateLimitedTooLongError,
+    RateLimitedWarning,
+    StoreWarning,
     UsageExtractionError,
+    UsageWarning,
     ValidationError,
 )
 from rate_limited.outcomes import Status
@@ -72,7 +95,7 @@ if TYPE_CHECKING:
     from rate_limited.semantic._step import SemanticStats, SemanticStep
     from rate_limited.stores import Store
 
-logger = logging.getLogger("rate_limited")
+logger = get_logger("rate_limited")
 
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     Status.PENDING,
@@ -88,6 +111,14 @@ _NOT_ERRORS = (ValidationError, UsageExtractionError)
 #: An instant coroutine never yields; yield to the loop every this many calls anyway, so
 #: that an interrupt or a progress update gets through.
 _YIELD_EVERY = 512
+
+#: A step of an async call longer than this blocked the loop (a sync call inside it).
+_BLOCKING_SECONDS = 0.1
+#: The first calls of a Runner are watched for that, then one call in this many.
+_WATCH_FIRST, _WATCH_EVERY = 8, 64
+
+#: A warning for the caller's thread: its category and message.
+Notice = tuple[type[Warning], str]
 
 
 def is_async_callable(function: Callable[..., Any]) -> bool:
@@ -152,6 +183,11 @@ class RunStats:
     @property
     def elapsed(self) -> float:
         return self.now - self.started_at
+
+    @property
+    def store_failures(self) -> int:
+        """Finished calls whose outcome could not be written to the store, in this run."""
+        return 0 if self._engine is None else self._engine._store_failures
 
     @property
     def paused_until(self) -> float | None:
@@ -236,8 +272,27 @@ class Engine:
         self.semantic = semantic
         self._lookup: asyncio.Task[set[Call]] | None = None
         self._flush_scheduled = False
-        self._store_warned = False
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._wall_offset = time.time() - loop.time()  # loop time -> epoch seconds
+        #: Outcomes that could not be stored since the last report, and why (the first).
+        self._store_failures = 0
+        self._store_problem: str | None = None
+        self._reported_unstored: set[str] = set()  # keys a StoreWarning already named
+        #: Calls whose results usage could not be read since the last report, and the first.
+        self._usage_problems = 0
+        self._usage_problem: str | None = None
+        #: Warnings for the thread that called run() (it emits them, see take_notices).
+        self._notices: list[Notice] = []
+        self._watched = 0  # async calls watched for blocking the loop
+        self._blocking_calls = 0  # and those of them that did
+        self._warned_blocking = False
+        self._warned_threads = False
+        #: The current run, and a stop requested for a run that has not started yet.
+        self._run_id = 0
+        self._stop_for = 0
+        #: An error of the engine itself: it ends the run and run() raises it.
+        self._fatal: BaseException | None = None
+        self._running_batch = False
 
         self._ready: deque[Call] = deque()
         # Retries due, a heap by (failures, index, seq): among retries the one that failed
@@ -251,6 +306,7 @@ class Engine:
         #: Calls of this run with the same store key as an earlier one: they take its outcome.
         self._followers: dict[Call, list[Call]] = {}
         self._awaiting: set[asyncio.Task[None]] = set()  # awaitables from sync functions
+        self._in_threads: set[Call] = set()  # sync calls handed to the pool, not settled
         self._in_flight = 0
         self._unfinished = 0
         self._stopping = False
@@ -264,15 +320,36 @@ class Engine:
         self._warned_wait = False
         self.stats = RunStats(0, 0, 0, loop.time(), self)
         self.pool: ThreadPool | None = None
+        #: Sync calls hold their arguments usage until their thread starts (see begin()).
+        self._defer_billing = not self.is_async and self._has_ledger
         if not self.is_async:
             self.pool = ThreadPool(
-                function, loop, self._on_completions, max_concurrent, name=f"rate_limited-{name}"
+                function,
+                loop,
+                self._on_completions,
+                max_concurrent,
+                name=f"rate_limited-{name}",
+                report_starts=self._defer_billing,
             )
 
     # -- running a batch ---------------------------------------------------------------------
-    async def run(self, calls: Sequence[Call], progress: Progress | None) -> bool:
-        """Run every call of ``calls`` that is not final; True if stopped before the end."""
+    async def run(self, calls: Sequence[Call], progress: Progress | None, run_id: int = 0) -> bool:
+        """Run every call of ``calls`` that is not final; True if stopped before the end.
+
+        Raises the engine's own error if one ended the run (see the module docstring).
+        """
+        if self._running_batch:
+            raise RuntimeError("this engine is already running a batch")
+        self._running_batch = True
+        try:
+            return await self._run(calls, progress, run_id)
+        finally:
+            self._running_batch = False
+
+    async def _run(self, calls: Sequence[Call], progress: Progress | None, run_id: int) -> bool:
         loop = self.loop
+        self._run_id = run_id
+        self._fatal = None
         self._stopping = False
         self.progress = progress
         self._retry.clear()
@@ -280,6 +357,9 @@ class Engine:
         self._wall_offset = time.time() - loop.time()
         if self.store is not None:
             self._restore(calls)
+        if run_id and self._stop_for == run_id:
+            self._stopping = True  # stopped before it started: nothing is looked up or sent
+            return True
         waiting = await self._semantic_lookup(calls) if self.semantic is not None else set()
         if self._stopping:
             return True  # interrupted while the semantic cache looked up: nothing was sent
@@ -339,8 +419,7 @@ class Engine:
                 self._start_runners()
                 await self._done
         except asyncio.CancelledError:
-            self._stop()
-            await self._join_workers()
+            self._stop()  # as an interrupt: calls already started go on
             raise
         finally:
             self._done = None
@@ -348,11 +427,19 @@ class Engine:
             if self._ticker is not None:
                 self._ticker.cancel()
                 self._ticker = None
-            self._flush_store()
+            # Nothing of this run is needed any more; a Call held here would keep its
+            # Runner alive (calls still running are held by their own worker or thread).
+            self._ready = deque()
+            self._retry.clear()
+            self._followers = {}
+            self._flush_store(final=True)
             if self.progress is not None:
                 self._report(self.progress.finish, self.stats, self._stopping)
             self.progress = None
-        await self._join_workers()
+        if self._fatal is not None:
+            raise self._fatal
+        if not self._stopping:
+            await self._join_workers()  # they are returning: nothing is left to run
         return self._stopping
 
     @property
@@ -368,8 +455,13 @@ class Engine:
         self._report(self.progress.update, self.stats)
         self._ticker = self.loop.call_later(self._tick_interval, self._tick)
 
-    def request_stop(self) -> None:
-        """Stop admitting, cancel running coroutines, put queued calls back (loop thread)."""
+    def request_stop(self, run_id: int = 0) -> None:
+        """Stop admitting and end run ``run_id`` at once, leaving the calls already started
+        to finish (loop thread). A request for a run that has not started yet is kept for
+        it, so that a Ctrl-C in the first instant of ``run()`` is never lost."""
+        if run_id and run_id != self._run_id:
+            self._stop_for = max(self._stop_for, run_id)  # that run stops as it starts
+            return
         if self._done is not None and not self._done.done():
             self._stop()
         elif self._lookup is not None:
@@ -377,18 +469,89 @@ class Engine:
 
     def _stop(self) -> None:
         self._stopping = True
-        for task in (*self._workers, *self._awaiting):
-            task.cancel()
         if self.pool is not None:
             now = self.loop.time()
             for call, token in self.pool.take_back():
                 if call.attempts == token and call.status is RUNNING:
                     call.attempts -= 1  # never started
+                    self._in_threads.discard(call)
                     self._release(call, now)
                     call.status = PENDING
                     self._in_flight -= 1
         self._resolve_done()
         self._wake()
+
+    @property
+    def running_calls(self) -> int:
+        """Calls started and not settled yet (e.g. still running after an interrupt)."""
+        return max(0, self._in_flight)
+
+    def abandon(self) -> int:
+        """Stop waiting for the calls still running (a second Ctrl-C, ``close()``): their
+        coroutines are cancelled, sync calls are left to their threads (a late result is
+        still kept). They end ``cancelled`` (a rerun sends them again; what they may have
+        used stays billed). Returns how many there were (loop thread)."""
+        count = self.running_calls
+        if not count:
+            return 0
+        self._stopping = True
+        now = self.loop.time()
+        for call in list(self._in_threads):
+            if call.status is RUNNING:
+                self._in_threads.discard(call)
+                assert self.pool is not None
+                self.pool.abandoned += 1  # its thread no longer counts
+                self._cancelled(call, now)
+        for task in (*self._workers, *self._awaiting):
+            task.cancel()
+        self._resolve_done()
+        self._wake()
+        logger.warning("Abandoned %d calls that were still running", count)
+        return count
+
+    async def abandon_and_wait(self) -> int:
+        """``abandon()``, then wait until the cancelled coroutines have ended."""
+        tasks = [*self._workers, *self._awaiting]
+        count = self.abandon()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return count
+
+    def take_notices(self) -> tuple[list[Notice], int]:
+        """The warnings due since the last call (for the thread that called ``run()`` to
+        emit), and how many outcomes could not be stored meanwhile."""
+        notices = self._notices
+        store_failures = self._store_failures
+        if store_failures:
+            notices.append((StoreWarning, self._store_failure_text()))
+            self._store_failures, self._store_problem = 0, None
+        if self._usage_problems:
+            notices.append(
+                (
+                    UsageWarning,
+                    f"{self._usage_problems} call(s) returned a result whose usage could not "
+                    "be read; their estimates were billed instead and their results kept "
+                    f"(see outcome.warnings). The first: {self._usage_problem}",
+                )
+            )
+            self._usage_problems, self._usage_problem = 0, None
+        self._notices = []
+        return notices, store_failures
+
+    def _store_failure_text(self) -> str:
+        return (
+            f"{self._store_failures} finished call(s) could not be written to the store "
+            f"{self.store!r} ({self._store_problem}). Their results are in this RunResult, "
+            "but a later process would call the API again for them."
+        )
+
+    def _crash(self, exc: BaseException) -> None:
+        """An error of the engine itself, not of a call: the run ends and raises it."""
+        logger.error("Internal error; the run ends with it", exc_info=exc)
+        if self._fatal is None and self._done is not None:
+            self._fatal = exc
+        if self._done is not None and not self._done.done():
+            self._stop()
 
     def _resolve_done(self) -> None:
         if self._done is not None and not self._done.done():
@@ -464,7 +627,7 @@ class Engine:
                 return None
             if not self._has_ledger:
                 break
-            reservation = self.ledger.try_reserve(call.demand, now)
+            reservation = self.ledger.try_reserve(call.demand, now, defer=self._defer_billing)
             if reservation is not None:
                 call.reservation = reservation
                 if self.stats.waiting_until is not None:
@@ -516,7 +679,7 @@ class Engine:
             call = queue[0][0]
             if ledger.meter_ids(call.demand) & blocked:
                 continue
-            reservation = ledger.try_reserve(call.demand, now)
+            reservation = ledger.try_reserve(call.demand, now, defer=self._defer_billing)
             if reservation is not None:
                 call.reservation = reservation
                 queue.popleft()
@@ -609,6 +772,33 @@ class Engine:
 
     # -- async functions ---------------------------------------------------------------------
     async def _worker(self) -> None:
+        try:
+            await self._work()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug of the engine: end the run, don't hang it
+            self._crash(exc)
+
+    def _blocked(self, seconds: float) -> None:
+        """A watched call blocked the loop. Once may be a one-time set-up in the first call
+        (a client building its headers, a tokenizer loading); twice is a habit."""
+        self._blocking_calls += 1
+        if self._warned_blocking or self._blocking_calls < 2:
+            return
+        self._warned_blocking = True
+        text = (
+            f"The async function {self.function_name or self.function!r} blocked the event "
+            f"loop for {seconds:.2f} s in one step: while it blocks no other call runs, so "
+            "calls run one at a time whatever max_concurrent is. It probably calls a "
+            "blocking (sync) client or time.sleep inside async def. Use the client's async "
+            "API (await client.create(...)), wrap the blocking part in "
+            "`await asyncio.to_thread(...)`, or give the Runner the sync function instead "
+            "(it runs sync functions in threads)."
+        )
+        logger.warning(text)
+        self._notices.append((BlockingCallWarning, text))
+
+    async def _work(self) -> None:
         function, timeout, loop_time = self.function, self.timeout, self.loop.time
         # Fast path: no ledger, validators or timeout: admission is "take the head" and
         # settling is a few assignments, inlined (this loop is the whole per-call cost).
@@ -651,10 +841,18 @@ class Engine:
             if not simple:
                 CURRENT_ADMISSION.set(_admission(call))  # for the function's feedback
             try:
+                awaitable = function(*call.args, **call.kwargs)
+                # The first calls, then one in _WATCH_EVERY, are timed step by step: a long
+                # step blocked the loop (see _blocked).
+                watched = self._watched = self._watched + 1
+                if (watched <= _WATCH_FIRST or not watched % _WATCH_EVERY) and (
+                    not self._warned_blocking
+                ):
+                    awaitable = _StepTimer(awaitable, self._blocked)
                 if timeout is None:
-                    value = await function(*call.args, **call.kwargs)
+                    value = await awaitable
                 else:
-                    value = await asyncio.wait_for(function(*call.args, **call.kwargs), timeout)
+                    value = await asyncio.wait_for(awaitable, timeout)
             except asyncio.CancelledError:
                 now = loop_time()
                 if self._stopping:
@@ -694,6 +892,14 @@ class Engine:
 
     # -- sync functions ----------------------------------------------------------------------
     async def _dispatcher(self) -> None:
+        try:
+            await self._dispatch()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the system refused a thread, or a bug: end the run
+            self._crash(exc)
+
+    async def _dispatch(self) -> None:
         pool, timeout, loop = self.pool, self.timeout, self.loop
         assert pool is not None
         now = loop.time()  # one read per burst of admissions: they start together
@@ -708,25 +914,64 @@ class Engine:
             call.status = RUNNING
             call.attempts += 1  # also the token that tells this attempt's result apart
             call.started_at = now
-            pool.submit(call, call.attempts)
+            try:
+                pool.submit(call, call.attempts)
+            except RuntimeError as exc:  # not a single thread could be started
+                call.attempts -= 1
+                self._release(call, now)
+                call.status = PENDING
+                self._in_flight -= 1
+                raise RuntimeError(
+                    f"could not start a thread to run the calls ({exc}): the system refuses "
+                    "new threads (a process or memory limit). Lower max_concurrent= or "
+                    "raise the limit; run() again resumes."
+                ) from exc
+            self._in_threads.add(call)
+            if pool.thread_limit is not None and not self._warned_threads:
+                self._thread_limit_reached(pool)
             if timeout is not None:
                 loop.call_at(now + timeout, self._sync_timeout, call, call.attempts)
+
+    def _thread_limit_reached(self, pool: ThreadPool) -> None:
+        self._warned_threads = True
+        threads = len(pool._threads)
+        text = (
+            f"The system refused a new thread ({pool.thread_limit}) after {threads}: the run "
+            f"goes on with {threads} threads instead of max_concurrent={self.max_concurrent}. "
+            f"Lower max_concurrent= to {threads} or less, or raise the process limit."
+        )
+        logger.warning(text)
+        self._notices.append((RateLimitedWarning, text))
 
     def _on_completions(self) -> None:
         pool = self.pool
         assert pool is not None
-        now = self.loop.time()  # one read per batch of completions
-        for call, token, ok, value in pool.drain():
-            if token != call.attempts or call.status is not RUNNING:
-                self._late(call, ok, value)
-            elif ok and inspect.isawaitable(value):
-                task = self.loop.create_task(self._await_returned(call, value))
-                self._awaiting.add(task)
-                task.add_done_callback(self._awaiting.discard)
-            elif ok:
-                self._settle(self._returned, call, value, now)
-            else:
-                self._settle(self._failed, call, value, now)
+        try:
+            now = self.loop.time()  # one read per batch of completions
+            for call, token, ok, value in pool.drain():
+                current = token == call.attempts
+                if ok is None:  # a thread starts it: bill its arguments usage then
+                    if current and call.status is RUNNING:
+                        started = min(value, now)
+                        reservation = call.reservation
+                        if isinstance(reservation, Reservation):
+                            self.ledger.begin(reservation, started)
+                        call.started_at = started
+                    continue
+                if current:
+                    self._in_threads.discard(call)
+                if not current or call.status is not RUNNING:
+                    self._late(call, ok, value)
+                elif ok and inspect.isawaitable(value):
+                    task = self.loop.create_task(self._await_returned(call, value))
+                    self._awaiting.add(task)
+                    task.add_done_callback(self._awaiting.discard)
+                elif ok:
+                    self._settle(self._returned, call, value, now)
+                else:
+                    self._settle(self._failed, call, value, now)
+        except BaseException as exc:  # never leave completions unsettled and run() waiting
+            self._crash(exc)
         self._wake()
 
     async def _await_returned(self, call: Call, awaitable: Any) -> None:
@@ -754,21 +999,27 @@ class Engine:
         self._settle(self._failed, call, error, self.loop.time())
         self._wake()
 
-    def _late(self, call: Call, ok: bool, value: Any) -> None:
-        """A thread finished an attempt the engine had stopped waiting for (timeout)."""
+    def _late(self, call: Call, ok: bool | None, value: Any) -> None:
+        """A thread finished an attempt the engine had stopped waiting for (a timeout, an
+        abandoned call). A value it returned was paid for: it is kept, unless the call
+        has a value already or another attempt is running; even a call that failed for
+        good after the timeout succeeds with it."""
         assert self.pool is not None
         self.pool.abandoned = max(0, self.pool.abandoned - 1)
-        if not ok or call.status.is_final or call.status is RUNNING:
+        if not ok or call.status is SUCCEEDED or call.status is RUNNING:
             return  # a failure we already counted, or another attempt is running / won
         if inspect.isawaitable(value):
             return  # not worth resurrecting: the retry will run it again
+        if self.validators and validate(value, self.validators)[0]:
+            return  # an invalid value: the call stays as it is
         logger.info("Keeping the late result of %r after its timeout", call)
-        was_queued = call.status is PENDING
+        if call.status is FAILED:  # counted out already: count it back in, as running
+            self.stats.failed -= 1
+            self._unfinished += 1
         call.status = RUNNING  # settle it as if the attempt had just returned
-        if was_queued:
-            self._in_flight += 1
+        self._in_flight += 1
         call.reservation = None
-        self._settle(self._returned, call, value, self.loop.time())
+        self._settle(self._validated, call, value, self.loop.time())
 
     # -- settling ----------------------------------------------------------------------------
     def _settle(
@@ -778,7 +1029,7 @@ class Engine:
         hanging (a worker that died would leave its call RUNNING for ever)."""
         try:
             settle(call, value, now)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from a validator too: the call fails
             logger.exception("Internal error while settling %r; the call is marked failed", call)
             if call.status.is_final:
                 return
@@ -801,7 +1052,7 @@ class Engine:
         """Call the progress display; a display that raises is dropped, not the run."""
         try:
             method(*args)
-        except Exception:
+        except BaseException:
             logger.exception("The progress display failed; the run goes on without it")
             self.progress = None
 
@@ -811,10 +1062,22 @@ class Engine:
         if self.validators:
             message, cause = validate(value, self.validators)
             if message:
-                error = ValidationError(message, call, value)
+                if cause is not None:
+                    message += (
+                        " (a validator that raises has a bug, which a retry can't fix: the "
+                        "call fails without retrying; the value is in error.value)"
+                    )
+                error = ValidationError(redact(message, secret_values(call)), call, value)
                 error.__cause__ = cause
-                self._failed(call, error, now, settled=True)
+                self._failed(call, error, now, settled=True, final=cause is not None)
                 return
+        call.result = value
+        self._finish(call, SUCCEEDED, now)
+
+    def _validated(self, call: Call, value: Any, now: float) -> None:
+        """``_returned`` for a value the validators have already accepted."""
+        if self._has_ledger:
+            self._bill_results(call, value, now)
         call.result = value
         self._finish(call, SUCCEEDED, now)
 
@@ -832,15 +1095,20 @@ class Engine:
             if extractor is not None:
                 try:
                     amount = float(extractor(call, value))
-                    if not amount >= 0:
-                        raise ValueError(f"usage must be a non-negative number, got {amount}")
-                except Exception as exc:
+                    if not 0 <= amount < math.inf:  # NaN and inf too: a meter must stay finite
+                        raise ValueError(
+                            f"usage must be a finite, non-negative number, got {amount}"
+                        )
+                except BaseException as exc:
                     error = UsageExtractionError(
                         f"results_usage_extractor of resource {resource.name!r} failed "
-                        f"({type(exc).__name__}: {exc}); billed the estimate {estimate} instead"
+                        f"({describe(exc, call)}); billed the estimate {estimate:g} instead"
                     )
                     error.__cause__ = exc
-                    call.exceptions.append(error)
+                    if not call._warnings:
+                        self._usage_problems += 1
+                        self._usage_problem = self._usage_problem or str(error)
+                    call.warnings.append(error)
                     logger.warning("%s for %r", error, call)
                     amount = estimate
             actual[i] = amount
@@ -880,7 +1148,14 @@ class Engine:
             self.ledger.refused(reservation, now)
         call.reservation = None
 
-    def _failed(self, call: Call, exc: BaseException, now: float, settled: bool = False) -> None:
+    def _failed(
+        self,
+        call: Call,
+        exc: BaseException,
+        now: float,
+        settled: bool = False,
+        final: bool = False,
+    ) -> None:
         refused = is_rate_limited(exc)
         if not settled and self._has_ledger:
             if refused:
@@ -901,7 +1176,7 @@ class Engine:
                 logger.info("HTTP 429: pausing every call for %.2f s (Retry-After)", pause)
         else:
             self._answered += 1
-        retry = isinstance(exc, Exception)
+        retry = not final and isinstance(exc, Exception)
         if retry:
             try:
                 retry = bool(self.retry_if(exc))
@@ -914,7 +1189,7 @@ class Engine:
             self._give_up(call, now)
             return
         if not retry:
-            logger.debug("%r failed for good: %s", call, exc)
+            logger.debug("%r failed for good: %s", call, describe(exc, call))
             self._finish(call, FAILED, now)
             return
         stats.retries += 1
@@ -933,7 +1208,7 @@ class Engine:
         except Exception:
             logger.exception("backoff raised for %r; retrying at once", call)
             delay = 0.0
-        logger.debug("%r failed (%s: %s); retry in %.2f s", call, type(exc).__name__, exc, delay)
+        logger.debug("%r failed (%s); retry in %.2f s", call, describe(exc, call), delay)
         if delay > 0 and not self._stopping:
             self._backing_off += 1
             self.loop.call_at(now + delay, self._due, call, self._epoch, True)
@@ -1084,7 +1359,8 @@ class Engine:
                 call.status = SUCCEEDED
             elif not self.retry_failed:
                 call.status = FAILED
-                call.exceptions.append(CallError(f"failed in an earlier run: {record.error}"))
+                earlier = redact(record.error or "unknown error")
+                call.exceptions.append(CallError(f"failed in an earlier run: {earlier}"))
             else:
                 continue  # failed before: try again
             call.from_store = True
@@ -1102,7 +1378,7 @@ class Engine:
             key=call.key,
             status="succeeded" if succeeded else "failed",
             result=call.result if succeeded else None,
-            error=None if error is None else f"{type(error).__name__}: {error}",
+            error=None if error is None else describe(error, call),
             attempts=call.attempts,
             usage=dict(call.usage or {}),
             started_at=None if call.started_at is None else call.started_at + offset,
@@ -1111,8 +1387,9 @@ class Engine:
         )
         try:
             self.store.put(record)
-        except Exception as exc:  # unpicklable result, store gone: the call still succeeded
-            self._store_failed(exc, f"could not store the outcome of {call!r}")
+        except Exception as exc:  # unpicklable result, store closed: the call still succeeded
+            self._store_failures += 1
+            self._store_failed(describe(exc, call), f"could not store the outcome of {call!r}")
             return
         if not self._flush_scheduled:
             # Commit what settled in this pass of the loop, together, as soon as it ends:
@@ -1120,21 +1397,46 @@ class Engine:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_store)
 
-    def _flush_store(self) -> None:
+    def _flush_store(self, final: bool = False) -> None:
+        """Write the store's buffer; if it can't (disk full, Redis gone), try again after
+        the store's backoff. ``final`` (the end of a run) tries at once, and counts the
+        outcomes still unwritten as store failures of the run."""
         self._flush_scheduled = False
-        if self.store is None:
+        store = self.store
+        if store is None:
             return
+        if self._flush_timer is not None:
+            if not final:
+                return  # a failed flush: the timer tries again after the store's backoff
+            self._flush_timer.cancel()
+            self._flush_timer = None
         try:
-            self.store.flush()
-        except Exception as exc:
-            self._store_failed(exc, "could not write to the store (outcomes kept in memory)")
+            if store.try_flush(force=final):
+                return
+        except Exception as exc:  # a store that breaks its contract: as if it failed
+            self._store_failed(describe(exc), "could not write to the store")
+            return
+        error = store.flush_error
+        self._store_failed(
+            "unknown error" if error is None else describe(error),
+            "could not write to the store (the outcomes are kept in memory and retried)",
+        )
+        if final:
+            unreported = set(store.pending_keys()) - self._reported_unstored
+            self._store_failures += len(unreported)
+            self._reported_unstored |= unreported
+        if self._flush_timer is None:
+            self._flush_timer = self.loop.call_later(store.retry_in(), self._retry_flush)
 
-    def _store_failed(self, exc: Exception, what: str) -> None:
-        if not self._store_warned:
-            self._store_warned = True
-            logger.warning("%s: %s: %s", what, type(exc).__name__, exc)
-        else:
-            logger.debug("%s: %s: %s", what, type(exc).__name__, exc)
+    def _retry_flush(self) -> None:
+        self._flush_timer = None
+        self._flush_store()
+
+    def _store_failed(self, reason: str, what: str) -> None:
+        first = self._store_problem is None
+        if first:
+            self._store_problem = reason
+        logger.log(logging.WARNING if first else logging.DEBUG, "%s: %s", what, reason)
 
 
 def _admission(call: Call) -> Reservation | None:
@@ -1165,3 +1467,42 @@ def _clear_frames(exc: BaseException) -> None:
         with contextlib.suppress(RuntimeError):  # a frame still executing
             tb.tb_frame.clear()
         tb = tb.tb_next
+
+
+class _StepTimer:
+    """Awaits an awaitable step by step, timing each step: a step is the code that runs
+    between two suspensions, and a long one blocked the loop. ``on_block(seconds)`` is
+    called once, for the first step longer than ``_BLOCKING_SECONDS``."""
+
+    __slots__ = ("_awaitable", "_on_block")
+
+    def __init__(self, awaitable: Any, on_block: Callable[[float], None] | None) -> None:
+        self._awaitable = awaitable
+        self._on_block = on_block
+
+    def __await__(self) -> Any:
+        steps = self._awaitable.__await__()
+        clock = time.perf_counter
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            began = clock()
+            try:
+                yielded = steps.send(sent) if thrown is None else steps.throw(thrown)
+            except StopIteration as stop:
+                self._check(clock() - began)
+                return stop.value
+            except BaseException:
+                self._check(clock() - began)
+                raise
+            self._check(clock() - began)
+            sent = thrown = None
+            try:
+                sent = yield yielded
+            except BaseException as exc:  # cancellation and the like: pass them on
+                thrown = exc
+
+    def _check(self, seconds: float) -> None:
+        if seconds > _BLOCKING_SECONDS and self._on_block is not None:
+            on_block, self._on_block = self._on_block, None
+            on_block(seconds)

@@ -22,9 +22,19 @@ What makes two calls "the same":
   ``f(1, 2)`` share a key), without applying defaults (``f(n=0)`` and ``f()`` differ).
   Dicts are order-independent, lists and tuples ordered (and distinct), sets sorted, floats
   exact (``0.1`` and ``0.1000001`` differ, ``1`` and ``1.0`` too). Pydantic v2 models
-  count by ``model_dump(mode="json")`` and type, dataclasses by fields and type, enums by
-  value, datetimes, dates, Decimals, UUIDs and paths by ``str``. Everything else (API
-  clients, HTTP sessions, locks...) is context and counts by its type's qualified name only.
+  count by ``model_dump(mode="json")`` and type, dataclasses and attrs classes by fields
+  and type, enums by value, datetimes, dates, Decimals, UUIDs and paths by ``str``; numpy
+  arrays by their bytes, dtype and shape; pandas DataFrames, Series and Index by
+  ``pandas.util.hash_pandas_object`` of their rows (index included) plus their column
+  labels, dtypes and names; an object of a plain Python class by its state
+  (``__dict__`` and slots), when that state is itself made of values like these.
+- API clients, HTTP sessions, connections, locks and event-loop objects (of the libraries
+  in ``_CONTEXT_MODULES``: openai, anthropic, httpx, requests, aiohttp, redis, asyncio,
+  threading...) are context and count by their type's qualified name only.
+- Anything else (a C extension object the package can't read, a file handle, a
+  generator...) has no key by value: ``call_key`` raises ``ConfigurationError`` asking for
+  ``key=``. Keying it by type would give different calls one key, and a store would hand
+  one call's result to the others.
 - Secrets never reach a key: arguments and dict keys (at any depth, e.g. in
   ``extra_headers``) named like api_key, authorization, auth, \\*token (but not
   ``max_tokens`` and other counts), secret, password or cookie are dropped, and so are the
@@ -33,6 +43,7 @@ What makes two calls "the same":
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import decimal
@@ -47,6 +58,8 @@ import types
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeAlias
+
+from rate_limited.exceptions import ConfigurationError
 
 __all__ = ["KEY_VERSION", "call_key", "function_identity", "is_secret_name"]
 
@@ -132,15 +145,46 @@ def call_key(
     names = frozenset((exclude,) if isinstance(exclude, str) else exclude)
     context = _Context(names)
     function, args, merged = _unwrap_partial(function, tuple(args), dict(kwargs or {}))
-    identity = _identity(function, context)
     bound = _bind(function, args, merged)
-    if bound is None:
-        arguments: _Canon = ["unbound", _canon(list(args), context), _canon(merged, context)]
-    else:
-        arguments = _canon(bound, context)
+    try:
+        identity = _identity(function, context)
+        if bound is None:
+            arguments: _Canon = ["unbound", _canon(list(args), context), _canon(merged, context)]
+        else:
+            arguments = _canon(bound, context)
+    except _Unkeyable as exc:
+        raise _unkeyable_error(exc, function, args, merged, bound, names) from None
     payload = ["rate_limited.call_key", KEY_VERSION, namespace, identity, arguments]
     text = json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:_KEY_HEX_CHARS]
+
+
+def _unkeyable_error(
+    exc: _Unkeyable,
+    function: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    bound: dict[str, Any] | None,
+    exclude: frozenset[str],
+) -> ConfigurationError:
+    """The ConfigurationError for a call with an argument that has no key by value,
+    naming that argument (found by trying each one again: errors only)."""
+    named = bound if bound is not None else {**{f"#{i}": a for i, a in enumerate(args)}, **kwargs}
+    where = "its function (a default or closure value)"
+    for name, value in named.items():
+        try:
+            _canon(value, _Context(exclude))
+        except _Unkeyable:
+            where = f"argument {name!r}" if not name.startswith("#") else f"argument {name}"
+            break
+    return ConfigurationError(
+        f"Can't make a store key for this call of {function_identity(function)}: "
+        f"{where} holds a {exc.type_name}, which can't be keyed by value (keying it by "
+        "type would give different calls the same key, and the store would hand one "
+        "call's result to the others). Pass key= to the Runner, a function of the call "
+        "returning a string that identifies it, e.g. key=lambda call: "
+        "str(call.get_argument('row_id'))."
+    )
 
 
 def function_identity(function: Callable[..., Any]) -> str:
@@ -386,15 +430,142 @@ def _canon_container(obj: Any, context: _Context) -> _Canon:
     if callable(dump) and hasattr(type(obj), "model_fields"):
         try:
             data = dump(mode="json")
-        except Exception:
-            return ["object", _qualified(type(obj))]
+        except Exception:  # fields JSON can't show (arbitrary types): their values then
+            try:
+                data = dump()
+            except Exception:
+                raise _Unkeyable(obj) from None
         return ["model", _qualified(type(obj)), _canon(data, context)]
     if dataclasses.is_dataclass(obj):
         fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
         return ["dataclass", _qualified(type(obj)), _canon(fields, context)]
-    if type(obj).__module__ == "numpy":
+    cls = type(obj)
+    module = cls.__module__ or ""
+    if module == "numpy" or module.startswith("numpy."):
         return _canon_numpy(obj, context)
-    return ["object", _qualified(type(obj))]
+    if module == "pandas" or module.startswith("pandas."):
+        return _canon_pandas(obj, context)
+    attributes = getattr(cls, "__attrs_attrs__", None)
+    if attributes is not None:  # an attrs class
+        fields = {a.name: getattr(obj, a.name) for a in attributes}
+        return ["attrs", _qualified(cls), _canon(fields, context)]
+    context_type, plain = _class_kind(cls)
+    if context_type:
+        return ["object", _qualified(cls)]
+    if isinstance(obj, types.SimpleNamespace):
+        return ["namespace", _canon(vars(obj), context)]
+    if isinstance(obj, (range, slice)):
+        return [cls.__name__, _canon([obj.start, obj.stop, obj.step], context)]
+    if isinstance(obj, re.Pattern):
+        return ["pattern", _canon(obj.pattern, context), obj.flags]
+    if isinstance(obj, types.ModuleType):
+        return ["module", obj.__name__]
+    if isinstance(obj, collections.deque):
+        return ["deque", *(_canon(item, context) for item in obj)]
+    if not plain:
+        raise _Unkeyable(obj)
+    return ["state", _qualified(cls), _canon(_plain_state(obj), context)]
+
+
+#: Libraries whose objects are context (clients, sessions, connections, locks, loops...):
+#: a call's key counts them by type only. An API client holds a key and a connection
+#: pool, not data of the request.
+_CONTEXT_MODULES = (
+    "_thread",
+    "aiobotocore",
+    "aiohttp",
+    "anthropic",
+    "asyncio",
+    "asyncpg",
+    "azure",
+    "boto3",
+    "botocore",
+    "cohere",
+    "concurrent",
+    "google.auth",
+    "google.cloud",
+    "google.genai",
+    "google.generativeai",
+    "groq",
+    "http.client",
+    "httpcore",
+    "httpx",
+    "litellm",
+    "logging",
+    "mistralai",
+    "motor",
+    "multiprocessing",
+    "openai",
+    "psycopg",
+    "psycopg2",
+    "pymongo",
+    "queue",
+    "rate_limited",
+    "redis",
+    "requests",
+    "selectors",
+    "socket",
+    "sqlalchemy",
+    "sqlite3",
+    "ssl",
+    "threading",
+    "together",
+    "urllib.request",
+    "urllib3",
+)
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class created by a class statement
+
+
+_class_kinds: dict[type, tuple[bool, bool]] = {}
+
+
+def _class_kind(cls: type) -> tuple[bool, bool]:
+    """(context, plain) for ``cls``, cached: whether it is a client, session, lock... of a
+    library in ``_CONTEXT_MODULES``, and whether its instances keep all their state in
+    ``__dict__`` and slots (every class of its MRO but ``object`` is a Python class, none
+    a C type keeping data of its own, such as an array, image or tensor type)."""
+    kind = _class_kinds.get(cls)
+    if kind is None:
+        modules = [getattr(k, "__module__", None) or "" for k in cls.__mro__]
+        context = any(
+            module == m or module.startswith(m + ".")
+            for module in modules
+            for m in _CONTEXT_MODULES
+        )
+        plain = all(k is object or k.__flags__ & _HEAP_TYPE for k in cls.__mro__)
+        if len(_class_kinds) > 4096:
+            _class_kinds.clear()
+        kind = _class_kinds[cls] = (context, plain)
+    return kind
+
+
+def _plain_state(obj: Any) -> dict[str, Any]:
+    """The state of an object of a plain Python class: ``__dict__`` and slots."""
+    cls = type(obj)
+    state: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        slots = klass.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name in ("__dict__", "__weakref__"):
+                continue
+            if name.startswith("__") and not name.endswith("__"):
+                name = f"_{klass.__name__.lstrip('_')}{name}"  # private names are mangled
+            value = getattr(obj, name, _UNSET)
+            if value is not _UNSET:
+                state[name] = value
+    state.update(getattr(obj, "__dict__", {}))
+    return state
+
+
+_UNSET = object()
+
+
+class _Unkeyable(Exception):
+    """A value that can't be keyed by value (see the module docstring)."""
+
+    def __init__(self, obj: Any) -> None:
+        super().__init__(_qualified(type(obj)))
+        self.type_name = _qualified(type(obj))
 
 
 def _canon_class(cls: type, context: _Context) -> _Canon:
@@ -410,9 +581,80 @@ def _canon_class(cls: type, context: _Context) -> _Canon:
 
 
 def _canon_numpy(obj: Any, context: _Context) -> _Canon:
-    try:
-        if hasattr(obj, "shape") and hasattr(obj, "tolist") and obj.shape != ():
-            return ["ndarray", str(obj.dtype), _canon(obj.tolist(), context)]
+    import numpy
+
+    if isinstance(obj, numpy.ndarray):
+        kind = _qualified(type(obj))
+        shape: _Canon = list(obj.shape)
+        if obj.dtype.hasobject:  # pointers, not values: go through the items
+            return ["ndarray-objects", kind, shape, _canon(obj.tolist(), context)]
+        form: list[_Canon] = [
+            "ndarray",
+            kind,
+            str(obj.dtype),
+            obj.dtype.str,
+            shape,
+            _digest(numpy.ascontiguousarray(obj).tobytes()),
+        ]
+        mask = getattr(obj, "mask", None)  # numpy.ma: the mask is part of the value
+        if isinstance(mask, numpy.ndarray):
+            form.append(_digest(numpy.ascontiguousarray(mask).tobytes()))
+        return form
+    if isinstance(obj, numpy.generic):
         return _canon(obj.item(), context)
-    except Exception:
-        return ["object", _qualified(type(obj))]
+    if isinstance(obj, numpy.dtype):
+        return ["dtype", str(obj), obj.str]
+    raise _Unkeyable(obj)
+
+
+def _canon_pandas(obj: Any, context: _Context) -> _Canon:
+    import pandas
+
+    kind = _qualified(type(obj))
+    if isinstance(obj, pandas.DataFrame):
+        labels: _Canon = [
+            "frame",
+            _canon(list(obj.columns), context),
+            [str(dtype) for dtype in obj.dtypes],
+        ]
+    elif isinstance(obj, pandas.Series):
+        labels = ["series", _canon(obj.name, context), str(obj.dtype)]
+    elif isinstance(obj, pandas.Index):
+        labels = ["index", _canon(list(obj.names), context), str(obj.dtype)]
+    elif isinstance(obj, pandas.api.extensions.ExtensionArray):
+        return ["pandas-array", kind, _canon_pandas(pandas.Series(obj), context)]
+    elif isinstance(obj, pandas.api.extensions.ExtensionDtype):
+        return ["pandas-dtype", kind, str(obj)]
+    elif (
+        obj is pandas.NA
+        or obj is pandas.NaT
+        or hasattr(obj, "isoformat")
+        or kind
+        in (
+            "pandas._libs.interval.Interval",
+            "pandas._libs.tslibs.period.Period",
+        )
+    ):
+        return ["pandas-scalar", kind, repr(obj)]  # NA, NaT, Timestamp, Timedelta...
+    else:
+        raise _Unkeyable(obj)
+    index = (
+        []
+        if isinstance(obj, pandas.Index)
+        else [
+            _canon(list(obj.index.names), context),
+            str(obj.index.dtype),
+        ]
+    )
+    try:
+        rows = pandas.util.hash_pandas_object(obj, index=not isinstance(obj, pandas.Index))
+        content: _Canon = _digest(rows.to_numpy().tobytes())
+    except TypeError:  # unhashable cells (lists, dicts): go through the values instead
+        values = obj.to_numpy().tolist()
+        items = values if isinstance(obj, pandas.Index) else [list(obj.index), values]
+        content = ["values", _canon(items, context)]
+    return ["pandas", kind, labels, *index, len(obj), content]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -72,7 +72,17 @@ Demand = Sequence[tuple[float, float, Hashable]]
 class Reservation:
     """What one admitted attempt holds, per resource (aligned with the demand)."""
 
-    __slots__ = ("at", "billed", "demand", "held", "marks", "meters", "reconciled", "rules")
+    __slots__ = (
+        "at",
+        "billed",
+        "deferred",
+        "demand",
+        "held",
+        "marks",
+        "meters",
+        "reconciled",
+        "rules",
+    )
 
     def __init__(
         self,
@@ -83,6 +93,7 @@ class Reservation:
         marks: list[Mark | None] | None,
         at: float,
         rules: tuple[Settle, ...],
+        deferred: bool = False,
     ) -> None:
         #: The meter each resource was charged on (its partition's, if partitioned).
         self.meters = meters
@@ -98,6 +109,10 @@ class Reservation:
         self.rules = rules
         #: True once a refusal of this attempt was reconciled from its headers.
         self.reconciled = False
+        #: Admitted but not started yet (a sync call waiting for its thread): what it
+        #: bills at admission is held instead, until ``Ledger.begin`` bills it at the
+        #: moment the function starts, so that a window counts from the real start.
+        self.deferred = deferred
 
     def mark(self, index: int) -> Mark | None:
         return None if self.marks is None else self.marks[index]
@@ -218,8 +233,11 @@ class Ledger:
         return self._rules[self._index(resource)]
 
     # -- admission and settlement --------------------------------------------------------------
-    def try_reserve(self, demand: Demand, now: float) -> Reservation | None:
-        """Admit a call needing ``demand``, or return None without changing anything."""
+    def try_reserve(self, demand: Demand, now: float, *, defer: bool = False) -> Reservation | None:
+        """Admit a call needing ``demand``, or return None without changing anything.
+
+        ``defer``: hold what admission bills instead; ``begin`` bills it when the call
+        actually starts."""
         meters = self._meters(demand)
         for meter, need in zip(meters, demand, strict=True):
             if not meter.fits(need[0] + need[1], now):
@@ -231,7 +249,11 @@ class Ledger:
         for index, (meter, need) in enumerate(zip(meters, demand, strict=True)):
             args_usage, estimate = need[0], need[1]
             rule = rules[index]
-            if rule == "reserved":
+            if defer:
+                billed.append(None)
+                if args_usage + estimate:
+                    meter.reserve(args_usage + estimate)
+            elif rule == "reserved":
                 billed.append(meter.bill(args_usage + estimate, now))
             else:
                 billed.append(meter.bill(args_usage, now))
@@ -243,7 +265,25 @@ class Ledger:
                 if marks is None:
                     marks = [None] * len(meters)
                 marks[index] = track.admit(meter, rule, args_usage, estimate, now)
-        return Reservation(meters, demand, billed, held, marks, now, rules)
+        return Reservation(meters, demand, billed, held, marks, now, rules, defer)
+
+    def begin(self, reservation: Reservation, now: float) -> None:
+        """The call started at ``now``: bill what its admission held (no-op if it was not
+        deferred). ``now`` may be a little in the past (when the thread started it)."""
+        if not reservation.deferred:
+            return
+        reservation.deferred = False
+        billed = reservation.billed
+        for index, (meter, need) in enumerate(
+            zip(reservation.meters, reservation.demand, strict=True)
+        ):
+            args_usage, estimate = need[0], need[1]
+            if self._rule(reservation, index) == "reserved":
+                meter.unreserve(args_usage + estimate)
+                billed[index] = meter.bill(args_usage + estimate, now)
+            elif args_usage:
+                meter.unreserve(args_usage)
+                billed[index] = meter.bill(args_usage, now)
 
     def _rule(self, reservation: Reservation, index: int) -> Settle:
         """The rule a call is billed by on its meter: the one it was admitted under, unless
@@ -272,6 +312,7 @@ class Ledger:
     ) -> list[float]:
         """The call returned with ``results_usage``: bill it by each resource's rule.
         Returns what was billed per resource for the results (the estimate included)."""
+        self.begin(reservation, now)
         billed = []
         for index, (meter, need, actual) in enumerate(
             zip(reservation.meters, reservation.demand, results_usage, strict=True)
@@ -285,6 +326,7 @@ class Ledger:
 
     def keep(self, reservation: Reservation, now: float) -> None:
         """The call failed in a way that may have been billed: its estimate stays used."""
+        self.begin(reservation, now)
         for index, (meter, need) in enumerate(
             zip(reservation.meters, reservation.demand, strict=True)
         ):
@@ -296,14 +338,18 @@ class Ledger:
 
     def release(self, reservation: Reservation, now: float) -> None:
         """The call proved it was not billed (never sent, refused): undo everything."""
+        deferred, reservation.deferred = reservation.deferred, False
         for index, (meter, need, token) in enumerate(
             zip(reservation.meters, reservation.demand, reservation.billed, strict=True)
         ):
             rule = self._rule(reservation, index)
-            release(meter, rule, need[1], token, now)
+            if deferred:  # never started: only held
+                meter.unreserve(need[0] + need[1])
+            else:
+                release(meter, rule, need[1], token, now)
             twin = self._untrack(reservation, index)
             if twin is not None:
-                twin[0].undo_twin(rule, twin[1], need[1], token, now)
+                twin[0].undo_twin(rule, twin[1], (need[0], need[1]), token, now, deferred)
 
     def refused(self, reservation: Reservation, now: float) -> None:
         """The provider refused the call (HTTP 429): release it, and unless its headers

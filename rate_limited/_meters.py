@@ -117,6 +117,8 @@ class WindowMeter(Meter):
         return max(0.0, self._used)
 
     def bill(self, amount: float, now: float) -> object:
+        """Log ``amount`` at ``now``, which may be a little in the past (a sync call billed
+        at the instant its thread started it): the log stays in time order."""
         if amount <= 0:
             return None
         log = self._log
@@ -126,7 +128,13 @@ class WindowMeter(Meter):
             self._used += amount
             return (entry, amount)
         entry = [now, float(amount)]
-        log.append(entry)
+        if not log or log[-1][0] < now:
+            log.append(entry)
+        else:  # earlier than the last entries (a few at most): insert in its place
+            at = len(log)
+            while at and log[at - 1][0] > now:
+                at -= 1
+            log.insert(at, entry)
         self._used += amount
         return (entry, amount)
 

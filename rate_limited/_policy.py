@@ -299,7 +299,7 @@ def validate(value: Any, validators: tuple[Validator, ...]) -> tuple[str, BaseEx
         try:
             ok = validator(value)
             valid = bool(ok)  # inside the try: a DataFrame or array has no truth value
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: a validator must not end the run
             return f"Validation failed: {name} raised {type(exc).__name__}: {exc}", exc
         if not valid:
             return f"Validation failed: {name} returned {ok!r}", None

@@ -167,15 +167,25 @@ class Track:
             twin.bill(max(estimate, actual), now)
 
     def undo_twin(
-        self, rule: Settle, mark: Mark | None, estimate: float, token: object, now: float
+        self,
+        rule: Settle,
+        mark: Mark | None,
+        need: tuple[float, float],
+        token: object,
+        now: float,
+        deferred: bool = False,
     ) -> None:
-        """Release (``token``: the meter's billing token) a call on the twin."""
+        """Release a call on the twin: ``need`` is its (arguments usage, estimate),
+        ``token`` the meter's billing token, ``deferred`` whether the meter only held it
+        (the twin bills a deferred call at its admission, as if it had started then)."""
         assert self.twin is not None
         if mark is not None and mark[4] is not None:
             other: Settle = "actual" if rule == "reserved" else "reserved"
-            release(self.twin, other, estimate, mark[4], now)
+            release(self.twin, other, need[1], mark[4], now)
+        elif deferred:  # copied from the meter while only held
+            self.twin.unreserve(need[0] + need[1])
         else:  # billed there as on the meter
-            release(self.twin, rule, estimate, token, now)
+            release(self.twin, rule, need[1], token, now)
 
     def keep_twin(self, rule: Settle, mark: Mark | None, estimate: float, now: float) -> None:
         """A call that may have been billed: its estimate stays used on the twin too."""

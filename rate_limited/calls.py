@@ -18,12 +18,13 @@ from collections.abc import Callable, Hashable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from rate_limited._keys import is_secret_name
 from rate_limited.outcomes import Status
 
 if TYPE_CHECKING:
     from rate_limited.semantic import SemanticMatch
 
-__all__ = ["Call", "Result"]
+__all__ = ["Call", "CallOwner", "Result"]
 
 #: Whatever the wrapped function returns.
 Result = Any
@@ -32,9 +33,11 @@ Result = Any
 #: so that no call can change another's arguments.
 _NO_KWARGS: Mapping[str, Any] = MappingProxyType({})
 
-#: The last call whose arguments were bound, and them: usage extractors ask a call for
-#: several arguments in a row, and a slot per call for this would cost memory.
-_last_bound: tuple[object, dict[str, Any]] = (None, {})
+#: The last arguments bound, and the result: usage extractors ask a call for several
+#: arguments in a row, and a slot per call for this would cost memory. Keyed by what the
+#: binding depends on (compared by identity), not by the Call, so that the cache never
+#: keeps a Call (and through it its Runner) alive.
+_last_bound: tuple[object, object, object, dict[str, Any]] = (None, None, None, {})
 
 _signature_cache: dict[int, tuple[Callable[..., Any], inspect.Signature | None]] = {}
 
@@ -54,6 +57,24 @@ def _signature(function: Callable[..., Any]) -> inspect.Signature | None:
     return sig
 
 
+class CallOwner:
+    """What schedules Calls (the Runner): each Call it makes holds it, and calls its
+    ``function``."""
+
+    function: Callable[..., Any]
+
+
+class _Extras:
+    """The fields of a Call that most calls never set, kept apart to keep Calls small."""
+
+    __slots__ = ("from_store", "semantic", "warnings")
+
+    def __init__(self) -> None:
+        self.from_store = False
+        self.semantic: SemanticMatch | None = None
+        self.warnings: list[BaseException] | None = None
+
+
 class Call:
     """One scheduled call of the Runner's function, with its state across attempts.
 
@@ -61,20 +82,22 @@ class Call:
     ``kwargs``, ``status``, ``result``, ``exceptions``, ``attempts``.
     """
 
+    # Memory: a million scheduled calls are most of what the package holds, so the rare
+    # fields share one slot (``_extras``), and the Runner that scheduled the call stands in
+    # for its function (``_source``; ``function`` reads it from there).
     __slots__ = (
         "_exceptions",
+        "_extras",
+        "_source",
         "args",
         "attempts",
         "demand",
         "finished_at",
-        "from_store",
-        "function",
         "index",
         "key",
         "kwargs",
         "reservation",
         "result",
-        "semantic",
         "started_at",
         "status",
         "usage",
@@ -86,8 +109,12 @@ class Call:
         args: tuple[Any, ...] = (),
         kwargs: Mapping[str, Any] | None = None,
         index: int = 0,
+        owner: CallOwner | None = None,
     ) -> None:
-        self.function = function
+        # The Runner that scheduled the call, whose function it calls: the call holds it,
+        # so that it lives while the call is held, until its run has ended (then, and for
+        # a Call made by hand, the function itself).
+        self._source: CallOwner | Callable[..., Any] = function if owner is None else owner
         self.args = args
         self.kwargs = kwargs if kwargs else _NO_KWARGS
         #: Position of this call in the results of the run it belongs to.
@@ -97,6 +124,7 @@ class Call:
         self.attempts = 0
         self.result: Result = None
         self._exceptions: list[BaseException] | None = None
+        self._extras: _Extras | None = None
         #: Per resource: (arguments usage, results estimate, partition key), computed once
         #: at schedule().
         self.demand: tuple[tuple[float, float, Hashable], ...] = ()
@@ -108,10 +136,38 @@ class Call:
         self.finished_at: float | None = None
         #: Stable key for stores and caches (set by the Runner when it has a store).
         self.key: str | None = None
-        #: True when the outcome was read from the store instead of calling the function.
-        self.from_store = False
-        #: How the semantic cache answered it (a ``SemanticMatch``), if it did.
-        self.semantic: SemanticMatch | None = None
+
+    @property
+    def function(self) -> Callable[..., Any]:
+        """What the call calls: the Runner's function."""
+        source = self._source
+        return source.function if isinstance(source, CallOwner) else source
+
+    def _more(self) -> _Extras:
+        extras = self._extras
+        if extras is None:
+            extras = self._extras = _Extras()
+        return extras
+
+    @property
+    def from_store(self) -> bool:
+        """True when the outcome was read from the store instead of calling the function."""
+        extras = self._extras
+        return extras is not None and extras.from_store
+
+    @from_store.setter
+    def from_store(self, value: bool) -> None:
+        self._more().from_store = value
+
+    @property
+    def semantic(self) -> SemanticMatch | None:
+        """How the semantic cache answered it (a ``SemanticMatch``), if it did."""
+        extras = self._extras
+        return None if extras is None else extras.semantic
+
+    @semantic.setter
+    def semantic(self, value: SemanticMatch | None) -> None:
+        self._more().semantic = value
 
     # -- rate_limited 0.4 -----------------------------------------------------------------
     @property
@@ -124,6 +180,20 @@ class Call:
     @exceptions.setter
     def exceptions(self, value: list[BaseException]) -> None:
         self._exceptions = value
+
+    @property
+    def warnings(self) -> list[BaseException]:
+        """Problems of an attempt that did not fail it, e.g. a ``UsageExtractionError``
+        (the usage could not be read from a result that was kept)."""
+        extras = self._more()
+        if extras.warnings is None:
+            extras.warnings = []
+        return extras.warnings
+
+    @property
+    def _warnings(self) -> list[BaseException] | None:
+        extras = self._extras
+        return None if extras is None else extras.warnings
 
     @property
     def failures(self) -> int:
@@ -151,10 +221,10 @@ class Call:
         """Every argument passed, by parameter name (``**kwargs`` extras flattened in)."""
         global _last_bound
         last = _last_bound
-        if last[0] is self:
-            return last[1]
+        if last[0] is self.function and last[1] is self.args and last[2] is self.kwargs:
+            return last[3]
         arguments = self._bind()
-        _last_bound = (self, arguments)
+        _last_bound = (self.function, self.args, self.kwargs, arguments)
         return arguments
 
     def _target(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
@@ -196,9 +266,16 @@ class Call:
         return None
 
     def __repr__(self) -> str:
+        """Shows the arguments with secrets redacted (``api_key='***'``): reprs end up in
+        logs and error messages."""
+        from rate_limited._redact import REDACTED, redact, secret_values
+
         name = getattr(self.function, "__qualname__", None) or type(self.function).__name__
-        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
-        text = ", ".join(parts)
+        parts = [repr(a) for a in self.args] + [
+            f"{k}={REDACTED!r}" if is_secret_name(k) else f"{k}={v!r}"
+            for k, v in self.kwargs.items()
+        ]
+        text = redact(", ".join(parts)[:2000], secret_values(self))  # shown: 200 at most
         if len(text) > 200:
             text = text[:197] + "..."
         return f"<Call #{self.index} {name}({text}) {self.status.value}>"

@@ -425,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return demo(args)
-    except KeyboardInterrupt:  # a second Ctrl-C while the run stopped
+    except KeyboardInterrupt:  # a Ctrl-C outside the run (e.g. while it is set up)
         print("\nStopped.", file=sys.stderr)
         return 130
 

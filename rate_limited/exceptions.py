@@ -19,13 +19,20 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
     ├── CallError                           recorded per attempt, never raised by run()
     │   ├── ValidationError                 a validator rejected the value (retried)
     │   ├── CallTimeoutError (TimeoutError) the attempt ran past ``timeout`` (retried)
-    │   ├── UsageExtractionError            results_usage_extractor failed; result kept
+    │   ├── UsageExtractionError            a results usage could not be read (in
+    │                                       outcome.warnings: the estimate was billed)
     │   └── RateLimitedTooLongError         nothing but HTTP 429s for rate_limit_patience s
     └── PermanentError                      raise it from your function: never retried
 
+Warnings (``UserWarning`` subclasses, emitted in the thread that called ``run()``)::
+
     RateLimitedWarning (UserWarning)
-    └── SemanticCacheWarning                the semantic cache could not look up or index
-                                            some calls: they were sent as usual
+    ├── StoreWarning          some finished calls could not be stored (count and reason)
+    ├── UsageWarning          a results usage could not be read; the estimate was billed
+    ├── BlockingCallWarning   an async function blocked the event loop (names the fix)
+    ├── PriceWarning          no price is known for a model: its cost is None
+    └── SemanticCacheWarning  the semantic cache could not look up or index some calls:
+                              they were sent as usual
 
 ``BaseException`` is kept as an alias of ``RateLimitedError`` because rate_limited 0.4
 exported that name; new code should not use it (it shadows the builtin).
@@ -33,16 +40,21 @@ exported that name; new code should not use it (it shadows the builtin).
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rate_limited.calls import Call
 
 __all__ = [
+    "BlockingCallWarning",
     "CallError",
     "CallTimeoutError",
     "ConfigurationError",
     "PermanentError",
+    "PriceWarning",
     "QuotaExceededError",
     "RateLimitedError",
     "RateLimitedTooLongError",
@@ -55,8 +67,10 @@ __all__ = [
     "StoreSerializationError",
     "StoreUnavailableError",
     "StoreVersionError",
+    "StoreWarning",
     "UnknownStoreError",
     "UsageExtractionError",
+    "UsageWarning",
     "ValidationError",
 ]
 
@@ -154,10 +168,12 @@ class CallTimeoutError(CallError, TimeoutError):
 
 
 class UsageExtractionError(CallError):
-    """A ``results_usage_extractor`` raised or returned something that is not a usage.
+    """A ``results_usage_extractor`` raised or returned something that is not a usage
+    (not a number, negative, infinite or NaN).
 
     The call's result is kept (it was paid for) and the resource is billed the call's
-    estimate instead; this error is recorded so that the problem is visible.
+    estimate instead. The error goes in ``outcome.warnings`` (not ``exceptions``: the
+    call did not fail), and a ``UsageWarning`` says how many calls it concerned.
     """
 
 
@@ -174,6 +190,42 @@ class RateLimitedWarning(UserWarning):
     """Base of every warning rate_limited issues."""
 
 
+class StoreWarning(RateLimitedWarning):
+    """Some finished calls could not be written to the store (an unpicklable result, a
+    full disk, Redis gone): they succeeded in memory, but a later process would call the
+    API again for them. ``RunResult.store_failures`` has the count."""
+
+
+class UsageWarning(RateLimitedWarning):
+    """A ``results_usage_extractor`` failed or gave an impossible usage; the estimate was
+    billed instead (see ``outcome.warnings``)."""
+
+
+class BlockingCallWarning(RateLimitedWarning):
+    """An async function blocked the event loop (a sync call inside ``async def``), so
+    the calls ran one at a time; the message names the fix."""
+
+
 class SemanticCacheWarning(RateLimitedWarning):
     """The semantic cache could not embed, search or index some calls; those calls were
     sent (or stored) as usual, never answered without a lookup."""
+
+
+class PriceWarning(RateLimitedWarning):
+    """No price is known for a model (or no batch price): the cost of its calls is None.
+
+    Issued once per model per price table; pass the model's price with ``prices=``.
+    """
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` pointing at the user's line: the first frame outside the package
+    (``run()``, ``close()``...), however deep inside it the warning is decided."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        level += 1
+        frame = frame.f_back  # type: ignore[assignment]
+    warnings.warn(message, category, stacklevel=level)

@@ -5,23 +5,77 @@ and the progress display keeps updating while other cells run; ``handle.result()
 (Ctrl-C stops the run and returns the partial result, as ``run()`` does), ``await handle``
 works in async code, ``handle.stop()`` stops and returns what has finished, and
 ``handle.results()`` is a snapshot at any time.
+
+Ctrl-C while waiting (``SigintGuard``): the first stops admission and the run returns its
+partial result at once; calls already started go on in the background and are kept when
+they finish. A second Ctrl-C abandons them (``RunHandle.abandon``) and says how many. No
+KeyboardInterrupt is raised while a batch is running: ``run()`` installs the guard before
+it starts the batch, so a Ctrl-C in its first instant stops the run like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import signal
 import threading
-from collections.abc import Callable, Generator, Iterator
+import types
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
+
+from rate_limited.exceptions import RateLimitedWarning, warn
 
 if TYPE_CHECKING:
     from rate_limited.calls import Call
     from rate_limited.outcomes import RunResult
 
-__all__ = ["RunHandle"]
+__all__ = ["RunHandle", "SigintGuard"]
+
+
+class SigintGuard:
+    """While active (in the main thread), SIGINT calls the attached callback instead of
+    raising KeyboardInterrupt (for a run: the first stops it, the next abandons the calls
+    still running). A SIGINT that comes before anything is attached is kept and delivered
+    when something is. The previous handler is restored on exit.
+
+    Needed because Python 3.11+'s ``asyncio.run`` handler only cancels the main task,
+    which a blocking wait never notices, and because Jupyter's "interrupt kernel" is a
+    SIGINT too.
+    """
+
+    def __init__(self) -> None:
+        self._on_interrupt: Callable[[], None] | None = None
+        self._early = 0  # SIGINTs before a run was attached
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> SigintGuard:
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+                self._installed = True
+            except ValueError:  # signals unavailable here (e.g. a subinterpreter)
+                pass
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._installed:
+            self._installed = False
+            signal.signal(signal.SIGINT, self._previous)
+
+    def attach(self, on_interrupt: Callable[[], None]) -> None:
+        """Call ``on_interrupt()`` for each SIGINT from now on (and now, for those already
+        received; two at most: a stop and an abandon)."""
+        self._on_interrupt = on_interrupt
+        for _ in range(min(self._early, 2)):
+            on_interrupt()
+        self._early = 0
+
+    def _on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
+        if self._on_interrupt is None:
+            self._early += 1
+        else:
+            self._on_interrupt()
 
 
 class RunHandle:
@@ -34,14 +88,17 @@ class RunHandle:
         request_stop: Callable[[], None],
         finish: Callable[[list[Call], bool, float], RunResult],
         snapshot: Callable[[], RunResult],
+        request_abandon: Callable[[], concurrent.futures.Future[int]] | None = None,
     ) -> None:
         self._future = future
         self._calls = calls
         self._request_stop = request_stop
+        self._request_abandon = request_abandon
         self._finish = finish
         self._snapshot = snapshot
         self._result: RunResult | None = None
         self._stop_requested = False
+        self._abandoned: concurrent.futures.Future[int] | None = None
         self._lock = threading.Lock()
 
     def done(self) -> bool:
@@ -49,13 +106,23 @@ class RunHandle:
         return self._future.done()
 
     def stop(self, timeout: float | None = None) -> RunResult:
-        """Stop admitting calls, cancel running coroutines, and return the partial result.
+        """Stop admitting calls and return the partial result.
 
-        Sync calls already in threads keep running; their results are kept when they
-        arrive, and the next ``run()`` waits for them instead of sending them again.
+        Calls already started (threads and coroutines) keep running on the Runner's loop;
+        their results are kept (and stored) when they arrive, and the next ``run()``
+        waits for them instead of sending them again.
         """
         self._stop()
         return self.result(timeout)
+
+    def abandon(self) -> int:
+        """Stop the run and stop waiting for the calls still running: coroutines are
+        cancelled, threads left to finish unseen (a late result is still kept). They end
+        ``cancelled``, and a rerun sends them again. Returns how many were abandoned."""
+        self._stop()
+        if self._request_abandon is None:
+            return 0
+        return self._request_abandon().result(timeout=10)
 
     def results(self) -> RunResult:
         """What has finished so far (a snapshot; the run goes on)."""
@@ -70,25 +137,29 @@ class RunHandle:
         result (a second Ctrl-C raises KeyboardInterrupt). ``timeout``: seconds to wait
         before raising ``TimeoutError`` (the run goes on).
         """
+        return self._result_guarded(timeout, None)
+
+    def _result_guarded(self, timeout: float | None, guard: SigintGuard | None) -> RunResult:
+        """``result()``, with SIGINT handled by ``guard`` (installed by ``run()`` before
+        the run started), or by a guard of its own."""
         if self._result is not None:
             return self._result
+        if guard is None:
+            with SigintGuard() as own:
+                return self._result_guarded(timeout, own)
+        guard.attach(self._interrupt)
         if isinstance(self._future, asyncio.Task):
             return self._result_on_this_loop(self._future, timeout)
         deadline = None if timeout is None else _monotonic() + timeout
-        with self._sigint_stops_the_run():
-            while True:
-                wait = 0.25 if deadline is None else min(0.25, deadline - _monotonic())
-                if wait <= 0:
-                    raise TimeoutError(f"the run did not end within {timeout} s")
-                try:
-                    interrupted, elapsed = self._future.result(timeout=wait)
-                    break
-                except concurrent.futures.TimeoutError:
-                    continue
-                except KeyboardInterrupt:  # no handler of ours: not the main thread
-                    if self._stop_requested:
-                        raise
-                    self._stop()
+        while True:
+            wait = 0.25 if deadline is None else min(0.25, deadline - _monotonic())
+            if wait <= 0:
+                raise TimeoutError(f"the run did not end within {timeout} s")
+            try:
+                interrupted, elapsed = self._future.result(timeout=wait)
+                break
+            except concurrent.futures.TimeoutError:
+                continue
         return self._finished(interrupted, elapsed)
 
     def _result_on_this_loop(
@@ -97,13 +168,12 @@ class RunHandle:
         """``event_loop="current"``: the run is a task on the caller's (notebook's) loop,
         which nest_asyncio lets us run to completion from inside a cell."""
         loop = task.get_loop()
-        with self._sigint_stops_the_run():
-            try:
-                interrupted, elapsed = loop.run_until_complete(
-                    asyncio.wait_for(asyncio.shield(task), timeout)
-                )
-            except asyncio.TimeoutError:
-                raise TimeoutError(f"the run did not end within {timeout} s") from None
+        try:
+            interrupted, elapsed = loop.run_until_complete(
+                asyncio.wait_for(asyncio.shield(task), timeout)
+            )
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"the run did not end within {timeout} s") from None
         return self._finished(interrupted, elapsed)
 
     def __await__(self) -> Generator[Any, None, RunResult]:
@@ -126,38 +196,21 @@ class RunHandle:
         self._stop_requested = True
         self._request_stop()
 
+    def _interrupt(self) -> None:
+        """A Ctrl-C (in the signal handler): the first stops, the next abandons."""
+        if not self._stop_requested:
+            self._stop()
+        elif self._abandoned is None and self._request_abandon is not None:
+            self._abandoned = self._request_abandon()
+
     def _finished(self, interrupted: bool, elapsed: float) -> RunResult:
         with self._lock:
             if self._result is None:
                 self._result = self._finish(self._calls, interrupted, elapsed)
+                abandoned = self._abandoned
+                if abandoned is not None:
+                    _warn_abandoned(abandoned.result(timeout=10))
             return self._result
-
-    @contextlib.contextmanager
-    def _sigint_stops_the_run(self) -> Iterator[None]:
-        """While waiting in the main thread, Ctrl-C stops the run instead of raising.
-
-        Needed because Python 3.11+'s ``asyncio.run`` handler only cancels the main task,
-        which a blocking wait never notices, and because Jupyter's "interrupt kernel" is a
-        SIGINT too. The previous handler is restored afterwards.
-        """
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def on_sigint(signum: int, frame: object) -> None:
-            if self._stop_requested:
-                raise KeyboardInterrupt  # second Ctrl-C: give up waiting
-            self._stop()
-
-        try:
-            previous = signal.signal(signal.SIGINT, on_sigint)
-        except ValueError:  # signals unavailable here (e.g. a subinterpreter)
-            yield
-            return
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
 
     def __repr__(self) -> str:
         state = "done" if self.done() else "running"
@@ -168,3 +221,12 @@ def _monotonic() -> float:
     import time
 
     return time.monotonic()
+
+
+def _warn_abandoned(count: int) -> None:
+    if count:
+        warn(
+            f"Abandoned {count} call(s) that were still running after the interrupt: they "
+            "may have been billed, and a rerun sends them again.",
+            RateLimitedWarning,
+        )

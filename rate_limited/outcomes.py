@@ -66,6 +66,9 @@ class Outcome:
     #: The Call itself, for its arguments (``call.args``, ``call.get_argument(...)``);
     #: None in a RunResult that was pickled (the function may not be picklable).
     call: Call | None
+    #: Problems that did not fail the call, e.g. a ``UsageExtractionError`` on a call
+    #: that succeeded (its usage could not be read, so its estimate was billed).
+    warnings: tuple[BaseException, ...] = ()
     #: How the semantic cache answered the call: the matched call's key, its redacted
     #: prompt and the similarity (None: it did not).
     semantic: SemanticMatch | None = None
@@ -90,6 +93,7 @@ class Outcome:
             key=call.key,
             from_store=call.from_store,
             call=call,
+            warnings=tuple(call._warnings or ()),
             semantic=call.semantic,
         )
 
@@ -107,6 +111,9 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
     resources: tuple[Resource, ...]
     #: When the run started, on the runner's clock (loop time, like ``Outcome.started_at``).
     started_at: float | None
+    #: Finished calls whose outcome could not be written to the store (0 without a
+    #: store); a ``StoreWarning`` said so. A later process would call them again.
+    store_failures: int
     _outcomes: list[Outcome] | None
 
     def __new__(
@@ -123,13 +130,17 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         self.elapsed = elapsed
         self.resources = ()
         self.started_at = None
+        self.store_failures = 0
         self._outcomes = None
         return self
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Without the Calls: they hold the function, often a lambda or a client method.
         outcomes = [dataclasses.replace(o, call=None) for o in self.outcomes]
-        return (_unpickle, (self[0], self[1], outcomes, self.interrupted, self.elapsed))
+        return (
+            _unpickle,
+            (self[0], self[1], outcomes, self.interrupted, self.elapsed, self.store_failures),
+        )
 
     @property
     def results(self) -> list[Any]:
@@ -176,6 +187,8 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
     def __repr__(self) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items()))
         flag = ", interrupted" if self.interrupted else ""
+        if self.store_failures:
+            flag += f", {self.store_failures} not stored"
         return f"<RunResult of {len(self[0])} calls: {counts or 'none'}{flag}>"
 
 
@@ -185,7 +198,9 @@ def _unpickle(
     outcomes: list[Outcome],
     interrupted: bool,
     elapsed: float,
+    store_failures: int = 0,
 ) -> RunResult:
     result = RunResult(results, exceptions, (), interrupted, elapsed)
     result._outcomes = outcomes
+    result.store_failures = store_failures
     return result

@@ -22,7 +22,6 @@ Plain scripts never import ipywidgets nor the dashboard module.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import math
 import os
 import sys
@@ -30,12 +29,14 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from rate_limited._redact import get_logger
+
 if TYPE_CHECKING:
     from rate_limited._engine import RunStats
 
 __all__ = ["LogProgress", "Progress", "TqdmProgress", "check_progress", "make_progress"]
 
-logger = logging.getLogger("rate_limited")
+logger = get_logger("rate_limited")
 
 
 @runtime_checkable
@@ -86,6 +87,8 @@ class TqdmProgress:
             postfix["retries"] = stats.retries
         if stats.rate_limited:
             postfix["429s"] = stats.rate_limited
+        if stats.store_failures:
+            postfix["not stored"] = stats.store_failures
         if stats.semantic is not None and stats.semantic.hits:
             postfix["semantic hits"] = stats.semantic.hits
         if postfix:
@@ -129,6 +132,8 @@ class LogProgress:
             parts.append(f"{stats.retries} retries")
         if stats.rate_limited:
             parts.append(f"{stats.rate_limited} HTTP 429")
+        if stats.store_failures:
+            parts.append(f"{stats.store_failures} not stored")
         if stats.semantic is not None and stats.semantic.hits:
             parts.append(f"{stats.semantic.hits} answered by the semantic cache")
         parts.append(f"{stats.elapsed:.1f} s")

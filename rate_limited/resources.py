@@ -25,6 +25,7 @@ a Resource still works as a standalone usage counter on the monotonic clock
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Hashable, Mapping
@@ -67,12 +68,35 @@ def _positive_finite(value: object, what: str, name: str) -> float:
     return number
 
 
-def _optional_callable(value: object, what: str, name: str) -> None:
-    if value is not None and not callable(value):
+def _optional_callable(value: object, what: str, name: str, *parameters: str) -> None:
+    """``value`` must be None or a callable taking ``parameters`` (checked now, when its
+    signature can be read: a wrong arity would otherwise fail, or bill 0, at every call)."""
+    if value is None:
+        return
+    if not callable(value):
         raise ConfigurationError(
             f"Resource {name!r}: {what} must be a callable or None, got "
             f"{type(value).__name__}: {value!r}."
         )
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):  # a builtin without a signature: can't tell
+        return
+    try:
+        signature.bind(*parameters)
+    except TypeError:
+        shown = getattr(value, "__qualname__", None) or type(value).__name__
+        wanted = ", ".join(parameters)
+        raise ConfigurationError(
+            f"Resource {name!r}: {what} is called as {what}({wanted}), but {shown}"
+            f"{signature} can't take {len(parameters)} positional argument"
+            f"{'s' if len(parameters) > 1 else ''}. Write it as: lambda {wanted}: ..."
+        ) from None
+
+
+def one_per_call(call: Call) -> int:
+    """The usage of a Resource declared without any extractor: one per call."""
+    return 1
 
 
 class Resource:
@@ -115,6 +139,8 @@ class Resource:
             quota: how much may be used per window (positive).
             time_window_seconds: the window, in seconds (positive; 0.5 and 86400 are exact).
             arguments_usage_extractor: usage billed before the call, from its arguments.
+                A Resource given no extractor at all counts one per call (a requests
+                quota).
             results_usage_extractor: usage billed after the call, from its result.
             max_results_usage_estimator: upper bound of the results usage, reserved while
                 the call runs; requires ``results_usage_extractor``.
@@ -142,9 +168,11 @@ class Resource:
         self.time_window_seconds = _positive_finite(
             time_window_seconds, "time_window_seconds", name
         )
-        _optional_callable(arguments_usage_extractor, "arguments_usage_extractor", name)
-        _optional_callable(results_usage_extractor, "results_usage_extractor", name)
-        _optional_callable(max_results_usage_estimator, "max_results_usage_estimator", name)
+        _optional_callable(arguments_usage_extractor, "arguments_usage_extractor", name, "call")
+        _optional_callable(
+            results_usage_extractor, "results_usage_extractor", name, "call", "result"
+        )
+        _optional_callable(max_results_usage_estimator, "max_results_usage_estimator", name, "call")
         if max_results_usage_estimator is not None and results_usage_extractor is None:
             raise ConfigurationError(
                 f"Resource {name!r}: max_results_usage_estimator can only be used when "
@@ -155,6 +183,9 @@ class Resource:
             raise ConfigurationError(
                 f"Resource {name!r}: refill must be 'window' or 'bucket', got {refill!r}."
             )
+        if arguments_usage_extractor is None and results_usage_extractor is None:
+            # "requests_per_minute" with nothing else said: each call is one request.
+            arguments_usage_extractor = one_per_call
         self.arguments_usage_extractor = arguments_usage_extractor
         self.results_usage_extractor = results_usage_extractor
         self.max_results_usage_estimator = max_results_usage_estimator
@@ -174,7 +205,7 @@ class Resource:
                 f"Resource {name!r}: settle must be 'actual' or 'reserved', got {settle!r}."
             )
         self.settle: Settle = settle
-        _optional_callable(partition, "partition", name)
+        _optional_callable(partition, "partition", name, "call")
         if partition_quotas is not None:
             if partition is None:
                 raise ConfigurationError(
@@ -222,9 +253,10 @@ class Resource:
 
     def add_usage(self, amount: Unit) -> None:
         """Log ``amount`` as used now (standalone counter, monotonic clock)."""
-        if not amount >= 0:
+        if not 0 <= amount < math.inf:
             raise ConfigurationError(
-                f"Resource {self.name!r}: add_usage takes a non-negative amount, got {amount!r}."
+                f"Resource {self.name!r}: add_usage takes a finite, non-negative amount, "
+                f"got {amount!r}."
             )
         self._standalone.bill(amount, time.monotonic())
 

@@ -8,14 +8,19 @@ inside a running event loop, and ``run_coro()`` is the same thing for async code
 ``run()`` is ``start().result()``: ``start()`` returns a ``RunHandle`` at once (a
 background run, e.g. in a notebook) and ``result()`` waits for it.
 
-Ctrl-C / "interrupt kernel": while ``result()`` waits in the main thread it installs its
-own SIGINT handler (and restores the previous one after), because Python 3.11+'s
-``asyncio.run`` handler only cancels the main task, which a blocking call never notices.
-The handler asks the engine to stop: admission stops, running coroutines are cancelled,
-and ``run()`` returns the partial ``RunResult`` (``interrupted=True``). A second Ctrl-C
-while it stops raises KeyboardInterrupt as usual. Sync calls already in a thread cannot be
-stopped: they stay ``running``, their results are kept when they arrive, and the next
-``run()`` waits for them instead of sending them again.
+Ctrl-C / "interrupt kernel": ``run()`` installs its own SIGINT handler before it starts
+the batch (and restores the previous one after), because Python 3.11+'s ``asyncio.run``
+handler only cancels the main task, which a blocking call never notices. The handler asks
+the engine to stop: admission stops and ``run()`` returns the partial ``RunResult``
+(``interrupted=True``) at once. Calls already started, sync threads and coroutines alike,
+were paid for: they stay ``running`` on the Runner's loop, their results are kept (and
+stored) when they arrive, and the next ``run()`` waits for them instead of sending them
+again; ``close()`` (and, with a store, the end of the program) waits for them too. A
+second Ctrl-C abandons them and says how many.
+
+A Runner lives as long as its unfinished ``Call`` objects are held (each refers to it until
+its run has ended), so dropping the variable that held the Runner does not break the calls
+scheduled through it, nor a run going on in the background.
 
 After a run that was not interrupted, the Runner starts a new batch: the next ``run()``
 returns only calls scheduled after it, as in rate_limited 0.4.
@@ -27,9 +32,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import inspect
-import logging
 import math
 import os
+import sys
 import threading
 import time
 import weakref
@@ -48,9 +53,18 @@ from rate_limited._policy import (
     normalize_validators,
     retry_if_transient,
 )
-from rate_limited.calls import Call, Result
-from rate_limited.exceptions import ConfigurationError, QuotaExceededError, RunnerClosedError
-from rate_limited.handle import RunHandle
+from rate_limited._redact import describe, get_logger
+from rate_limited.calls import Call, CallOwner, Result
+from rate_limited.exceptions import (
+    ConfigurationError,
+    QuotaExceededError,
+    RateLimitedWarning,
+    RunnerClosedError,
+    StoreError,
+    StoreWarning,
+    warn,
+)
+from rate_limited.handle import RunHandle, SigintGuard
 from rate_limited.outcomes import RunResult, Status
 from rate_limited.progress import Progress, check_progress, make_progress
 from rate_limited.resources import Resource
@@ -64,7 +78,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Runner"]
 
-logger = logging.getLogger("rate_limited")
+logger = get_logger("rate_limited")
 
 
 class _LoopThread:
@@ -88,22 +102,65 @@ class _LoopThread:
 
 
 def _shutdown(loop_thread: _LoopThread | None, engine: Engine | None) -> None:
-    """Stop the loop thread and the pool; safe to call twice, from any thread."""
-    if engine is not None and engine.pool is not None:
-        engine.pool.shutdown(wait=1.0)  # idle threads exit at once; busy ones finish later
-    if loop_thread is None:
+    """Stop the loop thread and the pool; safe to call twice, from any thread.
+
+    At the end of the program, calls still running after an interrupt are waited for
+    first when their results can be stored (``_wait_at_exit``). Coroutines still running
+    are cancelled, not dropped half-way.
+    """
+    if loop_thread is None or loop_thread.loop.is_closed():
+        if engine is not None and engine.pool is not None:
+            engine.pool.shutdown()
         return
     loop = loop_thread.loop
-    if loop.is_closed():
-        return
+    in_loop_thread = threading.current_thread() is loop_thread.thread
+    if engine is not None and not in_loop_thread:
+        if not threading.main_thread().is_alive():  # finalizers run at exit: the end
+            _wait_at_exit(engine)
+        if engine.running_calls:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(engine.abandon_and_wait(), loop).result(5)
+    if engine is not None and engine.pool is not None:
+        engine.pool.shutdown(wait=1.0)  # idle threads exit at once; busy ones finish later
     loop_thread.call_soon(loop.stop)
-    if threading.current_thread() is not loop_thread.thread:
+    if not in_loop_thread:
         loop_thread.thread.join(timeout=5)
         if not loop_thread.thread.is_alive():
             loop.close()
 
 
-class Runner:
+#: Seconds the end of the program waits for calls still running (with a store).
+EXIT_WAIT_SECONDS = 30.0
+
+
+def _wait_at_exit(engine: Engine) -> None:
+    """At the end of the program: wait for the calls still running after an interrupt,
+    so that their paid-for results reach the store (Ctrl-C stops waiting)."""
+    if engine.store is None or not engine.running_calls:
+        return
+    print(
+        f"rate_limited: waiting up to {EXIT_WAIT_SECONDS:.0f} s for {engine.running_calls} "
+        "call(s) still running, so that their results are stored (Ctrl-C abandons them)",
+        file=sys.stderr,
+        flush=True,
+    )
+    deadline = time.monotonic() + EXIT_WAIT_SECONDS
+    try:
+        while engine.running_calls and time.monotonic() < deadline:
+            time.sleep(0.02)
+    except KeyboardInterrupt:
+        return
+    if engine.store is not None:
+        with contextlib.suppress(Exception):
+            loop = engine.loop
+            asyncio.run_coroutine_threadsafe(_flush(engine), loop).result(5)
+
+
+async def _flush(engine: Engine) -> None:
+    engine._flush_store(final=True)
+
+
+class Runner(CallOwner):
     """Runs calls of ``function`` as fast as ``resources`` allow, and never faster."""
 
     def __init__(
@@ -251,7 +308,7 @@ class Runner:
                 self.store = open_store(store, ttl=ttl)
         elif ttl is not None:
             raise ConfigurationError("ttl= needs a store= to expire outcomes from.")
-        self.logger = logging.getLogger(f"rate_limited.Runner.{self.name}")
+        self.logger = get_logger(f"rate_limited.Runner.{self.name}")
         #: The semantic cache bound to the store (None: no semantic cache).
         self.semantic_cache = semantic_cache
         self._semantic = self._bind_semantic_cache(semantic_cache)
@@ -271,6 +328,7 @@ class Runner:
         #: The result of the last completed ``apply()`` (rerunning that cell sends nothing).
         self._last_apply: RunResult | None = None
         self._active_future: concurrent.futures.Future[tuple[bool, float]] | None = None
+        self._run_seq = 0  # numbers the runs, so that a stop reaches the right one
         # One ledger for the Runner's life, whichever loop its engine runs on.
         self._ledger = Ledger(self.resources)
         self._running = False
@@ -299,7 +357,7 @@ class Runner:
         if self._closed:
             raise RunnerClosedError("This Runner was closed; create a new Runner to schedule.")
         calls = self.scheduled_calls
-        call = Call(self.function, args, kwargs, len(calls))
+        call = Call(self.function, args, kwargs, len(calls), self)
         if self._extractors:
             call.demand = self._demand_of(call)
         if self.store is not None:
@@ -370,7 +428,7 @@ class Runner:
                 key = self._key(call)
             except Exception as exc:
                 raise ConfigurationError(
-                    f"key= raised {type(exc).__name__}: {exc} for {call!r}."
+                    f"key= raised {describe(exc, call)} for {call!r}."
                 ) from exc
             if not isinstance(key, str) or not key:
                 raise ConfigurationError(
@@ -389,12 +447,16 @@ class Runner:
         def schedule(*args: Any, **kwargs: Any) -> Call:
             runner = runner_ref()
             if runner is None:
-                raise RunnerClosedError("This Runner no longer exists.")
+                raise RunnerClosedError(
+                    "This Runner no longer exists: nothing referred to it any more (no "
+                    "variable, no Call it scheduled), so it was closed. Keep a reference, "
+                    "e.g. runner = Runner(...), while you schedule and run calls."
+                )
             # The common case inline (this is the whole per-call cost of scheduling).
             if runner._slow_schedule or runner._running or runner._closed:
                 return runner._schedule(args, kwargs)
             calls = runner.scheduled_calls
-            call = Call(function, args, kwargs, len(calls))
+            call = Call(function, args, kwargs, len(calls), runner)
             calls.append(call)
             return call
 
@@ -428,9 +490,14 @@ class Runner:
 
         Returns ``RunResult`` (unpacks as ``results, exceptions``), in schedule order.
         Works the same in a script, a notebook and inside a running event loop. Ctrl-C
-        (or "interrupt kernel") returns the partial result; ``run()`` again resumes.
+        (or "interrupt kernel") returns the partial result at once; ``run()`` again
+        resumes. Raises only for misuse (a closed or running Runner) or an error of the
+        engine itself (e.g. the system refusing threads); a call's errors are in the result.
         """
-        return self.start().result()
+        # SIGINT is ours before the batch starts: a Ctrl-C at any instant stops the run,
+        # and no KeyboardInterrupt can leave run() while the batch goes on without it.
+        with SigintGuard() as guard:
+            return self.start()._result_guarded(None, guard)
 
     async def run_coro(self) -> RunResult:
         """``run()`` for async code: ``results, exceptions = await runner.run_coro()``.
@@ -463,21 +530,30 @@ class Runner:
             engine, loop_thread = self._ensure_engine()
             self._running = True
             self._active_engine = engine
+            self._run_seq += 1
+            run_id = self._run_seq
         calls = self.scheduled_calls
+        submitted = False
         try:
             # Built here, in the caller's thread: a notebook display lands in its cell.
             progress = make_progress(self._progress_spec)
-            future = loop_thread.submit(self._run_batch(engine, calls, progress))
-        except BaseException:
-            self._running = False
-            raise
+            future = loop_thread.submit(self._run_batch(engine, calls, progress, run_id))
+            submitted = True
+        finally:
+            if not submitted:  # once submitted, only the batch itself says it has ended
+                self._running = False
         self._active_future = future
+
+        def request_abandon() -> concurrent.futures.Future[int]:
+            return asyncio.run_coroutine_threadsafe(engine.abandon_and_wait(), engine.loop)
+
         return RunHandle(
             future,
             calls,
-            request_stop=lambda: loop_thread.call_soon(engine.request_stop),
+            request_stop=lambda: loop_thread.call_soon(engine.request_stop, run_id),
             finish=self._result,
             snapshot=self.results,
+            request_abandon=request_abandon,
         )
 
     def _start_on(self, loop: asyncio.AbstractEventLoop) -> RunHandle:
@@ -493,16 +569,23 @@ class Runner:
                 engine = self._caller_engine = self._new_engine(loop)
             self._running = True
             self._active_engine = engine
+            self._run_seq += 1
+            run_id = self._run_seq
         calls = self.scheduled_calls
+        submitted = False
         try:
             progress = make_progress(self._progress_spec)
-            task = loop.create_task(self._run_batch(engine, calls, progress))
-        except BaseException:
-            self._running = False
-            raise
+            task = loop.create_task(self._run_batch(engine, calls, progress, run_id))
+            submitted = True
+        finally:
+            if not submitted:
+                self._running = False
 
         def request_stop() -> None:
-            loop.call_soon_threadsafe(engine.request_stop)
+            loop.call_soon_threadsafe(engine.request_stop, run_id)
+
+        def request_abandon() -> concurrent.futures.Future[int]:
+            return asyncio.run_coroutine_threadsafe(engine.abandon_and_wait(), loop)
 
         return RunHandle(
             task,
@@ -510,14 +593,15 @@ class Runner:
             request_stop=request_stop,
             finish=self._result,
             snapshot=self.results,
+            request_abandon=request_abandon,
         )
 
     async def _run_batch(
-        self, engine: Engine, calls: list[Call], progress: Progress | None
+        self, engine: Engine, calls: list[Call], progress: Progress | None, run_id: int
     ) -> tuple[bool, float]:
         started = engine.loop.time()
         try:
-            interrupted = await engine.run(calls, progress)
+            interrupted = await engine.run(calls, progress, run_id)
         finally:
             self._running = False
         return interrupted, engine.loop.time() - started
@@ -531,10 +615,15 @@ class Runner:
             exceptions = [c._exceptions or [] for c in calls]
         if interrupted:
             done = sum(1 for c in calls if c.status.is_final)
+            running = sum(1 for c in calls if c.status is Status.RUNNING)
             self.logger.warning(
-                "Interrupted: %d of %d calls finished; run() again to resume the rest.",
+                "Interrupted: %d of %d calls finished%s; run() again to resume the rest.",
                 done,
                 len(calls),
+                f" and {running} already sent are still running (their results will be "
+                "kept; Ctrl-C again abandons them)"
+                if running
+                else "",
             )
         elif calls is self.scheduled_calls:
             # Complete: the next run() starts a new batch. Calls scheduled after the engine
@@ -549,10 +638,20 @@ class Runner:
             if later:
                 calls = calls[:ran]
                 del results[ran:], exceptions[ran:]
+        if not interrupted:
+            # Every call of the run is final: none needs the Runner to live any more, and
+            # last_result (which holds them) must not make a reference cycle through it.
+            function = self.function
+            for call in calls:
+                call._source = function
         result = RunResult(results, exceptions, calls, interrupted, elapsed)
         result.resources = tuple(self.resources)
-        if self._active_engine is not None:
-            result.started_at = self._active_engine.stats.started_at
+        engine = self._active_engine
+        if engine is not None:
+            result.started_at = engine.stats.started_at
+            notices, result.store_failures = engine.take_notices()
+            for category, text in notices:
+                warn(text, category)
         self.last_result = result
         return result
 
@@ -636,32 +735,78 @@ class Runner:
     def close(self, timeout: float = 10.0) -> None:
         """Stop the background loop and its threads; the Runner cannot run afterwards.
 
-        A run still going is stopped. Sync calls still running in threads (say, after a
-        Ctrl-C) get up to ``timeout`` seconds to finish, so that their paid-for results
-        are kept (and stored); any still running after that finish unseen.
+        A run still going is stopped. Calls still running (say, after a Ctrl-C), in
+        threads or coroutines, get up to ``timeout`` seconds to finish, so that their
+        paid-for results are kept (and stored); Ctrl-C while it waits, or the timeout,
+        abandons them (a warning says how many). A store that can't be written to is not
+        an error here: a ``StoreWarning`` says what was not stored (unless a run's warning
+        already did).
         """
         self._closed = True
         self._stop_running_batch()
-        self._wait_for_threads(timeout)
+        self._wait_for_running_calls(timeout)
         if self._finalizer is not None:
             self._finalizer()
+        for engine in (self._engine, self._caller_engine):
+            if engine is not None:  # what calls finishing after their run had to say
+                for category, text in engine.take_notices()[0]:
+                    warn(text, category)
         if self._semantic is not None:
             self._semantic.flush()
         if self.store is not None:
+            self._close_store()
+
+    def _wait_for_running_calls(self, timeout: float) -> None:
+        engine = self._engine
+        if engine is None or engine.loop.is_closed() or not engine.running_calls:
+            return
+        abandoned: list[concurrent.futures.Future[int]] = []
+
+        def abandon() -> None:
+            if not abandoned:
+                coro = engine.abandon_and_wait()
+                abandoned.append(asyncio.run_coroutine_threadsafe(coro, engine.loop))
+
+        deadline = time.monotonic() + timeout
+        with SigintGuard() as guard:  # Ctrl-C here: stop waiting for them
+            guard.attach(abandon)
+            while engine.running_calls and not abandoned and time.monotonic() < deadline:
+                time.sleep(0.02)  # the engine's loop settles (and stores) them meanwhile
+            if engine.running_calls:
+                abandon()
+        count = abandoned[0].result(10) if abandoned else 0
+        if count:
+            warn(
+                f"close() abandoned {count} call(s) still running after {timeout:g} s or a "
+                "Ctrl-C: they may have been billed, and their results are lost.",
+                RateLimitedWarning,
+            )
+
+    def _close_store(self) -> None:
+        """Flush (and close, if the Runner opened it) the store; a flush that fails is
+        reported by a StoreWarning for what no run has reported yet, never raised."""
+        store = self.store
+        assert store is not None
+        try:
             if self._owns_store:
                 if self._semantic is not None:
                     self._semantic.index.close()
-                self.store.close()
+                store.close()
             else:
-                self.store.flush()
-
-    def _wait_for_threads(self, timeout: float) -> None:
-        engine = self._engine
-        if engine is None or engine.pool is None or engine.loop.is_closed():
-            return
-        deadline = time.monotonic() + timeout
-        while engine._in_flight > 0 and time.monotonic() < deadline:
-            time.sleep(0.02)  # the engine's loop settles (and stores) them meanwhile
+                store.flush()
+        except StoreError as exc:
+            reported: set[str] = set()
+            for engine in (self._engine, self._caller_engine):
+                if engine is not None:
+                    reported |= engine._reported_unstored
+            unreported = [key for key in store.pending_keys() if key not in reported]
+            if unreported:
+                warn(
+                    f"{len(unreported)} finished call(s) could not be written to the store "
+                    f"{store!r} when the Runner closed ({describe(exc)}): a later process "
+                    "would call the API again for them.",
+                    StoreWarning,
+                )
 
     def _stop_running_batch(self, timeout: float = 5.0) -> None:
         """On close(): stop a run still going and let it end, so that its handle returns
@@ -772,13 +917,13 @@ def _usage(
         raise  # already says what is wrong (e.g. a preset's RequestTooLargeError)
     except Exception as exc:
         raise ConfigurationError(
-            f"{what} of resource {resource!r} raised {type(exc).__name__}: {exc} for "
+            f"{what} of resource {resource!r} raised {describe(exc, call)} for "
             f"{call!r}. Check the arguments passed to schedule() (the extractor reads them "
             "with call.get_argument(name))."
         ) from exc
-    if isinstance(value, bool) or not isinstance(value, Real) or not float(value) >= 0:
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= float(value) < math.inf:
         raise ConfigurationError(
             f"{what} of resource {resource!r} returned {value!r} for {call!r}; "
-            "usage must be a non-negative number."
+            "usage must be a finite, non-negative number."
         )
     return float(value)

@@ -3,6 +3,8 @@ resource declarations (the scenarios of 0.4's own test suite are ported onto the
 
 from __future__ import annotations
 
+import gc
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -87,3 +89,53 @@ def make_provider() -> Iterator[MakeProvider]:
     yield make
     for provider in started:
         provider.stop()
+
+
+class AsyncioWatchdog(logging.Handler):
+    """Collects what asyncio reports about errors nobody saw: a task whose exception was
+    never retrieved, a task destroyed while pending, a callback that raised."""
+
+    SIGNS = (
+        "exception was never retrieved",
+        "Task was destroyed but it is pending",
+        "Exception in callback",
+        "Unhandled error in exception handler",
+    )
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.reports: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if any(sign in message for sign in self.SIGNS):
+            error = record.exc_info[1] if record.exc_info else None
+            self.reports.append(f"{message} ({error!r})" if error else message)
+
+
+@pytest.fixture(scope="session")
+def _asyncio_reports() -> Iterator[AsyncioWatchdog]:
+    watchdog = AsyncioWatchdog()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(watchdog)
+    try:
+        yield watchdog
+        gc.collect()  # the last dead tasks, also those kept in reference cycles
+    finally:
+        logger.removeHandler(watchdog)
+    if watchdog.reports:
+        pytest.fail("asyncio reported errors nobody retrieved:\n" + "\n".join(watchdog.reports))
+
+
+@pytest.fixture(autouse=True)
+def asyncio_watchdog(_asyncio_reports: AsyncioWatchdog) -> Iterator[AsyncioWatchdog]:
+    """Every test fails if asyncio reports an error nobody retrieved (the engine must end
+    a call or the run with every error it meets, never drop one in a dead task). A dead
+    task reports when it is freed: at once, unless it sits in a reference cycle; those are
+    collected, and reported, at the end of the session (collecting after every test would
+    push the survivors into the oldest generation, whose automatic collections then stall
+    timing-sensitive tests)."""
+    yield _asyncio_reports
+    reports, _asyncio_reports.reports = _asyncio_reports.reports, []
+    if reports:
+        pytest.fail("asyncio reported errors nobody retrieved:\n" + "\n".join(reports))

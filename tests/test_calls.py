@@ -199,3 +199,22 @@ def test_repr_truncates_long_arguments() -> None:
 
 def test_repr_of_a_partial() -> None:
     assert repr(Call(partial(with_n, "hi"), (1,))).startswith("<Call #0 partial(1)")
+
+
+def client_call(prompt: str, api_key: str = "", **options: Any) -> None:
+    pass
+
+
+def test_repr_redacts_secret_arguments_and_key_shaped_values() -> None:
+    """Reprs reach logs and error messages (QuotaExceededError, usage warnings): the call's
+    ``api_key='sk-...'`` used to be printed as given."""
+    key = "sk-proj-abcdefghijklmnopqrstuvwx"
+    token = "plain-token-value-123"
+    by_keyword = Call(client_call, ("hi",), {"api_key": key, "auth_token": token})
+    assert (
+        repr(by_keyword) == "<Call #0 client_call('hi', api_key='***', auth_token='***') pending>"
+    )
+    by_position = repr(Call(client_call, ("hi", token)))
+    assert token not in by_position and "'hi'" in by_position
+    in_text = repr(Call(client_call, (f"use {key} please",)))
+    assert key not in in_text and "use *** please" in in_text

@@ -52,30 +52,36 @@ def test_demo_runs_end_to_end_and_prints_a_summary(tmp_path: Path, flags: tuple[
     assert "loaded from the store" not in fresh.stdout
 
 
-@pytest.mark.slow
-def test_demo_interrupted_then_resumed(tmp_path: Path) -> None:
-    """Ctrl-C stops the run with a partial summary; the next demo takes up the rest."""
-    flags = ["--requests", "300", "--tpm", "20000", "--store", "my runs.db"]
+def interrupt_demo(cwd: Path, *args: str, after: float) -> tuple[int, str]:
+    """Start ``rate-limited demo *args``, Ctrl-C it ``after`` seconds into its run; its exit
+    code and output."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "rate_limited", "demo", *flags],
-        cwd=tmp_path,
+        [sys.executable, "-m", "rate_limited", "demo", *args],
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         assert process.stdout is not None
-        assert "Running 300 chat completions" in process.stdout.readline() + (
-            process.stdout.readline()
-        )
-        time.sleep(2.0)  # 20,000 TPM: the first ~100 at once, then about 2 a second
+        assert "chat completions" in process.stdout.readline() + process.stdout.readline()
+        time.sleep(after)
         process.send_signal(signal.SIGINT)
-        out, _ = process.communicate(timeout=30)
+        out, _ = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
-    assert process.returncode == 130
+    return process.returncode, out
+
+
+@pytest.mark.slow
+def test_demo_interrupted_then_resumed(tmp_path: Path) -> None:
+    """Ctrl-C stops the run with a partial summary; the next demo takes up the rest."""
+    flags = ["--requests", "300", "--tpm", "20000", "--store", "my runs.db"]
+    # 20,000 TPM: the first ~100 at once, then about 2 a second
+    returncode, out = interrupt_demo(tmp_path, *flags, after=2.0)
+    assert returncode == 130
     assert "Interrupted after" in out
     # The hint repeats the flags that matter (quoted for the shell), never --fresh.
     hint = re.search(r"Run `(rate-limited demo [^`]*)` to resume", out)
@@ -91,6 +97,30 @@ def test_demo_interrupted_then_resumed(tmp_path: Path) -> None:
     loaded = int(re.search(r"\((\d+) loaded from the store\)", resumed.stdout).group(1))  # type: ignore[union-attr]
     assert loaded == saved
     assert f"provider saw: {300 - saved} requests" in resumed.stdout
+
+
+def paid_requests(summary: str) -> int:
+    """Requests the demo's MockProvider billed: those it saw, less those it answered 429."""
+    found = re.search(r"provider saw: ([\d,]+) requests, ([\d,]+) answered 429", summary)
+    assert found is not None, summary
+    seen, rejected = (int(number.replace(",", "")) for number in found.groups())
+    return seen - rejected
+
+
+@pytest.mark.slow
+def test_demo_async_interrupted_and_rerun_pays_for_each_request_once(tmp_path: Path) -> None:
+    """Ctrl-C cancelled the coroutines in flight although the provider had billed them, and
+    the rerun sent them again: 2,064 paid requests for 2,000 results. Now they finish (the
+    Runner's close() waits for them), are stored, and the rerun does not send them."""
+    requests = 1000
+    # after 2.5 s the first few hundred are done, dozens are in flight
+    returncode, first = interrupt_demo(tmp_path, "--async", "--requests", str(requests), after=2.5)
+    assert returncode == 130 and "Interrupted after" in first
+    second = run_demo(tmp_path, "--async", "--requests", str(requests))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"{requests:,} of {requests:,} requests succeeded" in second.stdout
+    assert 0 < paid_requests(first) < requests
+    assert paid_requests(first) + paid_requests(second.stdout) == requests
 
 
 def test_mock_provider_command_serves_until_interrupted() -> None:

@@ -211,6 +211,20 @@ def test_interrupted_is_the_final_state() -> None:
     assert dashboard.state()["finished"] == 6
 
 
+async def unpicklable(i: int) -> Any:
+    return (lambda: i) if i % 2 else i  # a local lambda can't be pickled into the store
+
+
+def test_results_not_stored_are_shown(tmp_path: Any) -> None:
+    from rate_limited import StoreWarning
+
+    with pytest.warns(StoreWarning, match="^3 finished"):
+        dashboard = fake_run(unpicklable, [], 6, store=str(tmp_path / "runs.db"))
+    final = dashboard.state()
+    assert final["status"] == "done" and final["store_failures"] == 3
+    assert "3 not stored" in final["text"]["counts"]
+
+
 def test_a_run_that_had_nothing_to_do() -> None:
     dashboard = fake_run(one_second, [], 0)
     assert dashboard.state()["status"] == "done"

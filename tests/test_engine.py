@@ -7,13 +7,17 @@ nothing, and times are exact, so the assertions count events and compare instant
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from rate_limited import (
+    BlockingCallWarning,
     CallTimeoutError,
     PermanentError,
     RateLimitedTooLongError,
@@ -21,6 +25,7 @@ from rate_limited import (
     Runner,
     Status,
     UsageExtractionError,
+    UsageWarning,
     ValidationError,
     constant_backoff,
 )
@@ -289,6 +294,25 @@ def test_a_validator_that_raises_is_a_failed_validation() -> None:
     assert isinstance(result.exceptions[0][0].__cause__, RuntimeError)
 
 
+def test_a_validator_that_raises_fails_the_call_once_without_retrying() -> None:
+    """A validator that raises has a bug; every retry would pay for a call it rejects."""
+    sent = 0
+
+    async def paid(x: int) -> dict[str, int]:
+        nonlocal sent
+        sent += 1
+        return {"x": x}
+
+    runner = make_runner(paid, [], validation=lambda v: v["missing"], max_retries=5)
+    runner.schedule(1)
+    result = runner.run()
+    outcome = result.outcomes[0]
+    assert sent == 1 and outcome.attempts == 1 and outcome.status is Status.FAILED
+    [error] = result.exceptions[0]
+    assert isinstance(error, ValidationError) and isinstance(error.__cause__, KeyError)
+    assert error.value == {"x": 1} and "without retrying" in str(error)
+
+
 def test_timeout_fails_the_attempt_and_retries() -> None:
     durations = iter([10.0, 0.5])
 
@@ -316,21 +340,72 @@ def test_none_is_a_result() -> None:
 
 
 # -- usage extraction failures ---------------------------------------------------------------
-def test_results_extractor_failure_keeps_the_result_and_bills_the_estimate() -> None:
-    tokens = Resource(
+def tokens_read_from_a_missing_field() -> Resource:
+    return Resource(
         "tokens",
         10,
         1.0,
         results_usage_extractor=lambda call, result: result["missing"],
         max_results_usage_estimator=lambda call: 4,
     )
-    runner = make_runner(echo, [tokens])
+
+
+def test_results_extractor_failure_keeps_the_result_and_bills_the_estimate() -> None:
+    runner = make_runner(echo, [tokens_read_from_a_missing_field()])
     runner.schedule({"ok": True})
-    result = runner.run()
+    with pytest.warns(UsageWarning, match="1 call"):
+        result = runner.run()
     assert result.results == [{"ok": True}]
     assert result.outcomes[0].status is Status.SUCCEEDED
-    assert [type(e) for e in result.exceptions[0]] == [UsageExtractionError]
+    assert [type(e) for e in result.outcomes[0].warnings] == [UsageExtractionError]
     assert result.outcomes[0].usage == {"tokens": 4.0}
+
+
+def test_an_extraction_problem_of_a_call_that_succeeded_is_a_warning_not_an_exception() -> None:
+    """0.4 code reads a non-empty ``exceptions[i]`` as a failure: a call that succeeded must
+    keep it empty, its extraction problem goes to ``outcome.warnings``."""
+    runner = make_runner(echo, [tokens_read_from_a_missing_field()])
+    runner.schedule({"ok": True})
+    with pytest.warns(UsageWarning):
+        results, exceptions = runner.run()
+    assert results == [{"ok": True}] and exceptions == [[]]
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        pytest.param(math.inf, id="inf"),
+        pytest.param(-math.inf, id="minus-inf"),
+        pytest.param(math.nan, id="nan"),
+        pytest.param(-1, id="negative"),
+    ],
+)
+def test_non_finite_or_negative_actual_usage_bills_the_estimate_and_keeps_the_quota(
+    usage: float,
+) -> None:
+    """A ``results_usage_extractor`` returning inf (JSON ``Infinity``) once made the meter
+    NaN in window mode, which switched the quota off: 400 starts in a second for 100."""
+    tokens = Resource(
+        "tokens",
+        100,
+        1.0,
+        results_usage_extractor=lambda call, result: usage if call.index == 0 else 10,
+        max_results_usage_estimator=lambda call: 10,
+    )
+    runner = make_runner(echo, [tokens])
+    for i in range(40):
+        runner.schedule(i)
+    with pytest.warns(UsageWarning, match="1 call"):
+        result = runner.run()
+    first = result.outcomes[0]
+    assert first.status is Status.SUCCEEDED and result.exceptions[0] == []
+    assert [type(w) for w in first.warnings] == [UsageExtractionError]
+    assert "finite, non-negative" in str(first.warnings[0])
+    assert first.usage == {"tokens": 10.0}  # the estimate
+    starts = [o.started_at for o in result.outcomes]
+    assert starts == [float(i // 10) for i in range(40)]  # 10 per second, not more
+    used, reserved, quota = runner._ledger.snapshot(result.elapsed)["tokens"]
+    assert math.isfinite(used) and reserved == 0 and quota == 100
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -548,3 +623,261 @@ def test_a_call_that_needs_what_the_head_waits_for_does_not_pass_it() -> None:
         runner.schedule("b", i)
     result = runner.run()
     assert [o.started_at for o in result.outcomes] == [0.0, 0.0, 60.0, 60.0]
+
+
+# -- no error hangs a run ----------------------------------------------------------------------
+def test_the_watchdog_sees_a_task_exception_nobody_retrieved(asyncio_watchdog: Any) -> None:
+    """The autouse ``asyncio_watchdog`` (conftest) fails any test in which asyncio reports an
+    exception nobody retrieved; here it is shown one, then told to forget it."""
+
+    async def dies() -> None:
+        raise OSError("lost")
+
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(dies())
+        loop.run_until_complete(asyncio.sleep(0))
+        del task
+        gc.collect()
+    finally:
+        loop.close()
+    assert any("never retrieved" in report for report in asyncio_watchdog.reports)
+    asyncio_watchdog.reports.clear()
+
+
+@pytest.mark.timeout(20)
+def test_a_validator_raising_systemexit_fails_that_call_and_the_run_returns() -> None:
+    def exits(value: Any) -> bool:
+        raise SystemExit(3)
+
+    runner = make_runner(echo, [], validation=exits)
+    for i in range(3):
+        runner.schedule(i)
+    result = runner.run()
+    assert [o.status for o in result.outcomes] == [Status.FAILED] * 3
+    assert [o.attempts for o in result.outcomes] == [1] * 3
+    assert all(isinstance(e[0].__cause__, SystemExit) for e in result.exceptions)
+
+
+@pytest.mark.timeout(20)
+def test_a_results_extractor_raising_systemexit_bills_the_estimate_and_the_run_returns() -> None:
+    def exits(call: Any, result: Any) -> float:
+        raise SystemExit(3)
+
+    tokens = Resource(
+        "tokens", 100, 1.0, results_usage_extractor=exits, max_results_usage_estimator=lambda c: 7
+    )
+    runner = make_runner(echo, [tokens])
+    runner.schedule(1)
+    with pytest.warns(UsageWarning):
+        result = runner.run()
+    assert result.results == [1]
+    assert result.outcomes[0].usage == {"tokens": 7.0}
+    assert isinstance(result.outcomes[0].warnings[0].__cause__, SystemExit)
+
+
+@pytest.mark.timeout(20)
+def test_an_error_of_the_engine_itself_ends_the_run_and_run_raises_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rate_limited._ledger import Ledger
+
+    def broken(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("a bug in the ledger")
+
+    runner = make_runner(echo, [requests_per(10, 1.0)])
+    for i in range(5):
+        runner.schedule(i)
+    with monkeypatch.context() as patch:
+        patch.setattr(Ledger, "try_reserve", broken)
+        with pytest.raises(ZeroDivisionError, match="a bug in the ledger"):
+            runner.run()
+    assert runner.run().results == list(range(5))  # nothing was lost or left running
+
+
+def test_a_stop_requested_before_its_run_starts_stops_it() -> None:
+    """A Ctrl-C in the first instant of ``run()`` reaches the engine before the batch does:
+    the request is kept for that run, which then admits nothing."""
+    from rate_limited._engine import Engine
+
+    sent: list[int] = []
+
+    async def record(x: int) -> int:
+        sent.append(x)
+        return x
+
+    runner = make_runner(record, [])
+    calls = [runner.schedule(i) for i in range(3)]
+
+    async def main() -> tuple[bool, bool]:
+        engine = Engine(
+            record,
+            [],
+            asyncio.get_running_loop(),
+            max_concurrent=4,
+            max_retries=0,
+            retry_if=lambda e: True,
+            backoff=lambda n, e: 0.0,
+            validators=(),
+            timeout=None,
+            long_wait_seconds=None,
+            progress_interval=0.1,
+        )
+        engine.request_stop(7)  # run 7 has not started yet
+        stopped = await engine.run(calls, None, run_id=7)
+        again = await engine.run(calls, None, run_id=8)  # not for this one
+        return stopped, again
+
+    assert asyncio.run(main()) == (True, False)
+    assert sent == [0, 1, 2]  # only by the second run
+
+
+# -- sync functions in threads -----------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_a_window_quota_holds_at_the_moment_a_sync_function_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Threads take their calls late on a busy machine (here: each new thread first sleeps
+    50 ms). The quota must hold between the instants the function really starts, not
+    between admissions: at most 5 starts in any 0.2 s."""
+    from rate_limited import _pool
+
+    start_thread = _pool._start_thread
+
+    def slow_thread(target: Callable[[], None], name: str) -> threading.Thread:
+        def late() -> None:
+            time.sleep(0.05)
+            target()
+
+        return start_thread(late, name)
+
+    monkeypatch.setattr(_pool, "_start_thread", slow_thread)
+    starts: list[float] = []
+    lock = threading.Lock()
+
+    def call(i: int) -> int:
+        with lock:
+            starts.append(time.monotonic())
+        return i
+
+    window, quota = 0.2, 5
+    with Runner(
+        call, [requests_per(quota, window)], max_concurrent=quota, progress=False
+    ) as runner:
+        for i in range(15):
+            runner.schedule(i)
+        assert runner.run().results == list(range(15))
+    starts.sort()
+    busiest = max(sum(1 for t in starts if s <= t < s + window) for s in starts)
+    assert busiest <= quota
+
+
+@pytest.mark.timeout(30)
+def test_a_late_result_of_a_sync_call_that_timed_out_for_good_is_kept() -> None:
+    """The last attempt timed out, so the call failed; its thread could not be stopped and
+    returned a value later, which was paid for: the call succeeds with it."""
+    gate = threading.Event()
+
+    def slow(x: int) -> int:
+        gate.wait(20)
+        return x * 10
+
+    with Runner(slow, [], timeout=0.05, max_retries=0, progress=False, store="memory://") as runner:
+        call = runner.schedule(4)
+        result = runner.run()
+        assert result.outcomes[0].status is Status.FAILED
+        assert [type(e) for e in result.exceptions[0]] == [CallTimeoutError]
+        gate.set()
+        deadline = time.monotonic() + 10
+        while call.status is not Status.SUCCEEDED and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert call.status is Status.SUCCEEDED and call.result == 40
+        assert runner.store is not None
+        stored = runner.store.get(call.key or "")
+        assert stored is not None and stored.status == "succeeded" and stored.result == 40
+
+
+@pytest.mark.timeout(30)
+def test_the_system_refusing_every_thread_ends_the_run_with_the_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``RuntimeError: can't start new thread`` (a process limit) killed the dispatcher and
+    run() never returned."""
+    from rate_limited import _pool
+
+    def refused(target: Callable[[], None], name: str) -> threading.Thread:
+        raise RuntimeError("can't start new thread")
+
+    sent: list[int] = []
+    with Runner(lambda i: sent.append(i) or i, [], progress=False) as runner:
+        for i in range(4):
+            runner.schedule(i)
+        with monkeypatch.context() as patch:
+            patch.setattr(_pool, "_start_thread", refused)
+            with pytest.raises(RuntimeError, match="max_concurrent") as caught:
+                runner.run()
+        assert "can't start new thread" in str(caught.value)
+        assert sent == []
+        assert runner.run().results == [0, 1, 2, 3]  # the limit lifted: run() resumes
+        assert sorted(sent) == [0, 1, 2, 3]
+
+
+@pytest.mark.timeout(30)
+def test_the_system_refusing_more_threads_goes_on_with_those_it_has(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rate_limited import RateLimitedWarning, _pool
+
+    start_thread = _pool._start_thread
+    started = 0
+
+    def two_at_most(target: Callable[[], None], name: str) -> threading.Thread:
+        nonlocal started
+        if started >= 2:
+            raise RuntimeError("can't start new thread")
+        started += 1
+        return start_thread(target, name)
+
+    monkeypatch.setattr(_pool, "_start_thread", two_at_most)
+    gate = threading.Event()
+
+    def call(i: int) -> int:
+        gate.wait(10)
+        return i
+
+    with Runner(call, [], max_concurrent=50, progress=False) as runner:
+        for i in range(20):
+            runner.schedule(i)
+        threading.Timer(0.05, gate.set).start()
+        with pytest.warns(RateLimitedWarning, match="goes on with 2 threads"):
+            result = runner.run()
+    assert result.results == list(range(20))
+
+
+# -- async functions that block the loop -------------------------------------------------------
+def test_an_async_function_that_blocks_the_loop_gets_one_warning_naming_the_fix() -> None:
+    """A sync client inside ``async def`` serialises every call; say so once, with the fix
+    (and never for a function that awaits as long)."""
+
+    async def awaits(x: int) -> int:
+        await asyncio.sleep(0.15)
+        return x
+
+    async def blocking(x: int) -> int:
+        time.sleep(0.15)  # what a sync client inside async def does
+        return x
+
+    with Runner(awaits, [], max_concurrent=16, progress=False) as runner:
+        for i in range(3):
+            runner.schedule(i)
+        assert runner.run().results == [0, 1, 2]  # any warning would be an error here
+    with Runner(blocking, [], max_concurrent=16, progress=False) as runner:
+        for i in range(3):
+            runner.schedule(i)
+        with pytest.warns(BlockingCallWarning) as caught:
+            assert runner.run().results == [0, 1, 2]
+        for i in range(3):
+            runner.schedule(i)
+        runner.run()  # no second warning
+    assert len(caught) == 1
+    assert "asyncio.to_thread" in str(caught[0].message)

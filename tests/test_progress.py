@@ -22,6 +22,7 @@ from rate_limited import (
     LogProgress,
     Resource,
     Runner,
+    StoreWarning,
     TqdmProgress,
     constant_backoff,
 )
@@ -160,6 +161,42 @@ def test_a_second_run_gets_its_own_full_bar(bars: tuple[list[tqdm.tqdm[Any]], io
 
 
 # -- choosing the display ------------------------------------------------------------------------
+async def unpicklable(x: int) -> Any:
+    return (lambda: x) if x % 2 else x  # a local lambda can't be pickled into the store
+
+
+def test_the_tqdm_summary_shows_the_results_not_stored(
+    bars: tuple[list[tqdm.tqdm[Any]], io.StringIO], tmp_path: Any
+) -> None:
+    made, buffer = bars
+    with Runner(
+        unpicklable, [], clock=FakeClock(), progress=True, store=str(tmp_path / "runs.db")
+    ) as runner:
+        for x in range(6):
+            runner.schedule(x)
+        with pytest.warns(StoreWarning, match="^3 finished"):
+            runner.run()
+    assert made[-1].n == 6
+    assert "not stored=3" in buffer.getvalue()
+
+
+def test_log_progress_says_how_many_results_were_not_stored(
+    caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    with (
+        caplog.at_level(logging.INFO, logger="rate_limited"),
+        Runner(
+            unpicklable, [], clock=FakeClock(), progress="log", store=str(tmp_path / "runs.db")
+        ) as runner,
+    ):
+        for x in range(6):
+            runner.schedule(x)
+        with pytest.warns(StoreWarning):
+            runner.run()
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Done")]
+    assert len(done) == 1 and "3 not stored" in done[0]
+
+
 class FakeTTY(io.StringIO):
     def isatty(self) -> bool:
         return True

@@ -76,6 +76,7 @@ def test_exceptions_derive_from_the_package_base_and_are_exported() -> None:
         error = getattr(exceptions, name)
         if issubclass(error, Warning):
             assert issubclass(error, rate_limited.RateLimitedWarning), name
+            assert issubclass(error, UserWarning), name
         else:
             assert issubclass(error, rate_limited.RateLimitedError), name
         reachable = getattr(rate_limited, name, None) or getattr(stores, name, None)

@@ -96,6 +96,71 @@ def test_bad_arguments_are_refused_at_construction(overrides: dict[str, Any], na
     assert named in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        pytest.param(
+            {"results_usage_extractor": lambda result: 1},
+            "results_usage_extractor(call, result)",
+            id="results-extractor-of-one-argument",
+        ),
+        pytest.param(
+            {"arguments_usage_extractor": lambda: 1},
+            "arguments_usage_extractor(call)",
+            id="arguments-extractor-of-no-argument",
+        ),
+        pytest.param(
+            {"arguments_usage_extractor": lambda call, result: 1},
+            "arguments_usage_extractor(call)",
+            id="arguments-extractor-of-two-arguments",
+        ),
+        pytest.param(
+            {"results_usage_extractor": results, "max_results_usage_estimator": lambda: 1},
+            "max_results_usage_estimator(call)",
+            id="estimator-of-no-argument",
+        ),
+    ],
+)
+def test_extractor_arity_is_checked_at_construction(overrides: dict[str, Any], named: str) -> None:
+    """``results_usage_extractor=lambda result: 1`` was accepted, and every call billed 0."""
+    with pytest.raises(ConfigurationError) as caught:
+        Resource(**{**GOOD, **overrides})
+    assert named in str(caught.value) and "lambda" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "extractor",
+    [
+        pytest.param(lambda *args: 1, id="varargs"),
+        pytest.param(lambda call, result, extra=0: 1, id="with-a-default"),
+        pytest.param(results, id="function"),
+        pytest.param(max, id="builtin"),
+    ],
+)
+def test_extractors_of_a_compatible_arity_are_accepted(extractor: Any) -> None:
+    assert Resource("tokens", 10, 60, results_usage_extractor=extractor).results_usage_extractor
+
+
+def test_a_resource_with_no_extractor_counts_one_per_call() -> None:
+    """``Resource("requests_per_minute", quota=5, time_window_seconds=60)`` limited nothing
+    (20 calls in 0.01 s); it is a requests quota: one per call."""
+    from rate_limited import Runner
+    from rate_limited.testing import FakeClock
+
+    async def call(i: int) -> int:
+        return i
+
+    rpm = Resource("requests_per_minute", quota=5, time_window_seconds=60)
+    runner = Runner(call, [rpm], clock=FakeClock(), progress=False)
+    for i in range(20):
+        runner.schedule(i)
+    starts = [o.started_at for o in runner.run().outcomes]
+    assert starts == [60.0 * (i // 5) for i in range(20)]
+    # With any extractor given, that one counts (tokens read from the result: no request).
+    tokens = Resource("tokens", 5, 60, results_usage_extractor=results)
+    assert tokens.arguments_usage_extractor is None
+
+
 def test_estimator_error_says_what_to_add() -> None:
     with pytest.raises(ConfigurationError, match="results_usage_extractor"):
         Resource("tokens", 100, 60, max_results_usage_estimator=one)
@@ -215,10 +280,20 @@ def test_bucket_next_expiration_is_when_the_bucket_is_empty(clock: HandClock) ->
 
 
 @pytest.mark.parametrize("refill", [pytest.param("window"), pytest.param("bucket")])
-def test_negative_usage_is_refused(clock: HandClock, refill: str) -> None:
+@pytest.mark.parametrize(
+    "amount",
+    [
+        pytest.param(-5, id="negative"),
+        pytest.param(math.inf, id="inf"),
+        pytest.param(math.nan, id="nan"),
+    ],
+)
+def test_negative_or_non_finite_usage_is_refused(
+    clock: HandClock, refill: str, amount: float
+) -> None:
     resource = Resource("tokens", 10, 10, refill=refill)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="amount"):
-        resource.add_usage(-5)
+        resource.add_usage(amount)
     assert resource.get_amount_available() == 10
 
 

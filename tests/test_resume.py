@@ -557,8 +557,9 @@ def test_fifty_real_ctrl_c_every_call_completes_exactly_once(
     lands outside ``run()``'s wait (between two runs) reaches the child's own handler and
     counts as "missed". Each call returns the first time it completes, so "completed
     exactly once" means no result was computed twice; every start is accounted for as a
-    completion, a (deliberate, once per 11th call) transient failure, or a cancellation
-    by an interrupt, and the Runner's ``attempts`` match the starts.
+    completion or a (deliberate, once per 11th call) transient failure: a Ctrl-C never
+    cancels a coroutine already started (it was paid for; it finishes in the background
+    and the next run waits for it), and the Runner's ``attempts`` match the starts.
     """
     script = tmp_path / "fuzz_child.py"
     script.write_text(FUZZ_CHILD)
@@ -624,11 +625,10 @@ def test_fifty_real_ctrl_c_every_call_completes_exactly_once(
         ["ConnectionError"] if i % 11 == 0 else [] for i in range(FUZZ_CALLS)
     ]
     for i in range(FUZZ_CALLS):
-        started, cancelled = report["started"][i], report["cancelled"][i]
-        assert started == 1 + report["failed"][i] + cancelled, i
+        started = report["started"][i]
+        assert started == 1 + report["failed"][i], i
         assert report["attempts"][i] == started, i
-    total_cancelled = sum(report["cancelled"])
-    assert 0 < total_cancelled <= 8 * len(interrupted)  # at most max_concurrent per Ctrl-C
+    assert sum(report["cancelled"]) == 0  # nothing started was thrown away
     if with_store:
         assert report["stored"] == right
 

@@ -13,6 +13,7 @@ import math
 import pickle
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -175,6 +176,7 @@ def raises(call: Call) -> float:
         pytest.param(raises, id="raises"),
         pytest.param(lambda call: -1, id="negative"),
         pytest.param(lambda call: math.nan, id="nan"),
+        pytest.param(lambda call: math.inf, id="inf"),
         pytest.param(lambda call: "3", id="str"),
         pytest.param(lambda call: None, id="none"),
         pytest.param(lambda call: True, id="bool"),
@@ -597,3 +599,33 @@ def test_a_runner_dropped_without_close_stops_its_thread_at_once() -> None:
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+def test_a_runner_lives_while_its_calls_are_held() -> None:
+    """Dropping the variable holding the Runner made the next ``schedule()`` raise
+    RunnerClosedError although calls scheduled through it were still held."""
+    runner = make_runner(async_double)
+    schedule = runner.schedule
+    calls = [schedule(i) for i in range(3)]
+    alive = weakref.ref(runner)
+    del runner
+    gc.collect()
+    calls.append(schedule(3))
+    held = alive()
+    assert held is not None
+    result = held.run()
+    assert result.results == [0, 2, 4, 6] and [c.result for c in calls] == [0, 2, 4, 6]
+    assert held._loop_thread is not None
+    thread = held._loop_thread.thread
+    del held, result, calls, schedule
+    gc.collect()
+    assert alive() is None  # once nothing holds it, it goes, and its thread stops
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_a_dropped_runner_says_how_to_keep_it() -> None:
+    schedule = make_runner(double).schedule
+    gc.collect()
+    with pytest.raises(RunnerClosedError, match="Keep a reference"):
+        schedule(1)

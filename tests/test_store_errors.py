@@ -8,10 +8,13 @@ says why it was not stored.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +23,7 @@ from typing import Any
 import pytest
 
 from rate_limited import Runner, Status
-from rate_limited.exceptions import StoreError
+from rate_limited.exceptions import StoreError, StoreWarning
 from rate_limited.stores import (
     StoreCorruptedError,
     StoreIntegrityError,
@@ -286,7 +289,10 @@ def test_unpicklable_result_succeeds_in_memory_with_one_warning(
     ):
         for i in range(9):
             runner.schedule(i)
-        result = runner.run()
+        with pytest.warns(StoreWarning, match=r"^6 finished call\(s\) could not be") as caught:
+            result = runner.run()
+    assert len(caught) == 1 and "pickle" in str(caught[0].message)
+    assert result.store_failures == 6
     assert not result.interrupted
     assert [o.status for o in result.outcomes] == [Status.SUCCEEDED] * 9
     assert result.exceptions == [[] for _ in range(9)]
@@ -301,6 +307,102 @@ def test_unpicklable_result_succeeds_in_memory_with_one_warning(
     with Runner(unpicklable, [], progress=False, store=db) as runner:
         for i in range(9):
             runner.schedule(i)
-        again = runner.run()
+        with pytest.warns(StoreWarning, match="^6 finished"):
+            again = runner.run()
     assert [o.from_store for o in again.outcomes] == [i % 3 == 0 for i in range(9)]
     assert sorted(calls_made) == [1, 2, 4, 5, 7, 8]
+
+
+# -- a store failing during a run -----------------------------------------------------------------
+def test_a_full_disk_is_one_store_warning_with_the_count_and_close_does_not_raise(
+    tmp_path: Path,
+) -> None:
+    """A full disk was one log line on a silent logger, ``run()`` reported success, a later
+    process called the API again for those rows, and ``close()`` (so ``with Runner``)
+    raised after the run; failed flushes also rewrote a growing buffer on every call."""
+    db = tmp_path / "runs.db"
+    runner = Runner(square, [], progress=False, store=str(db))
+    store: Any = runner.store
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+    attempts = 0
+    write = store._write
+
+    def counted(items: list[Any]) -> None:
+        nonlocal attempts
+        attempts += 1
+        write(items)
+
+    store._write = counted
+    with runner:
+        for i in range(1000):
+            runner.schedule(i)
+        with pytest.warns(StoreWarning, match=r"^1000 finished call\(s\)") as caught:
+            result = runner.run()
+        assert len(caught) == 1 and "full" in str(caught[0].message)
+        assert result.store_failures == 1000
+        assert result.results == [i * i for i in range(1000)]
+    # The with block closed the runner: no exception, and no second warning (it would be
+    # an error here) for records a warning already named.
+    assert attempts <= 10
+
+
+def test_redis_going_down_during_a_run_is_a_store_warning() -> None:
+    import redis
+
+    from tests.stores.conftest import start_redis_server, stop_redis_server
+
+    server, port = start_redis_server()  # of its own: this test shuts it down
+    try:
+
+        def square_then_kill(i: int) -> int:
+            if i == 20:
+                with contextlib.suppress(redis.RedisError):
+                    redis.Redis(port=port).shutdown(nosave=True)
+                server.wait(10)
+            return i * i
+
+        with Runner(
+            square_then_kill,
+            [],
+            max_concurrent=1,
+            progress=False,
+            store=f"redis://127.0.0.1:{port}/0?prefix={uuid.uuid4().hex}",
+        ) as runner:
+            for i in range(100):
+                runner.schedule(i)
+            with pytest.warns(StoreWarning, match="Redis") as caught:
+                result = runner.run()
+        assert len(caught) == 1
+        assert result.results == [i * i for i in range(100)]
+        assert 80 <= result.store_failures <= 100
+    finally:
+        if server.poll() is None:
+            stop_redis_server(server)
+
+
+def test_results_of_calls_finishing_after_an_interrupt_that_cant_be_stored_are_reported(
+    tmp_path: Path,
+) -> None:
+    """Calls still running at a Ctrl-C finish after run() returned: if their results can't
+    be stored, close() says so (there is no run left to say it)."""
+    gate = threading.Event()
+
+    async def late_and_unpicklable(i: int) -> Any:
+        while not gate.is_set():
+            await asyncio.sleep(0.01)
+        return threading.Lock()
+
+    runner = Runner(late_and_unpicklable, [], progress=False, store=str(tmp_path / "runs.db"))
+    for i in range(3):
+        runner.schedule(i)
+    handle = runner.start()
+    deadline = time.monotonic() + 10
+    while runner._engine is None or runner._engine.running_calls < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    partial = handle.stop(timeout=10)
+    assert partial.interrupted and partial.store_failures == 0
+    gate.set()
+    with pytest.warns(StoreWarning, match="^3 finished call"):
+        runner.close()

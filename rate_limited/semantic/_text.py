@@ -29,6 +29,7 @@ import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rate_limited import _redact
 from rate_limited._keys import call_key
 from rate_limited.exceptions import ConfigurationError
 
@@ -103,32 +104,9 @@ DEFAULT_GUARDS: tuple[Guard, ...] = (same_numbers, same_negation, same_word_orde
 
 
 # -- redaction -------------------------------------------------------------------------------
-# A minimal local redaction of prompt texts before they are stored in the index or shown:
-# rate_limited._redact (issue #8) is to become the package's one redaction step; until it
-# lands on main these patterns cover the common credential shapes.
-_SECRETS = re.compile(
-    r"(?P<prefixed>\b(?:sk|pk|rk)-(?:[A-Za-z0-9]+-)*[A-Za-z0-9_\-]{16,}"
-    r"|\bAKIA[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}|\bxox[abprs]-[A-Za-z0-9\-]{10,}"
-    r"|\beyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})"
-    r"|(?P<bearer>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=\-]{8,}"
-    r"|(?P<named>\b[\w\-]*(?:api[_\-]?key|secret|password|passwd|token|authorization)"
-    r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',;]{4,}",
-    re.IGNORECASE,
-)
-REDACTED = "[REDACTED]"
-
-
-def _redacted(match: re.Match[str]) -> str:
-    if match["bearer"]:
-        return match["bearer"] + REDACTED
-    if match["named"]:
-        return match["named"] + REDACTED
-    return REDACTED
-
-
-def redact(text: str) -> str:
-    """``text`` with API keys, bearer tokens, JWTs and ``password=...`` values replaced."""
-    return _SECRETS.sub(_redacted, text)
+# Prompt texts are redacted before they are embedded, stored in the index or shown, by the
+# package's one redaction step (``rate_limited._redact``).
+redact = _redact.redact
 
 
 # -- splitting a call --------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Records as signed bytes: the result pickled, the other fields as JSON, one HMAC over both.
 
 Unpickling runs code named by the data, so a record is decoded only after its HMAC-SHA256
-(keyed with the store's secret, covering the key, the JSON fields and the result bytes)
-verifies. Where the secret comes from is decided here too; the trust model is in the
+(keyed with the store's secret, covering the full key, the JSON fields and the result
+bytes) verifies. The full key is the call key behind the store's ``scope`` (a Redis store's
+key prefix, so that a record copied from ``?prefix=a`` to ``?prefix=b`` does not verify).
+Where the secret comes from is decided here too; the trust model is in the
 ``rate_limited.stores`` docstring.
 
 A pydantic v2 model result (an ``openai`` response, typically) is kept as its class's name
@@ -63,13 +65,15 @@ class Sealed:
 class Codec:
     """Seals records into ``Sealed`` and opens them again, verifying before unpickling."""
 
-    __slots__ = ("_secret",)
+    __slots__ = ("_scope", "_secret")
 
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, scope: str = "") -> None:
         self._secret = secret
+        #: What the key is written under (a Redis key prefix); signed with the key.
+        self._scope = scope
 
     def _mac(self, key: str, meta: bytes, result: bytes) -> bytes:
-        raw_key = key.encode("utf-8", "surrogatepass")
+        raw_key = (self._scope + key).encode("utf-8", "surrogatepass")
         message = b"".join(
             (_DOMAIN, _LENGTH.pack(len(raw_key)), raw_key, _LENGTH.pack(len(meta)), meta, result)
         )

@@ -7,6 +7,11 @@ the record and ``flush`` writes the buffer in one small transaction, by itself o
 ``flush_size`` records wait or the oldest has waited ``flush_interval`` seconds (checked on
 ``put`` and by ``maybe_flush``). A process killed with SIGKILL loses at most the records put
 since the last flush. Reads see buffered records as if they were written.
+
+A flush that fails (a full disk, Redis gone) keeps the records buffered. ``flush()`` raises
+the error; the flushes ``put`` and ``try_flush`` attempt by themselves never raise it, and
+after a failure wait a growing delay (``retry_in``, 0.05 s doubling to 5 s) before the next
+attempt, so a failing store does not rewrite a growing buffer on every ``put``.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ from rate_limited.exceptions import (
 
 #: Statuses a stored outcome can have.
 STATUSES = ("succeeded", "failed")
+
+#: Seconds before retrying a failed flush: the first delay, doubling up to the last.
+_RETRY_FIRST, _RETRY_MAX = 0.05, 5.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -119,6 +127,10 @@ class Store(abc.ABC):
         self._pending: dict[str, tuple[StoredOutcome, Any]] = {}
         self._pending_since: float | None = None
         self._closed = False
+        #: The error of the last flush, if it failed (None once a flush succeeds).
+        self.flush_error: StoreError | None = None
+        self._flush_failures = 0
+        self._retry_at = -math.inf
 
     # -- what the engine calls ---------------------------------------------------------
 
@@ -162,17 +174,53 @@ class Store(abc.ABC):
             if self._pending_since is None:
                 self._pending_since = now
             if len(self._pending) >= self.flush_size or self._flush_due(now):
-                self.flush()
+                self.try_flush()
 
     def flush(self) -> None:
-        """Write every buffered record, in one transaction. A failed flush keeps them."""
+        """Write every buffered record, in one transaction. A failed flush keeps them
+        (and raises)."""
         with self._lock:
             if not self._pending:
                 return
             self._check_open()
-            self._write([encoded for _, encoded in self._pending.values()])
+            try:
+                self._write([encoded for _, encoded in self._pending.values()])
+            except StoreError as exc:
+                self.flush_error = exc
+                self._flush_failures += 1
+                delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** min(self._flush_failures - 1, 20))
+                self._retry_at = self._clock() + delay
+                raise
             self._pending.clear()
             self._pending_since = None
+            self.flush_error, self._flush_failures, self._retry_at = None, 0, -math.inf
+
+    def try_flush(self, force: bool = False) -> bool:
+        """Flush, without raising a store error: True when nothing is left buffered.
+
+        After a failed flush it waits ``retry_in()`` seconds before trying again (unless
+        ``force``); the error is in ``flush_error``.
+        """
+        with self._lock:
+            if not self._pending:
+                return True
+            if not force and self._clock() < self._retry_at:
+                return False
+            try:
+                self.flush()
+            except StoreError:
+                return False
+            return True
+
+    def retry_in(self) -> float:
+        """Seconds until a failed flush may be tried again by ``try_flush`` (0 if now)."""
+        with self._lock:
+            return max(0.0, self._retry_at - self._clock())
+
+    def pending_keys(self) -> list[str]:
+        """Keys of the records buffered and not written yet."""
+        with self._lock:
+            return list(self._pending)
 
     def maybe_flush(self) -> bool:
         """Flush if the oldest buffered record has waited ``flush_interval``; True if it did.
@@ -182,8 +230,7 @@ class Store(abc.ABC):
         with self._lock:
             if self._closed or not self._pending or not self._flush_due(self._clock()):
                 return False
-            self.flush()
-            return True
+            return self.try_flush()
 
     def delete(self, keys: Iterable[str]) -> None:
         """Remove the records of ``keys`` (absent keys are ignored)."""

@@ -7,6 +7,9 @@ A flush is one MULTI/EXEC pipeline of ``SET ... PX``; a record's time to live (i
 ``get_many`` is MGET in batches. Once a flush returns, the records are in Redis; how long
 they survive a Redis restart is Redis's persistence setting.
 
+Each record is signed over its full Redis key, prefix included: a record copied to another
+namespace (or renamed) does not verify there.
+
 The signing secret is ``secret``, else ``$RATE_LIMITED_STORE_SECRET``, else the one in
 ``~/.config/rate_limited/secret`` (created 0600 if missing): every machine sharing a Redis
 store must be given the same secret.
@@ -90,7 +93,7 @@ class RedisStore(Store):
         self._down = (redis.ConnectionError, redis.TimeoutError)
         self._client = _connect(redis, url, self.url, socket_timeout)
         try:
-            self._codec = Codec(_secret(secret))
+            self._codec = Codec(_secret(secret), scope=self._prefix)
         except BaseException:
             self._client.close()
             raise

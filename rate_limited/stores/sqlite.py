@@ -3,10 +3,13 @@
 One table, ``outcomes``; the file is marked with SQLite's ``application_id`` and the schema
 version sits in ``PRAGMA user_version``. A file of another schema version, one that is not
 a rate_limited store, or not a database at all is refused with a specific error and left
-untouched: nothing is migrated or overwritten. WAL journal with ``synchronous=NORMAL``: a
-committed flush survives the process being killed (even with SIGKILL); a power loss can
-lose the last flushes. Each row keeps status, timestamps, function and a JSON ``meta``
-column readable with plain SQL; the result is a signed pickle (see ``rate_limited.stores``).
+untouched: nothing is migrated or overwritten. An existing store is checked with
+``PRAGMA quick_check`` when opened, so that a damaged page is reported by ``Runner(...)``
+rather than half-way through a run; the check stops after ``QUICK_CHECK_SECONDS`` (a very
+large file is then opened unchecked). WAL journal with ``synchronous=NORMAL``: a committed
+flush survives the process being killed (even with SIGKILL); a power loss can lose the last
+flushes. Each row keeps status, timestamps, function and a JSON ``meta`` column readable
+with plain SQL; the result is a signed pickle (see ``rate_limited.stores``).
 
 Threads: one connection, opened in ``__init__`` (so a bad path fails at ``open_store``) with
 ``check_same_thread=False``, and used under the store's lock, so the engine thread and the
@@ -23,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rate_limited._redact import get_logger
 from rate_limited.stores._codec import (
     SECRET_ENV,
     Codec,
@@ -39,13 +43,17 @@ from rate_limited.stores.base import (
     StoreVersionError,
 )
 
-__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+__all__ = ["QUICK_CHECK_SECONDS", "SCHEMA_VERSION", "SqliteStore"]
+
+logger = get_logger(__name__)
 
 #: Version of the table layout, kept in ``PRAGMA user_version``.
 SCHEMA_VERSION = 1
 #: SQLite ``application_id`` of a rate_limited store ("RLST").
 APPLICATION_ID = 0x524C5354
 _BUSY_TIMEOUT = 2.0  # seconds to wait for another process's write lock
+#: Longest time the integrity check at open may take.
+QUICK_CHECK_SECONDS = 2.0
 _CHUNK = 500  # keys per SELECT ... IN (...), under every SQLite's variable limit
 _PAGE = 500  # records per page of iter_records
 _COLUMNS = "key, status, finished_at, expires_at, function, meta, result, mac"
@@ -279,9 +287,31 @@ def _prepare(conn: sqlite3.Connection, where: str) -> bool:
             f"reads version {SCHEMA_VERSION}; it was left untouched. Open it with the "
             "rate_limited version that wrote it, or choose another path for the store"
         )
+    _quick_check(conn, where)  # reads only: a damaged file stays untouched
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM outcomes)").fetchone()[0])
+
+
+def _quick_check(conn: sqlite3.Connection, where: str) -> None:
+    """``PRAGMA quick_check``, stopped after ``QUICK_CHECK_SECONDS`` (then: unchecked)."""
+    deadline = time.monotonic() + QUICK_CHECK_SECONDS
+    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.OperationalError as exc:
+        if "interrupt" not in str(exc):
+            raise
+        logger.debug("%s: integrity check skipped after %s s", where, QUICK_CHECK_SECONDS)
+        return
+    finally:
+        conn.set_progress_handler(None, 0)
+    problems = [str(row[0]) for row in rows if row[0] != "ok"]
+    if problems:
+        raise StoreCorruptedError(
+            f"{where} is damaged (PRAGMA quick_check: {'; '.join(problems[:3])}). It was "
+            "left as it is: move it away (or restore a backup) and start a new store"
+        )
 
 
 def _secret_for(path: str, secret: bytes | str | None, has_records: bool, where: str) -> bytes:

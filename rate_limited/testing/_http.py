@@ -13,15 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+from rate_limited._redact import get_logger
+
 __all__ = ["Handler", "HttpRequest", "HttpResponse", "HttpServer", "raise_open_files_limit"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)  # redacted: request paths may carry ?key=
 
 _HEAD_LIMIT = 64 * 1024
 _REASONS = {status.value: status.phrase for status in HTTPStatus} | {529: "Overloaded"}

@@ -54,16 +54,9 @@ def _ping(port: int) -> bool:
         client.close()
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """URL of a throwaway redis-server (no persistence), killed after the session.
-
-    ``RATE_LIMITED_TEST_REDIS_URL`` (set by .ci/run, which starts one) is used instead.
-    """
-    given = os.environ.get("RATE_LIMITED_TEST_REDIS_URL")
-    if given:
-        yield given
-        return
+def start_redis_server() -> tuple[subprocess.Popen[bytes], int]:
+    """A new redis-server (no persistence) on a free port of 127.0.0.1, answering pings;
+    skips the test if redis-server is not installed (fails it in CI)."""
     server = shutil.which("redis-server")
     if server is None:
         if os.environ.get("CI"):
@@ -98,20 +91,36 @@ def redis_url() -> Iterator[str]:
         while process.poll() is None and time.monotonic() < deadline and not _ping(port):
             time.sleep(0.02)
         if process.poll() is None and _ping(port):
-            break
+            return process, port
         process.kill()
         process.wait()
-    else:
-        pytest.fail("could not start redis-server on a free port of 127.0.0.1")
+    pytest.fail("could not start redis-server on a free port of 127.0.0.1")
+
+
+def stop_redis_server(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a throwaway redis-server (no persistence), killed after the session.
+
+    ``RATE_LIMITED_TEST_REDIS_URL`` (set by .ci/run, which starts one) is used instead.
+    """
+    given = os.environ.get("RATE_LIMITED_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    process, port = start_redis_server()
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_redis_server(process)
 
 
 @dataclasses.dataclass

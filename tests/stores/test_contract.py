@@ -7,7 +7,12 @@ from typing import Any
 
 import pytest
 
-from rate_limited.stores import StoredOutcome, StoreError, StoreSerializationError
+from rate_limited.stores import (
+    StoredOutcome,
+    StoreError,
+    StoreSerializationError,
+    StoreUnavailableError,
+)
 
 from .conftest import Backend, FakeClock
 
@@ -112,6 +117,42 @@ def test_put_and_maybe_flush_flush_once_the_interval_passed(
     assert writer.maybe_flush() is True
     assert reader.get("k4") is not None
     assert writer.maybe_flush() is False
+
+
+def test_a_failing_flush_keeps_the_records_and_backs_off(
+    durable: Backend, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk made every put retry a growing buffer (1,000 trivial calls: 15.5 s).
+    Now put never raises for it, and the next attempt waits 0.05 s, then 0.1, 0.2..."""
+    writer = durable.open(flush_size=10, flush_interval=3600, clock=clock)
+    attempts = 0
+    write = writer._write
+
+    def disk_full(items: list[Any]) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise StoreUnavailableError("database or disk is full")
+
+    monkeypatch.setattr(writer, "_write", disk_full)
+    for i in range(1000):
+        writer.put(outcome(f"k{i}"))
+    assert attempts == 1
+    assert isinstance(writer.flush_error, StoreUnavailableError)
+    assert writer.retry_in() == pytest.approx(0.05)
+    assert writer.try_flush() is False and attempts == 1  # backing off
+    clock.advance(0.05)
+    assert writer.try_flush() is False and attempts == 2
+    assert writer.retry_in() == pytest.approx(0.1)  # doubled
+    clock.advance(0.05)
+    writer.put(outcome("k-more"))
+    assert attempts == 2
+    with pytest.raises(StoreUnavailableError):
+        writer.flush()  # an explicit flush tries, and raises
+    assert len(writer.pending_keys()) == 1001  # nothing was lost
+    monkeypatch.setattr(writer, "_write", write)  # the disk has room again
+    assert writer.try_flush(force=True) is True
+    assert writer.flush_error is None and writer.pending_keys() == []
+    assert len(durable.open().get_many([f"k{i}" for i in range(1000)])) == 1000
 
 
 def test_close_flushes(durable: Backend) -> None:

@@ -169,6 +169,26 @@ def test_records_written_with_another_secret_do_not_verify(redis_url: str, names
         store.get("k")
 
 
+def test_a_record_copied_to_another_prefix_does_not_verify(
+    redis_url: str, namespace: str, raw: Redis
+) -> None:
+    """The signature binds the full Redis key: a record copied from ``?prefix=a`` to
+    ``?prefix=b`` (or renamed) would otherwise be trusted there."""
+    with RedisStore(f"{redis_url}?prefix={namespace}-a", secret=SECRET) as store:
+        store.put(outcome("k", "answer for a"))
+    value = raw.get(f"rate_limited:store:{namespace}-a:k")
+    assert isinstance(value, bytes)
+    raw.set(f"rate_limited:store:{namespace}-b:k", value)
+    with (
+        RedisStore(f"{redis_url}?prefix={namespace}-b", secret=SECRET) as store,
+        pytest.raises(StoreIntegrityError, match="'k'"),
+    ):
+        store.get("k")
+    with RedisStore(f"{redis_url}?prefix={namespace}-a", secret=SECRET) as store:
+        assert store.get("k") == outcome("k", "answer for a")  # still good where written
+    raw.delete(f"rate_limited:store:{namespace}-a:k", f"rate_limited:store:{namespace}-b:k")
+
+
 @pytest.mark.parametrize(
     ("value", "error"),
     [

@@ -276,3 +276,43 @@ def test_in_memory_database(tmp_path: Path) -> None:
 def test_a_path_nobody_can_create_raises_unavailable() -> None:
     with pytest.raises(StoreUnavailableError, match=r"/proc/rate_limited_test\.db"):
         SqliteStore("/proc/rate_limited_test.db", secret=SECRET)
+
+
+def wreck_a_middle_page(path: Path) -> None:
+    """Overwrite one page in the middle of the file: the header and the schema still read
+    well, so only a check of the whole file finds it."""
+    data = bytearray(path.read_bytes())
+    page = 4096
+    middle = (len(data) // page // 2) * page
+    data[middle : middle + page] = b"\xa5" * page
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_middle_page_is_found_when_the_store_is_opened(tmp_path: Path) -> None:
+    """It used to be accepted by ``Runner(...)`` and fail only half-way through ``run()``."""
+    from rate_limited import Runner
+
+    path = tmp_path / "runs.db"
+    make_store(path, count=2000)
+    wreck_a_middle_page(path)
+    before = snapshot(tmp_path)
+    with pytest.raises(StoreCorruptedError, match="damaged") as caught:
+        SqliteStore(path, secret=SECRET)
+    assert str(path) in str(caught.value)
+    with pytest.raises(StoreCorruptedError, match="damaged"):
+        Runner(lambda x: x, [], store=str(path))
+    assert snapshot(tmp_path) == before
+
+
+def test_the_check_at_open_is_bounded_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A very large store is opened unchecked rather than after minutes of checking."""
+    from rate_limited.stores import sqlite
+
+    path = tmp_path / "runs.db"
+    make_store(path, count=2000)
+    wreck_a_middle_page(path)
+    monkeypatch.setattr(sqlite, "QUICK_CHECK_SECONDS", 0.0)
+    with SqliteStore(path, secret=SECRET) as store:
+        assert store.get("k0") == outcome("k0", 0)

@@ -310,7 +310,8 @@ def test_faults_end_every_call_and_nothing_hangs(
     """10% 500s, 2% hangs past the timeout, 2% malformed bodies: each call ends with its
     right result, every fault is one recorded attempt, and the run ends in seconds."""
     provider = make_provider(rpm=60_000, tpm=6_000_000, faults=FAULTS, latency=0.01)
-    timeout = {"timeout": 0.5} if where == "client" else {"timeout": 30.0}
+    # 1.5 s: a hang (3 s) times out; an answer (10 ms) does not, even on a busy machine.
+    timeout = {"timeout": 1.5} if where == "client" else {"timeout": 30.0}
     chat = ChatCompletions(
         openai_client(provider, kind, **timeout),
         requests_per_minute=60_000,
@@ -320,7 +321,7 @@ def test_faults_end_every_call_and_nothing_hangs(
         progress=False,
         max_concurrent=32,
         backoff=FAST_RETRIES,
-        timeout=0.5 if where == "runner" else 5.0,
+        timeout=1.5 if where == "runner" else 5.0,
     )
     result, _ = _saturate(runner, 300, max_tokens=20)  # pytest-timeout guards a hang
     for i, value in enumerate(result.results):

@@ -29,6 +29,7 @@ from rate_limited._redact import get_logger as _get_logger
 from rate_limited.calls import Call
 from rate_limited.cost import Price
 from rate_limited.exceptions import (
+    BatchRequestError,
     BlockingCallWarning,
     CallError,
     CallTimeoutError,
@@ -67,6 +68,7 @@ _get_logger("rate_limited").addHandler(logging.NullHandler())
 
 __all__ = [
     "Backoff",
+    "BatchRequestError",
     "BlockingCallWarning",
     "Call",
     "CallError",

@@ -351,6 +351,7 @@ class BatchRunner:
     ) -> bool:
         """One step of one chunk; True if it changed state."""
         api = self.api
+        changed = chunk.state == "planned"
         if chunk.state == "planned":
             if api.uploads:
                 chunk.file_id = api.upload(
@@ -358,7 +359,6 @@ class BatchRunner:
                 )
             chunk.state = "uploaded"
             self._records.save([chunk])
-            return True
         if chunk.state in ("uploaded", "creating"):
             if chunk.state == "creating":  # a process died during the create call
                 found = api.find(chunk.file_id, chunk.id, chunk.stamp, len(chunk.keys))
@@ -367,7 +367,7 @@ class BatchRunner:
                     self._records.save([chunk])
                     return True
             if not self._queue_has_room(chunk, chunks):
-                return False
+                return changed
             chunk.state = "creating"
             self._records.save([chunk])
             chunk.batch_id = api.create(self._lines(chunk, leaders), chunk.file_id, chunk.id)

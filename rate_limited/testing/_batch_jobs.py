@@ -184,6 +184,7 @@ class JobBook:
         #: file id -> (filename, purpose, bytes, created epoch)
         self.files: dict[str, tuple[str, str, bytes, int]] = {}
         self._counter = 0
+        self._attempts: dict[str, int] = {}
         self._stats = BatchStats()
 
     # -- ids, files, stats ------------------------------------------------------------------
@@ -324,10 +325,14 @@ class JobBook:
             return RequestResult(custom_id, call.status, error, f"req_{ident}")
         from ._app import body_hash
 
-        # The online endpoint's first attempt of this body: the same rng, so the same answer.
+        # A body's first batch is answered as the online endpoint's first attempt of it (the
+        # same rng, so the same answer); a later batch of it draws afresh, as a retry does.
         key = f"{self._seed}:{call.endpoint}:{body_hash(call.body)}"
-        rng = random.Random(f"{key}:0")
-        ident = hashlib.sha256(f"{key}:0".encode()).hexdigest()[:24]
+        with self._lock:
+            attempt = self._attempts.get(key, 0)
+            self._attempts[key] = attempt + 1
+        rng = random.Random(f"{key}:{attempt}")
+        ident = hashlib.sha256(f"{key}:{attempt}".encode()).hexdigest()[:24]
         if draw_fault(self._faults(), rng) is not None:
             error = {
                 "message": "The server had an error processing your request.",

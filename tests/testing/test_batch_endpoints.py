@@ -140,9 +140,11 @@ def test_openai_enqueued_tokens_count_unfinished_batches_of_the_model(clock: Fak
 
 
 def test_openai_file_over_the_size_limit_is_refused_at_upload(clock: FakeClock) -> None:
-    with start(clock, BatchSettings(openai_max_file_bytes=1000)) as mp:
-        with pytest.raises(openai.BadRequestError, match="up to 1000 bytes"):
-            oai(mp).files.create(file=("in.jsonl", b"x" * 1001), purpose="batch")
+    with (
+        start(clock, BatchSettings(openai_max_file_bytes=1000)) as mp,
+        pytest.raises(openai.BadRequestError, match="up to 1000 bytes"),
+    ):
+        oai(mp).files.create(file=("in.jsonl", b"x" * 1001), purpose="batch")
 
 
 def test_openai_batch_past_its_window_expires_with_partial_output(clock: FakeClock) -> None:

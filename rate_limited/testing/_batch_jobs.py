@@ -274,10 +274,10 @@ class JobBook:
             end = max(stop, 0.0)
         processed_at = min(elapsed, end)
         per = s.seconds_per_request
-        if processed_at <= validating:
+        if per <= 0:
+            done = total if processed_at >= validating else 0
+        elif processed_at <= validating:
             done = 0
-        elif per <= 0:
-            done = total
         else:
             done = min(total, int((processed_at - validating) / per + 1e-9))
         if elapsed < min(validating, end) and stop is None:

@@ -106,18 +106,27 @@ class BatchApi:
         raise NotImplementedError
 
 
-def _sync_client(client: Any, module: str) -> Any:
-    """A sync client with an async client's settings (the batch endpoints are a handful
-    of requests, made from the thread that called ``run()``)."""
-    if not type(client).__name__.startswith("Async"):
-        return client
-    sdk = __import__(module)
-    sync_class = getattr(sdk, type(client).__name__[len("Async") :])
-    options: dict[str, Any] = {"api_key": client.api_key, "base_url": str(client.base_url)}
-    for name in ("timeout", "max_retries", "organization", "project"):
-        if hasattr(client, name):
-            options[name] = getattr(client, name)
-    return sync_class(**options)
+#: The SDK's own retries of the requests that change nothing (polls, downloads): a
+#: provider hiccup while polling for hours must not end the run.
+READ_RETRIES = 5
+
+
+def _sync_clients(client: Any, module: str) -> tuple[Any, Any]:
+    """``(writes, reads)``: a sync client for the requests that create something (no SDK
+    retries: a create retried after a timeout could make a second batch, paid twice; an
+    interrupted create is found again by ``find``), and one that retries reads.
+
+    An async client's settings are copied to a sync client: the batch endpoints are a
+    handful of requests, made from the thread that called ``run()``."""
+    if type(client).__name__.startswith("Async"):
+        sdk = __import__(module)
+        sync_class = getattr(sdk, type(client).__name__[len("Async") :])
+        options: dict[str, Any] = {"api_key": client.api_key, "base_url": str(client.base_url)}
+        for name in ("timeout", "organization", "project"):
+            if getattr(client, name, None) is not None:
+                options[name] = getattr(client, name)
+        client = sync_class(**options)
+    return client.with_options(max_retries=0), client.with_options(max_retries=READ_RETRIES)
 
 
 class OpenAIBatches(BatchApi):
@@ -136,7 +145,7 @@ class OpenAIBatches(BatchApi):
     def __init__(
         self, client: Any, endpoint: tuple[str, ...], *, max_requests: int, max_bytes: int
     ) -> None:
-        self.client = _sync_client(client, "openai")
+        self.client, self.reads = _sync_clients(client, "openai")
         self.url = self.URLS[endpoint]
         self.max_requests = max_requests
         self.max_bytes = max_bytes
@@ -168,7 +177,7 @@ class OpenAIBatches(BatchApi):
         return str(batch.id)
 
     def find(self, file_id: str | None, tag: str, since: float, total: int) -> str | None:
-        for batch in self.client.batches.list(limit=100):
+        for batch in self.reads.batches.list(limit=100):
             if batch.created_at < since - 60:
                 return None  # newest first: the rest are older than the record
             metadata = batch.metadata or {}
@@ -177,7 +186,7 @@ class OpenAIBatches(BatchApi):
         return None
 
     def retrieve(self, batch_id: str) -> BatchState:
-        batch = self.client.batches.retrieve(batch_id)
+        batch = self.reads.batches.retrieve(batch_id)
         counts = batch.request_counts
         total = int(counts.total) if counts else 0
         completed = int(counts.completed) if counts else 0
@@ -213,7 +222,7 @@ class OpenAIBatches(BatchApi):
         for file_id in (state.output_file_id, state.error_file_id):
             if not file_id:
                 continue
-            text = self.client.files.content(file_id).text
+            text = self.reads.files.content(file_id).text
             for line in text.splitlines():
                 if line.strip():
                     yield self._item(json.loads(line), batch_id)
@@ -255,7 +264,7 @@ class AnthropicBatches(BatchApi):
     family = "anthropic"
 
     def __init__(self, client: Any, *, max_requests: int, max_bytes: int) -> None:
-        self.client = _sync_client(client, "anthropic")
+        self.client, self.reads = _sync_clients(client, "anthropic")
         self.max_requests = max_requests
         self.max_bytes = max_bytes
 
@@ -272,14 +281,14 @@ class AnthropicBatches(BatchApi):
         # requests is ours only if it is the only one.
         found = [
             batch
-            for batch in self.client.messages.batches.list(limit=100)
+            for batch in self.reads.messages.batches.list(limit=100)
             if batch.created_at.timestamp() >= since - 60
             and sum(dict(batch.request_counts).values()) == total
         ]
         return str(found[0].id) if len(found) == 1 else None
 
     def retrieve(self, batch_id: str) -> BatchState:
-        batch = self.client.messages.batches.retrieve(batch_id)
+        batch = self.reads.messages.batches.retrieve(batch_id)
         counts = batch.request_counts
         processing = int(counts.processing)
         failed = int(counts.errored) + int(counts.canceled) + int(counts.expired)
@@ -289,7 +298,7 @@ class AnthropicBatches(BatchApi):
         return BatchState(phase, status, total, total - processing, failed)
 
     def results(self, batch_id: str, state: BatchState) -> Iterator[Item]:
-        for entry in self.client.messages.batches.results(batch_id):
+        for entry in self.reads.messages.batches.results(batch_id):
             result = entry.result
             kind = str(result.type)
             if kind == "succeeded":

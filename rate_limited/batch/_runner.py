@@ -258,7 +258,7 @@ class BatchRunner:
         }
         held = {custom_id for chunk in chunks.values() for custom_id in chunk.keys}
         fresh = [custom_id for custom_id in leaders if custom_id not in held]
-        self._plan(fresh, leaders, records, chunks, attempt=False)
+        self._plan(fresh, leaders, records, chunks)
         wait = self.poll_interval
         while True:
             progressed = False
@@ -280,7 +280,6 @@ class BatchRunner:
         leaders: dict[str, list[Call]],
         records: dict[str, CallRecord],
         chunks: dict[str, Chunk],
-        attempt: bool,
     ) -> None:
         """New chunks for ``custom_ids``, written before anything is uploaded."""
         if not custom_ids:
@@ -426,11 +425,14 @@ class BatchRunner:
                 )
                 chunk.state = "collected"
                 self._records.save([chunk])
+                # The queue holds less than this chunk: at most half of it, from now on.
+                known = self._queue_limit(chunk.model)
+                half_tokens = chunk.tokens / 2
+                self._queue_limits[chunk.model] = min(known or half_tokens, half_tokens)
                 ids = list(chunk.keys)
-                half = len(ids) // 2
-                for part in (ids[:half], ids[half:]):
-                    self._plan(part, leaders, records, chunks, attempt=False)
-                    self._queue_limits.setdefault(chunk.model, chunk.tokens / 2)
+                middle = len(ids) // 2
+                for part in (ids[:middle], ids[middle:]):
+                    self._plan(part, leaders, records, chunks)
                 return
         error = BatchRequestError(
             f"batch {chunk.batch_id} failed: {code}: {message}",
@@ -510,7 +512,7 @@ class BatchRunner:
         store.flush()  # the answers first: the chunk is collected only once they are kept
         chunk.state = "collected"
         self._records.save([chunk], {c: records[c] for c in chunk.keys if c in records})
-        self._plan(again, leaders, records, chunks, attempt=True)
+        self._plan(again, leaders, records, chunks)
 
     def _usage(self, call: Call, value: Any) -> dict[str, float]:
         """Each resource's usage as the online preset would bill it, and the cost."""

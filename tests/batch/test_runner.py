@@ -309,3 +309,19 @@ def test_kill_9_while_polling_then_a_new_process_resumes_the_same_batches(
     after = provider.batch_stats()
     assert after.batches_created == submitted.batches_created  # resumed, not resubmitted
     assert after.files_uploaded == submitted.files_uploaded  # no second upload
+
+
+def test_a_queue_smaller_than_known_is_learned_from_the_refusals(clock: FakeClock) -> None:
+    """No enqueued_token_limit given, the provider's queue holds ~20 of the requests: the
+    refused batch is split in halves until the batches fit, and they take turns."""
+    settings = BatchSettings(openai_enqueued_tokens=200, validating_seconds=10)
+    with MockProvider(batch=settings, batch_clock=clock.time) as mp:
+        runner = batch_runner(chat(mp), clock)
+        schedule(runner, 60)
+        result = runner.run()
+        stats = mp.batch_stats()
+    assert result.counts() == {"succeeded": 60}
+    assert stats.batches_failed.get("token_limit_exceeded", 0) >= 1
+    assert stats.batches_created["openai"] > stats.batches_failed["token_limit_exceeded"]
+    # The refused batches were never processed: each call was answered by its first batch.
+    assert all(o.attempts == 1 for o in result.outcomes)

@@ -41,6 +41,8 @@ import email.policy
 import json
 import random
 import re
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -280,7 +282,7 @@ class BatchRoutes:
 
     def _openai_object(self, job: Job) -> dict[str, Any]:
         view = self.book.view(job, self.book.now())
-        at = _at(job, view)
+        at = _at(job, self.book.settings.time_scale)
         status = {
             "validating": "validating",
             "in_progress": "in_progress",
@@ -306,7 +308,7 @@ class BatchRoutes:
             "error_file_id": job.error_file_id,
             "created_at": int(job.created_wall),
             "in_progress_at": at(view.in_progress_at),
-            "expires_at": int(job.created_wall + self.book.settings.completion_window_seconds),
+            "expires_at": at(self.book.settings.completion_window_seconds),
             "finalizing_at": at(view.finalizing_at),
             "completed_at": at(view.ended_at if status == "completed" else None),
             "failed_at": at(self.book.settings.validating_seconds if job.errors else None),
@@ -504,15 +506,14 @@ def _body(raw: bytes) -> dict[str, Any]:
 
 
 def _wall() -> float:
-    import time
-
     return time.time()
 
 
-def _at(job: Job, view: JobView) -> Any:
-    """Epoch seconds of a provider-time offset of ``job`` (None stays None)."""
+def _at(job: Job, scale: float) -> Callable[[float | None], int | None]:
+    """Epoch seconds of an offset in ``job``'s provider time, which runs ``scale`` times
+    faster than the clock (None stays None)."""
 
     def at(offset: float | None) -> int | None:
-        return None if offset is None else int(job.created_wall + offset)
+        return None if offset is None else int(job.created_wall + offset / scale)
 
     return at

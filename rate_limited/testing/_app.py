@@ -31,7 +31,7 @@ from ._http import HttpRequest, HttpResponse
 from ._limits import Decision, Family, RateLimiter
 from ._outputs import OutputModel
 from ._stats import RequestLogEntry, StatsRecorder
-from ._wire import ApiCall, ApiError, Endpoint
+from ._wire import ApiCall, ApiError, Endpoint, json_object
 
 __all__ = ["MockApp"]
 
@@ -181,12 +181,7 @@ class MockApp:
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
     def _parse(self, route: tuple[Family, Endpoint], raw: bytes) -> ApiCall:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise ApiError(400, "We could not parse the JSON body of your request.")
+        body = json_object(raw)
         family, endpoint = route
         if family == "anthropic":
             return _anthropic_wire.parse(body)

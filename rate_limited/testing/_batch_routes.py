@@ -49,7 +49,7 @@ from typing import Any
 from . import _anthropic_wire, _openai_wire
 from ._batch_jobs import Job, JobBook, JobView, RequestResult
 from ._http import HttpRequest, HttpResponse
-from ._wire import ApiCall, ApiError, Endpoint
+from ._wire import ApiCall, ApiError, Endpoint, json_object
 
 __all__ = ["BatchRoutes", "is_batch_path"]
 
@@ -175,7 +175,7 @@ class BatchRoutes:
         return job
 
     def _openai_create(self, raw: bytes) -> Job:
-        body = _body(raw)
+        body = json_object(raw)
         file_id = body.get("input_file_id")
         endpoint = body.get("endpoint")
         if body.get("completion_window") != "24h":
@@ -407,7 +407,7 @@ class BatchRoutes:
                 f"Request exceeds the maximum allowed size of {settings.anthropic_max_bytes} "
                 "bytes for a Message Batch.",
             )
-        requests = _body(request.body).get("requests")
+        requests = json_object(request.body).get("requests")
         if not isinstance(requests, list) or not requests:
             raise ApiError(400, "requests: List should have at least 1 item", param="requests")
         if len(requests) > settings.anthropic_max_requests:
@@ -493,16 +493,6 @@ def _anthropic_line(result: RequestResult) -> dict[str, Any]:
     kind = "invalid_request_error" if result.status == 400 else "api_error"
     error = {"type": "error", "error": {"type": kind, "message": result.body.get("message", "")}}
     return {"custom_id": result.custom_id, "result": {"type": "errored", "error": error}}
-
-
-def _body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise ApiError(400, "We could not parse the JSON body of your request.")
-    return body
 
 
 def _wall() -> float:

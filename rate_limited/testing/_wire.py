@@ -8,6 +8,7 @@ needs (how many answers, in which shape, echoing what) — and renders ``Output`
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ __all__ = [
     "Endpoint",
     "Output",
     "Shape",
+    "json_object",
     "optional_int",
     "require_list",
     "require_str",
@@ -73,6 +75,17 @@ class Output:
     tokens: int
     #: Whether it stopped at the output limit (finish reason "length" / "max_tokens").
     truncated: bool
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or the 400 the providers answer."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(400, "We could not parse the JSON body of your request.")
+    return body
 
 
 def require_str(body: dict[str, Any], key: str) -> str:

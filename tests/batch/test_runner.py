@@ -169,7 +169,7 @@ def test_ctrl_c_while_polling_then_rerun_resubmits_nothing(
         runner = batch_runner(chat(provider), clock, store=store, max_requests=40)
         schedule(runner, 100)
     else:
-        runner._sleep = clock.advance
+        runner.sleep = clock.advance
     result = runner.run()
     assert result.counts() == {"succeeded": 100}
     after = provider.batch_stats()
@@ -222,7 +222,7 @@ def test_cancel_batches(provider: MockProvider, clock: FakeClock) -> None:
     cancelled = runner.cancel_batches()
     assert len(cancelled) == 1
     assert runner.batches()[0]["batch_id"] == cancelled[0]
-    runner._sleep = clock.advance
+    runner.sleep = clock.advance
     result = runner.run()
     counts = result.counts()
     assert counts["succeeded"] == 40 and counts["failed"] == 60

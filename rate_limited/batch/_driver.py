@@ -10,12 +10,12 @@ at least as much as the provider about what was paid for.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from rate_limited._redact import get_logger
 from rate_limited.batch._plan import Request, split
 from rate_limited.batch._providers import BatchApi, BatchState, Item
 from rate_limited.batch._records import CallRecord, Chunk, Records, custom_id_of
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Driver", "Pass", "answered", "queue_limits"]
 
-logger = logging.getLogger("rate_limited")
+logger = get_logger("rate_limited")
 
 
 @dataclass

@@ -25,12 +25,12 @@ Costs are at the Batch API's price (``rate_limited.cost``, ``batch=True``): each
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
+from rate_limited._redact import get_logger
 from rate_limited.batch._display import BatchDisplay
 from rate_limited.batch._driver import Driver, answered, queue_limits
 from rate_limited.batch._providers import BatchApi, BatchState, batch_api
@@ -45,10 +45,12 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchRunner"]
 
-logger = logging.getLogger("rate_limited")
+logger = get_logger("rate_limited")
 
 #: Seconds between polls: the first wait, growing by half while nothing changes, at most.
 POLL_FIRST, POLL_MAX = 5.0, 60.0
+#: Least ``ttl`` of a store that keeps batch records: two completion windows.
+MIN_TTL = 2 * 24 * 3600.0
 
 
 class BatchRunner:
@@ -127,6 +129,14 @@ class BatchRunner:
         #: Schedules the calls (keys, early checks) and sends the ``fallback``.
         self.runner: Runner = Runner(preset, preset.resources, store=store, **runner_options)
         assert self.runner.store is not None
+        ttl = self.runner.store.ttl
+        if ttl is not None and ttl < MIN_TTL:
+            self.runner.close()
+            raise ConfigurationError(
+                f"The store forgets records after ttl={ttl:g} s, less than a batch may take "
+                f"(24 h, and its polling): it would forget the batch ids and pay again. Use "
+                f"a store without ttl=, or one of at least {MIN_TTL:g} s."
+            )
         self.fallback = fallback
         self.progress = progress
         self._prices = prices

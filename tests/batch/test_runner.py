@@ -275,6 +275,7 @@ def test_an_async_client_works_too(provider: MockProvider, clock: FakeClock) -> 
         pytest.param({"max_batch_retries": -1}, "max_batch_retries", id="retries"),
         pytest.param({"max_requests": 50_001}, "max_requests", id="max-requests"),
         pytest.param({"enqueued_token_limit": {"gpt-4o": -5}}, "enqueued_token_limit", id="queue"),
+        pytest.param({"ttl": 3600}, "ttl=3600", id="ttl"),
     ],
 )
 def test_bad_options_are_refused_early(

@@ -243,6 +243,20 @@ def main() -> None:
                 "that time. "
                 "429s and requests paid twice are counted by the provider; calls lost are "
                 "requests without an answer in the client's output file.",
+                "",
+                "Reading it: given the limits, and counting tokens exactly (here it counts "
+                "with the mock's own tokenizer), the cookbook's processor paces as well as "
+                "`rate-limited run`: both keep the token bucket at its edge with no more than"
+                " a stray 429. The differences are elsewhere. At the 75% its docstring "
+                "advises, it leaves a quarter of the quota unused. Left at its default limits"
+                " (above this account's), it gets 429s and pauses 15 s after each, where "
+                "`rate-limited run` given no limits reads them from the headers. Interrupted,"
+                " it has no resume: the same command sends the whole file again and pays for "
+                "the finished half twice, where `rate-limited run` sends only what is left. "
+                "That resumed run is not free of 429s: a new process cannot know how much of "
+                "the bucket the interrupted one used, so its first burst meets an emptier "
+                "bucket than it believes (429s that are retried, lose nothing and are not "
+                "billed) until the headers correct its ledger.",
             ]
         )
         replace_section("JSONL command line vs the cookbook's parallel processor", body)

@@ -23,7 +23,7 @@ import pytest
 from rate_limited import BatchRequestError, ConfigurationError, Status
 from rate_limited.apis.anthropic import Messages
 from rate_limited.apis.openai import ChatCompletions
-from rate_limited.batch import BatchRunner
+from rate_limited.batch import AnthropicBatches, BatchRunner, OpenAIBatches
 from rate_limited.cost import PriceTable
 from rate_limited.testing import BatchSettings, FakeClock, Faults, MockProvider
 
@@ -326,3 +326,40 @@ def test_a_queue_smaller_than_known_is_learned_from_the_refusals(clock: FakeCloc
     assert stats.batches_created["openai"] > stats.batches_failed["token_limit_exceeded"]
     # The refused batches were never processed: each call was answered by its first batch.
     assert all(o.attempts == 1 for o in result.outcomes)
+
+
+@pytest.mark.parametrize(
+    "family", [pytest.param("openai", id="openai"), pytest.param("anthropic", id="anthropic")]
+)
+def test_interrupted_inside_the_create_call_then_rerun_finds_the_batch(
+    provider: MockProvider, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, family: str
+) -> None:
+    """The provider created the batch, but the process stopped before it read the answer:
+    the rerun finds the batch at the provider (by its input file or tag, or as the only
+    one of its size since) instead of creating a second one."""
+    if family == "openai":
+        preset: Any = chat(provider)
+        api_class: Any = OpenAIBatches
+    else:
+        client = anthropic.Anthropic(base_url=provider.anthropic_base_url, api_key="k")
+        preset = Messages(
+            client,
+            requests_per_minute=10,
+            input_tokens_per_minute=1e6,
+            output_tokens_per_minute=1e6,
+        )
+        api_class = AnthropicBatches
+    create = api_class.create
+
+    def create_then_die(self: Any, *args: Any) -> str:
+        create(self, *args)
+        raise KeyboardInterrupt
+
+    runner = batch_runner(preset, clock)
+    model = "gpt-4o-mini" if family == "openai" else "claude-haiku-4-5"
+    schedule(runner, 10, model=model)
+    monkeypatch.setattr(api_class, "create", create_then_die)
+    assert runner.run().interrupted
+    monkeypatch.setattr(api_class, "create", create)
+    assert runner.run().counts() == {"succeeded": 10}
+    assert provider.batch_stats().batches_created == {family: 1}

@@ -26,6 +26,7 @@ from rate_limited._policy import (
     retry_if_transient,
 )
 from rate_limited._redact import get_logger as _get_logger
+from rate_limited._stats import RunStats
 from rate_limited.calls import Call
 from rate_limited.cost import Price
 from rate_limited.exceptions import (
@@ -39,6 +40,8 @@ from rate_limited.exceptions import (
     RateLimitedError,
     RateLimitedTooLongError,
     RateLimitedWarning,
+    ReentrantRunError,
+    RunnerBusyError,
     RunnerClosedError,
     SemanticCacheWarning,
     StoreCorruptedError,
@@ -57,7 +60,7 @@ from rate_limited.handle import RunHandle
 from rate_limited.outcomes import Outcome, RunResult, Status
 from rate_limited.progress import LogProgress, Progress, TqdmProgress
 from rate_limited.resources import Resource
-from rate_limited.runner import Runner
+from rate_limited.runner import Runner, RunnerState
 
 __version__ = "0.5.0.dev0"
 
@@ -84,12 +87,16 @@ __all__ = [
     "RateLimitedError",
     "RateLimitedTooLongError",
     "RateLimitedWarning",
+    "ReentrantRunError",
     "Resource",
     "RetryIf",
     "RunHandle",
     "RunResult",
+    "RunStats",
     "Runner",
+    "RunnerBusyError",
     "RunnerClosedError",
+    "RunnerState",
     "SemanticCacheWarning",
     "Status",
     "StoreCorruptedError",

@@ -19,10 +19,10 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from rate_limited._keys import is_secret_name
-from rate_limited.outcomes import Status
+from rate_limited._status import Status
 
 if TYPE_CHECKING:
-    from rate_limited.semantic import SemanticMatch
+    from rate_limited.semantic._cache import SemanticMatch
 
 __all__ = ["Call", "CallOwner", "Result"]
 
@@ -191,9 +191,22 @@ class Call:
         return extras.warnings
 
     @property
-    def _warnings(self) -> list[BaseException] | None:
+    def exception_history(self) -> tuple[BaseException, ...]:
+        """The exceptions of its failed attempts, oldest first, as a tuple that is empty
+        (and allocates nothing) for a call that never failed: what the engine and the
+        results read, where ``exceptions`` would create a list for every call."""
+        return () if not self._exceptions else tuple(self._exceptions)
+
+    @property
+    def last_exception(self) -> BaseException | None:
+        """The exception of its last failed attempt, if any."""
+        return self._exceptions[-1] if self._exceptions else None
+
+    @property
+    def warning_history(self) -> tuple[BaseException, ...]:
+        """``warnings`` as a tuple, empty (and allocating nothing) if there are none."""
         extras = self._extras
-        return None if extras is None else extras.warnings
+        return () if extras is None or not extras.warnings else tuple(extras.warnings)
 
     @property
     def failures(self) -> int:

@@ -9,6 +9,8 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
     ├── ConfigurationError (ValueError)    bad argument to Resource / Runner / schedule
     │   └── QuotaExceededError              a call needs more than a whole quota: never runs
     ├── RunnerClosedError (RuntimeError)    the Runner was closed; make a new one
+    ├── RunnerBusyError (RuntimeError)      run() while a run of that Runner goes on
+    ├── ReentrantRunError (RuntimeError)    run() from the function the Runner runs
     ├── StoreError                          a checkpoint store failed (nothing stored is lost)
     │   ├── UnknownStoreError (ValueError)  a store URL with a scheme no backend handles
     │   ├── StoreUnavailableError           can't open or reach it: unwritable path, Redis down
@@ -117,6 +119,14 @@ class QuotaExceededError(ConfigurationError):
 
 class RunnerClosedError(RateLimitedError, RuntimeError):
     """The Runner was closed (``close()`` or a ``with`` block ended)."""
+
+
+class RunnerBusyError(RateLimitedError, RuntimeError):
+    """``run()`` / ``start()`` while a run of the same Runner has not ended."""
+
+
+class ReentrantRunError(RateLimitedError, RuntimeError):
+    """``run()`` from inside the Runner's own loop (from the function it runs)."""
 
 
 class StoreError(RateLimitedError):

@@ -10,33 +10,20 @@ call), ``.interrupted`` and ``.to_pandas()``.
 from __future__ import annotations
 
 import dataclasses
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from rate_limited._status import Status
 
 if TYPE_CHECKING:
     import pandas
 
     from rate_limited.calls import Call
     from rate_limited.resources import Resource
-    from rate_limited.semantic import SemanticMatch
+    from rate_limited.semantic._cache import SemanticMatch
 
 __all__ = ["Outcome", "RunResult", "Status"]
-
-
-class Status(str, enum.Enum):
-    """Where a call is. Only SUCCEEDED and FAILED are final; a rerun resumes the rest."""
-
-    PENDING = "pending"  #: not started yet, or waiting to be retried
-    RUNNING = "running"  #: an attempt is in flight
-    SUCCEEDED = "succeeded"  #: returned a valid value (None is a value)
-    FAILED = "failed"  #: failed permanently or used up its retries
-    CANCELLED = "cancelled"  #: its attempt was cancelled by an interrupt; rerun resumes it
-
-    @property
-    def is_final(self) -> bool:
-        return self is Status.SUCCEEDED or self is Status.FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +71,7 @@ class Outcome:
             index=call.index,
             status=call.status,
             result=call.result if call.status is Status.SUCCEEDED else None,
-            exceptions=tuple(call._exceptions or ()),
+            exceptions=tuple(call.exception_history),
             attempts=call.attempts,
             usage=dict(call.usage or {}),
             latency=call.latency,
@@ -93,7 +80,7 @@ class Outcome:
             key=call.key,
             from_store=call.from_store,
             call=call,
-            warnings=tuple(call._warnings or ()),
+            warnings=tuple(call.warning_history),
             semantic=call.semantic,
         )
 
@@ -123,16 +110,54 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         calls: Sequence[Call] = (),
         interrupted: bool = False,
         elapsed: float = 0.0,
+        *,
+        resources: tuple[Resource, ...] = (),
+        started_at: float | None = None,
+        store_failures: int = 0,
     ) -> RunResult:
         self = super().__new__(cls, (results, exceptions))
         self.calls = calls
         self.interrupted = interrupted
         self.elapsed = elapsed
-        self.resources = ()
-        self.started_at = None
-        self.store_failures = 0
+        self.resources = resources
+        self.started_at = started_at
+        self.store_failures = store_failures
         self._outcomes = None
         return self
+
+    @classmethod
+    def from_calls(
+        cls,
+        calls: Sequence[Call],
+        *,
+        interrupted: bool,
+        elapsed: float = 0.0,
+        resources: tuple[Resource, ...] = (),
+        started_at: float | None = None,
+        store_failures: int = 0,
+        copy: bool = False,
+    ) -> RunResult:
+        """The result of ``calls``, read from them now, in their order.
+
+        ``exceptions[i]`` is call i's own list of exceptions (as in rate_limited 0.4) when
+        it has some, else a new empty list; ``copy`` copies them instead (a snapshot taken
+        while the run goes on, which must not change under the reader)."""
+        succeeded = Status.SUCCEEDED
+        results = [c.result if c.status is succeeded else None for c in calls]
+        if copy:
+            exceptions = [list(c.exception_history) for c in calls]
+        else:
+            exceptions = [c.exceptions if c.last_exception is not None else [] for c in calls]
+        return cls(
+            results,
+            exceptions,
+            calls,
+            interrupted,
+            elapsed,
+            resources=resources,
+            started_at=started_at,
+            store_failures=store_failures,
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Without the Calls: they hold the function, often a lambda or a client method.
@@ -200,7 +225,6 @@ def _unpickle(
     elapsed: float,
     store_failures: int = 0,
 ) -> RunResult:
-    result = RunResult(results, exceptions, (), interrupted, elapsed)
+    result = RunResult(results, exceptions, (), interrupted, elapsed, store_failures=store_failures)
     result._outcomes = outcomes
-    result.store_failures = store_failures
     return result

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from rate_limited import ConfigurationError, Resource
-from rate_limited._ledger import Ledger
+from rate_limited.ledgers import InMemoryLedger as Ledger
 from rate_limited.testing._buckets import TokenBucket
 
 

@@ -24,8 +24,10 @@ from rate_limited import (
     ConfigurationError,
     MonotonicClock,
     QuotaExceededError,
+    ReentrantRunError,
     Resource,
     Runner,
+    RunnerBusyError,
     RunnerClosedError,
     RunResult,
     Status,
@@ -424,7 +426,11 @@ def test_run_from_inside_the_runners_own_function_raises(kind: str) -> None:
     try:
         assert not thread.is_alive(), "run() inside the runner's function deadlocked"
         assert out[0].results == [1]
-        assert seen and all(type(e) is RuntimeError for e in seen)
+        # A specific error per misuse, each still a RuntimeError (what 0.4 code catches):
+        # from a worker thread, the run is busy; from the Runner's own loop, re-entrant.
+        expected = RunnerBusyError if kind == "sync" else ReentrantRunError
+        assert seen and all(type(e) is expected for e in seen)
+        assert all(isinstance(e, RuntimeError) for e in seen)
     finally:
         runner.close()
 
@@ -578,7 +584,7 @@ def two_runs_at_once() -> None:
         thread.join(3)
     try:
         assert not any(t.is_alive() for t in threads), "a run() never returned"
-        assert sorted(type(o).__name__ for o in outcomes) == ["RunResult", "RuntimeError"]
+        assert sorted(type(o).__name__ for o in outcomes) == ["RunResult", "RunnerBusyError"]
         assert sorted(sent) == [0, 1, 2, 3]  # each call sent once
     finally:
         runner.close()

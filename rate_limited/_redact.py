@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from rate_limited._keys import is_secret_name
+from rate_limited._secret_names import is_secret_name
 
 if TYPE_CHECKING:
     from rate_limited.calls import Call

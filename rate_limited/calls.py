@@ -18,11 +18,11 @@ from collections.abc import Callable, Hashable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from rate_limited._keys import is_secret_name
+from rate_limited._secret_names import is_secret_name
 from rate_limited._status import Status
 
 if TYPE_CHECKING:
-    from rate_limited.semantic._cache import SemanticMatch
+    from rate_limited.semantic._match import SemanticMatch
 
 __all__ = ["Call", "CallOwner", "Result"]
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from rate_limited.calls import Call
     from rate_limited.resources import Resource
-    from rate_limited.semantic._cache import SemanticMatch
+    from rate_limited.semantic._match import SemanticMatch
 
 __all__ = ["Outcome", "RunResult", "Status"]
 

@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from rate_limited.exceptions import ConfigurationError, SemanticCacheWarning
 from rate_limited.outcomes import Status
-from rate_limited.semantic._cache import SemanticCache, SemanticMatch
+from rate_limited.semantic._cache import SemanticCache
 from rate_limited.semantic._embed import embed_texts, numpy_module
 from rate_limited.semantic._index import Candidate, Partition
 from rate_limited.semantic._index import similarity as clip_similarity
+from rate_limited.semantic._match import SemanticMatch
 from rate_limited.semantic._text import redact
 
 if TYPE_CHECKING:

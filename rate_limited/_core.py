@@ -51,7 +51,8 @@ if TYPE_CHECKING:
     from rate_limited._stats import Progress
     from rate_limited.calls import Call
     from rate_limited.ledgers.base import Ledger
-    from rate_limited.semantic._step import SemanticStats, SemanticStep
+    from rate_limited.semantic._match import SemanticStats
+    from rate_limited.semantic._step import SemanticStep
 
 logger = get_logger("rate_limited")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from rate_limited.semantic._step import SemanticStats
+    from rate_limited.semantic._match import SemanticStats
 
 __all__ = ["Progress", "RunStats", "StatsSource"]
 

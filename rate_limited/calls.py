@@ -240,7 +240,7 @@ class Call:
         _last_bound = (self.function, self.args, self.kwargs, arguments)
         return arguments
 
-    def _target(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    def target(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         """The function the call reaches and all its arguments (a partial's included)."""
         function = self.function
         if isinstance(function, functools.partial):
@@ -252,7 +252,7 @@ class Call:
         return function, self.args, dict(self.kwargs)
 
     def _bind(self) -> dict[str, Any]:
-        function, args, kwargs = self._target()
+        function, args, kwargs = self.target()
         sig = _signature(function)
         if sig is None:
             return kwargs
@@ -271,7 +271,7 @@ class Call:
         arguments = self.all_arguments_dict
         if name in arguments:
             return arguments[name]
-        sig = _signature(self._target()[0])
+        sig = _signature(self.target()[0])
         if sig is not None:
             param = sig.parameters.get(name)
             if param is not None and param.default is not inspect.Parameter.empty:

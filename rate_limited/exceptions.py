@@ -45,10 +45,8 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from rate_limited.calls import Call
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 __all__ = [
     "BlockingCallWarning",
@@ -161,13 +159,27 @@ class CallError(RateLimitedError):
     """A failure of one attempt of one call; recorded, not raised, by ``run()``."""
 
 
+class CallLike(Protocol):
+    """A ``rate_limited.Call``, as far as errors name one (this module imports nothing of
+    the package: every other module imports it)."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def args(self) -> tuple[Any, ...]: ...
+
+    @property
+    def kwargs(self) -> Mapping[str, Any]: ...
+
+
 class ValidationError(CallError):
     """A validator rejected the value an attempt returned; the call is retried.
 
     ``call`` is the Call and ``value`` the rejected value, kept for inspection.
     """
 
-    def __init__(self, message: str, call: Call | None, value: Any, *args: Any) -> None:
+    def __init__(self, message: str, call: CallLike | None, value: Any, *args: Any) -> None:
         super().__init__(message, *args)
         self.call = call
         self.value = value

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import enum
 import inspect
 import os
 import threading
@@ -49,11 +48,11 @@ from rate_limited._loopwatch import is_async_callable
 from rate_limited._policy import Validator, retry_if_transient
 from rate_limited._redact import describe, get_logger
 from rate_limited._scheduling import demand_of, key_of
+from rate_limited._status import RunnerState
 from rate_limited.calls import Call, CallOwner, Result
 from rate_limited.exceptions import (
     RateLimitedWarning,
     ReentrantRunError,
-    RunnerBusyError,
     RunnerClosedError,
     StoreError,
     StoreWarning,
@@ -78,16 +77,6 @@ __all__ = ["Runner", "RunnerState"]
 logger = get_logger("rate_limited")
 
 T = TypeVar("T")
-
-
-class RunnerState(enum.Enum):
-    """Where a Runner is: ``IDLE`` (calls may be scheduled and run), ``RUNNING`` (a run has
-    not ended: ``run()`` / ``start()`` raise ``RunnerBusyError``; calls scheduled join it),
-    ``CLOSED`` (everything raises ``RunnerClosedError``)."""
-
-    IDLE = "idle"
-    RUNNING = "running"
-    CLOSED = "closed"
 
 
 class _Setting(Generic[T]):
@@ -240,8 +229,6 @@ class Runner(CallOwner):
         #: The RunResult of the last run that ended (``run()``, ``start()``, ``apply()``):
         #: ``runner.last_result.plot()`` / ``.to_pandas()`` after an ``apply()``.
         self.last_result: RunResult | None = None
-        #: The result of the last completed ``apply()`` (rerunning that cell sends nothing).
-        self._last_apply: RunResult | None = None
         self._active_future: concurrent.futures.Future[Any] | asyncio.Task[Any] | None = None
         self._run_seq = 0  # numbers the runs, so that a stop reaches the right one
         # One ledger for the Runner's life, whichever loop its engine runs on.
@@ -413,7 +400,7 @@ class Runner(CallOwner):
                 "runs); schedule() more calls instead, they join the current run."
             )
         with self._start_lock:  # two threads calling run() at once: one run, one error
-            self._check_can_start()
+            self._state.check_can_start()
             engine = self._engine_for(caller_loop)
             self._set_state(RunnerState.RUNNING)
             self._active_engine = engine
@@ -481,15 +468,6 @@ class Runner(CallOwner):
             return caller_loop.create_task(batch)
         assert self._loop_thread is not None
         return self._loop_thread.submit(batch)
-
-    def _check_can_start(self) -> None:
-        if self._state is RunnerState.CLOSED:
-            raise RunnerClosedError("This Runner was closed; create a new Runner to run.")
-        if self._state is RunnerState.RUNNING:
-            raise RunnerBusyError(
-                "This Runner is already running (a run() or start() has not ended); wait "
-                "for it, or stop it with handle.stop()."
-            )
 
     def _new_engine(self, loop: asyncio.AbstractEventLoop) -> Engine:
         engine = Engine(

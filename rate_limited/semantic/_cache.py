@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 from rate_limited._keys import function_identity
 from rate_limited.exceptions import ConfigurationError
+from rate_limited.semantic._backends import index_for
 from rate_limited.semantic._embed import Embedder, as_embedder, numpy_module
-from rate_limited.semantic._index import SemanticIndex, index_for
+from rate_limited.semantic._index import SemanticIndex
 from rate_limited.semantic._text import (
     DEFAULT_GUARDS,
     Guard,

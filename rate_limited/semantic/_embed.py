@@ -216,9 +216,7 @@ def as_embedder(embed: object) -> Embedder:
     if isinstance(embed, Embedder):
         _positive(embed.batch_size, "the embedder's batch_size")
         return embed
-    from rate_limited.apis.openai import Embeddings  # does not import openai
-
-    if isinstance(embed, Embeddings):
+    if _is_embeddings_preset(embed):
         return ProviderEmbedder(embed)
     if callable(embed):
         return _FunctionEmbedder(embed, batch_size=64)
@@ -227,6 +225,14 @@ def as_embedder(embed: object) -> Embedder:
         "LocalEmbedder / ProviderEmbedder, or a function embed(texts) -> vectors; got "
         f"{embed!r}."
     )
+
+
+def _is_embeddings_preset(obj: object) -> bool:
+    """Whether ``obj`` is an ``Embeddings`` preset (``rate_limited.apis.openai``), told by
+    the endpoint it calls: the presets build Runners, which use this module, so it does
+    not import them."""
+    endpoint = getattr(type(obj), "endpoint", None)
+    return endpoint == ("embeddings",) and callable(getattr(obj, "runner", None))
 
 
 def embed_texts(embedder: Embedder, texts: Sequence[str]) -> numpy.ndarray[Any, Any]:

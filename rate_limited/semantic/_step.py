@@ -33,7 +33,7 @@ from rate_limited.semantic._cache import SemanticCache
 from rate_limited.semantic._embed import embed_texts, numpy_module
 from rate_limited.semantic._index import Candidate, Partition
 from rate_limited.semantic._index import similarity as clip_similarity
-from rate_limited.semantic._match import SemanticMatch
+from rate_limited.semantic._match import SemanticMatch, SemanticStats
 from rate_limited.semantic._text import redact
 
 if TYPE_CHECKING:
@@ -47,25 +47,6 @@ __all__ = ["SemanticStats", "SemanticStep"]
 logger = logging.getLogger("rate_limited")
 
 _BLOCK = 256  # calls of one partition compared with each other at once
-
-
-@dataclasses.dataclass(slots=True)
-class SemanticStats:
-    """What the semantic cache did in the current run."""
-
-    #: Calls compared with the index (and with each other).
-    looked_up: int = 0
-    #: Calls answered by the semantic cache (from the store or from an earlier call).
-    hits: int = 0
-    #: Calls with nothing to compare (no text, or not text), sent as usual.
-    skipped: int = 0
-    #: Usage the hits did not spend, per resource (what their matched calls were billed).
-    saved: dict[str, float] = dataclasses.field(default_factory=dict)
-
-    def count_hit(self, usage: dict[str, float]) -> None:
-        self.hits += 1
-        for name, amount in usage.items():
-            self.saved[name] = self.saved.get(name, 0.0) + amount
 
 
 @dataclasses.dataclass(slots=True)

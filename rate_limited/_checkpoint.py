@@ -18,18 +18,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from rate_limited._redact import describe, get_logger, redact
 from rate_limited._status import Status
-from rate_limited.exceptions import CallError
+from rate_limited.exceptions import CallError, StoreError, StoreWarning, warn
 from rate_limited.stores.base import Store, StoredOutcome
 
 if TYPE_CHECKING:
     from rate_limited.calls import Call
+    from rate_limited.semantic._index import SemanticIndex
 
-__all__ = ["Checkpoint"]
+__all__ = ["Checkpoint", "close_store"]
 
 logger = get_logger("rate_limited")
 
@@ -213,6 +214,38 @@ class Checkpoint:
         if first:
             self._problem = reason
         logger.log(logging.WARNING if first else logging.DEBUG, "%s: %s", what, reason)
+
+
+def close_store(
+    store: Store,
+    *,
+    owned: bool,
+    checkpoints: Iterable[Checkpoint | None],
+    index: SemanticIndex | None = None,
+) -> None:
+    """The Runner closes: flush ``store`` (close it, and the semantic ``index`` kept with
+    it, if the Runner ``owned`` it). A flush that fails is never raised: a
+    ``StoreWarning`` counts what no run's warning has named yet (``checkpoints``)."""
+    try:
+        if owned:
+            if index is not None:
+                index.close()
+            store.close()
+        else:
+            store.flush()
+    except StoreError as exc:
+        reported: set[str] = set()
+        for checkpoint in checkpoints:
+            if checkpoint is not None:
+                reported |= checkpoint.reported_unstored
+        unreported = [key for key in store.pending_keys() if key not in reported]
+        if unreported:
+            warn(
+                f"{len(unreported)} finished call(s) could not be written to the store "
+                f"{store!r} when the Runner closed ({describe(exc)}): a later process "
+                "would call the API again for them.",
+                StoreWarning,
+            )
 
 
 def _same_arguments(one: Call, other: Call) -> bool:

@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Callable, Iterable
 from numbers import Real
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from rate_limited._clock import Clock, MonotonicClock
 from rate_limited._policy import (
@@ -31,9 +31,10 @@ from rate_limited.stores.base import Store
 if TYPE_CHECKING:
     from rate_limited.calls import Call, Result
 
-__all__ = ["RunnerConfig"]
+__all__ = ["RunnerConfig", "Setting", "function_name"]
 
 EventLoop = Literal["own", "current"]
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -135,6 +136,21 @@ class RunnerConfig:
             rate_limit_patience=_optional_seconds(rate_limit_patience, "rate_limit_patience"),
             **_open_store(store, _optional_seconds(ttl, "ttl")),
         )
+
+
+class Setting(Generic[T]):
+    """A read-only attribute of its owner (the Runner) that reads the owner's ``config``:
+    ``runner.max_concurrent`` is ``runner.config.max_concurrent``, and cannot drift from
+    what the engines use."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: object, owner: type | None = None) -> T:
+        if instance is None:
+            raise AttributeError(self.name)
+        value: T = getattr(instance.config, self.name)  # type: ignore[attr-defined]
+        return value
 
 
 def _open_store(store: str | os.PathLike[str] | Store | None, ttl: float | None) -> dict[str, Any]:

@@ -17,11 +17,22 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from rate_limited.exceptions import RateLimitedWarning, RunnerClosedError, warn
+from rate_limited.handle import SigintGuard
+
 if TYPE_CHECKING:
     from rate_limited._clock import Clock
     from rate_limited._engine import Engine
 
-__all__ = ["EXIT_WAIT_SECONDS", "LoopThread", "flush_store", "shutdown", "wait_idle"]
+__all__ = [
+    "EXIT_WAIT_SECONDS",
+    "LoopThread",
+    "finish_running_calls",
+    "flush_store",
+    "shutdown",
+    "stop_run",
+    "wait_idle",
+]
 
 #: Seconds the end of the program waits for calls still running (with a store).
 EXIT_WAIT_SECONDS = 30.0
@@ -75,6 +86,25 @@ def shutdown(loop_thread: LoopThread | None, engine: Engine | None) -> None:
             loop.close()
 
 
+def stop_run(
+    engine: Engine | None,
+    future: concurrent.futures.Future[Any] | asyncio.Future[Any] | None,
+    timeout: float = 5.0,
+) -> None:
+    """``close()`` during a run: stop it and let it end, so that its handle returns the
+    partial result instead of waiting for a loop that is gone."""
+    if engine is None:
+        return
+    with contextlib.suppress(RuntimeError):  # loop already closed
+        engine.loop.call_soon_threadsafe(engine.request_stop)
+    if not isinstance(future, concurrent.futures.Future):
+        return  # event_loop="current": the caller's loop ends the task by itself
+    with contextlib.suppress(Exception):
+        future.result(timeout)
+    if not future.done():
+        future.set_exception(RunnerClosedError("The Runner was closed before its run could stop."))
+
+
 def wait_idle(engine: Engine, timeout: float) -> bool:
     """Block (another thread than the engine's) until no call of ``engine`` is running,
     at most ``timeout`` seconds; True if none is. The engine says when (no polling)."""
@@ -91,6 +121,33 @@ def wait_idle(engine: Engine, timeout: float) -> bool:
     with contextlib.suppress(TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError):
         future.result(timeout + 1)
     return not engine.running_calls
+
+
+def finish_running_calls(engine: Engine, timeout: float) -> None:
+    """``close()``: give the calls still running (after a Ctrl-C, say) up to ``timeout``
+    seconds to finish, so that their paid-for results are kept and stored; then, or at a
+    Ctrl-C meanwhile, abandon them with a warning saying how many."""
+    if engine.loop.is_closed() or not engine.running_calls:
+        return
+    abandoned: list[concurrent.futures.Future[int]] = []
+
+    def abandon() -> None:
+        if not abandoned:
+            coro = engine.abandon_and_wait()
+            abandoned.append(asyncio.run_coroutine_threadsafe(coro, engine.loop))
+
+    with SigintGuard() as guard:  # Ctrl-C here: stop waiting for them
+        guard.attach(abandon)
+        # The engine's loop settles (and stores) them meanwhile, and says when it has.
+        if not wait_idle(engine, timeout):
+            abandon()
+    count = abandoned[0].result(10) if abandoned else 0
+    if count:
+        warn(
+            f"close() abandoned {count} call(s) still running after {timeout:g} s or a "
+            "Ctrl-C: they may have been billed, and their results are lost.",
+            RateLimitedWarning,
+        )
 
 
 def _wait_at_exit(engine: Engine) -> None:

@@ -31,31 +31,28 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import inspect
 import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from rate_limited._checkpoint import close_store
 from rate_limited._clock import Clock
-from rate_limited._config import RunnerConfig, function_name
+from rate_limited._config import RunnerConfig, Setting
 from rate_limited._engine import Engine
 from rate_limited._feedback import FeedbackSource, LedgerControl
 from rate_limited._gc import bulk_allocation
-from rate_limited._loop_thread import LoopThread, shutdown, wait_idle
+from rate_limited._loop_thread import LoopThread, finish_running_calls, shutdown, stop_run
 from rate_limited._loopwatch import is_async_callable
 from rate_limited._policy import Validator, retry_if_transient
-from rate_limited._redact import describe, get_logger
-from rate_limited._scheduling import demand_of, key_of
+from rate_limited._redact import get_logger
+from rate_limited._scheduling import Scheduler, demand_of, key_of, make_schedule
 from rate_limited._status import RunnerState
-from rate_limited.calls import Call, CallOwner, Result
+from rate_limited.calls import Call, Result
 from rate_limited.exceptions import (
-    RateLimitedWarning,
     ReentrantRunError,
     RunnerClosedError,
-    StoreError,
-    StoreWarning,
     warn,
 )
 from rate_limited.handle import RunHandle, SigintGuard
@@ -79,38 +76,25 @@ logger = get_logger("rate_limited")
 T = TypeVar("T")
 
 
-class _Setting(Generic[T]):
-    """A read-only attribute of the Runner that reads its ``RunnerConfig``."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, runner: Runner | None, owner: type | None = None) -> T:
-        if runner is None:
-            raise AttributeError(self.name)
-        value: T = getattr(runner.config, self.name)
-        return value
-
-
-class Runner(CallOwner):
+class Runner(Scheduler):
     """Runs calls of ``function`` as fast as ``resources`` allow, and never faster."""
 
     # The settings, read-only: RunnerConfig was validated once and engines read it.
-    max_concurrent: _Setting[int] = _Setting()
-    max_retries: _Setting[int] = _Setting()
-    validators: _Setting[tuple[Callable[[Any], Any], ...]] = _Setting()
-    progress_interval: _Setting[float] = _Setting()
-    long_wait_warning_seconds: _Setting[float | None] = _Setting()
-    retry_if: _Setting[Callable[[BaseException], bool]] = _Setting()
-    backoff: _Setting[Callable[[int, BaseException | None], float]] = _Setting()
-    timeout: _Setting[float | None] = _Setting()
-    clock: _Setting[Clock] = _Setting()
-    name: _Setting[str] = _Setting()
-    store: _Setting[Store | None] = _Setting()
-    refresh: _Setting[bool] = _Setting()
-    retry_failed: _Setting[bool] = _Setting()
-    event_loop: _Setting[Literal["own", "current"]] = _Setting()
-    rate_limit_patience: _Setting[float | None] = _Setting()
+    max_concurrent: Setting[int] = Setting()
+    max_retries: Setting[int] = Setting()
+    validators: Setting[tuple[Callable[[Any], Any], ...]] = Setting()
+    progress_interval: Setting[float] = Setting()
+    long_wait_warning_seconds: Setting[float | None] = Setting()
+    retry_if: Setting[Callable[[BaseException], bool]] = Setting()
+    backoff: Setting[Callable[[int, BaseException | None], float]] = Setting()
+    timeout: Setting[float | None] = Setting()
+    clock: Setting[Clock] = Setting()
+    name: Setting[str] = Setting()
+    store: Setting[Store | None] = Setting()
+    refresh: Setting[bool] = Setting()
+    retry_failed: Setting[bool] = Setting()
+    event_loop: Setting[Literal["own", "current"]] = Setting()
+    rate_limit_patience: Setting[float | None] = Setting()
 
     def __init__(
         self,
@@ -214,7 +198,11 @@ class Runner(CallOwner):
         self.logger = get_logger(f"rate_limited.Runner.{self.name}")
         #: The semantic cache bound to the store (None: no semantic cache).
         self.semantic_cache = semantic_cache
-        self._semantic = self._bind_semantic_cache(semantic_cache)
+        self._semantic: SemanticStep | None = None
+        if semantic_cache is not None:
+            from rate_limited.semantic._step import SemanticStep
+
+            self._semantic = SemanticStep.bind(semantic_cache, self.store, refresh=self.refresh)
         #: Calls of the current batch, in schedule order.
         self.scheduled_calls: list[Call] = []
         self._extractors = [
@@ -243,7 +231,7 @@ class Runner(CallOwner):
         #: schedule() has work beyond creating the Call (usage extraction, keys).
         self._slow_schedule = bool(self._extractors) or self.store is not None
         self._inline_schedule = not self._slow_schedule
-        self.schedule = self._make_schedule(function)  # type: ignore[method-assign]
+        self.schedule = make_schedule(self, function)  # type: ignore[method-assign]
 
     @property
     def resources(self) -> list[Resource]:
@@ -293,71 +281,6 @@ class Runner(CallOwner):
                 with contextlib.suppress(RuntimeError):  # loop closed: next run() has it
                     engine.loop.call_soon_threadsafe(engine.enqueue, call)
         return call
-
-    def _bind_semantic_cache(self, cache: SemanticCache | None) -> SemanticStep | None:
-        if cache is None:
-            return None
-        from rate_limited.exceptions import ConfigurationError
-        from rate_limited.semantic import SemanticCache
-        from rate_limited.semantic._step import SemanticStep
-
-        if not isinstance(cache, SemanticCache):
-            raise ConfigurationError(
-                f"semantic_cache must be a rate_limited.semantic.SemanticCache or None, got "
-                f"{cache!r}."
-            )
-        if self.store is None:
-            raise ConfigurationError(
-                "semantic_cache= answers calls with the stored outcomes of earlier ones, so it "
-                "needs a store: pass store='runs.db' (kept across kernel restarts), "
-                "'redis://...' or 'memory://' (this process only)."
-            )
-        return SemanticStep(cache, self.store, lookups=not self.refresh)
-
-    def _make_schedule(self, function: Callable[..., Any]) -> Callable[..., Call]:
-        """A ``schedule`` for this instance that looks like ``function`` to IDEs and
-        ``help()``; nothing shared (the class, the function) is modified."""
-        runner_ref = weakref.ref(self)  # no cycle: a dropped Runner stops its thread at once
-
-        def schedule(*args: Any, **kwargs: Any) -> Call:
-            runner = runner_ref()
-            if runner is None:
-                raise RunnerClosedError(
-                    "This Runner no longer exists: nothing referred to it any more (no "
-                    "variable, no Call it scheduled), so it was closed. Keep a reference, "
-                    "e.g. runner = Runner(...), while you schedule and run calls."
-                )
-            # The common case inline (this is the whole per-call cost of scheduling).
-            if not runner._inline_schedule:
-                return runner._schedule(args, kwargs)
-            calls = runner.scheduled_calls
-            call = Call(function, args, kwargs, len(calls), runner)
-            calls.append(call)
-            return call
-
-        qualname = getattr(function, "__qualname__", None) or function_name(function)
-        module = getattr(function, "__module__", None) or "[Module not found]"
-        try:
-            signature: inspect.Signature | None = inspect.signature(function)
-        except (TypeError, ValueError):
-            signature = None
-        schedule.__doc__ = (
-            f"Schedule a call to {qualname} in {module}\n"
-            "Returns the Call handle - call run() to get results\n\n"
-            f"{function_name(function)}{signature if signature is not None else '(...)'}\n"
-            "Docstring:\n\n"
-            f"{getattr(function, '__doc__', None) or '[Docstring not found]'}"
-        )
-        annotations = dict(getattr(function, "__annotations__", None) or {})
-        annotations["return"] = None  # as in 0.4 (a copy: the function is left untouched)
-        schedule.__annotations__ = annotations
-        schedule.__wrapped__ = function  # type: ignore[attr-defined]
-        if signature is not None:
-            schedule.__signature__ = signature.replace(  # type: ignore[attr-defined]
-                return_annotation=Call
-            )
-        schedule.__qualname__ = f"{type(self).__qualname__}.schedule"
-        return schedule
 
     # -- running -----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -591,8 +514,9 @@ class Runner(CallOwner):
         running = self._state is RunnerState.RUNNING
         self._set_state(RunnerState.CLOSED)
         if running:
-            self._stop_running_batch()
-        self._wait_for_running_calls(timeout)
+            stop_run(self._active_engine, self._active_future)
+        if self._engine is not None:
+            finish_running_calls(self._engine, timeout)
         if self._finalizer is not None:
             self._finalizer()
         for engine in (self._engine, self._caller_engine):
@@ -602,73 +526,12 @@ class Runner(CallOwner):
         if self._semantic is not None:
             self._semantic.flush()
         if self.store is not None:
-            self._close_store()
-
-    def _wait_for_running_calls(self, timeout: float) -> None:
-        engine = self._engine
-        if engine is None or engine.loop.is_closed() or not engine.running_calls:
-            return
-        abandoned: list[concurrent.futures.Future[int]] = []
-
-        def abandon() -> None:
-            if not abandoned:
-                coro = engine.abandon_and_wait()
-                abandoned.append(asyncio.run_coroutine_threadsafe(coro, engine.loop))
-
-        with SigintGuard() as guard:  # Ctrl-C here: stop waiting for them
-            guard.attach(abandon)
-            # The engine's loop settles (and stores) them meanwhile, and says when it has.
-            if not wait_idle(engine, timeout):
-                abandon()
-        count = abandoned[0].result(10) if abandoned else 0
-        if count:
-            warn(
-                f"close() abandoned {count} call(s) still running after {timeout:g} s or a "
-                "Ctrl-C: they may have been billed, and their results are lost.",
-                RateLimitedWarning,
-            )
-
-    def _close_store(self) -> None:
-        """Flush (and close, if the Runner opened it) the store; a flush that fails is
-        reported by a StoreWarning for what no run has reported yet, never raised."""
-        store = self.store
-        assert store is not None
-        try:
-            if self.config.owns_store:
-                if self._semantic is not None:
-                    self._semantic.index.close()
-                store.close()
-            else:
-                store.flush()
-        except StoreError as exc:
-            reported: set[str] = set()
-            for engine in (self._engine, self._caller_engine):
-                if engine is not None and engine.checkpoint is not None:
-                    reported |= engine.checkpoint.reported_unstored
-            unreported = [key for key in store.pending_keys() if key not in reported]
-            if unreported:
-                warn(
-                    f"{len(unreported)} finished call(s) could not be written to the store "
-                    f"{store!r} when the Runner closed ({describe(exc)}): a later process "
-                    "would call the API again for them.",
-                    StoreWarning,
-                )
-
-    def _stop_running_batch(self, timeout: float = 5.0) -> None:
-        """On close(): stop a run still going and let it end, so that its handle returns
-        the partial result instead of waiting for a loop that is gone."""
-        engine, future = self._active_engine, self._active_future
-        if engine is None:
-            return
-        with contextlib.suppress(RuntimeError):  # loop already closed
-            engine.loop.call_soon_threadsafe(engine.request_stop)
-        if not isinstance(future, concurrent.futures.Future):
-            return  # event_loop="current": the caller's loop ends the task by itself
-        with contextlib.suppress(Exception):
-            future.result(timeout)
-        if not future.done():
-            future.set_exception(
-                RunnerClosedError("The Runner was closed before its run could stop.")
+            engines = (self._engine, self._caller_engine)
+            close_store(
+                self.store,
+                owned=self.config.owns_store,
+                checkpoints=[e.checkpoint for e in engines if e is not None],
+                index=None if self._semantic is None else self._semantic.index,
             )
 
     def __enter__(self) -> Runner:

@@ -71,6 +71,23 @@ def warn(message: str) -> None:
 class SemanticStep:
     """The semantic cache of one Runner: ``lookup`` before admission, ``settled`` after."""
 
+    @classmethod
+    def bind(cls, cache: object, store: Store | None, *, refresh: bool) -> SemanticStep:
+        """``Runner(semantic_cache=cache, store=store, refresh=refresh)``'s step, or a
+        ``ConfigurationError`` saying what is missing."""
+        if not isinstance(cache, SemanticCache):
+            raise ConfigurationError(
+                f"semantic_cache must be a rate_limited.semantic.SemanticCache or None, got "
+                f"{cache!r}."
+            )
+        if store is None:
+            raise ConfigurationError(
+                "semantic_cache= answers calls with the stored outcomes of earlier ones, so it "
+                "needs a store: pass store='runs.db' (kept across kernel restarts), "
+                "'redis://...' or 'memory://' (this process only)."
+            )
+        return cls(cache, store, lookups=not refresh)
+
     def __init__(self, cache: SemanticCache, store: Store, *, lookups: bool = True) -> None:
         self.cache = cache
         self.store = store

@@ -152,6 +152,12 @@ class Setting(Generic[T]):
         value: T = getattr(instance.config, self.name)  # type: ignore[attr-defined]
         return value
 
+    def __set__(self, instance: object, value: object) -> None:
+        raise AttributeError(
+            f"{type(instance).__name__}.{self.name} is fixed when the Runner is made (the "
+            f"engines read it): create a new Runner with {self.name}={value!r}."
+        )
+
 
 def _open_store(store: str | os.PathLike[str] | Store | None, ttl: float | None) -> dict[str, Any]:
     """``store`` and ``owns_store`` for ``store=`` and ``ttl=``."""

@@ -29,6 +29,7 @@ from rate_limited import (
     Runner,
     RunnerBusyError,
     RunnerClosedError,
+    RunnerState,
     RunResult,
     Status,
 )
@@ -635,3 +636,25 @@ def test_a_dropped_runner_says_how_to_keep_it() -> None:
     gc.collect()
     with pytest.raises(RunnerClosedError, match="Keep a reference"):
         schedule(1)
+
+
+def test_settings_are_read_only_views_of_the_validated_config() -> None:
+    """``runner.max_concurrent`` and the like read the frozen RunnerConfig the engines
+    use; assigning one is an error that says what to do, not a silent no-op."""
+    runner = make_runner(double)
+    assert runner.max_concurrent == runner.config.max_concurrent
+    with pytest.raises(AttributeError, match="create a new Runner with max_concurrent=8"):
+        runner.max_concurrent = 8  # type: ignore[misc]
+    assert runner.config.max_concurrent != 8
+    runner.close()
+
+
+def test_state_follows_the_runners_life() -> None:
+    runner = make_runner(double)
+    assert runner.state is RunnerState.IDLE
+    runner.schedule(1)
+    handle = runner.start()
+    handle.result()
+    assert runner.state is RunnerState.IDLE
+    runner.close()
+    assert runner.state is RunnerState.CLOSED

@@ -30,6 +30,7 @@ from rate_limited._stats import RunStats
 from rate_limited.calls import Call
 from rate_limited.cost import Price
 from rate_limited.exceptions import (
+    ArgumentTypeError,
     BlockingCallWarning,
     CallError,
     CallTimeoutError,
@@ -51,6 +52,7 @@ from rate_limited.exceptions import (
     StoreUnavailableError,
     StoreVersionError,
     StoreWarning,
+    UnknownResourceError,
     UnknownStoreError,
     UsageExtractionError,
     UsageWarning,
@@ -69,6 +71,7 @@ __version__ = "0.5.0.dev0"
 _get_logger("rate_limited").addHandler(logging.NullHandler())
 
 __all__ = [
+    "ArgumentTypeError",
     "Backoff",
     "BlockingCallWarning",
     "Call",
@@ -107,6 +110,7 @@ __all__ = [
     "StoreVersionError",
     "StoreWarning",
     "TqdmProgress",
+    "UnknownResourceError",
     "UnknownStoreError",
     "UsageExtractionError",
     "UsageWarning",
@@ -118,3 +122,22 @@ __all__ = [
     "retry_if_status",
     "retry_if_transient",
 ]
+
+
+def _name_public_objects() -> None:
+    """Public classes and functions say they are ``rate_limited.X`` (in ``help()``, reprs
+    and tracebacks), as they are imported, not the private module that defines them.
+    Dataclasses keep their module: their string annotations resolve there."""
+    import dataclasses
+    import inspect
+
+    for name in __all__:
+        obj = globals()[name]
+        module = getattr(obj, "__module__", "") or ""
+        if not module.startswith("rate_limited.") or dataclasses.is_dataclass(obj):
+            continue
+        if isinstance(obj, type) or inspect.isfunction(obj):
+            obj.__module__ = "rate_limited"
+
+
+_name_public_objects()

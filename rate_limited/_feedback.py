@@ -26,6 +26,8 @@ from collections.abc import Callable, Hashable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from rate_limited.exceptions import ConfigurationError, UnknownResourceError
+
 if TYPE_CHECKING:
     from rate_limited.ledgers.base import Ledger, Reservation
 
@@ -87,7 +89,7 @@ class LedgerControl:
         """Enforce ``quota`` for ``resource`` (``partition``'s key, if partitioned) from now
         on, e.g. a limit read from the headers."""
         if not quota > 0 or math.isinf(quota):
-            raise ValueError(f"quota must be a positive finite number, got {quota!r}")
+            raise ConfigurationError(f"quota must be a positive finite number, got {quota!r}")
         self._check(resource)
         self._post(self._set_quota, resource, float(quota), partition)
 
@@ -118,7 +120,9 @@ class LedgerControl:
     def _check(self, resource: str) -> None:
         """A clear error now, not later on the loop."""
         if resource not in self._ledger.names:
-            raise KeyError(f"no resource named {resource!r}; the Runner has {self._ledger.names}")
+            raise UnknownResourceError(
+                f"no resource named {resource!r}; the Runner has {list(self._ledger.names)}"
+            )
 
     # -- on the loop thread ------------------------------------------------------------------
     def _post(self, callback: Callable[..., None], *args: Any) -> None:

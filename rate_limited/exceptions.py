@@ -7,7 +7,9 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
 
     RateLimitedError
     ├── ConfigurationError (ValueError)    bad argument to Resource / Runner / schedule
-    │   └── QuotaExceededError              a call needs more than a whole quota: never runs
+    │   ├── QuotaExceededError              a call needs more than a whole quota: never runs
+    │   ├── ArgumentTypeError (TypeError)   an argument of a type that can't be used
+    │   └── UnknownResourceError (KeyError) a resource name the Runner does not have
     ├── RunnerClosedError (RuntimeError)    the Runner was closed; make a new one
     ├── RunnerBusyError (RuntimeError)      run() while a run of that Runner goes on
     ├── ReentrantRunError (RuntimeError)    run() from the function the Runner runs
@@ -49,6 +51,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 __all__ = [
+    "ArgumentTypeError",
     "BlockingCallWarning",
     "CallError",
     "CallTimeoutError",
@@ -68,6 +71,7 @@ __all__ = [
     "StoreUnavailableError",
     "StoreVersionError",
     "StoreWarning",
+    "UnknownResourceError",
     "UnknownStoreError",
     "UsageExtractionError",
     "UsageWarning",
@@ -85,6 +89,17 @@ BaseException = RateLimitedError
 
 class ConfigurationError(RateLimitedError, ValueError):
     """An argument to ``Resource``, ``Runner`` or ``schedule`` is invalid."""
+
+
+class ArgumentTypeError(ConfigurationError, TypeError):
+    """An argument is of a type that can't be used (also a ``TypeError``, as before)."""
+
+
+class UnknownResourceError(ConfigurationError, KeyError):
+    """A resource name that the Runner does not have (also a ``KeyError``, as before)."""
+
+    def __str__(self) -> str:  # KeyError's would show the message in quotes
+        return str(self.args[0]) if self.args else ""
 
 
 class QuotaExceededError(ConfigurationError):

@@ -308,7 +308,7 @@ class Runner(Scheduler):
         """Start running the scheduled calls in the background and return at once.
 
         ``handle.result()`` blocks for the RunResult, ``await handle`` awaits it,
-        ``handle.stop()`` stops and returns the partial result, ``handle.results()``
+        ``handle.stop()`` stops and returns the partial result, ``handle.snapshot()``
         shows what has finished so far. Calls scheduled meanwhile join the run.
 
         The engine runs on the Runner's own loop thread, or (``event_loop="current"``,
@@ -353,7 +353,7 @@ class Runner(Scheduler):
             calls,
             request_stop=request_stop,
             finish=self._result,
-            snapshot=self.results,
+            snapshot=self.snapshot,
             request_abandon=request_abandon,
         )
 
@@ -488,7 +488,12 @@ class Runner(Scheduler):
         return apply(self, frame, row_to_kwargs)
 
     def results(self) -> RunResult:
-        """A snapshot of the current batch, readable while a run is going (from any thread):
+        """Deprecated name of ``snapshot()`` (too close to ``handle.result()``, which waits)."""
+        warn("runner.results() is now runner.snapshot()", DeprecationWarning)
+        return self.snapshot()
+
+    def snapshot(self) -> RunResult:
+        """The current batch at once, readable while a run is going (from any thread):
         what has finished so far, in schedule order."""
         calls = list(self.scheduled_calls)
         engine = self._active_engine

@@ -409,7 +409,8 @@ def test_a_provider_that_keeps_what_it_reserves_is_discovered_by_an_actual_view(
 def test_the_in_memory_ledger_implements_the_ledger_interface() -> None:
     """The engine holds a ``ledgers.base.Ledger``; every method of the interface is the
     in-memory ledger's (mypy checks the signatures where the Runner hands it over)."""
-    from rate_limited.ledgers import InMemoryLedger, Ledger as LedgerInterface
+    from rate_limited.ledgers import InMemoryLedger
+    from rate_limited.ledgers import Ledger as LedgerInterface
 
     ledger = InMemoryLedger([Resource("requests", quota=3, time_window_seconds=60)])
     assert isinstance(ledger, LedgerInterface)

@@ -36,7 +36,7 @@ from rate_limited.apis._limits import MINUTE, UNKNOWN_QUOTA, LimitTracker
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
 from rate_limited.apis._tokens import Calibration, TextCounter, Tokenizer, resolve_counter
 from rate_limited.apis.common import PROVIDER_REFILL_DELAY, RequestTooLargeError
-from rate_limited.exceptions import ConfigurationError
+from rate_limited.exceptions import ArgumentTypeError, ConfigurationError
 from rate_limited.resources import Resource, Settle
 
 if TYPE_CHECKING:
@@ -223,12 +223,12 @@ class Preset:
 
     def _params(self, call: Call) -> Mapping[str, Any]:
         if call.args:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"{type(self).__name__} takes the API's parameters by keyword, as the SDK "
                 f"does: schedule(model=..., ...), got positional arguments {call.args!r}."
             )
         if call.kwargs.get("stream"):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"{type(self).__name__} does not stream: the usage it bills comes with the "
                 "whole response; leave stream unset."
             )

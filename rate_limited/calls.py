@@ -240,6 +240,11 @@ class Call:
         _last_bound = (self.function, self.args, self.kwargs, arguments)
         return arguments
 
+    def release_owner(self) -> None:
+        """Hold the function instead of the Runner that scheduled the call: a final call
+        no longer needs its Runner alive, nor may a result holding it keep it so."""
+        self._source = self.function
+
     def target(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         """The function the call reaches and all its arguments (a partial's included)."""
         function = self.function

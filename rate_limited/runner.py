@@ -445,9 +445,8 @@ class Runner(Scheduler):
         if not interrupted:
             # Every call of the run is final: none needs the Runner to live any more, and
             # last_result (which holds them) must not make a reference cycle through it.
-            function = self.function
             for call in calls:
-                call._source = function
+                call.release_owner()
         engine = self._active_engine
         notices: list[tuple[type[Warning], str]] = []
         store_failures = 0

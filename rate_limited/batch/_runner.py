@@ -287,15 +287,16 @@ class BatchRunner:
             return None
 
     def _result(self, calls: list[Call], interrupted: bool, elapsed: float) -> RunResult:
-        results = [c.result if c.status is Status.SUCCEEDED else None for c in calls]
-        exceptions = [c._exceptions or [] for c in calls]
-        result = RunResult(results, exceptions, list(calls), interrupted, elapsed)
-        result.resources = tuple(self.runner.resources)
+        result = RunResult.from_calls(
+            list(calls),
+            interrupted=interrupted,
+            elapsed=elapsed,
+            resources=tuple(self.runner.resources),
+        )
         if not interrupted:  # complete: the next run() starts a new batch, as a Runner's
             self.runner.scheduled_calls = []
-            function = self.runner.function
             for call in calls:
-                call._source = function
+                call.release_owner()
         self.runner.last_result = result
         return result
 

@@ -31,7 +31,7 @@ from ._http import HttpRequest, HttpResponse
 from ._limits import Decision, Family, RateLimiter
 from ._outputs import OutputModel
 from ._stats import RequestLogEntry, StatsRecorder
-from ._wire import ApiCall, ApiError, Endpoint, json_object
+from ._wire import ApiCall, ApiError, Endpoint, body_hash, json_object
 
 __all__ = ["MockApp"]
 
@@ -49,12 +49,6 @@ _SERVER_ERROR = {
 
 def _dumps(body: Any) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def body_hash(body: Any) -> str:
-    """A stable hash of a JSON body: sha256 of its canonical JSON, 32 hex characters."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
 class MockApp:

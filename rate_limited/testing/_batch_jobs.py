@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from ._faults import Faults, draw_fault
 from ._outputs import OutputModel
-from ._wire import ApiCall, ApiError
+from ._wire import ApiCall, ApiError, body_hash
 
 __all__ = ["BatchSettings", "BatchStats", "Job", "JobBook", "RequestResult"]
 
@@ -323,8 +323,6 @@ class JobBook:
             ident = hashlib.sha256(f"{self._seed}:{custom_id}:error".encode()).hexdigest()[:24]
             error = {"message": call.message, "type": "invalid_request_error", "param": call.param}
             return RequestResult(custom_id, call.status, error, f"req_{ident}")
-        from ._app import body_hash
-
         # A body's first batch is answered as the online endpoint's first attempt of it (the
         # same rng, so the same answer); a later batch of it draws afresh, as a retry does.
         key = f"{self._seed}:{call.endpoint}:{body_hash(call.body)}"

@@ -8,6 +8,7 @@ needs (how many answers, in which shape, echoing what) — and renders ``Output`
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,6 +19,7 @@ __all__ = [
     "Endpoint",
     "Output",
     "Shape",
+    "body_hash",
     "json_object",
     "optional_int",
     "require_list",
@@ -75,6 +77,12 @@ class Output:
     tokens: int
     #: Whether it stopped at the output limit (finish reason "length" / "max_tokens").
     truncated: bool
+
+
+def body_hash(body: Any) -> str:
+    """A stable hash of a JSON body: sha256 of its canonical JSON, 32 hex characters."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
 def json_object(raw: bytes) -> dict[str, Any]:

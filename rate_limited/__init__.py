@@ -26,10 +26,12 @@ from rate_limited._policy import (
     retry_if_transient,
 )
 from rate_limited._redact import get_logger as _get_logger
+from rate_limited.budget import Budget, BudgetStop
 from rate_limited.calls import Call
 from rate_limited.cost import Price
 from rate_limited.exceptions import (
     BlockingCallWarning,
+    BudgetWarning,
     CallError,
     CallTimeoutError,
     ConfigurationError,
@@ -68,6 +70,9 @@ _get_logger("rate_limited").addHandler(logging.NullHandler())
 __all__ = [
     "Backoff",
     "BlockingCallWarning",
+    "Budget",
+    "BudgetStop",
+    "BudgetWarning",
     "Call",
     "CallError",
     "CallTimeoutError",

@@ -89,6 +89,7 @@ from rate_limited.exceptions import (
 from rate_limited.outcomes import Status
 
 if TYPE_CHECKING:
+    from rate_limited._spend import SpendControl
     from rate_limited.calls import Call
     from rate_limited.progress import Progress
     from rate_limited.resources import Resource
@@ -235,13 +236,20 @@ class Engine:
         ledger: Ledger | None = None,
         rate_limit_patience: float | None = None,
         semantic: SemanticStep | None = None,
+        spend: SpendControl | None = None,
+        escalate: Callable[[Call, BaseException], bool] | None = None,
     ) -> None:
         self.function = function
         self.is_async = is_async_callable(function)
         self.resources = list(resources)
         #: Shared by every engine of one Runner: quota used on one loop counts on another.
         self.ledger = ledger if ledger is not None else Ledger(self.resources)
-        self._has_ledger = bool(self.resources)
+        #: Money: prices, the budget (``rate_limited._spend``); escalation (``_escalate``).
+        self.spend = spend
+        self.escalate = escalate
+        #: The head call the budget could not admit with nothing running: the run stopped.
+        self.budget_stopped: Call | None = None
+        self._has_ledger = bool(self.resources) or spend is not None
         self._results_extractors = [r.results_usage_extractor for r in self.resources]
         self._has_results_usage = any(e is not None for e in self._results_extractors)
         self.loop = loop
@@ -351,6 +359,7 @@ class Engine:
         self._run_id = run_id
         self._fatal = None
         self._stopping = False
+        self.budget_stopped = None
         self.progress = progress
         self._retry.clear()
         self._epoch += 1
@@ -553,6 +562,11 @@ class Engine:
         if self._done is not None and not self._done.done():
             self._stop()
 
+    @property
+    def _budget_done(self) -> bool:
+        """Stopped at the budget, and nothing runs any more: the run is over."""
+        return self.budget_stopped is not None and self._in_flight <= 0
+
     def _resolve_done(self) -> None:
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
@@ -615,6 +629,11 @@ class Engine:
         while True:
             if self._stopping or self._in_flight >= self.max_concurrent:
                 return None
+            if self.budget_stopped is not None:
+                if self._in_flight <= 0:  # the last call running has settled: the end
+                    self._resolve_done()
+                    self._wake()
+                return None
             call = self._head()
             if call is None:
                 return None
@@ -628,6 +647,10 @@ class Engine:
             if not self._has_ledger:
                 break
             reservation = self.ledger.try_reserve(call.demand, now, defer=self._defer_billing)
+            if reservation is not None and not self._spend_admits(call, reservation, now):
+                if self._budget_waits(call, now):
+                    return None
+                continue  # stopped at the budget
             if reservation is not None:
                 call.reservation = reservation
                 if self.stats.waiting_until is not None:
@@ -680,6 +703,8 @@ class Engine:
             if ledger.meter_ids(call.demand) & blocked:
                 continue
             reservation = ledger.try_reserve(call.demand, now, defer=self._defer_billing)
+            if reservation is not None and not self._spend_admits(call, reservation, now):
+                continue  # the head waits on the budget too: it decides
             if reservation is not None:
                 call.reservation = reservation
                 queue.popleft()
@@ -687,6 +712,33 @@ class Engine:
                 return call, now
             when = min(when, ledger.next_free_time(call.demand, now))
         return None, when
+
+    # -- the budget (rate_limited._spend) -------------------------------------------------------
+    def _spend_admits(self, call: Call, reservation: Reservation, now: float) -> bool:
+        """The ledger admitted ``call``: reserve its maximum cost on the budget too, or
+        undo the ledger's admission and return False."""
+        spend = self.spend
+        if spend is None or spend.reserve(call, now + self._wall_offset):
+            return True
+        self.ledger.release(reservation, now)
+        return False
+
+    def _budget_waits(self, call: Call, now: float) -> bool:
+        """The budget can't admit the head call now. While calls run, their settlement
+        frees what they reserved above their cost: wait for it. A rolling budget that
+        frees enough within its ``wait_seconds`` is waited for too. Otherwise the run
+        stops here, the rest pending (returns False; ``_admit`` then ends the run)."""
+        assert self.spend is not None and self.spend.budget is not None
+        if self._in_flight > 0:
+            self._note_wait(math.inf, "budget", now)
+            return True
+        wait = self.spend.frees_in(call, now + self._wall_offset)
+        if wait <= self.spend.budget.wait_seconds:
+            self._arm_timer(now + max(wait, 1e-6))
+            self._note_wait(now + wait, "budget", now)
+            return True
+        self.budget_stopped = call
+        return False
 
     def _never_fits(self, call: Call, now: float) -> None:
         """The head call needs more than a whole quota (lowered since it was scheduled,
@@ -826,7 +878,7 @@ class Engine:
             else:
                 admitted = self._admit()
                 if admitted is None:
-                    if self._unfinished <= 0 or self._stopping:
+                    if self._unfinished <= 0 or self._stopping or self._budget_done:
                         return
                     await self._wait()
                     since_yield = 0
@@ -906,7 +958,7 @@ class Engine:
         while True:
             call = self._admit()
             if call is None:
-                if self._unfinished <= 0 or self._stopping:
+                if self._unfinished <= 0 or self._stopping or self._budget_done:
                     return
                 await self._wait()
                 now = loop.time()
@@ -1112,6 +1164,8 @@ class Engine:
                     logger.warning("%s for %r", error, call)
                     amount = estimate
             actual[i] = amount
+        if self.spend is not None:
+            self.spend.settle(call, value, now + self._wall_offset)
         if isinstance(reservation, Reservation):
             billed = self.ledger.settle(reservation, actual, now)  # by each resource's rule
             for resource, need, amount in zip(self.resources, call.demand, billed, strict=True):
@@ -1123,9 +1177,13 @@ class Engine:
         reservation = call.reservation
         if isinstance(reservation, Reservation):
             self.ledger.release(reservation, now)
+        if self.spend is not None:
+            self.spend.release(call)
         call.reservation = None
 
     def _keep(self, call: Call, now: float) -> None:
+        if self.spend is not None:
+            self.spend.keep(call, now + self._wall_offset)
         reservation = call.reservation
         if isinstance(reservation, Reservation):
             self.ledger.keep(reservation, now)
@@ -1146,6 +1204,8 @@ class Engine:
         reservation = call.reservation
         if isinstance(reservation, Reservation):
             self.ledger.refused(reservation, now)
+        if self.spend is not None:
+            self.spend.release(call)
         call.reservation = None
 
     def _failed(
@@ -1183,6 +1243,14 @@ class Engine:
             except Exception:
                 logger.exception("retry_if raised for %r; not retrying", call)
                 retry = False
+        escalated = (
+            not refused
+            and not final
+            and self.escalate is not None
+            and self.escalate(call, exc)  # the next attempt runs on the next rung
+        )
+        if escalated:
+            retry = True
         if retry and not refused:  # 429s do not use up retries: the provider refused
             retry = _errors_counted(call) <= self.max_retries
         if retry and refused and self._out_of_patience(now):
@@ -1204,7 +1272,8 @@ class Engine:
         else:
             errors = sum(1 for e in call.exceptions if not isinstance(e, _NOT_ERRORS))
         try:
-            delay = float(self.backoff(errors, exc))
+            # Escalated: another model answers next, there is nothing to back off from.
+            delay = 0.0 if escalated else float(self.backoff(errors, exc))
         except Exception:
             logger.exception("backoff raised for %r; retrying at once", call)
             delay = 0.0

@@ -3,14 +3,16 @@
 ``RunResult`` is a tuple ``(results, exceptions)``, exactly rate_limited 0.4's shape, so
 ``results, exceptions = runner.run()`` keeps working; ``results[i]`` is the value of call
 i (None if it did not succeed) and ``exceptions[i]`` the list of its failed attempts'
-exceptions. On top of that it carries ``.outcomes`` (status, attempts, usage, latency per
-call), ``.interrupted`` and ``.to_pandas()``.
+exceptions. On top of that it carries ``.outcomes`` (status, attempts, usage, cost, latency per
+call), ``.cost``, ``.interrupted``, ``.budget`` (why a budget stopped the run) and
+``.to_pandas()``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas
 
+    from rate_limited.budget import BudgetStop
     from rate_limited.calls import Call
     from rate_limited.resources import Resource
     from rate_limited.semantic import SemanticMatch
@@ -72,6 +75,13 @@ class Outcome:
     #: How the semantic cache answered the call: the matched call's key, its redacted
     #: prompt and the similarity (None: it did not).
     semantic: SemanticMatch | None = None
+    #: USD its attempts cost, from the usage their responses reported (None: the Runner
+    #: does not price its calls, or a response could not be priced; 0 for an outcome
+    #: from the store: nothing was paid for it now).
+    cost: float | None = None
+    #: The ``model`` argument of its last attempt (with ``escalate=``, the model that
+    #: answered); None if the call has none.
+    model: str | None = None
 
     @property
     def error(self) -> BaseException | None:
@@ -95,6 +105,8 @@ class Outcome:
             call=call,
             warnings=tuple(call._warnings or ()),
             semantic=call.semantic,
+            cost=call.cost,
+            model=_model(call),
         )
 
 
@@ -114,6 +126,8 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
     #: Finished calls whose outcome could not be written to the store (0 without a
     #: store); a ``StoreWarning`` said so. A later process would call them again.
     store_failures: int
+    #: Why the run stopped at its budget with calls pending (None: it did not).
+    budget: BudgetStop | None
     _outcomes: list[Outcome] | None
 
     def __new__(
@@ -131,6 +145,7 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         self.resources = ()
         self.started_at = None
         self.store_failures = 0
+        self.budget = None
         self._outcomes = None
         return self
 
@@ -139,7 +154,15 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         outcomes = [dataclasses.replace(o, call=None) for o in self.outcomes]
         return (
             _unpickle,
-            (self[0], self[1], outcomes, self.interrupted, self.elapsed, self.store_failures),
+            (
+                self[0],
+                self[1],
+                outcomes,
+                self.interrupted,
+                self.elapsed,
+                self.store_failures,
+                self.budget,
+            ),
         )
 
     @property
@@ -158,6 +181,12 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         if self._outcomes is None:
             self._outcomes = [Outcome.of(call) for call in self.calls]
         return self._outcomes
+
+    @property
+    def cost(self) -> float | None:
+        """USD the calls cost (``sum(o.cost)``); None if no call could be priced."""
+        costs = [o.cost for o in self.outcomes if o.cost is not None]
+        return math.fsum(costs) if costs else None
 
     def counts(self) -> dict[str, int]:
         """How many calls are in each status, e.g. ``{"succeeded": 98, "failed": 2}``."""
@@ -187,9 +216,19 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
     def __repr__(self) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items()))
         flag = ", interrupted" if self.interrupted else ""
+        if self.budget is not None:
+            flag += ", stopped at the budget"
+        cost = self.cost
+        if cost is not None:
+            flag += f", ${cost:.4g}"
         if self.store_failures:
             flag += f", {self.store_failures} not stored"
         return f"<RunResult of {len(self[0])} calls: {counts or 'none'}{flag}>"
+
+
+def _model(call: Call) -> str | None:
+    model = call.kwargs.get("model")
+    return model if isinstance(model, str) else None
 
 
 def _unpickle(
@@ -199,8 +238,10 @@ def _unpickle(
     interrupted: bool,
     elapsed: float,
     store_failures: int = 0,
+    budget: BudgetStop | None = None,
 ) -> RunResult:
     result = RunResult(results, exceptions, (), interrupted, elapsed)
     result._outcomes = outcomes
     result.store_failures = store_failures
+    result.budget = budget
     return result

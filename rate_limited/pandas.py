@@ -4,9 +4,9 @@
 once this module is imported) schedules one call per row with the keyword arguments
 ``row_to_kwargs(row)`` returns, runs them, and returns a DataFrame aligned to ``df.index``
 with each call's ``result``, ``status``, ``error``, ``attempts``, ``latency``,
-``from_store``, ``semantic_key`` / ``semantic_text`` / ``semantic_similarity`` and
-``usage_<resource>``; ``RunResult.to_pandas()`` gives the same table
-for any run.
+``from_store``, ``semantic_key`` / ``semantic_text`` / ``semantic_similarity``,
+``cost_usd`` and ``model`` (see ``outcomes_frame``) and ``usage_<resource>``;
+``RunResult.to_pandas()`` gives the same table for any run.
 
 Every row is scheduled before anything runs. A row that cannot be (it needs more than a
 whole quota, or a usage extractor fails on it) is named by its index label in the
@@ -32,6 +32,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rate_limited._escalate import scheduled_kwargs
 from rate_limited.exceptions import ConfigurationError, QuotaExceededError
 from rate_limited.outcomes import Outcome
 
@@ -54,8 +55,10 @@ def _pandas() -> Any:
 def outcomes_frame(outcomes: Sequence[Outcome], index: Any = None) -> pandas.DataFrame:
     """One row per outcome: ``result``, ``status``, ``error``, ``attempts``, ``latency``,
     ``from_store``, the semantic cache's match (``semantic_key``, ``semantic_text``,
-    ``semantic_similarity``; None where it did not answer) and a ``usage_<resource>``
-    column per resource."""
+    ``semantic_similarity``; None where it did not answer), ``cost_usd`` (when the
+    Runner prices its calls), ``model`` (when the calls have a ``model`` argument: with
+    ``escalate=``, the model that answered) and a ``usage_<resource>`` column per
+    resource."""
     pd = _pandas()
     resources: dict[str, None] = {}
     for outcome in outcomes:
@@ -75,6 +78,12 @@ def outcomes_frame(outcomes: Sequence[Outcome], index: Any = None) -> pandas.Dat
             None if o.semantic is None else o.semantic.similarity for o in outcomes
         ],
     }
+    costs = [o.cost for o in outcomes]
+    if any(cost is not None for cost in costs):
+        columns["cost_usd"] = costs
+    models = [o.model for o in outcomes]
+    if any(model is not None for model in models):
+        columns["model"] = models
     for name in resources:
         columns[f"usage_{name}"] = [o.usage.get(name) for o in outcomes]
     frame = pd.DataFrame(columns, index=index)
@@ -123,7 +132,8 @@ def apply(
     if not pending:
         _schedule_rows(runner, labels, wanted)
     result = runner.run()
-    runner._last_apply = None if result.interrupted else result
+    # Interrupted, or stopped at the budget: the same cell again resumes the batch.
+    runner._last_apply = None if result.interrupted or result.budget is not None else result
     return outcomes_frame(result.outcomes, index=frame.index)
 
 
@@ -174,7 +184,8 @@ def _same_calls(calls: Sequence[Any], wanted: Sequence[Mapping[str, Any]]) -> bo
     if len(calls) != len(wanted):
         return False
     return all(
-        not c.args and _equal(dict(c.kwargs), dict(w)) for c, w in zip(calls, wanted, strict=True)
+        not c.args and _equal(scheduled_kwargs(c), dict(w))
+        for c, w in zip(calls, wanted, strict=True)
     )
 
 

@@ -38,12 +38,13 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from numbers import Real
 from typing import TYPE_CHECKING, Any, Literal
 
 from rate_limited._clock import Clock, MonotonicClock
 from rate_limited._engine import Engine, is_async_callable
+from rate_limited._escalate import Ladder, scheduled_kwargs
 from rate_limited._feedback import FeedbackSource, LedgerControl
 from rate_limited._gc import bulk_allocation
 from rate_limited._ledger import Ledger
@@ -54,8 +55,10 @@ from rate_limited._policy import (
     retry_if_transient,
 )
 from rate_limited._redact import describe, get_logger
+from rate_limited.budget import Budget
 from rate_limited.calls import Call, CallOwner, Result
 from rate_limited.exceptions import (
+    BudgetWarning,
     ConfigurationError,
     QuotaExceededError,
     RateLimitedWarning,
@@ -73,6 +76,8 @@ from rate_limited.stores.base import Store
 if TYPE_CHECKING:
     import pandas
 
+    from rate_limited._estimate import Estimate
+    from rate_limited._spend import CallSpend, SpendControl
     from rate_limited.semantic import SemanticCache
     from rate_limited.semantic._step import SemanticStep
 
@@ -188,6 +193,8 @@ class Runner(CallOwner):
         event_loop: Literal["own", "current"] = "own",
         rate_limit_patience: float | None = 600.0,
         semantic_cache: SemanticCache | None = None,
+        budget: Budget | None = None,
+        escalate: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         """Wrap ``function`` (sync or async callable: function, partial, lambda, method).
 
@@ -235,6 +242,13 @@ class Runner(CallOwner):
                 in other words (and identical in everything else) takes the stored answer
                 of the earlier call instead of being sent. Needs ``store=``; off with
                 ``refresh=True`` (fresh answers are still indexed) or None (default).
+            budget: a ``rate_limited.Budget``: at most that many US dollars spent (see
+                ``rate_limited.budget``); a Budget in ``resources`` is the same. A preset
+                prices its calls; your own function needs ``Budget(cost=, max_cost=)``.
+            escalate: the quality-cost ladder, e.g. ``[{"model": "gpt-4o-mini"},
+                {"model": "gpt-4o"}]``: each attempt after a failed validation (or an
+                error permanent for that model) runs with the next rung's keyword
+                arguments (see ``rate_limited._escalate``).
         """
         if not callable(function):
             raise ConfigurationError(
@@ -242,6 +256,7 @@ class Runner(CallOwner):
                 f"{type(function).__name__}: {function!r}."
             )
         self.function = function
+        resources, budget = _split_budget(resources, budget)
         self.resources = _check_resources(resources)
         self.max_concurrent = _check_int(max_concurrent, "max_concurrent", minimum=1)
         self.max_retries = _check_int(max_retries, "max_retries", minimum=0)
@@ -312,6 +327,10 @@ class Runner(CallOwner):
         #: The semantic cache bound to the store (None: no semantic cache).
         self.semantic_cache = semantic_cache
         self._semantic = self._bind_semantic_cache(semantic_cache)
+        #: The spending limit (None: none); raise ``budget.usd`` to go on after a stop.
+        self.budget = budget
+        self._spend = _spend_control(function, budget, self.store)
+        self._ladder = None if escalate is None else Ladder(escalate)
 
         #: Calls of the current batch, in schedule order.
         self.scheduled_calls: list[Call] = []
@@ -341,7 +360,12 @@ class Runner(CallOwner):
 
             self._function_identity = function_identity(function)
         #: schedule() has work beyond creating the Call (usage extraction, keys).
-        self._slow_schedule = bool(self._extractors) or self.store is not None
+        self._slow_schedule = (
+            bool(self._extractors)
+            or self.store is not None
+            or self._spend is not None
+            or self._ladder is not None
+        )
         self.schedule = self._make_schedule(function)  # type: ignore[method-assign]
 
     # -- scheduling --------------------------------------------------------------------------
@@ -358,8 +382,12 @@ class Runner(CallOwner):
             raise RunnerClosedError("This Runner was closed; create a new Runner to schedule.")
         calls = self.scheduled_calls
         call = Call(self.function, args, kwargs, len(calls), self)
+        if self._ladder is not None:
+            self._ladder.first(call, _spend_record(call))
         if self._extractors:
             call.demand = self._demand_of(call)
+        if self._spend is not None:
+            self._spend.prepare(call)
         if self.store is not None:
             call.key = self._key_of(call)
         if self._semantic is not None:
@@ -437,7 +465,17 @@ class Runner(CallOwner):
             return key
         from rate_limited._keys import call_key
 
+        if self._ladder is not None:  # the arguments as scheduled, and the ladder
+            kwargs = {**scheduled_kwargs(call), **self._ladder.key_extra()}
+            return call_key(self.function, call.args, kwargs)
         return call_key(self.function, call.args, call.kwargs)
+
+    def _reprice(self, call: Call) -> None:
+        """Escalation changed the call's arguments: its quotas' usage and maximum cost."""
+        if self._extractors:
+            call.demand = self._demand_of(call)
+        if self._spend is not None:
+            self._spend.prepare(call)
 
     def _make_schedule(self, function: Callable[..., Any]) -> Callable[..., Call]:
         """A ``schedule`` for this instance that looks like ``function`` to IDEs and
@@ -613,6 +651,13 @@ class Runner(CallOwner):
             results = [c.result if c.status is succeeded else None for c in calls]
             # A call's own list when it has exceptions (as in 0.4), else a new empty one.
             exceptions = [c._exceptions or [] for c in calls]
+        engine = self._active_engine
+        stopped = None if engine is None or interrupted else engine.budget_stopped
+        budget_stop = None
+        if stopped is not None and engine is not None and self._spend is not None:
+            now = engine.loop.time() + engine._wall_offset  # the budget's clock
+            budget_stop = self._spend.stop_report(stopped, calls, now)
+            warn(budget_stop.message, BudgetWarning)
         if interrupted:
             done = sum(1 for c in calls if c.status.is_final)
             running = sum(1 for c in calls if c.status is Status.RUNNING)
@@ -625,7 +670,7 @@ class Runner(CallOwner):
                 if running
                 else "",
             )
-        elif calls is self.scheduled_calls:
+        elif calls is self.scheduled_calls and budget_stop is None:
             # Complete: the next run() starts a new batch. Calls scheduled after the engine
             # had finished (a background run) were not part of this run: they carry over.
             ran = len(calls)
@@ -638,7 +683,7 @@ class Runner(CallOwner):
             if later:
                 calls = calls[:ran]
                 del results[ran:], exceptions[ran:]
-        if not interrupted:
+        if not interrupted and budget_stop is None:
             # Every call of the run is final: none needs the Runner to live any more, and
             # last_result (which holds them) must not make a reference cycle through it.
             function = self.function
@@ -646,10 +691,12 @@ class Runner(CallOwner):
                 call._source = function
         result = RunResult(results, exceptions, calls, interrupted, elapsed)
         result.resources = tuple(self.resources)
-        engine = self._active_engine
+        result.budget = budget_stop
         if engine is not None:
             result.started_at = engine.stats.started_at
             notices, result.store_failures = engine.take_notices()
+            if self._spend is not None:
+                notices += self._spend.take_notices()
             for category, text in notices:
                 warn(text, category)
         self.last_result = result
@@ -694,10 +741,25 @@ class Runner(CallOwner):
             ledger=self._ledger,
             rate_limit_patience=self.rate_limit_patience,
             semantic=self._semantic,
+            spend=self._spend,
+            escalate=None if self._ladder is None else self._escalate,
         )
         if isinstance(self.function, FeedbackSource):
             self.function.attach_ledger(LedgerControl(engine))
         return engine
+
+    def _escalate(self, call: Call, exc: BaseException) -> bool:
+        assert self._ladder is not None
+        return self._ladder.escalate(call, exc, self._reprice)
+
+    def estimate(self) -> Estimate:
+        """What the scheduled calls not yet finished will need, before ``run()``: calls,
+        prompt tokens, maximum output tokens, ``cost_min`` / ``cost_max`` in USD and the
+        least time the quotas allow (see ``rate_limited._estimate``). Shows as a table
+        in a notebook."""
+        from rate_limited._estimate import estimate
+
+        return estimate(self)
 
     def apply(
         self,
@@ -842,6 +904,50 @@ def _function_name(function: Callable[..., Any]) -> str:
     if name is None and hasattr(function, "func"):  # functools.partial
         name = getattr(function.func, "__name__", None)
     return name or type(function).__name__
+
+
+def _split_budget(
+    resources: Iterable[Resource | Budget], budget: Budget | None
+) -> tuple[Any, Budget | None]:
+    """A Budget given among the resources is the Runner's budget."""
+    if budget is not None and not isinstance(budget, Budget):
+        raise ConfigurationError(f"budget must be a rate_limited.Budget or None, got {budget!r}.")
+    if isinstance(resources, Resource | Budget):
+        return resources, budget  # _check_resources says how to wrap it
+    try:
+        items = list(resources)
+    except TypeError:
+        return resources, budget  # _check_resources says what is wrong
+    budgets = [r for r in items if isinstance(r, Budget)]
+    if len(budgets) + (budget is not None) > 1:
+        raise ConfigurationError(
+            "A Runner has one budget: give one Budget (in resources or as budget=); of "
+            "several limits, only the tightest matters."
+        )
+    if budgets:
+        budget = budgets[0]
+    return [r for r in items if not isinstance(r, Budget)], budget
+
+
+def _spend_control(
+    function: Callable[..., Any], budget: Budget | None, store: Store | None
+) -> SpendControl | None:
+    """Prices for the calls (a preset's, or the budget's functions), and the budget."""
+    from rate_limited._spend import CostSource, SpendControl
+
+    source = function if isinstance(function, CostSource) else None
+    if budget is None and source is None:
+        return None
+    return SpendControl(budget, source, store)
+
+
+def _spend_record(call: Call) -> CallSpend:
+    from rate_limited._spend import CallSpend
+
+    extras = call._more()
+    if extras.spend is None:
+        extras.spend = CallSpend(None)
+    return extras.spend
 
 
 def _check_resources(resources: Iterable[Resource]) -> list[Resource]:

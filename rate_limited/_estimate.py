@@ -115,7 +115,7 @@ def estimate(runner: Runner) -> Estimate:
             p, o = tokens(call)
             prompt += int(p)
             output += int(o)
-    cost_max = _sum(_max_cost(call) for call in calls)
+    cost_max = _sum(_max_cost(runner, call) for call in calls)
     cost_min = _sum(min_cost(call) for call in calls) if callable(min_cost) else None
     seconds, binding = least_time(runner, calls)
     budget_usd = budget_left = None
@@ -139,10 +139,16 @@ def estimate(runner: Runner) -> Estimate:
     )
 
 
-def _max_cost(call: Call) -> float | None:
+def _max_cost(runner: Runner, call: Call) -> float | None:
+    """The call's maximum cost: the one its budget reserves, else priced now."""
     extras = call._extras
     spend = None if extras is None else extras.spend
-    return None if spend is None else spend.max_cost
+    if spend is not None and spend.max_cost is not None:
+        return spend.max_cost
+    control = runner._spend
+    if control is None or control.source is None:
+        return None
+    return control.source.call_max_cost(call)
 
 
 def _sum(values: object) -> float | None:

@@ -123,13 +123,15 @@ class SpendControl:
         self._alerted: set[float] = set()
         self._unpriced = 0
         self._unpriced_first: str | None = None
+        self._unpriced_models: set[str] = set()
 
     # -- at schedule() ------------------------------------------------------------------------
     def prepare(self, call: Call) -> None:
-        """Price the call's maximum now: a budget that can't bound it is an error here."""
+        """Price the call's maximum now, if a budget needs it (one that can't bound it is
+        an error here, at ``schedule()``); without a budget, only its cost is kept."""
         if self.source is None:
             return
-        maximum = self.max_cost_of(call)
+        maximum = self.max_cost_of(call) if self.budget is not None else None
         extras = call._more()
         spend = extras.spend
         if spend is None:
@@ -194,6 +196,9 @@ class SpendControl:
             self._unreadable(call, exc, spend)
         if cost is None:
             spend.unknown = True
+            model = call.kwargs.get("model")
+            if isinstance(model, str):
+                self._unpriced_models.add(model)
         else:
             spend.cost += cost
         self._bill(call, spend, spend.max_cost if cost is None else cost, now)
@@ -306,7 +311,13 @@ class SpendControl:
         )
 
     def take_notices(self) -> list[tuple[type[Warning], str]]:
+        """The warnings due since the last call, for the caller's thread; a source that
+        could not price some models warns about them itself, now (in that thread)."""
         notices, self._notices = self._notices, []
+        models, self._unpriced_models = self._unpriced_models, set()
+        warn_unpriced = getattr(self.source, "warn_unpriced", None)
+        if models and callable(warn_unpriced):
+            warn_unpriced(sorted(models))
         if self._unpriced:
             notices.append(
                 (

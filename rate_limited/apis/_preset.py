@@ -274,11 +274,20 @@ class Preset:
         return price.cost(TokenUsage(input_tokens=self.call_tokens(call)[0]))
 
     def call_cost(self, call: Call, result: Any) -> float | None:
-        """USD the response cost, from the usage it reports, at its model's rates."""
+        """USD the response cost, from the usage it reports, at its model's rates (None,
+        without a warning, for a model without a price: see ``warn_unpriced``)."""
         model = field(result, "model")
-        if not isinstance(model, str) or not model:
+        if not isinstance(model, str) or not model or self.prices.lookup(model) is None:
             model, _ = self._priced_model(call, False)
-        return None if model is None else self.prices.cost(result, model)
+        if model is None or self.prices.lookup(model) is None:
+            return None
+        return self.prices.cost(result, model)
+
+    def warn_unpriced(self, models: list[str]) -> None:
+        """One ``PriceWarning`` per model without a price (per preset), in the caller's
+        thread: the Runner calls this when ``run()`` returns."""
+        for model in models:
+            self.prices.price(model)
 
     def _priced_model(self, call: Call, required: bool) -> tuple[str | None, str | None]:
         model = call.kwargs.get("model")

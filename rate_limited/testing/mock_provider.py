@@ -63,6 +63,7 @@ from types import FrameType, ModuleType, TracebackType
 from typing import Any
 
 from ._app import MockApp
+from ._billing import billed_usd
 from ._faults import Faults
 from ._http import HttpRequest, HttpServer, raise_open_files_limit
 from ._limits import Family, Limits, RateLimiter
@@ -378,6 +379,12 @@ class MockProvider:
     def request_log(self) -> list[RequestLogEntry]:
         """A copy of the log of every request, in the order outcomes were decided."""
         return self._stats.log()
+
+    def billed_usd(self, prices: Mapping[str, tuple[float, float]] | None = None) -> float:
+        """USD the answered requests would have cost at the providers' list prices (or
+        ``prices``: model -> (input, output) USD per million tokens), by the mock's own
+        arithmetic over its request log (see ``rate_limited.testing._billing``)."""
+        return billed_usd(self._stats.log(), prices)
 
     def reset_stats(self) -> None:
         """Clear counters, peaks and the request log (the buckets are left as they are)."""

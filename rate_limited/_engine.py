@@ -134,6 +134,7 @@ class RunStats:
     """Counters of the current run, read by progress displays (on the loop thread)."""
 
     __slots__ = (
+        "_cost_at_start",
         "_engine",
         "binding",
         "cooldowns",
@@ -161,6 +162,8 @@ class RunStats:
         self.waiting_until: float | None = None  #: admission waits for quota until then
         self.binding: str | None = None  #: the resource it waits for
         self.started_at = now
+        spend = None if engine is None else engine.spend
+        self._cost_at_start = None if spend is None else spend.cost_total
 
     @property
     def finished(self) -> int:
@@ -204,11 +207,23 @@ class RunStats:
             return None
         return self._engine.semantic.stats
 
+    @property
+    def cost(self) -> float | None:
+        """USD the responses of this run cost so far (None: the calls are not priced)."""
+        if self._engine is None or self._engine.spend is None or self._cost_at_start is None:
+            return None
+        return self._engine.spend.cost_total - self._cost_at_start
+
     def usage(self) -> dict[str, tuple[float, float, float]]:
-        """``{resource: (used, reserved, quota)}`` now."""
+        """``{resource: (used, reserved, quota)}`` now; a budget as ``budget_usd``."""
         if self._engine is None:
             return {}
-        return self._engine.ledger.snapshot(self.now)
+        engine = self._engine
+        usage = engine.ledger.snapshot(self.now)
+        if engine.spend is not None and engine.spend.budget is not None:
+            spent, reserved = engine.spend.state(self.now + engine._wall_offset)
+            usage["budget_usd"] = (spent, reserved, engine.spend.budget.usd)
+        return usage
 
 
 class Engine:

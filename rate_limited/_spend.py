@@ -124,6 +124,8 @@ class SpendControl:
         self._unpriced = 0
         self._unpriced_first: str | None = None
         self._unpriced_models: set[str] = set()
+        #: USD of every response priced so far (the displays show a run's share).
+        self.cost_total = 0.0
 
     # -- at schedule() ------------------------------------------------------------------------
     def prepare(self, call: Call) -> None:
@@ -201,6 +203,7 @@ class SpendControl:
                 self._unpriced_models.add(model)
         else:
             spend.cost += cost
+            self.cost_total += cost
         self._bill(call, spend, spend.max_cost if cost is None else cost, now)
 
     def keep(self, call: Call, now: float) -> None:

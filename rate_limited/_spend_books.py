@@ -342,12 +342,13 @@ return 1
 _REDIS_SETTLE = (
     _REDIS_PRELUDE
     + """
--- ARGV: now, token, amount (the token's lease may have run out: then only the excess)
+-- ARGV: now, token, amount, '1' to bill without a reservation. A token whose lease ran
+-- out was counted at its reserved amount already: nothing more is added for it.
 local value = redis.call('HGET', held, ARGV[2])
 local amount = tonumber(ARGV[3])
 if value then
   redis.call('HDEL', held, ARGV[2])
-elseif amount > 0 then
+elseif ARGV[4] ~= '1' then
   amount = 0
 end
 if amount > 0 then
@@ -408,7 +409,7 @@ class RedisBook:
         return token if int(ok) else None
 
     def settle(self, token: str, amount: float, now: float) -> None:
-        self._call(self._settle, repr(now), token, repr(max(0.0, amount)))
+        self._call(self._settle, repr(now), token, repr(max(0.0, amount)), "0")
 
     def release(self, token: str) -> None:
         try:
@@ -418,7 +419,7 @@ class RedisBook:
 
     def bill(self, amount: float, now: float) -> None:
         if amount > 0:
-            self._call(self._settle, repr(now), uuid.uuid4().hex, repr(amount))
+            self._call(self._settle, repr(now), uuid.uuid4().hex, repr(amount), "1")
 
     def _read(self, now: float, entries: bool) -> tuple[float, float, list[tuple[float, float]]]:
         spent, held, raw = self._call(self._state, repr(now), self._window, "1" if entries else "0")

@@ -81,7 +81,7 @@ class TqdmProgress:
         if bar.total != stats.total:
             bar.total = stats.total
         bar.update(stats.finished - bar.n)
-        postfix = {}
+        postfix: dict[str, int | str] = {}
         if stats.failed:
             postfix["failed"] = stats.failed
         if stats.retries:

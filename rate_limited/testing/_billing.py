@@ -38,7 +38,7 @@ def billed_usd(
     Raises KeyError naming a model that has no price.
     """
     rates = LIST_PRICES if prices is None else prices
-    total = 0
+    total = 0.0
     for entry in log:
         if entry.status != 200:
             continue

@@ -421,3 +421,23 @@ def test_a_new_runner_on_the_same_store_goes_on_from_what_was_spent(
     assert third.run().results == [1000]
     third.close()
     store.close()
+
+
+def sync_work(i: int) -> int:
+    return i
+
+
+@pytest.mark.parametrize("max_concurrent", CONCURRENCY)
+def test_a_sync_function_stops_at_the_same_call(max_concurrent: int) -> None:
+    runner = Runner(
+        sync_work,
+        budget=flat(0.05, 0.1, usd=1.0),
+        max_concurrent=max_concurrent,
+        clock=FakeClock(),
+        progress=False,
+    )
+    for i in range(40):
+        runner.schedule(i)
+    result = run_expecting_stop(runner)
+    assert result.counts() == {"succeeded": 19, "pending": 21}
+    assert result.cost == pytest.approx(0.95)

@@ -90,44 +90,68 @@ def _frees_at(
 
 
 class MemoryBook:
-    """A spend book in this process (thread-safe)."""
+    """A spend book in this process (thread-safe), for one window: running sums, so that
+    each operation costs O(1) (amortised: spends leave a rolling window from the front)."""
 
-    def __init__(self, lease: float = math.inf) -> None:
+    def __init__(self, window: float = math.inf) -> None:
+        self._window = window
         self._lock = threading.Lock()
-        self._spent: deque[tuple[float, float]] = deque()  # (time, amount), time order
+        #: Spends inside the window, (time, amount) in time order; a total keeps none.
+        self._spent: deque[tuple[float, float]] = deque()
+        self._spent_sum = 0.0
         self._held: dict[str, float] = {}
+        self._held_sum = 0.0
         self._count = itertools.count()
 
-    def _spent_in(self, window: float, now: float) -> tuple[float, list[tuple[float, float]]]:
-        floor = now - window
-        entries = [e for e in self._spent if e[0] > floor]
-        return sum(e[1] for e in entries), entries
+    def _trim(self, window: float, now: float) -> float:
+        """Spent within ``window`` of ``now``, dropping what left the book's own window."""
+        if math.isinf(self._window):
+            return self._spent_sum
+        spent = self._spent
+        floor = now - self._window
+        while spent and spent[0][0] <= floor:
+            self._spent_sum -= spent.popleft()[1]
+        if not spent:
+            self._spent_sum = 0.0  # no drift left behind
+        if window == self._window:
+            return self._spent_sum
+        return math.fsum(a for t, a in spent if t > now - window)
 
     def reserve(self, amount: float, limit: float, window: float, now: float) -> str | None:
         with self._lock:
-            spent, _ = self._spent_in(window, now)
-            if not _fits(spent, sum(self._held.values()), amount, limit):
+            if not _fits(self._trim(window, now), self._held_sum, amount, limit):
                 return None
             token = str(next(self._count))
             self._held[token] = amount
+            self._held_sum += amount
             return token
+
+    def _unhold(self, token: str) -> None:
+        amount = self._held.pop(token, None)
+        if amount is not None:
+            self._held_sum = self._held_sum - amount if self._held else 0.0
 
     def settle(self, token: str, amount: float, now: float) -> None:
         with self._lock:
-            self._held.pop(token, None)
+            self._unhold(token)
             self._add(amount, now)
 
     def _add(self, amount: float, now: float) -> None:
-        if amount > 0:
-            if self._spent and self._spent[-1][0] > now:  # clocks of two runners
-                times = [e[0] for e in self._spent]
-                self._spent.insert(bisect.bisect_right(times, now), (now, amount))
-            else:
-                self._spent.append((now, amount))
+        if amount <= 0:
+            return
+        self._spent_sum += amount
+        if math.isinf(self._window):
+            return
+        spent = self._spent
+        if spent and spent[-1][0] > now:  # times of two engines on one book
+            times = [e[0] for e in spent]
+            spent.insert(bisect.bisect_right(times, now), (now, amount))
+        else:
+            spent.append((now, amount))
 
     def release(self, token: str) -> None:
         with self._lock:
-            self._held.pop(token, None)
+            self._unhold(token)
 
     def bill(self, amount: float, now: float) -> None:
         with self._lock:
@@ -135,33 +159,43 @@ class MemoryBook:
 
     def state(self, window: float, now: float) -> tuple[float, float]:
         with self._lock:
-            return self._spent_in(window, now)[0], sum(self._held.values())
+            return self._trim(window, now), self._held_sum
 
     def frees_at(self, amount: float, limit: float, window: float, now: float) -> float:
         with self._lock:
-            spent, entries = self._spent_in(window, now)
-            return _frees_at(entries, spent, sum(self._held.values()), amount, limit, window, now)
+            spent = self._trim(window, now)
+            entries = [e for e in self._spent if e[0] > now - window]
+            return _frees_at(entries, spent, self._held_sum, amount, limit, window, now)
 
     def __repr__(self) -> str:
-        return f"<MemoryBook {len(self._spent)} spends, {len(self._held)} held>"
+        return (
+            f"<MemoryBook spent={self._spent_sum:.6g} held={self._held_sum:.6g} "
+            f"({len(self._held)} reservations)>"
+        )
 
 
-_SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS budget_spend (
-    budget TEXT NOT NULL,
-    token TEXT,
-    at REAL NOT NULL,
-    amount REAL NOT NULL,
-    expires REAL
-)"""
-_SQLITE_INDEX = "CREATE INDEX IF NOT EXISTS budget_spend_at ON budget_spend (budget, at)"
+_SQLITE_SCHEMA = (
+    # Spends, (time, amount) per budget name; a lease that ran out is one too.
+    "CREATE TABLE IF NOT EXISTS budget_spend ("
+    " budget TEXT NOT NULL, at REAL NOT NULL, amount REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS budget_spend_at ON budget_spend (budget, at)",
+    # Every spend ever, per budget name: a total budget reads one row.
+    "CREATE TABLE IF NOT EXISTS budget_total ("
+    " budget TEXT PRIMARY KEY NOT NULL, spent REAL NOT NULL)",
+    # Reservations of calls in flight (in every process), each a lease.
+    "CREATE TABLE IF NOT EXISTS budget_held ("
+    " budget TEXT NOT NULL, token TEXT PRIMARY KEY NOT NULL, at REAL NOT NULL,"
+    " amount REAL NOT NULL, expires REAL NOT NULL)",
+)
 
 
 class SqliteBook:
     """A spend book in a SQLite file (the store's), shared by every process using it.
 
-    Spends are rows with ``expires`` NULL; reservations are rows with a token and the
-    time their lease ends. Its own connection, so it never waits on the store's buffer.
+    Three tables beside the store's ``outcomes``: ``budget_spend`` (the spends, by time),
+    ``budget_total`` (their sum per budget) and ``budget_held`` (the leases of calls in
+    flight). A total budget reads one row; a rolling one sums its window's spends (an
+    index range). Its own connection, so it never waits on the store's write buffer.
     """
 
     def __init__(self, path: str, budget: str, lease: float) -> None:
@@ -173,8 +207,11 @@ class SqliteBook:
             self._conn = sqlite3.connect(
                 path, timeout=10.0, isolation_level=None, check_same_thread=False
             )
-            self._conn.execute(_SQLITE_SCHEMA)
-            self._conn.execute(_SQLITE_INDEX)
+            # As the store's own connection: a commit survives the process being killed,
+            # and is not synced to disk one by one (WAL, set by the store).
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            for statement in _SQLITE_SCHEMA:
+                self._conn.execute(statement)
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"can't keep {self._where}: {exc}") from exc
         weakref.finalize(self, self._conn.close)
@@ -195,23 +232,46 @@ class SqliteBook:
                 raise StoreUnavailableError(f"can't update {self._where}: {exc}") from exc
             return result
 
-    def _expire(self, conn: sqlite3.Connection, now: float) -> None:
-        # A lease that ran out: its process died; its call may have been billed.
+    def _spend(self, conn: sqlite3.Connection, at: float, amount: float) -> None:
+        if amount <= 0:
+            return
         conn.execute(
-            "UPDATE budget_spend SET expires = NULL "
-            "WHERE budget = ? AND expires IS NOT NULL AND expires <= ?",
-            (self._name, now),
+            "INSERT INTO budget_spend (budget, at, amount) VALUES (?, ?, ?)",
+            (self._name, at, amount),
+        )
+        conn.execute(
+            "INSERT INTO budget_total (budget, spent) VALUES (?, ?) "
+            "ON CONFLICT (budget) DO UPDATE SET spent = spent + excluded.spent",
+            (self._name, amount),
         )
 
+    def _expire(self, conn: sqlite3.Connection, now: float) -> None:
+        # A lease that ran out: its process died; its call may have been billed.
+        expired = conn.execute(
+            "SELECT token, at, amount FROM budget_held WHERE budget = ? AND expires <= ?",
+            (self._name, now),
+        ).fetchall()
+        for token, at, amount in expired:
+            conn.execute("DELETE FROM budget_held WHERE token = ?", (token,))
+            self._spend(conn, at, amount)
+
     def _totals(self, conn: sqlite3.Connection, window: float, now: float) -> tuple[float, float]:
-        floor = -1e300 if math.isinf(window) else now - window
-        spent, held = conn.execute(
-            "SELECT COALESCE(SUM(CASE WHEN expires IS NULL AND at > ? THEN amount END), 0), "
-            "COALESCE(SUM(CASE WHEN expires IS NOT NULL THEN amount END), 0) "
-            "FROM budget_spend WHERE budget = ?",
-            (floor, self._name),
-        ).fetchone()
-        return float(spent), float(held)
+        if math.isinf(window):
+            row = conn.execute(
+                "SELECT spent FROM budget_total WHERE budget = ?", (self._name,)
+            ).fetchone()
+            spent = 0.0 if row is None else float(row[0])
+        else:
+            spent = float(
+                conn.execute(
+                    "SELECT COALESCE(SUM(amount), 0) FROM budget_spend WHERE budget = ? AND at > ?",
+                    (self._name, now - window),
+                ).fetchone()[0]
+            )
+        held = conn.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM budget_held WHERE budget = ?", (self._name,)
+        ).fetchone()[0]
+        return spent, float(held)
 
     def reserve(self, amount: float, limit: float, window: float, now: float) -> str | None:
         def work(conn: sqlite3.Connection) -> str | None:
@@ -221,7 +281,7 @@ class SqliteBook:
                 return None
             token = uuid.uuid4().hex
             conn.execute(
-                "INSERT INTO budget_spend (budget, token, at, amount, expires) "
+                "INSERT INTO budget_held (budget, token, at, amount, expires) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (self._name, token, now, amount, now + self._lease),
             )
@@ -232,38 +292,18 @@ class SqliteBook:
 
     def settle(self, token: str, amount: float, now: float) -> None:
         def work(conn: sqlite3.Connection) -> None:
-            # A lease that ran out was counted at its reserved amount: the actual replaces it.
-            updated = conn.execute(
-                "UPDATE budget_spend SET expires = NULL, at = ?, amount = ? "
-                "WHERE budget = ? AND token = ?",
-                (now, amount, self._name, token),
-            ).rowcount
-            if not updated and amount > 0:
-                conn.execute(
-                    "INSERT INTO budget_spend (budget, token, at, amount, expires) "
-                    "VALUES (?, ?, ?, ?, NULL)",
-                    (self._name, token, now, amount),
-                )
+            # A lease that ran out was counted at its reserved amount already.
+            if conn.execute("DELETE FROM budget_held WHERE token = ?", (token,)).rowcount:
+                self._spend(conn, now, amount)
 
         self._run(work)
 
     def release(self, token: str) -> None:
-        self._run(
-            lambda conn: conn.execute(
-                "DELETE FROM budget_spend WHERE budget = ? AND token = ? AND expires IS NOT NULL",
-                (self._name, token),
-            )
-        )
+        self._run(lambda conn: conn.execute("DELETE FROM budget_held WHERE token = ?", (token,)))
 
     def bill(self, amount: float, now: float) -> None:
         if amount > 0:
-            self._run(
-                lambda conn: conn.execute(
-                    "INSERT INTO budget_spend (budget, token, at, amount, expires) "
-                    "VALUES (?, NULL, ?, ?, NULL)",
-                    (self._name, now, amount),
-                )
-            )
+            self._run(lambda conn: self._spend(conn, now, amount))
 
     def state(self, window: float, now: float) -> tuple[float, float]:
         def work(conn: sqlite3.Connection) -> tuple[float, float]:
@@ -276,32 +316,47 @@ class SqliteBook:
     def frees_at(self, amount: float, limit: float, window: float, now: float) -> float:
         def work(conn: sqlite3.Connection) -> float:
             spent, held = self._totals(conn, window, now)
-            floor = -1e300 if math.isinf(window) else now - window
-            entries = conn.execute(
-                "SELECT at, amount FROM budget_spend WHERE budget = ? AND expires IS NULL "
-                "AND at > ? ORDER BY at",
-                (self._name, floor),
-            ).fetchall()
+            entries = []
+            if not math.isinf(window):
+                entries = conn.execute(
+                    "SELECT at, amount FROM budget_spend WHERE budget = ? AND at > ? ORDER BY at",
+                    (self._name, now - window),
+                ).fetchall()
             return _frees_at(entries, spent, held, amount, limit, window, now)
 
         result: float = self._run(work)
         return result
 
 
-# Redis: a sorted set of spends (member "token:amount", score its time) with their sum,
-# and a hash of reservations (token -> "amount:lease end"). Each script is atomic.
+# Redis: a sorted set of spends (member "token:amount", score its time) with their sum;
+# a hash of reservations (token -> amount) with their sum, and their lease ends in a
+# sorted set (score: when the lease ends). Each script is atomic; each costs O(log n)
+# plus what it expires or trims.
 _REDIS_PRELUDE = """
-local spends, total, held = KEYS[1], KEYS[2], KEYS[3]
+local spends, total, held, heldsum, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = tonumber(ARGV[1])
+local function unhold(token)
+  local amount = redis.call('HGET', held, token)
+  if not amount then return nil end
+  redis.call('HDEL', held, token)
+  redis.call('ZREM', leases, token)
+  if redis.call('HLEN', held) == 0 then
+    redis.call('SET', heldsum, '0')
+  else
+    redis.call('INCRBYFLOAT', heldsum, -tonumber(amount))
+  end
+  return amount
+end
+local function spend(token, amount, at)
+  if tonumber(amount) > 0 then
+    redis.call('ZADD', spends, at, token .. ':' .. amount)
+    redis.call('INCRBYFLOAT', total, amount)
+  end
+end
 local function expire()
-  local all = redis.call('HGETALL', held)
-  for i = 1, #all, 2 do
-    local amount, ends = string.match(all[i + 1], '([^:]+):([^:]+)')
-    if tonumber(ends) <= now then
-      redis.call('HDEL', held, all[i])
-      redis.call('ZADD', spends, now, all[i] .. ':' .. amount)
-      redis.call('INCRBYFLOAT', total, amount)
-    end
+  for _, token in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now)) do
+    local amount = unhold(token)
+    if amount then spend(token, amount, now) end
   end
 end
 local function trim(window)
@@ -309,21 +364,13 @@ local function trim(window)
   local floor = now - tonumber(window)
   local old = redis.call('ZRANGEBYSCORE', spends, '-inf', floor)
   for _, member in ipairs(old) do
-    local amount = string.match(member, ':([^:]+)$')
-    redis.call('INCRBYFLOAT', total, -tonumber(amount))
+    redis.call('INCRBYFLOAT', total, -tonumber(string.match(member, ':([^:]+)$')))
   end
   if #old > 0 then redis.call('ZREMRANGEBYSCORE', spends, '-inf', floor) end
+  if redis.call('ZCARD', spends) == 0 then redis.call('SET', total, '0') end
 end
-local function held_sum()
-  local sum = 0
-  for _, value in ipairs(redis.call('HVALS', held)) do
-    sum = sum + tonumber(string.match(value, '^([^:]+)'))
-  end
-  return sum
-end
-local function spent()
-  return tonumber(redis.call('GET', total) or '0')
-end
+local function spent() return tonumber(redis.call('GET', total) or '0') end
+local function held_sum() return tonumber(redis.call('GET', heldsum) or '0') end
 """
 _REDIS_RESERVE = (
     _REDIS_PRELUDE
@@ -331,11 +378,12 @@ _REDIS_RESERVE = (
 -- ARGV: now, window, limit, amount, token, lease end
 expire()
 trim(ARGV[2])
-local amount = tonumber(ARGV[4])
-if spent() + held_sum() + amount > tonumber(ARGV[3]) * (1 + 1e-9) + 1e-15 then
+if spent() + held_sum() + tonumber(ARGV[4]) > tonumber(ARGV[3]) * (1 + 1e-9) + 1e-15 then
   return 0
 end
-redis.call('HSET', held, ARGV[5], ARGV[4] .. ':' .. ARGV[6])
+redis.call('HSET', held, ARGV[5], ARGV[4])
+redis.call('ZADD', leases, ARGV[6], ARGV[5])
+redis.call('INCRBYFLOAT', heldsum, ARGV[4])
 return 1
 """
 )
@@ -344,24 +392,22 @@ _REDIS_SETTLE = (
     + """
 -- ARGV: now, token, amount, '1' to bill without a reservation. A token whose lease ran
 -- out was counted at its reserved amount already: nothing more is added for it.
-local value = redis.call('HGET', held, ARGV[2])
-local amount = tonumber(ARGV[3])
-if value then
-  redis.call('HDEL', held, ARGV[2])
-elseif ARGV[4] ~= '1' then
-  amount = 0
-end
-if amount > 0 then
-  redis.call('ZADD', spends, now, ARGV[2] .. ':' .. ARGV[3])
-  redis.call('INCRBYFLOAT', total, ARGV[3])
-end
+if unhold(ARGV[2]) or ARGV[4] == '1' then spend(ARGV[2], ARGV[3], now) end
+return 1
+"""
+)
+_REDIS_RELEASE = (
+    _REDIS_PRELUDE
+    + """
+-- ARGV: now, token
+unhold(ARGV[2])
 return 1
 """
 )
 _REDIS_STATE = (
     _REDIS_PRELUDE
     + """
--- ARGV: now, window
+-- ARGV: now, window, '1' for the spends too
 expire()
 trim(ARGV[2])
 local entries = {}
@@ -382,10 +428,11 @@ class RedisBook:
         self._client = client
         self._lease = lease
         base = f"{prefix}budget:{budget}:{'inf' if math.isinf(window) else repr(window)}:"
-        self._keys = [base + "spends", base + "total", base + "held"]
+        self._keys = [base + name for name in ("spends", "total", "held", "heldsum", "leases")]
         self._window = "inf" if math.isinf(window) else repr(window)
         self._reserve = client.register_script(_REDIS_RESERVE)
         self._settle = client.register_script(_REDIS_SETTLE)
+        self._release = client.register_script(_REDIS_RELEASE)
         self._state = client.register_script(_REDIS_STATE)
         self._where = f"the budget {budget!r} in Redis"
 
@@ -412,10 +459,7 @@ class RedisBook:
         self._call(self._settle, repr(now), token, repr(max(0.0, amount)), "0")
 
     def release(self, token: str) -> None:
-        try:
-            self._client.hdel(self._keys[2], token)
-        except Exception as exc:
-            raise StoreUnavailableError(f"can't update {self._where}: {exc}") from exc
+        self._call(self._release, "0", token)
 
     def bill(self, amount: float, now: float) -> None:
         if amount > 0:
@@ -439,13 +483,15 @@ class RedisBook:
 
 
 #: Books of ``memory://`` stores, per store and budget name: runners sharing the store share it.
-_MEMORY_BOOKS: weakref.WeakKeyDictionary[Store, dict[str, MemoryBook]] = weakref.WeakKeyDictionary()
+_MEMORY_BOOKS: weakref.WeakKeyDictionary[Store, dict[tuple[str, float], MemoryBook]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def book_for(store: Store | None, name: str, window: float, lease: float) -> SpendBook:
     """The spend book of budget ``name`` in ``store`` (this process only without one)."""
     if store is None:
-        return MemoryBook()
+        return MemoryBook(window)
     from rate_limited.stores.memory import MemoryStore
     from rate_limited.stores.sqlite import SqliteStore
 
@@ -459,5 +505,5 @@ def book_for(store: Store | None, name: str, window: float, lease: float) -> Spe
         return RedisBook(store._client, store._prefix, name, window, lease)
     if isinstance(store, MemoryStore | SqliteStore):
         books = _MEMORY_BOOKS.setdefault(store, {})
-        return books.setdefault(name, MemoryBook())
-    return MemoryBook()  # a Store of the user's own: this process only (documented)
+        return books.setdefault((name, window), MemoryBook(window))
+    return MemoryBook(window)  # a Store of the user's own: this process only (documented)

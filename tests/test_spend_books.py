@@ -32,7 +32,7 @@ def make_book(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest, window: float, lease: float = 3600.0
 ) -> SpendBook:
     if kind == "memory":
-        return MemoryBook()
+        return MemoryBook(window)
     if kind == "sqlite":
         return SqliteBook(str(tmp_path / "spend.db"), "b", lease)
     import redis

@@ -22,6 +22,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from rate_limited._format import format_seconds
+
 if TYPE_CHECKING:
     from rate_limited.calls import Call
     from rate_limited.runner import Runner
@@ -61,7 +63,7 @@ class Estimate:
             rows.append(("max output tokens", f"{self.max_output_tokens:,}"))
         rows.append(("cost min", _usd(self.cost_min)))
         rows.append(("cost max", _usd(self.cost_max)))
-        least = _duration(self.min_seconds)
+        least = format_seconds(self.min_seconds)
         if self.binding is not None:
             least += f" (set by {self.binding})"
         rows.append(("least time", least))
@@ -91,14 +93,6 @@ def _usd(value: float | None) -> str:
     if value is None:
         return "unknown"
     return f"${value:,.4f}" if value >= 0.01 else f"${value:.6f}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def estimate(runner: Runner) -> Estimate:

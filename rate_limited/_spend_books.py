@@ -4,9 +4,12 @@ One interface, three places:
 
 * ``MemoryBook``: this process (a Runner without a store; ``memory://`` stores share one
   per store and budget name);
-* ``SqliteBook``: a table ``budget_spend`` in the SQLite store's file, each operation one
-  ``BEGIN IMMEDIATE`` transaction, so processes on the same file are serialised;
+* ``SqliteBook``: tables beside ``outcomes`` in the SQLite store's file, each operation
+  one ``BEGIN IMMEDIATE`` transaction, so processes on the same file are serialised;
 * ``RedisBook``: keys under the Redis store's prefix, each operation one Lua script.
+
+Each keeps running sums, so an operation costs O(1) (a rolling window: plus the spends
+that leave it; see ``benchmarks/RESULTS.md``, "Budget").
 
 ``reserve`` is the one place the limit is checked: spent (within the window) plus held
 plus the new amount must stay within it, checked and held in one atomic step, so spent

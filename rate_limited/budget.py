@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import TYPE_CHECKING, Any, Literal
 
+from rate_limited._format import format_seconds
 from rate_limited.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -216,7 +217,7 @@ class BudgetStop:
         when = (
             ""
             if self.frees_in is None
-            else f" The rolling window frees enough for it in {_duration(self.frees_in)}."
+            else f" The rolling window frees enough for it in {format_seconds(self.frees_in)}."
         )
         held = (
             f" (and ${self.reserved:.6g} held by calls running elsewhere)" if self.reserved else ""
@@ -227,11 +228,3 @@ class BudgetStop:
             f"call(s) did not start (they are pending, not failed).{when} Raise the budget "
             "(runner.budget.usd = ...) and run() again to go on."
         )
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

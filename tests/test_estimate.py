@@ -36,7 +36,7 @@ def test_the_least_time_is_set_by_the_slowest_quota() -> None:
     assert estimate.min_seconds == pytest.approx(180.0)
     assert estimate.binding == "rpm"
     assert estimate.prompt_tokens is None and estimate.cost_max is None  # not a preset
-    assert "least time" in str(estimate) and "3.0 min (set by rpm)" in str(estimate)
+    assert "least time" in str(estimate) and "3 min 00 s (set by rpm)" in str(estimate)
 
 
 def test_partitions_are_counted_apart() -> None:

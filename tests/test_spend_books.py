@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rate_limited._spend_books import MemoryBook, RedisBook, SpendBook, SqliteBook
-from tests.stores.conftest import start_redis_server, stop_redis_server
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    given = os.environ.get("RATE_LIMITED_TEST_REDIS_URL")
-    if given:
-        yield given
-        return
-    process, port = start_redis_server()
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        stop_redis_server(process)
 
 
 def make_book(

@@ -1262,7 +1262,8 @@ class Engine:
             not refused
             and not final
             and self.escalate is not None
-            and self.escalate(call, exc)  # the next attempt runs on the next rung
+            and _errors_counted(call) <= self.max_retries  # there will be a next attempt
+            and self.escalate(call, exc)  # which runs on the next rung
         )
         if escalated:
             retry = True

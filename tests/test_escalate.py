@@ -128,3 +128,12 @@ def test_the_store_key_holds_the_ladder(tmp_path: Any) -> None:
 def test_bad_ladders_are_refused(ladder: Any) -> None:
     with pytest.raises(ConfigurationError, match="escalate"):
         Runner(Models("x"), escalate=ladder)
+
+
+def test_a_call_out_of_retries_stays_on_the_model_that_failed() -> None:
+    models = Models("bad")
+    runner = make(models, validation=lambda result: result["answer"] == "good", max_retries=0)
+    runner.schedule("q", model="small")
+    outcome = runner.run().outcomes[0]
+    assert models.seen == ["small"]
+    assert outcome.model == "small" and outcome.status.value == "failed"

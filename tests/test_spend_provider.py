@@ -171,3 +171,30 @@ def test_escalation_answers_on_the_stronger_model_at_its_price(
     partitions = runner._ledger.partitions(0.0)
     assert {key for (_, key) in partitions} == {"gpt-4o-mini", "gpt-4o"}
     client.close()
+
+
+@pytest.mark.parametrize("max_concurrent", CONCURRENCY)
+def test_an_anthropic_budget_holds_at_the_provider(
+    provider: MockProvider, max_concurrent: int
+) -> None:
+    import anthropic
+
+    from rate_limited.apis.anthropic import Messages
+
+    client = anthropic.Anthropic(base_url=provider.anthropic_base_url, api_key="test", timeout=10.0)
+    messages = Messages(
+        client,
+        requests_per_minute=1_000_000,
+        input_tokens_per_minute=100_000_000,
+        output_tokens_per_minute=100_000_000,
+    )
+    runner = messages.runner(budget=Budget(usd=0.02), max_concurrent=max_concurrent, progress=False)
+    for i in range(300):
+        runner.schedule(model="claude-haiku-4-5", messages=question(i), max_tokens=100)
+    one_call = max_cost_of(runner)
+    with pytest.warns(BudgetWarning, match="Budget reached"):
+        result = runner.run()
+    billed = provider.billed_usd()
+    assert 0.02 - 2 * one_call <= billed <= 0.02
+    assert result.cost == pytest.approx(billed, rel=0.02)
+    client.close()

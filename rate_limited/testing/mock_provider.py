@@ -38,6 +38,8 @@ The rules, each documented where it lives:
     actual output tokens (``refund_unused_output=True``).
 * Faults (``_faults``): only admitted requests are faulted, and they keep everything
   admission charged (no refund), as a provider that failed mid-way has billed already.
+* Billing (``_billing``): ``billed_usd()`` prices the answered requests of its log at the
+  providers' list prices, by its own arithmetic, never the package's price table.
 * Answers (``_outputs``): heavy-tailed lengths capped at ``max_tokens``, text that starts
   with the last user message (or its ``prompt_digest``) and whose ``count_tokens`` is the
   reported completion tokens, all drawn from a per-request seeded rng (``_app``).

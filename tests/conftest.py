@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -140,22 +139,3 @@ def asyncio_watchdog(_asyncio_reports: AsyncioWatchdog) -> Iterator[AsyncioWatch
     reports, _asyncio_reports.reports = _asyncio_reports.reports, []
     if reports:
         pytest.fail("asyncio reported errors nobody retrieved:\n" + "\n".join(reports))
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """URL of a throwaway redis-server (no persistence), killed after the session.
-
-    ``RATE_LIMITED_TEST_REDIS_URL`` (set by .ci/run, which starts one) is used instead.
-    """
-    given = os.environ.get("RATE_LIMITED_TEST_REDIS_URL")
-    if given:
-        yield given
-        return
-    from tests.stores.conftest import start_redis_server, stop_redis_server
-
-    process, port = start_redis_server()
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        stop_redis_server(process)

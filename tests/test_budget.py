@@ -25,6 +25,7 @@ from rate_limited.stores import Store
 from rate_limited.stores.redis import RedisStore
 from rate_limited.stores.sqlite import SqliteStore
 from rate_limited.testing import FakeClock
+from tests.stores.conftest import redis_url  # noqa: F401
 
 CONCURRENCY = [pytest.param(1, id="max_concurrent=1"), pytest.param(64, id="max_concurrent=64")]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rate_limited._spend_books import MemoryBook, RedisBook, SpendBook, SqliteBook
+from tests.stores.conftest import redis_url  # noqa: F401
 
 
 def make_book(

@@ -106,6 +106,23 @@ def stop_redis_server(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a throwaway redis-server (no persistence), killed after the session.
+
+    ``RATE_LIMITED_TEST_REDIS_URL`` (set by .ci/run, which starts one) is used instead.
+    """
+    given = os.environ.get("RATE_LIMITED_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    process, port = start_redis_server()
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop_redis_server(process)
+
+
 @dataclasses.dataclass
 class Backend:
     """Opens stores of one kind; every store it opens on one test shares one location."""

@@ -23,6 +23,8 @@ compare each budget row with the row of the same store without a budget.
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -106,18 +108,20 @@ def main(argv: list[str] | None = None) -> int:
         with_budget = times[(name, True)]
         per_call = [t / args.calls * 1e6 for t in with_budget]
         per_base = [t / args.calls * 1e6 for t in base]
-        rows.append(
-            f"| {name:<12} | {min(per_base):7.1f} / {statistics.median(per_base):7.1f} µs "
-            f"| {min(per_call):7.1f} / {statistics.median(per_call):7.1f} µs "
-            f"| {min(with_budget) / min(base):5.2f}x / "
-            f"{statistics.median(with_budget) / statistics.median(base):5.2f}x |"
+        without = f"{min(per_base):.1f} / {statistics.median(per_base):.1f} µs"
+        within = f"{min(per_call):.1f} / {statistics.median(per_call):.1f} µs"
+        ratio = (
+            f"{min(with_budget) / min(base):.2f}x / "
+            f"{statistics.median(with_budget) / statistics.median(base):.2f}x"
         )
+        rows.append(f"| {name:<12} | {without:<23} | {within:<23} | {ratio:<20} |")
     command = "python benchmarks/budget.py" + (" --redis URL" if args.redis else "") + " --write"
     section = "\n".join(
         [
             "## Budget",
             "",
-            f"Date: {time.strftime('%Y-%m-%d')}. Python {sys.version.split()[0]}.",
+            f"Date: {time.strftime('%Y-%m-%d')}. Machine: {os.cpu_count()} CPUs (shared), "
+            f"CPython {sys.version.split()[0]}, {platform.system()} {platform.release()}.",
             "",
             f"Command (from the repository root): `{command}`",
             "",

@@ -15,7 +15,7 @@ How: each configuration runs ``--calls`` calls, alternating configurations repea
 repeat in this one process (the noise of a shared machine hits all alike); the ratios
 compare each budget row with the row of the same store without a budget.
 
-    python benchmarks/budget.py [--calls 5000] [--repeat 3] [--redis URL] [--write]
+    .venv/bin/python benchmarks/budget.py [--calls 5000] [--repeat 3] [--redis URL] [--write]
 
 ``--write`` replaces the "## Budget" section of ``benchmarks/RESULTS.md``.
 """
@@ -23,9 +23,6 @@ compare each budget row with the row of the same store without a budget.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -35,8 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from rate_limited import Budget, Resource, Runner
-
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 async def trivial(x: int) -> int:
@@ -87,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--redis", default=None, help="a Redis URL for the Redis rows")
     parser.add_argument("--write", action="store_true")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    from _common import best, markdown_table, median, preamble, replace_section
+
     with tempfile.TemporaryDirectory() as tmp:
         stores: list[tuple[str, Any]] = [("no store", None)]
         stores.append(("SQLite store", lambda: str(Path(tmp) / f"{uuid.uuid4().hex}.db")))
@@ -101,59 +99,39 @@ def main(argv: list[str] | None = None) -> int:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         elapsed = one_run(args.calls, store, budget)
-                    times.setdefault((name, budget), []).append(elapsed)
+                    times.setdefault((name, budget), []).append(elapsed / args.calls * 1e6)
     rows = []
     for name, _ in stores:
-        base = times[(name, False)]
-        with_budget = times[(name, True)]
-        per_call = [t / args.calls * 1e6 for t in with_budget]
-        per_base = [t / args.calls * 1e6 for t in base]
-        without = f"{min(per_base):.1f} / {statistics.median(per_base):.1f} µs"
-        within = f"{min(per_call):.1f} / {statistics.median(per_call):.1f} µs"
-        ratio = (
-            f"{min(with_budget) / min(base):.2f}x / "
-            f"{statistics.median(with_budget) / statistics.median(base):.2f}x"
+        without, within = times[(name, False)], times[(name, True)]
+        rows.append(
+            [
+                name,
+                f"{best(without):.1f} / {median(without):.1f} µs",
+                f"{best(within):.1f} / {median(within):.1f} µs",
+                f"{best(within) / best(without):.2f}x / {median(within) / median(without):.2f}x",
+            ]
         )
-        rows.append(f"| {name:<12} | {without:<23} | {within:<23} | {ratio:<20} |")
-    command = "python benchmarks/budget.py" + (" --redis URL" if args.redis else "") + " --write"
-    section = "\n".join(
+    header = ["store", "without a budget", "with a budget", "ratio: best / median"]
+    body = "\n".join(
         [
-            "## Budget",
-            "",
-            f"Date: {time.strftime('%Y-%m-%d')}. Machine: {os.cpu_count()} CPUs (shared), "
-            f"CPython {sys.version.split()[0]}, {platform.system()} {platform.release()}.",
-            "",
-            f"Command (from the repository root): `{command}`",
-            "",
+            *preamble(__file__, argv),
             f"{args.calls:,} trivial async calls, max_concurrent=64, with a requests and a "
             "tokens quota (as a chat preset has, far from binding), each configuration "
             f"{args.repeat} times, alternated in one process. Per call, best / median; "
             "the ratio is the time with a budget over the time without, on the same store.",
             "",
-            "| store        | without a budget        | with a budget           "
-            "| ratio: best / median |",
-            "|--------------|-------------------------|-------------------------"
-            "|----------------------|",
-            *rows,
+            markdown_table(header, rows),
             "",
-            "Without a store the spend book is in memory (two dict operations and a lock "
+            "Without a store the spend book is in memory (a few dict operations and a lock "
             "per call); with one, each call reserves and settles in the store (a SQLite "
-            "transaction, a Redis script), the price of a budget that survives a restart "
-            "and is shared by processes. Against an API answering in 0.3-3 s, either is "
-            "far below what a call takes.",
-            "",
+            "transaction, a Redis script, each), the price of a budget that survives a "
+            "restart and is shared by processes. Against an API answering in 0.3-3 s, "
+            "either is far below what a call takes.",
         ]
     )
-    print(section)
+    print(body)
     if args.write:
-        text = RESULTS.read_text(encoding="utf-8")
-        start = text.find("## Budget")
-        if start >= 0:
-            end = text.find("\n## ", start + 1)
-            text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        RESULTS.write_text(text, encoding="utf-8")
+        replace_section("Budget", body)
     return 0
 
 

@@ -18,15 +18,31 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rate_limited._format import format_seconds
 
 if TYPE_CHECKING:
+    from rate_limited._spend import SpendControl
+    from rate_limited.budget import Budget
     from rate_limited.calls import Call
-    from rate_limited.runner import Runner
+    from rate_limited.resources import Resource
+
+
+class Runner(Protocol):
+    """What an estimate reads of the Runner (a protocol: no import of ``runner``)."""
+
+    scheduled_calls: list[Call]
+    function: Callable[..., Any]
+
+    @property
+    def resources(self) -> list[Resource]: ...
+
+    @property
+    def budget(self) -> Budget | None: ...
+
 
 __all__ = ["Estimate", "estimate"]
 
@@ -95,8 +111,9 @@ def _usd(value: float | None) -> str:
     return f"${value:,.4f}" if value >= 0.01 else f"${value:.6f}"
 
 
-def estimate(runner: Runner) -> Estimate:
-    """The Estimate of ``runner``'s scheduled calls that are not final."""
+def estimate(runner: Runner, spend: SpendControl | None) -> Estimate:
+    """The Estimate of ``runner``'s scheduled calls that are not final (``spend``: its
+    prices and budget, if any)."""
     calls = [c for c in runner.scheduled_calls if not c.status.is_final]
     function = runner.function
     tokens = getattr(function, "call_tokens", None)
@@ -109,16 +126,13 @@ def estimate(runner: Runner) -> Estimate:
             p, o = tokens(call)
             prompt += int(p)
             output += int(o)
-    cost_max = _sum(_max_cost(runner, call) for call in calls)
+    cost_max = _sum(_max_cost(spend, call) for call in calls)
     cost_min = _sum(min_cost(call) for call in calls) if callable(min_cost) else None
     seconds, binding = least_time(runner, calls)
     budget_usd = budget_left = None
-    spend = runner._spend
     if runner.budget is not None and spend is not None:
         budget_usd = runner.budget.usd
-        import time
-
-        spent, reserved = spend.state(time.time())
+        spent, reserved = spend.state()
         budget_left = max(0.0, budget_usd - spent - reserved)
     return Estimate(
         calls=len(calls),
@@ -133,13 +147,12 @@ def estimate(runner: Runner) -> Estimate:
     )
 
 
-def _max_cost(runner: Runner, call: Call) -> float | None:
+def _max_cost(control: SpendControl | None, call: Call) -> float | None:
     """The call's maximum cost: the one its budget reserves, else priced now."""
     extras = call._extras
     spend = None if extras is None else extras.spend
     if spend is not None and spend.max_cost is not None:
         return spend.max_cost
-    control = runner._spend
     if control is None or control.source is None:
         return None
     return control.source.call_max_cost(call)

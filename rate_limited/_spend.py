@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from numbers import Real
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from rate_limited._call_spend import CallSpend
 from rate_limited._redact import describe
 from rate_limited._spend_books import SpendBook, book_for
 from rate_limited.budget import Budget, BudgetStop
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from rate_limited.calls import Call
     from rate_limited.stores.base import Store
 
-__all__ = ["CallSpend", "CostSource", "SpendControl"]
+__all__ = ["CallSpend", "CostSource", "SpendControl", "spend_of"]
 
 logger = logging.getLogger("rate_limited")
 
@@ -69,24 +71,6 @@ class _BudgetCosts:
 
     def call_max_cost(self, call: Call, *, required: bool = False) -> float | None:
         return self._max_cost(call)
-
-
-class CallSpend:
-    """One call's money: its maximum cost, its budget reservation, what it cost so far."""
-
-    __slots__ = ("base_kwargs", "cost", "max_cost", "rung", "token", "unknown")
-
-    def __init__(self, max_cost: float | None) -> None:
-        #: The most one attempt can cost (None: unknown).
-        self.max_cost = max_cost
-        #: The budget's reservation of the attempt in flight.
-        self.token: str | None = None
-        #: USD of the attempts so far, and whether one of them could not be priced.
-        self.cost = 0.0
-        self.unknown = False
-        #: Escalation: the rung of the next attempt, and the arguments as scheduled.
-        self.rung = 0
-        self.base_kwargs: dict[str, Any] | None = None
 
 
 def spend_of(call: Call) -> CallSpend | None:
@@ -126,6 +110,13 @@ class SpendControl:
         self._unpriced_models: set[str] = set()
         #: USD of every response priced so far (the displays show a run's share).
         self.cost_total = 0.0
+        #: Wall-clock epoch seconds minus the engine's loop time: the books keep wall
+        #: time, so that a rolling window means the same in every process.
+        self.offset = time.time()
+
+    def follow(self, loop_time: float) -> None:
+        """The engine's loop reads ``loop_time`` now (each run re-reads the offset)."""
+        self.offset = time.time() - loop_time
 
     # -- at schedule() ------------------------------------------------------------------------
     def prepare(self, call: Call) -> None:
@@ -162,13 +153,16 @@ class SpendControl:
 
     # -- the engine's hooks -------------------------------------------------------------------
     def reserve(self, call: Call, now: float) -> bool:
-        """Hold the call's maximum on the budget; False if it does not fit."""
+        """Hold the call's maximum on the budget; False if it does not fit. (Here and
+        below, ``now`` is the engine's loop time.)"""
         spend = spend_of(call)
         if self.budget is None or spend is None or spend.max_cost is None:
             return True
         assert self.book is not None
         budget = self.budget
-        token = self.book.reserve(spend.max_cost, budget.usd, budget.time_window_seconds, now)
+        token = self.book.reserve(
+            spend.max_cost, budget.usd, budget.time_window_seconds, now + self.offset
+        )
         if token is None:
             return False
         spend.token = token
@@ -181,8 +175,9 @@ class SpendControl:
             return 0.0
         assert self.book is not None
         budget = self.budget
-        when = self.book.frees_at(spend.max_cost, budget.usd, budget.time_window_seconds, now)
-        return max(0.0, when - now)
+        wall = now + self.offset
+        when = self.book.frees_at(spend.max_cost, budget.usd, budget.time_window_seconds, wall)
+        return max(0.0, when - wall)
 
     def settle(self, call: Call, result: Any, now: float) -> None:
         """An attempt returned ``result`` (valid or not, it was paid for)."""
@@ -229,10 +224,11 @@ class SpendControl:
         assert self.book is not None
         billed = 0.0 if cost is None else cost
         token, spend.token = spend.token, None
+        wall = now + self.offset
         if token is None:
-            self.book.bill(billed, now)  # a late result: its reservation was settled
+            self.book.bill(billed, wall)  # a late result: its reservation was settled
         else:
-            self.book.settle(token, billed, now)
+            self.book.settle(token, billed, wall)
         if spend.max_cost is not None and billed > spend.max_cost * (1 + 1e-9):
             logger.warning(
                 "%r cost $%.6g, more than the $%.6g it reserved (its prompt was larger than "
@@ -262,7 +258,7 @@ class SpendControl:
     def _check_alerts(self, now: float) -> None:
         budget = self.budget
         assert budget is not None and self.book is not None
-        spent, _ = self.book.state(budget.time_window_seconds, now)
+        spent, _ = self.state(now)
         limit = budget.usd
         for fraction in budget.alert_at:
             crossed = limit > 0 and spent >= fraction * limit * (1 - 1e-9)
@@ -282,11 +278,13 @@ class SpendControl:
                     except Exception:
                         logger.exception("Budget on_alert raised; the run goes on")
 
-    def state(self, now: float) -> tuple[float, float]:
-        """``(spent, reserved)`` of the budget now (zeros without one)."""
+    def state(self, now: float | None = None) -> tuple[float, float]:
+        """``(spent, reserved)`` of the budget at loop time ``now`` (None: now, from any
+        thread); zeros without a budget."""
         if self.budget is None or self.book is None:
             return 0.0, 0.0
-        return self.book.state(self.budget.time_window_seconds, now)
+        wall = time.time() if now is None else now + self.offset
+        return self.book.state(self.budget.time_window_seconds, wall)
 
     def stop_report(self, head: Call | None, calls: Sequence[Call], now: float) -> BudgetStop:
         """Why the run stopped at the budget, for ``RunResult.budget`` and the warning."""

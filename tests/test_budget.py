@@ -203,8 +203,8 @@ def test_property_spent_plus_reserved_never_exceeds_the_budget(
     runner = Runner(
         job, budget=budget, max_concurrent=concurrency, clock=FakeClock(), progress=False
     )
-    assert runner._spend is not None
-    book = runner._spend.book = CheckedBook(usd)
+    assert runner._money.spend is not None
+    book = runner._money.spend.book = CheckedBook(usd)
     for index in range(len(calls)):
         runner.schedule(index)
     with warnings.catch_warnings():
@@ -255,8 +255,8 @@ def test_failed_attempts_and_the_budget(error: BaseException, kept: float) -> No
     result = runner.run()
     assert result.results == [1]
     assert result.cost == pytest.approx(0.1)  # what the response said
-    assert runner._spend is not None
-    assert runner._spend.state(1e12)[0] == pytest.approx(0.1 + kept)
+    assert runner._money.spend is not None
+    assert runner._money.spend.state(1e12)[0] == pytest.approx(0.1 + kept)
 
 
 # -- alerts -----------------------------------------------------------------------------------
@@ -377,8 +377,8 @@ def test_a_cost_that_cannot_be_read_counts_the_maximum() -> None:
     assert result.results == [1]
     assert result.outcomes[0].cost is None
     assert "cost of the result could not be read" in str(result.outcomes[0].warnings[0])
-    assert runner._spend is not None
-    assert runner._spend.state(1e12)[0] == pytest.approx(0.3)
+    assert runner._money.spend is not None
+    assert runner._money.spend.state(1e12)[0] == pytest.approx(0.3)
 
 
 # -- persistence ------------------------------------------------------------------------------

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+import weakref
 from collections.abc import Sequence
 from numbers import Real
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from rate_limited._call_spend import CallSpend
 from rate_limited._redact import describe
-from rate_limited._spend_books import SpendBook, book_for
+from rate_limited._spend_books import MemoryBook, SpendBook
 from rate_limited.budget import Budget, BudgetStop
 from rate_limited.exceptions import (
     BudgetWarning,
@@ -332,3 +334,34 @@ class SpendControl:
 
     def __repr__(self) -> str:
         return f"<SpendControl budget={self.budget!r} source={type(self.source).__name__}>"
+
+
+#: Books of ``memory://`` stores, per store and budget name: runners sharing the store share it.
+_MEMORY_BOOKS: weakref.WeakKeyDictionary[Store, dict[tuple[str, float], MemoryBook]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def book_for(store: Store | None, name: str, window: float, lease: float) -> SpendBook:
+    """The spend book of budget ``name`` in ``store`` (this process only without one)."""
+    if store is None:
+        return MemoryBook(window)
+    from rate_limited.stores.memory import MemoryStore
+    from rate_limited.stores.sqlite import SqliteStore
+
+    if isinstance(store, SqliteStore) and store.path != ":memory:":
+        from rate_limited._spend_sqlite import SqliteBook
+
+        return SqliteBook(os.fspath(store.path), name, lease)
+    try:
+        from rate_limited.stores.redis import RedisStore
+    except ImportError:  # pragma: no cover - the redis extra is not installed
+        RedisStore = None  # type: ignore[assignment,misc]
+    if RedisStore is not None and isinstance(store, RedisStore):
+        from rate_limited._spend_redis import RedisBook
+
+        return RedisBook(store._client, store._prefix, name, window, lease)
+    if isinstance(store, MemoryStore | SqliteStore):
+        books = _MEMORY_BOOKS.setdefault(store, {})
+        return books.setdefault((name, window), MemoryBook(window))
+    return MemoryBook(window)  # a Store of the user's own: this process only (documented)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rate_limited._spend_books import MemoryBook, RedisBook, SpendBook, SqliteBook
+from rate_limited._spend_books import MemoryBook, SpendBook
+from rate_limited._spend_redis import RedisBook
+from rate_limited._spend_sqlite import SqliteBook
 from tests.stores.conftest import redis_url  # noqa: F401
 
 

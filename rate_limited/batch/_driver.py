@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from rate_limited._call_spend import CallSpend
 from rate_limited._redact import get_logger
 from rate_limited.batch._plan import Request, split
 from rate_limited.batch._providers import BatchApi, BatchState, Item
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from rate_limited.batch._display import BatchDisplay
     from rate_limited.calls import Call
 
-__all__ = ["Driver", "Pass", "answered", "queue_limits"]
+__all__ = ["Driver", "Pass", "answered", "queue_limits", "set_cost"]
 
 logger = get_logger("rate_limited")
 
@@ -303,6 +304,7 @@ class Driver:
                     call.status = Status.SUCCEEDED
                     call.attempts += 1
                     call.usage = dict(usage)
+                    set_cost(call, usage.get("cost_usd"))
                     call.finished_at = time.monotonic()
                 continue
             for call in calls:
@@ -322,6 +324,17 @@ class Driver:
         chunk.state = "collected"
         self.records.save([chunk], {c: work.records[c] for c in chunk.keys if c in work.records})
         self._plan(again, work)
+
+
+def set_cost(call: Call, cost: float | None) -> None:
+    """What a batch answer cost, as ``outcome.cost`` reads it (None: not priced)."""
+    extras = call._more()
+    if extras.spend is None:
+        extras.spend = CallSpend(None)
+    if cost is None:
+        extras.spend.unknown = True
+    else:
+        extras.spend.cost = cost
 
 
 def answered(calls: list[Call]) -> int:

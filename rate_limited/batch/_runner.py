@@ -20,19 +20,19 @@ the next batch (``max_batch_retries``), or online with ``fallback="online"``; re
 provider refused (a 400) fail with their ``BatchRequestError``.
 
 Costs are at the Batch API's price (``rate_limited.cost``, ``batch=True``): each call's
-``outcome.usage["cost_usd"]``, and ``result.cost`` for the run.
+``outcome.cost`` (kept in the store as ``outcome.usage["cost_usd"]``), and ``result.cost``
+for the run. A ``budget=`` (a runner option) applies to the online fallback only.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from rate_limited._redact import get_logger
 from rate_limited.batch._display import BatchDisplay
-from rate_limited.batch._driver import Driver, answered, queue_limits
+from rate_limited.batch._driver import Driver, answered, queue_limits, set_cost
 from rate_limited.batch._providers import BatchApi, BatchState, batch_api
 from rate_limited.batch._records import custom_id_of
 from rate_limited.exceptions import ConfigurationError
@@ -198,8 +198,8 @@ class BatchRunner:
             and self.fallback == "online"
             and any(not c.status.is_final for c in calls)
         ):
-            return self._with_cost(self.runner.run())
-        return self._with_cost(self._result(calls, interrupted, time.monotonic() - started))
+            return self.runner.run()
+        return self._result(calls, interrupted, time.monotonic() - started)
 
     def cancel_batches(self) -> list[str]:
         """Cancel the open batches of the scheduled calls; their ids. Requests a batch
@@ -260,6 +260,7 @@ class BatchRunner:
                 call.from_store = True
                 call.attempts = max(call.attempts, record.attempts)
                 call.usage = dict(record.usage)
+                set_cost(call, record.usage.get("cost_usd"))
 
     def _usage(self, call: Call, value: Any) -> dict[str, float]:
         """Each resource's usage as the online preset would bill it, and the cost."""
@@ -298,14 +299,6 @@ class BatchRunner:
             for call in calls:
                 call.release_owner()
         self.runner.last_result = result
-        return result
-
-    @staticmethod
-    def _with_cost(result: RunResult) -> RunResult:
-        costs = [o.usage.get("cost_usd") for o in result.outcomes if o.status is Status.SUCCEEDED]
-        known = [c for c in costs if c is not None]
-        #: USD of the answers, at the batch price (None: no price known for any of them).
-        result.cost = math.fsum(known) if known else None  # type: ignore[attr-defined]
         return result
 
 

@@ -80,7 +80,7 @@ def test_a_thousand_calls_by_batch_answer_as_online_at_half_the_cost(
     assert all(type(a) is type(b) for a, b in zip(batched.results, online.results, strict=True))
     online_cost = math.fsum(PriceTable().cost(r) or 0.0 for r in online.results)
     assert batched.cost == pytest.approx(online_cost / 2)  # type: ignore[attr-defined]
-    assert batched.outcomes[0].usage["cost_usd"] > 0
+    assert batched.outcomes[0].cost == batched.outcomes[0].usage["cost_usd"] > 0
     frame = batched.to_pandas()
     assert list(frame["status"]) == ["succeeded"] * 1000
 

@@ -535,6 +535,9 @@ class Engine:
                 )
             )
             self._usage_problems, self._usage_problem = 0, None
+        take_ledger_notices = getattr(self.ledger, "take_notices", None)
+        if take_ledger_notices is not None:  # a shared ledger lost (and found) its server
+            notices += take_ledger_notices()
         self._notices = []
         return notices, store_failures
 

@@ -9,6 +9,7 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
     ├── ConfigurationError (ValueError)    bad argument to Resource / Runner / schedule
     │   └── QuotaExceededError              a call needs more than a whole quota: never runs
     ├── RunnerClosedError (RuntimeError)    the Runner was closed; make a new one
+    ├── LedgerUnavailableError              can't reach a shared (Redis) ledger at Runner()
     ├── StoreError                          a checkpoint store failed (nothing stored is lost)
     │   ├── UnknownStoreError (ValueError)  a store URL with a scheme no backend handles
     │   ├── StoreUnavailableError           can't open or reach it: unwritable path, Redis down
@@ -31,6 +32,7 @@ Warnings (``UserWarning`` subclasses, emitted in the thread that called ``run()`
     ├── UsageWarning          a results usage could not be read; the estimate was billed
     ├── BlockingCallWarning   an async function blocked the event loop (names the fix)
     ├── PriceWarning          no price is known for a model: its cost is None
+    ├── LedgerWarning         the shared (Redis) ledger was lost mid-run: admission paused
     └── SemanticCacheWarning  the semantic cache could not look up or index some calls:
                               they were sent as usual
 
@@ -53,6 +55,8 @@ __all__ = [
     "CallError",
     "CallTimeoutError",
     "ConfigurationError",
+    "LedgerUnavailableError",
+    "LedgerWarning",
     "PermanentError",
     "PriceWarning",
     "QuotaExceededError",
@@ -117,6 +121,11 @@ class QuotaExceededError(ConfigurationError):
 
 class RunnerClosedError(RateLimitedError, RuntimeError):
     """The Runner was closed (``close()`` or a ``with`` block ended)."""
+
+
+class LedgerUnavailableError(RateLimitedError):
+    """A shared ledger (``ledger="redis://..."``) can't be reached or used when the Runner
+    is made; the message names the URL (password hidden) and what to check."""
 
 
 class StoreError(RateLimitedError):
@@ -209,6 +218,11 @@ class BlockingCallWarning(RateLimitedWarning):
 class SemanticCacheWarning(RateLimitedWarning):
     """The semantic cache could not embed, search or index some calls; those calls were
     sent (or stored) as usual, never answered without a lookup."""
+
+
+class LedgerWarning(RateLimitedWarning):
+    """The shared (Redis) ledger could not be reached during a run: nothing was admitted
+    until it came back, and what finished meanwhile was billed to it once it did."""
 
 
 class PriceWarning(RateLimitedWarning):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import inspect
 import math
 import os
@@ -46,7 +47,6 @@ from rate_limited._clock import Clock, MonotonicClock
 from rate_limited._engine import Engine, is_async_callable
 from rate_limited._feedback import FeedbackSource, LedgerControl
 from rate_limited._gc import bulk_allocation
-from rate_limited._ledger import Ledger
 from rate_limited._policy import (
     Validator,
     exponential_backoff,
@@ -65,6 +65,7 @@ from rate_limited.exceptions import (
     warn,
 )
 from rate_limited.handle import RunHandle, SigintGuard
+from rate_limited.ledgers import open_ledger
 from rate_limited.outcomes import RunResult, Status
 from rate_limited.progress import Progress, check_progress, make_progress
 from rate_limited.resources import Resource
@@ -99,6 +100,11 @@ class _LoopThread:
     def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
             self.loop.call_soon_threadsafe(callback, *args)
+
+
+def _wake_threadsafe(loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+        loop.call_soon_threadsafe(engine.wake)
 
 
 def _shutdown(loop_thread: _LoopThread | None, engine: Engine | None) -> None:
@@ -188,6 +194,7 @@ class Runner(CallOwner):
         event_loop: Literal["own", "current"] = "own",
         rate_limit_patience: float | None = 600.0,
         semantic_cache: SemanticCache | None = None,
+        ledger: str | None = None,
     ) -> None:
         """Wrap ``function`` (sync or async callable: function, partial, lambda, method).
 
@@ -235,6 +242,11 @@ class Runner(CallOwner):
                 in other words (and identical in everything else) takes the stored answer
                 of the earlier call instead of being sent. Needs ``store=``; off with
                 ``refresh=True`` (fresh answers are still indexed) or None (default).
+            ledger: where the quotas' usage is kept. None (default): in this Runner.
+                ``"redis://host:6379/0?name=team-key"``: in Redis, shared by every Runner
+                (any process, any machine) given the same URL and name, so that together
+                they stay within one quota (``&lease=20``: seconds after which a dead
+                process's reservations come back). See ``rate_limited.ledgers.redis``.
         """
         if not callable(function):
             raise ConfigurationError(
@@ -330,7 +342,10 @@ class Runner(CallOwner):
         self._active_future: concurrent.futures.Future[tuple[bool, float]] | None = None
         self._run_seq = 0  # numbers the runs, so that a stop reaches the right one
         # One ledger for the Runner's life, whichever loop its engine runs on.
-        self._ledger = Ledger(self.resources)
+        self._ledger = open_ledger(ledger, self.resources, owner=self.name)
+        close_ledger = getattr(self._ledger, "close", None)
+        if close_ledger is not None:  # a shared ledger: its lease ends with the Runner
+            self._ledger_finalizer = weakref.finalize(self, close_ledger)
         self._running = False
         self._start_lock = threading.Lock()
         self._closed = False
@@ -697,6 +712,9 @@ class Runner(CallOwner):
         )
         if isinstance(self.function, FeedbackSource):
             self.function.attach_ledger(LedgerControl(engine))
+        watch = getattr(self._ledger, "watch", None)
+        if watch is not None:  # another process gave back what a waiting call needs
+            watch(functools.partial(_wake_threadsafe, loop, engine))
         return engine
 
     def apply(
@@ -755,6 +773,9 @@ class Runner(CallOwner):
             self._semantic.flush()
         if self.store is not None:
             self._close_store()
+        close_ledger = getattr(self._ledger, "close", None)
+        if close_ledger is not None:
+            close_ledger()
 
     def _wait_for_running_calls(self, timeout: float) -> None:
         engine = self._engine

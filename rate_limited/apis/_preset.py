@@ -91,7 +91,14 @@ class Preset:
         image_tokens: int | None = None,
         media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
         client_max_retries: int | None = 0,
+        ledger: str | None = None,
     ) -> None:
+        if ledger is not None:
+            from rate_limited.ledgers.redis import parse_url
+
+            parse_url(ledger)  # a clear error now, not at runner()
+        #: Where ``runner()``'s Runners keep the quotas (None: each in its own process).
+        self.ledger = ledger
         if client is None:
             client = self._default_client()
         if client_max_retries is not None and hasattr(client, "with_options"):
@@ -243,9 +250,10 @@ class Preset:
         self.tracker.attach(control)
 
     def runner(self, **runner_options: Any) -> Runner:
-        """``Runner(self, self.resources, **runner_options)``."""
+        """``Runner(self, self.resources, ledger=self.ledger, **runner_options)``."""
         from rate_limited.runner import Runner
 
+        runner_options.setdefault("ledger", self.ledger)
         return Runner(self, self.resources, **runner_options)
 
     @property

@@ -30,7 +30,16 @@ and a held estimate is billed whole, dated at the admission (``keep``).
 
 from __future__ import annotations
 
-__all__ = ["BILL", "FINISH", "HEARTBEAT", "PEEK", "RELEASE_HOLDER", "RESERVE", "SET_QUOTA"]
+__all__ = [
+    "BILL",
+    "FINISH",
+    "HEARTBEAT",
+    "PEEK",
+    "RECONCILE",
+    "RELEASE_HOLDER",
+    "RESERVE",
+    "SET_QUOTA",
+]
 
 _COMMON = r"""
 local P = ARGV[1]
@@ -197,6 +206,32 @@ local function alive(holder, ttl)
   redis.call('ZADD', P .. 'holders', f(T + tonumber(ttl)), holder)
 end
 
+-- The room believed right after each admission (plus the corrections so far), as a stack
+-- increasing from bottom to top: the first entry at or after admission k holds the least
+-- room believed since k (see rate_limited._reconcile.Lows). Entries: "number|room|time".
+local HORIZON = 300
+local function push_low(m)
+  local lows = P .. 'lo' .. string.sub(m.key, string.len(P) + 2)
+  local n = redis.call('HINCRBY', m.key, 'n', 1)
+  local value = m.q - m.lv - m.r + m.c
+  while true do
+    local top = redis.call('LINDEX', lows, -1)
+    if not top then break end
+    local v = tonumber(string.match(top, '^[^|]+|([^|]+)|'))
+    if v < value then break end
+    redis.call('RPOP', lows)
+  end
+  redis.call('RPUSH', lows, n .. '|' .. f(value) .. '|' .. f(T))
+  while true do
+    local first = redis.call('LINDEX', lows, 0)
+    if not first or tonumber(string.match(first, '|([^|]+)$')) >= T - HORIZON then break end
+    redis.call('LPOP', lows)
+    redis.call('HSET', m.key, 'trimmed', string.match(first, '^([^|]+)|'))
+  end
+  redis.call('EXPIRE', lows, HORIZON * 2)
+  return n
+end
+
 local function done()
   if freed then redis.call('PUBLISH', P .. 'freed', '1') end
 end
@@ -204,7 +239,8 @@ end
 
 #: ARGV: P, holder, lease seconds, defer (0/1), n, then per resource 8 fields: meter key,
 #: kind, quota, window, delay, rule, arguments usage, estimate.
-#: Admitted: {1, lease id, T, then per resource held, quota, corrected}. Not: {0, T, then
+#: Admitted: {1, lease id, T, then per resource held, quota, corrected, then per resource
+#: the admission's number on its meter (for ``RECONCILE``)}. Not: {0, T, then
 #: per resource: seconds until it fits (-1, -2: see free_in), needed, quota}.
 RESERVE = (
     _COMMON
@@ -254,6 +290,7 @@ for i = 1, n do
   table.insert(out, e[10]); table.insert(out, f(m.q)); table.insert(out, e[11])
 end
 for _, m in pairs(cache) do save(m) end
+for i = 1, n do table.insert(out, tostring(push_low(ms[i]))) end
 local id = tostring(redis.call('INCR', P .. 'seq'))
 redis.call('HSET', P .. 'leases', id, cjson.encode({at = f(T), def = defer, h = holder, e = es}))
 redis.call('SADD', P .. 'h:' .. holder, id)
@@ -264,7 +301,7 @@ return out
 )
 
 #: ARGV: P, holder, lease seconds, lease id, op, then op's arguments:
-#: ``begin`` seconds ago it started; ``settle`` the lease's entries as JSON (billed by
+#: ``begin`` none; ``settle`` the lease's entries as JSON (billed by
 #: what they say if the lease was reaped) then one actual usage per resource; ``keep``,
 #: ``release``: none; ``refuse`` the index of the resource to correct (0: none) and, per
 #: resource, whether it is a bucket meter's correction (free room billed too).
@@ -295,7 +332,7 @@ local lease = cjson.decode(raw)
 out[1] = 1
 if op == 'begin' then
   if lease.def == 1 then
-    local at = T - math.max(0, tonumber(ARGV[6]))
+    local at = T
     each_entry(lease, function(m, e, i)
       local a, est = tonumber(e[7]), tonumber(e[8])
       if e[6] == 'reserved' then
@@ -444,5 +481,50 @@ if redis.call('EXISTS', P .. 'h:' .. h) == 1 or redis.call('ZSCORE', P .. 'holde
 end
 done()
 return f(T)
+"""
+)
+
+#: ARGV: P, key, kind, quota, window, delay, the admission's number on the meter, remaining,
+#: precision, refused (0/1), the request's charge, held and corrected right after its
+#: admission. The provider says ``remaining`` was left when it took the request: bill what
+#: the ledger believed above the least room it believed in since that admission (or, for a
+#: refused request, at the admission itself); see ``rate_limited._reconcile``. Returns what
+#: it billed.
+RECONCILE = (
+    _COMMON
+    + r"""
+local m = load(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+advance(m)
+local k, remaining, precision = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local low = nil
+if ARGV[10] == '1' then
+  remaining = remaining - tonumber(ARGV[11])
+  low = m.q - tonumber(ARGV[12]) - (m.c - tonumber(ARGV[13]))
+else
+  local trimmed = tonumber(redis.call('HGET', m.key, 'trimmed') or '0')
+  if k > trimmed then
+    local lows = P .. 'lo' .. string.sub(m.key, string.len(P) + 2)
+    local lo, hi = 0, redis.call('LLEN', lows)
+    while lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      local entry = redis.call('LINDEX', lows, mid)
+      if tonumber(string.match(entry, '^([^|]+)|')) < k then lo = mid + 1 else hi = mid end
+    end
+    local entry = redis.call('LINDEX', lows, lo)
+    if entry then
+      local v = tonumber(string.match(entry, '^[^|]+|([^|]+)|'))
+      low = math.min(m.q - m.lv - m.r, v - m.c)
+    end
+  end
+end
+if low == nil then return '0' end
+local amount = low - (remaining - precision)
+if amount > EPS * m.q then
+  bill(m, amount, T)
+  m.c = m.c + amount
+  save(m)
+  return f(amount)
+end
+return '0'
 """
 )

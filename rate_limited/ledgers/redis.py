@@ -27,12 +27,14 @@ and the engine does not know which of the two it has.
   finish and their results are stored as usual, and what they used is billed to Redis,
   in order, once it is back. Unreachable when the Runner is made: ``LedgerUnavailableError``.
 
-Departures from the in-memory ledger, on purpose: rate-limit headers (``reconcile``) are
-not compared with a belief here: the shared ledger already sees every process on the key,
-and the lowest-room bookkeeping that comparison needs would cost a list per meter in Redis.
-Limits read from headers still set the shared quota (``set_quota``), and a 429 still
-corrects the meter that was closest to its quota (``refused``). The provider's rule is not
-discovered from headers: declare it (the presets do).
+**Agreeing with the provider** works as in the in-memory ledger: a rate-limit header is
+compared with the least room the shared meter believed in since the request's admission
+(a stack per meter in Redis, ``RECONCILE``), what it believed above it is billed (an
+estimate too low, a user of the key outside the ledger); a 429 corrects the meter closest
+to its quota; limits read from headers set the shared quota. One departure, on purpose:
+the provider's settle rule is not *discovered* from the headers (the in-memory ledger's
+twin meters and votes would double the work of every admission in Redis): declare it,
+as the presets do.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def _partition_text(key: Hashable) -> str:
 class RedisReservation(Reservation):
     """An admission held in Redis under ``lease`` (the lease id)."""
 
-    __slots__ = ("entries", "lease", "quotas")
+    __slots__ = ("entries", "lease", "numbers", "quotas")
 
     def __init__(
         self,
@@ -126,6 +128,7 @@ class RedisReservation(Reservation):
         demand: Demand,
         held: list[tuple[float, float]],
         quotas: list[float],
+        numbers: list[int],
         at: float,
         rules: tuple[Settle, ...],
         deferred: bool,
@@ -135,6 +138,8 @@ class RedisReservation(Reservation):
         #: Per resource: meter key, kind, quota, window, delay, rule, arguments, estimate.
         self.entries = entries
         self.quotas = quotas
+        #: Per resource, the admission's number on its meter (see ``reconcile``).
+        self.numbers = numbers
 
 
 class RedisLedger:
@@ -184,7 +189,7 @@ class RedisLedger:
             ) from exc
         self._scripts = {
             name: self._client.register_script(getattr(_lua, name))
-            for name in ("RESERVE", "FINISH", "PEEK", "BILL", "SET_QUOTA", "HEARTBEAT")
+            for name in ("RESERVE", "FINISH", "PEEK", "BILL", "SET_QUOTA", "HEARTBEAT", "RECONCILE")
         }
         self._release_holder = self._client.register_script(_lua.RELEASE_HOLDER)
         self._check_declarations()
@@ -193,7 +198,6 @@ class RedisLedger:
         #: The answer of the last admission that failed: (demand, now, per resource
         #: (seconds until it fits, needed, quota)); the waiting questions reuse it.
         self._last: tuple[Demand, float, list[tuple[float, float, float]]] | None = None
-        self._now = -math.inf  # the latest engine time seen
         # What could not be told to Redis while it was away, in order.
         self._backlog: deque[tuple[str, list[str]]] = deque()
         self._lock = threading.Lock()
@@ -393,7 +397,6 @@ class RedisLedger:
         self, demand: Demand, now: float, *, defer: bool = False
     ) -> RedisReservation | None:
         """Admit a call needing ``demand`` on every shared meter at once, or return None."""
-        self._now = max(self._now, now)
         if self._down_since is not None and time.monotonic() < self._retry_at:
             return None
         entries = []
@@ -422,7 +425,10 @@ class RedisLedger:
             held.append((level, corrected))
             quotas.append(quota)
             self._quotas[(i, need[2])] = quota
-        return RedisReservation(str(out[1]), entries, demand, held, quotas, now, self._rules, defer)
+        numbers = [int(x) for x in out[3 + 3 * len(demand) :]]
+        return RedisReservation(
+            str(out[1]), entries, demand, held, quotas, numbers, now, self._rules, defer
+        )
 
     def _finish(self, reservation: Reservation, op: str, *extra: str) -> Any:
         assert isinstance(reservation, RedisReservation)
@@ -430,12 +436,12 @@ class RedisLedger:
         return self._tell("FINISH", args)
 
     def begin(self, reservation: Reservation, now: float) -> None:
-        """The call started at ``now`` (its thread's time): bill what admission held."""
+        """The call started (its thread took it): bill what admission held, now (the
+        request reaches the provider after this, so billing it now is never early)."""
         if not reservation.deferred:
             return
         reservation.deferred = False
-        ago = min(1.0, max(0.0, self._now - now))
-        self._finish(reservation, "begin", _num(ago))
+        self._finish(reservation, "begin")
 
     def settle(
         self, reservation: Reservation, results_usage: Sequence[float], now: float
@@ -464,11 +470,13 @@ class RedisLedger:
         admission (as the in-memory ledger does, see ``rate_limited._ledger``)."""
         assert isinstance(reservation, RedisReservation)
         tightest, lowest = 0, math.inf
-        for i, (need, (held, _), quota) in enumerate(
-            zip(reservation.demand, reservation.held, reservation.quotas, strict=True)
-        ):
-            if need[0] + need[1] > 0 and (quota - held) / quota < lowest:
-                tightest, lowest = i + 1, (quota - held) / quota
+        if not reservation.reconciled:  # else its headers corrected the ledger already
+            for i, (need, (held, _), quota) in enumerate(
+                zip(reservation.demand, reservation.held, reservation.quotas, strict=True)
+            ):
+                room = (quota - held) / quota
+                if need[0] + need[1] > 0 and room < lowest:
+                    tightest, lowest = i + 1, room
         self._finish(reservation, "refuse", str(tightest))
 
     def bill(self, demand: Demand, amounts: Sequence[float], now: float) -> None:
@@ -581,8 +589,37 @@ class RedisLedger:
         precision: float = 0.0,
         refused: bool = False,
     ) -> float:
-        """Headers are not compared with a belief here (see the module docstring)."""
-        return 0.0
+        """The provider says ``remaining`` (± ``precision``) of ``resource`` was left when
+        it took the request of ``admission`` (without it, if ``refused``): bill what the
+        shared meter believed above that (see ``rate_limited._reconcile``), and return it.
+        A report on another ledger's admission tells nothing (0); the provider's settle
+        rule is not discovered here (declare it; the presets do)."""
+        index = self._index(resource)
+        key = partition if self._resources[index].partition is not None else None
+        spec = self._spec(index, key)
+        if (
+            not isinstance(admission, RedisReservation)
+            or index >= len(admission.entries)
+            or admission.entries[index][0] != spec[0]
+        ):
+            return 0.0
+        held, corrected = admission.held[index]
+        charge = sum(admission.demand[index][:2])
+        if refused:
+            admission.reconciled = True
+        args = [
+            self.prefix,
+            *spec,
+            str(admission.numbers[index]),
+            _num(remaining),
+            _num(precision),
+            "1" if refused else "0",
+            _num(charge),
+            _num(held),
+            _num(corrected),
+        ]
+        out = self._tell("RECONCILE", args)
+        return 0.0 if out is None else float(out)
 
     # -- display -------------------------------------------------------------------------------
     def snapshot(self, now: float) -> dict[str, tuple[float, float, float]]:

@@ -91,6 +91,7 @@ class Messages(Preset):
         image_tokens: int | None = None,
         media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
         client_max_retries: int | None = 0,
+        ledger: str | None = None,
     ) -> None:
         """Wrap ``client`` (default: ``anthropic.Anthropic()``, or ``AsyncAnthropic()``
         for ``AsyncMessages``) with each model's limits (None: read from the headers);
@@ -101,6 +102,8 @@ class Messages(Preset):
         callable counting the tokens of a text. ``image_tokens``, ``media_tokens``: tokens
         per image, per document part. ``client_max_retries``: the SDK's own retries
         (default 0, so the Runner sees every attempt; None leaves the client as it is).
+        ``ledger``: the ``ledger=`` of the Runners ``runner()`` makes (a ``redis://`` URL
+        shares the limits across processes and machines).
         """
         super().__init__(
             client,
@@ -114,6 +117,7 @@ class Messages(Preset):
             image_tokens=image_tokens,
             media_tokens=media_tokens,
             client_max_retries=client_max_retries,
+            ledger=ledger,
         )
 
     def _default_client(self) -> Any:

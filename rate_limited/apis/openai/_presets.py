@@ -104,6 +104,7 @@ class _OpenAIPreset(Preset):
         image_tokens: int | None = None,
         media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
         client_max_retries: int | None = 0,
+        ledger: str | None = None,
     ) -> None:
         """Wrap ``client`` (default: ``openai.OpenAI()``, or ``AsyncOpenAI()`` for the
         async classes) with its limits.
@@ -126,6 +127,9 @@ class _OpenAIPreset(Preset):
             media_tokens: tokens per audio or file part.
             client_max_retries: the SDK's own retries (default 0: the Runner retries, and
                 its ledger sees every attempt); None leaves the client as it is.
+            ledger: the ``ledger=`` of the Runners ``runner()`` makes: a
+                ``"redis://host:6379/0?name=team-key"`` URL shares the limits with every
+                process and machine on the same key (None: each Runner its own).
         """
         super().__init__(
             client,
@@ -135,6 +139,7 @@ class _OpenAIPreset(Preset):
             image_tokens=image_tokens,
             media_tokens=media_tokens,
             client_max_retries=client_max_retries,
+            ledger=ledger,
         )
         self._default_max_tokens = _positive_int(default_max_tokens)
 

@@ -66,6 +66,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rate_limited._claims import Claims
 from rate_limited._feedback import CURRENT_ADMISSION
 from rate_limited._ledger import Ledger, Reservation
 from rate_limited._policy import (
@@ -255,6 +256,8 @@ class Engine:
         self.progress_interval = progress_interval
         self.progress: Progress | None = None
         self.store = store
+        #: Claims on a store other processes share (see ``rate_limited._claims``).
+        self._claims = Claims(self, store) if store is not None and store.shares_work else None
         self.refresh = refresh
         self.retry_failed = retry_failed
         self.function_name = function_name
@@ -357,6 +360,8 @@ class Engine:
         self._wall_offset = time.time() - loop.time()
         if self.store is not None:
             self._restore(calls)
+        if self._claims is not None:
+            self._claims.start()
         if run_id and self._stop_for == run_id:
             self._stopping = True  # stopped before it started: nothing is looked up or sent
             return True
@@ -432,6 +437,8 @@ class Engine:
             self._ready = deque()
             self._retry.clear()
             self._followers = {}
+            if self._claims is not None:
+                self._claims.finish()
             self._flush_store(final=True)
             if self.progress is not None:
                 self._report(self.progress.finish, self.stats, self._stopping)
@@ -621,6 +628,9 @@ class Engine:
             call = self._head()
             if call is None:
                 return None
+            if self._claims is not None and not self._claims.take(call):
+                self._pop_head(call)  # another worker sends it (or sent it)
+                continue
             if not self._has_ledger and self._pause_until == -math.inf:
                 break
             now = self.loop.time()
@@ -681,6 +691,9 @@ class Engine:
         for queue in sorted(firsts, key=lambda q: q[0][0].index):
             call = queue[0][0]
             if ledger.meter_ids(call.demand) & blocked:
+                continue
+            if self._claims is not None and not self._claims.take(call):
+                queue.popleft()  # another worker sends it (or sent it)
                 continue
             reservation = ledger.try_reserve(call.demand, now, defer=self._defer_billing)
             if reservation is not None:
@@ -1276,7 +1289,7 @@ class Engine:
         call.status = status
         call.finished_at = now
         call.reservation = None
-        if self.store is not None and call.key is not None:
+        if self.store is not None and call.key is not None and not call.from_store:
             self._save(call, now)
         self._in_flight -= 1
         stats = self.stats
@@ -1309,6 +1322,25 @@ class Engine:
             else:
                 self.stats.failed += 1
             self._unfinished -= 1
+
+    # -- work sharing (``rate_limited._claims``) ---------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def adopt(self, call: Call, status: Status) -> None:
+        """``call`` (pending) ends with an outcome another worker stored."""
+        self._in_flight += 1  # _finish counts it out
+        self._finish(call, status, self.loop.time())
+
+    def requeue(self, call: Call) -> None:
+        """``call`` waited for another worker, and is this process's to send after all."""
+        self._due(call, self._epoch)
+
+    def notice(self, category: type[Warning], text: str) -> None:
+        """A warning for the thread that called ``run()`` (and the log)."""
+        logger.warning("%s", text)
+        self._notices.append((category, text))
 
     # -- the semantic cache ---------------------------------------------------------------
     async def _semantic_lookup(self, calls: Sequence[Call]) -> set[Call]:

@@ -717,6 +717,11 @@ class Runner(CallOwner):
             watch(functools.partial(_wake_threadsafe, loop, engine))
         return engine
 
+    @property
+    def _ledger_is_local(self) -> bool:
+        """Whether this Runner's quotas live in its own process (no ``ledger=`` URL)."""
+        return not hasattr(self._ledger, "holder")
+
     def apply(
         self,
         frame: pandas.DataFrame,

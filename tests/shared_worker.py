@@ -16,45 +16,11 @@ import sys
 import time
 from typing import Any
 
-_WORDS = [
-    "rate",
-    "limit",
-    "token",
-    "bucket",
-    "quota",
-    "refill",
-    "request",
-    "answer",
-    "model",
-    "prompt",
-    "the",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "it",
-    "for",
-    "on",
-    "that",
-    "as",
-    "with",
-    "was",
-    "be",
-    "by",
-    "this",
-    "at",
-    "from",
-    "or",
-    "an",
-    "are",
-    "data",
-    "call",
-    "fast",
-    "slow",
-    "time",
-    "load",
-]
+_VOCABULARY = (
+    "rate limit token bucket quota refill request answer model prompt the of and to in is "
+    "it for on that as with was be by this at from or an are data call fast slow time load"
+)
+_WORDS = _VOCABULARY.split()
 
 
 def workload(count: int, max_tokens: int, seed: str = "shared") -> list[dict[str, Any]]:

@@ -14,9 +14,7 @@ def make_runner(base_url: str, ledger: str, store: str, rpm: float, tpm: float) 
     from rate_limited.apis.openai import ChatCompletions
 
     client = openai.OpenAI(base_url=base_url, api_key="test", timeout=120)
-    chat = ChatCompletions(
-        client, requests_per_minute=rpm, tokens_per_minute=tpm, ledger=ledger
-    )
+    chat = ChatCompletions(client, requests_per_minute=rpm, tokens_per_minute=tpm, ledger=ledger)
     return chat.runner(max_concurrent=16, progress=False, store=store)
 
 

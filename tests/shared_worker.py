@@ -46,11 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--step", type=int, default=1)
     parser.add_argument("--max-concurrent", type=int, default=32)
+    parser.add_argument("--claim-ttl", type=float, default=60.0)
     args = parser.parse_args(argv)
 
     import openai
 
     from rate_limited.apis.openai import ChatCompletions
+    from rate_limited.stores import open_store
 
     client = openai.OpenAI(base_url=args.base_url, api_key="test", timeout=120)
     chat = ChatCompletions(
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = chat.runner(
         max_concurrent=args.max_concurrent,
         progress=False,
-        store=None if args.store == "none" else args.store,
+        store=None if args.store == "none" else open_store(args.store, claim_ttl=args.claim_ttl),
         long_wait_warning_seconds=None,
     )
     requests = workload(args.count, args.max_tokens)

@@ -25,7 +25,7 @@ of a ledger in one cluster hash slot):
 A holder whose deadline passed (its process died, or lost Redis for longer than the lease)
 is *reaped* by the next script that runs: each of its reservations is billed as the
 provider would have billed the call, which may have been sent: what admission billed stays,
-and a held estimate is billed whole, dated at the admission (``keep``).
+and what it held is billed whole (``keep``; a window logs it at the admission).
 """
 
 from __future__ import annotations
@@ -114,15 +114,16 @@ local function free_in(m, need)
   return -1
 end
 
--- Bill `amount` as used at time `at` (<= T); returns the token `refund` takes back.
+-- Bill `amount` as used at time `at` (<= T); returns the token `refund` takes back. A
+-- bucket adds it whole whatever `at`: a level drains as a whole, so a usage billed late
+-- into a busy bucket has not drained by itself meanwhile (crediting that would admit what
+-- the provider refuses). A window logs it at `at`: it expires a window after that.
 local function bill(m, amount, at)
   if amount <= 0 then return '' end
   if m.k == 'bucket' then
-    local left = amount - (T - at) * rate(m)
-    if left <= 0 then return '' end
     if m.lv <= 0 and T >= m.s then m.s = T + m.d end
-    m.lv = m.lv + left
-    return 'b:' .. f(amount) .. ':' .. f(at)
+    m.lv = m.lv + amount
+    return 'b:' .. f(amount) .. ':' .. f(T)
   end
   if at + m.w <= T then return '' end
   local member = redis.call('INCR', P .. 'seq') .. ':' .. f(amount)

@@ -17,7 +17,7 @@ and the engine does not know which of the two it has.
   a keeper thread every ``lease / 4`` seconds. A process that dies (SIGKILL, a lost
   machine) stops renewing; once its lease is past, the next script any process runs bills
   each of its reservations as the provider would have billed the call, which may have been
-  sent (the estimate kept, dated at its admission), and frees the rest.
+  sent (what it held is billed whole, as ``keep`` does), and frees the rest.
 * **Waiting.** A call that does not fit waits for the time the shared meters say it will
   (a bucket's refill, a window's expiry). One that waits for reservations other processes
   hold is woken by the ``freed`` notification (Redis pub/sub) when one is given back, or

@@ -19,8 +19,9 @@ same order interleave: each sends the calls it claimed and waits for the others'
 
 A store error while claiming sends the call (a StoreWarning says so): it cannot be
 coordinated, and stopping the run would lose more than a possible duplicate.
-At the end of a run the claims of calls not started are given up, so that another
-worker takes them at once (a Ctrl-C here does not hold them up for ``claim_ttl``).
+At the end of a run (its outcomes flushed) the claims of calls not started and of calls
+whose outcome is written are given up, so that another worker takes the first at once (a
+Ctrl-C here does not hold them up for ``claim_ttl``) and reads the others' outcomes.
 """
 
 from __future__ import annotations
@@ -198,18 +199,24 @@ class Claims:
 
     # -- the end of a run ---------------------------------------------------------------------
     def finish(self) -> None:
-        """The run ended: give up the claims of calls not started; stop waiting."""
+        """The run ended (its outcomes flushed): give up the claims of calls not started
+        and of those whose outcome is written; stop waiting."""
         for handle in (self._timer, self._renewal):
             if handle is not None:
                 handle.cancel()
         self._timer = self._renewal = None
         self._waiting.clear()
-        unsent = [k for k, call in self._mine.items() if call.status is Status.PENDING]
-        for key in unsent:
+        unwritten = set(self._store.pending_keys())
+        done = [
+            key
+            for key, call in self._mine.items()
+            if call.status is Status.PENDING or (call.status.is_final and key not in unwritten)
+        ]
+        for key in done:
             del self._mine[key]
             self._renewed.pop(key, None)
         try:
-            self._store.unclaim(unsent, self.holder)
+            self._store.unclaim(done, self.holder)
         except StoreError as exc:
             self._store_failed(exc)
         if self._mine:  # still running (after an interrupt): keep them claimed meanwhile

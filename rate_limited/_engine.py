@@ -437,9 +437,9 @@ class Engine:
             self._ready = deque()
             self._retry.clear()
             self._followers = {}
+            self._flush_store(final=True)
             if self._claims is not None:
                 self._claims.finish()
-            self._flush_store(final=True)
             if self.progress is not None:
                 self._report(self.progress.finish, self.stats, self._stopping)
             self.progress = None

@@ -30,16 +30,7 @@ and what it held is billed whole (``keep``; a window logs it at the admission).
 
 from __future__ import annotations
 
-__all__ = [
-    "BILL",
-    "FINISH",
-    "HEARTBEAT",
-    "PEEK",
-    "RECONCILE",
-    "RELEASE_HOLDER",
-    "RESERVE",
-    "SET_QUOTA",
-]
+__all__ = ["OPERATIONS", "SCRIPT"]
 
 _COMMON = r"""
 local P = ARGV[1]
@@ -198,7 +189,10 @@ local function reap_holder(holder)
   freed = true
 end
 
+local reaped = false
 local function reap()
+  if reaped then return end
+  reaped = true
   local dead = redis.call('ZRANGEBYSCORE', P .. 'holders', '-inf', f(T), 'LIMIT', 0, 8)
   for _, holder in ipairs(dead) do reap_holder(holder) end
 end
@@ -233,9 +227,9 @@ local function push_low(m)
   return n
 end
 
-local function done()
-  if freed then redis.call('PUBLISH', P .. 'freed', '1') end
-end
+-- Each operation calls done() where it used to publish; the batch publishes once, at its
+-- end, if any of its operations gave something back.
+local function done() end
 """
 
 #: ARGV: P, holder, lease seconds, defer (0/1), n, then per resource 8 fields: meter key,
@@ -243,9 +237,7 @@ end
 #: Admitted: {1, lease id, T, then per resource held, quota, corrected, then per resource
 #: the admission's number on its meter (for ``RECONCILE``)}. Not: {0, T, then
 #: per resource: seconds until it fits (-1, -2: see free_in), needed, quota}.
-RESERVE = (
-    _COMMON
-    + r"""
+_RESERVE = r"""
 reap()
 local holder, ttl, defer, n = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local ms, es = {}, {}
@@ -299,7 +291,6 @@ alive(holder, ttl)
 out[2] = id
 return out
 """
-)
 
 #: ARGV: P, holder, lease seconds, lease id, op, then op's arguments:
 #: ``begin`` none; ``settle`` the lease's entries as JSON (billed by
@@ -307,9 +298,7 @@ return out
 #: ``release``: none; ``refuse`` the index of the resource to correct (0: none) and, per
 #: resource, whether it is a bucket meter's correction (free room billed too).
 #: Returns {found (0/1), T, then per resource what its results were billed}.
-FINISH = (
-    _COMMON
-    + r"""
+_FINISH = r"""
 reap()
 local holder, ttl, id, op = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local raw = redis.call('HGET', P .. 'leases', id)
@@ -406,14 +395,11 @@ drop_lease(id, holder)
 done()
 return out
 """
-)
 
 #: ARGV: P, n, then per meter 6 fields: key, kind, quota, window, delay, needed.
 #: Returns {T, then per meter: level, reserved, quota, seconds until needed fits (see
 #: free_in)}.
-PEEK = (
-    _COMMON
-    + r"""
+_PEEK = r"""
 local n = tonumber(ARGV[2])
 local out = {f(T)}
 for i = 1, n do
@@ -425,12 +411,9 @@ for i = 1, n do
 end
 return out
 """
-)
 
 #: ARGV: P, n, then per meter 6 fields: key, kind, quota, window, delay, amount.
-BILL = (
-    _COMMON
-    + r"""
+_BILL = r"""
 local n = tonumber(ARGV[2])
 for i = 1, n do
   local b = 2 + (i - 1) * 6
@@ -441,12 +424,9 @@ for i = 1, n do
 end
 return f(T)
 """
-)
 
 #: ARGV: P, key, kind, quota, window, delay, new quota.
-SET_QUOTA = (
-    _COMMON
-    + r"""
+_SET_QUOTA = r"""
 local m = load(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 advance(m)
 local old = m.q
@@ -456,25 +436,19 @@ if m.q > old then freed = true end
 done()
 return f(old)
 """
-)
 
 #: ARGV: P, holder, lease seconds, who it is (JSON). Renews the holder's lease, reaps the
 #: dead. Returns {T, holders reaped so far in total}.
-HEARTBEAT = (
-    _COMMON
-    + r"""
+_HEARTBEAT = r"""
 reap()
 alive(ARGV[2], ARGV[3])
 redis.call('HSET', P .. 'hi', ARGV[2], ARGV[4])
 done()
 return {f(T), tostring(redis.call('HGET', P .. 'stats', 'reaped_holders') or '0')}
 """
-)
 
 #: ARGV: P, holder. The holder is leaving: what it still holds is kept (as if it died).
-RELEASE_HOLDER = (
-    _COMMON
-    + r"""
+_RELEASE_HOLDER = r"""
 local h = ARGV[2]
 if redis.call('EXISTS', P .. 'h:' .. h) == 1 or redis.call('ZSCORE', P .. 'holders', h) then
   reap_holder(ARGV[2])
@@ -483,7 +457,6 @@ end
 done()
 return f(T)
 """
-)
 
 #: ARGV: P, key, kind, quota, window, delay, the admission's number on the meter, remaining,
 #: precision, refused (0/1), the request's charge, held and corrected right after its
@@ -491,9 +464,7 @@ return f(T)
 #: the ledger believed above the least room it believed in since that admission (or, for a
 #: refused request, at the admission itself); see ``rate_limited._reconcile``. Returns what
 #: it billed.
-RECONCILE = (
-    _COMMON
-    + r"""
+_RECONCILE = r"""
 local m = load(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 advance(m)
 local k, remaining, precision = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -527,5 +498,45 @@ if amount > EPS * m.q then
   return f(amount)
 end
 return '0'
+"""
+
+
+def _operation(name: str, body: str) -> str:
+    # ARGV inside an operation is its own arguments, with P first: the offsets above.
+    return f"OPS[{name!r}] = function(ARGV)\n{body}\nend\n"
+
+
+#: The operations one ``SCRIPT`` call may run, in order, by name.
+OPERATIONS = {
+    "reserve": _RESERVE,
+    "finish": _FINISH,
+    "peek": _PEEK,
+    "bill": _BILL,
+    "set_quota": _SET_QUOTA,
+    "heartbeat": _HEARTBEAT,
+    "release_holder": _RELEASE_HOLDER,
+    "reconcile": _RECONCILE,
+}
+
+#: The ledger's one script. ARGV: P, then operations, each as its name, the number of its
+#: arguments and those arguments (the ARGV of its section above, P left out). They run in
+#: order, atomically together; the reply is the last one's. A client sends the settlements
+#: it has queued together with its next admission: one round trip per call.
+SCRIPT = (
+    _COMMON
+    + "local OPS = {}\n"
+    + "".join(_operation(name, body) for name, body in OPERATIONS.items())
+    + r"""
+local out = nil
+local i = 2
+while i <= #ARGV do
+  local name, n = ARGV[i], tonumber(ARGV[i + 1])
+  local a = {P}
+  for j = 1, n do a[j + 1] = ARGV[i + 1 + j] end
+  out = OPS[name](a)
+  i = i + 2 + n
+end
+if freed then redis.call('PUBLISH', P .. 'freed', '1') end
+return out
 """
 )

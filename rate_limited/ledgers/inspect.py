@@ -61,7 +61,7 @@ def inspect(url: str) -> str:
 
 def _one(client: Any, name: str) -> str:
     prefix = f"{_ROOT}{{{name}}}:"
-    peek = client.register_script(_lua.PEEK)
+    script = client.register_script(_lua.SCRIPT)
     lines = [f"Ledger {name!r}"]
     meters = sorted(client.scan_iter(match=_escape(prefix) + "m:*", count=1000))
     lines.append(
@@ -72,7 +72,7 @@ def _one(client: Any, name: str) -> str:
         spec = client.hmget(key, "k", "q", "w", "d")
         if spec[0] is None:
             continue
-        out = peek(args=[prefix, "1", key, *spec, "0"])
+        out = script(args=[prefix, "peek", "7", "1", key, *spec, "0"])
         used, reserved, quota = float(out[1]), float(out[2]), float(out[3])
         resource, _, partition = key[len(prefix) + 2 :].rpartition(":")
         lines.append(

@@ -47,7 +47,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -68,6 +67,8 @@ logger = logging.getLogger("rate_limited")
 DEFAULT_LEASE = 20.0
 #: Most seconds a call waiting for reservations of other processes sleeps between looks.
 POLL = 0.2
+#: Seconds a queued settlement waits for an admission to take it before it goes alone.
+_BATCH_WAIT = 0.002
 #: Seconds between attempts to reach Redis again once it is lost: first, and most.
 _RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
 _ROOT = "rate_limited:ledger:"
@@ -187,19 +188,18 @@ class RedisLedger:
                 "redis-server running and reachable there? Start it, fix the URL, or leave "
                 "ledger= out for a ledger of this process only."
             ) from exc
-        self._scripts = {
-            name: self._client.register_script(getattr(_lua, name))
-            for name in ("RESERVE", "FINISH", "PEEK", "BILL", "SET_QUOTA", "HEARTBEAT", "RECONCILE")
-        }
-        self._release_holder = self._client.register_script(_lua.RELEASE_HOLDER)
+        self._script = self._client.register_script(_lua.SCRIPT)
         self._check_declarations()
         self._specs: dict[tuple[int, Hashable], list[str]] = {}
         self._quotas: dict[tuple[int, Hashable], float] = {}
         #: The answer of the last admission that failed: (demand, now, per resource
         #: (seconds until it fits, needed, quota)); the waiting questions reuse it.
         self._last: tuple[Demand, float, list[tuple[float, float, float]]] | None = None
-        # What could not be told to Redis while it was away, in order.
-        self._backlog: deque[tuple[str, list[str]]] = deque()
+        #: Settling operations not sent yet, in order: they go with the next admission
+        #: (one round trip per call), or from the sender thread if none comes within
+        #: ``_BATCH_WAIT``; they stay here while Redis is away.
+        self._outbox: list[tuple[str, list[str]]] = []
+        self._send_soon = threading.Event()
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self._retry_at = -math.inf
@@ -213,12 +213,16 @@ class RedisLedger:
             target=self._keep_alive, name=f"rate_limited-ledger-{self.name}", daemon=True
         )
         self._keeper.start()
+        self._sender = threading.Thread(
+            target=self._send_queued, name=f"rate_limited-ledger-{self.name}-send", daemon=True
+        )
+        self._sender.start()
 
     def __repr__(self) -> str:
         state = "unreachable" if self._down_since is not None else "connected"
         return (
             f"<RedisLedger {self.url} name={self.name!r} lease={self.lease:g}s {state}; "
-            f"{len(self._backlog)} settlements to send>"
+            f"{len(self._outbox)} settlements to send>"
         )
 
     # -- set-up ------------------------------------------------------------------------------
@@ -256,10 +260,11 @@ class RedisLedger:
         if self._closed.is_set():
             return
         self._closed.set()
+        self._send_soon.set()
         self._keeper.join(timeout=2.0)
+        self._sender.join(timeout=2.0)
         try:
-            self._replay()
-            self._release_holder(args=[self.prefix, self.holder])
+            self._run("release_holder", [self.holder])
         except self._down_errors:
             logger.warning(
                 "The shared ledger at %s is unreachable: this process's reservations come "
@@ -304,16 +309,58 @@ class RedisLedger:
         """Reports are not compared with a belief here (see the module docstring)."""
 
     # -- talking to Redis -----------------------------------------------------------------------
-    def _run(self, script: str, args: list[str]) -> Any:
-        """Run a script; on a lost connection, note it (a warning) and raise it."""
+    def _send(self, ops: list[tuple[str, list[str]]]) -> Any:
+        """Run ``ops`` in one script call (the caller holds the lock); a lost connection
+        is noted (a warning) and raised."""
+        args = [self.prefix]
+        for name, op_args in ops:
+            args += [name, str(len(op_args)), *op_args]
         try:
-            result = self._scripts[script](args=args)
+            result = self._script(args=args)
         except self._down_errors as exc:
             self._lost(exc)
             raise
         if self._down_since is not None:
             self._back()
         return result
+
+    def _run(self, op: str, args: list[str]) -> Any:
+        """Run ``op`` now, after the operations queued before it, in one round trip."""
+        with self._lock:
+            result = self._send([*self._outbox, (op, args)])
+            self._outbox.clear()
+        return result
+
+    def _tell(self, op: str, args: list[str]) -> None:
+        """Queue a settling operation (never raises: the call's result matters more than
+        this bookkeeping, which waits for Redis if it is away)."""
+        with self._lock:
+            self._outbox.append((op, args))
+        self._send_soon.set()
+
+    def _flush(self) -> None:
+        with self._lock:
+            if self._outbox:
+                ops = list(self._outbox)
+                self._send(ops)
+                del self._outbox[: len(ops)]
+
+    def _send_queued(self) -> None:
+        """The sender thread: what is queued and not taken by an admission within
+        ``_BATCH_WAIT`` goes on its own (so that other processes see it soon)."""
+        while not self._closed.is_set():
+            self._send_soon.wait()
+            if self._closed.wait(_BATCH_WAIT):
+                return
+            self._send_soon.clear()
+            try:
+                self._flush()
+            except self._down_errors:
+                self._send_soon.set()  # again once Redis may be back
+                self._closed.wait(max(0.0, self._retry_at - time.monotonic()))
+            except Exception:  # a bug: say so, keep the operations, try again later
+                logger.exception("The shared ledger could not send its settlements")
+                self._closed.wait(1.0)
 
     def _lost(self, exc: BaseException) -> None:
         self._failures += 1
@@ -334,26 +381,6 @@ class RedisLedger:
         self._down_since, self._failures, self._retry_at = None, 0, -math.inf
         logger.warning("The shared ledger's Redis at %s is back after %.1f s", self.url, seconds)
 
-    def _replay(self) -> None:
-        """Send what could not be sent while Redis was away, in order (any thread)."""
-        with self._lock:
-            while self._backlog:
-                script, args = self._backlog[0]
-                self._run(script, args)
-                self._backlog.popleft()
-
-    def _tell(self, script: str, args: list[str]) -> Any:
-        """Run a settling script now, or keep it for when Redis is back (never raises a
-        lost connection: the call's result matters more than this bookkeeping)."""
-        try:
-            if self._backlog:
-                self._replay()
-            return self._run(script, args)
-        except self._down_errors:
-            with self._lock:
-                self._backlog.append((script, args))
-            return None
-
     def take_notices(self) -> list[tuple[type[Warning], str]]:
         """Warnings for the thread that called ``run()`` (see ``Engine.take_notices``)."""
         notices, self._notices = self._notices, []
@@ -361,7 +388,7 @@ class RedisLedger:
 
     # -- the keeper thread ---------------------------------------------------------------------
     def _heartbeat(self) -> None:
-        self._run("HEARTBEAT", [self.prefix, self.holder, _num(self.lease), self._info])
+        self._run("heartbeat", [self.holder, _num(self.lease), self._info])
 
     def _keep_alive(self) -> None:
         """Renew the lease every ``lease / 4`` s and pass on ``freed`` notifications."""
@@ -372,7 +399,6 @@ class RedisLedger:
                 if pubsub is None:
                     pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                     pubsub.subscribe(self.prefix + "freed")
-                self._replay()
                 self._heartbeat()
                 due = time.monotonic() + period
                 while not self._closed.is_set() and (left := due - time.monotonic()) > 0:
@@ -400,15 +426,13 @@ class RedisLedger:
         if self._down_since is not None and time.monotonic() < self._retry_at:
             return None
         entries = []
-        args = [self.prefix, self.holder, _num(self.lease), "1" if defer else "0", str(len(demand))]
+        args = [self.holder, _num(self.lease), "1" if defer else "0", str(len(demand))]
         for index, need in enumerate(demand):
             entry = [*self._spec(index, need[2]), self._rules[index], _num(need[0]), _num(need[1])]
             entries.append(entry)
             args += entry
         try:
-            if self._backlog:
-                self._replay()
-            out = self._run("RESERVE", args)
+            out = self._run("reserve", args)
         except self._down_errors:
             return None
         if int(out[0]) != 1:
@@ -430,10 +454,9 @@ class RedisLedger:
             str(out[1]), entries, demand, held, quotas, numbers, now, self._rules, defer
         )
 
-    def _finish(self, reservation: Reservation, op: str, *extra: str) -> Any:
+    def _finish(self, reservation: Reservation, op: str, *extra: str) -> None:
         assert isinstance(reservation, RedisReservation)
-        args = [self.prefix, self.holder, _num(self.lease), reservation.lease, op, *extra]
-        return self._tell("FINISH", args)
+        self._tell("finish", [self.holder, _num(self.lease), reservation.lease, op, *extra])
 
     def begin(self, reservation: Reservation, now: float) -> None:
         """The call started (its thread took it): bill what admission held, now (the
@@ -449,10 +472,8 @@ class RedisLedger:
         assert isinstance(reservation, RedisReservation)
         reservation.deferred = False
         entries = json.dumps([e[:8] for e in reservation.entries])
-        out = self._finish(reservation, "settle", entries, *map(_num, results_usage))
-        if out is not None and len(out) > 2:
-            return [float(x) for x in out[2:]]
-        billed = []  # Redis is away (billed when it is back): what it will bill
+        self._finish(reservation, "settle", entries, *map(_num, results_usage))
+        billed = []  # what the script bills for the results, by each resource's rule
         for rule, need, actual in zip(
             reservation.rules, reservation.demand, results_usage, strict=True
         ):
@@ -481,10 +502,10 @@ class RedisLedger:
 
     def bill(self, demand: Demand, amounts: Sequence[float], now: float) -> None:
         """Bill a late result's usage, which no reservation holds."""
-        args = [self.prefix, str(len(demand))]
+        args = [str(len(demand))]
         for index, (need, amount) in enumerate(zip(demand, amounts, strict=True)):
             args += [*self._spec(index, need[2]), _num(amount)]
-        self._tell("BILL", args)
+        self._tell("bill", args)
 
     # -- waiting -------------------------------------------------------------------------------
     def _waits(self, demand: Demand, now: float) -> list[tuple[float, float, float]] | None:
@@ -494,11 +515,11 @@ class RedisLedger:
             return last[2]
         if self._down_since is not None and time.monotonic() < self._retry_at:
             return None
-        args = [self.prefix, str(len(demand))]
+        args = [str(len(demand))]
         for index, need in enumerate(demand):
             args += [*self._spec(index, need[2]), _num(need[0] + need[1])]
         try:
-            out = self._run("PEEK", args)
+            out = self._run("peek", args)
         except self._down_errors:
             return None
         waits = []
@@ -550,10 +571,10 @@ class RedisLedger:
 
     # -- quotas --------------------------------------------------------------------------------
     def _peek(self, specs: list[list[str]]) -> list[tuple[float, float, float]]:
-        args = [self.prefix, str(len(specs))]
+        args = [str(len(specs))]
         for spec in specs:
             args += [*spec, "0"]
-        out = self._run("PEEK", args)
+        out = self._run("peek", args)
         return [
             (float(out[1 + 4 * i]), float(out[2 + 4 * i]), float(out[3 + 4 * i]))
             for i in range(len(specs))
@@ -576,7 +597,7 @@ class RedisLedger:
         index = self._index(resource)
         key = partition if self._resources[index].partition is not None else None
         self._quotas[(index, key)] = float(quota)
-        self._tell("SET_QUOTA", [self.prefix, *self._spec(index, key), _num(quota)])
+        self._tell("set_quota", [*self._spec(index, key), _num(quota)])
 
     def reconcile(
         self,
@@ -608,7 +629,6 @@ class RedisLedger:
         if refused:
             admission.reconciled = True
         args = [
-            self.prefix,
             *spec,
             str(admission.numbers[index]),
             _num(remaining),
@@ -618,8 +638,8 @@ class RedisLedger:
             _num(held),
             _num(corrected),
         ]
-        out = self._tell("RECONCILE", args)
-        return 0.0 if out is None else float(out)
+        self._tell("reconcile", args)
+        return 0.0  # billed with the next operation; nobody reads the amount
 
     # -- display -------------------------------------------------------------------------------
     def snapshot(self, now: float) -> dict[str, tuple[float, float, float]]:

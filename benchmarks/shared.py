@@ -240,7 +240,7 @@ def cell_dask(redis_url: str) -> list[str]:
         stats = mp.stats()
     exact = out.index.equals(frame.index) and all(
         r.choices[0].message.content.startswith(f"Row {i}:")
-        for i, r in zip(out.index, out["result"])
+        for i, r in zip(out.index, out["result"], strict=True)
     )
     return [
         f"{rows:,} rows, 8 partitions, 2 worker processes",

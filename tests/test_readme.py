@@ -32,6 +32,8 @@ from typing import Any
 
 import pytest
 
+from tests.stores.conftest import redis_url  # noqa: F401 - the session's redis-server
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 PYTHON = ("python", "py")
 SKIP = re.compile(r"^<!--\s*readme:\s*skip\s*\((?P<reason>[^)]*)\)\s*-->\s*$")
@@ -140,8 +142,14 @@ def test_every_block_is_tagged_and_every_skip_gives_a_reason() -> None:
 
 
 @pytest.fixture
-def mock_environment(make_provider: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
-    """A MockProvider, the environment variables the SDKs read, an empty directory."""
+def mock_environment(
+    make_provider: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    redis_url: str,  # noqa: F811
+) -> Any:
+    """A MockProvider, the environment variables the SDKs read (and ``REDIS_URL``, the
+    shared ledger's server), an empty directory."""
     pytest.importorskip("openai")
     pytest.importorskip("anthropic")
     pytest.importorskip("pandas")
@@ -152,6 +160,7 @@ def mock_environment(make_provider: Any, monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("ANTHROPIC_BASE_URL", provider.anthropic_base_url)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-readme-test")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.chdir(tmp_path)
     return provider
 

@@ -26,33 +26,52 @@ Ctrl-C here does not hold them up for ``claim_ttl``) and reads the others' outco
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from rate_limited._redact import describe, redact
+from rate_limited._status import Status
 from rate_limited.exceptions import CallError, StoreError, StoreWarning
-from rate_limited.outcomes import Status
 
 if TYPE_CHECKING:
-    import asyncio
-
-    from rate_limited._engine import Engine
     from rate_limited.calls import Call
     from rate_limited.stores.base import Store, StoredOutcome
 
-__all__ = ["POLL", "Claims"]
+__all__ = ["POLL", "Claims", "ClaimsOwner"]
 
 #: Seconds between two reads of the outcomes the waiting calls wait for.
 POLL = 0.25
 
 
+class ClaimsOwner(Protocol):
+    """What the claims ask of the engine (``rate_limited._core.EngineCore``)."""
+
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def retry_failed(self) -> bool: ...
+
+    def adopt(self, call: Call, status: Status) -> None:
+        """End the pending ``call`` with an outcome another worker stored."""
+
+    def requeue(self, call: Call) -> None:
+        """``call`` waited for another worker and is this process's to send after all."""
+
+    def notice(self, category: type[Warning], text: str) -> None:
+        """A warning for the thread that called ``run()``."""
+
+
 class Claims:
     """The claims of one engine on its store (loop thread only)."""
 
-    def __init__(self, engine: Engine, store: Store) -> None:
+    def __init__(self, engine: ClaimsOwner, store: Store) -> None:
         self._engine = engine
         self._store = store
         #: Who this engine is in the store's claims (host, pid and a random part).

@@ -4,7 +4,7 @@
 and the progress display keeps updating while other cells run; ``handle.result()`` blocks
 (Ctrl-C stops the run and returns the partial result, as ``run()`` does), ``await handle``
 works in async code, ``handle.stop()`` stops and returns what has finished, and
-``handle.results()`` is a snapshot at any time.
+``handle.snapshot()`` is what has finished so far, at any time.
 
 Ctrl-C while waiting (``SigintGuard``): the first stops admission and the run returns its
 partial result at once; calls already started go on in the background and are kept when
@@ -124,11 +124,16 @@ class RunHandle:
             return 0
         return self._request_abandon().result(timeout=10)
 
-    def results(self) -> RunResult:
-        """What has finished so far (a snapshot; the run goes on)."""
+    def snapshot(self) -> RunResult:
+        """What has finished so far, at once (the run goes on; ``result()`` waits)."""
         if self._result is not None:
             return self._result
         return self._snapshot()
+
+    def results(self) -> RunResult:
+        """Deprecated name of ``snapshot()`` (too close to the blocking ``result()``)."""
+        warn("handle.results() is now handle.snapshot()", DeprecationWarning)
+        return self.snapshot()
 
     def result(self, timeout: float | None = None) -> RunResult:
         """Wait for the run to end and return its RunResult.

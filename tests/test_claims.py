@@ -144,7 +144,7 @@ def test_a_failure_in_another_worker_is_taken_as_it_is(shared_store: Callable[..
     thread.start()
     # the second waits for the first's outcome (it found the call claimed) before it fails
     wait_for(
-        lambda: second._active_engine is not None and bool(second._active_engine._claims._waiting)
+        lambda: second._active_engine is not None and bool(second._active_engine.claims._waiting)
     )  # type: ignore[union-attr]
     gate.set()
     handle.result(30)

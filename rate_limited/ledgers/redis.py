@@ -51,9 +51,14 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from rate_limited._ledger import Demand, Reservation, Settle
-from rate_limited.exceptions import ConfigurationError, LedgerUnavailableError, LedgerWarning
+from rate_limited.exceptions import (
+    ConfigurationError,
+    LedgerUnavailableError,
+    LedgerWarning,
+    UnknownResourceError,
+)
 from rate_limited.ledgers import _lua
+from rate_limited.ledgers.base import Demand, Settle
 
 if TYPE_CHECKING:
     from rate_limited.resources import Resource
@@ -117,10 +122,21 @@ def _partition_text(key: Hashable) -> str:
     return "" if key is None else key if isinstance(key, str) else repr(key)
 
 
-class RedisReservation(Reservation):
+class RedisReservation:
     """An admission held in Redis under ``lease`` (the lease id)."""
 
-    __slots__ = ("entries", "lease", "numbers", "quotas")
+    __slots__ = (
+        "at",
+        "deferred",
+        "demand",
+        "entries",
+        "held",
+        "lease",
+        "numbers",
+        "quotas",
+        "reconciled",
+        "rules",
+    )
 
     def __init__(
         self,
@@ -134,7 +150,16 @@ class RedisReservation(Reservation):
         rules: tuple[Settle, ...],
         deferred: bool,
     ) -> None:
-        super().__init__([], demand, [], held, None, at, rules, deferred)
+        self.demand = demand
+        #: Per meter, (usage + reservations, corrections so far) right after admission.
+        self.held = held
+        #: Admission time (the engine's), and each resource's settle rule then.
+        self.at = at
+        self.rules = rules
+        #: Admitted but not started yet (a sync call waiting for its thread).
+        self.deferred = deferred
+        #: True once a refusal of this attempt was reconciled from its headers.
+        self.reconciled = False
         self.lease = lease
         #: Per resource: meter key, kind, quota, window, delay, rule, arguments, estimate.
         self.entries = entries
@@ -300,7 +325,9 @@ class RedisLedger:
         try:
             return self.names.index(resource)
         except ValueError:
-            raise KeyError(f"no resource named {resource!r}; the ledger has {self.names}") from None
+            raise UnknownResourceError(
+                f"no resource named {resource!r}; the ledger has {self.names}"
+            ) from None
 
     def rule(self, resource: str) -> Settle:
         return self._rules[self._index(resource)]
@@ -454,11 +481,10 @@ class RedisLedger:
             str(out[1]), entries, demand, held, quotas, numbers, now, self._rules, defer
         )
 
-    def _finish(self, reservation: Reservation, op: str, *extra: str) -> None:
-        assert isinstance(reservation, RedisReservation)
+    def _finish(self, reservation: RedisReservation, op: str, *extra: str) -> None:
         self._tell("finish", [self.holder, _num(self.lease), reservation.lease, op, *extra])
 
-    def begin(self, reservation: Reservation, now: float) -> None:
+    def begin(self, reservation: RedisReservation, now: float) -> None:
         """The call started (its thread took it): bill what admission held, now (the
         request reaches the provider after this, so billing it now is never early)."""
         if not reservation.deferred:
@@ -467,9 +493,8 @@ class RedisLedger:
         self._finish(reservation, "begin")
 
     def settle(
-        self, reservation: Reservation, results_usage: Sequence[float], now: float
+        self, reservation: RedisReservation, results_usage: Sequence[float], now: float
     ) -> list[float]:
-        assert isinstance(reservation, RedisReservation)
         reservation.deferred = False
         entries = json.dumps([e[:8] for e in reservation.entries])
         self._finish(reservation, "settle", entries, *map(_num, results_usage))
@@ -480,16 +505,15 @@ class RedisLedger:
             billed.append(max(need[1], actual) if rule == "reserved" else actual)
         return billed
 
-    def keep(self, reservation: Reservation, now: float) -> None:
+    def keep(self, reservation: RedisReservation, now: float) -> None:
         self._finish(reservation, "keep")
 
-    def release(self, reservation: Reservation, now: float) -> None:
+    def release(self, reservation: RedisReservation, now: float) -> None:
         self._finish(reservation, "release")
 
-    def refused(self, reservation: Reservation, now: float) -> None:
+    def refused(self, reservation: RedisReservation, now: float) -> None:
         """HTTP 429: release the call and correct the meter closest to its quota at the
         admission (as the in-memory ledger does, see ``rate_limited._ledger``)."""
-        assert isinstance(reservation, RedisReservation)
         tightest, lowest = 0, math.inf
         if not reservation.reconciled:  # else its headers corrected the ledger already
             for i, (need, (held, _), quota) in enumerate(
@@ -559,15 +583,18 @@ class RedisLedger:
                 return name, needed, quota
         return None
 
-    def blocked_by(self, demand: Demand, now: float) -> set[Hashable]:
+    def blocked_by(self, demand: Demand, now: float) -> set[int]:
+        """Identities of the meters ``demand`` does not fit on now (its cached spec's)."""
         waits = self._waits(demand, now)
-        specs = [self._spec(i, need[2])[0] for i, need in enumerate(demand)]
+        specs = [id(self._spec(i, need[2])) for i, need in enumerate(demand)]
         if waits is None:
             return set(specs)
         return {key for key, (seconds, _, _) in zip(specs, waits, strict=True) if seconds != 0}
 
-    def meter_ids(self, demand: Demand) -> set[Hashable]:
-        return {self._spec(i, need[2])[0] for i, need in enumerate(demand) if need[0] + need[1] > 0}
+    def meter_ids(self, demand: Demand) -> set[int]:
+        return {
+            id(self._spec(i, need[2])) for i, need in enumerate(demand) if need[0] + need[1] > 0
+        }
 
     # -- quotas --------------------------------------------------------------------------------
     def _peek(self, specs: list[list[str]]) -> list[tuple[float, float, float]]:
@@ -606,7 +633,7 @@ class RedisLedger:
         now: float,
         *,
         partition: Hashable = None,
-        admission: Reservation | None = None,
+        admission: RedisReservation | None = None,
         precision: float = 0.0,
         refused: bool = False,
     ) -> float:

@@ -197,14 +197,27 @@ def cell_overhead(redis_url: str, calls: int = 5000) -> list[list[str]]:
         runner.close()
         return seconds / calls
 
-    times: dict[str, list[float]] = {"memory": [], "redis": []}
-    for _ in range(3):  # alternating, so noise hits both alike
+    def ping() -> float:  # the machine's floor: one bare round trip to the same server
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        began = time.perf_counter()
+        for _ in range(calls):
+            client.ping()
+        seconds = time.perf_counter() - began
+        client.close()
+        return seconds / calls
+
+    times: dict[str, list[float]] = {"memory": [], "redis": [], "ping": []}
+    for _ in range(3):  # alternating, so noise hits all alike
         times["memory"].append(timed(None))
         times["redis"].append(timed(f"{redis_url}?name=b-overhead-{uuid.uuid4().hex[:6]}"))
-    memory, shared = min(times["memory"]), min(times["redis"])
+        times["ping"].append(ping())
+    memory, shared, floor = min(times["memory"]), min(times["redis"]), min(times["ping"])
     return [
         ["in-process ledger", f"{memory * 1e6:.0f} µs", "-"],
         ["Redis ledger (loopback)", f"{shared * 1e6:.0f} µs", f"+{(shared - memory) * 1e6:.0f} µs"],
+        ["(for scale: one Redis PING round trip)", f"{floor * 1e6:.0f} µs", "-"],
     ]
 
 

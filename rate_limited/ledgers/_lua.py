@@ -20,7 +20,8 @@ of a ledger in one cluster hash slot):
   a hash, holder -> who it is (host, pid, name) for ``rate-limited ledger inspect``;
   ``P h:<holder>`` the set of its lease ids.
 * ``P seq`` counter of lease and log entry ids; ``P freed`` the channel told when a
-  reservation is given back (waiters on other processes look again).
+  reservation is given back while ``P waiting`` exists (set for a second by an admission
+  that waits for one), so that waiters on other processes look again.
 
 A holder whose deadline passed (its process died, or lost Redis for longer than the lease)
 is *reaped* by the next script that runs: each of its reservations is billed as the
@@ -40,9 +41,15 @@ local T = tonumber(tt[1]) + tonumber(tt[2]) / 1000000
 local function f(x) return string.format('%.17g', x) end
 local freed = false
 
+-- Meters are read once per script call (whatever number of operations it runs), kept in
+-- LOADED, and written back once at its end if changed (DIRTY, write_back).
+local LOADED, DIRTY = {}, {}
+
 local function load(key, kind, q, w, d)
+  local m = LOADED[key]
+  if m then return m end
   local v = redis.call('HMGET', key, 'k', 'q', 'w', 'd', 'lv', 's', 'r', 'c')
-  local m = {key = key}
+  m = {key = key}
   if v[1] then
     m.k = v[1]; m.q = tonumber(v[2]); m.w = tonumber(v[3]); m.d = tonumber(v[4])
     m.lv = tonumber(v[5]); m.s = tonumber(v[6]); m.r = tonumber(v[7]); m.c = tonumber(v[8])
@@ -50,20 +57,26 @@ local function load(key, kind, q, w, d)
     m.k = kind; m.q = tonumber(q); m.w = tonumber(w); m.d = tonumber(d)
     m.lv = 0; m.s = 0; m.r = 0; m.c = 0
   end
-  m.log = 'l' .. string.sub(key, string.len(P) + 2)
-  m.log = P .. m.log
+  m.log = P .. 'l' .. string.sub(key, string.len(P) + 2)
+  LOADED[key] = m
   return m
 end
 
-local function save(m)
-  redis.call('HSET', m.key, 'k', m.k, 'q', f(m.q), 'w', f(m.w), 'd', f(m.d), 'lv', f(m.lv),
-    's', f(m.s), 'r', f(m.r), 'c', f(m.c))
+local function save(m) DIRTY[m.key] = m end
+
+local function write_back()
+  for key, m in pairs(DIRTY) do
+    redis.call('HSET', key, 'k', m.k, 'q', f(m.q), 'w', f(m.w), 'd', f(m.d), 'lv', f(m.lv),
+      's', f(m.s), 'r', f(m.r), 'c', f(m.c))
+  end
 end
 
 local function rate(m) return m.q / m.w end
 
 -- Bring the meter to time T: a bucket drains, a window's old entries expire.
 local function advance(m)
+  if m.advanced then return end  -- T is one instant for the whole script call
+  m.advanced = true
   if m.k == 'bucket' then
     if T > m.s then
       if m.lv > 0 then m.lv = math.max(0, m.lv - (T - m.s) * rate(m)) end
@@ -76,6 +89,7 @@ local function advance(m)
         m.lv = m.lv - tonumber(string.match(member, ':(.*)$'))
       end
       redis.call('ZREMRANGEBYSCORE', m.log, '-inf', f(T - m.w))
+      save(m)  -- the log lost them: the usage must go down with it, whatever follows
     end
     if redis.call('ZCARD', m.log) == 0 then m.lv = 0 end
     if m.lv < 0 then m.lv = 0 end
@@ -232,19 +246,21 @@ end
 local function done() end
 """
 
-#: ARGV: P, holder, lease seconds, defer (0/1), n, then per resource 8 fields: meter key,
+#: ARGV: P, holder, lease seconds, defer (0/1), track (0/1: keep what ``reconcile`` needs,
+#: once the provider reports), n, then per resource 8 fields: meter key,
 #: kind, quota, window, delay, rule, arguments usage, estimate.
 #: Admitted: {1, lease id, T, then per resource held, quota, corrected, then per resource
 #: the admission's number on its meter (for ``RECONCILE``)}. Not: {0, T, then
 #: per resource: seconds until it fits (-1, -2: see free_in), needed, quota}.
 _RESERVE = r"""
 reap()
-local holder, ttl, defer, n = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local holder, ttl, defer, n = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6])
+local track = ARGV[5] == '1' 
 local ms, es = {}, {}
 local cache = {}
 local ok = true
 for i = 1, n do
-  local b = 5 + (i - 1) * 8
+  local b = 6 + (i - 1) * 8
   local key = ARGV[b + 1]
   local m = cache[key]
   if not m then
@@ -260,7 +276,11 @@ if not ok then
   local out = {0, f(T)}
   for i = 1, n do
     local need = tonumber(es[i][7]) + tonumber(es[i][8])
-    table.insert(out, f(free_in(ms[i], need)))
+    local wait = free_in(ms[i], need)
+    if wait == -1 then  -- it waits for a reservation to come back: ask to be told
+      redis.call('SET', P .. 'waiting', '1', 'PX', 1000)
+    end
+    table.insert(out, f(wait))
     table.insert(out, f(need))
     table.insert(out, f(ms[i].q))
   end
@@ -283,7 +303,7 @@ for i = 1, n do
   table.insert(out, e[10]); table.insert(out, f(m.q)); table.insert(out, e[11])
 end
 for _, m in pairs(cache) do save(m) end
-for i = 1, n do table.insert(out, tostring(push_low(ms[i]))) end
+for i = 1, n do table.insert(out, track and tostring(push_low(ms[i])) or '0') end
 local id = tostring(redis.call('INCR', P .. 'seq'))
 redis.call('HSET', P .. 'leases', id, cjson.encode({at = f(T), def = defer, h = holder, e = es}))
 redis.call('SADD', P .. 'h:' .. holder, id)
@@ -536,7 +556,10 @@ while i <= #ARGV do
   out = OPS[name](a)
   i = i + 2 + n
 end
-if freed then redis.call('PUBLISH', P .. 'freed', '1') end
+write_back()
+if freed and redis.call('EXISTS', P .. 'waiting') == 1 then
+  redis.call('PUBLISH', P .. 'freed', '1')
+end
 return out
 """
 )

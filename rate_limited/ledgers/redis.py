@@ -73,7 +73,7 @@ DEFAULT_LEASE = 20.0
 #: Most seconds a call waiting for reservations of other processes sleeps between looks.
 POLL = 0.2
 #: Seconds a queued settlement waits for an admission to take it before it goes alone.
-_BATCH_WAIT = 0.002
+_BATCH_WAIT = 0.005
 #: Seconds between attempts to reach Redis again once it is lost: first, and most.
 _RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
 _ROOT = "rate_limited:ledger:"
@@ -225,12 +225,14 @@ class RedisLedger:
         #: ``_BATCH_WAIT``; they stay here while Redis is away.
         self._outbox: list[tuple[str, list[str]]] = []
         self._send_soon = threading.Event()
+        self._armed = False  # the sender thread was told, and has not flushed yet
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self._retry_at = -math.inf
         self._failures = 0
         self._notices: list[tuple[type[Warning], str]] = []
         self._waiting_release = False
+        self._reported = False
         self._wake: Callable[[], None] | None = None
         self._closed = threading.Event()
         self._heartbeat()
@@ -333,7 +335,10 @@ class RedisLedger:
         return self._rules[self._index(resource)]
 
     def expect_reports(self) -> None:
-        """Reports are not compared with a belief here (see the module docstring)."""
+        """The provider will report on the calls: from now on every admission also records
+        the room it leaves, which ``reconcile`` compares the reports with (it costs a
+        list operation per meter in Redis, so not before)."""
+        self._reported = True
 
     # -- talking to Redis -----------------------------------------------------------------------
     def _send(self, ops: list[tuple[str, list[str]]]) -> Any:
@@ -363,6 +368,9 @@ class RedisLedger:
         this bookkeeping, which waits for Redis if it is away)."""
         with self._lock:
             self._outbox.append((op, args))
+            if self._armed:
+                return  # the sender thread is due already: one wake-up per batch
+            self._armed = True
         self._send_soon.set()
 
     def _flush(self) -> None:
@@ -380,6 +388,8 @@ class RedisLedger:
             if self._closed.wait(_BATCH_WAIT):
                 return
             self._send_soon.clear()
+            with self._lock:
+                self._armed = False
             try:
                 self._flush()
             except self._down_errors:
@@ -453,7 +463,8 @@ class RedisLedger:
         if self._down_since is not None and time.monotonic() < self._retry_at:
             return None
         entries = []
-        args = [self.holder, _num(self.lease), "1" if defer else "0", str(len(demand))]
+        track = "1" if self._reported else "0"
+        args = [self.holder, _num(self.lease), "1" if defer else "0", track, str(len(demand))]
         for index, need in enumerate(demand):
             entry = [*self._spec(index, need[2]), self._rules[index], _num(need[0]), _num(need[1])]
             entries.append(entry)

@@ -88,6 +88,22 @@ def test_runners_sharing_a_name_must_count_alike(make: Callable[..., RedisLedger
         make([tokens(refill="window")])
 
 
+def test_the_redis_ledger_implements_the_ledger_interface(
+    make: Callable[..., RedisLedger],
+) -> None:
+    """The engine holds a ``ledgers.base.Ledger`` and does not know which (mypy checks the
+    signatures where ``open_ledger`` returns it)."""
+    from rate_limited.ledgers import Ledger
+
+    ledger = make([requests(quota=3)])
+    assert isinstance(ledger, Ledger)
+    reservation = ledger.try_reserve(((1.0, 0.0, None),), 0.0)
+    assert reservation is not None and list(reservation.demand) == [(1.0, 0.0, None)]
+    ledger.set_quota("requests", 1.0)
+    assert ledger.quota("requests") == 1.0
+    assert ledger.try_reserve(((1.0, 0.0, None),), 0.0) is None  # the quota was lowered
+
+
 # -- admission -------------------------------------------------------------------------------
 def test_admission_is_all_or_nothing(make: Callable[..., RedisLedger]) -> None:
     ledger = make([requests(quota=2), tokens()])
@@ -201,6 +217,7 @@ def test_deferred_admission_bills_when_the_call_begins(make: Callable[..., Redis
 # -- the provider's view -----------------------------------------------------------------------
 def test_a_header_showing_less_room_is_billed(make: Callable[..., RedisLedger]) -> None:
     ledger = make([tokens(settle="reserved", quota=10_000)])
+    ledger.expect_reports()  # as a preset's Runner does: admissions record their room
     reservation = ledger.try_reserve([(100.0, 200.0, None)], 0.0)
     assert isinstance(reservation, RedisReservation)
     # the ledger believes 9,700 left; the provider says 9,000: 700 more were used elsewhere

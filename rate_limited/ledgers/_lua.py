@@ -3,9 +3,10 @@
 Redis runs a script to the end before any other command, so "check every resource, then
 reserve on all of them" cannot interleave with another process's admission. A call of
 ``SCRIPT`` runs a list of operations (a client's queued settlements, then its admission),
-each written below as a section over its own ``ARGV``. The script reads the time with ``TIME`` (Redis's clock, the same for every client whatever their own
-clocks say), and numbers cross the boundary as strings formatted with ``%.17g`` (Lua's
-``tostring`` keeps 14 digits, too few for epoch seconds with microseconds; and Redis
+each written below as a section over its own ``ARGV``. The script reads the time with
+``TIME`` (Redis's clock, the same for every client whatever their own clocks say), and
+numbers cross the boundary as strings formatted with ``%.17g`` (Lua's ``tostring`` keeps
+14 digits, too few for epoch seconds with microseconds; and Redis
 truncates numbers a script returns to integers).
 
 Keys, under one prefix ``P`` (``rate_limited:ledger:{<name>}:``, the braces keep every key

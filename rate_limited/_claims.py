@@ -33,15 +33,17 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Protocol
 
-from rate_limited._redact import describe, redact
+from rate_limited._redact import describe, get_logger, redact
 from rate_limited._status import Status
-from rate_limited.exceptions import CallError, StoreError, StoreWarning
+from rate_limited.exceptions import CallError, StoreError
 
 if TYPE_CHECKING:
     from rate_limited.calls import Call
     from rate_limited.stores.base import Store, StoredOutcome
 
 __all__ = ["POLL", "Claims", "ClaimsOwner"]
+
+logger = get_logger("rate_limited")
 
 #: Seconds between two reads of the outcomes the waiting calls wait for.
 POLL = 0.25
@@ -64,9 +66,6 @@ class ClaimsOwner(Protocol):
     def requeue(self, call: Call) -> None:
         """``call`` waited for another worker and is this process's to send after all."""
 
-    def notice(self, category: type[Warning], text: str) -> None:
-        """A warning for the thread that called ``run()``."""
-
 
 class Claims:
     """The claims of one engine on its store (loop thread only)."""
@@ -83,14 +82,17 @@ class Claims:
         self._renewal: asyncio.TimerHandle | None = None
         self._next_claim = 0.0
         self._run_started = time.time()
-        self._warned = False
+        self._refresh = False
+        self._problem: str | None = None
         #: Calls whose outcome came from another worker in this run, and calls taken over.
         self.adopted = 0
         self.taken_over = 0
 
-    def start(self) -> None:
-        """A run starts: outcomes finished from now on were sent by a worker of it."""
+    def start(self, refresh: bool) -> None:
+        """A run starts: outcomes finished from now on were sent by a worker of it.
+        ``refresh``: the outcomes stored before it do not count (they are sent again)."""
         self._run_started = time.time()
+        self._refresh = refresh
         self._waiting.clear()
 
     def take(self, call: Call) -> bool:
@@ -112,9 +114,9 @@ class Claims:
         if answer == "ours":
             self._own(call, now)
             return True
-        if answer == "stored" and self._adopt_stored(call):
+        if answer == "stored" and not self._refresh and self._adopt_stored(call):
             return False
-        if answer == "stored":  # a failure of an earlier run: send it again
+        if answer == "stored":  # a failure of an earlier run (or refresh=True): send again
             try:
                 answer = self._store.claim([key], self.holder, over_records=True)[key]
             except StoreError as exc:
@@ -156,6 +158,8 @@ class Claims:
         engine = self._engine
         if call.status is not Status.PENDING:
             return True  # ended meanwhile
+        if self._refresh and record.finished_at < self._run_started:
+            return False  # refresh=True: only what a worker of this run stored counts
         if record.status == "succeeded":
             call.result = record.result
             status = Status.SUCCEEDED
@@ -242,11 +246,16 @@ class Claims:
             self._renewal = self._engine.loop.call_later(self._store.claim_ttl / 3, self._renew)
 
     def _store_failed(self, exc: StoreError) -> None:
-        if self._warned:
+        if self._problem is not None:
             return
-        self._warned = True
-        self._engine.notice(
-            StoreWarning,
+        self._problem = (
             f"Could not claim calls in the store {self._store!r} ({describe(exc)}): they are "
-            "sent without checking whether another worker sends them too.",
+            "sent without checking whether another worker sends them too."
         )
+        logger.warning("%s", self._problem)
+
+    def take_problem(self) -> str | None:
+        """What went wrong with the claims since the last call (for the run's one
+        StoreWarning, see ``Engine.take_notices``), or None."""
+        problem, self._problem = self._problem, None
+        return problem

@@ -214,11 +214,6 @@ class EngineCore:
         """``call`` waited for another worker, and is this process's to send after all."""
         self._due(call, self._epoch)
 
-    def notice(self, category: type[Warning], text: str) -> None:
-        """A warning for the thread that called ``run()`` (and the log)."""
-        logger.warning("%s", text)
-        self._notices.append((category, text))
-
     # -- transitions -------------------------------------------------------------------------
     def _start_attempt(self, call: Call, now: float) -> None:
         self._in_flight += 1

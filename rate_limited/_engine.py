@@ -132,7 +132,7 @@ class Engine(Workers):
         if self.checkpoint is not None:
             self.checkpoint.begin(calls)
         if self.claims is not None:
-            self.claims.start()
+            self.claims.start(self.config.refresh)
         if run_id and self._stop_for == run_id:
             self._stopping = True  # stopped before it started: nothing is looked up or sent
             return True
@@ -295,8 +295,9 @@ class Engine(Workers):
         store_failures = 0
         if self.checkpoint is not None:
             store_failures, text = self.checkpoint.take_failures()
-            if text is not None:
-                notices.append((StoreWarning, text))
+            claims = None if self.claims is None else self.claims.take_problem()
+            if text is not None or claims is not None:  # one StoreWarning says it all
+                notices.append((StoreWarning, " ".join(t for t in (text, claims) if t)))
         take_ledger_notices = getattr(self.ledger, "take_notices", None)
         if take_ledger_notices is not None:  # a shared ledger lost (and found) its server
             notices += take_ledger_notices()

@@ -147,12 +147,14 @@ class Admission:
         *,
         defer: bool,
         accept: Callable[[Call, Any, float], bool] | None = None,
+        claim: Callable[[Call], bool] | None = None,
     ) -> tuple[Call | None, float]:
         """The head waits: reserve for the oldest first call of another lane that needs
         none of what the head waits for (so it cannot delay it), if one fits now, and
         return it. Else returns None and when the earliest of those lane heads will fit.
         ``accept(call, reservation, now)``: a last check of an admission (the budget's),
-        which releases the reservation when it says no."""
+        which releases the reservation when it says no. ``claim(call)``: whether this
+        process sends the call (work sharing)."""
         assert self._lanes is not None
         blocked = ledger.blocked_by(head.demand, now)
         own = tuple(need[2] for need in head.demand)
@@ -170,6 +172,9 @@ class Admission:
         for queue in sorted(firsts, key=lambda q: q[0][0].index):
             call = queue[0][0]
             if ledger.meter_ids(call.demand) & blocked:
+                continue
+            if claim is not None and not claim(call):
+                queue.popleft()  # another worker sends it (or sent it)
                 continue
             reservation = ledger.try_reserve(call.demand, now, defer=defer)
             if (

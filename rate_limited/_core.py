@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from rate_limited._admission import Admission
 from rate_limited._billing import Billing
 from rate_limited._checkpoint import Checkpoint
+from rate_limited._claims import Claims
 from rate_limited._policy import is_rate_limited, proves_not_billed, retry_after_seconds, validate
 from rate_limited._redact import describe, get_logger, redact, secret_values
 from rate_limited._stats import RunStats
@@ -116,6 +117,10 @@ class EngineCore:
                 retry_failed=config.retry_failed,
                 function_name=function_name,
             )
+        #: Claims on a store other processes share (see ``rate_limited._claims``).
+        self.claims: Claims | None = None
+        if config.store is not None and config.store.shares_work:
+            self.claims = Claims(self, config.store)
         #: The semantic cache (see ``rate_limited.semantic._step``), if the Runner has one.
         self.semantic = semantic
         self.admission = Admission(loop)
@@ -191,6 +196,23 @@ class EngineCore:
             if self._idle is None or self._idle.done():
                 self._idle = self.loop.create_future()
             await self._idle
+
+    # -- what work sharing asks (``rate_limited._claims``) -----------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def retry_failed(self) -> bool:
+        return self.config.retry_failed
+
+    def adopt(self, call: Call, status: Status) -> None:
+        """``call`` (pending) ends with an outcome another worker stored."""
+        self._finish(call, status, self.loop.time(), running=False, save=False)
+
+    def requeue(self, call: Call) -> None:
+        """``call`` waited for another worker, and is this process's to send after all."""
+        self._due(call, self._epoch)
 
     # -- transitions -------------------------------------------------------------------------
     def _start_attempt(self, call: Call, now: float) -> None:

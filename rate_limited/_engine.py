@@ -131,6 +131,8 @@ class Engine(Workers):
         self.admission.reset((), partitioned=False)
         if self.checkpoint is not None:
             self.checkpoint.begin(calls)
+        if self.claims is not None:
+            self.claims.start(self.config.refresh)
         if run_id and self._stop_for == run_id:
             self._stopping = True  # stopped before it started: nothing is looked up or sent
             return True
@@ -199,7 +201,9 @@ class Engine(Workers):
         # alive (calls still running are held by their own worker or thread).
         self.admission.reset((), partitioned=False)
         if self.checkpoint is not None:
-            self.checkpoint.end()
+            self.checkpoint.end()  # commits what is left: then the claims can go
+        if self.claims is not None:
+            self.claims.finish()
         if self.progress is not None:
             self._report(self.progress.finish, self.stats, self._stopping)
         self.progress = None
@@ -291,8 +295,12 @@ class Engine(Workers):
         store_failures = 0
         if self.checkpoint is not None:
             store_failures, text = self.checkpoint.take_failures()
-            if text is not None:
-                notices.append((StoreWarning, text))
+            claims = None if self.claims is None else self.claims.take_problem()
+            if text is not None or claims is not None:  # one StoreWarning says it all
+                notices.append((StoreWarning, " ".join(t for t in (text, claims) if t)))
+        take_ledger_notices = getattr(self.ledger, "take_notices", None)
+        if take_ledger_notices is not None:  # a shared ledger lost (and found) its server
+            notices += take_ledger_notices()
         usage_text = self.billing.take_problems()
         if usage_text is not None:
             notices.append((UsageWarning, usage_text))

@@ -163,6 +163,9 @@ class Workers(EngineCore):
             call = admission.head()
             if call is None:
                 return None
+            if self.claims is not None and not self.claims.take(call):
+                admission.pop_head(call)  # another worker sends it (or sent it)
+                continue
             if not self._has_ledger and admission.paused_until == -math.inf:
                 break
             now = self.loop.time()
@@ -188,7 +191,12 @@ class Workers(EngineCore):
                 continue  # and look at the next call
             if admission.has_lanes:
                 passing, lane_when = admission.pass_head(
-                    call, self.ledger, now, defer=self._defer_billing, accept=self._spend_admits
+                    call,
+                    self.ledger,
+                    now,
+                    defer=self._defer_billing,
+                    accept=self._spend_admits,
+                    claim=None if self.claims is None else self.claims.take,
                 )
                 if passing is not None:
                     return passing

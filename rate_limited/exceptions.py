@@ -13,6 +13,7 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
     ├── RunnerClosedError (RuntimeError)    the Runner was closed; make a new one
     ├── RunnerBusyError (RuntimeError)      run() while a run of that Runner goes on
     ├── ReentrantRunError (RuntimeError)    run() from the function the Runner runs
+    ├── LedgerUnavailableError              can't reach a shared (Redis) ledger at Runner()
     ├── StoreError                          a checkpoint store failed (nothing stored is lost)
     │   ├── UnknownStoreError (ValueError)  a store URL with a scheme no backend handles
     │   ├── StoreUnavailableError           can't open or reach it: unwritable path, Redis down
@@ -39,6 +40,7 @@ Warnings (``UserWarning`` subclasses, emitted in the thread that called ``run()`
     ├── PriceWarning          no price is known for a model: its cost is None
     ├── BudgetWarning         the budget stopped a run (spent, limit, calls not started),
     │                         or its spend crossed an ``alert_at`` fraction
+    ├── LedgerWarning         the shared (Redis) ledger was lost mid-run: admission paused
     └── SemanticCacheWarning  the semantic cache could not look up or index some calls:
                               they were sent as usual
 
@@ -62,6 +64,8 @@ __all__ = [
     "CallError",
     "CallTimeoutError",
     "ConfigurationError",
+    "LedgerUnavailableError",
+    "LedgerWarning",
     "PermanentError",
     "PriceWarning",
     "QuotaExceededError",
@@ -146,6 +150,11 @@ class RunnerBusyError(RateLimitedError, RuntimeError):
 
 class ReentrantRunError(RateLimitedError, RuntimeError):
     """``run()`` from inside the Runner's own loop (from the function it runs)."""
+
+
+class LedgerUnavailableError(RateLimitedError):
+    """A shared ledger (``ledger="redis://..."``) can't be reached or used when the Runner
+    is made; the message names the URL (password hidden) and what to check."""
 
 
 class StoreError(RateLimitedError):
@@ -280,6 +289,11 @@ class BlockingCallWarning(RateLimitedWarning):
 class SemanticCacheWarning(RateLimitedWarning):
     """The semantic cache could not embed, search or index some calls; those calls were
     sent (or stored) as usual, never answered without a lookup."""
+
+
+class LedgerWarning(RateLimitedWarning):
+    """The shared (Redis) ledger could not be reached during a run: nothing was admitted
+    until it came back, and what finished meanwhile was billed to it once it did."""
 
 
 class PriceWarning(RateLimitedWarning):

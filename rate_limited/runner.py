@@ -60,7 +60,7 @@ from rate_limited.exceptions import (
     warn,
 )
 from rate_limited.handle import RunHandle, SigintGuard
-from rate_limited.ledgers import InMemoryLedger
+from rate_limited.ledgers import open_ledger
 from rate_limited.outcomes import RunResult, Status
 from rate_limited.progress import make_progress
 from rate_limited.resources import Resource
@@ -128,6 +128,7 @@ class Runner(Scheduler):
         semantic_cache: SemanticCache | None = None,
         budget: Budget | None = None,
         escalate: Sequence[Mapping[str, Any]] | None = None,
+        ledger: str | None = None,
     ) -> None:
         """Wrap ``function`` (sync or async callable: function, partial, lambda, method).
 
@@ -182,6 +183,11 @@ class Runner(Scheduler):
                 {"model": "gpt-4o"}]``: each attempt after a failed validation (or an
                 error permanent for that model) runs with the next rung's keyword
                 arguments (see ``rate_limited._escalate``).
+            ledger: where the quotas' usage is kept. None (default): in this Runner.
+                ``"redis://host:6379/0?name=team-key"``: in Redis, shared by every Runner
+                (any process, any machine) given the same URL and name, so that together
+                they stay within one quota (``&lease=20``: seconds after which a dead
+                process's reservations come back). See ``rate_limited.ledgers.redis``.
         """
         resources, budget = split_budget(resources, budget)
         #: The validated settings (``Runner.max_concurrent`` and the like read them).
@@ -237,7 +243,10 @@ class Runner(Scheduler):
         self._active_future: concurrent.futures.Future[Any] | asyncio.Task[Any] | None = None
         self._run_seq = 0  # numbers the runs, so that a stop reaches the right one
         # One ledger for the Runner's life, whichever loop its engine runs on.
-        self._ledger = InMemoryLedger(self.config.resources)
+        self._ledger = open_ledger(ledger, self.config.resources, owner=self.name)
+        close_ledger = getattr(self._ledger, "close", None)
+        if close_ledger is not None:  # a shared ledger: its lease ends with the Runner
+            weakref.finalize(self, close_ledger)
         self._start_lock = threading.Lock()
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._function_identity = ""
@@ -432,6 +441,9 @@ class Runner(Scheduler):
                 engine.ledger, loop, wake=engine.wake, pause_until=engine.pause_until
             )
             self.function.attach_ledger(control)
+        watch = getattr(self._ledger, "watch", None)
+        if watch is not None:  # another process gave back what a waiting call needs
+            watch(functools.partial(_wake_threadsafe, loop, engine))
         return engine
 
     async def _run_batch(
@@ -581,6 +593,14 @@ class Runner(Scheduler):
                 checkpoints=[e.checkpoint for e in engines if e is not None],
                 index=None if self._semantic is None else self._semantic.index,
             )
+        close_ledger = getattr(self._ledger, "close", None)
+        if close_ledger is not None:
+            close_ledger()
+
+    @property
+    def _ledger_is_local(self) -> bool:
+        """Whether this Runner's quotas live in its own process (no ``ledger=`` URL)."""
+        return not hasattr(self._ledger, "holder")
 
     def __enter__(self) -> Runner:
         return self
@@ -595,3 +615,8 @@ class Runner(Scheduler):
             else f"{len(self.scheduled_calls)} scheduled"
         )
         return f"<Runner {self.name} ({state})>"
+
+
+def _wake_threadsafe(loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+        loop.call_soon_threadsafe(engine.wake)

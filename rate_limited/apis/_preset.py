@@ -96,9 +96,16 @@ class Preset:
         media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
         client_max_retries: int | None = 0,
         prices: Mapping[str, Price] | None = None,
+        ledger: str | None = None,
     ) -> None:
         #: What each model costs: ``prices`` first, then genai-prices' table.
         self.prices = PriceTable(prices)
+        if ledger is not None:
+            from rate_limited.ledgers.redis import parse_url
+
+            parse_url(ledger)  # a clear error now, not at runner()
+        #: Where ``runner()``'s Runners keep the quotas (None: each in its own process).
+        self.ledger = ledger
         if client is None:
             client = self._default_client()
         if client_max_retries is not None and hasattr(client, "with_options"):
@@ -320,7 +327,7 @@ class Preset:
     def runner(self, *, batch: Literal[True], **runner_options: Any) -> BatchRunner: ...
 
     def runner(self, *, batch: bool = False, **runner_options: Any) -> Runner | BatchRunner:
-        """``Runner(self, self.resources, **runner_options)``, e.g. ``budget=Budget(usd=5)``
+        """``Runner(self, self.resources, ledger=self.ledger, **runner_options)``, e.g. ``budget=Budget(usd=5)``
         (the preset prices the calls) or ``escalate=[{"model": ...}, {"model": ...}]``;
         with ``batch=True``, a ``rate_limited.batch.BatchRunner`` (the provider's Batch
         API: half the price, answers within 24 h; needs ``store=``)."""
@@ -330,6 +337,7 @@ class Preset:
             return BatchRunner(self, **runner_options)
         from rate_limited.runner import Runner
 
+        runner_options.setdefault("ledger", self.ledger)
         return Runner(self, self.resources, **runner_options)
 
     @property

@@ -93,6 +93,7 @@ class Messages(Preset):
         media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
         client_max_retries: int | None = 0,
         prices: Mapping[str, Price] | None = None,
+        ledger: str | None = None,
     ) -> None:
         """Wrap ``client`` (default: ``anthropic.Anthropic()``, or ``AsyncAnthropic()``
         for ``AsyncMessages``) with each model's limits (None: read from the headers);
@@ -105,6 +106,8 @@ class Messages(Preset):
         (default 0, so the Runner sees every attempt; None leaves the client as it is).
         ``prices``: ``{"my-model": Price(...)}`` before genai-prices' table (for
         ``Outcome.cost`` and a ``Budget``).
+        ``ledger``: the ``ledger=`` of the Runners ``runner()`` makes (a ``redis://`` URL
+        shares the limits across processes and machines).
         """
         super().__init__(
             client,
@@ -119,6 +122,7 @@ class Messages(Preset):
             media_tokens=media_tokens,
             client_max_retries=client_max_retries,
             prices=prices,
+            ledger=ledger,
         )
 
     def _default_client(self) -> Any:

@@ -106,6 +106,7 @@ class _OpenAIPreset(Preset):
         media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
         client_max_retries: int | None = 0,
         prices: Mapping[str, Price] | None = None,
+        ledger: str | None = None,
     ) -> None:
         """Wrap ``client`` (default: ``openai.OpenAI()``, or ``AsyncOpenAI()`` for the
         async classes) with its limits.
@@ -130,6 +131,9 @@ class _OpenAIPreset(Preset):
                 its ledger sees every attempt); None leaves the client as it is.
             prices: ``{"my-model": Price(input_per_mtok=..., output_per_mtok=...)}``,
                 before genai-prices' table: what ``Outcome.cost`` and a ``Budget`` use.
+            ledger: the ``ledger=`` of the Runners ``runner()`` makes: a
+                ``"redis://host:6379/0?name=team-key"`` URL shares the limits with every
+                process and machine on the same key (None: each Runner its own).
         """
         super().__init__(
             client,
@@ -140,6 +144,7 @@ class _OpenAIPreset(Preset):
             media_tokens=media_tokens,
             client_max_retries=client_max_retries,
             prices=prices,
+            ledger=ledger,
         )
         self._default_max_tokens = _positive_int(default_max_tokens)
 

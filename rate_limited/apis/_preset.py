@@ -327,8 +327,9 @@ class Preset:
     def runner(self, *, batch: Literal[True], **runner_options: Any) -> BatchRunner: ...
 
     def runner(self, *, batch: bool = False, **runner_options: Any) -> Runner | BatchRunner:
-        """``Runner(self, self.resources, ledger=self.ledger, **runner_options)``, e.g. ``budget=Budget(usd=5)``
-        (the preset prices the calls) or ``escalate=[{"model": ...}, {"model": ...}]``;
+        """``Runner(self, self.resources, ledger=self.ledger, **runner_options)``, e.g.
+        ``budget=Budget(usd=5)`` (the preset prices the calls) or ``escalate=[{"model":
+        ...}, {"model": ...}]``;
         with ``batch=True``, a ``rate_limited.batch.BatchRunner`` (the provider's Batch
         API: half the price, answers within 24 h; needs ``store=``)."""
         if batch:

@@ -48,6 +48,14 @@ A 429 also corrects the ledger (``Ledger.refused``) and does not count against
 ``max_retries``; only ``rate_limit_patience`` seconds of nothing but 429s end the run
 (``RateLimitedTooLongError``).
 
+Priorities (``schedule(priority=)``, ``Runner.call()``): a call with a priority other than
+0 waits in ``_urgent`` (a heap by priority, then index), ahead of the FIFO calls when its
+priority is above 0 and behind them when below. The Runner's engines (the batch's and the
+online calls', ``rate_limited._online``) share one ``Priorities``: an engine whose head
+call is outranked by another engine's waiting head on the same quota lets it go first,
+and a wake-up or a 429 cool-down in one reaches the others. ``final_listeners`` are told
+of every call that becomes final (``as_completed()``, online callers).
+
 With partitioned resources (one quota per model, say), a head call waiting for its own
 partition does not hold up calls of another: the first call of each other partition
 (a *lane*) that needs none of what the head waits for may pass it (``_admit_past``).
@@ -89,6 +97,7 @@ from rate_limited.exceptions import (
 from rate_limited.outcomes import Status
 
 if TYPE_CHECKING:
+    from rate_limited._online import Priorities
     from rate_limited.calls import Call
     from rate_limited.progress import Progress
     from rate_limited.resources import Resource
@@ -295,6 +304,13 @@ class Engine:
         self._running_batch = False
 
         self._ready: deque[Call] = deque()
+        # Calls with a priority other than 0, a heap by (-priority, index, seq).
+        self._urgent: list[tuple[int, int, int, Call]] = []
+        #: Told of each call that becomes final, on the loop thread (a tuple: listeners are
+        #: added from other threads by replacing it whole).
+        self.final_listeners: tuple[Callable[[Call], None], ...] = ()
+        #: Arbitrates between the Runner's engines by priority (None: this engine alone).
+        self.priorities: Priorities | None = None
         # Retries due, a heap by (failures, index, seq): among retries the one that failed
         # least goes first, so a call that keeps failing cannot take every free slot.
         self._retry: list[tuple[int, int, int, Call]] = []
@@ -353,6 +369,7 @@ class Engine:
         self._stopping = False
         self.progress = progress
         self._retry.clear()
+        self._urgent.clear()
         self._epoch += 1
         self._wall_offset = time.time() - loop.time()
         if self.store is not None:
@@ -367,12 +384,17 @@ class Engine:
         unfinished = succeeded = failed = 0
         self._followers = {}
         leaders: dict[str, Call] = {}  # with a store: one call per key, the others follow
+        listeners = self.final_listeners
         for call in calls:
             status = call.status
             if status is SUCCEEDED:
                 succeeded += 1
+                for listener in listeners:
+                    listener(call)
             elif status is FAILED:
                 failed += 1
+                for listener in listeners:
+                    listener(call)
             else:
                 unfinished += 1
                 key = call.key
@@ -393,7 +415,10 @@ class Engine:
                     continue  # the semantic cache: it waits for an earlier call of this run
                 if status is not RUNNING:  # RUNNING: a sync call still in its thread
                     call.status = PENDING
-                    ready.append(call)
+                    if call.priority:
+                        self._push_urgent(call)
+                    else:
+                        ready.append(call)
         self._ready = ready
         self._passed.clear()
         self._lanes = None
@@ -431,7 +456,10 @@ class Engine:
             # Runner alive (calls still running are held by their own worker or thread).
             self._ready = deque()
             self._retry.clear()
+            self._urgent.clear()
             self._followers = {}
+            if self.priorities is not None:
+                self.priorities.idle(self)
             self._flush_store(final=True)
             if self.progress is not None:
                 self._report(self.progress.finish, self.stats, self._stopping)
@@ -517,6 +545,28 @@ class Engine:
             await asyncio.gather(*tasks, return_exceptions=True)
         return count
 
+    def withdraw(self, call: Call) -> bool:
+        """Withdraw a call that has not been sent (its caller went away): it ends
+        ``cancelled`` and holds nothing. False if it is running or done (loop thread)."""
+        if call.status is not PENDING or self._done is None:
+            return False
+        call.status = CANCELLED
+        for followers in self._followers.values():
+            if call in followers:
+                followers.remove(call)
+        followers = self._followers.pop(call, [])
+        if followers:  # the next call with its key is sent instead, the others follow it
+            leader = followers.pop(0)
+            if followers:
+                self._followers[leader] = followers
+            self._due(leader, self._epoch)
+        self._unfinished -= 1
+        self.stats.total -= 1
+        if self._unfinished <= 0 and self._in_flight <= 0:
+            self._resolve_done()
+        self._wake()
+        return True
+
     def take_notices(self) -> tuple[list[Notice], int]:
         """The warnings due since the last call (for the thread that called ``run()`` to
         emit), and how many outcomes could not be stored meanwhile."""
@@ -566,7 +616,10 @@ class Engine:
         """A call scheduled while a run is going (loop thread)."""
         if self._done is None or self._stopping or call.index < self._batch_len:
             return  # the next run() picks it up, or this one already has
-        self._ready.append(call)
+        if call.priority:
+            self._push_urgent(call)
+        else:
+            self._ready.append(call)
         if self._lanes is not None:
             self._add_to_lane(call)
         self._unfinished += 1
@@ -576,7 +629,8 @@ class Engine:
 
     def _start_runners(self) -> None:
         if self.is_async:
-            wanted = min(self.max_concurrent, len(self._ready) + len(self._retry))
+            queued = len(self._ready) + len(self._retry) + len(self._urgent)
+            wanted = min(self.max_concurrent, queued)
             while len(self._workers) < wanted:
                 task = self.loop.create_task(self._worker())
                 self._workers.add(task)
@@ -587,7 +641,23 @@ class Engine:
             task.add_done_callback(self._workers.discard)
 
     # -- admission ---------------------------------------------------------------------------
+    def _push_urgent(self, call: Call) -> None:
+        self._retry_seq += 1
+        heapq.heappush(self._urgent, (-call.priority, call.index, self._retry_seq, call))
+
     def _head(self) -> Call | None:
+        urgent = self._urgent
+        if urgent:
+            while urgent and urgent[0][3].status is not PENDING:
+                heapq.heappop(urgent)  # admitted from a lane, withdrawn or settled late
+            if urgent and urgent[0][0] < 0:
+                return urgent[0][3]  # a priority above the FIFO calls'
+        call = self._fifo_head()
+        if call is None and urgent:
+            return urgent[0][3]  # priorities below 0 go last
+        return call
+
+    def _fifo_head(self) -> Call | None:
         ready, retry = self._ready, self._retry
         while True:
             if retry and not (ready and ready[0].index < retry[0][1]):
@@ -604,8 +674,10 @@ class Engine:
                 return None
 
     def _pop_head(self, call: Call) -> None:
-        retry = self._retry
-        if retry and retry[0][3] is call:
+        retry, urgent = self._retry, self._urgent
+        if urgent and urgent[0][3] is call:
+            heapq.heappop(urgent)
+        elif retry and retry[0][3] is call:
             heapq.heappop(retry)
         else:
             self._ready.popleft()
@@ -627,14 +699,25 @@ class Engine:
                 return None
             if not self._has_ledger:
                 break
+            priorities = self.priorities
+            if priorities is not None and priorities.outranked(self, call):
+                return None  # their engine wakes this one when they are admitted or gone
             reservation = self.ledger.try_reserve(call.demand, now, defer=self._defer_billing)
             if reservation is not None:
                 call.reservation = reservation
                 if self.stats.waiting_until is not None:
                     self._note_wait(None, None, now)
+                if priorities is not None:
+                    priorities.admitted(self)
                 break
+            if priorities is not None:
+                priorities.waiting(self, call)
             when = self.ledger.next_free_time(call.demand, now)
-            if when == math.inf and self._in_flight <= 0:
+            if (
+                when == math.inf
+                and self._in_flight <= 0
+                and (priorities is None or not priorities.others_in_flight(self))
+            ):
                 self._never_fits(call, now)  # a quota lowered below the call's needs
                 continue  # and look at the next call
             if self._lanes is not None and len(self._lanes) > 1:
@@ -678,6 +761,8 @@ class Engine:
         for queue in sorted(firsts, key=lambda q: q[0][0].index):
             call = queue[0][0]
             if ledger.meter_ids(call.demand) & blocked:
+                continue
+            if self.priorities is not None and self.priorities.outranked(self, call):
                 continue
             reservation = ledger.try_reserve(call.demand, now, defer=self._defer_billing)
             if reservation is not None:
@@ -742,9 +827,17 @@ class Engine:
         if when > self._pause_until:
             self._pause_until = when
             self.stats.cooldowns += 1
+            if self.priorities is not None:
+                self.priorities.pause(self, when)
         self._wake()
 
     def _wake(self) -> None:
+        self.wake_here()
+        if self.priorities is not None:
+            self.priorities.wake(self)
+
+    def wake_here(self) -> None:
+        """Wake this engine's waiting admission only (``Priorities`` wakes the others)."""
         future = self._wake_future
         if future is not None:
             self._wake_future = None
@@ -817,6 +910,7 @@ class Engine:
                 simple
                 and ready
                 and not self._retry
+                and not self._urgent
                 and not self._stopping
                 and ready[0].status is PENDING
                 and self._pause_until == -math.inf
@@ -833,7 +927,7 @@ class Engine:
                     now = loop_time()
                     continue
                 call = admitted
-                if self._wake_future is not None and (self._ready or self._retry):
+                if self._wake_future is not None and (self._ready or self._retry or self._urgent):
                     self._wake()  # capacity may fit more than this call: let idle workers try
             call.status = RUNNING
             call.attempts += 1
@@ -876,6 +970,8 @@ class Engine:
                     self._in_flight -= 1
                     stats.succeeded += 1
                     self._unfinished -= 1
+                    for listener in self.final_listeners:
+                        listener(call)
                     if self._unfinished <= 0:
                         self._resolve_done()
                         self._wake()
@@ -1041,6 +1137,8 @@ class Engine:
             call.finished_at = now
             self.stats.failed += 1
             self._unfinished -= 1
+            for listener in self.final_listeners:
+                listener(call)
             self._settle_followers(call, now)
             if self.semantic is not None:
                 self._semantic_settled(call, now)
@@ -1173,6 +1271,8 @@ class Engine:
             if pause is not None and now + pause > self._pause_until:
                 self._pause_until = now + pause
                 stats.cooldowns += 1
+                if self.priorities is not None:
+                    self.priorities.pause(self, self._pause_until)
                 logger.info("HTTP 429: pausing every call for %.2f s (Retry-After)", pause)
         else:
             self._answered += 1
@@ -1240,8 +1340,10 @@ class Engine:
         waiting = [call]
         waiting += [c for c in self._ready if c.status is PENDING and c is not call]
         waiting += [entry[3] for entry in self._retry if entry[3].status is PENDING]
+        waiting += [entry[3] for entry in self._urgent if entry[3].status is PENDING]
         self._ready.clear()
         self._retry.clear()
+        self._urgent.clear()
         self._passed.clear()
         if self._lanes is not None:
             self._lanes.clear()
@@ -1263,8 +1365,11 @@ class Engine:
             self._in_flight += 1
             self._finish(call, FAILED, self.loop.time())
             return
-        self._retry_seq += 1
-        heapq.heappush(self._retry, (call.failures, call.index, self._retry_seq, call))
+        if call.priority:
+            self._push_urgent(call)  # a retry keeps its priority
+        else:
+            self._retry_seq += 1
+            heapq.heappush(self._retry, (call.failures, call.index, self._retry_seq, call))
         if self.is_async:
             self._start_runners()
         self._wake()
@@ -1282,6 +1387,8 @@ class Engine:
         else:
             stats.failed += 1
         self._unfinished -= 1
+        for listener in self.final_listeners:
+            listener(call)
         if self._followers:
             self._settle_followers(call, now)
         if self.semantic is not None:
@@ -1306,6 +1413,8 @@ class Engine:
             else:
                 self.stats.failed += 1
             self._unfinished -= 1
+            for listener in self.final_listeners:
+                listener(follower)
 
     # -- the semantic cache ---------------------------------------------------------------
     async def _semantic_lookup(self, calls: Sequence[Call]) -> set[Call]:
@@ -1331,6 +1440,8 @@ class Engine:
             follower.finished_at = now
             self.stats.succeeded += 1
             self._unfinished -= 1
+            for listener in self.final_listeners:
+                listener(follower)
             if self._followers:
                 self._settle_followers(follower, now)
         for follower in unanswered:

@@ -67,10 +67,11 @@ class CallOwner:
 class _Extras:
     """The fields of a Call that most calls never set, kept apart to keep Calls small."""
 
-    __slots__ = ("from_store", "semantic", "warnings")
+    __slots__ = ("from_store", "priority", "semantic", "warnings")
 
     def __init__(self) -> None:
         self.from_store = False
+        self.priority = 0
         self.semantic: SemanticMatch | None = None
         self.warnings: list[BaseException] | None = None
 
@@ -158,6 +159,17 @@ class Call:
     @from_store.setter
     def from_store(self, value: bool) -> None:
         self._more().from_store = value
+
+    @property
+    def priority(self) -> int:
+        """Admission order: a larger priority goes first (``schedule()``'s default is 0,
+        ``Runner.call()``'s 1); equal priorities go in schedule order."""
+        extras = self._extras
+        return 0 if extras is None else extras.priority
+
+    @priority.setter
+    def priority(self, value: int) -> None:
+        self._more().priority = value
 
     @property
     def semantic(self) -> SemanticMatch | None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from rate_limited.exceptions import RateLimitedWarning, warn
 
 if TYPE_CHECKING:
+    from rate_limited._completed import AsCompleted, Subscribe
     from rate_limited.calls import Call
     from rate_limited.outcomes import RunResult
 
@@ -100,10 +101,27 @@ class RunHandle:
         self._stop_requested = False
         self._abandoned: concurrent.futures.Future[int] | None = None
         self._lock = threading.Lock()
+        #: Adds a final listener to the run's engine (set by the Runner; see as_completed).
+        self._subscribe: Subscribe | None = None
 
     def done(self) -> bool:
         """Whether the run has ended (completed, stopped or failed)."""
         return self._future.done()
+
+    def as_completed(self) -> AsCompleted:
+        """This run's outcomes as its calls finish: ``for outcome in
+        handle.as_completed():`` (or ``async for``); the calls already finished come
+        first. Leaving the loop early leaves the run going; Ctrl-C stops it."""
+        from rate_limited._completed import AsCompleted
+
+        subscribe = self._subscribe
+        if subscribe is None:
+            raise RuntimeError("this RunHandle was not made by Runner.start()")
+        return AsCompleted(lambda: (self, subscribe), owns_run=False)
+
+    def _add_done_callback(self, callback: Callable[[], None]) -> None:
+        """``callback()`` when the run ends (on the thread that ends it)."""
+        self._future.add_done_callback(lambda _: callback())
 
     def stop(self, timeout: float | None = None) -> RunResult:
         """Stop admitting calls and return the partial result.

@@ -24,6 +24,10 @@ scheduled through it, nor a run going on in the background.
 
 After a run that was not interrupted, the Runner starts a new batch: the next ``run()``
 returns only calls scheduled after it, as in rate_limited 0.4.
+
+``as_completed()`` yields the outcomes as the calls finish (``rate_limited._completed``);
+``call()`` / ``call_sync()`` run one online call through the same quotas, ahead of the
+batch's waiting calls (``rate_limited._online``).
 """
 
 from __future__ import annotations
@@ -43,10 +47,12 @@ from numbers import Real
 from typing import TYPE_CHECKING, Any, Literal
 
 from rate_limited._clock import Clock, MonotonicClock
+from rate_limited._completed import AsCompleted, Subscribe
 from rate_limited._engine import Engine, is_async_callable
 from rate_limited._feedback import FeedbackSource, LedgerControl
 from rate_limited._gc import bulk_allocation
 from rate_limited._ledger import Ledger
+from rate_limited._online import ONLINE_PRIORITY, OnlineCalls, Priorities
 from rate_limited._policy import (
     Validator,
     exponential_backoff,
@@ -331,6 +337,15 @@ class Runner(CallOwner):
         self._run_seq = 0  # numbers the runs, so that a stop reaches the right one
         # One ledger for the Runner's life, whichever loop its engine runs on.
         self._ledger = Ledger(self.resources)
+        # The engines on the Runner's loop (the batch's, the online calls') take turns by
+        # priority; the online calls' engine is made by the first call().
+        self._priorities = Priorities(self._ledger)
+        self._online: OnlineCalls | None = None
+        # The handle of the last start() (weak: it holds the Runner), for as_completed().
+        self._active_handle: weakref.ref[RunHandle] | None = None
+        self._listeners_lock = threading.Lock()
+        #: schedule() and call() take ``priority=`` unless the function has its own.
+        self._takes_priority = not _declares(function, "priority")
         self._running = False
         self._start_lock = threading.Lock()
         self._closed = False
@@ -356,8 +371,11 @@ class Runner(CallOwner):
     def _schedule(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         if self._closed:
             raise RunnerClosedError("This Runner was closed; create a new Runner to schedule.")
+        priority = self._pop_priority(kwargs, 0)
         calls = self.scheduled_calls
         call = Call(self.function, args, kwargs, len(calls), self)
+        if priority:
+            call.priority = priority
         if self._extractors:
             call.demand = self._demand_of(call)
         if self.store is not None:
@@ -377,6 +395,19 @@ class Runner(CallOwner):
                 with contextlib.suppress(RuntimeError):  # loop closed: next run() has it
                     engine.loop.call_soon_threadsafe(engine.enqueue, call)
         return call
+
+    def _pop_priority(self, kwargs: dict[str, Any], default: int) -> int:
+        """``priority=`` taken out of the call's keyword arguments (unless the function
+        declares a ``priority`` parameter of its own: then it is the function's)."""
+        if not self._takes_priority or "priority" not in kwargs:
+            return default
+        priority = kwargs.pop("priority")
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ConfigurationError(
+                f"priority must be an int (larger goes first; schedule() defaults to 0, "
+                f"call() to {ONLINE_PRIORITY}), got {priority!r}."
+            )
+        return priority
 
     def _demand_of(self, call: Call) -> tuple[tuple[float, float, Hashable], ...]:
         demand = []
@@ -453,7 +484,12 @@ class Runner(CallOwner):
                     "e.g. runner = Runner(...), while you schedule and run calls."
                 )
             # The common case inline (this is the whole per-call cost of scheduling).
-            if runner._slow_schedule or runner._running or runner._closed:
+            if (
+                runner._slow_schedule
+                or runner._running
+                or runner._closed
+                or (kwargs and "priority" in kwargs and runner._takes_priority)
+            ):
                 return runner._schedule(args, kwargs)
             calls = runner.scheduled_calls
             call = Call(function, args, kwargs, len(calls), runner)
@@ -547,13 +583,16 @@ class Runner(CallOwner):
         def request_abandon() -> concurrent.futures.Future[int]:
             return asyncio.run_coroutine_threadsafe(engine.abandon_and_wait(), engine.loop)
 
-        return RunHandle(
-            future,
-            calls,
-            request_stop=lambda: loop_thread.call_soon(engine.request_stop, run_id),
-            finish=self._result,
-            snapshot=self.results,
-            request_abandon=request_abandon,
+        return self._new_handle(
+            engine,
+            RunHandle(
+                future,
+                calls,
+                request_stop=lambda: loop_thread.call_soon(engine.request_stop, run_id),
+                finish=self._result,
+                snapshot=self.results,
+                request_abandon=request_abandon,
+            ),
         )
 
     def _start_on(self, loop: asyncio.AbstractEventLoop) -> RunHandle:
@@ -587,14 +626,120 @@ class Runner(CallOwner):
         def request_abandon() -> concurrent.futures.Future[int]:
             return asyncio.run_coroutine_threadsafe(engine.abandon_and_wait(), loop)
 
-        return RunHandle(
-            task,
-            calls,
-            request_stop=request_stop,
-            finish=self._result,
-            snapshot=self.results,
-            request_abandon=request_abandon,
+        return self._new_handle(
+            engine,
+            RunHandle(
+                task,
+                calls,
+                request_stop=request_stop,
+                finish=self._result,
+                snapshot=self.results,
+                request_abandon=request_abandon,
+            ),
         )
+
+    def _new_handle(self, engine: Engine, handle: RunHandle) -> RunHandle:
+        handle._subscribe = self._subscriber(engine)
+        self._active_handle = weakref.ref(handle)
+        return handle
+
+    def _subscriber(self, engine: Engine) -> Subscribe:
+        """Adds final listeners to ``engine`` (from any thread; it reads them on its loop)."""
+        lock = self._listeners_lock
+
+        def subscribe(listener: Callable[[Call], None]) -> Callable[[], None]:
+            with lock:
+                engine.final_listeners = (*engine.final_listeners, listener)
+
+            def unsubscribe() -> None:
+                with lock:
+                    engine.final_listeners = tuple(
+                        other for other in engine.final_listeners if other is not listener
+                    )
+
+            return unsubscribe
+
+        return subscribe
+
+    def as_completed(self) -> AsCompleted:
+        """The outcomes of a run as its calls finish: ``for outcome in
+        runner.as_completed():`` (or ``async for`` in async code).
+
+        Iterating starts the run (or joins the one ``start()`` started); the calls already
+        final come first (from an interrupted run, or the store), then each call the moment
+        it ends, every call once. Ctrl-C works as in ``run()``: the run stops and the loop
+        ends after what has finished; leaving the loop early stops a run it started.
+        Afterwards ``.result`` is the RunResult ``run()`` would have returned.
+        """
+        handle = None if self._active_handle is None else self._active_handle()
+        if self._running and handle is not None and not handle.done():
+            return handle.as_completed()
+
+        def start() -> tuple[RunHandle, Subscribe]:
+            handle = self.start()
+            assert handle._subscribe is not None
+            return handle, handle._subscribe
+
+        return AsCompleted(start, owns_run=True)
+
+    # -- online calls ------------------------------------------------------------------------
+    async def call(self, *args: Any, **kwargs: Any) -> Any:
+        """Run one call now and return its value: ``await runner.call(x, y=1)`` where you
+        would ``await f(x, y=1)`` (or call ``f``, for a sync function).
+
+        The call goes through the same quotas as the batch (running or not), billed by the
+        same rules, with the same retries, validation and timeouts; it raises the last
+        error if it fails for good. ``priority=`` (default 1) puts it ahead of waiting
+        calls of a lower priority (the batch's are 0 unless scheduled otherwise).
+        Cancelling the awaiting task (a client that disconnects) withdraws the call: if it
+        was not sent yet its reservation is released, else it finishes and is billed.
+        """
+        online, call = self._online_call(args, kwargs)
+        future = asyncio.run_coroutine_threadsafe(online.call(call), online.engine.loop)
+        return await asyncio.wrap_future(future)
+
+    #: ``call()``, by the name async libraries use.
+    acall = call
+
+    def call_sync(self, *args: Any, **kwargs: Any) -> Any:
+        """``call()`` for blocking code (a thread of a web server, a script): returns the
+        value or raises the last error. Ctrl-C withdraws the call and raises."""
+        loop_thread = self._loop_thread
+        if loop_thread is not None and threading.current_thread() is loop_thread.thread:
+            raise RuntimeError(
+                "call_sync() was called from the Runner's own loop (from the function it "
+                "runs), where it would wait for itself; use `await runner.call(...)`."
+            )
+        online, call = self._online_call(args, kwargs)
+        future = asyncio.run_coroutine_threadsafe(online.call(call), online.engine.loop)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            future.cancel()
+            raise
+
+    def _online_call(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[OnlineCalls, Call]:
+        if self._closed:
+            raise RunnerClosedError("This Runner was closed; create a new Runner to call.")
+        priority = self._pop_priority(kwargs, ONLINE_PRIORITY)
+        call = Call(self.function, args, kwargs, 0, self)
+        call.priority = priority
+        if self._extractors:
+            call.demand = self._demand_of(call)
+        if self.store is not None:
+            call.key = self._key_of(call)
+        return self._ensure_online(), call
+
+    def _ensure_online(self) -> OnlineCalls:
+        with self._start_lock:
+            if self._online is None:
+                _, loop_thread = self._ensure_loop_and_engine()
+                engine = self._new_engine(loop_thread.loop, online=True)
+                self._online = OnlineCalls(engine)
+                loop_thread.call_soon(self._priorities.join, engine)
+            return self._online
 
     async def _run_batch(
         self, engine: Engine, calls: list[Call], progress: Progress | None, run_id: int
@@ -666,14 +811,18 @@ class Runner(CallOwner):
 
     def _ensure_engine(self) -> tuple[Engine, _LoopThread]:
         self._check_can_start()
+        return self._ensure_loop_and_engine()
+
+    def _ensure_loop_and_engine(self) -> tuple[Engine, _LoopThread]:
         if self._loop_thread is None or self._engine is None:
             loop_thread = _LoopThread(self.clock, name=f"rate_limited-{self.name}")
             self._loop_thread = loop_thread
             self._engine = self._new_engine(loop_thread.loop)
             self._finalizer = weakref.finalize(self, _shutdown, loop_thread, self._engine)
+            loop_thread.call_soon(self._priorities.join, self._engine)
         return self._engine, self._loop_thread
 
-    def _new_engine(self, loop: asyncio.AbstractEventLoop) -> Engine:
+    def _new_engine(self, loop: asyncio.AbstractEventLoop, online: bool = False) -> Engine:
         engine = Engine(
             self.function,
             self.resources,
@@ -693,7 +842,7 @@ class Runner(CallOwner):
             function_name=self._function_identity,
             ledger=self._ledger,
             rate_limit_patience=self.rate_limit_patience,
-            semantic=self._semantic,
+            semantic=None if online else self._semantic,
         )
         if isinstance(self.function, FeedbackSource):
             self.function.attach_ledger(LedgerControl(engine))
@@ -743,6 +892,7 @@ class Runner(CallOwner):
         already did).
         """
         self._closed = True
+        self._close_online(timeout)
         self._stop_running_batch()
         self._wait_for_running_calls(timeout)
         if self._finalizer is not None:
@@ -755,6 +905,21 @@ class Runner(CallOwner):
             self._semantic.flush()
         if self.store is not None:
             self._close_store()
+
+    def _close_online(self, timeout: float) -> None:
+        """Online calls not sent fail with RunnerClosedError; those running are abandoned."""
+        online, loop_thread = self._online, self._loop_thread
+        if online is None or loop_thread is None or loop_thread.loop.is_closed():
+            return
+        count = 0
+        with contextlib.suppress(Exception):
+            count = loop_thread.submit(online.close()).result(timeout)
+        if count:
+            warn(
+                f"close() abandoned {count} online call(s) still running: they may have been "
+                "billed, and their callers got RunnerClosedError.",
+                RateLimitedWarning,
+            )
 
     def _wait_for_running_calls(self, timeout: float) -> None:
         engine = self._engine
@@ -842,6 +1007,19 @@ def _function_name(function: Callable[..., Any]) -> str:
     if name is None and hasattr(function, "func"):  # functools.partial
         name = getattr(function.func, "__name__", None)
     return name or type(function).__name__
+
+
+def _declares(function: Callable[..., Any], name: str) -> bool:
+    """Whether ``function`` has a parameter called ``name`` (not through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    parameter = parameters.get(name)
+    return parameter is not None and parameter.kind not in (
+        inspect.Parameter.VAR_POSITIONAL,
+        inspect.Parameter.VAR_KEYWORD,
+    )
 
 
 def _check_resources(resources: Iterable[Resource]) -> list[Resource]:

@@ -90,6 +90,7 @@ from rate_limited.exceptions import (
     RateLimitedTooLongError,
     RateLimitedWarning,
     StoreWarning,
+    StreamBrokenError,
     UsageExtractionError,
     UsageWarning,
     ValidationError,
@@ -1182,6 +1183,8 @@ class Engine:
     def _bill_results(self, call: Call, value: Any, now: float) -> None:
         reservation = call.reservation
         call.reservation = None
+        if isinstance(reservation, Reservation) and reservation.first_token is not None:
+            call.time_to_first_token = reservation.first_token
         usage = call.usage
         if usage is None:
             usage = call.usage = {}
@@ -1260,6 +1263,8 @@ class Engine:
                 self._refuse(call, now)
             elif proves_not_billed(exc):
                 self._release(call, now)
+            elif isinstance(exc, StreamBrokenError) and exc.partial_result is not None:
+                self._bill_results(call, exc.partial_result, now)  # what the stream used
             else:
                 self._keep(call, now)
         _clear_frames(exc)

@@ -67,11 +67,12 @@ class CallOwner:
 class _Extras:
     """The fields of a Call that most calls never set, kept apart to keep Calls small."""
 
-    __slots__ = ("from_store", "priority", "semantic", "warnings")
+    __slots__ = ("from_store", "priority", "semantic", "time_to_first_token", "warnings")
 
     def __init__(self) -> None:
         self.from_store = False
         self.priority = 0
+        self.time_to_first_token: float | None = None
         self.semantic: SemanticMatch | None = None
         self.warnings: list[BaseException] | None = None
 
@@ -170,6 +171,16 @@ class Call:
     @priority.setter
     def priority(self, value: int) -> None:
         self._more().priority = value
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        """Seconds from sending to the first chunk, for a streamed response (else None)."""
+        extras = self._extras
+        return None if extras is None else extras.time_to_first_token
+
+    @time_to_first_token.setter
+    def time_to_first_token(self, value: float | None) -> None:
+        self._more().time_to_first_token = value
 
     @property
     def semantic(self) -> SemanticMatch | None:

@@ -19,6 +19,7 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
     ├── CallError                           recorded per attempt, never raised by run()
     │   ├── ValidationError                 a validator rejected the value (retried)
     │   ├── CallTimeoutError (TimeoutError) the attempt ran past ``timeout`` (retried)
+    │   ├── StreamBrokenError               a streamed response broke part-way (retried)
     │   ├── UsageExtractionError            a results usage could not be read (in
     │                                       outcome.warnings: the estimate was billed)
     │   └── RateLimitedTooLongError         nothing but HTTP 429s for rate_limit_patience s
@@ -68,6 +69,7 @@ __all__ = [
     "StoreUnavailableError",
     "StoreVersionError",
     "StoreWarning",
+    "StreamBrokenError",
     "UnknownStoreError",
     "UsageExtractionError",
     "UsageWarning",
@@ -165,6 +167,16 @@ class ValidationError(CallError):
 
 class CallTimeoutError(CallError, TimeoutError):
     """An attempt took longer than the Runner's ``timeout``; the call is retried."""
+
+
+class StreamBrokenError(CallError):
+    """A streamed response (``stream=True`` in a preset) broke part-way; the call is
+    retried as a whole. ``partial_result`` is what had arrived, with the usage known so
+    far: the Runner bills that instead of the call's whole estimate."""
+
+    def __init__(self, message: str, *args: Any, partial_result: Any = None) -> None:
+        super().__init__(message, *args)
+        self.partial_result = partial_result
 
 
 class UsageExtractionError(CallError):

@@ -72,6 +72,9 @@ class Outcome:
     #: How the semantic cache answered the call: the matched call's key, its redacted
     #: prompt and the similarity (None: it did not).
     semantic: SemanticMatch | None = None
+    #: Seconds from sending the last attempt to its first chunk, for a streamed response
+    #: (``stream=True`` in a preset); None otherwise.
+    time_to_first_token: float | None = None
 
     @property
     def error(self) -> BaseException | None:
@@ -95,6 +98,7 @@ class Outcome:
             call=call,
             warnings=tuple(call._warnings or ()),
             semantic=call.semantic,
+            time_to_first_token=call.time_to_first_token,
         )
 
 

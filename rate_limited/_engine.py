@@ -147,6 +147,8 @@ class RunStats:
         "binding",
         "cooldowns",
         "failed",
+        "first_token_total",
+        "first_tokens",
         "long_waits",
         "rate_limited",
         "retries",
@@ -170,6 +172,15 @@ class RunStats:
         self.waiting_until: float | None = None  #: admission waits for quota until then
         self.binding: str | None = None  #: the resource it waits for
         self.started_at = now
+        self.first_tokens = 0  #: streamed attempts that got a first chunk
+        self.first_token_total = 0.0  #: their seconds to it, summed
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        """Mean seconds from sending to the first chunk of streamed attempts (None: none)."""
+        if not self.first_tokens:
+            return None
+        return self.first_token_total / self.first_tokens
 
     @property
     def finished(self) -> int:
@@ -1185,6 +1196,8 @@ class Engine:
         call.reservation = None
         if isinstance(reservation, Reservation) and reservation.first_token is not None:
             call.time_to_first_token = reservation.first_token
+            self.stats.first_tokens += 1
+            self.stats.first_token_total += reservation.first_token
         usage = call.usage
         if usage is None:
             usage = call.usage = {}

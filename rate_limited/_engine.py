@@ -427,7 +427,8 @@ class Engine:
                     continue  # the semantic cache: it waits for an earlier call of this run
                 if status is not RUNNING:  # RUNNING: a sync call still in its thread
                     call.status = PENDING
-                    if call.priority:
+                    extras = call._extras  # (call.priority, without a property per call)
+                    if extras is not None and extras.priority:
                         self._push_urgent(call)
                     else:
                         ready.append(call)
@@ -982,8 +983,9 @@ class Engine:
                     self._in_flight -= 1
                     stats.succeeded += 1
                     self._unfinished -= 1
-                    for listener in self.final_listeners:
-                        listener(call)
+                    if self.final_listeners:
+                        for listener in self.final_listeners:
+                            listener(call)
                     if self._unfinished <= 0:
                         self._resolve_done()
                         self._wake()
@@ -1405,8 +1407,9 @@ class Engine:
         else:
             stats.failed += 1
         self._unfinished -= 1
-        for listener in self.final_listeners:
-            listener(call)
+        if self.final_listeners:
+            for listener in self.final_listeners:
+                listener(call)
         if self._followers:
             self._settle_followers(call, now)
         if self.semantic is not None:

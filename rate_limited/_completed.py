@@ -96,6 +96,16 @@ class _Feed:
         await future
 
 
+def _wait(handle: RunHandle, feed: _Feed) -> None:
+    """Wait for the feed in a blocking loop. A run of ``event_loop="current"`` is a task on
+    this thread's own loop: run that loop meanwhile (re-entrant: nest_asyncio)."""
+    run = handle._future
+    if isinstance(run, asyncio.Task):
+        run.get_loop().run_until_complete(feed.wait_async())
+    else:
+        feed.wait()
+
+
 def _wake_soon(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
     def wake() -> None:
         if not future.done():
@@ -170,7 +180,7 @@ class AsCompleted:
                         finished = True
                         break
                     if not fresh:
-                        feed.wait()
+                        _wait(handle, feed)
             finally:
                 unsubscribe()
                 if not finished and self._owns_run:

@@ -696,6 +696,8 @@ class Runner(CallOwner):
         calls of a lower priority (the batch's are 0 unless scheduled otherwise).
         Cancelling the awaiting task (a client that disconnects) withdraws the call: if it
         was not sent yet its reservation is released, else it finishes and is billed.
+        Online calls run on the Runner's own loop thread (``event_loop="current"`` is for
+        batch runs), in an engine of their own with its own ``max_concurrent`` slots.
         """
         online, call = self._online_call(args, kwargs)
         future = asyncio.run_coroutine_threadsafe(online.call(call), online.engine.loop)

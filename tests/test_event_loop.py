@@ -67,6 +67,19 @@ def test_start_runs_as_a_task_on_the_current_loop() -> None:
     assert asyncio.run(notebook()) == [0, 10, 20, 30, 40]
 
 
+def test_as_completed_in_a_cell_runs_on_the_current_loop() -> None:
+    async def notebook_cell() -> list[int]:
+        client = LoopBoundClient()
+        runner = Runner(client.ask, [], progress=False, event_loop="current")
+        for i in range(5):
+            runner.schedule(i)
+        values = [outcome.result for outcome in runner.as_completed()]  # a blocking loop
+        runner.close()
+        return values
+
+    assert sorted(asyncio.run(notebook_cell())) == [0, 10, 20, 30, 40]
+
+
 def test_without_a_running_loop_it_uses_its_own() -> None:
     async def double(i: int) -> int:
         return 2 * i

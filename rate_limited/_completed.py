@@ -153,9 +153,14 @@ class AsCompleted:
                 fresh.append(call)
         return fresh
 
-    def _leftovers(self, handle: RunHandle, seen: set[Call]) -> list[Call]:
-        """Final calls of the run not reported (the safety net at its end)."""
-        return self._fresh([c for c in list(handle._calls) if c.status.is_final], seen)
+    def _take(self, handle: RunHandle, feed: _Feed, seen: set[Call]) -> tuple[list[Call], bool]:
+        """The calls to yield now (none twice), and whether the run has ended; at its end,
+        the run's final calls not reported too (the safety net)."""
+        calls, ended = feed.take()
+        fresh = self._fresh(calls, seen)
+        if ended:
+            fresh += self._fresh([c for c in list(handle._calls) if c.status.is_final], seen)
+        return fresh, ended
 
     def __iter__(self) -> Iterator[Outcome]:
         return self._iterate()
@@ -169,10 +174,7 @@ class AsCompleted:
             finished = False
             try:
                 while True:
-                    calls, ended = feed.take()
-                    fresh = self._fresh(calls, seen)
-                    if ended:
-                        fresh += self._leftovers(handle, seen)
+                    fresh, ended = self._take(handle, feed, seen)
                     for call in fresh:
                         self.yielded += 1
                         yield Outcome.of(call)
@@ -197,10 +199,7 @@ class AsCompleted:
         finished = False
         try:
             while True:
-                calls, ended = feed.take()
-                fresh = self._fresh(calls, seen)
-                if ended:
-                    fresh += self._leftovers(handle, seen)
+                fresh, ended = self._take(handle, feed, seen)
                 for call in fresh:
                     self.yielded += 1
                     yield Outcome.of(call)

@@ -322,18 +322,43 @@ class Preset:
             return RequestTooLargeError(str(exc), response=getattr(exc, "response", None))
         return None
 
-    def _send(self, params: dict[str, Any]) -> Any:
-        if params.get("stream") and self.streams:
-            return self._send_stream(params)
+    def _request(self, request: dict[str, Any], params: Mapping[str, Any]) -> Any:
+        """Send ``request`` (the SDK's parameters of the call ``params``); returns the
+        parsed response (a stream, for ``stream=True``) and the attempt's admission."""
         admission = self._before()
         try:
-            raw = self._create(**params)
+            raw = self._create(**request)
         except Exception as exc:
             replacement = self._failed(exc, params, admission)
             if replacement is None:
                 raise
             raise replacement from exc
-        return self._after(raw, params, admission)
+        return self._after(raw, params, admission), admission
+
+    async def _request_async(self, request: dict[str, Any], params: Mapping[str, Any]) -> Any:
+        """``_request`` for an async client."""
+        admission = self._before()
+        try:
+            raw = await self._create(**request)
+        except Exception as exc:
+            replacement = self._failed(exc, params, admission)
+            if replacement is None:
+                raise
+            raise replacement from exc
+        parsed = self._after(raw, params, admission)
+        if inspect.isawaitable(parsed):  # anthropic's async raw responses parse async
+            parsed = await parsed
+        return parsed, admission
+
+    def _send(self, params: dict[str, Any]) -> Any:
+        if params.get("stream") and self.streams:
+            return self._send_stream(params)
+        return self._request(params, params)[0]
+
+    async def _send_async(self, params: dict[str, Any]) -> Any:
+        if params.get("stream") and self.streams:
+            return await self._send_stream_async(params)
+        return (await self._request_async(params, params))[0]
 
     def _start_stream(
         self, params: dict[str, Any]
@@ -348,15 +373,7 @@ class Preset:
 
     def _send_stream(self, params: dict[str, Any]) -> Any:
         request, on_chunk, assembler = self._start_stream(params)
-        admission = self._before()
-        try:
-            raw = self._create(**request)
-        except Exception as exc:
-            replacement = self._failed(exc, params, admission)
-            if replacement is None:
-                raise
-            raise replacement from exc
-        stream = self._after(raw, params, admission)
+        stream, admission = self._request(request, params)
         try:
             chunks = iter(stream)
             while True:
@@ -376,17 +393,7 @@ class Preset:
 
     async def _send_stream_async(self, params: dict[str, Any]) -> Any:
         request, on_chunk, assembler = self._start_stream(params)
-        admission = self._before()
-        try:
-            raw = await self._create(**request)
-        except Exception as exc:
-            replacement = self._failed(exc, params, admission)
-            if replacement is None:
-                raise
-            raise replacement from exc
-        stream = self._after(raw, params, admission)
-        if inspect.isawaitable(stream):  # anthropic's async raw responses parse async
-            stream = await stream
+        stream, admission = await self._request_async(request, params)
         chunks = stream.__aiter__()
         try:
             while True:
@@ -405,28 +412,10 @@ class Preset:
             _note_first_token(admission, assembler)
             if hasattr(chunks, "aclose"):  # the SDK's async generator, closed on this loop
                 await chunks.aclose()
-            close = getattr(stream, "close", None)
-            if close is not None:
-                closing = close()
-                if inspect.isawaitable(closing):
-                    await closing
+            closing = _close(stream)
+            if inspect.isawaitable(closing):
+                await closing
         return assembler.result()
-
-    async def _send_async(self, params: dict[str, Any]) -> Any:
-        if params.get("stream") and self.streams:
-            return await self._send_stream_async(params)
-        admission = self._before()
-        try:
-            raw = await self._create(**params)
-        except Exception as exc:
-            replacement = self._failed(exc, params, admission)
-            if replacement is None:
-                raise
-            raise replacement from exc
-        parsed = self._after(raw, params, admission)
-        if inspect.isawaitable(parsed):  # anthropic's async raw responses parse async
-            parsed = await parsed
-        return parsed
 
     def __call__(self, **params: Any) -> Any:
         """Call the API with ``params`` (as the SDK's ``create``); returns the parsed response."""
@@ -445,10 +434,10 @@ def _note_first_token(admission: Reservation | None, assembler: Assembler) -> No
         admission.first_token = assembler.first_token
 
 
-def _close(stream: Any) -> None:
+def _close(stream: Any) -> Any:
+    """Close an SDK stream (its connection); an async one returns an awaitable."""
     close = getattr(stream, "close", None)
-    if callable(close):
-        close()
+    return close() if callable(close) else None
 
 
 def _model(params: Mapping[str, Any]) -> Hashable:

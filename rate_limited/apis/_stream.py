@@ -106,7 +106,10 @@ class _OpenAIChat(Assembler):
                 "the stream ended without its usage chunk (stream_options.include_usage)",
                 partial_result=self.partial(),
             )
-        completion = self._state.get_final_completion()
+        # The SDK's snapshot is the whole ChatCompletion (a subclass). Not its
+        # get_final_completion(): that parses for structured outputs, and raises for an
+        # answer cut short by max_tokens, which is an answer like any other here.
+        completion = self._state.current_completion_snapshot
         if completion.usage is None:
             completion.usage = self._usage
         return completion

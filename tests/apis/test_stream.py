@@ -235,3 +235,34 @@ def test_online_streaming_call(make_provider: MakeProvider) -> None:
     completion = asyncio.run(main())
     assert "".join(pieces) == completion.choices[0].message.content
     runner.close()
+
+
+@pytest.mark.parametrize(
+    "family", [pytest.param("openai", id="openai"), pytest.param("anthropic", id="anthropic")]
+)
+def test_an_answer_cut_short_by_max_tokens_is_an_answer(
+    make_provider: MakeProvider, family: str
+) -> None:
+    provider = make_provider(output_tokens=40)
+    if family == "openai":
+        preset: Any = ChatCompletions(
+            openai_client(provider, "sync"), requests_per_minute=6000, tokens_per_minute=10**6
+        )
+        model = "gpt-4o-mini"
+    else:
+        preset = Messages(
+            anthropic_client(provider, "sync"),
+            requests_per_minute=6000,
+            input_tokens_per_minute=10**6,
+            output_tokens_per_minute=10**6,
+        )
+        model = "claude-haiku-4-5"
+    runner = preset.runner(progress=False, max_retries=0)
+    response = runner.call_sync(model=model, messages=user("long"), max_tokens=5, stream=True)
+    if family == "openai":
+        assert response.choices[0].finish_reason == "length"
+        assert response.usage.completion_tokens == 5
+    else:
+        assert response.stop_reason == "max_tokens" and response.usage.output_tokens == 5
+    assert provider.stats().requests == 1
+    runner.close()

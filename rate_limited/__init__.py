@@ -26,9 +26,11 @@ from rate_limited._policy import (
     retry_if_transient,
 )
 from rate_limited._redact import get_logger as _get_logger
+from rate_limited._stats import RunStats
 from rate_limited.calls import Call
 from rate_limited.cost import Price
 from rate_limited.exceptions import (
+    ArgumentTypeError,
     BlockingCallWarning,
     CallError,
     CallTimeoutError,
@@ -39,6 +41,8 @@ from rate_limited.exceptions import (
     RateLimitedError,
     RateLimitedTooLongError,
     RateLimitedWarning,
+    ReentrantRunError,
+    RunnerBusyError,
     RunnerClosedError,
     SemanticCacheWarning,
     StoreCorruptedError,
@@ -49,6 +53,7 @@ from rate_limited.exceptions import (
     StoreVersionError,
     StoreWarning,
     StreamBrokenError,
+    UnknownResourceError,
     UnknownStoreError,
     UsageExtractionError,
     UsageWarning,
@@ -58,7 +63,7 @@ from rate_limited.handle import RunHandle
 from rate_limited.outcomes import Outcome, RunResult, Status
 from rate_limited.progress import LogProgress, Progress, TqdmProgress
 from rate_limited.resources import Resource
-from rate_limited.runner import Runner
+from rate_limited.runner import Runner, RunnerState
 
 __version__ = "0.5.0.dev0"
 
@@ -67,6 +72,7 @@ __version__ = "0.5.0.dev0"
 _get_logger("rate_limited").addHandler(logging.NullHandler())
 
 __all__ = [
+    "ArgumentTypeError",
     "Backoff",
     "BlockingCallWarning",
     "Call",
@@ -85,12 +91,16 @@ __all__ = [
     "RateLimitedError",
     "RateLimitedTooLongError",
     "RateLimitedWarning",
+    "ReentrantRunError",
     "Resource",
     "RetryIf",
     "RunHandle",
     "RunResult",
+    "RunStats",
     "Runner",
+    "RunnerBusyError",
     "RunnerClosedError",
+    "RunnerState",
     "SemanticCacheWarning",
     "Status",
     "StoreCorruptedError",
@@ -102,6 +112,7 @@ __all__ = [
     "StoreWarning",
     "StreamBrokenError",
     "TqdmProgress",
+    "UnknownResourceError",
     "UnknownStoreError",
     "UsageExtractionError",
     "UsageWarning",
@@ -113,3 +124,22 @@ __all__ = [
     "retry_if_status",
     "retry_if_transient",
 ]
+
+
+def _name_public_objects() -> None:
+    """Public classes and functions say they are ``rate_limited.X`` (in ``help()``, reprs
+    and tracebacks), as they are imported, not the private module that defines them.
+    Dataclasses keep their module: their string annotations resolve there."""
+    import dataclasses
+    import inspect
+
+    for name in __all__:
+        obj = globals()[name]
+        module = getattr(obj, "__module__", "") or ""
+        if not module.startswith("rate_limited.") or dataclasses.is_dataclass(obj):
+            continue
+        if isinstance(obj, type) or inspect.isfunction(obj):
+            obj.__module__ = "rate_limited"
+
+
+_name_public_objects()

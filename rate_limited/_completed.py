@@ -23,21 +23,40 @@ cancelling the iterating task does the same as leaving the loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
-from rate_limited.handle import SigintGuard
+from rate_limited._sigint import SigintGuard
 from rate_limited.outcomes import Outcome
 
 if TYPE_CHECKING:
     from rate_limited.calls import Call
-    from rate_limited.handle import RunHandle
     from rate_limited.outcomes import RunResult
 
 __all__ = ["AsCompleted"]
+
+
+class RunHandle(Protocol):
+    """What this module uses of ``rate_limited.handle.RunHandle`` (not imported: the
+    handle imports this module)."""
+
+    _calls: list[Call]
+    _future: concurrent.futures.Future[tuple[bool, float]] | asyncio.Task[tuple[bool, float]]
+
+    def _stop(self) -> None: ...
+
+    def _interrupt(self) -> None: ...
+
+    def _add_done_callback(self, callback: Callable[[], None]) -> None: ...
+
+    def _result_guarded(self, timeout: float | None, guard: SigintGuard | None) -> RunResult: ...
+
+    def __await__(self) -> Generator[Any, None, RunResult]: ...
+
 
 #: ``subscribe(listener)`` adds a final listener to the run's engine; it returns the
 #: function that removes it.

@@ -49,7 +49,7 @@ from rate_limited._format import format_amount, format_seconds, plain_text
 from rate_limited.apis._limits import UNKNOWN_QUOTA
 
 if TYPE_CHECKING:
-    from rate_limited._engine import RunStats
+    from rate_limited._stats import RunStats
 
 __all__ = ["DashboardProgress"]
 

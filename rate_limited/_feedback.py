@@ -26,9 +26,10 @@ from collections.abc import Callable, Hashable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from rate_limited.exceptions import ConfigurationError, UnknownResourceError
+
 if TYPE_CHECKING:
-    from rate_limited._engine import Engine
-    from rate_limited._ledger import Reservation
+    from rate_limited.ledgers.base import Ledger, Reservation
 
 __all__ = ["CURRENT_ADMISSION", "FeedbackSource", "LedgerControl"]
 
@@ -50,10 +51,21 @@ class FeedbackSource(Protocol):
 class LedgerControl:
     """What a FeedbackSource may tell the Runner's ledger (safe from any thread)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._loop: asyncio.AbstractEventLoop = engine.loop
-        engine.ledger.expect_reports()
+    def __init__(
+        self,
+        ledger: Ledger[Any],
+        loop: asyncio.AbstractEventLoop,
+        *,
+        wake: Callable[[], None],
+        pause_until: Callable[[float], None],
+    ) -> None:
+        """Reports go to ``ledger`` on ``loop``'s thread; ``wake()`` lets waiting admission
+        look again after a change, ``pause_until(when)`` starts a cool-down."""
+        self._ledger = ledger
+        self._loop = loop
+        self._wake = wake
+        self._pause_until = pause_until
+        ledger.expect_reports()
 
     @property
     def closed(self) -> bool:
@@ -62,11 +74,11 @@ class LedgerControl:
 
     @property
     def resource_names(self) -> list[str]:
-        return list(self._engine.ledger.names)
+        return list(self._ledger.names)
 
     def quota(self, resource: str, partition: Hashable = None) -> float:
         """The quota the ledger currently enforces for ``resource`` (and ``partition``)."""
-        return self._engine.ledger.quota(resource, partition)
+        return self._ledger.quota(resource, partition)
 
     @staticmethod
     def admission() -> Reservation | None:
@@ -77,7 +89,7 @@ class LedgerControl:
         """Enforce ``quota`` for ``resource`` (``partition``'s key, if partitioned) from now
         on, e.g. a limit read from the headers."""
         if not quota > 0 or math.isinf(quota):
-            raise ValueError(f"quota must be a positive finite number, got {quota!r}")
+            raise ConfigurationError(f"quota must be a positive finite number, got {quota!r}")
         self._check(resource)
         self._post(self._set_quota, resource, float(quota), partition)
 
@@ -107,9 +119,9 @@ class LedgerControl:
 
     def _check(self, resource: str) -> None:
         """A clear error now, not later on the loop."""
-        if resource not in self._engine.ledger.names:
-            raise KeyError(
-                f"no resource named {resource!r}; the Runner has {self._engine.ledger.names}"
+        if resource not in self._ledger.names:
+            raise UnknownResourceError(
+                f"no resource named {resource!r}; the Runner has {list(self._ledger.names)}"
             )
 
     # -- on the loop thread ------------------------------------------------------------------
@@ -128,8 +140,8 @@ class LedgerControl:
                 self._loop.call_soon_threadsafe(callback, *args)
 
     def _set_quota(self, resource: str, quota: float, partition: Hashable) -> None:
-        self._engine.ledger.set_quota(resource, quota, partition)
-        self._engine.wake()
+        self._ledger.set_quota(resource, quota, partition)
+        self._wake()
 
     def _reconcile(
         self,
@@ -140,7 +152,7 @@ class LedgerControl:
         precision: float,
         refused: bool,
     ) -> None:
-        ledger = self._engine.ledger
+        ledger = self._ledger
         ledger.reconcile(
             resource,
             remaining,
@@ -150,7 +162,7 @@ class LedgerControl:
             precision=precision,
             refused=refused,
         )
-        self._engine.wake()  # a switch of settle rule may have freed room
+        self._wake()  # a switch of settle rule may have freed room
 
     def _pause(self, seconds: float) -> None:
-        self._engine.pause_until(self._loop.time() + seconds)
+        self._pause_until(self._loop.time() + seconds)

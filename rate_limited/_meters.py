@@ -11,7 +11,7 @@
 
 A meter also holds *reservations* (results-usage estimates of calls in flight, counted
 against the quota until the call settles) and ``corrected``: the total the ledger billed
-to it to agree with what the provider reported (``rate_limited._ledger``).
+to it to agree with what the provider reported (``rate_limited.ledgers.memory``).
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ class BucketMeter(Meter):
 
     def take_state(self, other: BucketMeter, now: float) -> None:
         """Adopt ``other``'s usage and reservations: the ledger switches to the view
-        ``other`` kept of the same calls (see ``rate_limited._ledger``)."""
+        ``other`` kept of the same calls (see ``rate_limited.ledgers.memory``)."""
         other._drain(now)
         self._drain(now)
         self._level, self._since, self._reserved = other._level, other._since, other._reserved

@@ -11,12 +11,12 @@ without joining the batch's results. The engine runs while online calls are unfi
 and starts again with the next one. Concurrency is per engine (each has its own
 ``max_concurrent``); the quotas are shared.
 
-``Priorities`` arbitrates between the engines of one Runner: an engine whose head call is
-outranked (a higher ``priority``) by another engine's head waiting for the same quota
-does not take that quota, so the waiting call gets the capacity as soon as it frees;
-wake-ups and 429 cool-downs reach every engine. Online calls (priority 1 by default)
-thus go ahead of the batch's waiting calls (0) and never starve behind them; the batch
-gets whatever they leave.
+``Priorities`` (``rate_limited._priorities``) arbitrates between the engines of one
+Runner: an engine whose head call is outranked (a higher ``priority``) by another
+engine's head waiting for the same quota does not take that quota, so the waiting call
+gets the capacity as soon as it frees; wake-ups and 429 cool-downs reach every engine.
+Online calls (priority 1 by default) thus go ahead of the batch's waiting calls (0) and
+never starve behind them; the batch gets whatever they leave.
 
 A caller that goes away (an HTTP client that disconnects cancels the awaiting task)
 withdraws its call: not yet sent, it ends ``cancelled`` and its reservation is released;
@@ -34,82 +34,14 @@ from rate_limited.outcomes import Status
 
 if TYPE_CHECKING:
     from rate_limited._engine import Engine
-    from rate_limited._ledger import Ledger
     from rate_limited.calls import Call
 
-__all__ = ["ONLINE_PRIORITY", "OnlineCalls", "Priorities"]
+__all__ = ["ONLINE_PRIORITY", "OnlineCalls"]
 
 #: The priority of ``Runner.call()`` unless given: above the batch's default of 0.
 ONLINE_PRIORITY = 1
 
 _UNFINISHED = (Status.PENDING, Status.RUNNING)
-
-
-class Priorities:
-    """Which waiting call goes first, across the engines of one Runner (loop thread).
-
-    Each engine tells it the head call it is waiting to admit (``waiting``) and when that
-    wait ends (``admitted``, ``idle``); ``outranked`` says whether an engine must let
-    another's head go first. Engines only consult it once a second engine has joined.
-    """
-
-    def __init__(self, ledger: Ledger) -> None:
-        self._ledger = ledger
-        self._engines: list[Engine] = []
-        self._waiting: dict[Engine, Call] = {}
-
-    def join(self, engine: Engine) -> None:
-        """Arbitrate for ``engine`` too (an engine alone needs no arbitration)."""
-        self._engines.append(engine)
-        if len(self._engines) > 1:
-            for member in self._engines:
-                member.priorities = self
-
-    def outranked(self, engine: Engine, call: Call) -> bool:
-        """Whether another engine's waiting head has a higher priority than ``call`` and
-        needs some of the same quota (then ``call`` waits, and is woken when it is not)."""
-        ids: set[int] | None = None
-        for other, head in self._waiting.items():
-            if other is engine or head.priority <= call.priority:
-                continue
-            if head.status is not Status.PENDING:
-                continue
-            if ids is None:
-                ids = self._ledger.meter_ids(call.demand)
-            if self._ledger.meter_ids(head.demand) & ids:
-                return True
-        return False
-
-    def others_in_flight(self, engine: Engine) -> bool:
-        """Whether another engine has calls in flight (their settling frees quota)."""
-        return any(other.running_calls for other in self._engines if other is not engine)
-
-    def waiting(self, engine: Engine, call: Call) -> None:
-        """``engine``'s head ``call`` waits for quota."""
-        self._waiting[engine] = call
-
-    def admitted(self, engine: Engine) -> None:
-        """``engine`` admitted its head: the engines it held back may look again."""
-        if self._waiting.pop(engine, None) is not None:
-            self.wake(engine)
-
-    idle = admitted  #: ``engine`` has stopped waiting (its run ended).
-
-    def wake(self, source: Engine) -> None:
-        """Capacity may have changed (``source`` settled a call, or a limit moved)."""
-        for engine in self._engines:
-            if engine is not source:
-                engine.wake_here()
-
-    def pause(self, source: Engine, until: float) -> None:
-        """A 429's cool-down in ``source`` pauses every engine: the key is the same."""
-        for engine in self._engines:
-            if engine is not source:
-                engine.pause_until(until)
-
-    def __repr__(self) -> str:
-        waiting = {e.function_name or id(e): c.priority for e, c in self._waiting.items()}
-        return f"<Priorities of {len(self._engines)} engines, waiting heads {waiting}>"
 
 
 class OnlineCalls:
@@ -151,8 +83,9 @@ class OnlineCalls:
             raise
         if call.status is Status.SUCCEEDED:
             return call.result
-        if call._exceptions:
-            raise call._exceptions[-1]
+        errors = call.exception_history
+        if errors:
+            raise errors[-1]
         raise CallError(f"{call!r} ended {call.status.value} without an exception")
 
     def _settled(self, call: Call) -> None:

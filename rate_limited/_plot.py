@@ -35,13 +35,26 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rate_limited.apis._limits import UNKNOWN_QUOTA  # a preset's "no such limit" quota
 
 if TYPE_CHECKING:
-    from rate_limited.outcomes import Outcome, RunResult
+    from rate_limited._outcome import Outcome
     from rate_limited.resources import Resource
+
+
+class RunResult(Protocol):
+    """What a picture of a run reads of its ``RunResult`` (a protocol: ``RunResult.plot()``
+    calls this module). ``started_at``, ``resources`` and ``usage_history`` are read if
+    present."""
+
+    @property
+    def outcomes(self) -> Sequence[Outcome]: ...
+
+    @property
+    def elapsed(self) -> float: ...
+
 
 __all__ = ["PANELS", "plot_run", "run_end", "run_start", "usage_curve", "usage_events"]
 

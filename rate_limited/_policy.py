@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from rate_limited.exceptions import PermanentError
+from rate_limited.exceptions import ArgumentTypeError, PermanentError
 
 __all__ = [
     "Backoff",
@@ -163,28 +163,62 @@ def is_rate_limited(exc: BaseException) -> bool:
 
 # -- retry predicates ------------------------------------------------------------------------
 class RetryIf:
-    """A retry predicate; combine with ``|`` (either), ``&`` (both) and ``~`` (not)."""
+    """A retry predicate; combine with ``|`` (either), ``&`` (both) and ``~`` (not).
 
-    __slots__ = ("_predicate", "_text")
+    As in tenacity, the operators take any predicate on either side
+    (``(lambda e: ...) | retry_if_transient`` too) and flatten: ``a | b | c`` is one
+    predicate over three parts, not a nest of pairs."""
 
-    def __init__(self, predicate: Callable[[BaseException], bool], text: str) -> None:
+    __slots__ = ("_kind", "_parts", "_predicate", "_text")
+
+    def __init__(
+        self,
+        predicate: Callable[[BaseException], bool],
+        text: str,
+        *,
+        kind: str = "",
+        parts: tuple[Callable[[BaseException], bool], ...] = (),
+    ) -> None:
         self._predicate = predicate
         self._text = text
+        self._kind = kind  # "any" or "all" for a combination of ``parts``
+        self._parts = parts
 
     def __call__(self, exc: BaseException) -> bool:
         return bool(self._predicate(exc))
 
     def __or__(self, other: Callable[[BaseException], bool]) -> RetryIf:
-        return RetryIf(lambda e: self(e) or bool(other(e)), f"({self} | {other})")
+        return _combine("any", self, other) if callable(other) else NotImplemented
+
+    def __ror__(self, other: Callable[[BaseException], bool]) -> RetryIf:
+        return _combine("any", other, self) if callable(other) else NotImplemented
 
     def __and__(self, other: Callable[[BaseException], bool]) -> RetryIf:
-        return RetryIf(lambda e: self(e) and bool(other(e)), f"({self} & {other})")
+        return _combine("all", self, other) if callable(other) else NotImplemented
+
+    def __rand__(self, other: Callable[[BaseException], bool]) -> RetryIf:
+        return _combine("all", other, self) if callable(other) else NotImplemented
 
     def __invert__(self) -> RetryIf:
         return RetryIf(lambda e: not self(e), f"~{self}")
 
     def __repr__(self) -> str:
         return self._text
+
+
+def _combine(kind: str, *predicates: Callable[[BaseException], bool]) -> RetryIf:
+    """``any`` / ``all`` of ``predicates``, the parts of same-kind combinations inlined."""
+    parts: list[Callable[[BaseException], bool]] = []
+    for predicate in predicates:
+        if isinstance(predicate, RetryIf) and predicate._kind == kind:
+            parts.extend(predicate._parts)
+        else:
+            parts.append(predicate)
+    found = tuple(parts)
+    text = "(" + (" | " if kind == "any" else " & ").join(map(repr, found)) + ")"
+    if kind == "any":
+        return RetryIf(lambda e: any(p(e) for p in found), text, kind=kind, parts=found)
+    return RetryIf(lambda e: all(p(e) for p in found), text, kind=kind, parts=found)
 
 
 #: The default: retry everything except permanent errors (see the module docstring).
@@ -205,22 +239,57 @@ def retry_if_status(*statuses: int) -> RetryIf:
 
 # -- backoff ---------------------------------------------------------------------------------
 class Backoff:
-    """``(failures, exception) -> seconds`` to wait before the next attempt; ``+`` adds."""
+    """``(failures, exception) -> seconds`` to wait before the next attempt.
 
-    __slots__ = ("_function", "_text")
+    ``+`` adds waits (``exponential_backoff() + constant_backoff(1)``), with any wait
+    function or a number of seconds on either side, flattened (``a + b + c`` is one sum
+    of three parts), so ``sum([...])`` works too."""
 
-    def __init__(self, function: Callable[[int, BaseException | None], float], text: str):
+    __slots__ = ("_function", "_parts", "_text")
+
+    def __init__(
+        self,
+        function: Callable[[int, BaseException | None], float],
+        text: str,
+        *,
+        parts: tuple[Callable[[int, BaseException | None], float], ...] = (),
+    ):
         self._function = function
         self._text = text
+        self._parts = parts  # the waits of a sum
 
     def __call__(self, failures: int, exc: BaseException | None = None) -> float:
         return max(0.0, float(self._function(failures, exc)))
 
-    def __add__(self, other: Callable[[int, BaseException | None], float]) -> Backoff:
-        return Backoff(lambda n, e: self(n, e) + float(other(n, e)), f"{self} + {other}")
+    def __add__(self, other: Callable[[int, BaseException | None], float] | float) -> Backoff:
+        return _sum(self, other)
+
+    def __radd__(self, other: Callable[[int, BaseException | None], float] | float) -> Backoff:
+        if isinstance(other, int | float) and other == 0:
+            return self  # sum([...]) starts from 0
+        return _sum(other, self)
 
     def __repr__(self) -> str:
         return self._text
+
+
+def _sum(*waits: Callable[[int, BaseException | None], float] | float) -> Backoff:
+    parts: list[Callable[[int, BaseException | None], float]] = []
+    for wait in waits:
+        if isinstance(wait, Backoff) and wait._parts:
+            parts.extend(wait._parts)
+        elif callable(wait):
+            parts.append(wait)
+        elif isinstance(wait, int | float) and not isinstance(wait, bool) and wait >= 0:
+            parts.append(constant_backoff(float(wait)))
+        else:
+            raise ArgumentTypeError(
+                f"a backoff adds wait functions (failures, exception) -> seconds or a number "
+                f"of seconds >= 0, not {wait!r}"
+            )
+    found = tuple(parts)
+    text = " + ".join(map(repr, found))
+    return Backoff(lambda n, e: sum(float(p(n, e)) for p in found), text, parts=found)
 
 
 def exponential_backoff(

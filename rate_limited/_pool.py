@@ -78,6 +78,11 @@ class ThreadPool:
         #: Why the system refused a new thread, once it has (the pool then makes do).
         self.thread_limit: BaseException | None = None
 
+    @property
+    def thread_count(self) -> int:
+        """Threads started so far."""
+        return len(self._threads)
+
     # -- loop thread --------------------------------------------------------------------------
     def submit(self, call: Any, token: int) -> None:
         """Queue a call for a thread, starting one if none is idle.

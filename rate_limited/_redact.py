@@ -23,13 +23,24 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
-from rate_limited._keys import is_secret_name
+from rate_limited._secret_names import is_secret_name
 
-if TYPE_CHECKING:
-    from rate_limited.calls import Call
+
+class CallArguments(Protocol):
+    """What redaction reads of a call (a ``Call``; a protocol, because calls are redacted
+    by this module in their ``repr``, so it cannot import them)."""
+
+    @property
+    def function(self) -> Callable[..., Any]: ...
+
+    @property
+    def all_arguments_dict(self) -> dict[str, Any]: ...
+
+    def target(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]: ...
+
 
 __all__ = ["REDACTED", "RedactingFilter", "describe", "get_logger", "redact", "secret_values"]
 
@@ -101,14 +112,14 @@ def _url_param(match: re.Match[str]) -> str:
     return match[0]
 
 
-def secret_values(call: Call) -> tuple[str, ...]:
+def secret_values(call: CallArguments) -> tuple[str, ...]:
     """The values of ``call``'s secret-named arguments (and of secret-named attributes of
     the client its function is bound to), longest first, for ``redact``."""
     found: set[str] = set()
     try:
         arguments: Mapping[str, Any] = call.all_arguments_dict
     except Exception:  # arguments that do not fit the function
-        _function, args, kwargs = call._target()
+        _function, args, kwargs = call.target()
         arguments = {**kwargs, "": list(args)}
     _collect(arguments, found, 0)
     function = call.function
@@ -158,7 +169,7 @@ def _add(value: Any, found: set[str]) -> None:
             _add(item, found)
 
 
-def describe(exc: BaseException, call: Call | None = None) -> str:
+def describe(exc: BaseException, call: CallArguments | None = None) -> str:
     """``"ExcType: message"`` of ``exc``, redacted (with ``call``'s secrets if given)."""
     try:
         message = str(exc)

@@ -18,11 +18,11 @@ from collections.abc import Callable, Hashable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from rate_limited._keys import is_secret_name
-from rate_limited.outcomes import Status
+from rate_limited._secret_names import is_secret_name
+from rate_limited._status import Status
 
 if TYPE_CHECKING:
-    from rate_limited.semantic import SemanticMatch
+    from rate_limited.semantic._match import SemanticMatch
 
 __all__ = ["Call", "CallOwner", "Result"]
 
@@ -214,9 +214,22 @@ class Call:
         return extras.warnings
 
     @property
-    def _warnings(self) -> list[BaseException] | None:
+    def exception_history(self) -> tuple[BaseException, ...]:
+        """The exceptions of its failed attempts, oldest first, as a tuple that is empty
+        (and allocates nothing) for a call that never failed: what the engine and the
+        results read, where ``exceptions`` would create a list for every call."""
+        return () if not self._exceptions else tuple(self._exceptions)
+
+    @property
+    def last_exception(self) -> BaseException | None:
+        """The exception of its last failed attempt, if any."""
+        return self._exceptions[-1] if self._exceptions else None
+
+    @property
+    def warning_history(self) -> tuple[BaseException, ...]:
+        """``warnings`` as a tuple, empty (and allocating nothing) if there are none."""
         extras = self._extras
-        return None if extras is None else extras.warnings
+        return () if extras is None or not extras.warnings else tuple(extras.warnings)
 
     @property
     def failures(self) -> int:
@@ -250,7 +263,12 @@ class Call:
         _last_bound = (self.function, self.args, self.kwargs, arguments)
         return arguments
 
-    def _target(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    def release_owner(self) -> None:
+        """Hold the function instead of the Runner that scheduled the call: a final call
+        no longer needs its Runner alive, nor may a result holding it keep it so."""
+        self._source = self.function
+
+    def target(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         """The function the call reaches and all its arguments (a partial's included)."""
         function = self.function
         if isinstance(function, functools.partial):
@@ -262,7 +280,7 @@ class Call:
         return function, self.args, dict(self.kwargs)
 
     def _bind(self) -> dict[str, Any]:
-        function, args, kwargs = self._target()
+        function, args, kwargs = self.target()
         sig = _signature(function)
         if sig is None:
             return kwargs
@@ -281,7 +299,7 @@ class Call:
         arguments = self.all_arguments_dict
         if name in arguments:
             return arguments[name]
-        sig = _signature(self._target()[0])
+        sig = _signature(self.target()[0])
         if sig is not None:
             param = sig.parameters.get(name)
             if param is not None and param.default is not inspect.Parameter.empty:

@@ -7,8 +7,12 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
 
     RateLimitedError
     ├── ConfigurationError (ValueError)    bad argument to Resource / Runner / schedule
-    │   └── QuotaExceededError              a call needs more than a whole quota: never runs
+    │   ├── QuotaExceededError              a call needs more than a whole quota: never runs
+    │   ├── ArgumentTypeError (TypeError)   an argument of a type that can't be used
+    │   └── UnknownResourceError (KeyError) a resource name the Runner does not have
     ├── RunnerClosedError (RuntimeError)    the Runner was closed; make a new one
+    ├── RunnerBusyError (RuntimeError)      run() while a run of that Runner goes on
+    ├── ReentrantRunError (RuntimeError)    run() from the function the Runner runs
     ├── StoreError                          a checkpoint store failed (nothing stored is lost)
     │   ├── UnknownStoreError (ValueError)  a store URL with a scheme no backend handles
     │   ├── StoreUnavailableError           can't open or reach it: unwritable path, Redis down
@@ -44,12 +48,11 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from rate_limited.calls import Call
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 __all__ = [
+    "ArgumentTypeError",
     "BlockingCallWarning",
     "CallError",
     "CallTimeoutError",
@@ -70,6 +73,7 @@ __all__ = [
     "StoreVersionError",
     "StoreWarning",
     "StreamBrokenError",
+    "UnknownResourceError",
     "UnknownStoreError",
     "UsageExtractionError",
     "UsageWarning",
@@ -87,6 +91,17 @@ BaseException = RateLimitedError
 
 class ConfigurationError(RateLimitedError, ValueError):
     """An argument to ``Resource``, ``Runner`` or ``schedule`` is invalid."""
+
+
+class ArgumentTypeError(ConfigurationError, TypeError):
+    """An argument is of a type that can't be used (also a ``TypeError``, as before)."""
+
+
+class UnknownResourceError(ConfigurationError, KeyError):
+    """A resource name that the Runner does not have (also a ``KeyError``, as before)."""
+
+    def __str__(self) -> str:  # KeyError's would show the message in quotes
+        return str(self.args[0]) if self.args else ""
 
 
 class QuotaExceededError(ConfigurationError):
@@ -121,6 +136,14 @@ class RunnerClosedError(RateLimitedError, RuntimeError):
     """The Runner was closed (``close()`` or a ``with`` block ended)."""
 
 
+class RunnerBusyError(RateLimitedError, RuntimeError):
+    """``run()`` / ``start()`` while a run of the same Runner has not ended."""
+
+
+class ReentrantRunError(RateLimitedError, RuntimeError):
+    """``run()`` from inside the Runner's own loop (from the function it runs)."""
+
+
 class StoreError(RateLimitedError):
     """Base of every error a store raises (also raised for using a closed store)."""
 
@@ -153,13 +176,27 @@ class CallError(RateLimitedError):
     """A failure of one attempt of one call; recorded, not raised, by ``run()``."""
 
 
+class CallLike(Protocol):
+    """A ``rate_limited.Call``, as far as errors name one (this module imports nothing of
+    the package: every other module imports it)."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def args(self) -> tuple[Any, ...]: ...
+
+    @property
+    def kwargs(self) -> Mapping[str, Any]: ...
+
+
 class ValidationError(CallError):
     """A validator rejected the value an attempt returned; the call is retried.
 
     ``call`` is the Call and ``value`` the rejected value, kept for inspection.
     """
 
-    def __init__(self, message: str, call: Call | None, value: Any, *args: Any) -> None:
+    def __init__(self, message: str, call: CallLike | None, value: Any, *args: Any) -> None:
         super().__init__(message, *args)
         self.call = call
         self.value = value

@@ -4,7 +4,7 @@
 and the progress display keeps updating while other cells run; ``handle.result()`` blocks
 (Ctrl-C stops the run and returns the partial result, as ``run()`` does), ``await handle``
 works in async code, ``handle.stop()`` stops and returns what has finished, and
-``handle.results()`` is a snapshot at any time.
+``handle.snapshot()`` is what has finished so far, at any time.
 
 Ctrl-C while waiting (``SigintGuard``): the first stops admission and the run returns its
 partial result at once; calls already started go on in the background and are kept when
@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import signal
 import threading
-import types
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+from rate_limited._sigint import SigintGuard
 from rate_limited.exceptions import RateLimitedWarning, warn
 
 if TYPE_CHECKING:
@@ -31,52 +30,6 @@ if TYPE_CHECKING:
     from rate_limited.outcomes import RunResult
 
 __all__ = ["RunHandle", "SigintGuard"]
-
-
-class SigintGuard:
-    """While active (in the main thread), SIGINT calls the attached callback instead of
-    raising KeyboardInterrupt (for a run: the first stops it, the next abandons the calls
-    still running). A SIGINT that comes before anything is attached is kept and delivered
-    when something is. The previous handler is restored on exit.
-
-    Needed because Python 3.11+'s ``asyncio.run`` handler only cancels the main task,
-    which a blocking wait never notices, and because Jupyter's "interrupt kernel" is a
-    SIGINT too.
-    """
-
-    def __init__(self) -> None:
-        self._on_interrupt: Callable[[], None] | None = None
-        self._early = 0  # SIGINTs before a run was attached
-        self._previous: Any = None
-        self._installed = False
-
-    def __enter__(self) -> SigintGuard:
-        if threading.current_thread() is threading.main_thread():
-            try:
-                self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-                self._installed = True
-            except ValueError:  # signals unavailable here (e.g. a subinterpreter)
-                pass
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._installed:
-            self._installed = False
-            signal.signal(signal.SIGINT, self._previous)
-
-    def attach(self, on_interrupt: Callable[[], None]) -> None:
-        """Call ``on_interrupt()`` for each SIGINT from now on (and now, for those already
-        received; two at most: a stop and an abandon)."""
-        self._on_interrupt = on_interrupt
-        for _ in range(min(self._early, 2)):
-            on_interrupt()
-        self._early = 0
-
-    def _on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
-        if self._on_interrupt is None:
-            self._early += 1
-        else:
-            self._on_interrupt()
 
 
 class RunHandle:
@@ -142,11 +95,16 @@ class RunHandle:
             return 0
         return self._request_abandon().result(timeout=10)
 
-    def results(self) -> RunResult:
-        """What has finished so far (a snapshot; the run goes on)."""
+    def snapshot(self) -> RunResult:
+        """What has finished so far, at once (the run goes on; ``result()`` waits)."""
         if self._result is not None:
             return self._result
         return self._snapshot()
+
+    def results(self) -> RunResult:
+        """Deprecated name of ``snapshot()`` (too close to the blocking ``result()``)."""
+        warn("handle.results() is now handle.snapshot()", DeprecationWarning)
+        return self.snapshot()
 
     def result(self, timeout: float | None = None) -> RunResult:
         """Wait for the run to end and return its RunResult.

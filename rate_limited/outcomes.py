@@ -10,96 +10,19 @@ call), ``.interrupted`` and ``.to_pandas()``.
 from __future__ import annotations
 
 import dataclasses
-import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from rate_limited._outcome import Outcome
+from rate_limited._status import Status
 
 if TYPE_CHECKING:
     import pandas
 
     from rate_limited.calls import Call
     from rate_limited.resources import Resource
-    from rate_limited.semantic import SemanticMatch
 
 __all__ = ["Outcome", "RunResult", "Status"]
-
-
-class Status(str, enum.Enum):
-    """Where a call is. Only SUCCEEDED and FAILED are final; a rerun resumes the rest."""
-
-    PENDING = "pending"  #: not started yet, or waiting to be retried
-    RUNNING = "running"  #: an attempt is in flight
-    SUCCEEDED = "succeeded"  #: returned a valid value (None is a value)
-    FAILED = "failed"  #: failed permanently or used up its retries
-    CANCELLED = "cancelled"  #: its attempt was cancelled by an interrupt; rerun resumes it
-
-    @property
-    def is_final(self) -> bool:
-        return self is Status.SUCCEEDED or self is Status.FAILED
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one call ended (or where it is), read from its Call when first asked for."""
-
-    #: Position of the call in the run's results.
-    index: int
-    status: Status
-    #: The value it returned (None unless it succeeded).
-    result: Any
-    #: Exceptions of its failed attempts, oldest first.
-    exceptions: tuple[BaseException, ...]
-    #: Attempts started, interrupted ones included.
-    attempts: int
-    #: Usage billed per resource name (the estimate if the actual usage is unknown).
-    usage: dict[str, float]
-    #: Seconds the last attempt took.
-    latency: float | None
-    #: Loop-clock (monotonic) times: start of the last attempt, end of the call.
-    started_at: float | None
-    finished_at: float | None
-    #: Store key of the call, when the runner has a store.
-    key: str | None
-    #: True when the outcome came from the store instead of a call.
-    from_store: bool
-    #: The Call itself, for its arguments (``call.args``, ``call.get_argument(...)``);
-    #: None in a RunResult that was pickled (the function may not be picklable).
-    call: Call | None
-    #: Problems that did not fail the call, e.g. a ``UsageExtractionError`` on a call
-    #: that succeeded (its usage could not be read, so its estimate was billed).
-    warnings: tuple[BaseException, ...] = ()
-    #: How the semantic cache answered the call: the matched call's key, its redacted
-    #: prompt and the similarity (None: it did not).
-    semantic: SemanticMatch | None = None
-    #: Seconds from sending the last attempt to its first chunk, for a streamed response
-    #: (``stream=True`` in a preset); None otherwise.
-    time_to_first_token: float | None = None
-
-    @property
-    def error(self) -> BaseException | None:
-        """The last exception, if any."""
-        return self.exceptions[-1] if self.exceptions else None
-
-    @classmethod
-    def of(cls, call: Call) -> Outcome:
-        return cls(
-            index=call.index,
-            status=call.status,
-            result=call.result if call.status is Status.SUCCEEDED else None,
-            exceptions=tuple(call._exceptions or ()),
-            attempts=call.attempts,
-            usage=dict(call.usage or {}),
-            latency=call.latency,
-            started_at=call.started_at,
-            finished_at=call.finished_at,
-            key=call.key,
-            from_store=call.from_store,
-            call=call,
-            warnings=tuple(call._warnings or ()),
-            semantic=call.semantic,
-            time_to_first_token=call.time_to_first_token,
-        )
 
 
 class RunResult(tuple[list[Any], list[list[BaseException]]]):
@@ -127,16 +50,54 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         calls: Sequence[Call] = (),
         interrupted: bool = False,
         elapsed: float = 0.0,
+        *,
+        resources: tuple[Resource, ...] = (),
+        started_at: float | None = None,
+        store_failures: int = 0,
     ) -> RunResult:
         self = super().__new__(cls, (results, exceptions))
         self.calls = calls
         self.interrupted = interrupted
         self.elapsed = elapsed
-        self.resources = ()
-        self.started_at = None
-        self.store_failures = 0
+        self.resources = resources
+        self.started_at = started_at
+        self.store_failures = store_failures
         self._outcomes = None
         return self
+
+    @classmethod
+    def from_calls(
+        cls,
+        calls: Sequence[Call],
+        *,
+        interrupted: bool,
+        elapsed: float = 0.0,
+        resources: tuple[Resource, ...] = (),
+        started_at: float | None = None,
+        store_failures: int = 0,
+        copy: bool = False,
+    ) -> RunResult:
+        """The result of ``calls``, read from them now, in their order.
+
+        ``exceptions[i]`` is call i's own list of exceptions (as in rate_limited 0.4) when
+        it has some, else a new empty list; ``copy`` copies them instead (a snapshot taken
+        while the run goes on, which must not change under the reader)."""
+        succeeded = Status.SUCCEEDED
+        results = [c.result if c.status is succeeded else None for c in calls]
+        if copy:
+            exceptions = [list(c.exception_history) for c in calls]
+        else:
+            exceptions = [c.exceptions if c.last_exception is not None else [] for c in calls]
+        return cls(
+            results,
+            exceptions,
+            calls,
+            interrupted,
+            elapsed,
+            resources=resources,
+            started_at=started_at,
+            store_failures=store_failures,
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Without the Calls: they hold the function, often a lambda or a client method.
@@ -184,7 +145,7 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
 
     def to_pandas(self) -> pandas.DataFrame:
         """One row per call: result, status, error, attempts, latency and usage columns."""
-        from rate_limited.pandas import outcomes_frame
+        from rate_limited._frames import outcomes_frame
 
         return outcomes_frame(self.outcomes)
 
@@ -204,7 +165,6 @@ def _unpickle(
     elapsed: float,
     store_failures: int = 0,
 ) -> RunResult:
-    result = RunResult(results, exceptions, (), interrupted, elapsed)
+    result = RunResult(results, exceptions, (), interrupted, elapsed, store_failures=store_failures)
     result._outcomes = outcomes
-    result.store_failures = store_failures
     return result

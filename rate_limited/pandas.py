@@ -29,67 +29,51 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from rate_limited._frames import outcomes_frame, pandas_module
+from rate_limited._status import RunnerState
 from rate_limited.exceptions import ConfigurationError, QuotaExceededError
-from rate_limited.outcomes import Outcome
 
 if TYPE_CHECKING:
     import pandas
 
-    from rate_limited.runner import Runner
+    from rate_limited.calls import Call
+    from rate_limited.outcomes import RunResult
 
 __all__ = ["apply", "outcomes_frame"]
 
 
-def _pandas() -> Any:
-    try:
-        import pandas
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("DataFrames need pandas: pip install 'rate_limited[pandas]'") from exc
-    return pandas
+class Applier(Protocol):
+    """What ``apply`` needs of a Runner (a protocol: the Runner's ``apply()`` calls this
+    module, which so does not import it)."""
+
+    scheduled_calls: list[Call]
+    last_result: RunResult | None
+
+    @property
+    def state(self) -> RunnerState: ...
+
+    def schedule(self, *args: Any, **kwargs: Any) -> Call: ...
+
+    def run(self) -> RunResult: ...
 
 
-def outcomes_frame(outcomes: Sequence[Outcome], index: Any = None) -> pandas.DataFrame:
-    """One row per outcome: ``result``, ``status``, ``error``, ``attempts``, ``latency``,
-    ``from_store``, the semantic cache's match (``semantic_key``, ``semantic_text``,
-    ``semantic_similarity``; None where it did not answer) and a ``usage_<resource>``
-    column per resource."""
-    pd = _pandas()
-    resources: dict[str, None] = {}
-    for outcome in outcomes:
-        resources.update(dict.fromkeys(outcome.usage))
-    columns: dict[str, list[Any]] = {
-        "result": [o.result for o in outcomes],
-        "status": [o.status.value for o in outcomes],
-        "error": [
-            None if o.error is None else f"{type(o.error).__name__}: {o.error}" for o in outcomes
-        ],
-        "attempts": [o.attempts for o in outcomes],
-        "latency": [o.latency for o in outcomes],
-        "from_store": [o.from_store for o in outcomes],
-        "semantic_key": [None if o.semantic is None else o.semantic.key for o in outcomes],
-        "semantic_text": [None if o.semantic is None else o.semantic.text for o in outcomes],
-        "semantic_similarity": [
-            None if o.semantic is None else o.semantic.similarity for o in outcomes
-        ],
-    }
-    for name in resources:
-        columns[f"usage_{name}"] = [o.usage.get(name) for o in outcomes]
-    frame = pd.DataFrame(columns, index=index)
-    frame["status"] = frame["status"].astype("category")
-    return frame
+#: Per Runner, the result of its last completed ``apply()``: the same cell run again
+#: after it completed sends nothing. Weak: it does not keep a Runner alive.
+_last_apply: weakref.WeakKeyDictionary[Applier, RunResult] = weakref.WeakKeyDictionary()
 
 
 def apply(
-    runner: Runner,
+    runner: Applier,
     frame: pandas.DataFrame,
     row_to_kwargs: Callable[[pandas.Series], Mapping[str, Any]],
 ) -> pandas.DataFrame:
     """One call per row of ``frame`` with ``row_to_kwargs(row)`` as its keyword arguments;
     returns the outcomes as a DataFrame aligned to ``frame.index`` (see the module doc)."""
-    pd = _pandas()
+    pd = pandas_module()
     if not isinstance(frame, pd.DataFrame):
         raise ConfigurationError(f"apply() takes a pandas DataFrame, got {type(frame).__name__}.")
     if not callable(row_to_kwargs):
@@ -97,7 +81,7 @@ def apply(
             "row_to_kwargs must be a function of a row (a pandas Series) returning the "
             f"call's keyword arguments as a dict; got {row_to_kwargs!r}."
         )
-    runner._check_can_start()  # closed, or a run going on: say so before scheduling
+    runner.state.check_can_start()  # closed, or a run going on: say so before scheduling
     labels: list[Any] = []
     wanted: list[Mapping[str, Any]] = []
     for label, row in frame.iterrows():
@@ -115,7 +99,7 @@ def apply(
             f"This runner holds {len(pending)} scheduled calls that are not these rows' "
             "calls; run() them first (or use another Runner) before apply()."
         )
-    finished = runner._last_apply
+    finished = _last_apply.get(runner)
     if not pending and finished is not None and _same_calls(finished.calls, wanted):
         # The same cell again after it completed: nothing left to send.
         runner.last_result = finished
@@ -123,7 +107,10 @@ def apply(
     if not pending:
         _schedule_rows(runner, labels, wanted)
     result = runner.run()
-    runner._last_apply = None if result.interrupted else result
+    if result.interrupted:
+        _last_apply.pop(runner, None)
+    else:
+        _last_apply[runner] = result
     return outcomes_frame(result.outcomes, index=frame.index)
 
 
@@ -131,7 +118,7 @@ def apply(
 _ROWS_SHOWN = 5
 
 
-def _schedule_rows(runner: Runner, labels: list[Any], wanted: list[Mapping[str, Any]]) -> None:
+def _schedule_rows(runner: Applier, labels: list[Any], wanted: list[Mapping[str, Any]]) -> None:
     """Schedule one call per row, or none: on any error the rows scheduled so far are
     dropped and the error names the row (every row, when several are too large)."""
     too_large: list[tuple[Any, QuotaExceededError]] = []
@@ -201,7 +188,7 @@ def _equal(a: Any, b: Any) -> bool:
 
 
 def _register_accessor() -> None:
-    pd = _pandas()
+    pd = pandas_module()
 
     @pd.api.extensions.register_dataframe_accessor("rate_limited")
     class RateLimitedAccessor:
@@ -212,7 +199,7 @@ def _register_accessor() -> None:
 
         def apply(
             self,
-            runner: Runner,
+            runner: Applier,
             row_to_kwargs: Callable[[pandas.Series], Mapping[str, Any]],
         ) -> pandas.DataFrame:
             return apply(runner, self._frame, row_to_kwargs)

@@ -27,29 +27,14 @@ import os
 import sys
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any
 
 from rate_limited._redact import get_logger
-
-if TYPE_CHECKING:
-    from rate_limited._engine import RunStats
+from rate_limited._stats import Progress, RunStats
 
 __all__ = ["LogProgress", "Progress", "TqdmProgress", "check_progress", "make_progress"]
 
 logger = get_logger("rate_limited")
-
-
-@runtime_checkable
-class Progress(Protocol):
-    """What the engine reports to; every method is called on the engine's loop thread."""
-
-    def start(self, stats: RunStats) -> None: ...
-
-    def update(self, stats: RunStats) -> None: ...
-
-    def waiting(self, stats: RunStats, seconds: float, resource: str | None) -> None: ...
-
-    def finish(self, stats: RunStats, interrupted: bool) -> None: ...
 
 
 def _describe_wait(seconds: float, resource: str | None) -> str:

@@ -35,142 +35,81 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import inspect
-import math
 import os
-import sys
 import threading
-import time
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Mapping
-from numbers import Real
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from rate_limited._clock import Clock, MonotonicClock
+from rate_limited._checkpoint import close_store
+from rate_limited._clock import Clock
 from rate_limited._completed import AsCompleted, Subscribe
-from rate_limited._engine import Engine, is_async_callable
+from rate_limited._config import RunnerConfig, Setting
+from rate_limited._engine import Engine
 from rate_limited._feedback import FeedbackSource, LedgerControl
 from rate_limited._gc import bulk_allocation
-from rate_limited._ledger import Ledger
-from rate_limited._online import ONLINE_PRIORITY, OnlineCalls, Priorities
-from rate_limited._policy import (
-    Validator,
-    exponential_backoff,
-    normalize_validators,
-    retry_if_transient,
+from rate_limited._loop_thread import LoopThread, finish_running_calls, shutdown, stop_run
+from rate_limited._loopwatch import is_async_callable
+from rate_limited._online import ONLINE_PRIORITY, OnlineCalls
+from rate_limited._policy import Validator, retry_if_transient
+from rate_limited._priorities import Priorities
+from rate_limited._redact import get_logger
+from rate_limited._scheduling import (
+    Scheduler,
+    declares,
+    demand_of,
+    key_of,
+    make_schedule,
+    pop_priority,
 )
-from rate_limited._redact import describe, get_logger
-from rate_limited.calls import Call, CallOwner, Result
+from rate_limited._status import RunnerState
+from rate_limited.calls import Call, Result
 from rate_limited.exceptions import (
-    ConfigurationError,
-    QuotaExceededError,
     RateLimitedWarning,
+    ReentrantRunError,
     RunnerClosedError,
-    StoreError,
-    StoreWarning,
     warn,
 )
 from rate_limited.handle import RunHandle, SigintGuard
+from rate_limited.ledgers import InMemoryLedger
 from rate_limited.outcomes import RunResult, Status
-from rate_limited.progress import Progress, check_progress, make_progress
+from rate_limited.progress import make_progress
 from rate_limited.resources import Resource
 from rate_limited.stores.base import Store
 
 if TYPE_CHECKING:
     import pandas
 
+    from rate_limited._stats import Progress
     from rate_limited.semantic import SemanticCache
     from rate_limited.semantic._step import SemanticStep
 
-__all__ = ["Runner"]
+__all__ = ["Runner", "RunnerState"]
 
 logger = get_logger("rate_limited")
 
-
-class _LoopThread:
-    """An event loop running forever in a daemon thread."""
-
-    def __init__(self, clock: Clock, name: str) -> None:
-        self.loop = clock.new_event_loop()
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self.thread.start()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
-            self.loop.call_soon_threadsafe(callback, *args)
+T = TypeVar("T")
 
 
-def _shutdown(loop_thread: _LoopThread | None, engine: Engine | None) -> None:
-    """Stop the loop thread and the pool; safe to call twice, from any thread.
-
-    At the end of the program, calls still running after an interrupt are waited for
-    first when their results can be stored (``_wait_at_exit``). Coroutines still running
-    are cancelled, not dropped half-way.
-    """
-    if loop_thread is None or loop_thread.loop.is_closed():
-        if engine is not None and engine.pool is not None:
-            engine.pool.shutdown()
-        return
-    loop = loop_thread.loop
-    in_loop_thread = threading.current_thread() is loop_thread.thread
-    if engine is not None and not in_loop_thread:
-        if not threading.main_thread().is_alive():  # finalizers run at exit: the end
-            _wait_at_exit(engine)
-        if engine.running_calls:
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(engine.abandon_and_wait(), loop).result(5)
-    if engine is not None and engine.pool is not None:
-        engine.pool.shutdown(wait=1.0)  # idle threads exit at once; busy ones finish later
-    if not in_loop_thread:  # close async generators left open (an SDK's stream), as asyncio.run
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(5)
-    loop_thread.call_soon(loop.stop)
-    if not in_loop_thread:
-        loop_thread.thread.join(timeout=5)
-        if not loop_thread.thread.is_alive():
-            loop.close()
-
-
-#: Seconds the end of the program waits for calls still running (with a store).
-EXIT_WAIT_SECONDS = 30.0
-
-
-def _wait_at_exit(engine: Engine) -> None:
-    """At the end of the program: wait for the calls still running after an interrupt,
-    so that their paid-for results reach the store (Ctrl-C stops waiting)."""
-    if engine.store is None or not engine.running_calls:
-        return
-    print(
-        f"rate_limited: waiting up to {EXIT_WAIT_SECONDS:.0f} s for {engine.running_calls} "
-        "call(s) still running, so that their results are stored (Ctrl-C abandons them)",
-        file=sys.stderr,
-        flush=True,
-    )
-    deadline = time.monotonic() + EXIT_WAIT_SECONDS
-    try:
-        while engine.running_calls and time.monotonic() < deadline:
-            time.sleep(0.02)
-    except KeyboardInterrupt:
-        return
-    if engine.store is not None:
-        with contextlib.suppress(Exception):
-            loop = engine.loop
-            asyncio.run_coroutine_threadsafe(_flush(engine), loop).result(5)
-
-
-async def _flush(engine: Engine) -> None:
-    engine._flush_store(final=True)
-
-
-class Runner(CallOwner):
+class Runner(Scheduler):
     """Runs calls of ``function`` as fast as ``resources`` allow, and never faster."""
+
+    # The settings, read-only: RunnerConfig was validated once and engines read it.
+    max_concurrent: Setting[int] = Setting()
+    max_retries: Setting[int] = Setting()
+    validators: Setting[tuple[Callable[[Any], Any], ...]] = Setting()
+    progress_interval: Setting[float] = Setting()
+    long_wait_warning_seconds: Setting[float | None] = Setting()
+    retry_if: Setting[Callable[[BaseException], bool]] = Setting()
+    backoff: Setting[Callable[[int, BaseException | None], float]] = Setting()
+    timeout: Setting[float | None] = Setting()
+    clock: Setting[Clock] = Setting()
+    name: Setting[str] = Setting()
+    store: Setting[Store | None] = Setting()
+    refresh: Setting[bool] = Setting()
+    retry_failed: Setting[bool] = Setting()
+    event_loop: Setting[Literal["own", "current"]] = Setting()
+    rate_limit_patience: Setting[float | None] = Setting()
 
     def __init__(
         self,
@@ -245,101 +184,58 @@ class Runner(CallOwner):
                 of the earlier call instead of being sent. Needs ``store=``; off with
                 ``refresh=True`` (fresh answers are still indexed) or None (default).
         """
-        if not callable(function):
-            raise ConfigurationError(
-                f"function must be callable (the API call to run), got "
-                f"{type(function).__name__}: {function!r}."
-            )
+        #: The validated settings (``Runner.max_concurrent`` and the like read them).
+        self.config = RunnerConfig.build(
+            function,
+            resources,
+            max_concurrent,
+            max_retries,
+            validation_function,
+            progress_interval,
+            long_wait_warning_seconds,
+            validation=validation,
+            retry_if=retry_if,
+            backoff=backoff,
+            timeout=timeout,
+            progress=progress,
+            clock=clock,
+            name=name,
+            store=store,
+            key=key,
+            refresh=refresh,
+            ttl=ttl,
+            retry_failed=retry_failed,
+            event_loop=event_loop,
+            rate_limit_patience=rate_limit_patience,
+        )
         self.function = function
-        self.resources = _check_resources(resources)
-        self.max_concurrent = _check_int(max_concurrent, "max_concurrent", minimum=1)
-        self.max_retries = _check_int(max_retries, "max_retries", minimum=0)
-        self.validators = normalize_validators(validation, validation_function)
-        self.progress_interval = _check_seconds(progress_interval, "progress_interval", zero=True)
-        self.long_wait_warning_seconds = (
-            None
-            if long_wait_warning_seconds is None
-            else _check_seconds(long_wait_warning_seconds, "long_wait_warning_seconds", zero=True)
-        )
-        self.timeout = None if timeout is None else _check_seconds(timeout, "timeout")
-        self.rate_limit_patience = (
-            None
-            if rate_limit_patience is None
-            else _check_seconds(rate_limit_patience, "rate_limit_patience")
-        )
-        if not callable(retry_if):
-            raise ConfigurationError(f"retry_if must be a callable, got {retry_if!r}.")
-        if backoff is not None and not callable(backoff):
-            raise ConfigurationError(f"backoff must be a callable, got {backoff!r}.")
-        self.retry_if = retry_if
-        self.backoff = backoff if backoff is not None else exponential_backoff()
-        check_progress(progress)  # validate now; each run builds its own display
-        self._progress_spec = progress
-        if clock is not None and not isinstance(clock, Clock):
-            raise ConfigurationError(
-                f"clock must have a new_event_loop() method (e.g. FakeClock()), got {clock!r}."
-            )
-        self.clock: Clock = clock if clock is not None else MonotonicClock()
-        self.name = name or _function_name(function)
-        if event_loop not in ("own", "current"):
-            raise ConfigurationError(f"event_loop must be 'own' or 'current', got {event_loop!r}.")
-        if event_loop == "current" and clock is not None and not isinstance(clock, MonotonicClock):
-            raise ConfigurationError(
-                "event_loop='current' runs on the caller's loop, whose time is real; it "
-                "cannot be combined with another clock= (e.g. FakeClock)."
-            )
-        #: Where the engine runs: the Runner's own loop thread, or the caller's loop.
-        self.event_loop = event_loop
         self._runs_on_loop = is_async_callable(function)
-        if key is not None and not callable(key):
-            raise ConfigurationError(f"key must be a callable key(call) -> str, got {key!r}.")
-        if ttl is not None:
-            _check_seconds(ttl, "ttl")
-        self._key = key
-        self.refresh = bool(refresh)
-        self.retry_failed = bool(retry_failed)
-        #: The store finished calls are kept in (None: this Runner only).
-        self.store: Store | None = None
-        self._owns_store = False
-        if store is not None:
-            from rate_limited.stores import Store as StoreClass
-            from rate_limited.stores import open_store
-
-            if isinstance(store, StoreClass):
-                if ttl is not None:
-                    raise ConfigurationError(
-                        "ttl= applies when the Runner opens the store from a URL or path; "
-                        "for a Store object, pass ttl= to open_store() instead."
-                    )
-                self.store = store
-            else:
-                self._owns_store = True
-                self.store = open_store(store, ttl=ttl)
-        elif ttl is not None:
-            raise ConfigurationError("ttl= needs a store= to expire outcomes from.")
         self.logger = get_logger(f"rate_limited.Runner.{self.name}")
         #: The semantic cache bound to the store (None: no semantic cache).
         self.semantic_cache = semantic_cache
-        self._semantic = self._bind_semantic_cache(semantic_cache)
+        self._semantic: SemanticStep | None = None
+        if semantic_cache is not None:
+            from rate_limited.semantic._step import SemanticStep
 
+            self._semantic = SemanticStep.bind(semantic_cache, self.store, refresh=self.refresh)
         #: Calls of the current batch, in schedule order.
         self.scheduled_calls: list[Call] = []
         self._extractors = [
-            (r, r.arguments_usage_extractor, r.max_results_usage_estimator) for r in self.resources
+            (r, r.arguments_usage_extractor, r.max_results_usage_estimator)
+            for r in self.config.resources
         ]
-        self._loop_thread: _LoopThread | None = None
+        self._state = RunnerState.IDLE
+        self._loop_thread: LoopThread | None = None
         self._engine: Engine | None = None  # on the Runner's own loop thread
         self._caller_engine: Engine | None = None  # event_loop="current"
         self._active_engine: Engine | None = None  # the one the last run used
         #: The RunResult of the last run that ended (``run()``, ``start()``, ``apply()``):
         #: ``runner.last_result.plot()`` / ``.to_pandas()`` after an ``apply()``.
         self.last_result: RunResult | None = None
-        #: The result of the last completed ``apply()`` (rerunning that cell sends nothing).
-        self._last_apply: RunResult | None = None
-        self._active_future: concurrent.futures.Future[tuple[bool, float]] | None = None
+        self._active_future: concurrent.futures.Future[Any] | asyncio.Task[Any] | None = None
         self._run_seq = 0  # numbers the runs, so that a stop reaches the right one
         # One ledger for the Runner's life, whichever loop its engine runs on.
-        self._ledger = Ledger(self.resources)
+        self._ledger = InMemoryLedger(self.config.resources)
         # The engines on the Runner's loop (the batch's, the online calls') take turns by
         # priority; the online calls' engine is made by the first call().
         self._priorities = Priorities(self._ledger)
@@ -348,10 +244,8 @@ class Runner(CallOwner):
         self._active_handle: weakref.ref[RunHandle] | None = None
         self._listeners_lock = threading.Lock()
         #: schedule() and call() take ``priority=`` unless the function has its own.
-        self._takes_priority = not _declares(function, "priority")
-        self._running = False
+        self._takes_priority = not declares(function, "priority")
         self._start_lock = threading.Lock()
-        self._closed = False
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._function_identity = ""
         if self.store is not None:
@@ -360,7 +254,23 @@ class Runner(CallOwner):
             self._function_identity = function_identity(function)
         #: schedule() has work beyond creating the Call (usage extraction, keys).
         self._slow_schedule = bool(self._extractors) or self.store is not None
-        self.schedule = self._make_schedule(function)  # type: ignore[method-assign]
+        self._inline_schedule = not self._slow_schedule
+        self.schedule = make_schedule(self, function)  # type: ignore[method-assign]
+
+    @property
+    def resources(self) -> list[Resource]:
+        """The quotas, in the order of each call's demand (a copy: they are fixed)."""
+        return list(self.config.resources)
+
+    @property
+    def state(self) -> RunnerState:
+        """``IDLE``, ``RUNNING`` or ``CLOSED``."""
+        return self._state
+
+    def _set_state(self, state: RunnerState) -> None:
+        self._state = state
+        # schedule()'s fast path: nothing to compute, and no run for the call to join.
+        self._inline_schedule = state is RunnerState.IDLE and not self._slow_schedule
 
     # -- scheduling --------------------------------------------------------------------------
     def schedule(self, *args: Any, **kwargs: Any) -> Call:
@@ -372,22 +282,22 @@ class Runner(CallOwner):
         return self._schedule(args, kwargs)
 
     def _schedule(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
-        if self._closed:
+        if self._state is RunnerState.CLOSED:
             raise RunnerClosedError("This Runner was closed; create a new Runner to schedule.")
-        priority = self._pop_priority(kwargs, 0)
+        priority = pop_priority(kwargs, 0, self._takes_priority)
         calls = self.scheduled_calls
         call = Call(self.function, args, kwargs, len(calls), self)
         if priority:
             call.priority = priority
         if self._extractors:
-            call.demand = self._demand_of(call)
+            call.demand = demand_of(self._extractors, call)
         if self.store is not None:
-            call.key = self._key_of(call)
+            call.key = key_of(self.config.key, self.function, call)
         if self._semantic is not None:
             self._semantic.check(call)  # a text= that can't split the call: an error now
         calls.append(call)
         engine = self._active_engine
-        if self._running and engine is not None:
+        if self._state is RunnerState.RUNNING and engine is not None:
             try:
                 on_its_loop = asyncio.get_running_loop() is engine.loop
             except RuntimeError:
@@ -398,130 +308,6 @@ class Runner(CallOwner):
                 with contextlib.suppress(RuntimeError):  # loop closed: next run() has it
                     engine.loop.call_soon_threadsafe(engine.enqueue, call)
         return call
-
-    def _pop_priority(self, kwargs: dict[str, Any], default: int) -> int:
-        """``priority=`` taken out of the call's keyword arguments (unless the function
-        declares a ``priority`` parameter of its own: then it is the function's)."""
-        if not self._takes_priority or "priority" not in kwargs:
-            return default
-        priority = kwargs.pop("priority")
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise ConfigurationError(
-                f"priority must be an int (larger goes first; schedule() defaults to 0, "
-                f"call() to {ONLINE_PRIORITY}), got {priority!r}."
-            )
-        return priority
-
-    def _demand_of(self, call: Call) -> tuple[tuple[float, float, Hashable], ...]:
-        demand = []
-        for resource, args_extractor, estimator in self._extractors:
-            name = resource.name
-            args_usage = _usage(args_extractor, call, name, "arguments_usage_extractor")
-            estimate = _usage(estimator, call, name, "max_results_usage_estimator")
-            if resource.partition is None:
-                key: Hashable = None
-                quota: float = resource.quota
-            else:
-                key = _partition(resource, call)
-                quota = resource.quota_for(key)
-            needed = args_usage + estimate
-            if needed > quota * (1 + 1e-9):  # the ledger's rounding slack
-                raise QuotaExceededError(
-                    f"Call {call!r} exceeds resource quota of {name!r}: it needs {needed:g} "
-                    f"but the whole quota is {quota:g}, so it could never run. Raise the "
-                    "quota, lower the call's usage (e.g. max_tokens) or split the call.",
-                    resource=name,
-                    needed=needed,
-                    quota=quota,
-                )
-            demand.append((args_usage, estimate, key))
-        return tuple(demand)
-
-    def _bind_semantic_cache(self, cache: SemanticCache | None) -> SemanticStep | None:
-        if cache is None:
-            return None
-        from rate_limited.semantic import SemanticCache
-        from rate_limited.semantic._step import SemanticStep
-
-        if not isinstance(cache, SemanticCache):
-            raise ConfigurationError(
-                f"semantic_cache must be a rate_limited.semantic.SemanticCache or None, got "
-                f"{cache!r}."
-            )
-        if self.store is None:
-            raise ConfigurationError(
-                "semantic_cache= answers calls with the stored outcomes of earlier ones, so it "
-                "needs a store: pass store='runs.db' (kept across kernel restarts), "
-                "'redis://...' or 'memory://' (this process only)."
-            )
-        return SemanticStep(cache, self.store, lookups=not self.refresh)
-
-    def _key_of(self, call: Call) -> str:
-        if self._key is not None:
-            try:
-                key = self._key(call)
-            except Exception as exc:
-                raise ConfigurationError(
-                    f"key= raised {describe(exc, call)} for {call!r}."
-                ) from exc
-            if not isinstance(key, str) or not key:
-                raise ConfigurationError(
-                    f"key= must return a non-empty str, got {key!r} for {call!r}."
-                )
-            return key
-        from rate_limited._keys import call_key
-
-        return call_key(self.function, call.args, call.kwargs)
-
-    def _make_schedule(self, function: Callable[..., Any]) -> Callable[..., Call]:
-        """A ``schedule`` for this instance that looks like ``function`` to IDEs and
-        ``help()``; nothing shared (the class, the function) is modified."""
-        runner_ref = weakref.ref(self)  # no cycle: a dropped Runner stops its thread at once
-
-        def schedule(*args: Any, **kwargs: Any) -> Call:
-            runner = runner_ref()
-            if runner is None:
-                raise RunnerClosedError(
-                    "This Runner no longer exists: nothing referred to it any more (no "
-                    "variable, no Call it scheduled), so it was closed. Keep a reference, "
-                    "e.g. runner = Runner(...), while you schedule and run calls."
-                )
-            # The common case inline (this is the whole per-call cost of scheduling).
-            if (
-                runner._slow_schedule
-                or runner._running
-                or runner._closed
-                or (kwargs and "priority" in kwargs and runner._takes_priority)
-            ):
-                return runner._schedule(args, kwargs)
-            calls = runner.scheduled_calls
-            call = Call(function, args, kwargs, len(calls), runner)
-            calls.append(call)
-            return call
-
-        qualname = getattr(function, "__qualname__", None) or _function_name(function)
-        module = getattr(function, "__module__", None) or "[Module not found]"
-        try:
-            signature: inspect.Signature | None = inspect.signature(function)
-        except (TypeError, ValueError):
-            signature = None
-        schedule.__doc__ = (
-            f"Schedule a call to {qualname} in {module}\n"
-            "Returns the Call handle - call run() to get results\n\n"
-            f"{_function_name(function)}{signature if signature is not None else '(...)'}\n"
-            "Docstring:\n\n"
-            f"{getattr(function, '__doc__', None) or '[Docstring not found]'}"
-        )
-        annotations = dict(getattr(function, "__annotations__", None) or {})
-        annotations["return"] = None  # as in 0.4 (a copy: the function is left untouched)
-        schedule.__annotations__ = annotations
-        schedule.__wrapped__ = function  # type: ignore[attr-defined]
-        if signature is not None:
-            schedule.__signature__ = signature.replace(  # type: ignore[attr-defined]
-                return_annotation=Call
-            )
-        schedule.__qualname__ = f"{type(self).__qualname__}.schedule"
-        return schedule
 
     # -- running -----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -549,99 +335,54 @@ class Runner(CallOwner):
         """Start running the scheduled calls in the background and return at once.
 
         ``handle.result()`` blocks for the RunResult, ``await handle`` awaits it,
-        ``handle.stop()`` stops and returns the partial result, ``handle.results()``
+        ``handle.stop()`` stops and returns the partial result, ``handle.snapshot()``
         shows what has finished so far. Calls scheduled meanwhile join the run.
+
+        The engine runs on the Runner's own loop thread, or (``event_loop="current"``,
+        an async function, called from a running loop) as a task on the caller's loop,
+        made re-entrant with nest_asyncio so async clients bound to that loop work.
         """
-        if self.event_loop == "current" and self._runs_on_loop:
-            try:
-                caller_loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-            except RuntimeError:
-                caller_loop = None  # a plain script: nothing is bound to a loop of its own
-            if caller_loop is not None:
-                return self._start_on(caller_loop)
+        caller_loop = self._caller_loop()
         loop_thread = self._loop_thread
         if loop_thread is not None and threading.current_thread() is loop_thread.thread:
-            raise RuntimeError(
+            raise ReentrantRunError(
                 "run() was called from inside the Runner's own loop (from the function it "
                 "runs); schedule() more calls instead, they join the current run."
             )
         with self._start_lock:  # two threads calling run() at once: one run, one error
-            engine, loop_thread = self._ensure_engine()
-            self._running = True
+            self._state.check_can_start()
+            engine = self._engine_for(caller_loop)
+            self._set_state(RunnerState.RUNNING)
             self._active_engine = engine
             self._run_seq += 1
             run_id = self._run_seq
         calls = self.scheduled_calls
-        submitted = False
+        loop = engine.loop
         try:
             # Built here, in the caller's thread: a notebook display lands in its cell.
-            progress = make_progress(self._progress_spec)
-            future = loop_thread.submit(self._run_batch(engine, calls, progress, run_id))
-            submitted = True
-        finally:
-            if not submitted:  # once submitted, only the batch itself says it has ended
-                self._running = False
+            progress = make_progress(self.config.progress)
+            batch = self._run_batch(engine, calls, progress, run_id)
+            future = self._submit(batch, caller_loop)
+        except BaseException:
+            self._set_state(RunnerState.IDLE)  # once submitted, only the batch says it ended
+            raise
         self._active_future = future
 
-        def request_abandon() -> concurrent.futures.Future[int]:
-            return asyncio.run_coroutine_threadsafe(engine.abandon_and_wait(), engine.loop)
-
-        return self._new_handle(
-            engine,
-            RunHandle(
-                future,
-                calls,
-                request_stop=lambda: loop_thread.call_soon(engine.request_stop, run_id),
-                finish=self._result,
-                snapshot=self.results,
-                request_abandon=request_abandon,
-            ),
-        )
-
-    def _start_on(self, loop: asyncio.AbstractEventLoop) -> RunHandle:
-        """``event_loop="current"``: run the engine as a task on the caller's running loop,
-        made re-entrant by nest_asyncio, so async clients bound to that loop work."""
-        import nest_asyncio
-
-        nest_asyncio.apply(loop)
-        with self._start_lock:
-            self._check_can_start()
-            engine = self._caller_engine
-            if engine is None or engine.loop is not loop:
-                engine = self._caller_engine = self._new_engine(loop)
-            self._running = True
-            self._active_engine = engine
-            self._run_seq += 1
-            run_id = self._run_seq
-        calls = self.scheduled_calls
-        submitted = False
-        try:
-            progress = make_progress(self._progress_spec)
-            task = loop.create_task(self._run_batch(engine, calls, progress, run_id))
-            submitted = True
-        finally:
-            if not submitted:
-                self._running = False
-
         def request_stop() -> None:
-            loop.call_soon_threadsafe(engine.request_stop, run_id)
+            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+                loop.call_soon_threadsafe(engine.request_stop, run_id)
 
         def request_abandon() -> concurrent.futures.Future[int]:
             return asyncio.run_coroutine_threadsafe(engine.abandon_and_wait(), loop)
 
-        return self._new_handle(
-            engine,
-            RunHandle(
-                task,
-                calls,
-                request_stop=request_stop,
-                finish=self._result,
-                snapshot=self.results,
-                request_abandon=request_abandon,
-            ),
+        handle = RunHandle(
+            future,
+            calls,
+            request_stop=request_stop,
+            finish=self._result,
+            snapshot=self.snapshot,
+            request_abandon=request_abandon,
         )
-
-    def _new_handle(self, engine: Engine, handle: RunHandle) -> RunHandle:
         handle._subscribe = self._subscriber(engine)
         self._active_handle = weakref.ref(handle)
         return handle
@@ -675,7 +416,7 @@ class Runner(CallOwner):
         Afterwards ``.result`` is the RunResult ``run()`` would have returned.
         """
         handle = None if self._active_handle is None else self._active_handle()
-        if self._running and handle is not None and not handle.done():
+        if self._state is RunnerState.RUNNING and handle is not None and not handle.done():
             return handle.as_completed()
 
         def start() -> tuple[RunHandle, Subscribe]:
@@ -711,7 +452,7 @@ class Runner(CallOwner):
         value or raises the last error. Ctrl-C withdraws the call and raises."""
         loop_thread = self._loop_thread
         if loop_thread is not None and threading.current_thread() is loop_thread.thread:
-            raise RuntimeError(
+            raise ReentrantRunError(
                 "call_sync() was called from the Runner's own loop (from the function it "
                 "runs), where it would wait for itself; use `await runner.call(...)`."
             )
@@ -726,25 +467,77 @@ class Runner(CallOwner):
     def _online_call(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[OnlineCalls, Call]:
-        if self._closed:
+        if self._state is RunnerState.CLOSED:
             raise RunnerClosedError("This Runner was closed; create a new Runner to call.")
-        priority = self._pop_priority(kwargs, ONLINE_PRIORITY)
+        priority = pop_priority(kwargs, ONLINE_PRIORITY, self._takes_priority)
         call = Call(self.function, args, kwargs, 0, self)
         call.priority = priority
         if self._extractors:
-            call.demand = self._demand_of(call)
+            call.demand = demand_of(self._extractors, call)
         if self.store is not None:
-            call.key = self._key_of(call)
+            call.key = key_of(self.config.key, self.function, call)
         return self._ensure_online(), call
 
     def _ensure_online(self) -> OnlineCalls:
         with self._start_lock:
             if self._online is None:
-                _, loop_thread = self._ensure_loop_and_engine()
-                engine = self._new_engine(loop_thread.loop, online=True)
+                self._engine_for(None)  # the loop thread, and the batch's engine on it
+                assert self._loop_thread is not None
+                engine = self._new_engine(self._loop_thread.loop, online=True)
                 self._online = OnlineCalls(engine)
-                loop_thread.call_soon(self._priorities.join, engine)
+                self._loop_thread.call_soon(self._priorities.join, engine)
             return self._online
+
+    def _caller_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The caller's running loop, if the engine is to run on it."""
+        if self.event_loop != "current" or not self._runs_on_loop:
+            return None
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            return None  # a plain script: nothing is bound to a loop of its own
+
+    def _engine_for(self, caller_loop: asyncio.AbstractEventLoop | None) -> Engine:
+        if caller_loop is not None:
+            import nest_asyncio
+
+            nest_asyncio.apply(caller_loop)
+            engine = self._caller_engine
+            if engine is None or engine.loop is not caller_loop:
+                engine = self._caller_engine = self._new_engine(caller_loop)
+            return engine
+        if self._loop_thread is None or self._engine is None:
+            loop_thread = LoopThread(self.clock, name=f"rate_limited-{self.name}")
+            self._loop_thread = loop_thread
+            self._engine = self._new_engine(loop_thread.loop)
+            self._finalizer = weakref.finalize(self, shutdown, loop_thread, self._engine)
+            loop_thread.call_soon(self._priorities.join, self._engine)
+        return self._engine
+
+    def _submit(
+        self,
+        batch: Coroutine[Any, Any, tuple[bool, float]],
+        caller_loop: asyncio.AbstractEventLoop | None,
+    ) -> concurrent.futures.Future[tuple[bool, float]] | asyncio.Task[tuple[bool, float]]:
+        if caller_loop is not None:
+            return caller_loop.create_task(batch)
+        assert self._loop_thread is not None
+        return self._loop_thread.submit(batch)
+
+    def _new_engine(self, loop: asyncio.AbstractEventLoop, online: bool = False) -> Engine:
+        engine = Engine(
+            self.config,
+            loop,
+            self._ledger,
+            function_name=self._function_identity,
+            semantic=None if online else self._semantic,
+        )
+        if isinstance(self.function, FeedbackSource):
+            control = LedgerControl(
+                engine.ledger, loop, wake=engine.wake, pause_until=engine.pause_until
+            )
+            self.function.attach_ledger(control)
+        return engine
 
     async def _run_batch(
         self, engine: Engine, calls: list[Call], progress: Progress | None, run_id: int
@@ -753,16 +546,11 @@ class Runner(CallOwner):
         try:
             interrupted = await engine.run(calls, progress, run_id)
         finally:
-            self._running = False
+            if self._state is RunnerState.RUNNING:
+                self._set_state(RunnerState.IDLE)
         return interrupted, engine.loop.time() - started
 
     def _result(self, calls: list[Call], interrupted: bool, elapsed: float) -> RunResult:
-        # Paused collector: 100k new lists would trigger full passes over every Call.
-        with bulk_allocation(len(calls)):
-            succeeded = Status.SUCCEEDED
-            results = [c.result if c.status is succeeded else None for c in calls]
-            # A call's own list when it has exceptions (as in 0.4), else a new empty one.
-            exceptions = [c._exceptions or [] for c in calls]
         if interrupted:
             done = sum(1 for c in calls if c.status.is_final)
             running = sum(1 for c in calls if c.status is Status.RUNNING)
@@ -785,73 +573,31 @@ class Runner(CallOwner):
             for index, call in enumerate(later):
                 call.index = index
             self.scheduled_calls = later
-            if later:
-                calls = calls[:ran]
-                del results[ran:], exceptions[ran:]
+            calls = calls[:ran] if later else calls
         if not interrupted:
             # Every call of the run is final: none needs the Runner to live any more, and
             # last_result (which holds them) must not make a reference cycle through it.
-            function = self.function
             for call in calls:
-                call._source = function
-        result = RunResult(results, exceptions, calls, interrupted, elapsed)
-        result.resources = tuple(self.resources)
+                call.release_owner()
         engine = self._active_engine
+        notices: list[tuple[type[Warning], str]] = []
+        store_failures = 0
         if engine is not None:
-            result.started_at = engine.stats.started_at
-            notices, result.store_failures = engine.take_notices()
-            for category, text in notices:
-                warn(text, category)
+            notices, store_failures = engine.take_notices()
+        # Paused collector: 100k new lists would trigger full passes over every Call.
+        with bulk_allocation(len(calls)):
+            result = RunResult.from_calls(
+                calls,
+                interrupted=interrupted,
+                elapsed=elapsed,
+                resources=self.config.resources,
+                started_at=None if engine is None else engine.stats.started_at,
+                store_failures=store_failures,
+            )
+        for category, text in notices:
+            warn(text, category)
         self.last_result = result
         return result
-
-    def _check_can_start(self) -> None:
-        if self._closed:
-            raise RunnerClosedError("This Runner was closed; create a new Runner to run.")
-        if self._running:
-            raise RuntimeError(
-                "This Runner is already running (a run() or start() has not ended); wait "
-                "for it, or stop it with handle.stop()."
-            )
-
-    def _ensure_engine(self) -> tuple[Engine, _LoopThread]:
-        self._check_can_start()
-        return self._ensure_loop_and_engine()
-
-    def _ensure_loop_and_engine(self) -> tuple[Engine, _LoopThread]:
-        if self._loop_thread is None or self._engine is None:
-            loop_thread = _LoopThread(self.clock, name=f"rate_limited-{self.name}")
-            self._loop_thread = loop_thread
-            self._engine = self._new_engine(loop_thread.loop)
-            self._finalizer = weakref.finalize(self, _shutdown, loop_thread, self._engine)
-            loop_thread.call_soon(self._priorities.join, self._engine)
-        return self._engine, self._loop_thread
-
-    def _new_engine(self, loop: asyncio.AbstractEventLoop, online: bool = False) -> Engine:
-        engine = Engine(
-            self.function,
-            self.resources,
-            loop,
-            max_concurrent=self.max_concurrent,
-            max_retries=self.max_retries,
-            retry_if=self.retry_if,
-            backoff=self.backoff,
-            validators=self.validators,
-            timeout=self.timeout,
-            name=self.name,
-            long_wait_seconds=self.long_wait_warning_seconds,
-            progress_interval=self.progress_interval,
-            store=self.store,
-            refresh=self.refresh,
-            retry_failed=self.retry_failed,
-            function_name=self._function_identity,
-            ledger=self._ledger,
-            rate_limit_patience=self.rate_limit_patience,
-            semantic=None if online else self._semantic,
-        )
-        if isinstance(self.function, FeedbackSource):
-            self.function.attach_ledger(LedgerControl(engine))
-        return engine
 
     def apply(
         self,
@@ -873,17 +619,22 @@ class Runner(CallOwner):
         return apply(self, frame, row_to_kwargs)
 
     def results(self) -> RunResult:
-        """A snapshot of the current batch, readable while a run is going (from any thread):
+        """Deprecated name of ``snapshot()`` (too close to ``handle.result()``, which waits)."""
+        warn("runner.results() is now runner.snapshot()", DeprecationWarning)
+        return self.snapshot()
+
+    def snapshot(self) -> RunResult:
+        """The current batch at once, readable while a run is going (from any thread):
         what has finished so far, in schedule order."""
         calls = list(self.scheduled_calls)
-        results = [c.result if c.status is Status.SUCCEEDED else None for c in calls]
-        exceptions = [list(c._exceptions or ()) for c in calls]
-        done = all(c.status.is_final for c in calls)
-        result = RunResult(results, exceptions, calls, interrupted=not done)
-        result.resources = tuple(self.resources)
-        if self._active_engine is not None:
-            result.started_at = self._active_engine.stats.started_at
-        return result
+        engine = self._active_engine
+        return RunResult.from_calls(
+            calls,
+            interrupted=not all(c.status.is_final for c in calls),
+            resources=self.config.resources,
+            started_at=None if engine is None else engine.stats.started_at,
+            copy=True,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self, timeout: float = 10.0) -> None:
@@ -896,10 +647,13 @@ class Runner(CallOwner):
         an error here: a ``StoreWarning`` says what was not stored (unless a run's warning
         already did).
         """
-        self._closed = True
+        running = self._state is RunnerState.RUNNING
+        self._set_state(RunnerState.CLOSED)
         self._close_online(timeout)
-        self._stop_running_batch()
-        self._wait_for_running_calls(timeout)
+        if running:
+            stop_run(self._active_engine, self._active_future)
+        if self._engine is not None:
+            finish_running_calls(self._engine, timeout)
         if self._finalizer is not None:
             self._finalizer()
         for engine in (self._engine, self._caller_engine):
@@ -909,7 +663,13 @@ class Runner(CallOwner):
         if self._semantic is not None:
             self._semantic.flush()
         if self.store is not None:
-            self._close_store()
+            engines = (self._engine, self._caller_engine)
+            close_store(
+                self.store,
+                owned=self.config.owns_store,
+                checkpoints=[e.checkpoint for e in engines if e is not None],
+                index=None if self._semantic is None else self._semantic.index,
+            )
 
     def _close_online(self, timeout: float) -> None:
         """Online calls not sent fail with RunnerClosedError; those running are abandoned."""
@@ -926,75 +686,6 @@ class Runner(CallOwner):
                 RateLimitedWarning,
             )
 
-    def _wait_for_running_calls(self, timeout: float) -> None:
-        engine = self._engine
-        if engine is None or engine.loop.is_closed() or not engine.running_calls:
-            return
-        abandoned: list[concurrent.futures.Future[int]] = []
-
-        def abandon() -> None:
-            if not abandoned:
-                coro = engine.abandon_and_wait()
-                abandoned.append(asyncio.run_coroutine_threadsafe(coro, engine.loop))
-
-        deadline = time.monotonic() + timeout
-        with SigintGuard() as guard:  # Ctrl-C here: stop waiting for them
-            guard.attach(abandon)
-            while engine.running_calls and not abandoned and time.monotonic() < deadline:
-                time.sleep(0.02)  # the engine's loop settles (and stores) them meanwhile
-            if engine.running_calls:
-                abandon()
-        count = abandoned[0].result(10) if abandoned else 0
-        if count:
-            warn(
-                f"close() abandoned {count} call(s) still running after {timeout:g} s or a "
-                "Ctrl-C: they may have been billed, and their results are lost.",
-                RateLimitedWarning,
-            )
-
-    def _close_store(self) -> None:
-        """Flush (and close, if the Runner opened it) the store; a flush that fails is
-        reported by a StoreWarning for what no run has reported yet, never raised."""
-        store = self.store
-        assert store is not None
-        try:
-            if self._owns_store:
-                if self._semantic is not None:
-                    self._semantic.index.close()
-                store.close()
-            else:
-                store.flush()
-        except StoreError as exc:
-            reported: set[str] = set()
-            for engine in (self._engine, self._caller_engine):
-                if engine is not None:
-                    reported |= engine._reported_unstored
-            unreported = [key for key in store.pending_keys() if key not in reported]
-            if unreported:
-                warn(
-                    f"{len(unreported)} finished call(s) could not be written to the store "
-                    f"{store!r} when the Runner closed ({describe(exc)}): a later process "
-                    "would call the API again for them.",
-                    StoreWarning,
-                )
-
-    def _stop_running_batch(self, timeout: float = 5.0) -> None:
-        """On close(): stop a run still going and let it end, so that its handle returns
-        the partial result instead of waiting for a loop that is gone."""
-        engine, future = self._active_engine, self._active_future
-        if not self._running or engine is None:
-            return
-        with contextlib.suppress(RuntimeError):  # loop already closed
-            engine.loop.call_soon_threadsafe(engine.request_stop)
-        if future is None or engine.loop is not getattr(self._loop_thread, "loop", None):
-            return  # event_loop="current": the caller's loop ends the task by itself
-        with contextlib.suppress(Exception):
-            future.result(timeout)
-        if not future.done():
-            future.set_exception(
-                RunnerClosedError("The Runner was closed before its run could stop.")
-            )
-
     def __enter__(self) -> Runner:
         return self
 
@@ -1002,111 +693,9 @@ class Runner(CallOwner):
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self.scheduled_calls)} scheduled"
+        state = (
+            "closed"
+            if self._state is RunnerState.CLOSED
+            else f"{len(self.scheduled_calls)} scheduled"
+        )
         return f"<Runner {self.name} ({state})>"
-
-
-# -- argument checks -----------------------------------------------------------------------------
-def _function_name(function: Callable[..., Any]) -> str:
-    name = getattr(function, "__name__", None)
-    if name is None and hasattr(function, "func"):  # functools.partial
-        name = getattr(function.func, "__name__", None)
-    return name or type(function).__name__
-
-
-def _declares(function: Callable[..., Any], name: str) -> bool:
-    """Whether ``function`` has a parameter called ``name`` (not through ``**kwargs``)."""
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-    parameter = parameters.get(name)
-    return parameter is not None and parameter.kind not in (
-        inspect.Parameter.VAR_POSITIONAL,
-        inspect.Parameter.VAR_KEYWORD,
-    )
-
-
-def _check_resources(resources: Iterable[Resource]) -> list[Resource]:
-    if isinstance(resources, Resource):
-        raise ConfigurationError(
-            "resources must be a list of Resource objects; wrap a single one: [resource]."
-        )
-    try:
-        items = list(resources)
-    except TypeError:
-        raise ConfigurationError(
-            f"resources must be a list of Resource objects, got {type(resources).__name__}."
-        ) from None
-    names: set[str] = set()
-    for item in items:
-        if not isinstance(item, Resource):
-            raise ConfigurationError(
-                f"resources must contain Resource objects, got {type(item).__name__}: {item!r}."
-            )
-        if item.name in names:
-            raise ConfigurationError(
-                f"Two resources are named {item.name!r}; give each resource a unique name."
-            )
-        names.add(item.name)
-    return items
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return value
-
-
-def _check_seconds(value: object, name: str, zero: bool = False) -> float:
-    ok = isinstance(value, Real) and not isinstance(value, bool)
-    number = float(value) if ok else math.nan  # type: ignore[arg-type]
-    if (
-        not ok
-        or math.isnan(number)
-        or math.isinf(number)
-        or number < 0
-        or (number == 0 and not zero)
-    ):
-        bound = ">= 0" if zero else "> 0"
-        raise ConfigurationError(f"{name} must be a number of seconds {bound}, got {value!r}.")
-    return number
-
-
-def _partition(resource: Resource, call: Call) -> Hashable:
-    """The partition key of ``call`` for ``resource`` (a clear error if it cannot be one)."""
-    assert resource.partition is not None
-    try:
-        key: Hashable = resource.partition(call)
-        hash(key)
-    except ConfigurationError:
-        raise
-    except Exception as exc:
-        raise ConfigurationError(
-            f"partition of resource {resource.name!r} raised {type(exc).__name__}: {exc} for "
-            f"{call!r}; it must return a hashable key (e.g. the model's name)."
-        ) from exc
-    return key
-
-
-def _usage(
-    extractor: Callable[[Call], float] | None, call: Call, resource: str, what: str
-) -> float:
-    if extractor is None:
-        return 0.0
-    try:
-        value = extractor(call)
-    except ConfigurationError:
-        raise  # already says what is wrong (e.g. a preset's RequestTooLargeError)
-    except Exception as exc:
-        raise ConfigurationError(
-            f"{what} of resource {resource!r} raised {describe(exc, call)} for "
-            f"{call!r}. Check the arguments passed to schedule() (the extractor reads them "
-            "with call.get_argument(name))."
-        ) from exc
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= float(value) < math.inf:
-        raise ConfigurationError(
-            f"{what} of resource {resource!r} returned {value!r} for {call!r}; "
-            "usage must be a finite, non-negative number."
-        )
-    return float(value)

@@ -33,7 +33,7 @@ from rate_limited._dashboard import DashboardProgress
 from rate_limited._format import format_amount
 
 if TYPE_CHECKING:
-    from rate_limited._engine import RunStats
+    from rate_limited._stats import RunStats
 
 
 class Recording(DashboardProgress):

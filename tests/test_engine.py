@@ -680,7 +680,7 @@ def test_a_results_extractor_raising_systemexit_bills_the_estimate_and_the_run_r
 def test_an_error_of_the_engine_itself_ends_the_run_and_run_raises_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from rate_limited._ledger import Ledger
+    from rate_limited.ledgers import InMemoryLedger as Ledger
 
     def broken(self: Any, *args: Any, **kwargs: Any) -> Any:
         raise ZeroDivisionError("a bug in the ledger")
@@ -698,7 +698,9 @@ def test_an_error_of_the_engine_itself_ends_the_run_and_run_raises_it(
 def test_a_stop_requested_before_its_run_starts_stops_it() -> None:
     """A Ctrl-C in the first instant of ``run()`` reaches the engine before the batch does:
     the request is kept for that run, which then admits nothing."""
+    from rate_limited._config import RunnerConfig
     from rate_limited._engine import Engine
+    from rate_limited.ledgers import InMemoryLedger as Ledger
 
     sent: list[int] = []
 
@@ -710,19 +712,16 @@ def test_a_stop_requested_before_its_run_starts_stops_it() -> None:
     calls = [runner.schedule(i) for i in range(3)]
 
     async def main() -> tuple[bool, bool]:
-        engine = Engine(
+        config = RunnerConfig.build(
             record,
             [],
-            asyncio.get_running_loop(),
             max_concurrent=4,
             max_retries=0,
             retry_if=lambda e: True,
             backoff=lambda n, e: 0.0,
-            validators=(),
-            timeout=None,
-            long_wait_seconds=None,
-            progress_interval=0.1,
+            long_wait_warning_seconds=None,
         )
+        engine = Engine(config, asyncio.get_running_loop(), Ledger([]))
         engine.request_stop(7)  # run 7 has not started yet
         stopped = await engine.run(calls, None, run_id=7)
         again = await engine.run(calls, None, run_id=8)  # not for this one

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from rate_limited import Runner, Status
+from rate_limited.testing import FakeClock
 
 
 def gated_runner(n: int = 10) -> tuple[Runner, threading.Event]:
@@ -29,7 +30,7 @@ def test_start_returns_at_once_and_result_waits() -> None:
     runner, gate = gated_runner()
     handle = runner.start()
     assert not handle.done()
-    snapshot = handle.results()
+    snapshot = handle.snapshot()
     assert snapshot.counts().get("succeeded", 0) == 0 and snapshot.interrupted
     gate.set()
     result = handle.result(timeout=10)
@@ -48,7 +49,7 @@ def test_results_grow_while_the_run_goes_on() -> None:
     handle = runner.start()
     seen = []
     while not handle.done():
-        seen.append(handle.results().counts().get("succeeded", 0))
+        seen.append(handle.snapshot().counts().get("succeeded", 0))
         time.sleep(0.01)
     assert seen == sorted(seen)  # never goes back
     assert any(0 < n < 10 for n in seen)  # and was seen part-way (the run takes ~0.2 s)
@@ -112,3 +113,17 @@ def test_result_timeout_leaves_the_run_going() -> None:
         handle.result(timeout=0.05)
     gate.set()
     assert handle.result(timeout=10).results == [0, 1]
+
+
+def test_results_is_a_deprecated_name_of_snapshot() -> None:
+    """``results()`` read too much like the blocking ``result()``; it still works, and
+    says so."""
+    runner = Runner(lambda x: x, progress=False, clock=FakeClock())
+    runner.schedule(1)
+    with pytest.warns(DeprecationWarning, match=r"runner.snapshot\(\)"):
+        assert runner.results().results == runner.snapshot().results == [None]
+    handle = runner.start()
+    handle.result()
+    with pytest.warns(DeprecationWarning, match=r"handle.snapshot\(\)"):
+        assert handle.results().results == handle.snapshot().results
+    runner.close()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from rate_limited import ConfigurationError, Resource
-from rate_limited._ledger import Ledger
+from rate_limited.ledgers import InMemoryLedger as Ledger
 from rate_limited.testing._buckets import TokenBucket
 
 
@@ -404,3 +404,18 @@ def test_a_provider_that_keeps_what_it_reserves_is_discovered_by_an_actual_view(
     assert ledger.rule("tokens") == "reserved"
     assert refused and max(refused) < 15.0
     assert charged >= 0.9 * (60_000 + 1000 * 60)
+
+
+def test_the_in_memory_ledger_implements_the_ledger_interface() -> None:
+    """The engine holds a ``ledgers.base.Ledger``; every method of the interface is the
+    in-memory ledger's (mypy checks the signatures where the Runner hands it over)."""
+    from rate_limited.ledgers import InMemoryLedger
+    from rate_limited.ledgers import Ledger as LedgerInterface
+
+    ledger = InMemoryLedger([Resource("requests", quota=3, time_window_seconds=60)])
+    assert isinstance(ledger, LedgerInterface)
+    reservation = ledger.try_reserve(((1.0, 0.0, None),), 0.0)
+    assert reservation is not None and list(reservation.demand) == [(1.0, 0.0, None)]
+    ledger.set_quota("requests", 1.0)
+    assert ledger.quota("requests") == 1.0
+    assert ledger.try_reserve(((1.0, 0.0, None),), 0.0) is None  # the quota was lowered

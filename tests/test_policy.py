@@ -470,3 +470,34 @@ def test_non_callable_validators_are_a_configuration_error(
 ) -> None:
     with pytest.raises(ConfigurationError, match="validation"):
         normalize_validators(validation, validation_function)
+
+
+# -- combining policies --------------------------------------------------------------------------
+def test_retry_predicates_combine_from_either_side_and_flatten() -> None:
+    from rate_limited import retry_if_exception_type, retry_if_transient
+
+    def is_value_error(e: BaseException) -> bool:
+        return isinstance(e, ValueError)
+
+    either = is_value_error | retry_if_exception_type(KeyError)  # a plain function first
+    assert either(ValueError()) and either(KeyError()) and not either(OSError())
+    both = is_value_error & retry_if_transient
+    assert both(ValueError()) and not both(KeyError())
+    three = retry_if_exception_type(KeyError) | is_value_error | retry_if_exception_type(OSError)
+    assert len(three._parts) == 3  # one flat "any", not a nest of pairs
+    assert repr(three).startswith("(retry_if_exception_type(KeyError) | <function")
+    assert three(OSError()) and not three(TypeError())
+    with pytest.raises(TypeError):
+        retry_if_transient | 3  # type: ignore[operator]
+
+
+def test_backoffs_add_from_either_side_flatten_and_sum() -> None:
+    from rate_limited import ArgumentTypeError, constant_backoff
+
+    total = constant_backoff(1) + (lambda n, e: 2.0 * n) + 0.5
+    assert total(3) == 1 + 6 + 0.5
+    assert len(total._parts) == 3
+    assert (0.25 + constant_backoff(1))(1) == 1.25
+    assert sum([constant_backoff(1), constant_backoff(2)])(1) == 3.0  # type: ignore[operator]
+    with pytest.raises(ArgumentTypeError):
+        constant_backoff(1) + "soon"  # type: ignore[operator]

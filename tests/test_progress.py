@@ -449,7 +449,7 @@ def test_no_progress_output_in_a_notebook_like_running_loop(
 
 
 def test_time_to_first_token_is_shown_when_calls_stream() -> None:
-    from rate_limited._engine import RunStats
+    from rate_limited._stats import RunStats
     from rate_limited.progress import LogProgress
 
     stats = RunStats(total=2, done=2, failed=0, now=0.0)

@@ -97,3 +97,16 @@ def test_py_typed_ships() -> None:
 def test_version_is_a_pep_440_string() -> None:
     assert isinstance(rate_limited.__version__, str)
     assert str(Version(rate_limited.__version__)) == rate_limited.__version__
+
+
+def test_public_classes_and_functions_are_named_as_imported() -> None:
+    import dataclasses
+    import inspect
+
+    import rate_limited
+
+    for name in rate_limited.__all__:
+        obj = getattr(rate_limited, name)
+        if (isinstance(obj, type) or inspect.isfunction(obj)) and not dataclasses.is_dataclass(obj):
+            assert obj.__module__ == "rate_limited", name
+    assert repr(rate_limited.Runner) == "<class 'rate_limited.Runner'>"

@@ -857,7 +857,7 @@ def test_openai_chat_completions_round_trip_through_the_store(store_spec: str) -
 
 # -- reading results while a run is going --------------------------------------------------------
 def test_results_can_be_read_from_another_thread_while_running(sqlite_path: str) -> None:
-    """``Runner.results()`` and a second reader of the store both see the calls that have
+    """``Runner.snapshot()`` and a second reader of the store both see the calls that have
     finished so far, batch by batch (each batch is released by the test)."""
     batches, per_batch = 4, 5
     total = batches * per_batch
@@ -869,7 +869,7 @@ def test_results_can_be_read_from_another_thread_while_running(sqlite_path: str)
         return i * 100
 
     def succeeded() -> int:
-        return sum(o.status is Status.SUCCEEDED for o in runner.results().outcomes)
+        return sum(o.status is Status.SUCCEEDED for o in runner.snapshot().outcomes)
 
     runner = Runner(gated, [], max_concurrent=total, progress=False, store=sqlite_path)
     for i in range(total):
@@ -882,7 +882,7 @@ def test_results_can_be_read_from_another_thread_while_running(sqlite_path: str)
     try:
         thread.start()
         for batch in range(batches - 1):
-            snapshot = runner.results()
+            snapshot = runner.snapshot()
             assert snapshot.interrupted  # not done yet
             seen.append(sum(o.status is Status.SUCCEEDED for o in snapshot.outcomes))
             stored_seen.append(reader.count())
@@ -890,9 +890,9 @@ def test_results_can_be_read_from_another_thread_while_running(sqlite_path: str)
             done = (batch + 1) * per_batch
             deadline = time.monotonic() + 10
             while succeeded() < done:
-                assert time.monotonic() < deadline, runner.results().counts()
+                assert time.monotonic() < deadline, runner.snapshot().counts()
                 time.sleep(0.002)
-            snapshot = runner.results()
+            snapshot = runner.snapshot()
             assert snapshot.results == [i * 100 if i < done else None for i in range(total)]
             while reader.count() < done:  # committed as each pass of the loop ends
                 assert time.monotonic() < deadline

@@ -24,9 +24,12 @@ from rate_limited import (
     ConfigurationError,
     MonotonicClock,
     QuotaExceededError,
+    ReentrantRunError,
     Resource,
     Runner,
+    RunnerBusyError,
     RunnerClosedError,
+    RunnerState,
     RunResult,
     Status,
 )
@@ -424,7 +427,11 @@ def test_run_from_inside_the_runners_own_function_raises(kind: str) -> None:
     try:
         assert not thread.is_alive(), "run() inside the runner's function deadlocked"
         assert out[0].results == [1]
-        assert seen and all(type(e) is RuntimeError for e in seen)
+        # A specific error per misuse, each still a RuntimeError (what 0.4 code catches):
+        # from a worker thread, the run is busy; from the Runner's own loop, re-entrant.
+        expected = RunnerBusyError if kind == "sync" else ReentrantRunError
+        assert seen and all(type(e) is expected for e in seen)
+        assert all(isinstance(e, RuntimeError) for e in seen)
     finally:
         runner.close()
 
@@ -578,7 +585,7 @@ def two_runs_at_once() -> None:
         thread.join(3)
     try:
         assert not any(t.is_alive() for t in threads), "a run() never returned"
-        assert sorted(type(o).__name__ for o in outcomes) == ["RunResult", "RuntimeError"]
+        assert sorted(type(o).__name__ for o in outcomes) == ["RunResult", "RunnerBusyError"]
         assert sorted(sent) == [0, 1, 2, 3]  # each call sent once
     finally:
         runner.close()
@@ -629,3 +636,25 @@ def test_a_dropped_runner_says_how_to_keep_it() -> None:
     gc.collect()
     with pytest.raises(RunnerClosedError, match="Keep a reference"):
         schedule(1)
+
+
+def test_settings_are_read_only_views_of_the_validated_config() -> None:
+    """``runner.max_concurrent`` and the like read the frozen RunnerConfig the engines
+    use; assigning one is an error that says what to do, not a silent no-op."""
+    runner = make_runner(double)
+    assert runner.max_concurrent == runner.config.max_concurrent
+    with pytest.raises(AttributeError, match="create a new Runner with max_concurrent=8"):
+        runner.max_concurrent = 8  # type: ignore[misc]
+    assert runner.config.max_concurrent != 8
+    runner.close()
+
+
+def test_state_follows_the_runners_life() -> None:
+    runner = make_runner(double)
+    assert runner.state is RunnerState.IDLE
+    runner.schedule(1)
+    handle = runner.start()
+    handle.result()
+    assert runner.state is RunnerState.IDLE
+    runner.close()
+    assert runner.state is RunnerState.CLOSED

@@ -37,7 +37,7 @@ from rate_limited.apis._headers import Family, read_limits
 from rate_limited.exceptions import QuotaExceededError
 
 if TYPE_CHECKING:
-    from rate_limited._ledger import Reservation
+    from rate_limited.ledgers.base import Reservation
     from rate_limited.resources import Resource
 
 __all__ = ["MINUTE", "UNKNOWN_QUOTA", "LimitTracker"]

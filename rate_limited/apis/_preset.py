@@ -17,7 +17,7 @@ Every limit is per model, as at the providers: the resources are partitioned by 
 ``model`` argument, ``model_limits={"gpt-4o": {"tokens_per_minute": ...}}`` overrides
 the preset's limits for one model, and limits left as None are discovered per model.
 Each limit is billed by the rule its provider documents (``settle_rules``); a provider
-whose headers show otherwise is discovered by the ledger (``rate_limited._ledger``).
+whose headers show otherwise is discovered by the ledger (``rate_limited.ledgers.memory``).
 
 ``stream=True`` (chat completions, Anthropic messages): the chunks go to the call's
 ``on_chunk=`` and the call returns the assembled response, billed from the usage the
@@ -41,12 +41,12 @@ from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
 from rate_limited.apis._stream import Assembler, broken, check_on_chunk
 from rate_limited.apis._tokens import Calibration, TextCounter, Tokenizer, resolve_counter
 from rate_limited.apis.common import PROVIDER_REFILL_DELAY, RequestTooLargeError
-from rate_limited.exceptions import ConfigurationError
+from rate_limited.exceptions import ArgumentTypeError, ConfigurationError
 from rate_limited.resources import Resource, Settle
 
 if TYPE_CHECKING:
-    from rate_limited._ledger import Reservation
     from rate_limited.calls import Call
+    from rate_limited.ledgers.base import Reservation
     from rate_limited.runner import Runner
 
 __all__ = ["MINUTE", "UNKNOWN_QUOTA", "Preset", "field", "is_async_client", "model_of"]
@@ -230,12 +230,12 @@ class Preset:
 
     def _params(self, call: Call) -> Mapping[str, Any]:
         if call.args:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"{type(self).__name__} takes the API's parameters by keyword, as the SDK "
                 f"does: schedule(model=..., ...), got positional arguments {call.args!r}."
             )
         if call.kwargs.get("stream") and not self.streams:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"{type(self).__name__} does not stream: the usage it bills comes with the "
                 "whole response; leave stream unset."
             )

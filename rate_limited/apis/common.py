@@ -22,7 +22,7 @@ __all__ = ["RequestTooLargeError", "get_requests_per_minute"]
 
 #: ``Resource(refill_delay=...)`` of the provider presets: an idle bucket starts refilling
 #: this long after a call is admitted, because the provider's only starts when the request
-#: arrives (see ``rate_limited._ledger.BucketMeter``).
+#: arrives (see ``rate_limited._meters.BucketMeter``).
 PROVIDER_REFILL_DELAY = 0.5
 
 

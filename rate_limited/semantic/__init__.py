@@ -25,9 +25,9 @@ model (sentence-transformers on torch).
 
 from __future__ import annotations
 
-from rate_limited.semantic._cache import DEFAULT_THRESHOLD, SemanticCache, SemanticMatch
+from rate_limited.semantic._cache import DEFAULT_THRESHOLD, SemanticCache
 from rate_limited.semantic._embed import Embedder, LocalEmbedder, ProviderEmbedder
-from rate_limited.semantic._step import SemanticStats
+from rate_limited.semantic._match import SemanticMatch, SemanticStats
 from rate_limited.semantic._text import (
     DEFAULT_GUARDS,
     collapse_whitespace,

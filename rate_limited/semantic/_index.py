@@ -6,7 +6,7 @@ of the store (and an expired or deleted outcome is simply not served). The parti
 the scope of the call (everything but the compared text) with the embedder's name: a
 search only ever looks inside one partition. Entries are added once per key.
 
-The index lives with the store (``index_for``):
+The index lives with the store (``_backends.index_for``):
 
 * ``MemoryStore``: numpy in this process (``MemoryIndex``);
 * ``SqliteStore``: tables in the same file (``rate_limited.semantic._sqlite``), searched by
@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import threading
-import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -34,13 +32,12 @@ from rate_limited.semantic._embed import numpy_module
 if TYPE_CHECKING:
     import numpy
 
-    from rate_limited.stores import Store
 
-__all__ = ["Candidate", "MemoryIndex", "SemanticIndex", "Signer", "index_for"]
+__all__ = ["DOMAIN", "Candidate", "MemoryIndex", "SemanticIndex", "Signer"]
 
 #: ``signer(partition, key, text, vector bytes) -> mac`` (None: entries are not signed).
 Signer = Callable[[bytes, bytes, bytes, bytes], bytes]
-_DOMAIN = b"rate_limited.semantic.entry/1\0"
+DOMAIN = b"rate_limited.semantic.entry/1\0"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -183,48 +180,3 @@ def similarity(value: object) -> float:
 
 def sign_entry(signer: Signer, partition: str, key: str, text: str, vector: bytes) -> bytes:
     return signer(partition.encode(), key.encode(), text.encode("utf-8", "surrogatepass"), vector)
-
-
-_indexes: weakref.WeakKeyDictionary[Store, SemanticIndex] = weakref.WeakKeyDictionary()
-_indexes_lock = threading.Lock()
-
-
-def index_for(store: Store) -> SemanticIndex:
-    """The semantic index that lives with ``store`` (see the module docstring): one per
-    store object, shared by every cache and Runner using it, closed with the store."""
-    with _indexes_lock:
-        found = _indexes.get(store)
-        if found is None:
-            found = _indexes[store] = _new_index(store)
-            weakref.finalize(store, found.close)
-        return found
-
-
-def _new_index(store: Store) -> SemanticIndex:
-    from rate_limited.stores import MemoryStore, RedisStore, SqliteStore
-
-    if isinstance(store, SqliteStore) and store.path != ":memory:":
-        from rate_limited.semantic._sqlite import SqliteIndex
-
-        return SqliteIndex(store.path, signer=_signer(store))
-    if isinstance(store, RedisStore):
-        from rate_limited.semantic._redis import RedisIndex
-
-        return RedisIndex(store, signer=_signer(store))
-    if isinstance(store, MemoryStore | SqliteStore):  # SQLite ":memory:" lives as long as we do
-        return MemoryIndex()
-    raise TypeError(
-        f"the semantic cache has no index for {type(store).__name__}; use a MemoryStore, "
-        "a SqliteStore or a RedisStore"
-    )
-
-
-def _signer(store: Store) -> Signer:
-    # The store's Codec holds its secret; entries are signed in a domain of their own.
-    codec = store._codec  # type: ignore[attr-defined]
-
-    def sign(partition: bytes, key: bytes, text: bytes, vector: bytes) -> bytes:
-        signature: bytes = codec.sign(_DOMAIN, partition, key, text, vector)
-        return signature
-
-    return sign

@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from rate_limited.exceptions import ConfigurationError, SemanticCacheWarning
 from rate_limited.outcomes import Status
-from rate_limited.semantic._cache import SemanticCache, SemanticMatch
+from rate_limited.semantic._cache import SemanticCache
 from rate_limited.semantic._embed import embed_texts, numpy_module
 from rate_limited.semantic._index import Candidate, Partition
 from rate_limited.semantic._index import similarity as clip_similarity
+from rate_limited.semantic._match import SemanticMatch, SemanticStats
 from rate_limited.semantic._text import redact
 
 if TYPE_CHECKING:
@@ -46,25 +47,6 @@ __all__ = ["SemanticStats", "SemanticStep"]
 logger = logging.getLogger("rate_limited")
 
 _BLOCK = 256  # calls of one partition compared with each other at once
-
-
-@dataclasses.dataclass(slots=True)
-class SemanticStats:
-    """What the semantic cache did in the current run."""
-
-    #: Calls compared with the index (and with each other).
-    looked_up: int = 0
-    #: Calls answered by the semantic cache (from the store or from an earlier call).
-    hits: int = 0
-    #: Calls with nothing to compare (no text, or not text), sent as usual.
-    skipped: int = 0
-    #: Usage the hits did not spend, per resource (what their matched calls were billed).
-    saved: dict[str, float] = dataclasses.field(default_factory=dict)
-
-    def count_hit(self, usage: dict[str, float]) -> None:
-        self.hits += 1
-        for name, amount in usage.items():
-            self.saved[name] = self.saved.get(name, 0.0) + amount
 
 
 @dataclasses.dataclass(slots=True)
@@ -88,6 +70,23 @@ def warn(message: str) -> None:
 
 class SemanticStep:
     """The semantic cache of one Runner: ``lookup`` before admission, ``settled`` after."""
+
+    @classmethod
+    def bind(cls, cache: object, store: Store | None, *, refresh: bool) -> SemanticStep:
+        """``Runner(semantic_cache=cache, store=store, refresh=refresh)``'s step, or a
+        ``ConfigurationError`` saying what is missing."""
+        if not isinstance(cache, SemanticCache):
+            raise ConfigurationError(
+                f"semantic_cache must be a rate_limited.semantic.SemanticCache or None, got "
+                f"{cache!r}."
+            )
+        if store is None:
+            raise ConfigurationError(
+                "semantic_cache= answers calls with the stored outcomes of earlier ones, so it "
+                "needs a store: pass store='runs.db' (kept across kernel restarts), "
+                "'redis://...' or 'memory://' (this process only)."
+            )
+        return cls(cache, store, lookups=not refresh)
 
     def __init__(self, cache: SemanticCache, store: Store, *, lookups: bool = True) -> None:
         self.cache = cache

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 
+from rate_limited.exceptions import ArgumentTypeError, ConfigurationError
 from rate_limited.stores.base import (
     Store,
     StoreCorruptedError,
@@ -88,7 +89,7 @@ def open_store(
     """
     if isinstance(spec, Store):
         if ttl is not None or secret is not None or namespace is not None:
-            raise ValueError(
+            raise ConfigurationError(
                 "ttl, secret and namespace configure a store that open_store creates; "
                 f"{spec!r} is already open, so pass them to its constructor instead"
             )
@@ -105,7 +106,9 @@ def open_store(
     if isinstance(spec, os.PathLike):
         return sqlite(spec)
     if not isinstance(spec, str):
-        raise TypeError(f"store must be a URL, a path, a Store or None, not {type(spec).__name__}")
+        raise ArgumentTypeError(
+            f"store must be a URL, a path, a Store or None, not {type(spec).__name__}"
+        )
     if not spec:
         raise UnknownStoreError("store must not be an empty string; supported: " + _supported())
     scheme, separator, rest = spec.partition("://")
@@ -142,7 +145,7 @@ def _memory(ttl: float | None, namespace: str | None) -> MemoryStore:
 
 def _no_namespace(spec: str | os.PathLike[str], namespace: str | None) -> None:
     if namespace is not None:
-        raise ValueError(
+        raise ConfigurationError(
             f"namespace= applies to Redis stores only, not {os.fspath(spec)!r}; use another "
             "file, or call_key(..., namespace=...) to keep runs apart in one store"
         )

@@ -27,6 +27,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from rate_limited.exceptions import ConfigurationError
 from rate_limited.stores.base import (
     StoreCorruptedError,
     StoredOutcome,
@@ -212,7 +213,7 @@ def explicit_secret(secret: bytes | str | None) -> bytes | None:
         return from_env.encode("utf-8") if from_env else None
     raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
     if not raw:
-        raise ValueError("secret must not be empty")
+        raise ConfigurationError("secret must not be empty")
     return raw
 
 

@@ -1,7 +1,7 @@
 """The store interface: what the engine asks of every backend, and the write buffer they share.
 
 The engine calls a store from one thread (its event loop's), so every method is quick; they
-are also safe to call from another thread (``Runner.results()`` reads while a run writes),
+are also safe to call from another thread (``Runner.snapshot()`` reads while a run writes),
 because each store serialises its own calls with a lock. Writes are buffered: ``put`` keeps
 the record and ``flush`` writes the buffer in one small transaction, by itself once
 ``flush_size`` records wait or the oldest has waited ``flush_interval`` seconds (checked on
@@ -42,6 +42,7 @@ __all__ = [
 # The exceptions live in rate_limited.exceptions (one tree for the package).
 from rate_limited._gc import bulk_allocation
 from rate_limited.exceptions import (
+    ConfigurationError,
     StoreCorruptedError,
     StoreError,
     StoreIntegrityError,
@@ -110,11 +111,13 @@ class Store(abc.ABC):
         clock: Callable[[], float] = time.time,
     ) -> None:
         if ttl is not None and not (ttl > 0 and math.isfinite(ttl)):
-            raise ValueError(f"ttl must be a positive number of seconds or None, not {ttl!r}")
+            raise ConfigurationError(
+                f"ttl must be a positive number of seconds or None, not {ttl!r}"
+            )
         if flush_size < 1:
-            raise ValueError(f"flush_size must be at least 1, not {flush_size!r}")
+            raise ConfigurationError(f"flush_size must be at least 1, not {flush_size!r}")
         if not flush_interval >= 0:
-            raise ValueError(f"flush_interval must be >= 0 seconds, not {flush_interval!r}")
+            raise ConfigurationError(f"flush_interval must be >= 0 seconds, not {flush_interval!r}")
         #: Maximum age of a record in seconds (None: records never expire by age).
         self.ttl = ttl
         #: Buffered records that trigger a flush.

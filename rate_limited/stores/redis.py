@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from rate_limited.exceptions import ConfigurationError
 from rate_limited.stores._codec import (
     MAC_SIZE,
     Codec,
@@ -80,7 +81,7 @@ class RedisStore(Store):
             ) from exc
         url, url_prefix = _split_prefix(url)
         if namespace and url_prefix and namespace != url_prefix:
-            raise ValueError(
+            raise ConfigurationError(
                 f"namespace={namespace!r} and ?prefix={url_prefix} disagree; give one of them"
             )
         #: Keys of this store are ``rate_limited:store:<namespace>:<call key>``.

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rate_limited.semantic._index import MemoryIndex, SemanticIndex, index_for
+from rate_limited.semantic._backends import index_for
+from rate_limited.semantic._index import MemoryIndex, SemanticIndex
 from rate_limited.semantic._sqlite import SqliteIndex
 from rate_limited.stores import RedisStore
 from tests.stores.conftest import SECRET, Backend

@@ -19,7 +19,7 @@ max_tokens to match the size of your completions"); its cookbook's parallel proc
 counts a request as "prompt + n * max_tokens" (openai-cookbook,
 examples/api_request_parallel_processor.py). Nothing says the unused part comes back, and
 "Note that unsuccessful requests contribute to your per-minute limit". A compatible server
-that does hand it back is discovered from its headers (see ``rate_limited._ledger``).
+that does hand it back is discovered from its headers (see ``rate_limited.ledgers.memory``).
 
 Either limit left as None is read from the ``x-ratelimit-*`` headers, per model (see
 ``Preset``); ``model_limits`` gives some models limits of their own.

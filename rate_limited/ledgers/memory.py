@@ -2,9 +2,10 @@
 
 Pure bookkeeping with time passed in explicitly (``now`` is ``loop.time()`` in the engine),
 on top of the meters of ``rate_limited._meters``. The engine runs on one event loop
-thread, so every operation is atomic without locks. The interface is what a shared
-(Redis) ledger implements too: a demand in, an opaque ``Reservation`` out, and the
-reservation back to settle, keep, release or refuse it.
+thread, so every operation is atomic without locks. ``InMemoryLedger`` implements
+``rate_limited.ledgers.base.Ledger``, the interface a shared (Redis) ledger implements
+too: a demand in, an opaque ``Reservation`` out, and the reservation back to settle,
+keep, release or refuse it.
 
 **Demand.** Per resource ``(arguments usage, results estimate, partition key)``, computed
 once at ``schedule()``. A partitioned resource (``Resource(partition=...)``) has one meter
@@ -52,21 +53,18 @@ import logging
 import math
 from collections.abc import Callable, Hashable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from rate_limited._meters import BucketMeter, Meter, make_meter
 from rate_limited._reconcile import Mark, Track, Votes, correct, generous, release, settle
+from rate_limited.ledgers.base import Demand, Settle
 
 if TYPE_CHECKING:
     from rate_limited.resources import Resource
 
-__all__ = ["Demand", "Ledger", "Reservation", "Settle"]
+__all__ = ["InMemoryLedger", "Reservation"]
 
 logger = logging.getLogger("rate_limited")
-
-Settle = Literal["actual", "reserved"]
-#: One call's needs, per resource: (arguments usage, results estimate, partition key).
-Demand = Sequence[tuple[float, float, Hashable]]
 
 
 class Reservation:
@@ -136,7 +134,7 @@ class _Partitions(dict[Hashable, Meter]):
         return meter
 
 
-class Ledger:
+class InMemoryLedger:
     """One meter per resource (and partition key); admission, settlement, reconciliation."""
 
     __slots__ = (
@@ -570,4 +568,4 @@ class Ledger:
 
     def __repr__(self) -> str:
         rules = ", ".join(f"{n}:{r}" for n, r in zip(self.names, self._rules, strict=True))
-        return f"<Ledger {rules}; {len(self._tracks)} meters reported on>"
+        return f"<InMemoryLedger {rules}; {len(self._tracks)} meters reported on>"

@@ -1,0 +1,141 @@
+"""How one attempt's usage is billed on the ledger, whichever ledger it is.
+
+The engine admits a call with a reservation (``Ledger.try_reserve``); when the attempt
+ends, ``Billing`` hands the reservation back by what the ending proves:
+
+* ``results``: it returned. The arguments usage stays billed; the results estimate is
+  replaced by the actual results usage, read by each resource's extractor (or, if the
+  extractor fails or gives a usage that is not a finite, non-negative number, the
+  estimate is billed and a ``UsageExtractionError`` goes in the call's warnings, the
+  result kept). A late result, whose reservation was settled already, is billed anew;
+* ``keep``: it failed in a way that may have been billed (a timeout, a 500): the
+  estimate stays used;
+* ``release``: it proved it was not billed (never sent);
+* ``refuse``: HTTP 429, the provider had less room than the ledger believed.
+
+Each also records on the call (``call.usage``) what it was billed per resource.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from rate_limited._redact import describe, get_logger
+from rate_limited.exceptions import UsageExtractionError
+
+if TYPE_CHECKING:
+    from rate_limited.calls import Call
+    from rate_limited.ledgers.base import Ledger, Reservation
+    from rate_limited.resources import Resource
+
+__all__ = ["Billing", "reservation_of"]
+
+logger = get_logger("rate_limited")
+
+
+def reservation_of(call: Call) -> Reservation | None:
+    """The reservation ``call``'s current attempt holds, if any."""
+    return cast("Reservation | None", call.reservation)
+
+
+class Billing:
+    """Settles attempts' reservations on ``ledger`` for ``resources`` (loop thread)."""
+
+    def __init__(self, ledger: Ledger[Any], resources: Sequence[Resource]) -> None:
+        self.ledger = ledger
+        self.resources = list(resources)
+        self.names = [r.name for r in self.resources]
+        self._extractors = [r.results_usage_extractor for r in self.resources]
+        #: Calls whose results usage could not be read since the last report, and the first.
+        self.usage_problems = 0
+        self.usage_problem: str | None = None
+
+    def begin(self, call: Call, started: float) -> None:
+        """A sync call's thread started it at ``started``: bill what admission held."""
+        reservation = reservation_of(call)
+        if reservation is not None:
+            self.ledger.begin(reservation, started)
+
+    def results(self, call: Call, value: Any, now: float) -> float | None:
+        """The attempt returned ``value``: bill its actual results usage. Returns its time
+        to first token, for a streamed response (``rate_limited.apis._stream``)."""
+        reservation = reservation_of(call)
+        call.reservation = None
+        first_token = None if reservation is None else reservation.first_token
+        if first_token is not None:
+            call.time_to_first_token = first_token
+        usage = call.usage
+        if usage is None:
+            usage = call.usage = {}
+        actual = [self._amount(call, value, i) for i in range(len(self.resources))]
+        if reservation is not None:
+            billed = self.ledger.settle(reservation, actual, now)  # by each resource's rule
+            for name, need, amount in zip(self.names, call.demand, billed, strict=True):
+                usage[name] = usage.get(name, 0.0) + need[0] + amount
+        else:  # a late result whose reservation was already settled: bill what it used
+            self.ledger.bill(call.demand, actual, now)
+        return first_token
+
+    def _amount(self, call: Call, value: Any, i: int) -> float:
+        """Resource ``i``'s results usage of ``value`` (the estimate if unreadable)."""
+        extractor = self._extractors[i]
+        if extractor is None:
+            return 0.0
+        estimate = call.demand[i][1]
+        try:
+            amount = float(extractor(call, value))
+            if not 0 <= amount < math.inf:  # NaN and inf too: a meter must stay finite
+                raise ValueError(f"usage must be a finite, non-negative number, got {amount}")
+        except BaseException as exc:
+            error = UsageExtractionError(
+                f"results_usage_extractor of resource {self.names[i]!r} failed "
+                f"({describe(exc, call)}); billed the estimate {estimate:g} instead"
+            )
+            error.__cause__ = exc
+            if not call.warning_history:
+                self.usage_problems += 1
+                self.usage_problem = self.usage_problem or str(error)
+            call.warnings.append(error)
+            logger.warning("%s for %r", error, call)
+            return estimate
+        return amount
+
+    def keep(self, call: Call, now: float) -> None:
+        """It may have been billed: its estimate stays used."""
+        reservation = reservation_of(call)
+        if reservation is not None:
+            self.ledger.keep(reservation, now)
+            usage = call.usage if call.usage is not None else {}
+            call.usage = usage
+            for name, need in zip(self.names, call.demand, strict=True):
+                usage[name] = usage.get(name, 0.0) + need[0] + need[1]
+        call.reservation = None
+
+    def release(self, call: Call, now: float) -> None:
+        """It was not billed: undo its admission."""
+        reservation = reservation_of(call)
+        if reservation is not None:
+            self.ledger.release(reservation, now)
+        call.reservation = None
+
+    def refuse(self, call: Call, now: float) -> None:
+        """HTTP 429: the request was not billed, and the ledger believed in room the
+        provider did not have: release it and correct the ledger (``Ledger.refused``)."""
+        reservation = reservation_of(call)
+        if reservation is not None:
+            self.ledger.refused(reservation, now)
+        call.reservation = None
+
+    def take_problems(self) -> str | None:
+        """The warning text for the usages that could not be read since the last call."""
+        if not self.usage_problems:
+            return None
+        text = (
+            f"{self.usage_problems} call(s) returned a result whose usage could not "
+            "be read; their estimates were billed instead and their results kept "
+            f"(see outcome.warnings). The first: {self.usage_problem}"
+        )
+        self.usage_problems, self.usage_problem = 0, None
+        return text

@@ -1,0 +1,462 @@
+"""The engine's state machine: where a call's status and every counter of a run change.
+
+A call moves ``PENDING -> RUNNING -> SUCCEEDED | FAILED``, or back to ``PENDING`` to be
+retried, or to ``CANCELLED`` when its run is abandoned. ``EngineCore`` owns those moves
+and the counters that follow them, one method per transition, each the only place that
+counter changes:
+
+=======================  ==================================================================
+``_start_attempt``        admitted: RUNNING, one more in flight
+``_unstart``              admitted but never sent (a stop, no thread): back to PENDING
+``_finish``               the end of a call (SUCCEEDED or FAILED): its store record, the
+                          calls that end with it (same store key, the semantic cache),
+                          the run's end, the progress display
+``_end_with``             a call that ends with another's outcome, never sent
+``_reopen``               a late result revives a call that had failed (a thread's answer
+                          after its timeout)
+``_back_off``             a failed attempt to be retried: PENDING, after its backoff
+``_cancelled``            abandoned while running
+=======================  ==================================================================
+
+Settling an attempt (``_returned``, ``_failed``) bills it (``Billing``), validates the
+value, classifies a failure (``_policy``) and decides between a retry and the end; a 429
+pauses admission for everyone until its ``Retry-After`` (cool-down), does not count
+against ``max_retries``, and only ``rate_limit_patience`` seconds of nothing but 429s end
+the run (``RateLimitedTooLongError``). ``_settle`` guards every settle step: if one
+raises, the call fails instead of the run hanging.
+
+Running batches, admission and the workers are ``rate_limited._engine.Engine``, built on
+this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from rate_limited._admission import Admission
+from rate_limited._billing import Billing
+from rate_limited._checkpoint import Checkpoint
+from rate_limited._policy import is_rate_limited, proves_not_billed, retry_after_seconds, validate
+from rate_limited._redact import describe, get_logger, redact, secret_values
+from rate_limited._stats import RunStats
+from rate_limited._status import Status
+from rate_limited.exceptions import (
+    RateLimitedTooLongError,
+    StreamBrokenError,
+    UsageExtractionError,
+    ValidationError,
+)
+
+if TYPE_CHECKING:
+    from rate_limited._config import RunnerConfig
+    from rate_limited._priorities import Priorities
+    from rate_limited._stats import Progress
+    from rate_limited.calls import Call
+    from rate_limited.ledgers.base import Ledger
+    from rate_limited.semantic._match import SemanticStats
+    from rate_limited.semantic._step import SemanticStep
+
+logger = get_logger("rate_limited")
+
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    Status.PENDING,
+    Status.RUNNING,
+    Status.SUCCEEDED,
+    Status.FAILED,
+    Status.CANCELLED,
+)
+
+#: Failures that are not errors of the call: no backoff for them, nor counted in it.
+_NOT_ERRORS = (ValidationError, UsageExtractionError)
+
+#: A warning for the caller's thread: its category and message.
+Notice = tuple[type[Warning], str]
+
+
+class EngineCore:
+    """Calls' transitions and a run's counters, on the engine's loop thread."""
+
+    def __init__(
+        self,
+        config: RunnerConfig,
+        loop: asyncio.AbstractEventLoop,
+        ledger: Ledger[Any],
+        *,
+        function_name: str = "",
+        semantic: SemanticStep | None = None,
+    ) -> None:
+        self.config = config
+        self.function = config.function
+        self.function_name = function_name
+        self.resources = list(config.resources)
+        #: Shared by every engine of one Runner: quota used on one loop counts on another.
+        self.ledger = ledger
+        self._has_ledger = bool(self.resources)
+        self.billing = Billing(ledger, self.resources)
+        self.loop = loop
+        self.max_concurrent = config.max_concurrent
+        self.validators = config.validators
+        self.timeout = config.timeout
+        self.progress_interval = config.progress_interval
+        self.progress: Progress | None = None
+        self.store = config.store
+        self.checkpoint: Checkpoint | None = None
+        if config.store is not None:
+            self.checkpoint = Checkpoint(
+                config.store,
+                loop,
+                refresh=config.refresh,
+                retry_failed=config.retry_failed,
+                function_name=function_name,
+            )
+        #: The semantic cache (see ``rate_limited.semantic._step``), if the Runner has one.
+        self.semantic = semantic
+        self.admission = Admission(loop)
+        #: Told of each call that becomes final, on the loop thread (``as_completed()``,
+        #: online callers); a tuple, replaced whole when a listener comes or goes.
+        self.final_listeners: tuple[Callable[[Call], None], ...] = ()
+        #: Arbitrates admission between the Runner's engines by priority (None: alone).
+        self.priorities: Priorities | None = None
+        #: Warnings for the thread that called run() (it emits them, see take_notices).
+        self._notices: list[Notice] = []
+        # Counters of the run; only the transitions below change them.
+        self.stats = RunStats(0, 0, 0, loop.time(), self)
+        self._in_flight = 0
+        self._unfinished = 0
+        self._backing_off = 0
+        # 429 streaks: attempts answered otherwise (successes are counted in stats), the
+        # count when the streak was last checked, and when the streak started.
+        self._answered = 0
+        self._answers_seen = 0
+        self._streak_since = -math.inf
+        self._gave_up: RateLimitedTooLongError | None = None
+        self._epoch = 0  # run number: a backoff timer of an earlier run is a no-op
+        self._stopping = False
+        self._done: asyncio.Future[None] | None = None
+        self._idle: asyncio.Future[None] | None = None
+        self._next_progress = -math.inf
+
+    # -- what RunStats reads (StatsSource) -----------------------------------------------------
+    def time(self) -> float:
+        return self.loop.time()
+
+    @property
+    def running_calls(self) -> int:
+        """Calls started and not settled yet (e.g. still running after an interrupt)."""
+        return max(0, self._in_flight)
+
+    @property
+    def backing_off(self) -> int:
+        return self._backing_off
+
+    @property
+    def store_failures(self) -> int:
+        return 0 if self.checkpoint is None else self.checkpoint.failures
+
+    @property
+    def paused_until(self) -> float:
+        return self.admission.paused_until
+
+    @property
+    def semantic_stats(self) -> SemanticStats | None:
+        return None if self.semantic is None else self.semantic.stats
+
+    def usage(self, now: float) -> dict[str, tuple[float, float, float]]:
+        return self.ledger.snapshot(now) if self._has_ledger else {}
+
+    # -- hooks the engine provides ---------------------------------------------------------------
+    def _start_runners(self) -> None:
+        """Make sure workers run to admit the calls waiting (see ``Engine``)."""
+        raise NotImplementedError
+
+    def _resolve_done(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    async def wait_idle(self) -> None:
+        """Until no call is running (loop thread): what ``close()`` waits for."""
+        while self._in_flight > 0:
+            if self._idle is None or self._idle.done():
+                self._idle = self.loop.create_future()
+            await self._idle
+
+    # -- transitions -------------------------------------------------------------------------
+    def _start_attempt(self, call: Call, now: float) -> None:
+        self._in_flight += 1
+        call.status = RUNNING
+        call.attempts += 1  # also the token that tells a thread's result apart
+        call.started_at = now
+
+    def _out_of_flight(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight <= 0 and self._idle is not None:
+            idle, self._idle = self._idle, None
+            if not idle.done():
+                idle.set_result(None)
+
+    def _unstart(self, call: Call, now: float) -> None:
+        call.attempts -= 1
+        self.billing.release(call, now)
+        call.status = PENDING
+        self._out_of_flight()
+
+    def _cancelled(self, call: Call, now: float) -> None:
+        self.billing.keep(call, now)  # it may have reached the provider: stay conservative
+        call.status = CANCELLED
+        self._out_of_flight()
+
+    def _reopen(self, call: Call) -> None:
+        """A late result of ``call`` is to be settled as if its attempt had just returned."""
+        if call.status is FAILED:  # counted out already: count it back in
+            self.stats.failed -= 1
+            self._unfinished += 1
+        call.status = RUNNING
+        call.reservation = None
+        self._in_flight += 1
+
+    def _finish(
+        self, call: Call, status: Status, now: float, *, running: bool = True, save: bool = True
+    ) -> None:
+        """``call`` ends ``status`` (``running``: its attempt was in flight)."""
+        call.status = status
+        call.finished_at = now
+        call.reservation = None
+        if save and self.checkpoint is not None and call.key is not None:
+            self.checkpoint.save(call, now)
+        if running:
+            self._out_of_flight()
+        self._end_with(call, status, now)
+        if self._unfinished <= 0 and self._in_flight <= 0:
+            self._resolve_done()
+            self.admission.wake()
+        if self.progress is not None and now >= self._next_progress:
+            self._next_progress = now + self.progress_interval
+            self._report(self.progress.update, self.stats)
+
+    def _end_with(self, call: Call, status: Status, now: float, *, sent: bool = True) -> None:
+        """Count ``call`` (just ended ``status``) out of the run, and end the calls that
+        take its outcome: the followers of its store key and, if it was ``sent`` (its
+        outcome is the provider's answer), the calls the semantic cache matched with it."""
+        if status is SUCCEEDED:
+            self.stats.succeeded += 1
+        else:
+            self.stats.failed += 1
+        self._unfinished -= 1
+        if self.final_listeners:
+            for listener in self.final_listeners:
+                listener(call)
+        if self.checkpoint is not None:
+            for follower in self.checkpoint.followers_of(call):
+                follower.status = call.status
+                follower.result = call.result
+                follower.exceptions = list(call.exception_history)
+                follower.semantic = call.semantic
+                follower.finished_at = now
+                self._end_with(follower, status, now, sent=False)
+        if sent and self.semantic is not None:
+            answered, unanswered = self.semantic.settled(call)
+            for match in answered:
+                match.finished_at = now
+                self._end_with(match, SUCCEEDED, now, sent=False)
+            for match in unanswered:
+                self._due(match, self._epoch)
+
+    def _back_off(self, call: Call, delay: float, now: float) -> None:
+        """A failed attempt of ``call`` is retried after ``delay`` seconds."""
+        self.stats.retries += 1
+        self._out_of_flight()
+        call.status = PENDING
+        if delay > 0 and not self._stopping:
+            self._backing_off += 1
+            self.loop.call_at(now + delay, self._due, call, self._epoch, True)
+        else:
+            self._due(call, self._epoch)
+
+    def _due(self, call: Call, epoch: int, backed_off: bool = False) -> None:
+        """``call`` may be tried again (its backoff is over)."""
+        if backed_off and epoch == self._epoch:
+            self._backing_off -= 1
+        if epoch != self._epoch or self._stopping or self._done is None:
+            return  # the next run() requeues it
+        if call.status is not PENDING:
+            return  # the next run() requeues it
+        if self._gave_up is not None:
+            call.exceptions.append(self._gave_up)
+            self._finish(call, FAILED, self.loop.time(), running=False)
+            return
+        self.admission.push_retry(call)
+        self._start_runners()
+        self.admission.wake()
+
+    # -- settling ----------------------------------------------------------------------------
+    def _settle(
+        self, settle: Callable[[Call, Any, float], None], call: Call, value: Any, now: float
+    ) -> None:
+        """Run a settle step; if anything in it raises, the call fails instead of the run
+        hanging (a worker that died would leave its call RUNNING for ever)."""
+        try:
+            settle(call, value, now)
+        except BaseException as exc:  # SystemExit from a validator too: the call fails
+            logger.exception("Internal error while settling %r; the call is marked failed", call)
+            if call.status.is_final:
+                return
+            call.exceptions.append(exc)
+            self._finish(call, FAILED, now, running=call.status is RUNNING, save=False)
+
+    def _report(self, method: Callable[..., None], *args: Any) -> None:
+        """Call the progress display; a display that raises is dropped, not the run."""
+        try:
+            method(*args)
+        except BaseException:
+            logger.exception("The progress display failed; the run goes on without it")
+            self.progress = None
+
+    def _returned(self, call: Call, value: Any, now: float) -> None:
+        if self._has_ledger:
+            self._bill(call, value, now)
+        if self.validators:
+            message, cause = validate(value, self.validators)
+            if message:
+                if cause is not None:
+                    message += (
+                        " (a validator that raises has a bug, which a retry can't fix: the "
+                        "call fails without retrying; the value is in error.value)"
+                    )
+                error = ValidationError(redact(message, secret_values(call)), call, value)
+                error.__cause__ = cause
+                self._failed(call, error, now, settled=True, final=cause is not None)
+                return
+        call.result = value
+        self._finish(call, SUCCEEDED, now)
+
+    def _validated(self, call: Call, value: Any, now: float) -> None:
+        """``_returned`` for a value the validators have already accepted."""
+        if self._has_ledger:
+            self._bill(call, value, now)
+        call.result = value
+        self._finish(call, SUCCEEDED, now)
+
+    def _bill(self, call: Call, value: Any, now: float) -> None:
+        """Bill the results usage of ``value``; count its time to first token, if any."""
+        first_token = self.billing.results(call, value, now)
+        if first_token is not None:
+            self.stats.first_tokens += 1
+            self.stats.first_token_total += first_token
+
+    def _failed(
+        self,
+        call: Call,
+        exc: BaseException,
+        now: float,
+        settled: bool = False,
+        final: bool = False,
+    ) -> None:
+        refused = is_rate_limited(exc)
+        if not settled and self._has_ledger:
+            if refused:
+                self.billing.refuse(call, now)
+            elif proves_not_billed(exc):
+                self.billing.release(call, now)
+            elif isinstance(exc, StreamBrokenError) and exc.partial_result is not None:
+                self._bill(call, exc.partial_result, now)  # what the broken stream used
+            else:
+                self.billing.keep(call, now)
+        _clear_frames(exc)
+        call.exceptions.append(exc)
+        if refused:
+            self.stats.rate_limited += 1
+            pause = retry_after_seconds(exc)
+            if pause is not None and self.admission.pause(now + pause):
+                self.stats.cooldowns += 1
+                logger.info("HTTP 429: pausing every call for %.2f s (Retry-After)", pause)
+        else:
+            self._answered += 1
+        retry = not final and isinstance(exc, Exception) and self._retry_if(call, exc)
+        if retry and not refused:  # 429s do not use up retries: the provider refused
+            retry = _errors_counted(call) <= self.config.max_retries
+        if retry and refused and self._out_of_patience(now):
+            self._give_up(call, now)
+            return
+        if not retry:
+            logger.debug("%r failed for good: %s", call, describe(exc, call))
+            self._finish(call, FAILED, now)
+            return
+        delay = self._backoff(call, exc)
+        logger.debug("%r failed (%s); retry in %.2f s", call, describe(exc, call), delay)
+        self._back_off(call, delay, now)
+
+    def _retry_if(self, call: Call, exc: BaseException) -> bool:
+        try:
+            return bool(self.config.retry_if(exc))
+        except Exception:
+            logger.exception("retry_if raised for %r; not retrying", call)
+            return False
+
+    def _backoff(self, call: Call, exc: BaseException) -> float:
+        """Seconds before retrying ``call``, which just failed with ``exc``.
+
+        An invalid value waits only the backoff's first step: the API answered, so there
+        is nothing to back off from, but the pause lets other ready calls take their turn
+        instead of this one taking every free slot. Errors back off exponentially, and
+        the exponent counts errors only (invalid values before do not stretch it)."""
+        if isinstance(exc, ValidationError):
+            errors = 1
+        else:
+            errors = sum(1 for e in call.exception_history if not isinstance(e, _NOT_ERRORS))
+        try:
+            return float(self.config.backoff(errors, exc))
+        except Exception:
+            logger.exception("backoff raised for %r; retrying at once", call)
+            return 0.0
+
+    def _out_of_patience(self, now: float) -> bool:
+        """Whether the attempts ending since ``rate_limit_patience`` s ago were all 429s."""
+        if self._gave_up is not None:
+            return True
+        answers = self.stats.succeeded + self._answered
+        if answers != self._answers_seen:
+            self._answers_seen = answers
+            self._streak_since = now  # something was answered since the last 429
+        patience = self.config.rate_limit_patience
+        return patience is not None and now - self._streak_since >= patience
+
+    def _give_up(self, call: Call, now: float) -> None:
+        """Nothing but 429s for ``rate_limit_patience`` s: ``call`` and every call still
+        waiting fail with ``RateLimitedTooLongError`` (calls in flight end as they do)."""
+        if self._gave_up is None:
+            self._gave_up = RateLimitedTooLongError(
+                f"the provider answered nothing but HTTP 429 for "
+                f"{self.config.rate_limit_patience:g} s (rate_limit_patience), so the run "
+                "gave up on the calls still waiting: check the quotas given against the "
+                "provider's limits (and whether something else uses the same key), then "
+                "run() again."
+            )
+            logger.warning("%s", self._gave_up)
+        waiting = [c for c in self.admission.clear() if c is not call]
+        call.exceptions.append(self._gave_up)
+        self._finish(call, FAILED, now)
+        for waiter in dict.fromkeys(waiting):
+            waiter.exceptions.append(self._gave_up)
+            self._finish(waiter, FAILED, now, running=False)
+
+
+def _errors_counted(call: Call) -> int:
+    """Failed attempts that count against ``max_retries``: not 429s, nor usage errors."""
+    return sum(
+        1
+        for e in call.exception_history
+        if not isinstance(e, UsageExtractionError) and not is_rate_limited(e)
+    )
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Keep the exception and its traceback text, drop the frames' local variables."""
+    tb = exc.__traceback__
+    while tb is not None:
+        with contextlib.suppress(RuntimeError):  # a frame still executing
+            tb.tb_frame.clear()
+        tb = tb.tb_next

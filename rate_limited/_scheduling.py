@@ -1,0 +1,212 @@
+"""``schedule()``: the per-Runner method that looks like the wrapped function, and what it
+works out for a call before any run: its demand on the resources, and its store key.
+
+A call's *demand* is computed once, here, from its arguments: per resource, its arguments
+usage, its results estimate and its partition key (``rate_limited.ledgers.base.Demand``).
+A call that needs more than a whole quota can never run: ``QuotaExceededError`` at
+``schedule()``, naming the resource. An extractor that raises or returns something that is
+not a usage is a ``ConfigurationError`` naming the resource and the extractor.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import weakref
+from collections.abc import Callable, Hashable, Sequence
+from numbers import Real
+from typing import Any
+
+from rate_limited._config import function_name
+from rate_limited._redact import describe
+from rate_limited.calls import Call, CallOwner
+from rate_limited.exceptions import ConfigurationError, QuotaExceededError, RunnerClosedError
+from rate_limited.resources import Resource
+
+__all__ = [
+    "Extractors",
+    "Scheduler",
+    "declares",
+    "demand_of",
+    "key_of",
+    "make_schedule",
+    "pop_priority",
+]
+
+#: Per resource: the resource, its arguments usage extractor, its results estimator.
+Extractors = Sequence[
+    tuple[Resource, Callable[[Call], float] | None, Callable[[Call], float] | None]
+]
+
+
+class Scheduler(CallOwner):
+    """What schedules calls (the Runner): its batch, and the full way to schedule one."""
+
+    #: Calls of the current batch, in schedule order.
+    scheduled_calls: list[Call]
+    #: ``schedule()`` only makes the Call: nothing to compute, and no run for it to join.
+    _inline_schedule: bool
+    #: ``schedule()`` takes ``priority=`` (the function has no parameter of that name).
+    _takes_priority: bool
+
+    def _schedule(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        raise NotImplementedError
+
+
+def make_schedule(owner: Scheduler, function: Callable[..., Any]) -> Callable[..., Call]:
+    """A ``schedule`` for ``owner`` (a Runner) that looks like ``function`` to IDEs and
+    ``help()``; nothing shared (the class, the function) is modified."""
+    runner_ref = weakref.ref(owner)  # no cycle: a dropped Runner stops its thread at once
+
+    def schedule(*args: Any, **kwargs: Any) -> Call:
+        runner = runner_ref()
+        if runner is None:
+            raise RunnerClosedError(
+                "This Runner no longer exists: nothing referred to it any more (no "
+                "variable, no Call it scheduled), so it was closed. Keep a reference, "
+                "e.g. runner = Runner(...), while you schedule and run calls."
+            )
+        # The common case inline (this is the whole per-call cost of scheduling).
+        if not runner._inline_schedule or (
+            kwargs and "priority" in kwargs and runner._takes_priority
+        ):
+            return runner._schedule(args, kwargs)
+        calls = runner.scheduled_calls
+        call = Call(function, args, kwargs, len(calls), runner)
+        calls.append(call)
+        return call
+
+    qualname = getattr(function, "__qualname__", None) or function_name(function)
+    module = getattr(function, "__module__", None) or "[Module not found]"
+    try:
+        signature: inspect.Signature | None = inspect.signature(function)
+    except (TypeError, ValueError):
+        signature = None
+    schedule.__doc__ = (
+        f"Schedule a call to {qualname} in {module}\n"
+        "Returns the Call handle - call run() to get results\n\n"
+        f"{function_name(function)}{signature if signature is not None else '(...)'}\n"
+        "Docstring:\n\n"
+        f"{getattr(function, '__doc__', None) or '[Docstring not found]'}"
+    )
+    annotations = dict(getattr(function, "__annotations__", None) or {})
+    annotations["return"] = None  # as in 0.4 (a copy: the function is left untouched)
+    schedule.__annotations__ = annotations
+    schedule.__wrapped__ = function  # type: ignore[attr-defined]
+    if signature is not None:
+        schedule.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            return_annotation=Call
+        )
+    schedule.__qualname__ = f"{type(owner).__qualname__}.schedule"
+    return schedule
+
+
+def declares(function: Callable[..., Any], name: str) -> bool:
+    """Whether ``function`` has a parameter called ``name`` (not through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    parameter = parameters.get(name)
+    return parameter is not None and parameter.kind not in (
+        inspect.Parameter.VAR_POSITIONAL,
+        inspect.Parameter.VAR_KEYWORD,
+    )
+
+
+def pop_priority(kwargs: dict[str, Any], default: int, takes: bool) -> int:
+    """``priority=`` taken out of a call's keyword arguments, if the Runner ``takes`` it
+    (a function with a ``priority`` parameter of its own keeps it): larger goes first."""
+    if not takes or "priority" not in kwargs:
+        return default
+    priority = kwargs.pop("priority")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ConfigurationError(
+            "priority must be an int (larger goes first; schedule() defaults to 0, call() "
+            f"to 1), got {priority!r}."
+        )
+    return priority
+
+
+def demand_of(extractors: Extractors, call: Call) -> tuple[tuple[float, float, Hashable], ...]:
+    """``call``'s demand: per resource (arguments usage, results estimate, partition key)."""
+    demand = []
+    for resource, args_extractor, estimator in extractors:
+        name = resource.name
+        args_usage = _usage(args_extractor, call, name, "arguments_usage_extractor")
+        estimate = _usage(estimator, call, name, "max_results_usage_estimator")
+        if resource.partition is None:
+            key: Hashable = None
+            quota: float = resource.quota
+        else:
+            key = _partition(resource, call)
+            quota = resource.quota_for(key)
+        needed = args_usage + estimate
+        if needed > quota * (1 + 1e-9):  # the ledger's rounding slack
+            raise QuotaExceededError(
+                f"Call {call!r} exceeds resource quota of {name!r}: it needs {needed:g} "
+                f"but the whole quota is {quota:g}, so it could never run. Raise the "
+                "quota, lower the call's usage (e.g. max_tokens) or split the call.",
+                resource=name,
+                needed=needed,
+                quota=quota,
+            )
+        demand.append((args_usage, estimate, key))
+    return tuple(demand)
+
+
+def key_of(key: Callable[[Call], str] | None, function: Callable[..., Any], call: Call) -> str:
+    """``call``'s store key: ``key(call)`` if given, else a hash of the function and its
+    arguments by value (``rate_limited._keys``)."""
+    if key is not None:
+        try:
+            value = key(call)
+        except Exception as exc:
+            raise ConfigurationError(f"key= raised {describe(exc, call)} for {call!r}.") from exc
+        if not isinstance(value, str) or not value:
+            raise ConfigurationError(
+                f"key= must return a non-empty str, got {value!r} for {call!r}."
+            )
+        return value
+    from rate_limited._keys import call_key
+
+    return call_key(function, call.args, call.kwargs)
+
+
+def _partition(resource: Resource, call: Call) -> Hashable:
+    """The partition key of ``call`` for ``resource`` (a clear error if it cannot be one)."""
+    assert resource.partition is not None
+    try:
+        key: Hashable = resource.partition(call)
+        hash(key)
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(
+            f"partition of resource {resource.name!r} raised {type(exc).__name__}: {exc} for "
+            f"{call!r}; it must return a hashable key (e.g. the model's name)."
+        ) from exc
+    return key
+
+
+def _usage(
+    extractor: Callable[[Call], float] | None, call: Call, resource: str, what: str
+) -> float:
+    if extractor is None:
+        return 0.0
+    try:
+        value = extractor(call)
+    except ConfigurationError:
+        raise  # already says what is wrong (e.g. a preset's RequestTooLargeError)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"{what} of resource {resource!r} raised {describe(exc, call)} for "
+            f"{call!r}. Check the arguments passed to schedule() (the extractor reads them "
+            "with call.get_argument(name))."
+        ) from exc
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= float(value) < math.inf:
+        raise ConfigurationError(
+            f"{what} of resource {resource!r} returned {value!r} for {call!r}; "
+            "usage must be a finite, non-negative number."
+        )
+    return float(value)

@@ -1,0 +1,449 @@
+"""Admitting calls and running them: worker coroutines for async functions, a dispatcher
+and a thread pool for sync ones.
+
+* ``_admit`` takes the head call if it may start now (the cool-down is over and the
+  ledger reserves its demand), else arms the wake-up for when it will fit and returns
+  None; a call that can never fit (its quota was lowered below its needs) fails.
+* async: up to ``max_concurrent`` worker coroutines, each admitting the head call and
+  awaiting it in place (no task per call). The first calls, then one in
+  ``WATCH_EVERY``, are timed step by step to catch a function that blocks the loop.
+* sync: one dispatcher admits calls and hands them to ``ThreadPool``; threads report
+  back in batches (``_on_completions``), including the moment each started the call, so
+  its arguments usage is billed then (``Ledger.begin``). A result that comes after the
+  engine stopped waiting for it (a timeout, an abandoned call) was paid for: ``_late``
+  keeps it if the call has no value yet.
+
+Every status and counter change goes through ``EngineCore``'s transitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from rate_limited._billing import reservation_of
+from rate_limited._core import FAILED, RUNNING, SUCCEEDED, EngineCore
+from rate_limited._feedback import CURRENT_ADMISSION
+from rate_limited._loopwatch import WATCH_EVERY, WATCH_FIRST, StepTimer, is_async_callable
+from rate_limited._policy import validate
+from rate_limited._pool import ThreadPool
+from rate_limited._redact import get_logger
+from rate_limited.exceptions import (
+    BlockingCallWarning,
+    CallTimeoutError,
+    QuotaExceededError,
+    RateLimitedWarning,
+)
+
+if TYPE_CHECKING:
+    from rate_limited._config import RunnerConfig
+    from rate_limited.calls import Call
+    from rate_limited.ledgers.base import Ledger
+    from rate_limited.semantic._step import SemanticStep
+
+__all__ = ["Workers"]
+
+logger = get_logger("rate_limited")
+
+#: An instant coroutine never yields; yield to the loop every this many calls anyway, so
+#: that an interrupt or a progress update gets through.
+_YIELD_EVERY = 512
+
+
+class Workers(EngineCore):
+    """Admission and the workers of one engine (loop thread)."""
+
+    def __init__(
+        self,
+        config: RunnerConfig,
+        loop: asyncio.AbstractEventLoop,
+        ledger: Ledger[Any],
+        *,
+        function_name: str = "",
+        semantic: SemanticStep | None = None,
+    ) -> None:
+        super().__init__(config, loop, ledger, function_name=function_name, semantic=semantic)
+        self.is_async = is_async_callable(self.function)
+        self.long_wait_seconds = config.long_wait_warning_seconds
+        self._warned_wait = False
+        #: An error of the engine itself: it ends the run and run() raises it.
+        self._fatal: BaseException | None = None
+        self._workers: set[asyncio.Task[None]] = set()
+        self._awaiting: set[asyncio.Task[None]] = set()  # awaitables from sync functions
+        self._in_threads: set[Call] = set()  # sync calls handed to the pool, not settled
+        self._watched = 0  # async calls watched for blocking the loop
+        self._blocking_calls = 0  # and those of them that did
+        self._warned_blocking = False
+        self._warned_threads = False
+        #: Sync calls hold their arguments usage until their thread starts (see begin()).
+        self._defer_billing = not self.is_async and self._has_ledger
+        self.pool: ThreadPool | None = None
+        if not self.is_async:
+            self.pool = ThreadPool(
+                self.function,
+                loop,
+                self._on_completions,
+                self.max_concurrent,
+                name=f"rate_limited-{config.name}",
+                report_starts=self._defer_billing,
+            )
+
+    def _start_runners(self) -> None:
+        if self.is_async:
+            wanted = min(self.max_concurrent, len(self.admission))
+            while len(self._workers) < wanted:
+                task = self.loop.create_task(self._worker())
+                self._workers.add(task)
+                task.add_done_callback(self._workers.discard)
+        elif not self._workers:
+            task = self.loop.create_task(self._dispatcher())
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+
+    def _stop(self) -> None:
+        """Admit nothing more and end the run; calls already started go on."""
+        self._stopping = True
+        if self.pool is not None:
+            now = self.loop.time()
+            for call, token in self.pool.take_back():
+                if call.attempts == token and call.status is RUNNING:
+                    self._in_threads.discard(call)
+                    self._unstart(call, now)  # never started
+        self._resolve_done()
+        self.admission.wake()
+
+    def _abandon_threads(self) -> None:
+        """Stop waiting for the sync calls running in threads (their late results are
+        still kept): they end cancelled."""
+        now = self.loop.time()
+        for call in list(self._in_threads):
+            if call.status is RUNNING:
+                self._in_threads.discard(call)
+                assert self.pool is not None
+                self.pool.abandoned += 1  # its thread no longer counts
+                self._cancelled(call, now)
+
+    def _crash(self, exc: BaseException) -> None:
+        """An error of the engine itself, not of a call: the run ends and raises it."""
+        logger.error("Internal error; the run ends with it", exc_info=exc)
+        if self._fatal is None and self._done is not None:
+            self._fatal = exc
+        if self._done is not None and not self._done.done():
+            self._stop()
+
+    # -- admission ---------------------------------------------------------------------------
+    def _admit(self) -> Call | None:
+        """Take the head call if it may start now, else arm the wake-up and return None.
+        The caller starts the call's attempt (``_start_attempt``) before it awaits."""
+        admission = self.admission
+        while True:
+            if self._stopping or self._in_flight >= self.max_concurrent:
+                return None
+            call = admission.head()
+            if call is None:
+                return None
+            if not self._has_ledger and admission.paused_until == -math.inf:
+                break
+            now = self.loop.time()
+            if now < admission.paused_until:
+                admission.arm_timer(admission.paused_until)
+                self._note_wait(admission.paused_until, "cool-down after HTTP 429", now)
+                return None
+            if not self._has_ledger:
+                break
+            priorities = self.priorities
+            if priorities is not None and priorities.outranked(self, call):
+                return None  # its engine wakes this one when that call is admitted or gone
+            reservation = self.ledger.try_reserve(call.demand, now, defer=self._defer_billing)
+            if reservation is not None:
+                call.reservation = reservation
+                if self.stats.waiting_until is not None:
+                    self._note_wait(None, None, now)
+                if priorities is not None:
+                    priorities.admitted(self)
+                break
+            if priorities is not None:
+                priorities.waiting(self, call)
+            when = self.ledger.next_free_time(call.demand, now)
+            if (
+                when == math.inf
+                and self._in_flight <= 0
+                and (priorities is None or not priorities.others_in_flight(self))
+            ):
+                self._never_fits(call, now)  # a quota lowered below the call's needs
+                continue  # and look at the next call
+            if admission.has_lanes:
+                passing, lane_when = admission.pass_head(
+                    call,
+                    self.ledger,
+                    now,
+                    defer=self._defer_billing,
+                    outranked=None if priorities is None else partial(priorities.outranked, self),
+                )
+                if passing is not None:
+                    return passing
+                when = min(when, lane_when)
+            if when < math.inf:
+                admission.arm_timer(max(when, now + 1e-9 * max(1.0, now)))
+            self._note_wait(when, self.ledger.binding(call.demand, now), now)
+            return None
+        admission.pop_head(call)
+        return call
+
+    def _never_fits(self, call: Call, now: float) -> None:
+        """The head call needs more than a whole quota (lowered since it was scheduled,
+        e.g. by limits read from the provider's headers): it can never run, so it fails
+        instead of waiting for ever."""
+        name, needed, quota = self.ledger.shortfall(call.demand, now) or ("?", 0.0, 0.0)
+        error = QuotaExceededError(
+            f"Call {call!r} exceeds resource quota of {name!r}: it needs {needed:g} but the "
+            f"whole quota is now {quota:g}, so it could never run.",
+            resource=name,
+            needed=needed,
+            quota=quota,
+        )
+        self.admission.pop_head(call)
+        call.exceptions.append(error)
+        self._finish(call, FAILED, now, running=False)
+
+    def _note_wait(self, until: float | None, binding: str | None, now: float) -> None:
+        stats = self.stats
+        stats.waiting_until, stats.binding = until, binding
+        if until is None:
+            self._warned_wait = False
+            return
+        long_wait = self.long_wait_seconds
+        if long_wait is not None and until - now >= long_wait and not self._warned_wait:
+            self._warned_wait = True
+            seconds = (
+                "until a running call settles" if until == math.inf else (f"{until - now:.1f} s")
+            )
+            # A warning the first time in a run (it explains a slow run), INFO afterwards.
+            level = logging.INFO if stats.long_waits else logging.WARNING
+            stats.long_waits += 1
+            logger.log(level, "All calls are waiting for %s: %s", binding or "capacity", seconds)
+            if self.progress is not None:
+                self._report(self.progress.waiting, stats, until - now, binding)
+
+    # -- async functions ---------------------------------------------------------------------
+    async def _worker(self) -> None:
+        try:
+            await self._work()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug of the engine: end the run, don't hang it
+            self._crash(exc)
+
+    def _blocked(self, seconds: float) -> None:
+        """A watched call blocked the loop. Once may be a one-time set-up in the first call
+        (a client building its headers, a tokenizer loading); twice is a habit."""
+        self._blocking_calls += 1
+        if self._warned_blocking or self._blocking_calls < 2:
+            return
+        self._warned_blocking = True
+        text = (
+            f"The async function {self.function_name or self.function!r} blocked the event "
+            f"loop for {seconds:.2f} s in one step: while it blocks no other call runs, so "
+            "calls run one at a time whatever max_concurrent is. It probably calls a "
+            "blocking (sync) client or time.sleep inside async def. Use the client's async "
+            "API (await client.create(...)), wrap the blocking part in "
+            "`await asyncio.to_thread(...)`, or give the Runner the sync function instead "
+            "(it runs sync functions in threads)."
+        )
+        logger.warning(text)
+        self._notices.append((BlockingCallWarning, text))
+
+    async def _work(self) -> None:
+        function, timeout, loop_time = self.function, self.timeout, self.loop.time
+        admission = self.admission
+        # Fast path: no ledger, validators or timeout: admission is "take the head".
+        simple = not self._has_ledger and not self.validators and timeout is None and not self.store
+        checkpoint = self.checkpoint
+        since_yield = 0
+        now = loop_time()  # read once per call; the next call starts when this one ended
+        while True:
+            if checkpoint is not None and checkpoint.flush_pending:
+                # Let the store commit what just settled before this worker sends another
+                # request: a crash then loses at most the calls in flight.
+                await asyncio.sleep(0)
+                now = loop_time()
+            call = (
+                admission.simple_head()
+                if simple and not self._stopping and admission.paused_until == -math.inf
+                else None
+            )
+            if call is None:
+                call = self._admit()
+                if call is None:
+                    if self._unfinished <= 0 or self._stopping:
+                        return
+                    await admission.wait()
+                    since_yield = 0
+                    now = loop_time()
+                    continue
+                if admission.has_waiters and admission:
+                    admission.wake()  # capacity may fit more than this call: let idle workers try
+            self._start_attempt(call, now)
+            if not simple:
+                CURRENT_ADMISSION.set(reservation_of(call))  # for the function's feedback
+            try:
+                awaitable = function(*call.args, **call.kwargs)
+                # The first calls, then one in WATCH_EVERY, are timed step by step: a long
+                # step blocked the loop (see _blocked).
+                watched = self._watched = self._watched + 1
+                if (watched <= WATCH_FIRST or not watched % WATCH_EVERY) and (
+                    not self._warned_blocking
+                ):
+                    awaitable = StepTimer(awaitable, self._blocked)
+                if timeout is None:
+                    value = await awaitable
+                else:
+                    value = await asyncio.wait_for(awaitable, timeout)
+            except asyncio.CancelledError:
+                now = loop_time()
+                if self._stopping:
+                    self._cancelled(call, now)
+                    raise
+                cancelled = asyncio.CancelledError("the call was cancelled")
+                self._settle(self._failed, call, cancelled, now)
+            except BaseException as exc:
+                now = loop_time()
+                if timeout is not None and isinstance(exc, TimeoutError | asyncio.TimeoutError):
+                    error = CallTimeoutError(f"the call took longer than timeout={timeout} s")
+                    error.__cause__ = exc
+                    exc = error
+                self._settle(self._failed, call, exc, now)
+            else:
+                now = loop_time()
+                if simple:
+                    call.result = value
+                    self._finish(call, SUCCEEDED, now)
+                else:
+                    self._settle(self._returned, call, value, now)
+            since_yield += 1
+            if since_yield >= _YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)
+                now = loop_time()
+
+    # -- sync functions ----------------------------------------------------------------------
+    async def _dispatcher(self) -> None:
+        try:
+            await self._dispatch()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the system refused a thread, or a bug: end the run
+            self._crash(exc)
+
+    async def _dispatch(self) -> None:
+        pool, timeout, loop = self.pool, self.timeout, self.loop
+        assert pool is not None
+        now = loop.time()  # one read per burst of admissions: they start together
+        while True:
+            call = self._admit()
+            if call is None:
+                if self._unfinished <= 0 or self._stopping:
+                    return
+                await self.admission.wait()
+                now = loop.time()
+                continue
+            self._start_attempt(call, now)
+            try:
+                pool.submit(call, call.attempts)
+            except RuntimeError as exc:  # not a single thread could be started
+                self._unstart(call, now)
+                raise RuntimeError(
+                    f"could not start a thread to run the calls ({exc}): the system refuses "
+                    "new threads (a process or memory limit). Lower max_concurrent= or "
+                    "raise the limit; run() again resumes."
+                ) from exc
+            self._in_threads.add(call)
+            if pool.thread_limit is not None and not self._warned_threads:
+                self._thread_limit_reached(pool)
+            if timeout is not None:
+                loop.call_at(now + timeout, self._sync_timeout, call, call.attempts)
+
+    def _thread_limit_reached(self, pool: ThreadPool) -> None:
+        self._warned_threads = True
+        threads = pool.thread_count
+        text = (
+            f"The system refused a new thread ({pool.thread_limit}) after {threads}: the run "
+            f"goes on with {threads} threads instead of max_concurrent={self.max_concurrent}. "
+            f"Lower max_concurrent= to {threads} or less, or raise the process limit."
+        )
+        logger.warning(text)
+        self._notices.append((RateLimitedWarning, text))
+
+    def _on_completions(self) -> None:
+        pool = self.pool
+        assert pool is not None
+        try:
+            now = self.loop.time()  # one read per batch of completions
+            for call, token, ok, value in pool.drain():
+                current = token == call.attempts
+                if ok is None:  # a thread starts it: bill its arguments usage then
+                    if current and call.status is RUNNING:
+                        started = min(value, now)
+                        self.billing.begin(call, started)
+                        call.started_at = started
+                    continue
+                if current:
+                    self._in_threads.discard(call)
+                if not current or call.status is not RUNNING:
+                    pool.abandoned = max(0, pool.abandoned - 1)
+                    self._late(call, ok, value)
+                elif ok and inspect.isawaitable(value):
+                    task = self.loop.create_task(self._await_returned(call, value))
+                    self._awaiting.add(task)
+                    task.add_done_callback(self._awaiting.discard)
+                elif ok:
+                    self._settle(self._returned, call, value, now)
+                else:
+                    self._settle(self._failed, call, value, now)
+        except BaseException as exc:  # never leave completions unsettled and run() waiting
+            self._crash(exc)
+        self.admission.wake()
+
+    async def _await_returned(self, call: Call, awaitable: Any) -> None:
+        CURRENT_ADMISSION.set(reservation_of(call))
+        try:
+            value = await awaitable
+        except asyncio.CancelledError:
+            self._cancelled(call, self.loop.time())
+            raise
+        except BaseException as exc:
+            self._settle(self._failed, call, exc, self.loop.time())
+        else:
+            self._settle(self._returned, call, value, self.loop.time())
+        self.admission.wake()
+
+    def _sync_timeout(self, call: Call, token: int) -> None:
+        if call.attempts != token or call.status is not RUNNING:
+            return
+        assert self.pool is not None
+        self.pool.abandoned += 1  # its result will come late: the call is no longer RUNNING
+        error = CallTimeoutError(
+            f"the call took longer than timeout={self.timeout} s (its thread cannot be "
+            "stopped; a late result is kept if the call has not succeeded by then)"
+        )
+        self._settle(self._failed, call, error, self.loop.time())
+        self.admission.wake()
+
+    def _late(self, call: Call, ok: bool | None, value: Any) -> None:
+        """A thread finished an attempt the engine had stopped waiting for (a timeout, an
+        abandoned call). A value it returned was paid for: it is kept, unless the call
+        has a value already or another attempt is running; even a call that failed for
+        good after the timeout succeeds with it."""
+        if not ok or call.status is SUCCEEDED or call.status is RUNNING:
+            return  # a failure we already counted, or another attempt is running / won
+        if inspect.isawaitable(value):
+            return  # not worth resurrecting: the retry will run it again
+        if self.validators and validate(value, self.validators)[0]:
+            return  # an invalid value: the call stays as it is
+        logger.info("Keeping the late result of %r after its timeout", call)
+        self._reopen(call)
+        self._settle(self._validated, call, value, self.loop.time())

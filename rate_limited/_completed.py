@@ -34,10 +34,11 @@ from rate_limited._sigint import SigintGuard
 from rate_limited.outcomes import Outcome
 
 if TYPE_CHECKING:
+    from rate_limited._core import EngineCore
     from rate_limited.calls import Call
     from rate_limited.outcomes import RunResult
 
-__all__ = ["AsCompleted"]
+__all__ = ["AsCompleted", "subscriber"]
 
 
 class RunHandle(Protocol):
@@ -236,3 +237,22 @@ class AsCompleted:
     def __repr__(self) -> str:
         state = "done" if self.result is not None else f"{self.yielded} yielded"
         return f"<AsCompleted ({state})>"
+
+
+def subscriber(engine: EngineCore, lock: threading.Lock) -> Subscribe:
+    """Adds final listeners to ``engine`` (from any thread, under ``lock``; the engine
+    reads them on its loop)."""
+
+    def subscribe(listener: Callable[[Call], None]) -> Callable[[], None]:
+        with lock:
+            engine.final_listeners = (*engine.final_listeners, listener)
+
+        def unsubscribe() -> None:
+            with lock:
+                engine.final_listeners = tuple(
+                    other for other in engine.final_listeners if other is not listener
+                )
+
+        return unsubscribe
+
+    return subscribe

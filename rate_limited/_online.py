@@ -27,16 +27,32 @@ its result dropped (or stored, with a store).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rate_limited.exceptions import CallError, RunnerClosedError
+from rate_limited._scheduling import demand_of, key_of, pop_priority
+from rate_limited._status import RunnerState
+from rate_limited.calls import Call, CallOwner
+from rate_limited.exceptions import (
+    CallError,
+    RateLimitedWarning,
+    ReentrantRunError,
+    RunnerClosedError,
+    warn,
+)
 from rate_limited.outcomes import Status
 
 if TYPE_CHECKING:
+    from rate_limited._config import RunnerConfig
     from rate_limited._engine import Engine
-    from rate_limited.calls import Call
+    from rate_limited._loop_thread import LoopThread
+    from rate_limited._priorities import Priorities
+    from rate_limited._scheduling import Extractors
+    from rate_limited.stores.base import Store
 
-__all__ = ["ONLINE_PRIORITY", "OnlineCalls"]
+__all__ = ["ONLINE_PRIORITY", "OnlineCaller", "OnlineCalls"]
 
 #: The priority of ``Runner.call()`` unless given: above the batch's default of 0.
 ONLINE_PRIORITY = 1
@@ -140,3 +156,101 @@ class OnlineCalls:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._unfinished)} unfinished"
         return f"<OnlineCalls ({state})>"
+
+
+class OnlineCaller(CallOwner):
+    """The Runner's online calls (``call``, ``call_sync``): what a Runner has that they use,
+    and the methods (the Runner inherits them)."""
+
+    config: RunnerConfig
+    function: Callable[..., Any]
+    store: Store | None
+    _state: RunnerState
+    _extractors: Extractors
+    _takes_priority: bool
+    _start_lock: threading.Lock
+    _loop_thread: LoopThread | None
+    _priorities: Priorities
+    _online: OnlineCalls | None
+
+    def _engine_for(self, caller_loop: asyncio.AbstractEventLoop | None) -> Engine:
+        raise NotImplementedError
+
+    def _new_engine(self, loop: asyncio.AbstractEventLoop, online: bool = False) -> Engine:
+        raise NotImplementedError
+
+    async def call(self, *args: Any, **kwargs: Any) -> Any:
+        """Run one call now and return its value: ``await runner.call(x, y=1)`` where you
+        would ``await f(x, y=1)`` (or call ``f``, for a sync function).
+
+        The call goes through the same quotas as the batch (running or not), billed by the
+        same rules, with the same retries, validation and timeouts; it raises the last
+        error if it fails for good. ``priority=`` (default 1) puts it ahead of waiting
+        calls of a lower priority (the batch's are 0 unless scheduled otherwise).
+        Cancelling the awaiting task (a client that disconnects) withdraws the call: if it
+        was not sent yet its reservation is released, else it finishes and is billed.
+        Online calls run on the Runner's own loop thread (``event_loop="current"`` is for
+        batch runs), in an engine of their own with its own ``max_concurrent`` slots.
+        """
+        online, call = self._online_call(args, kwargs)
+        future = asyncio.run_coroutine_threadsafe(online.call(call), online.engine.loop)
+        return await asyncio.wrap_future(future)
+
+    #: ``call()``, by the name async libraries use.
+    acall = call
+
+    def call_sync(self, *args: Any, **kwargs: Any) -> Any:
+        """``call()`` for blocking code (a thread of a web server, a script): returns the
+        value or raises the last error. Ctrl-C withdraws the call and raises."""
+        loop_thread = self._loop_thread
+        if loop_thread is not None and threading.current_thread() is loop_thread.thread:
+            raise ReentrantRunError(
+                "call_sync() was called from the Runner's own loop (from the function it "
+                "runs), where it would wait for itself; use `await runner.call(...)`."
+            )
+        online, call = self._online_call(args, kwargs)
+        future = asyncio.run_coroutine_threadsafe(online.call(call), online.engine.loop)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            future.cancel()
+            raise
+
+    def _online_call(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[OnlineCalls, Call]:
+        if self._state is RunnerState.CLOSED:
+            raise RunnerClosedError("This Runner was closed; create a new Runner to call.")
+        priority = pop_priority(kwargs, ONLINE_PRIORITY, self._takes_priority)
+        call = Call(self.function, args, kwargs, 0, self)
+        call.priority = priority
+        if self._extractors:
+            call.demand = demand_of(self._extractors, call)
+        if self.store is not None:
+            call.key = key_of(self.config.key, self.function, call)
+        return self._ensure_online(), call
+
+    def _ensure_online(self) -> OnlineCalls:
+        with self._start_lock:
+            if self._online is None:
+                self._engine_for(None)  # the loop thread, and the batch's engine on it
+                assert self._loop_thread is not None
+                engine = self._new_engine(self._loop_thread.loop, online=True)
+                self._online = OnlineCalls(engine)
+                self._loop_thread.call_soon(self._priorities.join, engine)
+            return self._online
+
+    def _close_online(self, timeout: float) -> None:
+        """Online calls not sent fail with RunnerClosedError; those running are abandoned."""
+        online, loop_thread = self._online, self._loop_thread
+        if online is None or loop_thread is None or loop_thread.loop.is_closed():
+            return
+        count = 0
+        with contextlib.suppress(Exception):
+            count = loop_thread.submit(online.close()).result(timeout)
+        if count:
+            warn(
+                f"close() abandoned {count} online call(s) still running: they may have been "
+                "billed, and their callers got RunnerClosedError.",
+                RateLimitedWarning,
+            )

@@ -43,14 +43,14 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from rate_limited._checkpoint import close_store
 from rate_limited._clock import Clock
-from rate_limited._completed import AsCompleted, Subscribe
+from rate_limited._completed import AsCompleted, Subscribe, subscriber
 from rate_limited._config import RunnerConfig, Setting
 from rate_limited._engine import Engine
 from rate_limited._feedback import FeedbackSource, LedgerControl
 from rate_limited._gc import bulk_allocation
 from rate_limited._loop_thread import LoopThread, finish_running_calls, shutdown, stop_run
 from rate_limited._loopwatch import is_async_callable
-from rate_limited._online import ONLINE_PRIORITY, OnlineCalls
+from rate_limited._online import OnlineCaller, OnlineCalls
 from rate_limited._policy import Validator, retry_if_transient
 from rate_limited._priorities import Priorities
 from rate_limited._redact import get_logger
@@ -65,7 +65,6 @@ from rate_limited._scheduling import (
 from rate_limited._status import RunnerState
 from rate_limited.calls import Call, Result
 from rate_limited.exceptions import (
-    RateLimitedWarning,
     ReentrantRunError,
     RunnerClosedError,
     warn,
@@ -91,7 +90,7 @@ logger = get_logger("rate_limited")
 T = TypeVar("T")
 
 
-class Runner(Scheduler):
+class Runner(Scheduler, OnlineCaller):
     """Runs calls of ``function`` as fast as ``resources`` allow, and never faster."""
 
     # The settings, read-only: RunnerConfig was validated once and engines read it.
@@ -383,27 +382,9 @@ class Runner(Scheduler):
             snapshot=self.snapshot,
             request_abandon=request_abandon,
         )
-        handle._subscribe = self._subscriber(engine)
+        handle._subscribe = subscriber(engine, self._listeners_lock)
         self._active_handle = weakref.ref(handle)
         return handle
-
-    def _subscriber(self, engine: Engine) -> Subscribe:
-        """Adds final listeners to ``engine`` (from any thread; it reads them on its loop)."""
-        lock = self._listeners_lock
-
-        def subscribe(listener: Callable[[Call], None]) -> Callable[[], None]:
-            with lock:
-                engine.final_listeners = (*engine.final_listeners, listener)
-
-            def unsubscribe() -> None:
-                with lock:
-                    engine.final_listeners = tuple(
-                        other for other in engine.final_listeners if other is not listener
-                    )
-
-            return unsubscribe
-
-        return subscribe
 
     def as_completed(self) -> AsCompleted:
         """The outcomes of a run as its calls finish: ``for outcome in
@@ -425,68 +406,6 @@ class Runner(Scheduler):
             return handle, handle._subscribe
 
         return AsCompleted(start, owns_run=True)
-
-    # -- online calls ------------------------------------------------------------------------
-    async def call(self, *args: Any, **kwargs: Any) -> Any:
-        """Run one call now and return its value: ``await runner.call(x, y=1)`` where you
-        would ``await f(x, y=1)`` (or call ``f``, for a sync function).
-
-        The call goes through the same quotas as the batch (running or not), billed by the
-        same rules, with the same retries, validation and timeouts; it raises the last
-        error if it fails for good. ``priority=`` (default 1) puts it ahead of waiting
-        calls of a lower priority (the batch's are 0 unless scheduled otherwise).
-        Cancelling the awaiting task (a client that disconnects) withdraws the call: if it
-        was not sent yet its reservation is released, else it finishes and is billed.
-        Online calls run on the Runner's own loop thread (``event_loop="current"`` is for
-        batch runs), in an engine of their own with its own ``max_concurrent`` slots.
-        """
-        online, call = self._online_call(args, kwargs)
-        future = asyncio.run_coroutine_threadsafe(online.call(call), online.engine.loop)
-        return await asyncio.wrap_future(future)
-
-    #: ``call()``, by the name async libraries use.
-    acall = call
-
-    def call_sync(self, *args: Any, **kwargs: Any) -> Any:
-        """``call()`` for blocking code (a thread of a web server, a script): returns the
-        value or raises the last error. Ctrl-C withdraws the call and raises."""
-        loop_thread = self._loop_thread
-        if loop_thread is not None and threading.current_thread() is loop_thread.thread:
-            raise ReentrantRunError(
-                "call_sync() was called from the Runner's own loop (from the function it "
-                "runs), where it would wait for itself; use `await runner.call(...)`."
-            )
-        online, call = self._online_call(args, kwargs)
-        future = asyncio.run_coroutine_threadsafe(online.call(call), online.engine.loop)
-        try:
-            return future.result()
-        except KeyboardInterrupt:
-            future.cancel()
-            raise
-
-    def _online_call(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[OnlineCalls, Call]:
-        if self._state is RunnerState.CLOSED:
-            raise RunnerClosedError("This Runner was closed; create a new Runner to call.")
-        priority = pop_priority(kwargs, ONLINE_PRIORITY, self._takes_priority)
-        call = Call(self.function, args, kwargs, 0, self)
-        call.priority = priority
-        if self._extractors:
-            call.demand = demand_of(self._extractors, call)
-        if self.store is not None:
-            call.key = key_of(self.config.key, self.function, call)
-        return self._ensure_online(), call
-
-    def _ensure_online(self) -> OnlineCalls:
-        with self._start_lock:
-            if self._online is None:
-                self._engine_for(None)  # the loop thread, and the batch's engine on it
-                assert self._loop_thread is not None
-                engine = self._new_engine(self._loop_thread.loop, online=True)
-                self._online = OnlineCalls(engine)
-                self._loop_thread.call_soon(self._priorities.join, engine)
-            return self._online
 
     def _caller_loop(self) -> asyncio.AbstractEventLoop | None:
         """The caller's running loop, if the engine is to run on it."""
@@ -669,21 +588,6 @@ class Runner(Scheduler):
                 owned=self.config.owns_store,
                 checkpoints=[e.checkpoint for e in engines if e is not None],
                 index=None if self._semantic is None else self._semantic.index,
-            )
-
-    def _close_online(self, timeout: float) -> None:
-        """Online calls not sent fail with RunnerClosedError; those running are abandoned."""
-        online, loop_thread = self._online, self._loop_thread
-        if online is None or loop_thread is None or loop_thread.loop.is_closed():
-            return
-        count = 0
-        with contextlib.suppress(Exception):
-            count = loop_thread.submit(online.close()).result(timeout)
-        if count:
-            warn(
-                f"close() abandoned {count} online call(s) still running: they may have been "
-                "billed, and their callers got RunnerClosedError.",
-                RateLimitedWarning,
             )
 
     def __enter__(self) -> Runner:

@@ -196,10 +196,13 @@ class Admission:
         *,
         defer: bool,
         outranked: Callable[[Call], bool] | None = None,
+        accept: Callable[[Call, Any, float], bool] | None = None,
     ) -> tuple[Call | None, float]:
         """The head waits: reserve for the oldest first call of another lane that needs
         none of what the head waits for (so it cannot delay it), if one fits now, and
-        return it. Else returns None and when the earliest of those lane heads will fit."""
+        return it. Else returns None and when the earliest of those lane heads will fit.
+        ``accept(call, reservation, now)``: a last check of an admission (the budget's),
+        which releases the reservation when it says no."""
         assert self._lanes is not None
         blocked = ledger.blocked_by(head.demand, now)
         own = tuple(need[2] for need in head.demand)
@@ -221,6 +224,12 @@ class Admission:
             if outranked is not None and outranked(call):
                 continue  # a call of another engine goes first
             reservation = ledger.try_reserve(call.demand, now, defer=defer)
+            if (
+                reservation is not None
+                and accept is not None
+                and not accept(call, reservation, now)
+            ):
+                continue  # the head waits on it too: the head decides
             if reservation is not None:
                 call.reservation = reservation
                 queue.popleft()

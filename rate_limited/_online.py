@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from rate_limited._config import RunnerConfig
     from rate_limited._engine import Engine
     from rate_limited._loop_thread import LoopThread
+    from rate_limited._money import Money
     from rate_limited._priorities import Priorities
     from rate_limited._scheduling import Extractors
     from rate_limited.stores.base import Store
@@ -172,6 +173,7 @@ class OnlineCaller(CallOwner):
     _loop_thread: LoopThread | None
     _priorities: Priorities
     _online: OnlineCalls | None
+    _money: Money
 
     def _engine_for(self, caller_loop: asyncio.AbstractEventLoop | None) -> Engine:
         raise NotImplementedError
@@ -224,10 +226,13 @@ class OnlineCaller(CallOwner):
         priority = pop_priority(kwargs, ONLINE_PRIORITY, self._takes_priority)
         call = Call(self.function, args, kwargs, 0, self)
         call.priority = priority
+        money = self._money
+        money.schedule(call)
         if self._extractors:
             call.demand = demand_of(self._extractors, call)
+        money.price(call)  # a budget counts online calls too
         if self.store is not None:
-            call.key = key_of(self.config.key, self.function, call)
+            call.key = key_of(self.config.key, self.function, call, money.key_kwargs(call))
         return self._ensure_online(), call
 
     def _ensure_online(self) -> OnlineCalls:

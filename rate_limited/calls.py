@@ -22,6 +22,7 @@ from rate_limited._secret_names import is_secret_name
 from rate_limited._status import Status
 
 if TYPE_CHECKING:
+    from rate_limited._call_spend import CallSpend
     from rate_limited.semantic._match import SemanticMatch
 
 __all__ = ["Call", "CallOwner", "Result"]
@@ -67,7 +68,7 @@ class CallOwner:
 class _Extras:
     """The fields of a Call that most calls never set, kept apart to keep Calls small."""
 
-    __slots__ = ("from_store", "priority", "semantic", "time_to_first_token", "warnings")
+    __slots__ = ("from_store", "priority", "semantic", "spend", "time_to_first_token", "warnings")
 
     def __init__(self) -> None:
         self.from_store = False
@@ -75,6 +76,8 @@ class _Extras:
         self.time_to_first_token: float | None = None
         self.semantic: SemanticMatch | None = None
         self.warnings: list[BaseException] | None = None
+        #: Its money: maximum cost, budget reservation, cost so far (``rate_limited._spend``).
+        self.spend: CallSpend | None = None
 
 
 class Call:
@@ -181,6 +184,16 @@ class Call:
     @time_to_first_token.setter
     def time_to_first_token(self, value: float | None) -> None:
         self._more().time_to_first_token = value
+
+    @property
+    def cost(self) -> float | None:
+        """USD its attempts cost, from the usage their responses reported (None: not
+        priced, or a response that could not be priced)."""
+        extras = self._extras
+        spend = None if extras is None else extras.spend
+        if spend is None or spend.unknown:
+            return None
+        return spend.cost
 
     @property
     def semantic(self) -> SemanticMatch | None:

@@ -33,6 +33,7 @@ from rate_limited.cost import Price
 from rate_limited.exceptions import (
     ArgumentTypeError,
     BlockingCallWarning,
+    BudgetExhaustedError,
     BudgetWarning,
     CallError,
     CallTimeoutError,
@@ -78,6 +79,7 @@ __all__ = [
     "Backoff",
     "BlockingCallWarning",
     "Budget",
+    "BudgetExhaustedError",
     "BudgetStop",
     "BudgetWarning",
     "Call",

@@ -36,6 +36,7 @@ from rate_limited._scheduling import demand_of, key_of, pop_priority
 from rate_limited._status import RunnerState
 from rate_limited.calls import Call, CallOwner
 from rate_limited.exceptions import (
+    BudgetExhaustedError,
     CallError,
     RateLimitedWarning,
     ReentrantRunError,
@@ -121,6 +122,13 @@ class OnlineCalls:
                 if not calls:
                     return
                 await engine.run(calls, None)
+                if engine.budget_stopped is not None:  # the calls not sent can't be, now
+                    self._fail_waiting(
+                        BudgetExhaustedError(
+                            "The Runner's budget could not admit this call (spent plus "
+                            "reserved would pass it); raise budget.usd to call again."
+                        )
+                    )
         except BaseException as exc:  # an error of the engine itself: every caller gets it
             self._fail_waiting(exc)
             raise

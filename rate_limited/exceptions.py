@@ -24,6 +24,7 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
     │   ├── ValidationError                 a validator rejected the value (retried)
     │   ├── CallTimeoutError (TimeoutError) the attempt ran past ``timeout`` (retried)
     │   ├── StreamBrokenError               a streamed response broke part-way (retried)
+    │   ├── BudgetExhaustedError            an online call the budget could not admit
     │   ├── UsageExtractionError            a results usage could not be read (in
     │                                       outcome.warnings: the estimate was billed)
     │   └── RateLimitedTooLongError         nothing but HTTP 429s for rate_limit_patience s
@@ -56,6 +57,7 @@ from typing import Any, Protocol
 __all__ = [
     "ArgumentTypeError",
     "BlockingCallWarning",
+    "BudgetExhaustedError",
     "BudgetWarning",
     "CallError",
     "CallTimeoutError",
@@ -207,6 +209,11 @@ class ValidationError(CallError):
 
 class CallTimeoutError(CallError, TimeoutError):
     """An attempt took longer than the Runner's ``timeout``; the call is retried."""
+
+
+class BudgetExhaustedError(CallError):
+    """An online call (``Runner.call()``) that the Runner's ``Budget`` could not admit: it
+    was not sent. (A batch stops at the budget with its calls pending instead.)"""
 
 
 class StreamBrokenError(CallError):

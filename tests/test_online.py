@@ -166,3 +166,21 @@ def test_close_fails_calls_not_sent() -> None:
     assert len(errors) == 1 and isinstance(errors[0], RunnerClosedError)
     with pytest.raises(RunnerClosedError):
         runner.call_sync("late")
+
+
+def test_a_budget_counts_online_calls_and_refuses_past_it() -> None:
+    from rate_limited import Budget, BudgetExhaustedError
+
+    sent: list[int] = []
+
+    def work(i: int) -> int:
+        sent.append(i)
+        return i
+
+    budget = Budget(1.0, cost=lambda call, result: 0.4, max_cost=lambda call: 0.4)
+    with Runner(work, [], budget=budget, progress=False) as runner:
+        assert runner.call_sync(1) == 1
+        assert runner.call_sync(2) == 2  # 0.8 spent: 0.4 more would pass the budget
+        with pytest.raises(BudgetExhaustedError, match=r"raise budget\.usd"):
+            runner.call_sync(3)
+        assert sent == [1, 2]

@@ -181,6 +181,6 @@ def create_app(
         handle = batches[-1]
         if handle.done():  # the RunResult (and a new batch for the Runner)
             return BatchStatus(done=True, counts=handle.result().counts())
-        return BatchStatus(done=False, counts=handle.results().counts())
+        return BatchStatus(done=False, counts=handle.snapshot().counts())
 
     return app

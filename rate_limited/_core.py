@@ -45,10 +45,16 @@ from rate_limited._policy import is_rate_limited, proves_not_billed, retry_after
 from rate_limited._redact import describe, get_logger, redact, secret_values
 from rate_limited._stats import RunStats
 from rate_limited._status import Status
-from rate_limited.exceptions import RateLimitedTooLongError, UsageExtractionError, ValidationError
+from rate_limited.exceptions import (
+    RateLimitedTooLongError,
+    StreamBrokenError,
+    UsageExtractionError,
+    ValidationError,
+)
 
 if TYPE_CHECKING:
     from rate_limited._config import RunnerConfig
+    from rate_limited._priorities import Priorities
     from rate_limited._spend import SpendControl
     from rate_limited._stats import Progress
     from rate_limited.calls import Call
@@ -124,6 +130,11 @@ class EngineCore:
         #: The semantic cache (see ``rate_limited.semantic._step``), if the Runner has one.
         self.semantic = semantic
         self.admission = Admission(loop)
+        #: Told of each call that becomes final, on the loop thread (``as_completed()``,
+        #: online callers); a tuple, replaced whole when a listener comes or goes.
+        self.final_listeners: tuple[Callable[[Call], None], ...] = ()
+        #: Arbitrates admission between the Runner's engines by priority (None: alone).
+        self.priorities: Priorities | None = None
         #: Warnings for the thread that called run() (it emits them, see take_notices).
         self._notices: list[Notice] = []
         # Counters of the run; only the transitions below change them.
@@ -276,6 +287,9 @@ class EngineCore:
         else:
             self.stats.failed += 1
         self._unfinished -= 1
+        if self.final_listeners:
+            for listener in self.final_listeners:
+                listener(call)
         if self.checkpoint is not None:
             for follower in self.checkpoint.followers_of(call):
                 follower.status = call.status
@@ -344,7 +358,7 @@ class EngineCore:
 
     def _returned(self, call: Call, value: Any, now: float) -> None:
         if self._has_ledger:
-            self.billing.results(call, value, now)
+            self._bill(call, value, now)
         if self.validators:
             message, cause = validate(value, self.validators)
             if message:
@@ -363,9 +377,16 @@ class EngineCore:
     def _validated(self, call: Call, value: Any, now: float) -> None:
         """``_returned`` for a value the validators have already accepted."""
         if self._has_ledger:
-            self.billing.results(call, value, now)
+            self._bill(call, value, now)
         call.result = value
         self._finish(call, SUCCEEDED, now)
+
+    def _bill(self, call: Call, value: Any, now: float) -> None:
+        """Bill the results usage of ``value``; count its time to first token, if any."""
+        first_token = self.billing.results(call, value, now)
+        if first_token is not None:
+            self.stats.first_tokens += 1
+            self.stats.first_token_total += first_token
 
     def _failed(
         self,
@@ -381,6 +402,8 @@ class EngineCore:
                 self.billing.refuse(call, now)
             elif proves_not_billed(exc):
                 self.billing.release(call, now)
+            elif isinstance(exc, StreamBrokenError) and exc.partial_result is not None:
+                self._bill(call, exc.partial_result, now)  # what the broken stream used
             else:
                 self.billing.keep(call, now)
         _clear_frames(exc)

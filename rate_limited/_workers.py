@@ -22,6 +22,7 @@ import asyncio
 import inspect
 import logging
 import math
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from rate_limited._billing import reservation_of
@@ -175,6 +176,9 @@ class Workers(EngineCore):
                 return None
             if not self._has_ledger:
                 break
+            priorities = self.priorities
+            if priorities is not None and priorities.outranked(self, call):
+                return None  # its engine wakes this one when that call is admitted or gone
             reservation = self.ledger.try_reserve(call.demand, now, defer=self._defer_billing)
             if reservation is not None and not self._spend_admits(call, reservation, now):
                 if self._budget_waits(call, now):
@@ -184,9 +188,17 @@ class Workers(EngineCore):
                 call.reservation = reservation
                 if self.stats.waiting_until is not None:
                     self._note_wait(None, None, now)
+                if priorities is not None:
+                    priorities.admitted(self)
                 break
+            if priorities is not None:
+                priorities.waiting(self, call)
             when = self.ledger.next_free_time(call.demand, now)
-            if when == math.inf and self._in_flight <= 0:
+            if (
+                when == math.inf
+                and self._in_flight <= 0
+                and (priorities is None or not priorities.others_in_flight(self))
+            ):
                 self._never_fits(call, now)  # a quota lowered below the call's needs
                 continue  # and look at the next call
             if admission.has_lanes:
@@ -197,6 +209,7 @@ class Workers(EngineCore):
                     defer=self._defer_billing,
                     accept=self._spend_admits,
                     claim=None if self.claims is None else self.claims.take,
+                    outranked=None if priorities is None else partial(priorities.outranked, self),
                 )
                 if passing is not None:
                     return passing

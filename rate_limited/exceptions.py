@@ -24,6 +24,8 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
     ├── CallError                           recorded per attempt, never raised by run()
     │   ├── ValidationError                 a validator rejected the value (retried)
     │   ├── CallTimeoutError (TimeoutError) the attempt ran past ``timeout`` (retried)
+    │   ├── StreamBrokenError               a streamed response broke part-way (retried)
+    │   ├── BudgetExhaustedError            an online call the budget could not admit
     │   ├── UsageExtractionError            a results usage could not be read (in
     │                                       outcome.warnings: the estimate was billed)
     │   ├── RateLimitedTooLongError         nothing but HTTP 429s for rate_limit_patience s
@@ -60,6 +62,7 @@ __all__ = [
     "ArgumentTypeError",
     "BatchRequestError",
     "BlockingCallWarning",
+    "BudgetExhaustedError",
     "BudgetWarning",
     "CallError",
     "CallTimeoutError",
@@ -81,6 +84,7 @@ __all__ = [
     "StoreUnavailableError",
     "StoreVersionError",
     "StoreWarning",
+    "StreamBrokenError",
     "UnknownResourceError",
     "UnknownStoreError",
     "UsageExtractionError",
@@ -217,6 +221,21 @@ class ValidationError(CallError):
 
 class CallTimeoutError(CallError, TimeoutError):
     """An attempt took longer than the Runner's ``timeout``; the call is retried."""
+
+
+class BudgetExhaustedError(CallError):
+    """An online call (``Runner.call()``) that the Runner's ``Budget`` could not admit: it
+    was not sent. (A batch stops at the budget with its calls pending instead.)"""
+
+
+class StreamBrokenError(CallError):
+    """A streamed response (``stream=True`` in a preset) broke part-way; the call is
+    retried as a whole. ``partial_result`` is what had arrived, with the usage known so
+    far: the Runner bills that instead of the call's whole estimate."""
+
+    def __init__(self, message: str, *args: Any, partial_result: Any = None) -> None:
+        super().__init__(message, *args)
+        self.partial_result = partial_result
 
 
 class UsageExtractionError(CallError):

@@ -24,6 +24,10 @@ scheduled through it, nor a run going on in the background.
 
 After a run that was not interrupted, the Runner starts a new batch: the next ``run()``
 returns only calls scheduled after it, as in rate_limited 0.4.
+
+``as_completed()`` yields the outcomes as the calls finish (``rate_limited._completed``);
+``call()`` / ``call_sync()`` run one online call through the same quotas, ahead of the
+batch's waiting calls (``rate_limited._online``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from rate_limited._checkpoint import close_store
 from rate_limited._clock import Clock
+from rate_limited._completed import AsCompleted, Subscribe, subscriber
 from rate_limited._config import RunnerConfig, Setting
 from rate_limited._engine import Engine
 from rate_limited._feedback import FeedbackSource, LedgerControl
@@ -47,9 +52,18 @@ from rate_limited._gc import bulk_allocation
 from rate_limited._loop_thread import LoopThread, finish_running_calls, shutdown, stop_run
 from rate_limited._loopwatch import is_async_callable
 from rate_limited._money import Money, split_budget
+from rate_limited._online import OnlineCaller, OnlineCalls
 from rate_limited._policy import Validator, retry_if_transient
+from rate_limited._priorities import Priorities
 from rate_limited._redact import get_logger
-from rate_limited._scheduling import Scheduler, demand_of, key_of, make_schedule
+from rate_limited._scheduling import (
+    Scheduler,
+    declares,
+    demand_of,
+    key_of,
+    make_schedule,
+    pop_priority,
+)
 from rate_limited._status import RunnerState
 from rate_limited.budget import Budget
 from rate_limited.calls import Call, Result
@@ -81,7 +95,7 @@ logger = get_logger("rate_limited")
 T = TypeVar("T")
 
 
-class Runner(Scheduler):
+class Runner(Scheduler, OnlineCaller):
     """Runs calls of ``function`` as fast as ``resources`` allow, and never faster."""
 
     # The settings, read-only: RunnerConfig was validated once and engines read it.
@@ -247,6 +261,15 @@ class Runner(Scheduler):
         close_ledger = getattr(self._ledger, "close", None)
         if close_ledger is not None:  # a shared ledger: its lease ends with the Runner
             weakref.finalize(self, close_ledger)
+        # The engines on the Runner's loop (the batch's, the online calls') take turns by
+        # priority; the online calls' engine is made by the first call().
+        self._priorities = Priorities(self._ledger)
+        self._online: OnlineCalls | None = None
+        # The handle of the last start() (weak: it holds the Runner), for as_completed().
+        self._active_handle: weakref.ref[RunHandle] | None = None
+        self._listeners_lock = threading.Lock()
+        #: schedule() and call() take ``priority=`` unless the function has its own.
+        self._takes_priority = not declares(function, "priority")
         self._start_lock = threading.Lock()
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._function_identity = ""
@@ -291,8 +314,11 @@ class Runner(Scheduler):
     def _schedule(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         if self._state is RunnerState.CLOSED:
             raise RunnerClosedError("This Runner was closed; create a new Runner to schedule.")
+        priority = pop_priority(kwargs, 0, self._takes_priority)
         calls = self.scheduled_calls
         call = Call(self.function, args, kwargs, len(calls), self)
+        if priority:
+            call.priority = priority
         money = self._money
         money.schedule(call)
         if self._extractors:
@@ -382,7 +408,7 @@ class Runner(Scheduler):
         def request_abandon() -> concurrent.futures.Future[int]:
             return asyncio.run_coroutine_threadsafe(engine.abandon_and_wait(), loop)
 
-        return RunHandle(
+        handle = RunHandle(
             future,
             calls,
             request_stop=request_stop,
@@ -390,6 +416,30 @@ class Runner(Scheduler):
             snapshot=self.snapshot,
             request_abandon=request_abandon,
         )
+        handle._subscribe = subscriber(engine, self._listeners_lock)
+        self._active_handle = weakref.ref(handle)
+        return handle
+
+    def as_completed(self) -> AsCompleted:
+        """The outcomes of a run as its calls finish: ``for outcome in
+        runner.as_completed():`` (or ``async for`` in async code).
+
+        Iterating starts the run (or joins the one ``start()`` started); the calls already
+        final come first (from an interrupted run, or the store), then each call the moment
+        it ends, every call once. Ctrl-C works as in ``run()``: the run stops and the loop
+        ends after what has finished; leaving the loop early stops a run it started.
+        Afterwards ``.result`` is the RunResult ``run()`` would have returned.
+        """
+        handle = None if self._active_handle is None else self._active_handle()
+        if self._state is RunnerState.RUNNING and handle is not None and not handle.done():
+            return handle.as_completed()
+
+        def start() -> tuple[RunHandle, Subscribe]:
+            handle = self.start()
+            assert handle._subscribe is not None
+            return handle, handle._subscribe
+
+        return AsCompleted(start, owns_run=True)
 
     def _caller_loop(self) -> asyncio.AbstractEventLoop | None:
         """The caller's running loop, if the engine is to run on it."""
@@ -414,6 +464,7 @@ class Runner(Scheduler):
             self._loop_thread = loop_thread
             self._engine = self._new_engine(loop_thread.loop)
             self._finalizer = weakref.finalize(self, shutdown, loop_thread, self._engine)
+            loop_thread.call_soon(self._priorities.join, self._engine)
         return self._engine
 
     def _submit(
@@ -426,13 +477,13 @@ class Runner(Scheduler):
         assert self._loop_thread is not None
         return self._loop_thread.submit(batch)
 
-    def _new_engine(self, loop: asyncio.AbstractEventLoop) -> Engine:
+    def _new_engine(self, loop: asyncio.AbstractEventLoop, online: bool = False) -> Engine:
         engine = Engine(
             self.config,
             loop,
             self._ledger,
             function_name=self._function_identity,
-            semantic=self._semantic,
+            semantic=None if online else self._semantic,
             spend=self._money.spend,
             escalate=None if self._money.ladder is None else self._money.escalate,
         )
@@ -573,6 +624,7 @@ class Runner(Scheduler):
         """
         running = self._state is RunnerState.RUNNING
         self._set_state(RunnerState.CLOSED)
+        self._close_online(timeout)
         if running:
             stop_run(self._active_engine, self._active_future)
         if self._engine is not None:

@@ -130,6 +130,7 @@ class RedisReservation:
         "deferred",
         "demand",
         "entries",
+        "first_token",
         "held",
         "lease",
         "numbers",
@@ -166,6 +167,8 @@ class RedisReservation:
         self.quotas = quotas
         #: Per resource, the admission's number on its meter (see ``reconcile``).
         self.numbers = numbers
+        #: Seconds to the first streamed chunk, reported by a preset (``Reservation``).
+        self.first_token: float | None = None
 
 
 class RedisLedger:

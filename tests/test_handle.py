@@ -12,11 +12,24 @@ from rate_limited import Runner, Status
 from rate_limited.testing import FakeClock
 
 
-def gated_runner(n: int = 10) -> tuple[Runner, threading.Event]:
+class Gate(threading.Event):
+    """Closed until the test opens it; ``arrivals`` counts the calls that reached it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrivals = threading.Semaphore(0)
+
+    def wait_for_arrivals(self, count: int) -> None:
+        for _ in range(count):
+            assert self.arrivals.acquire(timeout=10), "a call never reached the gate"
+
+
+def gated_runner(n: int = 10) -> tuple[Runner, Gate]:
     """Sync calls that block until the test opens the gate: the run can't end early."""
-    gate = threading.Event()
+    gate = Gate()
 
     def wait_for_gate(i: int) -> int:
+        gate.arrivals.release()
         gate.wait(10)
         return i
 
@@ -59,9 +72,9 @@ def test_results_grow_while_the_run_goes_on() -> None:
 def test_stop_returns_partial_results_and_run_resumes() -> None:
     runner, gate = gated_runner()
     handle = runner.start()
-    time.sleep(0.1)  # 4 calls are in threads, waiting at the gate
-    threading.Timer(0.2, gate.set).start()
+    gate.wait_for_arrivals(4)  # 4 calls are in threads, waiting at the gate
     partial = handle.stop(timeout=10)
+    gate.set()
     assert partial.interrupted
     statuses = [o.status for o in partial.outcomes]
     assert statuses.count(Status.RUNNING) + statuses.count(Status.SUCCEEDED) == 4

@@ -279,19 +279,25 @@ ABANDON_CHILD = textwrap.dedent(
     waiting_idle = loop_thread.wait_idle
 
     def wait_idle(engine, timeout):  # close() waits (its Ctrl-C handler is in place)
-        print("waiting", flush=True)
+        say("waiting")
         return waiting_idle(engine, timeout)
 
     loop_thread.wait_idle = wait_idle
 
+    printing = threading.Lock()  # one line per call, also from threads at once
+
+    def say(text):
+        with printing:
+            print(text, flush=True)
+
     async def stuck_async(i):
-        print("call", flush=True)
+        say("call")
         while not release.is_set():
             await asyncio.sleep(0.01)
         return i
 
     def stuck_sync(i):
-        print("call", flush=True)
+        say("call")
         release.wait(60)
         return i
 

@@ -27,11 +27,13 @@ from rate_limited._policy import (
 )
 from rate_limited._redact import get_logger as _get_logger
 from rate_limited._stats import RunStats
+from rate_limited.budget import Budget, BudgetStop
 from rate_limited.calls import Call
 from rate_limited.cost import Price
 from rate_limited.exceptions import (
     ArgumentTypeError,
     BlockingCallWarning,
+    BudgetWarning,
     CallError,
     CallTimeoutError,
     ConfigurationError,
@@ -74,6 +76,9 @@ __all__ = [
     "ArgumentTypeError",
     "Backoff",
     "BlockingCallWarning",
+    "Budget",
+    "BudgetStop",
+    "BudgetWarning",
     "Call",
     "CallError",
     "CallTimeoutError",

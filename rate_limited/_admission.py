@@ -23,7 +23,7 @@ import asyncio
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from rate_limited._status import Status
@@ -140,11 +140,19 @@ class Admission:
         self._lanes.setdefault(lane, deque()).append((call, call.attempts))
 
     def pass_head(
-        self, head: Call, ledger: Ledger[Any], now: float, *, defer: bool
+        self,
+        head: Call,
+        ledger: Ledger[Any],
+        now: float,
+        *,
+        defer: bool,
+        accept: Callable[[Call, Any, float], bool] | None = None,
     ) -> tuple[Call | None, float]:
         """The head waits: reserve for the oldest first call of another lane that needs
         none of what the head waits for (so it cannot delay it), if one fits now, and
-        return it. Else returns None and when the earliest of those lane heads will fit."""
+        return it. Else returns None and when the earliest of those lane heads will fit.
+        ``accept(call, reservation, now)``: a last check of an admission (the budget's),
+        which releases the reservation when it says no."""
         assert self._lanes is not None
         blocked = ledger.blocked_by(head.demand, now)
         own = tuple(need[2] for need in head.demand)
@@ -164,6 +172,12 @@ class Admission:
             if ledger.meter_ids(call.demand) & blocked:
                 continue
             reservation = ledger.try_reserve(call.demand, now, defer=defer)
+            if (
+                reservation is not None
+                and accept is not None
+                and not accept(call, reservation, now)
+            ):
+                continue  # the head waits on it too: the head decides
             if reservation is not None:
                 call.reservation = reservation
                 queue.popleft()

@@ -13,7 +13,9 @@ ends, ``Billing`` hands the reservation back by what the ending proves:
 * ``release``: it proved it was not billed (never sent);
 * ``refuse``: HTTP 429, the provider had less room than the ledger believed.
 
-Each also records on the call (``call.usage``) what it was billed per resource.
+Each also records on the call (``call.usage``) what it was billed per resource, and
+tells the Runner's ``SpendControl`` (``rate_limited._spend``), if it has one, the same
+about money: the cost of a result, the maximum kept, the budget's hold released.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from rate_limited._redact import describe, get_logger
 from rate_limited.exceptions import UsageExtractionError
 
 if TYPE_CHECKING:
+    from rate_limited._spend import SpendControl
     from rate_limited.calls import Call
     from rate_limited.ledgers.base import Ledger, Reservation
     from rate_limited.resources import Resource
@@ -43,8 +46,11 @@ def reservation_of(call: Call) -> Reservation | None:
 class Billing:
     """Settles attempts' reservations on ``ledger`` for ``resources`` (loop thread)."""
 
-    def __init__(self, ledger: Ledger[Any], resources: Sequence[Resource]) -> None:
+    def __init__(
+        self, ledger: Ledger[Any], resources: Sequence[Resource], spend: SpendControl | None = None
+    ) -> None:
         self.ledger = ledger
+        self.spend = spend
         self.resources = list(resources)
         self.names = [r.name for r in self.resources]
         self._extractors = [r.results_usage_extractor for r in self.resources]
@@ -66,6 +72,8 @@ class Billing:
         if usage is None:
             usage = call.usage = {}
         actual = [self._amount(call, value, i) for i in range(len(self.resources))]
+        if self.spend is not None:
+            self.spend.settle(call, value, now)
         if reservation is not None:
             billed = self.ledger.settle(reservation, actual, now)  # by each resource's rule
             for name, need, amount in zip(self.names, call.demand, billed, strict=True):
@@ -99,6 +107,8 @@ class Billing:
 
     def keep(self, call: Call, now: float) -> None:
         """It may have been billed: its estimate stays used."""
+        if self.spend is not None:
+            self.spend.keep(call, now)
         reservation = reservation_of(call)
         if reservation is not None:
             self.ledger.keep(reservation, now)
@@ -113,6 +123,8 @@ class Billing:
         reservation = reservation_of(call)
         if reservation is not None:
             self.ledger.release(reservation, now)
+        if self.spend is not None:
+            self.spend.release(call)
         call.reservation = None
 
     def refuse(self, call: Call, now: float) -> None:
@@ -121,6 +133,8 @@ class Billing:
         reservation = reservation_of(call)
         if reservation is not None:
             self.ledger.refused(reservation, now)
+        if self.spend is not None:
+            self.spend.release(call)
         call.reservation = None
 
     def take_problems(self) -> str | None:

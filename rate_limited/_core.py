@@ -48,6 +48,7 @@ from rate_limited.exceptions import RateLimitedTooLongError, UsageExtractionErro
 
 if TYPE_CHECKING:
     from rate_limited._config import RunnerConfig
+    from rate_limited._spend import SpendControl
     from rate_limited._stats import Progress
     from rate_limited.calls import Call
     from rate_limited.ledgers.base import Ledger
@@ -82,6 +83,8 @@ class EngineCore:
         *,
         function_name: str = "",
         semantic: SemanticStep | None = None,
+        spend: SpendControl | None = None,
+        escalate: Callable[[Call, BaseException], bool] | None = None,
     ) -> None:
         self.config = config
         self.function = config.function
@@ -89,8 +92,14 @@ class EngineCore:
         self.resources = list(config.resources)
         #: Shared by every engine of one Runner: quota used on one loop counts on another.
         self.ledger = ledger
-        self._has_ledger = bool(self.resources)
-        self.billing = Billing(ledger, self.resources)
+        #: Money: prices and the budget (``rate_limited._spend``); escalation
+        #: (``rate_limited._escalate``): the next attempt's arguments after a failure.
+        self.spend = spend
+        self.escalate = escalate
+        #: The head call the budget could not admit with nothing running: the run stopped.
+        self.budget_stopped: Call | None = None
+        self._has_ledger = bool(self.resources) or spend is not None
+        self.billing = Billing(ledger, self.resources, spend)
         self.loop = loop
         self.max_concurrent = config.max_concurrent
         self.validators = config.validators
@@ -155,7 +164,17 @@ class EngineCore:
         return None if self.semantic is None else self.semantic.stats
 
     def usage(self, now: float) -> dict[str, tuple[float, float, float]]:
-        return self.ledger.snapshot(now) if self._has_ledger else {}
+        usage = self.ledger.snapshot(now) if self._has_ledger else {}
+        spend = self.spend
+        if spend is not None and spend.budget is not None:
+            spent, reserved = spend.state(now)
+            usage["budget_usd"] = (spent, reserved, spend.budget.usd)  # a quota in dollars
+        return usage
+
+    @property
+    def cost_total(self) -> float | None:
+        """USD of every response priced so far (None: the calls are not priced)."""
+        return None if self.spend is None else self.spend.cost_total
 
     # -- hooks the engine provides ---------------------------------------------------------------
     def _start_runners(self) -> None:
@@ -353,6 +372,15 @@ class EngineCore:
         else:
             self._answered += 1
         retry = not final and isinstance(exc, Exception) and self._retry_if(call, exc)
+        escalated = (
+            not refused
+            and not final
+            and self.escalate is not None
+            and _errors_counted(call) <= self.config.max_retries  # there is a next attempt
+            and self.escalate(call, exc)  # and it runs on the next rung
+        )
+        if escalated:
+            retry = True
         if retry and not refused:  # 429s do not use up retries: the provider refused
             retry = _errors_counted(call) <= self.config.max_retries
         if retry and refused and self._out_of_patience(now):
@@ -362,7 +390,8 @@ class EngineCore:
             logger.debug("%r failed for good: %s", call, describe(exc, call))
             self._finish(call, FAILED, now)
             return
-        delay = self._backoff(call, exc)
+        # Escalated: another model answers next, there is nothing to back off from.
+        delay = 0.0 if escalated else self._backoff(call, exc)
         logger.debug("%r failed (%s); retry in %.2f s", call, describe(exc, call), delay)
         self._back_off(call, delay, now)
 

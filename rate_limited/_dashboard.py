@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rate_limited._format import format_amount, format_seconds, plain_text
+from rate_limited._format import format_amount, format_seconds, format_usd, plain_text
 from rate_limited.apis._limits import UNKNOWN_QUOTA
 
 if TYPE_CHECKING:
@@ -230,7 +230,8 @@ class DashboardProgress:
         (``total``, ``finished``, ``succeeded``, ``failed``, ``in_flight``, ``backing_off``,
         ``retries``, ``rate_limited``, ``cooldowns``, ``store_failures``), ``semantic_hits``
         and ``semantic_saved`` (calls the semantic cache answered, and the usage per resource
-        they did not spend), ``cooling_down`` and
+        they did not spend), ``cost`` (USD the run's responses cost so far, None if the
+        calls are not priced), ``cooling_down`` and
         ``waiting_seconds`` (seconds left, or None), ``waiting_for``, ``waited``
         (seconds per resource), ``elapsed``, ``rate`` (calls/s) and ``eta`` (seconds or
         None), ``usage`` (per resource: used, reserved, quota, and the bar's value and
@@ -359,7 +360,7 @@ class DashboardProgress:
         values["semantic_hits"] = 0 if semantic is None else semantic.hits
         values["semantic_saved"] = {} if semantic is None else dict(semantic.saved)
         if semantic is not None and semantic.hits:
-            # Dollars saved come with prices (cost.py); until then, the usage not spent.
+            # The usage not spent (in each resource's own unit).
             saved = ", ".join(
                 f"{format_amount(v)} {html.escape(k)}" for k, v in semantic.saved.items()
             )
@@ -367,6 +368,10 @@ class DashboardProgress:
                 f"⤳ {semantic.hits:,} answered by the semantic cache"
                 + (f" (saved {saved})" if saved else "")
             )
+        cost = stats.cost
+        values["cost"] = cost
+        if cost is not None:
+            parts.append(f"{format_usd(cost)} spent")
         if stats.store_failures:
             parts.append(f"⚠ {stats.store_failures:,} not stored (see the StoreWarning)")
         _set(self.counts, "value", " · ".join(parts))

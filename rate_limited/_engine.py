@@ -59,7 +59,10 @@ from rate_limited._workers import Workers
 from rate_limited.exceptions import StoreWarning, UsageWarning
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rate_limited._config import RunnerConfig
+    from rate_limited._spend import SpendControl
     from rate_limited._stats import Progress
     from rate_limited.calls import Call
     from rate_limited.ledgers.base import Ledger
@@ -81,8 +84,18 @@ class Engine(Workers):
         *,
         function_name: str = "",
         semantic: SemanticStep | None = None,
+        spend: SpendControl | None = None,
+        escalate: Callable[[Call, BaseException], bool] | None = None,
     ) -> None:
-        super().__init__(config, loop, ledger, function_name=function_name, semantic=semantic)
+        super().__init__(
+            config,
+            loop,
+            ledger,
+            function_name=function_name,
+            semantic=semantic,
+            spend=spend,
+            escalate=escalate,
+        )
         #: The current run, and a stop requested for a run that has not started yet.
         self._run_id = 0
         self._stop_for = 0
@@ -110,6 +123,9 @@ class Engine(Workers):
         self._run_id = run_id
         self._fatal = None
         self._stopping = False
+        self.budget_stopped = None
+        if self.spend is not None:
+            self.spend.follow(loop.time())
         self.progress = progress
         self._epoch += 1
         self.admission.reset((), partitioned=False)

@@ -12,7 +12,7 @@ import html
 import math
 import re
 
-__all__ = ["WHOLE_UNITS_FROM", "format_amount", "format_seconds", "plain_text"]
+__all__ = ["WHOLE_UNITS_FROM", "format_amount", "format_seconds", "format_usd", "plain_text"]
 
 #: Against a quota at least this large, amounts are shown in whole units.
 WHOLE_UNITS_FROM = 100
@@ -49,6 +49,13 @@ def format_amount(amount: float, quota: float | None = None) -> str:
     if amount == int(amount):
         return f"{int(amount):,}"
     return f"{amount:,.2f}"
+
+
+def format_usd(amount: float) -> str:
+    """``"$1.23"``; below a dollar, four significant digits: ``"$0.004512"``."""
+    if amount >= 1 or amount == 0:
+        return f"${amount:,.2f}"
+    return f"${amount:.4g}" if amount >= 0.0001 else f"${amount:.2e}"
 
 
 def plain_text(markup: str) -> str:

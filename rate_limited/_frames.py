@@ -28,8 +28,10 @@ def pandas_module() -> Any:
 def outcomes_frame(outcomes: Sequence[Outcome], index: Any = None) -> pandas.DataFrame:
     """One row per outcome: ``result``, ``status``, ``error``, ``attempts``, ``latency``,
     ``from_store``, the semantic cache's match (``semantic_key``, ``semantic_text``,
-    ``semantic_similarity``; None where it did not answer) and a ``usage_<resource>``
-    column per resource."""
+    ``semantic_similarity``; None where it did not answer), ``cost_usd`` (when the
+    Runner prices its calls), ``model`` (when the calls have a ``model`` argument: with
+    ``escalate=``, the model that answered) and a ``usage_<resource>`` column per
+    resource."""
     pd = pandas_module()
     resources: dict[str, None] = {}
     for outcome in outcomes:
@@ -49,6 +51,12 @@ def outcomes_frame(outcomes: Sequence[Outcome], index: Any = None) -> pandas.Dat
             None if o.semantic is None else o.semantic.similarity for o in outcomes
         ],
     }
+    costs = [o.cost for o in outcomes]
+    if any(cost is not None for cost in costs):
+        columns["cost_usd"] = costs
+    models = [o.model for o in outcomes]
+    if any(model is not None for model in models):
+        columns["model"] = models
     for name in resources:
         columns[f"usage_{name}"] = [o.usage.get(name) for o in outcomes]
     frame = pd.DataFrame(columns, index=index)

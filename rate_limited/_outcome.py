@@ -52,6 +52,13 @@ class Outcome:
     #: How the semantic cache answered the call: the matched call's key, its redacted
     #: prompt and the similarity (None: it did not).
     semantic: SemanticMatch | None = None
+    #: USD its attempts cost, from the usage their responses reported (None: the Runner
+    #: does not price its calls, or a response could not be priced; 0 for an outcome
+    #: from the store: nothing was paid for it now).
+    cost: float | None = None
+    #: The ``model`` argument of its last attempt (with ``escalate=``, the model that
+    #: answered); None if the call has none.
+    model: str | None = None
 
     @property
     def error(self) -> BaseException | None:
@@ -75,4 +82,11 @@ class Outcome:
             call=call,
             warnings=tuple(call.warning_history),
             semantic=call.semantic,
+            cost=call.cost,
+            model=_model(call),
         )
+
+
+def _model(call: Call) -> str | None:
+    model = call.kwargs.get("model")
+    return model if isinstance(model, str) else None

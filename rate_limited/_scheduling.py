@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 import weakref
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from numbers import Real
 from typing import Any
 
@@ -116,9 +116,15 @@ def demand_of(extractors: Extractors, call: Call) -> tuple[tuple[float, float, H
     return tuple(demand)
 
 
-def key_of(key: Callable[[Call], str] | None, function: Callable[..., Any], call: Call) -> str:
+def key_of(
+    key: Callable[[Call], str] | None,
+    function: Callable[..., Any],
+    call: Call,
+    kwargs: Mapping[str, Any] | None = None,
+) -> str:
     """``call``'s store key: ``key(call)`` if given, else a hash of the function and its
-    arguments by value (``rate_limited._keys``)."""
+    arguments by value (``rate_limited._keys``); ``kwargs`` instead of the call's own
+    (an escalating call's: as scheduled, with its ladder)."""
     if key is not None:
         try:
             value = key(call)
@@ -131,7 +137,7 @@ def key_of(key: Callable[[Call], str] | None, function: Callable[..., Any], call
         return value
     from rate_limited._keys import call_key
 
-    return call_key(function, call.args, call.kwargs)
+    return call_key(function, call.args, call.kwargs if kwargs is None else kwargs)
 
 
 def _partition(resource: Resource, call: Call) -> Hashable:

@@ -44,11 +44,17 @@ class StatsSource(Protocol):
 
     def usage(self, now: float) -> dict[str, tuple[float, float, float]]: ...
 
+    @property
+    def cost_total(self) -> float | None:
+        """USD of every response priced so far (None: the calls are not priced)."""
+        ...
+
 
 class RunStats:
     """Counters of the current run, read by progress displays (on the loop thread)."""
 
     __slots__ = (
+        "_cost_at_start",
         "_source",
         "binding",
         "cooldowns",
@@ -81,6 +87,7 @@ class RunStats:
         self.waiting_until: float | None = None  #: admission waits for quota until then
         self.binding: str | None = None  #: the resource it waits for
         self.started_at = now
+        self._cost_at_start = None if source is None else source.cost_total
 
     @property
     def finished(self) -> int:
@@ -122,6 +129,14 @@ class RunStats:
     def semantic(self) -> SemanticStats | None:
         """The semantic cache's hits in this run and the usage they saved (None: no cache)."""
         return None if self._source is None else self._source.semantic_stats
+
+    @property
+    def cost(self) -> float | None:
+        """USD the responses of this run cost so far (None: the calls are not priced)."""
+        total = None if self._source is None else self._source.cost_total
+        if total is None or self._cost_at_start is None:
+            return None
+        return total - self._cost_at_start
 
     def usage(self) -> dict[str, tuple[float, float, float]]:
         """``{resource: (used, reserved, quota)}`` now."""

@@ -39,9 +39,12 @@ from rate_limited.exceptions import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rate_limited._config import RunnerConfig
+    from rate_limited._spend import SpendControl
     from rate_limited.calls import Call
-    from rate_limited.ledgers.base import Ledger
+    from rate_limited.ledgers.base import Ledger, Reservation
     from rate_limited.semantic._step import SemanticStep
 
 __all__ = ["Workers"]
@@ -64,8 +67,18 @@ class Workers(EngineCore):
         *,
         function_name: str = "",
         semantic: SemanticStep | None = None,
+        spend: SpendControl | None = None,
+        escalate: Callable[[Call, BaseException], bool] | None = None,
     ) -> None:
-        super().__init__(config, loop, ledger, function_name=function_name, semantic=semantic)
+        super().__init__(
+            config,
+            loop,
+            ledger,
+            function_name=function_name,
+            semantic=semantic,
+            spend=spend,
+            escalate=escalate,
+        )
         self.is_async = is_async_callable(self.function)
         self.long_wait_seconds = config.long_wait_warning_seconds
         self._warned_wait = False
@@ -142,6 +155,11 @@ class Workers(EngineCore):
         while True:
             if self._stopping or self._in_flight >= self.max_concurrent:
                 return None
+            if self.budget_stopped is not None:
+                if self._in_flight <= 0:  # the last call running has settled: the end
+                    self._resolve_done()
+                    admission.wake()
+                return None
             call = admission.head()
             if call is None:
                 return None
@@ -155,6 +173,10 @@ class Workers(EngineCore):
             if not self._has_ledger:
                 break
             reservation = self.ledger.try_reserve(call.demand, now, defer=self._defer_billing)
+            if reservation is not None and not self._spend_admits(call, reservation, now):
+                if self._budget_waits(call, now):
+                    return None
+                continue  # stopped at the budget
             if reservation is not None:
                 call.reservation = reservation
                 if self.stats.waiting_until is not None:
@@ -166,7 +188,7 @@ class Workers(EngineCore):
                 continue  # and look at the next call
             if admission.has_lanes:
                 passing, lane_when = admission.pass_head(
-                    call, self.ledger, now, defer=self._defer_billing
+                    call, self.ledger, now, defer=self._defer_billing, accept=self._spend_admits
                 )
                 if passing is not None:
                     return passing
@@ -177,6 +199,38 @@ class Workers(EngineCore):
             return None
         admission.pop_head(call)
         return call
+
+    # -- the budget (rate_limited._spend) -------------------------------------------------------
+    def _spend_admits(self, call: Call, reservation: Reservation, now: float) -> bool:
+        """The ledger admitted ``call``: reserve its maximum cost on the budget too, or
+        undo the ledger's admission and return False."""
+        spend = self.spend
+        if spend is None or spend.reserve(call, now):
+            return True
+        self.ledger.release(reservation, now)
+        return False
+
+    def _budget_waits(self, call: Call, now: float) -> bool:
+        """The budget can't admit the head call now. While calls run, their settlement
+        frees what they reserved above their cost: wait for it. A rolling budget that
+        frees enough within its ``wait_seconds`` is waited for too. Otherwise the run
+        stops here, the rest pending (returns False; ``_admit`` then ends the run)."""
+        assert self.spend is not None and self.spend.budget is not None
+        if self._in_flight > 0:
+            self._note_wait(math.inf, "budget", now)
+            return True
+        wait = self.spend.frees_in(call, now)
+        if wait <= self.spend.budget.wait_seconds:
+            self.admission.arm_timer(now + max(wait, 1e-6))
+            self._note_wait(now + wait, "budget", now)
+            return True
+        self.budget_stopped = call
+        return False
+
+    @property
+    def _budget_done(self) -> bool:
+        """Stopped at the budget, and nothing runs any more: the run is over."""
+        return self.budget_stopped is not None and self._in_flight <= 0
 
     def _never_fits(self, call: Call, now: float) -> None:
         """The head call needs more than a whole quota (lowered since it was scheduled,
@@ -263,7 +317,7 @@ class Workers(EngineCore):
             if call is None:
                 call = self._admit()
                 if call is None:
-                    if self._unfinished <= 0 or self._stopping:
+                    if self._unfinished <= 0 or self._stopping or self._budget_done:
                         return
                     await admission.wait()
                     since_yield = 0
@@ -330,7 +384,7 @@ class Workers(EngineCore):
         while True:
             call = self._admit()
             if call is None:
-                if self._unfinished <= 0 or self._stopping:
+                if self._unfinished <= 0 or self._stopping or self._budget_done:
                     return
                 await self.admission.wait()
                 now = loop.time()

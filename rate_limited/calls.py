@@ -22,6 +22,7 @@ from rate_limited._secret_names import is_secret_name
 from rate_limited._status import Status
 
 if TYPE_CHECKING:
+    from rate_limited._call_spend import CallSpend
     from rate_limited.semantic._match import SemanticMatch
 
 __all__ = ["Call", "CallOwner", "Result"]
@@ -67,12 +68,14 @@ class CallOwner:
 class _Extras:
     """The fields of a Call that most calls never set, kept apart to keep Calls small."""
 
-    __slots__ = ("from_store", "semantic", "warnings")
+    __slots__ = ("from_store", "semantic", "spend", "warnings")
 
     def __init__(self) -> None:
         self.from_store = False
         self.semantic: SemanticMatch | None = None
         self.warnings: list[BaseException] | None = None
+        #: Its money: maximum cost, budget reservation, cost so far (``rate_limited._spend``).
+        self.spend: CallSpend | None = None
 
 
 class Call:
@@ -158,6 +161,16 @@ class Call:
     @from_store.setter
     def from_store(self, value: bool) -> None:
         self._more().from_store = value
+
+    @property
+    def cost(self) -> float | None:
+        """USD its attempts cost, from the usage their responses reported (None: not
+        priced, or a response that could not be priced)."""
+        extras = self._extras
+        spend = None if extras is None else extras.spend
+        if spend is None or spend.unknown:
+            return None
+        return spend.cost
 
     @property
     def semantic(self) -> SemanticMatch | None:

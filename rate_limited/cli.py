@@ -80,6 +80,18 @@ def _demo_parser(parser: argparse.ArgumentParser) -> None:
     add("--store", default=DEMO_STORE, help=f"where finished calls are kept ({DEMO_STORE})")
     add("--fresh", action="store_true", help="delete the store first: start over")
     add("--seed", type=int, default=DEMO_SEED, help="seed of the prompts and the provider")
+    add(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="USD",
+        help="stop at this many US dollars (at gpt-4o-mini's list price); run again to go on",
+    )
+    add(
+        "--estimate",
+        action="store_true",
+        help="print what the requests will need (tokens, cost, least time) and exit",
+    )
 
 
 def _demo_prompts(count: int, seed: int) -> list[str]:
@@ -99,10 +111,14 @@ def demo(args: argparse.Namespace) -> int:
         print("The demo needs the openai SDK: pip install 'rate_limited[openai]'", file=sys.stderr)
         return 2
     from rate_limited.apis.openai import ChatCompletions
+    from rate_limited.budget import Budget
     from rate_limited.testing import MockProvider
 
     if args.requests < 1 or args.rpm <= 0 or args.tpm <= 0 or args.concurrency < 1:
         print("--requests, --rpm, --tpm and --concurrency must be positive", file=sys.stderr)
+        return 2
+    if args.budget is not None and not args.budget >= 0:
+        print("--budget must be a number of US dollars >= 0", file=sys.stderr)
         return 2
     store = Path(args.store)
     if args.fresh:
@@ -130,7 +146,10 @@ def demo(args: argparse.Namespace) -> int:
             "Ctrl-C stops.",
             flush=True,
         )
-        runner = chat.runner(max_concurrent=args.concurrency, progress="tqdm", store=str(store))
+        budget = None if args.budget is None else Budget(usd=args.budget)
+        runner = chat.runner(
+            max_concurrent=args.concurrency, progress="tqdm", store=str(store), budget=budget
+        )
         with runner:
             for prompt in _demo_prompts(args.requests, args.seed):
                 runner.schedule(
@@ -139,6 +158,9 @@ def demo(args: argparse.Namespace) -> int:
                     # OpenAI counts max_tokens, used or not: keep it near the expected output
                     max_tokens=150,
                 )
+            if args.estimate:
+                print(runner.estimate(), flush=True)
+                return 0
             started = time.monotonic()
             result = runner.run()
             elapsed = time.monotonic() - started
@@ -150,6 +172,7 @@ def demo(args: argparse.Namespace) -> int:
     charged = stats.prompt_tokens + output
     counts = _counts(result, store)
     _summary(args, result.interrupted, counts, stats, charged, elapsed, store)
+    _dollars(result, stats)
     if result.interrupted:
         return 130
     return 0 if counts.succeeded == counts.total else 1
@@ -206,6 +229,8 @@ def resume_command(args: argparse.Namespace) -> str:
         value = getattr(args, name)
         if value != default:
             parts += [f"--{name}", _number(value)]
+    if getattr(args, "budget", None) is not None:
+        parts += ["--budget", _number(args.budget)]
     if args.use_async:
         parts.append("--async")  # the sync and async presets' calls have different keys
     parts += ["--store", str(args.store)]
@@ -273,6 +298,24 @@ def _summary(
             f"Run `{resume_command(args)}` to resume: it sends only the {left:,} requests "
             f"not saved in {store}."
         )
+    print("\n".join(lines), flush=True)
+
+
+def _dollars(result: Any, stats: Any) -> None:
+    """What the run cost: the package's figure, and the provider's own at list prices."""
+    from rate_limited._format import format_usd
+    from rate_limited.testing._billing import LIST_PRICES
+
+    input_rate, output_rate = LIST_PRICES["gpt-4o-mini"]
+    billed = (stats.prompt_tokens * input_rate + stats.completion_tokens * output_rate) / 1e6
+    cost = result.cost
+    ours = "unknown" if cost is None else format_usd(cost)
+    lines = [
+        f"  cost:         {ours} for this run's responses, as rate_limited priced their usage "
+        f"(the provider's bill at gpt-4o-mini's list price: {format_usd(billed)})"
+    ]
+    if result.budget is not None:
+        lines.append(f"  budget:       {result.budget.message}")
     print("\n".join(lines), flush=True)
 
 

@@ -123,6 +123,11 @@ class PriceTable:
             self._warn(model, batch=False, message=_unknown(model, known.source))
         return known.price
 
+    def lookup(self, model: str, *, tier: str | None = None) -> Price | None:
+        """``price`` without the warning: for code that reports unknown models itself
+        (a Runner prices responses on its own thread, and warns in the caller's)."""
+        return self._resolve(model, tier).price
+
     def require(self, model: str, *, batch: bool = False, tier: str | None = None) -> Price:
         """The model's prices; a ``ConfigurationError`` naming the model and saying how to
         pass them if none are known (or no batch rates, with ``batch``).

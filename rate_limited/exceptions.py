@@ -35,6 +35,8 @@ Warnings (``UserWarning`` subclasses, emitted in the thread that called ``run()`
     ├── UsageWarning          a results usage could not be read; the estimate was billed
     ├── BlockingCallWarning   an async function blocked the event loop (names the fix)
     ├── PriceWarning          no price is known for a model: its cost is None
+    ├── BudgetWarning         the budget stopped a run (spent, limit, calls not started),
+    │                         or its spend crossed an ``alert_at`` fraction
     └── SemanticCacheWarning  the semantic cache could not look up or index some calls:
                               they were sent as usual
 
@@ -53,6 +55,7 @@ from typing import Any, Protocol
 __all__ = [
     "ArgumentTypeError",
     "BlockingCallWarning",
+    "BudgetWarning",
     "CallError",
     "CallTimeoutError",
     "ConfigurationError",
@@ -253,6 +256,14 @@ class PriceWarning(RateLimitedWarning):
 
     Issued once per model per price table; pass the model's price with ``prices=``.
     """
+
+
+class BudgetWarning(RateLimitedWarning):
+    """A ``Budget`` could not admit the next call, so the run stopped with the rest
+    pending (the message says what was spent, the limit and how many calls did not
+    start; ``RunResult.budget`` has the same), or the spend crossed one of the budget's
+    ``alert_at`` fractions. Raise the budget (``budget.usd = ...``) and ``run()`` again
+    to go on."""
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -3,13 +3,15 @@
 ``RunResult`` is a tuple ``(results, exceptions)``, exactly rate_limited 0.4's shape, so
 ``results, exceptions = runner.run()`` keeps working; ``results[i]`` is the value of call
 i (None if it did not succeed) and ``exceptions[i]`` the list of its failed attempts'
-exceptions. On top of that it carries ``.outcomes`` (status, attempts, usage, latency per
-call), ``.interrupted`` and ``.to_pandas()``.
+exceptions. On top of that it carries ``.outcomes`` (status, attempts, usage, cost,
+latency per call), ``.cost``, ``.interrupted``, ``.budget`` (why a budget stopped the run)
+and ``.to_pandas()``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,7 @@ from rate_limited._status import Status
 if TYPE_CHECKING:
     import pandas
 
+    from rate_limited.budget import BudgetStop
     from rate_limited.calls import Call
     from rate_limited.resources import Resource
 
@@ -41,6 +44,8 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
     #: Finished calls whose outcome could not be written to the store (0 without a
     #: store); a ``StoreWarning`` said so. A later process would call them again.
     store_failures: int
+    #: Why the run stopped at its budget with calls pending (None: it did not).
+    budget: BudgetStop | None
     _outcomes: list[Outcome] | None
 
     def __new__(
@@ -54,6 +59,7 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         resources: tuple[Resource, ...] = (),
         started_at: float | None = None,
         store_failures: int = 0,
+        budget: BudgetStop | None = None,
     ) -> RunResult:
         self = super().__new__(cls, (results, exceptions))
         self.calls = calls
@@ -62,6 +68,7 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         self.resources = resources
         self.started_at = started_at
         self.store_failures = store_failures
+        self.budget = budget
         self._outcomes = None
         return self
 
@@ -75,6 +82,7 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         resources: tuple[Resource, ...] = (),
         started_at: float | None = None,
         store_failures: int = 0,
+        budget: BudgetStop | None = None,
         copy: bool = False,
     ) -> RunResult:
         """The result of ``calls``, read from them now, in their order.
@@ -97,6 +105,7 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
             resources=resources,
             started_at=started_at,
             store_failures=store_failures,
+            budget=budget,
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -104,7 +113,15 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         outcomes = [dataclasses.replace(o, call=None) for o in self.outcomes]
         return (
             _unpickle,
-            (self[0], self[1], outcomes, self.interrupted, self.elapsed, self.store_failures),
+            (
+                self[0],
+                self[1],
+                outcomes,
+                self.interrupted,
+                self.elapsed,
+                self.store_failures,
+                self.budget,
+            ),
         )
 
     @property
@@ -123,6 +140,12 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         if self._outcomes is None:
             self._outcomes = [Outcome.of(call) for call in self.calls]
         return self._outcomes
+
+    @property
+    def cost(self) -> float | None:
+        """USD the calls cost (``sum(o.cost)``); None if no call could be priced."""
+        costs = [o.cost for o in self.outcomes if o.cost is not None]
+        return math.fsum(costs) if costs else None
 
     def counts(self) -> dict[str, int]:
         """How many calls are in each status, e.g. ``{"succeeded": 98, "failed": 2}``."""
@@ -152,6 +175,11 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
     def __repr__(self) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items()))
         flag = ", interrupted" if self.interrupted else ""
+        if self.budget is not None:
+            flag += ", stopped at the budget"
+        cost = self.cost
+        if cost is not None:
+            flag += f", ${cost:.4g}"
         if self.store_failures:
             flag += f", {self.store_failures} not stored"
         return f"<RunResult of {len(self[0])} calls: {counts or 'none'}{flag}>"
@@ -164,7 +192,10 @@ def _unpickle(
     interrupted: bool,
     elapsed: float,
     store_failures: int = 0,
+    budget: BudgetStop | None = None,
 ) -> RunResult:
-    result = RunResult(results, exceptions, (), interrupted, elapsed, store_failures=store_failures)
+    result = RunResult(
+        results, exceptions, (), interrupted, elapsed, store_failures=store_failures, budget=budget
+    )
     result._outcomes = outcomes
     return result

@@ -4,9 +4,9 @@
 once this module is imported) schedules one call per row with the keyword arguments
 ``row_to_kwargs(row)`` returns, runs them, and returns a DataFrame aligned to ``df.index``
 with each call's ``result``, ``status``, ``error``, ``attempts``, ``latency``,
-``from_store``, ``semantic_key`` / ``semantic_text`` / ``semantic_similarity`` and
-``usage_<resource>``; ``RunResult.to_pandas()`` gives the same table
-for any run.
+``from_store``, ``semantic_key`` / ``semantic_text`` / ``semantic_similarity``,
+``cost_usd`` and ``model`` (see ``outcomes_frame``) and ``usage_<resource>``;
+``RunResult.to_pandas()`` gives the same table for any run.
 
 Every row is scheduled before anything runs. A row that cannot be (it needs more than a
 whole quota, or a usage extractor fails on it) is named by its index label in the
@@ -33,6 +33,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from rate_limited._escalate import scheduled_kwargs
 from rate_limited._frames import outcomes_frame, pandas_module
 from rate_limited._status import RunnerState
 from rate_limited.exceptions import ConfigurationError, QuotaExceededError
@@ -107,7 +108,7 @@ def apply(
     if not pending:
         _schedule_rows(runner, labels, wanted)
     result = runner.run()
-    if result.interrupted:
+    if result.interrupted or result.budget is not None:  # the same cell again resumes
         _last_apply.pop(runner, None)
     else:
         _last_apply[runner] = result
@@ -161,7 +162,8 @@ def _same_calls(calls: Sequence[Any], wanted: Sequence[Mapping[str, Any]]) -> bo
     if len(calls) != len(wanted):
         return False
     return all(
-        not c.args and _equal(dict(c.kwargs), dict(w)) for c, w in zip(calls, wanted, strict=True)
+        not c.args and _equal(scheduled_kwargs(c), dict(w))
+        for c, w in zip(calls, wanted, strict=True)
     )
 
 

@@ -29,6 +29,7 @@ import time
 import warnings
 from typing import Any
 
+from rate_limited._format import format_usd
 from rate_limited._redact import get_logger
 from rate_limited._stats import Progress, RunStats
 
@@ -65,7 +66,7 @@ class TqdmProgress:
         if bar.total != stats.total:
             bar.total = stats.total
         bar.update(stats.finished - bar.n)
-        postfix = {}
+        postfix: dict[str, int | str] = {}
         if stats.failed:
             postfix["failed"] = stats.failed
         if stats.retries:
@@ -76,6 +77,8 @@ class TqdmProgress:
             postfix["not stored"] = stats.store_failures
         if stats.semantic is not None and stats.semantic.hits:
             postfix["semantic hits"] = stats.semantic.hits
+        if stats.cost is not None:
+            postfix["cost"] = format_usd(stats.cost)
         if postfix:
             bar.set_postfix(postfix, refresh=False)
         if stats.waiting_until is None and bar.desc != (self._desc or ""):
@@ -121,6 +124,8 @@ class LogProgress:
             parts.append(f"{stats.store_failures} not stored")
         if stats.semantic is not None and stats.semantic.hits:
             parts.append(f"{stats.semantic.hits} answered by the semantic cache")
+        if stats.cost is not None:
+            parts.append(f"{format_usd(stats.cost)} spent")
         parts.append(f"{stats.elapsed:.1f} s")
         return ", ".join(parts)
 

@@ -31,10 +31,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import os
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from rate_limited._checkpoint import close_store
@@ -45,12 +46,15 @@ from rate_limited._feedback import FeedbackSource, LedgerControl
 from rate_limited._gc import bulk_allocation
 from rate_limited._loop_thread import LoopThread, finish_running_calls, shutdown, stop_run
 from rate_limited._loopwatch import is_async_callable
+from rate_limited._money import Money, split_budget
 from rate_limited._policy import Validator, retry_if_transient
 from rate_limited._redact import get_logger
 from rate_limited._scheduling import Scheduler, demand_of, key_of, make_schedule
 from rate_limited._status import RunnerState
+from rate_limited.budget import Budget
 from rate_limited.calls import Call, Result
 from rate_limited.exceptions import (
+    BudgetWarning,
     ReentrantRunError,
     RunnerClosedError,
     warn,
@@ -65,6 +69,7 @@ from rate_limited.stores.base import Store
 if TYPE_CHECKING:
     import pandas
 
+    from rate_limited._estimate import Estimate
     from rate_limited._stats import Progress
     from rate_limited.semantic import SemanticCache
     from rate_limited.semantic._step import SemanticStep
@@ -121,6 +126,8 @@ class Runner(Scheduler):
         event_loop: Literal["own", "current"] = "own",
         rate_limit_patience: float | None = 600.0,
         semantic_cache: SemanticCache | None = None,
+        budget: Budget | None = None,
+        escalate: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         """Wrap ``function`` (sync or async callable: function, partial, lambda, method).
 
@@ -168,7 +175,15 @@ class Runner(Scheduler):
                 in other words (and identical in everything else) takes the stored answer
                 of the earlier call instead of being sent. Needs ``store=``; off with
                 ``refresh=True`` (fresh answers are still indexed) or None (default).
+            budget: a ``rate_limited.Budget``: at most that many US dollars spent (see
+                ``rate_limited.budget``); a Budget in ``resources`` is the same. A preset
+                prices its calls; your own function needs ``Budget(cost=, max_cost=)``.
+            escalate: the quality-cost ladder, e.g. ``[{"model": "gpt-4o-mini"},
+                {"model": "gpt-4o"}]``: each attempt after a failed validation (or an
+                error permanent for that model) runs with the next rung's keyword
+                arguments (see ``rate_limited._escalate``).
         """
+        resources, budget = split_budget(resources, budget)
         #: The validated settings (``Runner.max_concurrent`` and the like read them).
         self.config = RunnerConfig.build(
             function,
@@ -209,6 +224,8 @@ class Runner(Scheduler):
             (r, r.arguments_usage_extractor, r.max_results_usage_estimator)
             for r in self.config.resources
         ]
+        demand = functools.partial(demand_of, self._extractors) if self._extractors else None
+        self._money = Money(function, budget, escalate, self.store, demand)
         self._state = RunnerState.IDLE
         self._loop_thread: LoopThread | None = None
         self._engine: Engine | None = None  # on the Runner's own loop thread
@@ -229,7 +246,7 @@ class Runner(Scheduler):
 
             self._function_identity = function_identity(function)
         #: schedule() has work beyond creating the Call (usage extraction, keys).
-        self._slow_schedule = bool(self._extractors) or self.store is not None
+        self._slow_schedule = bool(self._extractors) or self.store is not None or self._money.active
         self._inline_schedule = not self._slow_schedule
         self.schedule = make_schedule(self, function)  # type: ignore[method-assign]
 
@@ -237,6 +254,11 @@ class Runner(Scheduler):
     def resources(self) -> list[Resource]:
         """The quotas, in the order of each call's demand (a copy: they are fixed)."""
         return list(self.config.resources)
+
+    @property
+    def budget(self) -> Budget | None:
+        """The spending limit (None: none); raise ``budget.usd`` to go on after a stop."""
+        return self._money.budget
 
     @property
     def state(self) -> RunnerState:
@@ -262,10 +284,13 @@ class Runner(Scheduler):
             raise RunnerClosedError("This Runner was closed; create a new Runner to schedule.")
         calls = self.scheduled_calls
         call = Call(self.function, args, kwargs, len(calls), self)
+        money = self._money
+        money.schedule(call)
         if self._extractors:
             call.demand = demand_of(self._extractors, call)
+        money.price(call)
         if self.store is not None:
-            call.key = key_of(self.config.key, self.function, call)
+            call.key = key_of(self.config.key, self.function, call, money.key_kwargs(call))
         if self._semantic is not None:
             self._semantic.check(call)  # a text= that can't split the call: an error now
         calls.append(call)
@@ -399,6 +424,8 @@ class Runner(Scheduler):
             self._ledger,
             function_name=self._function_identity,
             semantic=self._semantic,
+            spend=self._money.spend,
+            escalate=None if self._money.ladder is None else self._money.escalate,
         )
         if isinstance(self.function, FeedbackSource):
             control = LedgerControl(
@@ -419,7 +446,14 @@ class Runner(Scheduler):
         return interrupted, engine.loop.time() - started
 
     def _result(self, calls: list[Call], interrupted: bool, elapsed: float) -> RunResult:
-        if interrupted:
+        engine = self._active_engine
+        budget = None
+        if engine is not None and not interrupted:
+            budget = self._money.stopped(engine.budget_stopped, calls, engine.loop.time())
+        if budget is not None:
+            # Stopped at the budget, the rest pending: the batch stays, run() goes on.
+            warn(budget.message, BudgetWarning)
+        elif interrupted:
             done = sum(1 for c in calls if c.status.is_final)
             running = sum(1 for c in calls if c.status is Status.RUNNING)
             self.logger.warning(
@@ -442,16 +476,16 @@ class Runner(Scheduler):
                 call.index = index
             self.scheduled_calls = later
             calls = calls[:ran] if later else calls
-        if not interrupted:
+        if not interrupted and budget is None:
             # Every call of the run is final: none needs the Runner to live any more, and
             # last_result (which holds them) must not make a reference cycle through it.
             for call in calls:
                 call.release_owner()
-        engine = self._active_engine
         notices: list[tuple[type[Warning], str]] = []
         store_failures = 0
         if engine is not None:
             notices, store_failures = engine.take_notices()
+        notices += self._money.take_notices()
         # Paused collector: 100k new lists would trigger full passes over every Call.
         with bulk_allocation(len(calls)):
             result = RunResult.from_calls(
@@ -461,11 +495,21 @@ class Runner(Scheduler):
                 resources=self.config.resources,
                 started_at=None if engine is None else engine.stats.started_at,
                 store_failures=store_failures,
+                budget=budget,
             )
         for category, text in notices:
             warn(text, category)
         self.last_result = result
         return result
+
+    def estimate(self) -> Estimate:
+        """What the scheduled calls not yet finished will need, before ``run()``: calls,
+        prompt tokens, maximum output tokens, ``cost_min`` / ``cost_max`` in USD and the
+        least time the quotas allow (see ``rate_limited._estimate``). Shows as a table
+        in a notebook."""
+        from rate_limited._estimate import estimate
+
+        return estimate(self, self._money.spend)
 
     def apply(
         self,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from rate_limited import Resource, Runner
+from rate_limited import Budget, Resource, Runner
 from rate_limited.testing import FakeClock
 
 pytest.importorskip("ipywidgets")
@@ -127,6 +127,18 @@ def test_usage_bars_show_the_ledger() -> None:
     assert {value for name, value in moved if name == "requests"} >= {0.0, 3.0}
     # While calls are in flight their token estimates are held as reservations.
     assert any(state["usage"]["tokens"]["reserved"] > 0 for _, state, _ in dashboard.seen)
+
+
+def test_cost_and_budget_are_shown() -> None:
+    budget = Budget(2.0, cost=lambda call, result: 0.25, max_cost=lambda call: 0.5)
+    dashboard = fake_run(one_second, [requests_per(3, 10)], 6, budget=budget)
+    _, final, _ = dashboard.seen[-1]
+    assert final["cost"] == pytest.approx(1.5)
+    assert "$1.50 spent" in final["text"]["counts"]
+    row = final["usage"]["budget_usd"]
+    assert (row["used"], row["reserved"], row["quota"]) == (pytest.approx(1.5), 0.0, 2.0)
+    held = [state["usage"]["budget_usd"]["reserved"] for _, state, _ in dashboard.seen]
+    assert max(held) == pytest.approx(1.5)  # three calls in flight hold $0.50 each
 
 
 def test_waiting_for_a_quota_is_shown() -> None:
@@ -445,7 +457,7 @@ def test_dashboard_values_move_in_a_real_kernel(kernel_client: Any) -> None:
 PLAIN_SCRIPT = textwrap.dedent(
     """
     import sys
-    from rate_limited import Resource, Runner
+    from rate_limited import Budget, Resource, Runner
 
     def double(x):
         return 2 * x

@@ -737,15 +737,19 @@ def test_a_window_quota_holds_at_the_moment_a_sync_function_starts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Threads take their calls late on a busy machine (here: each new thread first sleeps
-    50 ms). The quota must hold between the instants the function really starts, not
-    between admissions: at most 5 starts in any 0.2 s."""
+    a quarter of the window). The quota must hold between the instants the function really
+    starts, not between admissions: at most 5 starts in any 1 s. (Billed at admission, the
+    first 5 would start at 0.25 and the next 5, on those threads, at 1.0.) The window is
+    long so that only a thread stalled 0.75 s between its billing and its first line could
+    fail it on a loaded machine."""
     from rate_limited import _pool
 
     start_thread = _pool._start_thread
+    window, quota = 1.0, 5
 
     def slow_thread(target: Callable[[], None], name: str) -> threading.Thread:
         def late() -> None:
-            time.sleep(0.05)
+            time.sleep(window / 4)
             target()
 
         return start_thread(late, name)
@@ -759,7 +763,6 @@ def test_a_window_quota_holds_at_the_moment_a_sync_function_starts(
             starts.append(time.monotonic())
         return i
 
-    window, quota = 0.2, 5
     with Runner(
         call, [requests_per(quota, window)], max_concurrent=quota, progress=False
     ) as runner:

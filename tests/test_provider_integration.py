@@ -41,6 +41,10 @@ from rate_limited.apis.openai import (
 from rate_limited.testing import FakeClock, Faults, MockProvider
 from tests.conftest import MakeProvider
 
+# Made-up model names ("m", "c"...): their cost is None, and a PriceWarning says so once
+# per preset (tests/test_spend.py checks it); here it is not the point.
+pytestmark = pytest.mark.filterwarnings("ignore::rate_limited.exceptions.PriceWarning")
+
 FAST_RETRIES = exponential_backoff(initial=0.02, maximum=0.2)
 
 _clients: list[Any] = []

@@ -31,11 +31,14 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from rate_limited._feedback import LedgerControl
+from rate_limited._price import Price
+from rate_limited._token_usage import TokenUsage
 from rate_limited.apis._headers import Family, headers_of
 from rate_limited.apis._limits import MINUTE, UNKNOWN_QUOTA, LimitTracker
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
 from rate_limited.apis._tokens import Calibration, TextCounter, Tokenizer, resolve_counter
 from rate_limited.apis.common import PROVIDER_REFILL_DELAY, RequestTooLargeError
+from rate_limited.cost import PriceTable
 from rate_limited.exceptions import ArgumentTypeError, ConfigurationError
 from rate_limited.resources import Resource, Settle
 
@@ -91,7 +94,10 @@ class Preset:
         image_tokens: int | None = None,
         media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
         client_max_retries: int | None = 0,
+        prices: Mapping[str, Price] | None = None,
     ) -> None:
+        #: What each model costs: ``prices`` first, then genai-prices' table.
+        self.prices = PriceTable(prices)
         if client is None:
             client = self._default_client()
         if client_max_retries is not None and hasattr(client, "with_options"):
@@ -237,13 +243,78 @@ class Preset:
     def _note_demand(self, name: str, call: Call, demand: float) -> None:
         self.tracker.note_demand(name, model_of(call), demand)
 
+    # -- money (rate_limited._spend.CostSource) ------------------------------------------------
+    def call_tokens(self, call: Call) -> tuple[int, float]:
+        """``(prompt tokens, most output tokens)`` of a scheduled call, as estimated."""
+        params = self._params(call)
+        return self.prompt_tokens(params), self._reserved_output(params)
+
+    def call_max_cost(self, call: Call, *, required: bool = False) -> float | None:
+        """The most the call can cost in USD: its prompt estimate at the highest rate a
+        prompt token can be billed at, its most output at the output rate. None if the
+        model's price is not known (a ``PriceWarning``); with ``required`` (a budget), a
+        ``ConfigurationError`` naming the model and how to give its price."""
+        model, tier = self._priced_model(call, required)
+        if model is None:
+            return None
+        if required:
+            self.prices.require(model, tier=tier)
+        prompt, output = self.call_tokens(call)
+        return self.prices.max_cost(
+            model, prompt, output, cache_write=self._may_write_cache(call.kwargs), tier=tier
+        )
+
+    def call_min_cost(self, call: Call) -> float | None:
+        """The least the call can cost in USD: its prompt estimate at the input rate, no
+        output (None if the model's price is not known)."""
+        model, tier = self._priced_model(call, False)
+        price = None if model is None else self.prices.price(model, tier=tier)
+        if price is None:
+            return None
+        return price.cost(TokenUsage(input_tokens=self.call_tokens(call)[0]))
+
+    def call_cost(self, call: Call, result: Any) -> float | None:
+        """USD the response cost, from the usage it reports, at its model's rates (None,
+        without a warning, for a model without a price: see ``warn_unpriced``)."""
+        model = field(result, "model")
+        if not isinstance(model, str) or not model or self.prices.lookup(model) is None:
+            model, _ = self._priced_model(call, False)
+        if model is None or self.prices.lookup(model) is None:
+            return None
+        return self.prices.cost(result, model)
+
+    def warn_unpriced(self, models: list[str]) -> None:
+        """One ``PriceWarning`` per model without a price (per preset), in the caller's
+        thread: the Runner calls this when ``run()`` returns."""
+        for model in models:
+            self.prices.price(model)
+
+    def _priced_model(self, call: Call, required: bool) -> tuple[str | None, str | None]:
+        model = call.kwargs.get("model")
+        if not isinstance(model, str) or not model:
+            if required:
+                raise ConfigurationError(
+                    f"A budget prices each call by its model: schedule {type(self).__name__} "
+                    f"calls with model=..., got {call!r}."
+                )
+            return None, None
+        tier = call.kwargs.get("service_tier")
+        return model, tier if isinstance(tier, str) and tier != "auto" else None
+
+    def _may_write_cache(self, params: Mapping[str, Any]) -> bool:
+        """Whether the request may be billed prompt-cache writes (above the input rate).
+        OpenAI caches prompts by itself, so by default: yes (where genai-prices has a
+        write rate above the input's, it bounds the prompt)."""
+        return True
+
     # -- the Runner ---------------------------------------------------------------------------
     def attach_ledger(self, control: LedgerControl) -> None:
         """Called by the Runner before its first run: feedback goes to its ledger."""
         self.tracker.attach(control)
 
     def runner(self, **runner_options: Any) -> Runner:
-        """``Runner(self, self.resources, **runner_options)``."""
+        """``Runner(self, self.resources, **runner_options)``, e.g. ``budget=Budget(usd=5)``
+        (the preset prices the calls) or ``escalate=[{"model": ...}, {"model": ...}]``."""
         from rate_limited.runner import Runner
 
         return Runner(self, self.resources, **runner_options)

@@ -38,6 +38,8 @@ The rules, each documented where it lives:
     actual output tokens (``refund_unused_output=True``).
 * Faults (``_faults``): only admitted requests are faulted, and they keep everything
   admission charged (no refund), as a provider that failed mid-way has billed already.
+* Billing (``_billing``): ``billed_usd()`` prices the answered requests of its log at the
+  providers' list prices, by its own arithmetic, never the package's price table.
 * Answers (``_outputs``): heavy-tailed lengths capped at ``max_tokens``, text that starts
   with the last user message (or its ``prompt_digest``) and whose ``count_tokens`` is the
   reported completion tokens, all drawn from a per-request seeded rng (``_app``).
@@ -63,6 +65,7 @@ from types import FrameType, ModuleType, TracebackType
 from typing import Any
 
 from ._app import MockApp
+from ._billing import billed_usd
 from ._faults import Faults
 from ._http import HttpRequest, HttpServer, raise_open_files_limit
 from ._limits import Family, Limits, RateLimiter
@@ -378,6 +381,12 @@ class MockProvider:
     def request_log(self) -> list[RequestLogEntry]:
         """A copy of the log of every request, in the order outcomes were decided."""
         return self._stats.log()
+
+    def billed_usd(self, prices: Mapping[str, tuple[float, float]] | None = None) -> float:
+        """USD the answered requests would have cost at the providers' list prices (or
+        ``prices``: model -> (input, output) USD per million tokens), by the mock's own
+        arithmetic over its request log (see ``rate_limited.testing._billing``)."""
+        return billed_usd(self._stats.log(), prices)
 
     def reset_stats(self) -> None:
         """Clear counters, peaks and the request log (the buckets are left as they are)."""

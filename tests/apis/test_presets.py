@@ -38,6 +38,10 @@ from rate_limited.apis.openai.chat import (
 )
 from rate_limited.calls import Call
 
+# Made-up model names ("m", "c"...): their cost is None, and a PriceWarning says so once
+# per preset (tests/test_spend.py checks it); here it is not the point.
+pytestmark = pytest.mark.filterwarnings("ignore::rate_limited.exceptions.PriceWarning")
+
 
 class Raw:
     """What ``with_raw_response.create`` returns: headers and a parse()."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from rate_limited._price import Price
 from rate_limited.apis._headers import Family
 from rate_limited.apis._preset import Preset, field, is_async_client
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
@@ -91,6 +92,7 @@ class Messages(Preset):
         image_tokens: int | None = None,
         media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
         client_max_retries: int | None = 0,
+        prices: Mapping[str, Price] | None = None,
     ) -> None:
         """Wrap ``client`` (default: ``anthropic.Anthropic()``, or ``AsyncAnthropic()``
         for ``AsyncMessages``) with each model's limits (None: read from the headers);
@@ -101,6 +103,8 @@ class Messages(Preset):
         callable counting the tokens of a text. ``image_tokens``, ``media_tokens``: tokens
         per image, per document part. ``client_max_retries``: the SDK's own retries
         (default 0, so the Runner sees every attempt; None leaves the client as it is).
+        ``prices``: ``{"my-model": Price(...)}`` before genai-prices' table (for
+        ``Outcome.cost`` and a ``Budget``).
         """
         super().__init__(
             client,
@@ -114,6 +118,7 @@ class Messages(Preset):
             image_tokens=image_tokens,
             media_tokens=media_tokens,
             client_max_retries=client_max_retries,
+            prices=prices,
         )
 
     def _default_client(self) -> Any:
@@ -140,6 +145,11 @@ class Messages(Preset):
 
     def _reserved_output(self, params: Mapping[str, Any]) -> float:
         return _count(params.get("max_tokens"))
+
+    def _may_write_cache(self, params: Mapping[str, Any]) -> bool:
+        # Anthropic writes the prompt cache (at a rate above the input's) only where the
+        # request marks a breakpoint with cache_control.
+        return "cache_control" in repr(params)
 
     def _estimate_input(self, call: Call) -> float:
         demand = float(self.prompt_tokens(self._params(call)))

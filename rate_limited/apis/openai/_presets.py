@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from rate_limited._price import Price
 from rate_limited.apis._headers import Family
 from rate_limited.apis._preset import Preset, field, is_async_client
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
@@ -104,6 +105,7 @@ class _OpenAIPreset(Preset):
         image_tokens: int | None = None,
         media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
         client_max_retries: int | None = 0,
+        prices: Mapping[str, Price] | None = None,
     ) -> None:
         """Wrap ``client`` (default: ``openai.OpenAI()``, or ``AsyncOpenAI()`` for the
         async classes) with its limits.
@@ -126,6 +128,8 @@ class _OpenAIPreset(Preset):
             media_tokens: tokens per audio or file part.
             client_max_retries: the SDK's own retries (default 0: the Runner retries, and
                 its ledger sees every attempt); None leaves the client as it is.
+            prices: ``{"my-model": Price(input_per_mtok=..., output_per_mtok=...)}``,
+                before genai-prices' table: what ``Outcome.cost`` and a ``Budget`` use.
         """
         super().__init__(
             client,
@@ -135,6 +139,7 @@ class _OpenAIPreset(Preset):
             image_tokens=image_tokens,
             media_tokens=media_tokens,
             client_max_retries=client_max_retries,
+            prices=prices,
         )
         self._default_max_tokens = _positive_int(default_max_tokens)
 

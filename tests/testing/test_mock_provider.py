@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -515,18 +514,21 @@ def test_unused_output_is_kept_as_openai_documents_or_refunded(
 
 
 def test_refill_is_continuous_through_the_server(make_provider: MakeProvider) -> None:
-    provider = make_provider(tpm=6000, refund_unused_output=False)  # 100 tokens per second
+    now = [1000.0]  # the provider's clock, moved by the test: no real time passes
+    provider = make_provider(  # 100 tokens per second
+        tpm=6000, refund_unused_output=False, clock=lambda: now[0]
+    )
     prompt = chat_prompt_tokens("x")
     with oai(provider) as client:
         client.chat.completions.create(model="m", messages=user("x"), max_tokens=6000 - prompt)
         with pytest.raises(openai.RateLimitError):
             client.chat.completions.create(model="m", messages=user("x"), max_tokens=1)
-        time.sleep(0.15)  # about 15 tokens come back
+        now[0] += 0.25  # 25 tokens come back (0.25 s: exact in binary)
         raw = client.chat.completions.with_raw_response.create(
             model="m", messages=user("x"), max_tokens=1
         )
-    # 0.15 s gave back about 15 tokens (a bit more if the machine is slow), not a window
-    assert 15 - prompt - 1 <= int(raw.headers["x-ratelimit-remaining-tokens"]) <= 60
+    # 0.25 s gave back 25 tokens, not a window
+    assert int(raw.headers["x-ratelimit-remaining-tokens"]) == 25 - prompt - 1
 
 
 def test_anthropic_input_and_output_buckets(make_provider: MakeProvider) -> None:

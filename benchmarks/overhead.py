@@ -347,7 +347,13 @@ def _report(rows: list[list[str]], args: argparse.Namespace, argv: Sequence[str]
         [
             *preamble(__file__, argv),
             f"N = {args.calls:,} trivial calls (`def f(x): return x`, or `async def`), no "
-            f"resources, `progress_interval={PROGRESS_INTERVAL}` on both sides (0.4's best "
+            "resources; the *realistic* rows declare what an LLM workload does, the same "
+            "`Resource`s on both sides: requests per minute (1 per call, billed at "
+            "admission) and tokens per minute (an estimator of "
+            f"{ESTIMATED_TOKENS:,} before the call, a results extractor reading "
+            f"{USED_TOKENS} from the result), quotas far above what N calls use so that "
+            "nothing waits and only the ledger's work is measured. "
+            f"`progress_interval={PROGRESS_INTERVAL}` on both sides (0.4's best "
             "setting; the new package also with `progress=False`); each measure repeated "
             f"{args.repeat} times in fresh processes. Ratios: 0.4 time / new time (higher is "
             "better); for memory, new bytes / 0.4 bytes (lower is better).",

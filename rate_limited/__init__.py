@@ -32,6 +32,7 @@ from rate_limited.calls import Call
 from rate_limited.cost import Price
 from rate_limited.exceptions import (
     ArgumentTypeError,
+    BatchRequestError,
     BlockingCallWarning,
     BudgetWarning,
     CallError,
@@ -75,6 +76,7 @@ _get_logger("rate_limited").addHandler(logging.NullHandler())
 __all__ = [
     "ArgumentTypeError",
     "Backoff",
+    "BatchRequestError",
     "BlockingCallWarning",
     "Budget",
     "BudgetStop",

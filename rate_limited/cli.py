@@ -1,4 +1,4 @@
-"""The ``rate-limited`` command: ``demo``, ``mock-provider`` and ``bench``.
+"""The ``rate-limited`` command: ``demo``, ``run``, ``mock-provider`` and ``bench``.
 
 * ``rate-limited demo`` starts a MockProvider on 127.0.0.1 with realistic limits (scaled
   so the run takes about half a minute), pushes 2,000 chat completions through the real
@@ -9,6 +9,8 @@
   calls are kept in a SQLite store (``--store``), so Ctrl-C and the command it prints
   resume the run; its counts are read after the Runner has closed, when the calls
   already sent at the Ctrl-C have finished and been stored.
+* ``rate-limited run requests.jsonl -o results.jsonl`` sends a JSONL file of requests
+  online or through the Batch API (``--batch``), resumably (``rate_limited._run_command``).
 * ``rate-limited mock-provider`` serves the MockProvider until Ctrl-C (see its ``--help``).
 * ``rate-limited bench [NAME] ...`` runs ``benchmarks/NAME.py`` of a source checkout (they
   are not installed with the package); ``--help`` says what each one touches.
@@ -419,6 +421,8 @@ def bench(argv: Sequence[str]) -> int:
 MAIN_EPILOG = """\
 demo           runs against a local mock API; writes its store (rate_limited_demo.db
                and .db.key) in the current directory
+run            sends a JSONL file of requests online or by batch (--batch); writes the
+               results and a store of finished calls (OUTPUT.db) next to the output
 mock-provider  serves the mock API on 127.0.0.1 until Ctrl-C; prints its base URLs and
                limits on stdout, and its statistics on stderr when it stops
 bench          runs a benchmark of a source checkout; may install rate_limited 0.4 from
@@ -448,6 +452,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
+    from rate_limited import _run_command
+
+    _run_command.add_arguments(
+        commands.add_parser(
+            "run",
+            help="send a JSONL file of requests, online or by batch, resumable",
+            description=_run_command.DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     commands.add_parser(
         "mock-provider",
         help="serve a rate-limited mock of the OpenAI and Anthropic APIs",
@@ -463,6 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve(arguments[1:])
     args = parser.parse_args(arguments)
+    if args.command == "run":
+        return _run_command.run_command(args)
     if args.command != "demo":
         parser.print_help()
         return 2

@@ -25,7 +25,9 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
     │   ├── CallTimeoutError (TimeoutError) the attempt ran past ``timeout`` (retried)
     │   ├── UsageExtractionError            a results usage could not be read (in
     │                                       outcome.warnings: the estimate was billed)
-    │   └── RateLimitedTooLongError         nothing but HTTP 429s for rate_limit_patience s
+    │   ├── RateLimitedTooLongError         nothing but HTTP 429s for rate_limit_patience s
+    │   └── BatchRequestError               a provider's Batch API did not answer one
+    │                                       request (errored, expired, cancelled, refused)
     └── PermanentError                      raise it from your function: never retried
 
 Warnings (``UserWarning`` subclasses, emitted in the thread that called ``run()``)::
@@ -54,6 +56,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "ArgumentTypeError",
+    "BatchRequestError",
     "BlockingCallWarning",
     "BudgetWarning",
     "CallError",
@@ -220,6 +223,34 @@ class UsageExtractionError(CallError):
 class RateLimitedTooLongError(CallError):
     """The provider answered nothing but HTTP 429 for ``rate_limit_patience`` seconds, so
     the run gave up on the calls still waiting (a 429 alone never fails a call)."""
+
+
+class BatchRequestError(CallError):
+    """A provider's Batch API did not answer one request of a batch.
+
+    ``code`` says why, in the provider's words where it gives one: an HTTP status of the
+    request's own answer (``"400"``, ``"500"``), ``"batch_expired"`` (the 24 h window
+    passed), ``"batch_cancelled"``, or the code of a batch that failed validation (e.g.
+    ``"token_limit_exceeded"``). ``batch_id`` names the batch; ``retryable`` says whether
+    sending the request again may succeed (an expiry or a 5xx may, a 400 will not).
+    """
+
+    def __init__(
+        self, message: str, *, code: str, batch_id: str | None = None, retryable: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.batch_id = batch_id
+        self.retryable = retryable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_batch_request_error, (str(self), self.code, self.batch_id, self.retryable))
+
+
+def _batch_request_error(
+    message: str, code: str, batch_id: str | None, retryable: bool
+) -> BatchRequestError:
+    return BatchRequestError(message, code=code, batch_id=batch_id, retryable=retryable)
 
 
 class PermanentError(RateLimitedError):

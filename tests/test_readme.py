@@ -32,6 +32,8 @@ from typing import Any
 
 import pytest
 
+from rate_limited.testing import BatchSettings
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 PYTHON = ("python", "py")
 SKIP = re.compile(r"^<!--\s*readme:\s*skip\s*\((?P<reason>[^)]*)\)\s*-->\s*$")
@@ -146,7 +148,11 @@ def mock_environment(make_provider: Any, monkeypatch: pytest.MonkeyPatch, tmp_pa
     pytest.importorskip("anthropic")
     pytest.importorskip("pandas")
     pytest.importorskip("matplotlib")
-    provider = make_provider(rpm=1000, tpm=500_000, input_tpm=100_000, output_tpm=50_000)
+    # Batches that end at once: the README's batch example polls a real clock.
+    instant = BatchSettings(validating_seconds=0, seconds_per_request=0, finalizing_seconds=0)
+    provider = make_provider(
+        rpm=1000, tpm=500_000, input_tpm=100_000, output_tpm=50_000, batch=instant
+    )
     monkeypatch.setenv("OPENAI_BASE_URL", provider.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-readme-test")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", provider.anthropic_base_url)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Hashable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, overload
 
 from rate_limited._feedback import LedgerControl
 from rate_limited._price import Price
@@ -43,6 +43,7 @@ from rate_limited.exceptions import ArgumentTypeError, ConfigurationError
 from rate_limited.resources import Resource, Settle
 
 if TYPE_CHECKING:
+    from rate_limited.batch import BatchRunner
     from rate_limited.calls import Call
     from rate_limited.ledgers.base import Reservation
     from rate_limited.runner import Runner
@@ -312,9 +313,21 @@ class Preset:
         """Called by the Runner before its first run: feedback goes to its ledger."""
         self.tracker.attach(control)
 
-    def runner(self, **runner_options: Any) -> Runner:
+    @overload
+    def runner(self, *, batch: Literal[False] = False, **runner_options: Any) -> Runner: ...
+
+    @overload
+    def runner(self, *, batch: Literal[True], **runner_options: Any) -> BatchRunner: ...
+
+    def runner(self, *, batch: bool = False, **runner_options: Any) -> Runner | BatchRunner:
         """``Runner(self, self.resources, **runner_options)``, e.g. ``budget=Budget(usd=5)``
-        (the preset prices the calls) or ``escalate=[{"model": ...}, {"model": ...}]``."""
+        (the preset prices the calls) or ``escalate=[{"model": ...}, {"model": ...}]``;
+        with ``batch=True``, a ``rate_limited.batch.BatchRunner`` (the provider's Batch
+        API: half the price, answers within 24 h; needs ``store=``)."""
+        if batch:
+            from rate_limited.batch import BatchRunner
+
+            return BatchRunner(self, **runner_options)
         from rate_limited.runner import Runner
 
         return Runner(self, self.resources, **runner_options)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from rate_limited.testing.clock import FakeClock
 from rate_limited.testing.mock_provider import (
+    BatchSettings,
+    BatchStats,
     Faults,
     Limits,
     MockProvider,
@@ -22,6 +24,8 @@ from rate_limited.testing.mock_provider import (
 )
 
 __all__ = [
+    "BatchSettings",
+    "BatchStats",
     "FakeClock",
     "Faults",
     "Limits",

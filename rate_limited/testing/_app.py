@@ -24,12 +24,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import _anthropic_wire, _openai_wire
+from ._batch_jobs import BatchSettings, JobBook
+from ._batch_routes import BatchRoutes, is_batch_path
 from ._faults import Faults, draw_fault
 from ._http import HttpRequest, HttpResponse
 from ._limits import Decision, Family, RateLimiter
 from ._outputs import OutputModel
 from ._stats import RequestLogEntry, StatsRecorder
-from ._wire import ApiCall, ApiError, Endpoint
+from ._wire import ApiCall, ApiError, Endpoint, body_hash, json_object
 
 __all__ = ["MockApp"]
 
@@ -49,12 +51,6 @@ def _dumps(body: Any) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def body_hash(body: Any) -> str:
-    """A stable hash of a JSON body: sha256 of its canonical JSON, 32 hex characters."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
-
-
 class MockApp:
     """Answers HTTP requests as OpenAI and Anthropic would, within its rate limits."""
 
@@ -72,6 +68,8 @@ class MockApp:
         embedding_dimensions: int,
         refund_unused_output: Mapping[Family, bool],
         clock: Callable[[], float] = time.monotonic,
+        batch_settings: BatchSettings | None = None,
+        batch_clock: Callable[[], float] | None = None,
     ) -> None:
         self.limiter = limiter
         self.stats = stats
@@ -86,6 +84,16 @@ class MockApp:
         self._refund = dict(refund_unused_output)
         self._clock = clock
         self._attempts: dict[str, int] = {}
+        #: The batch endpoints' jobs and files (``_batch_jobs``), on their own clock.
+        self.batches = JobBook(
+            batch_settings or BatchSettings(),
+            batch_clock or clock,
+            outputs,
+            lambda: self.faults,
+            seed,
+            self._batch_answer,
+        )
+        self._batch_routes = BatchRoutes(self.batches, default_max_tokens)
 
     async def handle(self, request: HttpRequest) -> HttpResponse | None:
         """Answer one request (None: close the connection without answering)."""
@@ -93,6 +101,8 @@ class MockApp:
         path = request.path.rstrip("/")
         is_anthropic = "anthropic-version" in request.headers or path == "/v1/messages"
         family: Family = "anthropic" if is_anthropic else "openai"
+        if is_batch_path(path):
+            return self._batch(family, request, arrival)
         route = _ROUTES.get(path)
         endpoint = route[1] if route else ("models" if path == "/v1/models" else path)
         known = route is not None or path == "/v1/models"
@@ -120,6 +130,30 @@ class MockApp:
             return self._error(family, error, [])
         return await self._serve(family, call, arrival)
 
+    def _batch(self, family: Family, request: HttpRequest, arrival: float) -> HttpResponse:
+        """The batch endpoints: not metered by the online rate limits (a Batch API has
+        its own), logged like the models endpoint."""
+        family = "anthropic" if request.path.startswith("/v1/messages/") else "openai"
+        try:
+            self._authenticate(family, request)
+            answer = self._batch_routes.handle(request, family == "anthropic")
+        except ApiError as error:
+            self._log_unmetered(arrival, "batches", error.status, b"")
+            return self._error(family, error, [])
+        self._log_unmetered(arrival, "batches", answer.status, b"")
+        return answer
+
+    def _batch_answer(self, call: ApiCall, rng: random.Random, ident: str) -> dict[str, Any]:
+        """A batch request's 200 body: what the online endpoint answers (``rng`` drawn
+        the same way), billed at the batch tier where the provider says so."""
+        outputs = self.outputs.answer(call, rng) if call.endpoint != "embeddings" else []
+        if call.endpoint == "messages":
+            body = _anthropic_wire.render(call, outputs, ident)
+            # Anthropic reports batch results as such: usage.service_tier == "batch".
+            body["usage"]["service_tier"] = "batch"
+            return body
+        return _openai_wire.render(call, outputs, ident, int(time.time()), self._dimensions)
+
     def _log_unmetered(self, arrival: float, endpoint: str, status: int, raw: bytes) -> None:
         """Log a request that never reached the rate limiter (models, 4xx)."""
         try:
@@ -141,12 +175,7 @@ class MockApp:
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
     def _parse(self, route: tuple[Family, Endpoint], raw: bytes) -> ApiCall:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise ApiError(400, "We could not parse the JSON body of your request.")
+        body = json_object(raw)
         family, endpoint = route
         if family == "anthropic":
             return _anthropic_wire.parse(body)

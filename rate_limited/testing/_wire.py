@@ -8,6 +8,8 @@ needs (how many answers, in which shape, echoing what) — and renders ``Output`
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,6 +19,8 @@ __all__ = [
     "Endpoint",
     "Output",
     "Shape",
+    "body_hash",
+    "json_object",
     "optional_int",
     "require_list",
     "require_str",
@@ -73,6 +77,23 @@ class Output:
     tokens: int
     #: Whether it stopped at the output limit (finish reason "length" / "max_tokens").
     truncated: bool
+
+
+def body_hash(body: Any) -> str:
+    """A stable hash of a JSON body: sha256 of its canonical JSON, 32 hex characters."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or the 400 the providers answer."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(400, "We could not parse the JSON body of your request.")
+    return body
 
 
 def require_str(body: dict[str, Any], key: str) -> str:

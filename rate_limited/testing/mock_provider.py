@@ -6,8 +6,11 @@ Anthropic), and it enforces rate limits the way the providers document them, wit
 own code — it never imports the package's ledger, so it catches that ledger lying.
 
 Endpoints: ``POST /v1/chat/completions``, ``/v1/embeddings``, ``/v1/responses``,
-``/v1/messages`` (Anthropic) and ``GET /v1/models``; unknown paths get a 404, bodies the
-real API would refuse a 400, a missing API key a 401 (``Authorization: Bearer`` for
+``/v1/messages`` (Anthropic) and ``GET /v1/models``; the Batch APIs (OpenAI's
+``/v1/files`` and ``/v1/batches``, Anthropic's ``/v1/messages/batches``: see
+``_batch_routes`` and ``_batch_jobs``, with their documented limits, on a clock that
+``BatchSettings.time_scale`` speeds up or a ``FakeClock`` drives); unknown paths get a
+404, bodies the real API would refuse a 400, a missing API key a 401 (``Authorization: Bearer`` for
 OpenAI, ``x-api-key`` for Anthropic). Streaming is refused with a 400.
 
 The rules, each documented where it lives:
@@ -65,6 +68,7 @@ from types import FrameType, ModuleType, TracebackType
 from typing import Any
 
 from ._app import MockApp
+from ._batch_jobs import BatchSettings, BatchStats
 from ._billing import billed_usd
 from ._faults import Faults
 from ._http import HttpRequest, HttpServer, raise_open_files_limit
@@ -74,6 +78,8 @@ from ._stats import MockProviderStats, RequestLogEntry, StatsRecorder
 from ._tokens import count_tokens
 
 __all__ = [
+    "BatchSettings",
+    "BatchStats",
     "Faults",
     "Limits",
     "MockProvider",
@@ -125,7 +131,9 @@ class MockProvider:
     that clock's loop). Answers take ``latency`` +
     ``latency_per_token`` * output tokens + uniform [0, ``jitter``) seconds and have
     ``output_tokens`` tokens (fixed, drawn by a callable, or lognormal around
-    ``median_output_tokens`` when None), all reproducible from ``seed``.
+    ``median_output_tokens`` when None), all reproducible from ``seed``. ``batch`` sets
+    the batch endpoints' limits and timing (``BatchSettings``), ``batch_clock`` their
+    clock (default: ``clock``, else ``time.monotonic``; e.g. ``FakeClock().time``).
     """
 
     def __init__(
@@ -154,6 +162,8 @@ class MockProvider:
         models: Sequence[str] = DEFAULT_MODELS,
         embedding_dimensions: int = 16,
         log_requests: bool = True,
+        batch: BatchSettings | None = None,
+        batch_clock: Callable[[], float] | None = None,
     ) -> None:
         if default_max_tokens < 1:
             raise ValueError(f"default_max_tokens must be >= 1, got {default_max_tokens}")
@@ -192,8 +202,13 @@ class MockProvider:
             embedding_dimensions=embedding_dimensions,
             refund_unused_output=refunds,
             clock=now,
+            batch_settings=batch,
+            batch_clock=batch_clock,
         )
-        self._server = HttpServer(self._app.handle)
+        settings = self._app.batches.settings
+        # Room for the largest batch upload the limits allow, so the limits answer it.
+        largest = max(settings.openai_max_file_bytes, settings.anthropic_max_bytes)
+        self._server = HttpServer(self._app.handle, max_body=max(64 << 20, largest + (1 << 20)))
         self._state = _State.NEW
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -391,6 +406,16 @@ class MockProvider:
     def reset_stats(self) -> None:
         """Clear counters, peaks and the request log (the buckets are left as they are)."""
         self._stats.reset()
+        self._app.batches.reset_stats()
+
+    def batch_stats(self) -> BatchStats:
+        """What the batch endpoints saw: files uploaded, batches created and cancelled."""
+        return self._app.batches.stats()
+
+    @property
+    def batch_settings(self) -> BatchSettings:
+        """The batch endpoints' limits and timing."""
+        return self._app.batches.settings
 
     def __repr__(self) -> str:
         where = self.url if self._state is _State.RUNNING else self._state.value

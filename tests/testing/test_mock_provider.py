@@ -555,7 +555,10 @@ def test_anthropic_input_and_output_buckets(make_provider: MakeProvider) -> None
     headers = refused.value.response.headers
     assert headers["retry-after"] == str(math.ceil((prompt - (30 - 2 * prompt)) / 0.5))
     assert refused.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
-    reset = datetime.fromisoformat(headers["anthropic-ratelimit-input-tokens-reset"])
+    # RFC 3339 with "Z", as Anthropic sends it (fromisoformat reads "Z" from Python 3.11 on)
+    reset_text = headers["anthropic-ratelimit-input-tokens-reset"]
+    assert reset_text.endswith("Z")
+    reset = datetime.fromisoformat(reset_text.removesuffix("Z") + "+00:00")
     assert reset.tzinfo is not None
     assert headers["anthropic-ratelimit-requests-limit"] == "100"
 

@@ -37,6 +37,7 @@ stored (in flight at a SIGKILL) and calls of other keys (another job on the same
 the presets' header feedback corrects those from the first answers. Records finished
 after this Checkpoint was made are this Runner's own (its ledger billed them already) or
 a concurrent process's, which only a shared ledger (``RedisLedger``) can account for.
+With ``refresh=True`` the store is not read, so nothing is charged either.
 """
 
 from __future__ import annotations

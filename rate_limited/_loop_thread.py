@@ -79,6 +79,9 @@ def shutdown(loop_thread: LoopThread | None, engine: Engine | None) -> None:
                 asyncio.run_coroutine_threadsafe(engine.abandon_and_wait(), loop).result(5)
     if engine is not None and engine.pool is not None:
         engine.pool.shutdown(wait=1.0)  # idle threads exit at once; busy ones finish later
+    if not in_loop_thread:  # close async generators left open (an SDK's stream), as asyncio.run
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(5)
     loop_thread.call_soon(loop.stop)
     if not in_loop_thread:
         loop_thread.thread.join(timeout=5)

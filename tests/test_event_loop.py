@@ -15,11 +15,25 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rate_limited import ConfigurationError, Runner
+
+
+@pytest.fixture(autouse=True)
+def _close_the_loop_nest_asyncio_leaves() -> Iterator[None]:
+    """nest_asyncio patches ``asyncio.run`` to run on the thread's current loop, which it
+    creates and never closes: close it after each test here, or a later test's garbage
+    collection reports it (an unraisable ResourceWarning, an error in that test)."""
+    yield
+    policy = asyncio.get_event_loop_policy()
+    loop = getattr(getattr(policy, "_local", None), "_loop", None)
+    if loop is not None and not loop.is_running() and not loop.is_closed():
+        loop.close()
+        policy.set_event_loop(None)
 
 
 class LoopBoundClient:
@@ -65,6 +79,19 @@ def test_start_runs_as_a_task_on_the_current_loop() -> None:
         return (await handle).results
 
     assert asyncio.run(notebook()) == [0, 10, 20, 30, 40]
+
+
+def test_as_completed_in_a_cell_runs_on_the_current_loop() -> None:
+    async def notebook_cell() -> list[int]:
+        client = LoopBoundClient()
+        runner = Runner(client.ask, [], progress=False, event_loop="current")
+        for i in range(5):
+            runner.schedule(i)
+        values = [outcome.result for outcome in runner.as_completed()]  # a blocking loop
+        runner.close()
+        return values
+
+    assert sorted(asyncio.run(notebook_cell())) == [0, 10, 20, 30, 40]
 
 
 def test_without_a_running_loop_it_uses_its_own() -> None:

@@ -75,6 +75,7 @@ class Reservation:
         "billed",
         "deferred",
         "demand",
+        "first_token",
         "held",
         "marks",
         "meters",
@@ -111,6 +112,9 @@ class Reservation:
         #: bills at admission is held instead, until ``Ledger.begin`` bills it at the
         #: moment the function starts, so that a window counts from the real start.
         self.deferred = deferred
+        #: Seconds from sending to the first chunk of a streamed response (the presets
+        #: report it here; the engine puts it on the call).
+        self.first_token: float | None = None
 
     def mark(self, index: int) -> Mark | None:
         return None if self.marks is None else self.marks[index]

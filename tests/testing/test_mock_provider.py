@@ -408,7 +408,11 @@ def test_client_errors_map_to_sdk_exceptions(make_provider: MakeProvider) -> Non
         with pytest.raises(openai.BadRequestError, match="messages"):
             client.chat.completions.create(model="m", messages=[])
         with pytest.raises(openai.BadRequestError, match="streaming"):
-            client.chat.completions.create(model="m", messages=user("x"), stream=True)
+            client.responses.create(model="m", input="x", stream=True)
+        with pytest.raises(openai.BadRequestError, match="stream_options"):
+            client.chat.completions.create(
+                model="m", messages=user("x"), stream_options={"include_usage": True}
+            )
     with (
         claude(provider, api_key="sk-right") as client,
         pytest.raises(anthropic.BadRequestError) as bad,

@@ -21,6 +21,7 @@ the provider allowed then (the full bucket plus the refill).
 
     git -C COOKBOOK show 59019bd2:examples/api_request_parallel_processor.py > /tmp/processor.py
     python benchmarks/jsonl_cli.py --cookbook /tmp/processor.py [--requests 800] [--write]
+    python benchmarks/jsonl_cli.py --cookbook /tmp/processor.py --only "Ctrl-C"  # two rows
 """
 
 from __future__ import annotations
@@ -162,7 +163,14 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=800)
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    parser.add_argument(
+        "--only",
+        metavar="TEXT",
+        help="run only the rows whose client contains TEXT (prints them; no --write)",
+    )
     args = parser.parse_args()
+    if args.only and args.write:
+        parser.error("--only prints a subset of the rows; --write needs them all")
     ensure_packages(sys.executable, ["aiohttp"])
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -189,6 +197,8 @@ def main() -> None:
             ("(a) the limits; Ctrl-C at half, rerun", ours, lost_ours, given, True),
             ("(b) the limits; Ctrl-C at half, rerun", book, lost_cookbook, given, True),
         ]
+        if args.only:
+            plan = [row for row in plan if args.only in row[0]]
         for name, command_of, lost_of, limits, interrupt in plan:
             result = run_row(name, command_of, lost_of, source, args.requests, limits, interrupt)
             print(json.dumps(result), flush=True)

@@ -8,16 +8,42 @@ A ``Checkpoint`` belongs to one engine and runs on its loop thread. It
   key (*followers*) are never sent, and end as their leader does;
 * saves each finished call's outcome, and commits what settled in one pass of the loop
   together, as soon as the pass ends (a crash loses at most one pass, not a buffer);
+* tells the ledger what the calls it restored were billed recently (``earlier``), so
+  that a fresh process resuming a run does not believe the provider's buckets full;
 * when the store cannot write (disk full, Redis gone), keeps the outcomes in the store's
   buffer, retries after the store's backoff, and counts what stayed unwritten, so the
   engine can warn the caller (``take_failures``) rather than lose results silently.
+
+**Resuming without a 429 storm.** A process that resumes a run (after Ctrl-C, a kernel
+restart, a crash) starts with an empty ledger, while the process before may have drained
+the provider's buckets seconds ago: a run limited by the ledger alone would burst a full
+quota into a provider that has none left. Each stored outcome records what the call was
+billed per resource (``usage``: by the settle rule, so OpenAI's ``max_tokens`` included)
+and when it finished, by the store's clock. Before a run, the records restored for its
+calls that finished before this Checkpoint (and so its Runner's ledger) existed are
+handed to ``Ledger.charge_earlier``, dated at their ``finished_at``: a bucket is charged
+the level they leave now, a window each usage until it expires. That stays on the safe
+side of the provider whatever the rule: it billed no call later than the call's answer
+(OpenAI at arrival, Anthropic's output at the end), so the ledger believes in at most the
+room the provider can have. No field is added to the records (stores written by earlier
+versions have ``usage`` and ``finished_at`` too), and the records are the ones the
+restore reads anyway: no extra store round trip.
+
+Why this and not waiting for the provider's headers: headers exist only for the presets,
+and only after a first answer, by when a burst of a full quota is on the wire. The
+ledger's own records are exact, cover every Resource (the user's own APIs too), and need
+no request. What they cannot see: calls of the earlier process that never got an outcome
+stored (in flight at a SIGKILL) and calls of other keys (another job on the same quota);
+the presets' header feedback corrects those from the first answers. Records finished
+after this Checkpoint was made are this Runner's own (its ledger billed them already) or
+a concurrent process's, which only a shared ledger (``RedisLedger``) can account for.
+With ``refresh=True`` the store is not read, so nothing is charged either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -28,6 +54,7 @@ from rate_limited.stores.base import Store, StoredOutcome
 
 if TYPE_CHECKING:
     from rate_limited.calls import Call
+    from rate_limited.ledgers.base import Earlier
     from rate_limited.semantic._index import SemanticIndex
 
 __all__ = ["Checkpoint", "close_store"]
@@ -55,7 +82,12 @@ class Checkpoint:
         #: A commit is queued for the end of this pass of the loop.
         self.flush_pending = False
         self._flush_timer: asyncio.TimerHandle | None = None
-        self._wall_offset = time.time() - loop.time()  # loop time -> epoch seconds
+        self._wall = store.clock
+        self._wall_offset = self._wall() - loop.time()  # loop time -> epoch seconds
+        #: When this Checkpoint, and its Runner's ledger, began (store's clock).
+        self._born = self._wall()
+        #: Usage billed recently by an earlier process to calls restored (``earlier``).
+        self._earlier: list[Earlier] = []
         #: Outcomes that could not be stored since the last report, and why (the first).
         self.failures = 0
         self._problem: str | None = None
@@ -67,7 +99,7 @@ class Checkpoint:
     # -- before a run ------------------------------------------------------------------------
     def begin(self, calls: Sequence[Call]) -> None:
         """Start a run: restore what earlier runs stored for ``calls``, elect leaders anew."""
-        self._wall_offset = time.time() - self.loop.time()
+        self._wall_offset = self._wall() - self.loop.time()
         self._followers = {}
         self._leaders = {}
         self._restore(calls)
@@ -87,6 +119,7 @@ class Checkpoint:
             record = stored.get(call.key)
             if record is None:
                 continue
+            self._note_earlier(call, record)  # a failure retried now was billed all the same
             if record.status == "succeeded":
                 call.result = record.result
                 call.status = Status.SUCCEEDED
@@ -99,6 +132,18 @@ class Checkpoint:
             call.from_store = True
             call.attempts = max(call.attempts, record.attempts)
             call.usage = dict(record.usage)
+
+    def _note_earlier(self, call: Call, record: StoredOutcome) -> None:
+        """Keep ``record``'s usage for ``earlier`` if an earlier process billed it."""
+        if record.usage and record.finished_at <= self._born and call.demand:
+            at = record.finished_at - self._wall_offset
+            self._earlier.append((call.demand, record.usage, at))
+
+    def earlier(self) -> list[Earlier]:
+        """The usage the calls restored by ``begin`` were billed by an earlier process, and
+        when (loop time): for ``Ledger.charge_earlier`` (once: it is forgotten here)."""
+        found, self._earlier = self._earlier, []
+        return found
 
     def follows(self, call: Call) -> bool:
         """Whether ``call`` (not final) has the store key of an earlier call of this run:

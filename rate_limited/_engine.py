@@ -137,6 +137,9 @@ class Engine(Workers):
         self.admission.reset((), partitioned=False)
         if self.checkpoint is not None:
             self.checkpoint.begin(calls)
+            earlier = self.checkpoint.earlier()
+            if earlier:  # a fresh process resumes: what the one before drained still counts
+                self.ledger.charge_earlier(earlier, loop.time())
         if self.claims is not None:
             self.claims.start(self.config.refresh)
         if run_id and self._stop_for == run_id:

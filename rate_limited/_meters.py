@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 
 __all__ = ["EPS", "BucketMeter", "Meter", "WindowMeter", "make_meter"]
 
@@ -57,6 +58,12 @@ class Meter:
 
     def next_expiry(self, now: float) -> float | None:
         """When the usage logged so far has drained or expired, or None if there is none."""
+        raise NotImplementedError
+
+    def charge_earlier(self, entries: Sequence[tuple[float, float]], now: float) -> float:
+        """Charge usage billed before this meter existed (an earlier process's calls):
+        ``(time, amount)`` pairs, times <= ``now`` in this meter's clock. Returns what of
+        it still counts at ``now``."""
         raise NotImplementedError
 
     def set_quota(self, quota: float) -> None:
@@ -167,6 +174,16 @@ class WindowMeter(Meter):
                 return logged_at + self.window
         return math.inf  # unreachable unless the log is inconsistent
 
+    def charge_earlier(self, entries: Sequence[tuple[float, float]], now: float) -> float:
+        """Each usage still in its window is logged at its own time, and expires with it."""
+        self._expire(now)
+        live = 0.0
+        for at, amount in sorted(entries):
+            if amount > 0 and at + self.window > now:
+                self.bill(amount, min(at, now))
+                live += amount
+        return live
+
     def next_expiry(self, now: float) -> float | None:
         """When the oldest usage expires, or None when nothing is logged."""
         self._expire(now)
@@ -230,6 +247,22 @@ class BucketMeter(Meter):
         if self._reserved + needed > self.quota + slack:
             return math.inf
         return max(now, self._since) + excess / self._rate  # no refill before _since
+
+    def charge_earlier(self, entries: Sequence[tuple[float, float]], now: float) -> float:
+        """The level an empty bucket would have at ``now`` after these usages, added to
+        this one's. That level is the largest, over every usage, of the usages from it on
+        less the refill since it: ``max_k (sum_{i >= k} a_i - rate * (now - t_k))``, 0 if
+        none is positive (what a bucket drained to empty in between forgot no longer
+        counts). Charged at ``now`` as one usage (so an idle bucket also waits its
+        ``start_delay`` before it drains, as for any burst)."""
+        level = suffix = 0.0
+        for at, amount in sorted(entries, reverse=True):
+            if amount > 0:
+                suffix += amount
+                level = max(level, suffix - max(0.0, now - at) * self._rate)
+        if level > 0:
+            self.bill(level, now)
+        return level
 
     def next_expiry(self, now: float) -> float | None:
         self._drain(now)

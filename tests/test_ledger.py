@@ -419,3 +419,24 @@ def test_the_in_memory_ledger_implements_the_ledger_interface() -> None:
     ledger.set_quota("requests", 1.0)
     assert ledger.quota("requests") == 1.0
     assert ledger.try_reserve(((1.0, 0.0, None),), 0.0) is None  # the quota was lowered
+
+
+# -- a resumed run: usage an earlier process was billed ------------------------------------------
+def test_charge_earlier_charges_each_resource_on_its_partitions_meter() -> None:
+    ledger = ledger_of(
+        ("requests", 10, 60.0, "window"),
+        ("tokens", 600, 60.0, "bucket"),
+        partition=lambda call: call.get_argument("model"),
+    )
+    earlier = [
+        (d((1, 0, "a"), (0, 0, "a")), {"requests": 1.0, "tokens": 300.0}, -10.0),
+        (d((1, 0, "a"), (0, 0, "a")), {"requests": 1.0, "tokens": 300.0, "gone": 5.0}, -2.0),
+        (d((1, 0, "b"), (0, 0, "b")), {"tokens": 100.0}, -100.0),  # drained long ago
+    ]
+    ledger.charge_earlier(earlier, 0.0)
+    # 10 per second: 300 at -10 s drained to 220 by -2 s, 300 more then: 500 now.
+    assert ledger.partitions(0.0)[("tokens", "a")][0] == pytest.approx(500.0)
+    assert ledger.partitions(0.0)[("requests", "a")][0] == 2.0
+    assert ledger.partitions(0.0)[("tokens", "b")][0] == 0.0
+    assert ledger.try_reserve(d((1, 0, "a"), (200, 0, "a")), 0.0) is None  # 500 + 200 > 600
+    assert ledger.try_reserve(d((1, 0, "b"), (600, 0, "b")), 0.0) is not None

@@ -200,3 +200,34 @@ def test_a_bucket_takes_its_quota_and_a_copy_is_independent() -> None:
     twin.reserve(3)
     meter.take_state(twin, 2.0)
     assert (meter.used(2.0), meter.reserved) == (pytest.approx(8.0), 3)
+
+
+# -- usage billed before the meter existed (a resumed run) --------------------------------------
+def test_window_charges_earlier_usage_until_each_expires() -> None:
+    meter = WindowMeter(100, 60.0)
+    live = meter.charge_earlier([(-70.0, 50.0), (-30.0, 40.0), (-10.0, 20.0)], 0.0)
+    assert live == 60.0  # the usage at -70 s has expired already
+    assert meter.used(0.0) == 60.0
+    assert meter.used(30.0) == 20.0  # the one of -30 s expires at 30 s
+    assert meter.used(50.0) == 0.0
+
+
+def test_bucket_charges_the_level_earlier_usage_leaves_now() -> None:
+    # 60 per minute: 1 per second. 40 at -30 s drained to 15 by -5 s; 40 more then: 50 now.
+    meter = BucketMeter(60, 60.0)
+    assert meter.charge_earlier([(-5.0, 40.0), (-30.0, 40.0)], 0.0) == pytest.approx(50.0)
+    assert meter.used(0.0) == pytest.approx(50.0)
+    # A burst long gone (drained to empty) counts for nothing, whatever its size.
+    gone = BucketMeter(60, 60.0)
+    assert gone.charge_earlier([(-100.0, 60.0)], 0.0) == 0.0
+    assert gone.used(0.0) == 0.0
+
+
+def test_bucket_charge_matches_billing_the_same_usage_as_it_happened() -> None:
+    rng = random.Random(5)
+    entries = [(rng.uniform(-120.0, 0.0), rng.uniform(0.0, 30.0)) for _ in range(200)]
+    replayed = BucketMeter(600, 60.0)
+    for at, amount in sorted(entries):
+        replayed.bill(amount, at)
+    charged = BucketMeter(600, 60.0)
+    assert charged.charge_earlier(entries, 0.0) == pytest.approx(replayed.used(0.0))

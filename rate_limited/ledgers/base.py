@@ -14,6 +14,11 @@ one cycle per attempt:
   ``release`` (it proved it was not billed) or ``refused`` (HTTP 429);
 * ``bill`` charges a late result that no reservation holds any more.
 
+Before a run, ``charge_earlier`` takes the usage an earlier process was billed recently
+(what the store records of the calls it finished, and when): a fresh process resuming a
+run must not believe the provider's buckets full while the process before drained them
+seconds ago (``rate_limited._checkpoint`` says which records count, and why).
+
 What a provider reports goes in through ``set_quota`` (a limit read from headers),
 ``reconcile`` (the room it said was left: "report remaining") and ``expect_reports``;
 displays read ``snapshot`` and ``partitions``.
@@ -27,15 +32,17 @@ made it: others only pass it back (and read the ``demand`` it was made for).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Literal, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Demand", "Ledger", "Reservation", "Settle"]
+__all__ = ["Demand", "Earlier", "Ledger", "Reservation", "Settle"]
 
 #: What the provider bills for a call (see ``Resource(settle=...)``).
 Settle = Literal["actual", "reserved"]
 #: One call's needs, per resource: (arguments usage, results estimate, partition key).
 Demand = Sequence[tuple[float, float, Hashable]]
+#: An earlier process's call: (its demand, its usage billed by resource name, loop time).
+Earlier = tuple[Demand, Mapping[str, float], float]
 
 
 class Reservation(Protocol):
@@ -119,6 +126,15 @@ class Ledger(Protocol[R]):
 
     def bill(self, demand: Demand, amounts: Sequence[float], now: float) -> None:
         """Bill ``amounts`` of results usage that no reservation holds (a late result)."""
+        ...
+
+    def charge_earlier(self, earlier: Iterable[Earlier], now: float) -> None:
+        """Charge usage billed before this ledger kept books (an earlier process's calls,
+        as its store recorded them): each ``(demand, usage by resource name, time)``,
+        the time in loop time (<= ``now``). What still counts at ``now`` (by each
+        resource's window or refill) is charged, on the meter of the call's partition key;
+        a name the ledger has no resource for is ignored. A ledger whose state outlives
+        processes (Redis) has these calls already and ignores them."""
         ...
 
     # -- what the provider says --------------------------------------------------------------

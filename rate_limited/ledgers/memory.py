@@ -51,13 +51,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
 from rate_limited._meters import BucketMeter, Meter, make_meter
 from rate_limited._reconcile import Mark, Track, Votes, correct, generous, release, settle
-from rate_limited.ledgers.base import Demand, Settle
+from rate_limited.ledgers.base import Demand, Earlier, Settle
 
 if TYPE_CHECKING:
     from rate_limited.resources import Resource
@@ -403,6 +403,35 @@ class InMemoryLedger:
                 track = self._tracks.get(id(meter)) if self._tracks else None
                 if track is not None and track.twin is not None:
                     track.twin.bill(amount, now)
+
+    def charge_earlier(self, earlier: Iterable[Earlier], now: float) -> None:
+        """Charge usage billed before this ledger existed (see ``Ledger.charge_earlier``):
+        a window meter logs each usage at its time, a bucket the level they leave now."""
+        index_of = {name: index for index, name in enumerate(self.names)}
+        entries: dict[int, tuple[str, Meter, list[tuple[float, float]]]] = {}
+        for demand, usage, at in earlier:
+            meters = self._meters(demand)
+            for name, amount in usage.items():
+                index = index_of.get(name)
+                if index is None or not amount > 0 or not math.isfinite(amount):
+                    continue
+                meter = meters[index]
+                slot = entries.setdefault(id(meter), (name, meter, []))
+                slot[2].append((min(at, now), amount))
+        for name, meter, charges in entries.values():
+            live = meter.charge_earlier(charges, now)
+            track = self._tracks.get(id(meter)) if self._tracks else None
+            if track is not None and track.twin is not None:
+                track.twin.charge_earlier(charges, now)
+            if live > 0:
+                logger.info(
+                    "%g of %r (quota %g) still counts from %d call(s) an earlier process "
+                    "made: charged before this run starts",
+                    live,
+                    name,
+                    meter.quota,
+                    len(charges),
+                )
 
     # -- waiting -------------------------------------------------------------------------------
     def next_free_time(self, demand: Demand, now: float) -> float:

@@ -47,7 +47,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -58,7 +58,7 @@ from rate_limited.exceptions import (
     UnknownResourceError,
 )
 from rate_limited.ledgers import _lua
-from rate_limited.ledgers.base import Demand, Settle
+from rate_limited.ledgers.base import Demand, Earlier, Settle
 
 if TYPE_CHECKING:
     from rate_limited.resources import Resource
@@ -544,6 +544,11 @@ class RedisLedger:
         for index, (need, amount) in enumerate(zip(demand, amounts, strict=True)):
             args += [*self._spec(index, need[2]), _num(amount)]
         self._tell("bill", args)
+
+    def charge_earlier(self, earlier: Iterable[Earlier], now: float) -> None:
+        """Nothing to do: the calls an earlier process made through this ledger were
+        billed in Redis when they ran, and are still counted there (charging them again
+        from the store's records would count them twice)."""
 
     # -- waiting -------------------------------------------------------------------------------
     def _waits(self, demand: Demand, now: float) -> list[tuple[float, float, float]] | None:

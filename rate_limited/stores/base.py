@@ -145,6 +145,11 @@ class Store(abc.ABC):
 
     # -- what the engine calls ---------------------------------------------------------
 
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The wall clock (epoch seconds) records are dated and aged by."""
+        return getattr(self, "_clock", time.time)
+
     def get_many(self, keys: Sequence[str]) -> dict[str, StoredOutcome]:
         """The present, unexpired records among ``keys``, by key."""
         with self._lock:

@@ -21,7 +21,12 @@ provider refused (a 400) fail with their ``BatchRequestError``.
 
 Costs are at the Batch API's price (``rate_limited.cost``, ``batch=True``): each call's
 ``outcome.cost`` (kept in the store as ``outcome.usage["cost_usd"]``), and ``result.cost``
-for the run. A ``budget=`` (a runner option) applies to the online fallback only.
+for the run. A ``budget=`` applies to the batches at the batch price (``_budget``): each
+batch reserves its most before it is created and settles what its answers cost; a batch
+that does not fit is cut to the requests that do, and when none fits, ``run()`` returns
+with the rest pending, ``result.budget`` saying why (one ``BudgetWarning``), as an online
+run does. Raise ``runner.budget.usd`` and ``run()`` again to go on. The online fallback
+spends the same budget, at the online price.
 """
 
 from __future__ import annotations
@@ -31,14 +36,16 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from rate_limited._redact import get_logger
+from rate_limited.batch._budget import BatchBudget
 from rate_limited.batch._display import BatchDisplay
 from rate_limited.batch._driver import Driver, answered, queue_limits, set_cost
 from rate_limited.batch._providers import BatchApi, BatchState, batch_api
 from rate_limited.batch._records import custom_id_of
-from rate_limited.exceptions import ConfigurationError
+from rate_limited.exceptions import BudgetWarning, ConfigurationError, warn
 from rate_limited.outcomes import RunResult, Status
 
 if TYPE_CHECKING:
+    from rate_limited.budget import Budget
     from rate_limited.calls import Call
     from rate_limited.cost import PriceTable
     from rate_limited.runner import Runner
@@ -139,6 +146,11 @@ class BatchRunner:
             )
         self.fallback = fallback
         self.progress = progress
+        budget = self.runner.budget
+        #: The batches' side of ``budget=`` (None without one).
+        self._budget: BatchBudget | None = (
+            None if budget is None else BatchBudget(budget, preset, self.runner.store)
+        )
         self._prices = prices
         #: How to wait between polls (``time.sleep``; tests give a fake clock's ``advance``).
         self.sleep = sleep
@@ -153,6 +165,7 @@ class BatchRunner:
             max_poll_interval=float(max(poll_interval, max_poll_interval)),
             usage=self._usage,
             function=self.runner._function_identity,
+            budget=self._budget,
         )
         self.schedule = self.runner.schedule
 
@@ -165,6 +178,11 @@ class BatchRunner:
     def states(self) -> dict[str, BatchState]:
         """What each open batch last reported, by batch id."""
         return self._driver.states
+
+    @property
+    def budget(self) -> Budget | None:
+        """The spending limit (None: none); raise ``budget.usd`` to go on after a stop."""
+        return self.runner.budget
 
     @property
     def store(self) -> Any:
@@ -195,6 +213,7 @@ class BatchRunner:
                 display.close()
         if (
             not interrupted
+            and self._driver.stopped is None
             and self.fallback == "online"
             and any(not c.status.is_final for c in calls)
         ):
@@ -288,13 +307,17 @@ class BatchRunner:
             return None
 
     def _result(self, calls: list[Call], interrupted: bool, elapsed: float) -> RunResult:
+        budget = None if interrupted else self._driver.stopped
         result = RunResult.from_calls(
             list(calls),
             interrupted=interrupted,
             elapsed=elapsed,
             resources=tuple(self.runner.resources),
+            budget=budget,
         )
-        if not interrupted:  # complete: the next run() starts a new batch, as a Runner's
+        if budget is not None:  # the rest pending: the calls stay, run() goes on
+            warn(budget.message, BudgetWarning)
+        elif not interrupted:  # complete: the next run() starts a new batch, as a Runner's
             self.runner.scheduled_calls = []
             for call in calls:
                 call.release_owner()

@@ -100,6 +100,7 @@ class Driver:
         leaders: dict[str, list[Call]],
         display: BatchDisplay,
         sleep: Callable[[float], None],
+        on_pass: Callable[[], None] | None = None,
     ) -> None:
         """Plan, submit, poll and collect until every chunk of ``leaders`` is collected,
         or the budget has room for none of those left (``stopped``)."""
@@ -123,6 +124,8 @@ class Driver:
                 del work.chunks[chunk_id]
             waiting = sum(1 for c in work.chunks.values() if c.state in ("planned", "uploaded"))
             display.update(answered(calls), self.states, waiting)
+            if on_pass is not None:
+                on_pass()
             if not work.chunks:
                 return
             if all(chunk_id in work.blocked for chunk_id in work.chunks):

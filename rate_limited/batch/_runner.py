@@ -188,11 +188,12 @@ class BatchRunner:
     def store(self) -> Any:
         return self.runner.store
 
-    def run(self) -> RunResult:
+    def run(self, *, on_progress: Callable[[RunResult], object] | None = None) -> RunResult:
         """Submit what is not answered yet, wait for the batches, return every call's
         outcome in schedule order. Ctrl-C returns the partial result at once; the
         batches go on at the provider, and ``run()`` again (here or in a new process with
-        the same store) resumes them."""
+        the same store) resumes them. ``on_progress(snapshot)``: called after each pass
+        over the open batches with what has finished so far (e.g. to write it out)."""
         calls = self.runner.scheduled_calls
         started = time.monotonic()
         display: BatchDisplay | None = None
@@ -201,7 +202,13 @@ class BatchRunner:
             self._restore(calls)
             leaders = _leaders(calls)
             display = BatchDisplay(len(calls), answered(calls), self.progress)
-            self._driver.drive(calls, leaders, display, self.sleep)
+            on_pass = None
+            if on_progress is not None:
+
+                def on_pass() -> None:
+                    on_progress(RunResult.from_calls(list(calls), interrupted=False, copy=True))
+
+            self._driver.drive(calls, leaders, display, self.sleep, on_pass)
         except KeyboardInterrupt:
             interrupted = True
             logger.warning(

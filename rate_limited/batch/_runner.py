@@ -75,9 +75,10 @@ class BatchRunner:
         max_bytes: int | None = None,
         poll_interval: float = POLL_FIRST,
         max_poll_interval: float = POLL_MAX,
-        progress: bool | None = None,
+        progress: bool | str | Any = None,
         prices: PriceTable | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
         **runner_options: Any,
     ) -> None:
         """Args:
@@ -96,9 +97,13 @@ class BatchRunner:
             provider refuses for it waits for the others, or is split).
         max_requests, max_bytes: lower than the provider's limits, if wanted.
         poll_interval, max_poll_interval: seconds between two polls, first and most.
-        progress: a tqdm bar (None: where tqdm shows one; False: none).
+        progress: None (the dashboard in a notebook, else a tqdm bar where tqdm shows
+            one), ``"dashboard"``, ``True`` or ``"tqdm"``, ``False`` (none), or a
+            ``DashboardProgress`` (``_display``).
         prices: the ``PriceTable`` costs come from (default: the process-wide one).
         sleep: how to wait between polls (tests pass a fake clock's ``advance``).
+        clock: seconds, for the elapsed time and the ETA (tests pass a fake clock's
+            ``time``).
         runner_options: for the Runner that schedules the calls and sends the fallback
             (``max_retries``, ``key``, ``timeout``, ...).
         """
@@ -154,6 +159,7 @@ class BatchRunner:
         self._prices = prices
         #: How to wait between polls (``time.sleep``; tests give a fake clock's ``advance``).
         self.sleep = sleep
+        self.clock = clock
         self._driver = Driver(
             self.api,
             self.runner.store,
@@ -201,7 +207,7 @@ class BatchRunner:
         try:
             self._restore(calls)
             leaders = _leaders(calls)
-            display = BatchDisplay(len(calls), answered(calls), self.progress)
+            display = BatchDisplay(len(calls), answered(calls), self.progress, self.clock)
             on_pass = None
             if on_progress is not None:
 
@@ -217,7 +223,7 @@ class BatchRunner:
             )
         finally:
             if display is not None:
-                display.close()
+                display.close(interrupted)
         if (
             not interrupted
             and self._driver.stopped is None

@@ -4,25 +4,13 @@ cost, never reserved twice for one batch; the MockProvider bills batches with it
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rate_limited import Budget, BudgetWarning
 from rate_limited.testing import FakeClock, MockProvider
-from tests.batch.test_runner import FAST, Interrupt, batch_runner, chat, schedule
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def provider(clock: FakeClock) -> Iterator[MockProvider]:
-    with MockProvider(batch=FAST, batch_clock=clock.time, output_tokens=8) as mp:
-        yield mp
+from tests.batch.test_runner import Interrupt, batch_runner, chat, schedule
 
 
 def most(runner: object) -> float:

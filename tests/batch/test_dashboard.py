@@ -4,13 +4,12 @@ provider's counts, driven by a real BatchRunner against the MockProvider on a Fa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from rate_limited.testing import FakeClock, MockProvider
-from tests.batch.test_runner import FAST, Interrupt, chat, schedule
+from tests.batch.test_runner import Interrupt, chat, schedule
 
 pytest.importorskip("ipywidgets")
 
@@ -33,17 +32,6 @@ def batch_runner(preset: Any, clock: FakeClock, **options: Any) -> Any:
     """A batch runner whose polls and ETA run on the fake clock."""
     options = {"store": "memory://", "sleep": clock.advance, "clock": clock.time, **options}
     return preset.runner(batch=True, **options)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def provider(clock: FakeClock) -> Iterator[MockProvider]:
-    with MockProvider(batch=FAST, batch_clock=clock.time, output_tokens=8) as mp:
-        yield mp
 
 
 def test_the_dashboard_shows_each_batch_and_an_eta(

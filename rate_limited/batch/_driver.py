@@ -184,16 +184,21 @@ class Driver:
         return limits.get(model, limits.get(None))
 
     def _lines(self, chunk: Chunk, work: Pass) -> list[bytes]:
-        lines = []
-        for custom_id in chunk.keys:
-            calls = work.leaders.get(custom_id)
-            if calls is None:
-                raise ConfigurationError(
-                    f"Batch chunk {chunk.id} was planned for calls no longer scheduled; "
-                    "schedule the same calls to resume it."
-                )
-            lines.append(self.api.line(custom_id, dict(calls[0].kwargs)))
-        return lines
+        return [
+            self.api.line(custom_id, dict(self._leader(chunk, custom_id, work).kwargs))
+            for custom_id in chunk.keys
+        ]
+
+    @staticmethod
+    def _leader(chunk: Chunk, custom_id: str, work: Pass) -> Call:
+        """The call a chunk's request is for (an error if it is no longer scheduled)."""
+        calls = work.leaders.get(custom_id)
+        if calls is None:
+            raise ConfigurationError(
+                f"Batch chunk {chunk.id} was planned for calls no longer scheduled; "
+                "schedule the same calls to resume it."
+            )
+        return calls[0]
 
     def _advance(self, chunk: Chunk, work: Pass) -> bool:
         """One step of one chunk; True if it changed state."""
@@ -255,7 +260,7 @@ class Driver:
         budget = self.budget
         if budget is None or chunk.token is not None:
             return "held"
-        costs = [budget.max_cost(c, work.leaders[c][0]) for c in chunk.keys]
+        costs = [budget.max_cost(c, self._leader(chunk, c, work)) for c in chunk.keys]
         amount = math.fsum(costs)
         token = budget.reserve(amount)
         if token is not None:
@@ -268,6 +273,7 @@ class Driver:
                 break
             total += cost
             fitting += 1
+        fitting = min(fitting, len(costs) - 1)  # the whole chunk was refused just now
         if fitting == 0:
             work.blocked[chunk.id] = costs[0]
             return "blocked"

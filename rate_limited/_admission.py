@@ -11,7 +11,11 @@
   the first call of another partition may pass a head waiting for its own (``pass_head``);
 * one timer, armed for the earliest moment something will fit, and the future idle
   workers wait on; a timer firing, a call settling or a new call wakes them. Nothing polls;
-* the cool-down: after a 429 with ``Retry-After`` nothing is admitted before ``paused_until``.
+* the cool-down: after a 429 with ``Retry-After`` nothing is admitted before ``paused_until``;
+* the *urgent* heap: calls with a priority other than 0 (``schedule(priority=)``,
+  ``Runner.call()``), by priority then index, ahead of the FIFO calls when their priority
+  is above 0 and behind them when below (a retry keeps its priority). ``others`` wakes and
+  pauses the Runner's other engines too (``rate_limited._online.Priorities``).
 
 What may start is decided against the ledger by the engine (``Engine._admit``); this
 module holds no counters of calls.
@@ -24,7 +28,7 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rate_limited._status import Status
 
@@ -32,9 +36,17 @@ if TYPE_CHECKING:
     from rate_limited.calls import Call
     from rate_limited.ledgers import Ledger
 
-__all__ = ["Admission"]
+__all__ = ["Admission", "Others"]
 
 PENDING = Status.PENDING
+
+
+class Others(Protocol):
+    """The Runner's other engines, as one engine's admission reaches them."""
+
+    def wake(self) -> None: ...
+
+    def pause(self, until: float) -> None: ...
 
 
 class Admission:
@@ -44,7 +56,11 @@ class Admission:
         self.loop = loop
         self.ready: deque[Call] = deque()
         self.retry: list[tuple[int, int, int, Call]] = []  # (failures, index, seq, call)
+        self.urgent: list[tuple[int, int, int, Call]] = []  # (-priority, index, seq, call)
         self._retry_seq = 0
+        #: The Runner's other engines: ``wake()`` and ``pause()`` reach them too (set by
+        #: ``Priorities`` once there are two engines; None: this engine alone).
+        self.others: Others | None = None
         #: Partitioned resources: fresh calls by partition keys, each (call, attempts then).
         self._lanes: dict[tuple[Any, ...], deque[tuple[Call, int]]] | None = None
         self._passed: set[Call] = set()  # admitted from a lane, still in ready
@@ -57,21 +73,30 @@ class Admission:
     # -- the queues --------------------------------------------------------------------------
     def reset(self, ready: Iterable[Call], partitioned: bool) -> None:
         """A new run: ``ready`` in schedule order, no retries due."""
-        self.ready = deque(ready)
+        self.ready = deque()
         self.retry.clear()
+        self.urgent.clear()
+        for call in ready:
+            extras = call._extras  # (call.priority, without a property per call)
+            if extras is not None and extras.priority:
+                self._push_urgent(call)
+            else:
+                self.ready.append(call)
         self._passed.clear()
         self._lanes = None
         if partitioned:
             self._lanes = {}
-            for call in self.ready:
+            for call in (*self.ready, *(entry[3] for entry in self.urgent)):
                 self._add_to_lane(call)
 
     def clear(self) -> list[Call]:
         """Empty every queue; returns the calls that were waiting (pending)."""
         waiting = [c for c in self.ready if c.status is PENDING]
         waiting += [entry[3] for entry in self.retry if entry[3].status is PENDING]
+        waiting += [entry[3] for entry in self.urgent if entry[3].status is PENDING]
         self.ready = deque()
         self.retry.clear()
+        self.urgent.clear()
         self._passed.clear()
         if self._lanes is not None:
             self._lanes.clear()
@@ -79,24 +104,46 @@ class Admission:
 
     def __bool__(self) -> bool:
         """Whether any call waits to be admitted."""
-        return bool(self.ready or self.retry)
+        return bool(self.ready or self.retry or self.urgent)
 
     def __len__(self) -> int:
-        return len(self.ready) + len(self.retry)
+        return len(self.ready) + len(self.retry) + len(self.urgent)
 
     def append(self, call: Call) -> None:
         """A fresh call, scheduled during the run."""
-        self.ready.append(call)
+        if call.priority:
+            self._push_urgent(call)
+        else:
+            self.ready.append(call)
         if self._lanes is not None:
             self._add_to_lane(call)
 
     def push_retry(self, call: Call) -> None:
         """``call`` is due to be tried again."""
+        if call.priority:
+            self._push_urgent(call)
+            return
         self._retry_seq += 1
         heapq.heappush(self.retry, (call.failures, call.index, self._retry_seq, call))
 
+    def _push_urgent(self, call: Call) -> None:
+        self._retry_seq += 1
+        heapq.heappush(self.urgent, (-call.priority, call.index, self._retry_seq, call))
+
     def head(self) -> Call | None:
         """The call admission tries next (dropping entries settled meanwhile)."""
+        urgent = self.urgent
+        if urgent:
+            while urgent and urgent[0][3].status is not PENDING:
+                heapq.heappop(urgent)  # admitted from a lane, withdrawn or settled late
+            if urgent and urgent[0][0] < 0:
+                return urgent[0][3]  # a priority above the FIFO calls'
+        call = self._fifo_head()
+        if call is None and urgent:
+            return urgent[0][3]  # priorities below 0 go last
+        return call
+
+    def _fifo_head(self) -> Call | None:
         ready, retry = self.ready, self.retry
         while True:
             if retry and not (ready and ready[0].index < retry[0][1]):
@@ -114,8 +161,10 @@ class Admission:
 
     def pop_head(self, call: Call) -> None:
         """``call``, the head, was admitted (or failed for good)."""
-        retry = self.retry
-        if retry and retry[0][3] is call:
+        retry, urgent = self.retry, self.urgent
+        if urgent and urgent[0][3] is call:
+            heapq.heappop(urgent)
+        elif retry and retry[0][3] is call:
             heapq.heappop(retry)
         else:
             self.ready.popleft()
@@ -124,7 +173,7 @@ class Admission:
         """The fast path's admission (no ledger, no cool-down): the first ready call, if
         no retry is due and it is pending; it is taken off the queue."""
         ready = self.ready
-        if ready and not self.retry and ready[0].status is PENDING:
+        if ready and not self.retry and not self.urgent and ready[0].status is PENDING:
             return ready.popleft()
         return None
 
@@ -146,13 +195,16 @@ class Admission:
         now: float,
         *,
         defer: bool,
+        outranked: Callable[[Call], bool] | None = None,
         accept: Callable[[Call, Any, float], bool] | None = None,
+        claim: Callable[[Call], bool] | None = None,
     ) -> tuple[Call | None, float]:
         """The head waits: reserve for the oldest first call of another lane that needs
         none of what the head waits for (so it cannot delay it), if one fits now, and
         return it. Else returns None and when the earliest of those lane heads will fit.
         ``accept(call, reservation, now)``: a last check of an admission (the budget's),
-        which releases the reservation when it says no."""
+        which releases the reservation when it says no. ``claim(call)``: whether this
+        process sends the call (work sharing)."""
         assert self._lanes is not None
         blocked = ledger.blocked_by(head.demand, now)
         own = tuple(need[2] for need in head.demand)
@@ -170,6 +222,11 @@ class Admission:
         for queue in sorted(firsts, key=lambda q: q[0][0].index):
             call = queue[0][0]
             if ledger.meter_ids(call.demand) & blocked:
+                continue
+            if outranked is not None and outranked(call):
+                continue  # a call of another engine goes first
+            if claim is not None and not claim(call):
+                queue.popleft()  # another worker sends it (or sent it)
                 continue
             reservation = ledger.try_reserve(call.demand, now, defer=defer)
             if (
@@ -199,7 +256,14 @@ class Admission:
         await future
 
     def wake(self) -> None:
-        """Let waiting admission look again (capacity may have changed)."""
+        """Let waiting admission look again (capacity may have changed), here and in the
+        Runner's other engines."""
+        self.wake_here()
+        if self.others is not None:
+            self.others.wake()
+
+    def wake_here(self) -> None:
+        """``wake()``, for this engine only."""
         future = self._wake_future
         if future is not None:
             self._wake_future = None
@@ -232,4 +296,6 @@ class Admission:
         if until <= self.paused_until:
             return False
         self.paused_until = until
+        if self.others is not None:  # one key: a 429's cool-down is everyone's
+            self.others.pause(until)
         return True

@@ -64,10 +64,14 @@ class Billing:
         if reservation is not None:
             self.ledger.begin(reservation, started)
 
-    def results(self, call: Call, value: Any, now: float) -> None:
-        """The attempt returned ``value``: bill its actual results usage."""
+    def results(self, call: Call, value: Any, now: float) -> float | None:
+        """The attempt returned ``value``: bill its actual results usage. Returns its time
+        to first token, for a streamed response (``rate_limited.apis._stream``)."""
         reservation = reservation_of(call)
         call.reservation = None
+        first_token = None if reservation is None else reservation.first_token
+        if first_token is not None:
+            call.time_to_first_token = first_token
         usage = call.usage
         if usage is None:
             usage = call.usage = {}
@@ -80,6 +84,7 @@ class Billing:
                 usage[name] = usage.get(name, 0.0) + need[0] + amount
         else:  # a late result whose reservation was already settled: bill what it used
             self.ledger.bill(call.demand, actual, now)
+        return first_token
 
     def _amount(self, call: Call, value: Any, i: int) -> float:
         """Resource ``i``'s results usage of ``value`` (the estimate if unreadable)."""

@@ -119,6 +119,20 @@ class Checkpoint:
             )
         return True
 
+    def forget(self, call: Call) -> None:
+        """``call`` was withdrawn: it follows no leader any more."""
+        for followers in self._followers.values():
+            if call in followers:
+                followers.remove(call)
+                return
+
+    def lead(self, leader: Call, followers: list[Call]) -> None:
+        """``leader`` is sent in place of a withdrawn call; ``followers`` follow it."""
+        if leader.key is not None:
+            self._leaders[leader.key] = leader
+        if followers:
+            self._followers[leader] = followers
+
     def followers_of(self, leader: Call) -> list[Call]:
         """The calls that end as ``leader`` did (once: they are forgotten here)."""
         if not self._followers:

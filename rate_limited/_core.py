@@ -40,14 +40,21 @@ from typing import TYPE_CHECKING, Any
 from rate_limited._admission import Admission
 from rate_limited._billing import Billing
 from rate_limited._checkpoint import Checkpoint
+from rate_limited._claims import Claims
 from rate_limited._policy import is_rate_limited, proves_not_billed, retry_after_seconds, validate
 from rate_limited._redact import describe, get_logger, redact, secret_values
 from rate_limited._stats import RunStats
 from rate_limited._status import Status
-from rate_limited.exceptions import RateLimitedTooLongError, UsageExtractionError, ValidationError
+from rate_limited.exceptions import (
+    RateLimitedTooLongError,
+    StreamBrokenError,
+    UsageExtractionError,
+    ValidationError,
+)
 
 if TYPE_CHECKING:
     from rate_limited._config import RunnerConfig
+    from rate_limited._priorities import Priorities
     from rate_limited._spend import SpendControl
     from rate_limited._stats import Progress
     from rate_limited.calls import Call
@@ -116,9 +123,18 @@ class EngineCore:
                 retry_failed=config.retry_failed,
                 function_name=function_name,
             )
+        #: Claims on a store other processes share (see ``rate_limited._claims``).
+        self.claims: Claims | None = None
+        if config.store is not None and config.store.shares_work:
+            self.claims = Claims(self, config.store)
         #: The semantic cache (see ``rate_limited.semantic._step``), if the Runner has one.
         self.semantic = semantic
         self.admission = Admission(loop)
+        #: Told of each call that becomes final, on the loop thread (``as_completed()``,
+        #: online callers); a tuple, replaced whole when a listener comes or goes.
+        self.final_listeners: tuple[Callable[[Call], None], ...] = ()
+        #: Arbitrates admission between the Runner's engines by priority (None: alone).
+        self.priorities: Priorities | None = None
         #: Warnings for the thread that called run() (it emits them, see take_notices).
         self._notices: list[Notice] = []
         # Counters of the run; only the transitions below change them.
@@ -192,6 +208,23 @@ class EngineCore:
                 self._idle = self.loop.create_future()
             await self._idle
 
+    # -- what work sharing asks (``rate_limited._claims``) -----------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def retry_failed(self) -> bool:
+        return self.config.retry_failed
+
+    def adopt(self, call: Call, status: Status) -> None:
+        """``call`` (pending) ends with an outcome another worker stored."""
+        self._finish(call, status, self.loop.time(), running=False, save=False)
+
+    def requeue(self, call: Call) -> None:
+        """``call`` waited for another worker, and is this process's to send after all."""
+        self._due(call, self._epoch)
+
     # -- transitions -------------------------------------------------------------------------
     def _start_attempt(self, call: Call, now: float) -> None:
         self._in_flight += 1
@@ -254,6 +287,9 @@ class EngineCore:
         else:
             self.stats.failed += 1
         self._unfinished -= 1
+        if self.final_listeners:
+            for listener in self.final_listeners:
+                listener(call)
         if self.checkpoint is not None:
             for follower in self.checkpoint.followers_of(call):
                 follower.status = call.status
@@ -322,7 +358,7 @@ class EngineCore:
 
     def _returned(self, call: Call, value: Any, now: float) -> None:
         if self._has_ledger:
-            self.billing.results(call, value, now)
+            self._bill(call, value, now)
         if self.validators:
             message, cause = validate(value, self.validators)
             if message:
@@ -341,9 +377,16 @@ class EngineCore:
     def _validated(self, call: Call, value: Any, now: float) -> None:
         """``_returned`` for a value the validators have already accepted."""
         if self._has_ledger:
-            self.billing.results(call, value, now)
+            self._bill(call, value, now)
         call.result = value
         self._finish(call, SUCCEEDED, now)
+
+    def _bill(self, call: Call, value: Any, now: float) -> None:
+        """Bill the results usage of ``value``; count its time to first token, if any."""
+        first_token = self.billing.results(call, value, now)
+        if first_token is not None:
+            self.stats.first_tokens += 1
+            self.stats.first_token_total += first_token
 
     def _failed(
         self,
@@ -359,6 +402,8 @@ class EngineCore:
                 self.billing.refuse(call, now)
             elif proves_not_billed(exc):
                 self.billing.release(call, now)
+            elif isinstance(exc, StreamBrokenError) and exc.partial_result is not None:
+                self._bill(call, exc.partial_result, now)  # what the broken stream used
             else:
                 self.billing.keep(call, now)
         _clear_frames(exc)

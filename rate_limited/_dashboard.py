@@ -438,6 +438,9 @@ class DashboardProgress:
             parts.append(f"{values['backing_off']:,} backing off before a retry")
         if stats.retries:
             parts.append(f"{stats.retries:,} retries")
+        first_token = values["time_to_first_token"] = stats.time_to_first_token
+        if first_token is not None:
+            parts.append(f"first token after {format_seconds(first_token)} on average")
         semantic = stats.semantic
         values["semantic_hits"] = 0 if semantic is None else semantic.hits
         values["semantic_saved"] = {} if semantic is None else dict(semantic.saved)

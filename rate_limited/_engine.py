@@ -41,6 +41,12 @@ and stored when they arrive, and the next run waits for them instead of sending 
 again. ``abandon()`` (a second Ctrl-C, ``close()``) cancels the coroutines and stops
 waiting for the threads. A stop requested before its run has started is kept for it.
 
+Online calls (``Runner.call()``) run on a second engine of the Runner, sharing its
+ledger (``rate_limited._online``): ``priorities`` arbitrates which engine's waiting head
+takes freed quota, and ``withdraw`` takes back a call whose caller went away.
+``final_listeners`` (``as_completed()``, online callers) hear of every call that ends,
+including those already final when a run starts.
+
 No error may hang a run: an exception of a call's function, extractor or validator
 (``BaseException`` subclasses included) ends that call; an error of the engine itself (or
 the system refusing a thread) ends the run, and ``run()`` raises it.
@@ -52,7 +58,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from rate_limited._core import FAILED, PENDING, RUNNING, SUCCEEDED, Notice
+from rate_limited._core import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, Notice
 from rate_limited._redact import get_logger
 from rate_limited._stats import RunStats
 from rate_limited._workers import Workers
@@ -131,6 +137,8 @@ class Engine(Workers):
         self.admission.reset((), partitioned=False)
         if self.checkpoint is not None:
             self.checkpoint.begin(calls)
+        if self.claims is not None:
+            self.claims.start(self.config.refresh)
         if run_id and self._stop_for == run_id:
             self._stopping = True  # stopped before it started: nothing is looked up or sent
             return True
@@ -174,12 +182,17 @@ class Engine(Workers):
         ready: list[Call] = []
         succeeded = failed = 0
         checkpoint = self.checkpoint
+        listeners = self.final_listeners
         for call in calls:
             status = call.status
             if status is SUCCEEDED:
                 succeeded += 1
+                for listener in listeners:
+                    listener(call)
             elif status is FAILED:
                 failed += 1
+                for listener in listeners:
+                    listener(call)
             elif checkpoint is not None and checkpoint.follows(call):
                 call.status = PENDING
             elif call in waiting:
@@ -198,8 +211,12 @@ class Engine(Workers):
         # Nothing of this run is needed any more; a Call held here would keep its Runner
         # alive (calls still running are held by their own worker or thread).
         self.admission.reset((), partitioned=False)
+        if self.priorities is not None:
+            self.priorities.idle(self)
         if self.checkpoint is not None:
-            self.checkpoint.end()
+            self.checkpoint.end()  # commits what is left: then the claims can go
+        if self.claims is not None:
+            self.claims.finish()
         if self.progress is not None:
             self._report(self.progress.finish, self.stats, self._stopping)
         self.progress = None
@@ -226,6 +243,27 @@ class Engine(Workers):
         self.stats.total += 1
         self._start_runners()
         self.admission.wake()
+
+    def withdraw(self, call: Call) -> bool:
+        """Withdraw a call not sent yet (its caller went away): it ends ``cancelled`` and
+        holds nothing; a call following its store key is sent in its place. False if it
+        is running or done, or no run is going (loop thread)."""
+        if call.status is not PENDING or self._done is None:
+            return False
+        call.status = CANCELLED
+        if self.checkpoint is not None:
+            self.checkpoint.forget(call)
+            followers = self.checkpoint.followers_of(call)
+            if followers:  # the next call with its key leads, the others follow it
+                leader, *rest = followers
+                self.checkpoint.lead(leader, rest)
+                self._due(leader, self._epoch)
+        self._unfinished -= 1
+        self.stats.total -= 1
+        if self._unfinished <= 0 and self._in_flight <= 0:
+            self._resolve_done()
+        self.admission.wake()
+        return True
 
     async def _semantic_lookup(self, calls: Sequence[Call]) -> set[Call]:
         """Calls the semantic cache answers succeed now; returns those that wait for an
@@ -291,8 +329,12 @@ class Engine(Workers):
         store_failures = 0
         if self.checkpoint is not None:
             store_failures, text = self.checkpoint.take_failures()
-            if text is not None:
-                notices.append((StoreWarning, text))
+            claims = None if self.claims is None else self.claims.take_problem()
+            if text is not None or claims is not None:  # one StoreWarning says it all
+                notices.append((StoreWarning, " ".join(t for t in (text, claims) if t)))
+        take_ledger_notices = getattr(self.ledger, "take_notices", None)
+        if take_ledger_notices is not None:  # a shared ledger lost (and found) its server
+            notices += take_ledger_notices()
         usage_text = self.billing.take_problems()
         if usage_text is not None:
             notices.append((UsageWarning, usage_text))

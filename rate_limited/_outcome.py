@@ -59,6 +59,9 @@ class Outcome:
     #: The ``model`` argument of its last attempt (with ``escalate=``, the model that
     #: answered); None if the call has none.
     model: str | None = None
+    #: Seconds from sending the last attempt to its first chunk, for a streamed response
+    #: (``stream=True`` in a preset); None otherwise.
+    time_to_first_token: float | None = None
 
     @property
     def error(self) -> BaseException | None:
@@ -84,6 +87,7 @@ class Outcome:
             semantic=call.semantic,
             cost=call.cost,
             model=_model(call),
+            time_to_first_token=call.time_to_first_token,
         )
 
 

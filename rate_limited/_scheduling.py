@@ -23,7 +23,15 @@ from rate_limited.calls import Call, CallOwner
 from rate_limited.exceptions import ConfigurationError, QuotaExceededError, RunnerClosedError
 from rate_limited.resources import Resource
 
-__all__ = ["Extractors", "Scheduler", "demand_of", "key_of", "make_schedule"]
+__all__ = [
+    "Extractors",
+    "Scheduler",
+    "declares",
+    "demand_of",
+    "key_of",
+    "make_schedule",
+    "pop_priority",
+]
 
 #: Per resource: the resource, its arguments usage extractor, its results estimator.
 Extractors = Sequence[
@@ -38,6 +46,8 @@ class Scheduler(CallOwner):
     scheduled_calls: list[Call]
     #: ``schedule()`` only makes the Call: nothing to compute, and no run for it to join.
     _inline_schedule: bool
+    #: ``schedule()`` takes ``priority=`` (the function has no parameter of that name).
+    _takes_priority: bool
 
     def _schedule(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         raise NotImplementedError
@@ -57,7 +67,9 @@ def make_schedule(owner: Scheduler, function: Callable[..., Any]) -> Callable[..
                 "e.g. runner = Runner(...), while you schedule and run calls."
             )
         # The common case inline (this is the whole per-call cost of scheduling).
-        if not runner._inline_schedule:
+        if not runner._inline_schedule or (
+            kwargs and "priority" in kwargs and runner._takes_priority
+        ):
             return runner._schedule(args, kwargs)
         calls = runner.scheduled_calls
         call = Call(function, args, kwargs, len(calls), runner)
@@ -87,6 +99,33 @@ def make_schedule(owner: Scheduler, function: Callable[..., Any]) -> Callable[..
         )
     schedule.__qualname__ = f"{type(owner).__qualname__}.schedule"
     return schedule
+
+
+def declares(function: Callable[..., Any], name: str) -> bool:
+    """Whether ``function`` has a parameter called ``name`` (not through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    parameter = parameters.get(name)
+    return parameter is not None and parameter.kind not in (
+        inspect.Parameter.VAR_POSITIONAL,
+        inspect.Parameter.VAR_KEYWORD,
+    )
+
+
+def pop_priority(kwargs: dict[str, Any], default: int, takes: bool) -> int:
+    """``priority=`` taken out of a call's keyword arguments, if the Runner ``takes`` it
+    (a function with a ``priority`` parameter of its own keeps it): larger goes first."""
+    if not takes or "priority" not in kwargs:
+        return default
+    priority = kwargs.pop("priority")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ConfigurationError(
+            "priority must be an int (larger goes first; schedule() defaults to 0, call() "
+            f"to 1), got {priority!r}."
+        )
+    return priority
 
 
 def demand_of(extractors: Extractors, call: Call) -> tuple[tuple[float, float, Hashable], ...]:
@@ -171,6 +210,9 @@ def _usage(
             f"{call!r}. Check the arguments passed to schedule() (the extractor reads them "
             "with call.get_argument(name))."
         ) from exc
+    kind = type(value)
+    if (kind is float or kind is int) and 0 <= value < math.inf:  # the usual case, at once
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= float(value) < math.inf:
         raise ConfigurationError(
             f"{what} of resource {resource!r} returned {value!r} for {call!r}; "

@@ -59,6 +59,8 @@ class RunStats:
         "binding",
         "cooldowns",
         "failed",
+        "first_token_total",
+        "first_tokens",
         "long_waits",
         "rate_limited",
         "retries",
@@ -88,6 +90,15 @@ class RunStats:
         self.binding: str | None = None  #: the resource it waits for
         self.started_at = now
         self._cost_at_start = None if source is None else source.cost_total
+        self.first_tokens = 0  #: streamed attempts that got a first chunk
+        self.first_token_total = 0.0  #: their seconds to it, summed
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        """Mean seconds from sending to the first chunk of streamed attempts (None: none)."""
+        if not self.first_tokens:
+            return None
+        return self.first_token_total / self.first_tokens
 
     @property
     def finished(self) -> int:

@@ -22,6 +22,7 @@ import asyncio
 import inspect
 import logging
 import math
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from rate_limited._billing import reservation_of
@@ -163,6 +164,9 @@ class Workers(EngineCore):
             call = admission.head()
             if call is None:
                 return None
+            if self.claims is not None and not self.claims.take(call):
+                admission.pop_head(call)  # another worker sends it (or sent it)
+                continue
             if not self._has_ledger and admission.paused_until == -math.inf:
                 break
             now = self.loop.time()
@@ -172,6 +176,9 @@ class Workers(EngineCore):
                 return None
             if not self._has_ledger:
                 break
+            priorities = self.priorities
+            if priorities is not None and priorities.outranked(self, call):
+                return None  # its engine wakes this one when that call is admitted or gone
             reservation = self.ledger.try_reserve(call.demand, now, defer=self._defer_billing)
             if reservation is not None and not self._spend_admits(call, reservation, now):
                 if self._budget_waits(call, now):
@@ -181,14 +188,28 @@ class Workers(EngineCore):
                 call.reservation = reservation
                 if self.stats.waiting_until is not None:
                     self._note_wait(None, None, now)
+                if priorities is not None:
+                    priorities.admitted(self)
                 break
+            if priorities is not None:
+                priorities.waiting(self, call)
             when = self.ledger.next_free_time(call.demand, now)
-            if when == math.inf and self._in_flight <= 0:
+            if (
+                when == math.inf
+                and self._in_flight <= 0
+                and (priorities is None or not priorities.others_in_flight(self))
+            ):
                 self._never_fits(call, now)  # a quota lowered below the call's needs
                 continue  # and look at the next call
             if admission.has_lanes:
                 passing, lane_when = admission.pass_head(
-                    call, self.ledger, now, defer=self._defer_billing, accept=self._spend_admits
+                    call,
+                    self.ledger,
+                    now,
+                    defer=self._defer_billing,
+                    accept=self._spend_admits,
+                    claim=None if self.claims is None else self.claims.take,
+                    outranked=None if priorities is None else partial(priorities.outranked, self),
                 )
                 if passing is not None:
                     return passing

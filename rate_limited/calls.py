@@ -68,10 +68,12 @@ class CallOwner:
 class _Extras:
     """The fields of a Call that most calls never set, kept apart to keep Calls small."""
 
-    __slots__ = ("from_store", "semantic", "spend", "warnings")
+    __slots__ = ("from_store", "priority", "semantic", "spend", "time_to_first_token", "warnings")
 
     def __init__(self) -> None:
         self.from_store = False
+        self.priority = 0
+        self.time_to_first_token: float | None = None
         self.semantic: SemanticMatch | None = None
         self.warnings: list[BaseException] | None = None
         #: Its money: maximum cost, budget reservation, cost so far (``rate_limited._spend``).
@@ -161,6 +163,27 @@ class Call:
     @from_store.setter
     def from_store(self, value: bool) -> None:
         self._more().from_store = value
+
+    @property
+    def priority(self) -> int:
+        """Admission order: a larger priority goes first (``schedule()``'s default is 0,
+        ``Runner.call()``'s 1); equal priorities go in schedule order."""
+        extras = self._extras
+        return 0 if extras is None else extras.priority
+
+    @priority.setter
+    def priority(self, value: int) -> None:
+        self._more().priority = value
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        """Seconds from sending to the first chunk, for a streamed response (else None)."""
+        extras = self._extras
+        return None if extras is None else extras.time_to_first_token
+
+    @time_to_first_token.setter
+    def time_to_first_token(self, value: float | None) -> None:
+        self._more().time_to_first_token = value
 
     @property
     def cost(self) -> float | None:

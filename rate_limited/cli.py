@@ -1,4 +1,4 @@
-"""The ``rate-limited`` command: ``demo``, ``run``, ``mock-provider`` and ``bench``.
+"""The ``rate-limited`` command: ``demo``, ``run``, ``mock-provider``, ``ledger`` and ``bench``.
 
 * ``rate-limited demo`` starts a MockProvider on 127.0.0.1 with realistic limits (scaled
   so the run takes about half a minute), pushes 2,000 chat completions through the real
@@ -12,6 +12,8 @@
 * ``rate-limited run requests.jsonl -o results.jsonl`` sends a JSONL file of requests
   online or through the Batch API (``--batch``), resumably (``rate_limited._run_command``).
 * ``rate-limited mock-provider`` serves the MockProvider until Ctrl-C (see its ``--help``).
+* ``rate-limited ledger inspect|reset redis://...`` shows what a shared ledger holds
+  (levels, reservations and their holders) or deletes one (``rate_limited.ledgers.inspect``).
 * ``rate-limited bench [NAME] ...`` runs ``benchmarks/NAME.py`` of a source checkout (they
   are not installed with the package); ``--help`` says what each one touches.
 
@@ -425,6 +427,7 @@ run            sends a JSONL file of requests online or by batch (--batch); writ
                results and a store of finished calls (OUTPUT.db) next to the output
 mock-provider  serves the mock API on 127.0.0.1 until Ctrl-C; prints its base URLs and
                limits on stdout, and its statistics on stderr when it stops
+ledger         inspect / reset a shared Redis ledger: levels, reservations, holders
 bench          runs a benchmark of a source checkout; may install rate_limited 0.4 from
                PyPI into benchmarks/.venv04 and rewrite benchmarks/RESULTS.md (--write)
 
@@ -470,6 +473,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "bench", help="run a benchmark of a source checkout (see bench --help)", add_help=False
     )
+    ledger = commands.add_parser(
+        "ledger",
+        help="inspect (or reset) a shared Redis ledger",
+        description="What a shared ledger (Runner(ledger='redis://...')) holds, and who.",
+    )
+    ledger.add_argument("action", choices=("inspect", "reset"))
+    ledger.add_argument(
+        "url", help="redis://host:port/db[?name=NAME] (without name=: every ledger there)"
+    )
     if arguments and arguments[0] in ("mock-provider", "bench"):
         if arguments[0] == "bench":
             return bench(arguments[1:])
@@ -479,6 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(arguments)
     if args.command == "run":
         return _run_command.run_command(args)
+    if args.command == "ledger":
+        return _ledger(args.action, args.url)
     if args.command != "demo":
         parser.print_help()
         return 2
@@ -487,6 +501,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # a Ctrl-C outside the run (e.g. while it is set up)
         print("\nStopped.", file=sys.stderr)
         return 130
+
+
+def _ledger(action: str, url: str) -> int:
+    from rate_limited.exceptions import RateLimitedError
+    from rate_limited.ledgers.inspect import inspect, reset
+
+    try:
+        if action == "inspect":
+            print(inspect(url))
+        else:
+            print(f"Deleted {reset(url)} key(s).")
+    except RateLimitedError as exc:
+        print(f"rate-limited ledger {action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

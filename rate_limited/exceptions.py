@@ -13,6 +13,7 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
     ├── RunnerClosedError (RuntimeError)    the Runner was closed; make a new one
     ├── RunnerBusyError (RuntimeError)      run() while a run of that Runner goes on
     ├── ReentrantRunError (RuntimeError)    run() from the function the Runner runs
+    ├── LedgerUnavailableError              can't reach a shared (Redis) ledger at Runner()
     ├── StoreError                          a checkpoint store failed (nothing stored is lost)
     │   ├── UnknownStoreError (ValueError)  a store URL with a scheme no backend handles
     │   ├── StoreUnavailableError           can't open or reach it: unwritable path, Redis down
@@ -23,6 +24,8 @@ Errors of a single call are not raised: they are recorded in ``exceptions[i]`` o
     ├── CallError                           recorded per attempt, never raised by run()
     │   ├── ValidationError                 a validator rejected the value (retried)
     │   ├── CallTimeoutError (TimeoutError) the attempt ran past ``timeout`` (retried)
+    │   ├── StreamBrokenError               a streamed response broke part-way (retried)
+    │   ├── BudgetExhaustedError            an online call the budget could not admit
     │   ├── UsageExtractionError            a results usage could not be read (in
     │                                       outcome.warnings: the estimate was billed)
     │   ├── RateLimitedTooLongError         nothing but HTTP 429s for rate_limit_patience s
@@ -39,6 +42,7 @@ Warnings (``UserWarning`` subclasses, emitted in the thread that called ``run()`
     ├── PriceWarning          no price is known for a model: its cost is None
     ├── BudgetWarning         the budget stopped a run (spent, limit, calls not started),
     │                         or its spend crossed an ``alert_at`` fraction
+    ├── LedgerWarning         the shared (Redis) ledger was lost mid-run: admission paused
     └── SemanticCacheWarning  the semantic cache could not look up or index some calls:
                               they were sent as usual
 
@@ -58,10 +62,13 @@ __all__ = [
     "ArgumentTypeError",
     "BatchRequestError",
     "BlockingCallWarning",
+    "BudgetExhaustedError",
     "BudgetWarning",
     "CallError",
     "CallTimeoutError",
     "ConfigurationError",
+    "LedgerUnavailableError",
+    "LedgerWarning",
     "PermanentError",
     "PriceWarning",
     "QuotaExceededError",
@@ -77,6 +84,7 @@ __all__ = [
     "StoreUnavailableError",
     "StoreVersionError",
     "StoreWarning",
+    "StreamBrokenError",
     "UnknownResourceError",
     "UnknownStoreError",
     "UsageExtractionError",
@@ -148,6 +156,11 @@ class ReentrantRunError(RateLimitedError, RuntimeError):
     """``run()`` from inside the Runner's own loop (from the function it runs)."""
 
 
+class LedgerUnavailableError(RateLimitedError):
+    """A shared ledger (``ledger="redis://..."``) can't be reached or used when the Runner
+    is made; the message names the URL (password hidden) and what to check."""
+
+
 class StoreError(RateLimitedError):
     """Base of every error a store raises (also raised for using a closed store)."""
 
@@ -208,6 +221,21 @@ class ValidationError(CallError):
 
 class CallTimeoutError(CallError, TimeoutError):
     """An attempt took longer than the Runner's ``timeout``; the call is retried."""
+
+
+class BudgetExhaustedError(CallError):
+    """An online call (``Runner.call()``) that the Runner's ``Budget`` could not admit: it
+    was not sent. (A batch stops at the budget with its calls pending instead.)"""
+
+
+class StreamBrokenError(CallError):
+    """A streamed response (``stream=True`` in a preset) broke part-way; the call is
+    retried as a whole. ``partial_result`` is what had arrived, with the usage known so
+    far: the Runner bills that instead of the call's whole estimate."""
+
+    def __init__(self, message: str, *args: Any, partial_result: Any = None) -> None:
+        super().__init__(message, *args)
+        self.partial_result = partial_result
 
 
 class UsageExtractionError(CallError):
@@ -280,6 +308,11 @@ class BlockingCallWarning(RateLimitedWarning):
 class SemanticCacheWarning(RateLimitedWarning):
     """The semantic cache could not embed, search or index some calls; those calls were
     sent (or stored) as usual, never answered without a lookup."""
+
+
+class LedgerWarning(RateLimitedWarning):
+    """The shared (Redis) ledger could not be reached during a run: nothing was admitted
+    until it came back, and what finished meanwhile was billed to it once it did."""
 
 
 class PriceWarning(RateLimitedWarning):

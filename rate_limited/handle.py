@@ -17,65 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import signal
 import threading
-import types
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+from rate_limited._sigint import SigintGuard
 from rate_limited.exceptions import RateLimitedWarning, warn
 
 if TYPE_CHECKING:
+    from rate_limited._completed import AsCompleted, Subscribe
     from rate_limited.calls import Call
     from rate_limited.outcomes import RunResult
 
 __all__ = ["RunHandle", "SigintGuard"]
-
-
-class SigintGuard:
-    """While active (in the main thread), SIGINT calls the attached callback instead of
-    raising KeyboardInterrupt (for a run: the first stops it, the next abandons the calls
-    still running). A SIGINT that comes before anything is attached is kept and delivered
-    when something is. The previous handler is restored on exit.
-
-    Needed because Python 3.11+'s ``asyncio.run`` handler only cancels the main task,
-    which a blocking wait never notices, and because Jupyter's "interrupt kernel" is a
-    SIGINT too.
-    """
-
-    def __init__(self) -> None:
-        self._on_interrupt: Callable[[], None] | None = None
-        self._early = 0  # SIGINTs before a run was attached
-        self._previous: Any = None
-        self._installed = False
-
-    def __enter__(self) -> SigintGuard:
-        if threading.current_thread() is threading.main_thread():
-            try:
-                self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-                self._installed = True
-            except ValueError:  # signals unavailable here (e.g. a subinterpreter)
-                pass
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._installed:
-            self._installed = False
-            signal.signal(signal.SIGINT, self._previous)
-
-    def attach(self, on_interrupt: Callable[[], None]) -> None:
-        """Call ``on_interrupt()`` for each SIGINT from now on (and now, for those already
-        received; two at most: a stop and an abandon)."""
-        self._on_interrupt = on_interrupt
-        for _ in range(min(self._early, 2)):
-            on_interrupt()
-        self._early = 0
-
-    def _on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
-        if self._on_interrupt is None:
-            self._early += 1
-        else:
-            self._on_interrupt()
 
 
 class RunHandle:
@@ -100,10 +54,27 @@ class RunHandle:
         self._stop_requested = False
         self._abandoned: concurrent.futures.Future[int] | None = None
         self._lock = threading.Lock()
+        #: Adds a final listener to the run's engine (set by the Runner; see as_completed).
+        self._subscribe: Subscribe | None = None
 
     def done(self) -> bool:
         """Whether the run has ended (completed, stopped or failed)."""
         return self._future.done()
+
+    def as_completed(self) -> AsCompleted:
+        """This run's outcomes as its calls finish: ``for outcome in
+        handle.as_completed():`` (or ``async for``); the calls already finished come
+        first. Leaving the loop early leaves the run going; Ctrl-C stops it."""
+        from rate_limited._completed import AsCompleted
+
+        subscribe = self._subscribe
+        if subscribe is None:
+            raise RuntimeError("this RunHandle was not made by Runner.start()")
+        return AsCompleted(lambda: (self, subscribe), owns_run=False)
+
+    def _add_done_callback(self, callback: Callable[[], None]) -> None:
+        """``callback()`` when the run ends (on the thread that ends it)."""
+        self._future.add_done_callback(lambda _: callback())
 
     def stop(self, timeout: float | None = None) -> RunResult:
         """Stop admitting calls and return the partial result.

@@ -66,13 +66,15 @@ class TqdmProgress:
         if bar.total != stats.total:
             bar.total = stats.total
         bar.update(stats.finished - bar.n)
-        postfix: dict[str, int | str] = {}
+        postfix: dict[str, object] = {}
         if stats.failed:
             postfix["failed"] = stats.failed
         if stats.retries:
             postfix["retries"] = stats.retries
         if stats.rate_limited:
             postfix["429s"] = stats.rate_limited
+        if stats.time_to_first_token is not None:
+            postfix["first token"] = f"{stats.time_to_first_token:.2f}s"
         if stats.store_failures:
             postfix["not stored"] = stats.store_failures
         if stats.semantic is not None and stats.semantic.hits:
@@ -120,6 +122,8 @@ class LogProgress:
             parts.append(f"{stats.retries} retries")
         if stats.rate_limited:
             parts.append(f"{stats.rate_limited} HTTP 429")
+        if stats.time_to_first_token is not None:
+            parts.append(f"first token after {stats.time_to_first_token:.2f} s on average")
         if stats.store_failures:
             parts.append(f"{stats.store_failures} not stored")
         if stats.semantic is not None and stats.semantic.hits:

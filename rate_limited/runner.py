@@ -24,6 +24,10 @@ scheduled through it, nor a run going on in the background.
 
 After a run that was not interrupted, the Runner starts a new batch: the next ``run()``
 returns only calls scheduled after it, as in rate_limited 0.4.
+
+``as_completed()`` yields the outcomes as the calls finish (``rate_limited._completed``);
+``call()`` / ``call_sync()`` run one online call through the same quotas, ahead of the
+batch's waiting calls (``rate_limited._online``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from rate_limited._checkpoint import close_store
 from rate_limited._clock import Clock
+from rate_limited._completed import AsCompleted, Subscribe, subscriber
 from rate_limited._config import RunnerConfig, Setting
 from rate_limited._engine import Engine
 from rate_limited._feedback import FeedbackSource, LedgerControl
@@ -47,9 +52,18 @@ from rate_limited._gc import bulk_allocation
 from rate_limited._loop_thread import LoopThread, finish_running_calls, shutdown, stop_run
 from rate_limited._loopwatch import is_async_callable
 from rate_limited._money import Money, split_budget
+from rate_limited._online import OnlineCaller, OnlineCalls
 from rate_limited._policy import Validator, retry_if_transient
+from rate_limited._priorities import Priorities
 from rate_limited._redact import get_logger
-from rate_limited._scheduling import Scheduler, demand_of, key_of, make_schedule
+from rate_limited._scheduling import (
+    Scheduler,
+    declares,
+    demand_of,
+    key_of,
+    make_schedule,
+    pop_priority,
+)
 from rate_limited._status import RunnerState
 from rate_limited.budget import Budget
 from rate_limited.calls import Call, Result
@@ -60,7 +74,7 @@ from rate_limited.exceptions import (
     warn,
 )
 from rate_limited.handle import RunHandle, SigintGuard
-from rate_limited.ledgers import InMemoryLedger
+from rate_limited.ledgers import open_ledger
 from rate_limited.outcomes import RunResult, Status
 from rate_limited.progress import make_progress
 from rate_limited.resources import Resource
@@ -81,7 +95,7 @@ logger = get_logger("rate_limited")
 T = TypeVar("T")
 
 
-class Runner(Scheduler):
+class Runner(Scheduler, OnlineCaller):
     """Runs calls of ``function`` as fast as ``resources`` allow, and never faster."""
 
     # The settings, read-only: RunnerConfig was validated once and engines read it.
@@ -128,6 +142,7 @@ class Runner(Scheduler):
         semantic_cache: SemanticCache | None = None,
         budget: Budget | None = None,
         escalate: Sequence[Mapping[str, Any]] | None = None,
+        ledger: str | None = None,
     ) -> None:
         """Wrap ``function`` (sync or async callable: function, partial, lambda, method).
 
@@ -182,6 +197,11 @@ class Runner(Scheduler):
                 {"model": "gpt-4o"}]``: each attempt after a failed validation (or an
                 error permanent for that model) runs with the next rung's keyword
                 arguments (see ``rate_limited._escalate``).
+            ledger: where the quotas' usage is kept. None (default): in this Runner.
+                ``"redis://host:6379/0?name=team-key"``: in Redis, shared by every Runner
+                (any process, any machine) given the same URL and name, so that together
+                they stay within one quota (``&lease=20``: seconds after which a dead
+                process's reservations come back). See ``rate_limited.ledgers.redis``.
         """
         resources, budget = split_budget(resources, budget)
         #: The validated settings (``Runner.max_concurrent`` and the like read them).
@@ -237,7 +257,19 @@ class Runner(Scheduler):
         self._active_future: concurrent.futures.Future[Any] | asyncio.Task[Any] | None = None
         self._run_seq = 0  # numbers the runs, so that a stop reaches the right one
         # One ledger for the Runner's life, whichever loop its engine runs on.
-        self._ledger = InMemoryLedger(self.config.resources)
+        self._ledger = open_ledger(ledger, self.config.resources, owner=self.name)
+        close_ledger = getattr(self._ledger, "close", None)
+        if close_ledger is not None:  # a shared ledger: its lease ends with the Runner
+            weakref.finalize(self, close_ledger)
+        # The engines on the Runner's loop (the batch's, the online calls') take turns by
+        # priority; the online calls' engine is made by the first call().
+        self._priorities = Priorities(self._ledger)
+        self._online: OnlineCalls | None = None
+        # The handle of the last start() (weak: it holds the Runner), for as_completed().
+        self._active_handle: weakref.ref[RunHandle] | None = None
+        self._listeners_lock = threading.Lock()
+        #: schedule() and call() take ``priority=`` unless the function has its own.
+        self._takes_priority = not declares(function, "priority")
         self._start_lock = threading.Lock()
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._function_identity = ""
@@ -282,8 +314,11 @@ class Runner(Scheduler):
     def _schedule(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         if self._state is RunnerState.CLOSED:
             raise RunnerClosedError("This Runner was closed; create a new Runner to schedule.")
+        priority = pop_priority(kwargs, 0, self._takes_priority)
         calls = self.scheduled_calls
         call = Call(self.function, args, kwargs, len(calls), self)
+        if priority:
+            call.priority = priority
         money = self._money
         money.schedule(call)
         if self._extractors:
@@ -373,7 +408,7 @@ class Runner(Scheduler):
         def request_abandon() -> concurrent.futures.Future[int]:
             return asyncio.run_coroutine_threadsafe(engine.abandon_and_wait(), loop)
 
-        return RunHandle(
+        handle = RunHandle(
             future,
             calls,
             request_stop=request_stop,
@@ -381,6 +416,30 @@ class Runner(Scheduler):
             snapshot=self.snapshot,
             request_abandon=request_abandon,
         )
+        handle._subscribe = subscriber(engine, self._listeners_lock)
+        self._active_handle = weakref.ref(handle)
+        return handle
+
+    def as_completed(self) -> AsCompleted:
+        """The outcomes of a run as its calls finish: ``for outcome in
+        runner.as_completed():`` (or ``async for`` in async code).
+
+        Iterating starts the run (or joins the one ``start()`` started); the calls already
+        final come first (from an interrupted run, or the store), then each call the moment
+        it ends, every call once. Ctrl-C works as in ``run()``: the run stops and the loop
+        ends after what has finished; leaving the loop early stops a run it started.
+        Afterwards ``.result`` is the RunResult ``run()`` would have returned.
+        """
+        handle = None if self._active_handle is None else self._active_handle()
+        if self._state is RunnerState.RUNNING and handle is not None and not handle.done():
+            return handle.as_completed()
+
+        def start() -> tuple[RunHandle, Subscribe]:
+            handle = self.start()
+            assert handle._subscribe is not None
+            return handle, handle._subscribe
+
+        return AsCompleted(start, owns_run=True)
 
     def _caller_loop(self) -> asyncio.AbstractEventLoop | None:
         """The caller's running loop, if the engine is to run on it."""
@@ -405,6 +464,7 @@ class Runner(Scheduler):
             self._loop_thread = loop_thread
             self._engine = self._new_engine(loop_thread.loop)
             self._finalizer = weakref.finalize(self, shutdown, loop_thread, self._engine)
+            loop_thread.call_soon(self._priorities.join, self._engine)
         return self._engine
 
     def _submit(
@@ -417,13 +477,13 @@ class Runner(Scheduler):
         assert self._loop_thread is not None
         return self._loop_thread.submit(batch)
 
-    def _new_engine(self, loop: asyncio.AbstractEventLoop) -> Engine:
+    def _new_engine(self, loop: asyncio.AbstractEventLoop, online: bool = False) -> Engine:
         engine = Engine(
             self.config,
             loop,
             self._ledger,
             function_name=self._function_identity,
-            semantic=self._semantic,
+            semantic=None if online else self._semantic,
             spend=self._money.spend,
             escalate=None if self._money.ladder is None else self._money.escalate,
         )
@@ -432,6 +492,9 @@ class Runner(Scheduler):
                 engine.ledger, loop, wake=engine.wake, pause_until=engine.pause_until
             )
             self.function.attach_ledger(control)
+        watch = getattr(self._ledger, "watch", None)
+        if watch is not None:  # another process gave back what a waiting call needs
+            watch(functools.partial(_wake_threadsafe, loop, engine))
         return engine
 
     async def _run_batch(
@@ -561,6 +624,7 @@ class Runner(Scheduler):
         """
         running = self._state is RunnerState.RUNNING
         self._set_state(RunnerState.CLOSED)
+        self._close_online(timeout)
         if running:
             stop_run(self._active_engine, self._active_future)
         if self._engine is not None:
@@ -581,6 +645,14 @@ class Runner(Scheduler):
                 checkpoints=[e.checkpoint for e in engines if e is not None],
                 index=None if self._semantic is None else self._semantic.index,
             )
+        close_ledger = getattr(self._ledger, "close", None)
+        if close_ledger is not None:
+            close_ledger()
+
+    @property
+    def _ledger_is_local(self) -> bool:
+        """Whether this Runner's quotas live in its own process (no ``ledger=`` URL)."""
+        return not hasattr(self._ledger, "holder")
 
     def __enter__(self) -> Runner:
         return self
@@ -595,3 +667,8 @@ class Runner(Scheduler):
             else f"{len(self.scheduled_calls)} scheduled"
         )
         return f"<Runner {self.name} ({state})>"
+
+
+def _wake_threadsafe(loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+        loop.call_soon_threadsafe(engine.wake)

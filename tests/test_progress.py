@@ -446,3 +446,14 @@ def test_no_progress_output_in_a_notebook_like_running_loop(
     assert asyncio.run(cell()) == [1]
     runner.close()
     assert capfd.readouterr().err == ""
+
+
+def test_time_to_first_token_is_shown_when_calls_stream() -> None:
+    from rate_limited._stats import RunStats
+    from rate_limited.progress import LogProgress
+
+    stats = RunStats(total=2, done=2, failed=0, now=0.0)
+    assert stats.time_to_first_token is None
+    stats.first_tokens, stats.first_token_total = 2, 0.5
+    assert stats.time_to_first_token == 0.25
+    assert "first token after 0.25 s on average" in LogProgress()._line(stats)

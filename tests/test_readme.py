@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from rate_limited.testing import BatchSettings
+from tests.stores.conftest import redis_url  # noqa: F401 - the session's redis-server
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 PYTHON = ("python", "py")
@@ -142,8 +143,14 @@ def test_every_block_is_tagged_and_every_skip_gives_a_reason() -> None:
 
 
 @pytest.fixture
-def mock_environment(make_provider: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
-    """A MockProvider, the environment variables the SDKs read, an empty directory."""
+def mock_environment(
+    make_provider: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    redis_url: str,  # noqa: F811
+) -> Any:
+    """A MockProvider, the environment variables the SDKs read (and ``REDIS_URL``, the
+    shared ledger's server), an empty directory."""
     pytest.importorskip("openai")
     pytest.importorskip("anthropic")
     pytest.importorskip("pandas")
@@ -158,6 +165,7 @@ def mock_environment(make_provider: Any, monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("ANTHROPIC_BASE_URL", provider.anthropic_base_url)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-readme-test")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.chdir(tmp_path)
     return provider
 

@@ -19,6 +19,10 @@ the preset's limits for one model, and limits left as None are discovered per mo
 Each limit is billed by the rule its provider documents (``settle_rules``); a provider
 whose headers show otherwise is discovered by the ledger (``rate_limited.ledgers.memory``).
 
+``stream=True`` (chat completions, Anthropic messages): the chunks go to the call's
+``on_chunk=`` and the call returns the assembled response, billed from the usage the
+stream reports (``rate_limited.apis._stream``).
+
 This base does no I/O of its own; the endpoint classes (``rate_limited.apis.openai``,
 ``rate_limited.apis.anthropic``) say how to estimate, what to call and what usage to read.
 """
@@ -36,6 +40,7 @@ from rate_limited._token_usage import TokenUsage
 from rate_limited.apis._headers import Family, headers_of
 from rate_limited.apis._limits import MINUTE, UNKNOWN_QUOTA, LimitTracker
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
+from rate_limited.apis._stream import Assembler, broken, check_on_chunk
 from rate_limited.apis._tokens import Calibration, TextCounter, Tokenizer, resolve_counter
 from rate_limited.apis.common import PROVIDER_REFILL_DELAY, RequestTooLargeError
 from rate_limited.cost import PriceTable
@@ -84,6 +89,8 @@ class Preset:
     settle_rules: ClassVar[Mapping[str, Settle]] = {}
     #: What ``tokenizer="auto"`` means for this provider.
     auto_tokenizer: ClassVar[Literal["auto", "conservative"]] = "auto"
+    #: Whether ``stream=True`` is supported (``_assembler`` builds the response).
+    streams: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -96,9 +103,16 @@ class Preset:
         media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
         client_max_retries: int | None = 0,
         prices: Mapping[str, Price] | None = None,
+        ledger: str | None = None,
     ) -> None:
         #: What each model costs: ``prices`` first, then genai-prices' table.
         self.prices = PriceTable(prices)
+        if ledger is not None:
+            from rate_limited.ledgers.redis import parse_url
+
+            parse_url(ledger)  # a clear error now, not at runner()
+        #: Where ``runner()``'s Runners keep the quotas (None: each in its own process).
+        self.ledger = ledger
         if client is None:
             client = self._default_client()
         if client_max_retries is not None and hasattr(client, "with_options"):
@@ -234,12 +248,17 @@ class Preset:
                 f"{type(self).__name__} takes the API's parameters by keyword, as the SDK "
                 f"does: schedule(model=..., ...), got positional arguments {call.args!r}."
             )
-        if call.kwargs.get("stream"):
+        if call.kwargs.get("stream") and not self.streams:
             raise ArgumentTypeError(
                 f"{type(self).__name__} does not stream: the usage it bills comes with the "
                 "whole response; leave stream unset."
             )
+        check_on_chunk(call.kwargs)
         return call.kwargs
+
+    def _stream_request(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The SDK's parameters for a streamed call (``on_chunk`` is the preset's)."""
+        return {name: value for name, value in params.items() if name != "on_chunk"}
 
     def _note_demand(self, name: str, call: Call, demand: float) -> None:
         self.tracker.note_demand(name, model_of(call), demand)
@@ -328,8 +347,9 @@ class Preset:
     def runner(self, *, batch: Literal[True], **runner_options: Any) -> BatchRunner: ...
 
     def runner(self, *, batch: bool = False, **runner_options: Any) -> Runner | BatchRunner:
-        """``Runner(self, self.resources, **runner_options)``, e.g. ``budget=Budget(usd=5)``
-        (the preset prices the calls) or ``escalate=[{"model": ...}, {"model": ...}]``;
+        """``Runner(self, self.resources, ledger=self.ledger, **runner_options)``, e.g.
+        ``budget=Budget(usd=5)`` (the preset prices the calls) or ``escalate=[{"model":
+        ...}, {"model": ...}]``;
         with ``batch=True``, a ``rate_limited.batch.BatchRunner`` (the provider's Batch
         API: half the price, answers within 24 h; needs ``store=``)."""
         if batch:
@@ -338,6 +358,7 @@ class Preset:
             return BatchRunner(self, **runner_options)
         from rate_limited.runner import Runner
 
+        runner_options.setdefault("ledger", self.ledger)
         return Runner(self, self.resources, **runner_options)
 
     @property
@@ -402,21 +423,24 @@ class Preset:
             return RequestTooLargeError(str(exc), response=getattr(exc, "response", None))
         return None
 
-    def _send(self, params: dict[str, Any]) -> Any:
+    def _request(self, request: dict[str, Any], params: Mapping[str, Any]) -> Any:
+        """Send ``request`` (the SDK's parameters of the call ``params``); returns the
+        parsed response (a stream, for ``stream=True``) and the attempt's admission."""
         admission = self._before()
         try:
-            raw = self._create(**params)
+            raw = self._create(**request)
         except Exception as exc:
             replacement = self._failed(exc, params, admission)
             if replacement is None:
                 raise
             raise replacement from exc
-        return self._after(raw, params, admission)
+        return self._after(raw, params, admission), admission
 
-    async def _send_async(self, params: dict[str, Any]) -> Any:
+    async def _request_async(self, request: dict[str, Any], params: Mapping[str, Any]) -> Any:
+        """``_request`` for an async client."""
         admission = self._before()
         try:
-            raw = await self._create(**params)
+            raw = await self._create(**request)
         except Exception as exc:
             replacement = self._failed(exc, params, admission)
             if replacement is None:
@@ -425,7 +449,74 @@ class Preset:
         parsed = self._after(raw, params, admission)
         if inspect.isawaitable(parsed):  # anthropic's async raw responses parse async
             parsed = await parsed
-        return parsed
+        return parsed, admission
+
+    def _send(self, params: dict[str, Any]) -> Any:
+        if params.get("stream") and self.streams:
+            return self._send_stream(params)
+        return self._request(params, params)[0]
+
+    async def _send_async(self, params: dict[str, Any]) -> Any:
+        if params.get("stream") and self.streams:
+            return await self._send_stream_async(params)
+        return (await self._request_async(params, params))[0]
+
+    def _start_stream(
+        self, params: dict[str, Any]
+    ) -> tuple[dict[str, Any], Callable[[Any], object] | None, Assembler]:
+        on_chunk = check_on_chunk(params)
+        request = self._stream_request(params)
+        return request, on_chunk, self._assembler(self.prompt_tokens(request))
+
+    def _assembler(self, prompt_estimate: float) -> Assembler:
+        """Builds the whole response of a stream (the endpoints that stream say how)."""
+        raise NotImplementedError
+
+    def _send_stream(self, params: dict[str, Any]) -> Any:
+        request, on_chunk, assembler = self._start_stream(params)
+        stream, admission = self._request(request, params)
+        try:
+            chunks = iter(stream)
+            while True:
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    raise broken(assembler, exc) from exc
+                assembler.add(chunk)
+                if on_chunk is not None:
+                    on_chunk(chunk)
+        finally:
+            _note_first_token(admission, assembler)
+            _close(stream)
+        return assembler.result()
+
+    async def _send_stream_async(self, params: dict[str, Any]) -> Any:
+        request, on_chunk, assembler = self._start_stream(params)
+        stream, admission = await self._request_async(request, params)
+        chunks = stream.__aiter__()
+        try:
+            while True:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    raise broken(assembler, exc) from exc
+                assembler.add(chunk)
+                if on_chunk is not None:
+                    result = on_chunk(chunk)
+                    if inspect.isawaitable(result):
+                        await result
+        finally:
+            _note_first_token(admission, assembler)
+            if hasattr(chunks, "aclose"):  # the SDK's async generator, closed on this loop
+                await chunks.aclose()
+            closing = _close(stream)
+            if inspect.isawaitable(closing):
+                await closing
+        return assembler.result()
 
     def __call__(self, **params: Any) -> Any:
         """Call the API with ``params`` (as the SDK's ``create``); returns the parsed response."""
@@ -437,6 +528,17 @@ class Preset:
             for name, value in self.limits.items()
         )
         return f"<{type(self).__name__} {limits}>"
+
+
+def _note_first_token(admission: Reservation | None, assembler: Assembler) -> None:
+    if admission is not None and assembler.first_token is not None:
+        admission.first_token = assembler.first_token
+
+
+def _close(stream: Any) -> Any:
+    """Close an SDK stream (its connection); an async one returns an awaitable."""
+    close = getattr(stream, "close", None)
+    return close() if callable(close) else None
 
 
 def _model(params: Mapping[str, Any]) -> Hashable:

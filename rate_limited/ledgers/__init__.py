@@ -1,13 +1,37 @@
-"""Quota ledgers: the interface (``Ledger``) and its in-memory implementation.
+"""Quota ledgers: the interface (``Ledger``), its in-memory implementation and the shared one.
 
 ``rate_limited.ledgers.base`` says what a ledger does and who asks what of it;
-``rate_limited.ledgers.memory`` keeps the books of one process (``InMemoryLedger``).
-The engine holds a ``Ledger`` and does not care which.
+``rate_limited.ledgers.memory`` keeps the books of one process (``InMemoryLedger``);
+``rate_limited.ledgers.redis`` keeps them in Redis, shared by every process and machine
+given the same URL and name (``RedisLedger``). The engine holds a ``Ledger`` and does not
+care which. ``open_ledger`` turns the Runner's ``ledger=`` argument into one of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from rate_limited.exceptions import ConfigurationError
 from rate_limited.ledgers.base import Demand, Ledger, Reservation, Settle
 from rate_limited.ledgers.memory import InMemoryLedger
 
-__all__ = ["Demand", "InMemoryLedger", "Ledger", "Reservation", "Settle"]
+if TYPE_CHECKING:
+    from rate_limited.resources import Resource
+
+__all__ = ["Demand", "InMemoryLedger", "Ledger", "Reservation", "Settle", "open_ledger"]
+
+
+def open_ledger(spec: str | None, resources: Sequence[Resource], owner: str = "") -> Ledger[Any]:
+    """The ledger for ``Runner(ledger=spec)``: None -> ``InMemoryLedger`` (this process);
+    a ``redis://`` URL -> a ``RedisLedger`` shared under the URL's ``?name=``."""
+    if spec is None:
+        return InMemoryLedger(resources)
+    if isinstance(spec, str):
+        from rate_limited.ledgers.redis import RedisLedger
+
+        return RedisLedger(spec, resources, owner=owner)
+    raise ConfigurationError(
+        "ledger= must be None (this process's own ledger) or a 'redis://host:port/db"
+        f"?name=...' URL shared by the processes on one API key, got {spec!r}."
+    )

@@ -39,7 +39,14 @@ Demand = Sequence[tuple[float, float, Hashable]]
 
 
 class Reservation(Protocol):
-    """What one admitted attempt holds; only its ledger looks inside."""
+    """What one admitted attempt holds; only its ledger looks inside.
+
+    ``first_token`` is the attempt's, not the ledger's: seconds from sending to the first
+    chunk of a streamed response, which a preset reports on the attempt's admission (the
+    only per-attempt object it is handed) and the engine puts on the call.
+    """
+
+    first_token: float | None
 
     @property
     def demand(self) -> Demand: ...

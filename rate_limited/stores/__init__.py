@@ -77,13 +77,16 @@ def open_store(
     namespace: str | None = None,
     flush_size: int = 256,
     flush_interval: float = 0.2,
+    claim_ttl: float = 60.0,
 ) -> Store:
     """The store ``spec`` names (see the module docstring), opened and ready.
 
     ``ttl``: seconds after which a record counts as absent. ``secret``: the key that signs
     records (else ``$RATE_LIMITED_STORE_SECRET``, else a per-store key file; a memory store
     needs none). ``namespace``: a Redis key prefix. ``flush_size`` / ``flush_interval``:
-    when buffered writes go out by themselves. Opening fails early, with
+    when buffered writes go out by themselves. ``claim_ttl``: seconds a worker's claim on a
+    call lasts unless renewed (a dead worker's calls are taken over after it). Opening
+    fails early, with
     ``StoreUnavailableError``, ``StoreCorruptedError`` or ``StoreVersionError``, when the
     store can't be used; an unknown URL scheme raises ``UnknownStoreError``.
     """
@@ -98,7 +101,12 @@ def open_store(
     def sqlite(path: str | os.PathLike[str]) -> SqliteStore:
         _no_namespace(path, namespace)
         return SqliteStore(
-            path, ttl=ttl, secret=secret, flush_size=flush_size, flush_interval=flush_interval
+            path,
+            ttl=ttl,
+            secret=secret,
+            flush_size=flush_size,
+            flush_interval=flush_interval,
+            claim_ttl=claim_ttl,
         )
 
     if spec is None:
@@ -130,6 +138,7 @@ def open_store(
             secret=secret,
             flush_size=flush_size,
             flush_interval=flush_interval,
+            claim_ttl=claim_ttl,
         )
     raise UnknownStoreError(f"unknown store {spec!r}: supported are {_supported()}")
 

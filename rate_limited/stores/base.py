@@ -109,6 +109,7 @@ class Store(abc.ABC):
         flush_size: int = 256,
         flush_interval: float = 0.2,
         clock: Callable[[], float] = time.time,
+        claim_ttl: float = 60.0,
     ) -> None:
         if ttl is not None and not (ttl > 0 and math.isfinite(ttl)):
             raise ConfigurationError(
@@ -118,8 +119,15 @@ class Store(abc.ABC):
             raise ConfigurationError(f"flush_size must be at least 1, not {flush_size!r}")
         if not flush_interval >= 0:
             raise ConfigurationError(f"flush_interval must be >= 0 seconds, not {flush_interval!r}")
+        if not (claim_ttl > 0 and math.isfinite(claim_ttl)):
+            raise ConfigurationError(
+                f"claim_ttl must be a positive number of seconds, not {claim_ttl!r}"
+            )
         #: Maximum age of a record in seconds (None: records never expire by age).
         self.ttl = ttl
+        #: Seconds a claim lasts unless its holder renews it (see ``claim``): how long the
+        #: calls of a worker that died wait before another worker takes them over.
+        self.claim_ttl = float(claim_ttl)
         #: Buffered records that trigger a flush.
         self.flush_size = flush_size
         #: Seconds the oldest buffered record may wait before a flush.
@@ -234,6 +242,48 @@ class Store(abc.ABC):
             if self._closed or not self._pending or not self._flush_due(self._clock()):
                 return False
             return self.try_flush()
+
+    # -- claims: who sends a call, when several processes share the store -----------------
+
+    #: Whether other processes see this store's claims (then Runners on it share the work:
+    #: each call is sent by the one that claims it first, see ``rate_limited._claims``).
+    shares_work: bool = False
+
+    def claim(
+        self, keys: Sequence[str], holder: str, *, over_records: bool = False
+    ) -> dict[str, str]:
+        """Claim ``keys`` for ``holder`` for ``claim_ttl`` seconds (a key it holds already
+        is renewed). Per key: ``"ours"``; ``"taken"`` (another holder's claim has not
+        expired); or ``"stored"`` (its outcome is stored or buffered, so nobody needs to
+        claim it; ``over_records`` claims it anyway, to send a failed call again)."""
+        with self._lock:
+            self._check_open()
+            found: dict[str, str] = {}
+            rest: list[str] = []
+            for key in dict.fromkeys(keys):
+                if key in self._pending and not over_records:
+                    found[key] = "stored"
+                else:
+                    rest.append(key)
+            if rest:
+                found.update(self._claim(rest, holder, over_records, self._clock()))
+            return found
+
+    def unclaim(self, keys: Sequence[str], holder: str) -> None:
+        """Give up ``holder``'s claims on ``keys`` (calls it will not send after all)."""
+        with self._lock:
+            self._check_open()
+            if keys:
+                self._unclaim(list(dict.fromkeys(keys)), holder)
+
+    def _claim(
+        self, keys: list[str], holder: str, over_records: bool, now: float
+    ) -> dict[str, str]:
+        """A store no other process sees: every claim is this process's."""
+        return dict.fromkeys(keys, "ours")
+
+    def _unclaim(self, keys: list[str], holder: str) -> None:  # noqa: B027 - optional hook
+        """Nothing to give up where nobody else claims."""
 
     def delete(self, keys: Iterable[str]) -> None:
         """Remove the records of ``keys`` (absent keys are ignored)."""

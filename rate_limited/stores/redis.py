@@ -51,6 +51,33 @@ __all__ = ["RedisStore"]
 _MAGIC = b"rl1\n"
 _BATCH = 1000  # keys per MGET / DEL / SCAN page
 _KEY_ROOT = "rate_limited:store:"
+_CLAIM_ROOT = "rate_limited:claim:"
+#: ARGV: claim prefix, record prefix, holder, milliseconds, over records (0/1), keys...
+#: One atomic pass: a key claimed by another holder is "taken", one with a record
+#: "stored", else it is (re)claimed for the holder with the expiry given (Redis's clock).
+_CLAIM = """
+local out = {}
+for i = 6, #ARGV do
+  local key = ARGV[i]
+  local owner = redis.call('GET', ARGV[1] .. key)
+  if owner and owner ~= ARGV[3] then
+    out[#out + 1] = 'taken'
+  elseif ARGV[5] == '0' and redis.call('EXISTS', ARGV[2] .. key) == 1 then
+    out[#out + 1] = 'stored'
+  else
+    redis.call('SET', ARGV[1] .. key, ARGV[3], 'PX', ARGV[4])
+    out[#out + 1] = 'ours'
+  end
+end
+return out
+"""
+#: ARGV: claim prefix, holder, keys...: drop the holder's claims on the keys.
+_UNCLAIM = """
+for i = 3, #ARGV do
+  if redis.call('GET', ARGV[1] .. ARGV[i]) == ARGV[2] then redis.call('DEL', ARGV[1] .. ARGV[i]) end
+end
+return 0
+"""
 
 
 class RedisStore(Store):
@@ -71,8 +98,15 @@ class RedisStore(Store):
         flush_interval: float = 0.2,
         clock: Callable[[], float] = time.time,
         socket_timeout: float = 5.0,
+        claim_ttl: float = 60.0,
     ) -> None:
-        super().__init__(ttl=ttl, flush_size=flush_size, flush_interval=flush_interval, clock=clock)
+        super().__init__(
+            ttl=ttl,
+            flush_size=flush_size,
+            flush_interval=flush_interval,
+            clock=clock,
+            claim_ttl=claim_ttl,
+        )
         try:
             import redis
         except ImportError as exc:
@@ -89,10 +123,13 @@ class RedisStore(Store):
         #: The server's URL, password hidden.
         self.url = _redacted(url)
         self._prefix = _KEY_ROOT + (f"{self.namespace}:" if self.namespace else "")
+        self._claim_prefix = _CLAIM_ROOT + (f"{self.namespace}:" if self.namespace else "")
         self._pattern = "".join("\\" + c if c in "\\*?[]" else c for c in self._prefix) + "*"
         self._errors = redis.RedisError
         self._down = (redis.ConnectionError, redis.TimeoutError)
         self._client = _connect(redis, url, self.url, socket_timeout)
+        self._claim_script = self._client.register_script(_CLAIM)
+        self._unclaim_script = self._client.register_script(_UNCLAIM)
         try:
             self._codec = Codec(_secret(secret), scope=self._prefix)
         except BaseException:
@@ -164,6 +201,30 @@ class RedisStore(Store):
                     if value is not None
                 )
         return found
+
+    shares_work = True
+
+    def _claim(
+        self, keys: list[str], holder: str, over_records: bool, now: float
+    ) -> dict[str, str]:
+        ms = str(max(1, math.ceil(self.claim_ttl * 1000)))
+        found: dict[str, str] = {}
+        with self._translate():
+            for start in range(0, len(keys), _BATCH):
+                chunk = keys[start : start + _BATCH]
+                args = [self._claim_prefix, self._prefix, holder, ms, str(int(over_records))]
+                args += chunk
+                answers: list[Any] = self._claim_script(args=args)
+                for key, answer in zip(chunk, answers, strict=True):
+                    found[key] = answer.decode() if isinstance(answer, bytes) else str(answer)
+        return found
+
+    def _unclaim(self, keys: list[str], holder: str) -> None:
+        with self._translate():
+            for start in range(0, len(keys), _BATCH):
+                self._unclaim_script(
+                    args=[self._claim_prefix, holder, *keys[start : start + _BATCH]]
+                )
 
     def _delete(self, keys: list[str]) -> None:
         with self._translate():

@@ -68,6 +68,12 @@ CREATE TABLE IF NOT EXISTS outcomes (
     result BLOB NOT NULL,
     mac BLOB NOT NULL
 )"""
+_CLAIMS = """
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY NOT NULL,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL
+)"""
 _LIVE = "(expires_at IS NULL OR expires_at > ?) AND finished_at > ?"
 _Row = tuple[str, str, float, float | None, str, str, bytes, bytes]
 
@@ -88,8 +94,16 @@ class SqliteStore(Store):
         flush_size: int = 256,
         flush_interval: float = 0.2,
         clock: Callable[[], float] = time.time,
+        claim_ttl: float = 60.0,
     ) -> None:
-        super().__init__(ttl=ttl, flush_size=flush_size, flush_interval=flush_interval, clock=clock)
+        super().__init__(
+            ttl=ttl,
+            flush_size=flush_size,
+            flush_interval=flush_interval,
+            clock=clock,
+            claim_ttl=claim_ttl,
+        )
+        self._has_claims = False
         raw = os.fspath(path)
         #: The database file (``":memory:"`` for an in-memory database).
         self.path = raw
@@ -163,6 +177,54 @@ class SqliteStore(Store):
                 ).fetchall()
                 found.extend(codec.open(k, meta, res, mac, where) for k, meta, res, mac in rows)
         return found
+
+    # Claims live in their own table, made by the first claim: a file written by a version
+    # without claims is still read by it (it ignores the table), so the schema version
+    # stays. Expiry is on this machine's clock, as is every process sharing the file.
+    shares_work = True
+
+    def _claim(
+        self, keys: list[str], holder: str, over_records: bool, now: float
+    ) -> dict[str, str]:
+        conn, floor = self._conn, self._floor(now)
+        found: dict[str, str] = {}
+        with self._translate():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if not self._has_claims:
+                    conn.execute(_CLAIMS)
+                for key in keys:
+                    row = conn.execute(
+                        "SELECT holder, expires_at FROM claims WHERE key = ?", (key,)
+                    ).fetchone()
+                    if row is not None and row[0] != holder and row[1] > now:
+                        found[key] = "taken"
+                        continue
+                    if (
+                        not over_records
+                        and conn.execute(
+                            f"SELECT 1 FROM outcomes WHERE key = ? AND {_LIVE}", (key, now, floor)
+                        ).fetchone()
+                    ):
+                        found[key] = "stored"
+                        continue
+                    conn.execute(
+                        "INSERT OR REPLACE INTO claims (key, holder, expires_at) VALUES (?, ?, ?)",
+                        (key, holder, now + self.claim_ttl),
+                    )
+                    found[key] = "ours"
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        self._has_claims = True
+        return found
+
+    def _unclaim(self, keys: list[str], holder: str) -> None:
+        if self._has_claims:
+            rows = [(key, holder) for key in keys]
+            self._transaction("DELETE FROM claims WHERE key = ? AND holder = ?", rows)
 
     def _delete(self, keys: list[str]) -> None:
         self._transaction("DELETE FROM outcomes WHERE key = ?", [(key,) for key in keys])

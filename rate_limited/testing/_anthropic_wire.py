@@ -75,8 +75,6 @@ def parse(body: dict[str, Any]) -> ApiCall:
         role = message.get("role") if isinstance(message, dict) else None
         if role not in ("user", "assistant"):
             raise ApiError(400, f"messages.{index}.role: Input should be 'user' or 'assistant'")
-    if body.get("stream"):
-        raise ApiError(400, "streaming is not supported by the mock provider")
     system = body.get("system")
     if system is not None and not isinstance(system, (str, list)):
         raise ApiError(400, "system: Input should be a valid string or list of text blocks")
@@ -91,6 +89,7 @@ def parse(body: dict[str, Any]) -> ApiCall:
         prompt_text=text_of(users[-1].get("content")) if users else "",
         shape="tool" if tool_name else "text",
         tool_name=tool_name,
+        stream=bool(body.get("stream")),
     )
 
 

@@ -31,6 +31,7 @@ from ._http import HttpRequest, HttpResponse
 from ._limits import Decision, Family, RateLimiter
 from ._outputs import OutputModel
 from ._stats import RequestLogEntry, StatsRecorder
+from ._stream import anthropic_events, openai_events
 from ._wire import ApiCall, ApiError, Endpoint, body_hash, json_object
 
 __all__ = ["MockApp"]
@@ -229,7 +230,9 @@ class MockApp:
         faults = self.faults
         try:
             fault = draw_fault(faults, rng)
-            if fault is not None:
+            if fault == "stream_break" and not call.stream:
+                fault = None  # it breaks streams only
+            if fault is not None and fault != "stream_break":
                 log(
                     None if fault in ("hang", "drop") else 500 if fault == "error_500" else 200,
                     fault=fault,
@@ -240,8 +243,10 @@ class MockApp:
                 return self._fault_response(fault, family, ident, decision)
             outputs = self.outputs.answer(call, rng) if call.endpoint != "embeddings" else []
             completion = sum(output.tokens for output in outputs)
-            log(200, completion)
-            await asyncio.sleep(self.outputs.delay(completion, rng))
+            log(200, completion, fault=fault)
+            delay = self.outputs.delay(completion, rng)
+            if not call.stream:
+                await asyncio.sleep(delay)
             if self._refund[family]:
                 self.limiter.refund(decision, reserved - completion)
         finally:
@@ -253,7 +258,22 @@ class MockApp:
             created = int(time.time())
             body = _openai_wire.render(call, outputs, ident, created, self._dimensions)
             id_header = ("x-request-id", f"req_{ident}")
-        return HttpResponse(200, _dumps(body), [*decision.headers, id_header])
+        headers = [*decision.headers, id_header]
+        if call.stream:
+            if family == "anthropic":
+                events = anthropic_events(body, outputs[0])
+            else:
+                usage = _openai_wire.usage(call, completion)
+                events = openai_events(call, outputs, ident, created, usage)
+            return HttpResponse(
+                200,
+                headers=headers,
+                content_type="text/event-stream; charset=utf-8",
+                events=events,
+                pace=delay / len(events),  # the answer's latency, spread over its events
+                break_after=len(events) // 2 if fault == "stream_break" else None,
+            )
+        return HttpResponse(200, _dumps(body), headers)
 
     def _rate_limited(self, family: Family, call: ApiCall, decision: Decision) -> HttpResponse:
         wire = _anthropic_wire if family == "anthropic" else _openai_wire

@@ -18,9 +18,9 @@ from typing import Literal
 
 __all__ = ["FAULT_KINDS", "FaultKind", "Faults", "draw_fault"]
 
-FaultKind = Literal["error_500", "hang", "malformed", "drop"]
+FaultKind = Literal["error_500", "hang", "malformed", "drop", "stream_break"]
 #: Every fault kind, in the order their probabilities are stacked when drawing.
-FAULT_KINDS: tuple[FaultKind, ...] = ("error_500", "hang", "malformed", "drop")
+FAULT_KINDS: tuple[FaultKind, ...] = ("error_500", "hang", "malformed", "drop", "stream_break")
 
 
 @dataclass(frozen=True)
@@ -31,13 +31,16 @@ class Faults:
     * ``hang``: hold the request ``hang_seconds`` without answering, then close the
       connection (set it past the client's timeout to make the client time out);
     * ``malformed``: answer 200 with a body that is not valid JSON;
-    * ``drop``: close the connection without answering.
+    * ``drop``: close the connection without answering;
+    * ``stream_break``: a ``stream: true`` answer stops half-way (the connection closes
+      after half of its events; the request was billed). Other requests are answered.
     """
 
     error_500: float = 0.0
     hang: float = 0.0
     malformed: float = 0.0
     drop: float = 0.0
+    stream_break: float = 0.0
     hang_seconds: float = 30.0
 
     def __post_init__(self) -> None:

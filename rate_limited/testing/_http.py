@@ -47,6 +47,11 @@ class HttpResponse:
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
     content_type: str = "application/json"
+    #: A streamed answer instead of ``body``: these pieces, sent chunked, one every
+    #: ``pace`` seconds; after ``break_after`` of them the connection is closed.
+    events: list[bytes] | None = None
+    pace: float = 0.0
+    break_after: int | None = None
 
 
 Handler = Callable[[HttpRequest], Awaitable["HttpResponse | None"]]
@@ -130,7 +135,11 @@ class HttpServer:
                 response = _error_response(500, "the mock provider failed; see its log")
             if response is None or writer.is_closing():
                 return
-            await self._write(writer, response, keep_alive)
+            if response.events is not None:
+                if not await self._stream(writer, response, keep_alive):
+                    return
+            else:
+                await self._write(writer, response, keep_alive)
             if not keep_alive:
                 return
 
@@ -210,6 +219,37 @@ class HttpServer:
         writer.write(head + response.body)
         with contextlib.suppress(ConnectionError):
             await writer.drain()
+
+    @staticmethod
+    async def _stream(
+        writer: asyncio.StreamWriter, response: HttpResponse, keep_alive: bool
+    ) -> bool:
+        """Send ``response.events`` chunked, paced; False if the connection must close
+        (a broken stream, or a client that went away)."""
+        assert response.events is not None
+        lines = [
+            f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}",
+            f"content-type: {response.content_type}",
+            "transfer-encoding: chunked",
+            "cache-control: no-cache",
+            f"connection: {'keep-alive' if keep_alive else 'close'}",
+        ]
+        lines += [f"{name}: {value}" for name, value in response.headers]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        try:
+            for sent, event in enumerate(response.events):
+                if response.break_after is not None and sent >= response.break_after:
+                    await writer.drain()
+                    return False  # the stream breaks: no last chunk, the connection closes
+                if response.pace > 0:
+                    await asyncio.sleep(response.pace)
+                writer.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        except ConnectionError:
+            return False
+        return True
 
 
 def raise_open_files_limit(wanted: int) -> None:

@@ -3,7 +3,8 @@
 Parses request bodies into ``ApiCall``s (validating what the real API would refuse with
 a 400) and renders answers, model lists and errors as the ``openai`` SDK expects them,
 so it raises its own exception classes (``BadRequestError``, ``RateLimitError``, ...).
-Streaming is refused with a 400: the mock answers whole responses only.
+Chat completions stream (``stream: true``, see ``_stream``); the responses endpoint and
+forced tool calls are answered whole only (a 400 for ``stream: true``).
 """
 
 from __future__ import annotations
@@ -61,9 +62,11 @@ def rate_limit_message(model: str, kind: str, limit: float, used: float, asked: 
     )
 
 
-def _check_stream(body: dict[str, Any]) -> None:
+def _check_stream(body: dict[str, Any], what: str) -> None:
     if body.get("stream"):
-        raise ApiError(400, "streaming is not supported by the mock provider", param="stream")
+        raise ApiError(
+            400, f"streaming is not supported by the mock provider for {what}", param="stream"
+        )
 
 
 def _forced_tool(tools: Any, choice: Any) -> str:
@@ -87,8 +90,8 @@ def parse(endpoint: Endpoint, body: dict[str, Any], default_max_tokens: int) -> 
     model = require_str(body, "model")
     if endpoint == "embeddings":
         return ApiCall(endpoint, model, body, prompt_tokens=_embedding_tokens(body))
-    _check_stream(body)
     if endpoint == "responses":
+        _check_stream(body, "the responses endpoint")
         return _parse_responses(model, body, default_max_tokens)
     messages = require_list(body, "messages")
     for index, message in enumerate(messages):
@@ -107,6 +110,16 @@ def parse(endpoint: Endpoint, body: dict[str, Any], default_max_tokens: int) -> 
     shape: Shape = "tool" if tool_name else "text"
     if not tool_name and isinstance(response_format, dict):
         shape = "json" if response_format.get("type") in _JSON_FORMATS else "text"
+    if tool_name:
+        _check_stream(body, "forced tool calls")
+    options = body.get("stream_options")
+    if options is not None and not body.get("stream"):
+        # "Only set this when you set stream: true." (the API answers 400 otherwise)
+        raise ApiError(
+            400,
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
     users = [m for m in messages if m.get("role") == "user"]
     return ApiCall(
         endpoint,
@@ -118,6 +131,7 @@ def parse(endpoint: Endpoint, body: dict[str, Any], default_max_tokens: int) -> 
         prompt_text=text_of(users[-1].get("content")) if users else "",
         shape=shape,
         tool_name=tool_name,
+        stream=bool(body.get("stream")),
     )
 
 
@@ -179,6 +193,11 @@ def _vector(item: Any, dimensions: int) -> list[float]:
     values = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
     norm = sum(v * v for v in values) ** 0.5 or 1.0
     return [round(v / norm, 6) for v in values]
+
+
+def usage(call: ApiCall, completion: int) -> dict[str, Any]:
+    """The ``usage`` of a chat completion answered with ``completion`` output tokens."""
+    return _usage(call, completion)
 
 
 def _usage(call: ApiCall, completion: int) -> dict[str, Any]:

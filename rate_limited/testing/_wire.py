@@ -62,6 +62,8 @@ class ApiCall:
     shape: Shape = "text"
     #: The tool a forced tool call names.
     tool_name: str = ""
+    #: ``stream: true``: answered as server-sent events (``_stream``).
+    stream: bool = False
 
     @property
     def reserved_output_tokens(self) -> int:

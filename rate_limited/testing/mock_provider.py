@@ -457,7 +457,7 @@ def _parser() -> argparse.ArgumentParser:
         help="hand unused output back at the answer (default: as each provider documents: "
         "OpenAI no, Anthropic yes)",
     )
-    for kind in ("error-500", "hang", "malformed", "drop"):
+    for kind in ("error-500", "hang", "malformed", "drop", "stream-break"):
         add(f"--{kind}", type=float, default=0.0, help=f"probability of a {kind} fault")
     add("--hang-seconds", type=float, default=30.0, help="how long a hang fault holds")
     add("--log-requests", action="store_true", help="keep a request log (memory grows)")
@@ -476,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         hang=args.hang,
         malformed=args.malformed,
         drop=args.drop,
+        stream_break=args.stream_break,
         hang_seconds=args.hang_seconds,
     )
     provider = MockProvider(

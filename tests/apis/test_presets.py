@@ -202,8 +202,11 @@ def test_positional_arguments_and_streaming_are_refused_at_schedule() -> None:
     runner = Runner(chat, chat.resources, progress=False)
     with pytest.raises(ConfigurationError, match="by keyword"):
         runner.schedule(user("x"))
+    runner.schedule(model="m", messages=user("x"), max_tokens=5, stream=True)  # it streams
+    responses = Responses(FakeClient(), requests_per_minute=10, tokens_per_minute=1000)
+    other = responses.runner(progress=False)
     with pytest.raises(ConfigurationError, match="does not stream"):
-        runner.schedule(model="m", messages=user("x"), stream=True)
+        other.schedule(model="m", input="x", max_output_tokens=5, stream=True)
 
 
 def test_bad_options_are_refused() -> None:

@@ -36,6 +36,7 @@ from rate_limited._price import Price
 from rate_limited.apis._headers import Family
 from rate_limited.apis._preset import Preset, field, is_async_client
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
+from rate_limited.apis._stream import Assembler, anthropic_assembler
 from rate_limited.apis._tokens import Tokenizer
 from rate_limited.resources import Settle
 
@@ -68,6 +69,11 @@ class Messages(Preset):
         ("output_tokens_per_minute", "output_tokens"),
     )
     endpoint = ("messages",)
+    streams = True
+
+    def _assembler(self, prompt_estimate: float) -> Assembler:
+        return anthropic_assembler(prompt_estimate)
+
     auto_tokenizer: ClassVar[Literal["auto", "conservative"]] = "conservative"
     settle_rules: ClassVar[Mapping[str, Settle]] = {
         "input_tokens": "actual",
@@ -93,6 +99,7 @@ class Messages(Preset):
         media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
         client_max_retries: int | None = 0,
         prices: Mapping[str, Price] | None = None,
+        ledger: str | None = None,
     ) -> None:
         """Wrap ``client`` (default: ``anthropic.Anthropic()``, or ``AsyncAnthropic()``
         for ``AsyncMessages``) with each model's limits (None: read from the headers);
@@ -105,6 +112,8 @@ class Messages(Preset):
         (default 0, so the Runner sees every attempt; None leaves the client as it is).
         ``prices``: ``{"my-model": Price(...)}`` before genai-prices' table (for
         ``Outcome.cost`` and a ``Budget``).
+        ``ledger``: the ``ledger=`` of the Runners ``runner()`` makes (a ``redis://`` URL
+        shares the limits across processes and machines).
         """
         super().__init__(
             client,
@@ -119,6 +128,7 @@ class Messages(Preset):
             media_tokens=media_tokens,
             client_max_retries=client_max_retries,
             prices=prices,
+            ledger=ledger,
         )
 
     def _default_client(self) -> Any:
@@ -166,7 +176,7 @@ class Messages(Preset):
         billed = field(usage, "input_tokens")
         if not isinstance(billed, int | float) or isinstance(billed, bool):
             raise ValueError(f"the response has no usage.input_tokens (usage: {usage!r})")
-        if not call.args:
+        if not call.args and not field(result, "partial"):
             self.calibration.observe(self.raw_prompt_tokens(call.kwargs), float(billed))
         return float(billed) + _count(field(usage, "cache_creation_input_tokens"))
 

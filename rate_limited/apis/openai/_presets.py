@@ -36,6 +36,7 @@ from rate_limited._price import Price
 from rate_limited.apis._headers import Family
 from rate_limited.apis._preset import Preset, field, is_async_client
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
+from rate_limited.apis._stream import Assembler, openai_assembler
 from rate_limited.apis._tokens import Tokenizer
 from rate_limited.resources import Settle
 
@@ -106,6 +107,7 @@ class _OpenAIPreset(Preset):
         media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
         client_max_retries: int | None = 0,
         prices: Mapping[str, Price] | None = None,
+        ledger: str | None = None,
     ) -> None:
         """Wrap ``client`` (default: ``openai.OpenAI()``, or ``AsyncOpenAI()`` for the
         async classes) with its limits.
@@ -130,6 +132,9 @@ class _OpenAIPreset(Preset):
                 its ledger sees every attempt); None leaves the client as it is.
             prices: ``{"my-model": Price(input_per_mtok=..., output_per_mtok=...)}``,
                 before genai-prices' table: what ``Outcome.cost`` and a ``Budget`` use.
+            ledger: the ``ledger=`` of the Runners ``runner()`` makes: a
+                ``"redis://host:6379/0?name=team-key"`` URL shares the limits with every
+                process and machine on the same key (None: each Runner its own).
         """
         super().__init__(
             client,
@@ -140,6 +145,7 @@ class _OpenAIPreset(Preset):
             media_tokens=media_tokens,
             client_max_retries=client_max_retries,
             prices=prices,
+            ledger=ledger,
         )
         self._default_max_tokens = _positive_int(default_max_tokens)
 
@@ -174,7 +180,7 @@ class _OpenAIPreset(Preset):
         if not isinstance(total, int | float) or isinstance(total, bool):
             raise ValueError(f"the response has no usage.total_tokens (usage: {usage!r})")
         prompt = field(usage, self.prompt_usage_field)
-        if isinstance(prompt, int) and not call.args:
+        if isinstance(prompt, int) and not call.args and not field(result, "partial"):
             self.calibration.observe(self.raw_prompt_tokens(call.kwargs), prompt)
         return float(total)
 
@@ -190,6 +196,10 @@ class ChatCompletions(_OpenAIPreset):
     """
 
     endpoint = ("chat", "completions")
+    streams = True
+
+    def _assembler(self, prompt_estimate: float) -> Assembler:
+        return openai_assembler(prompt_estimate)
 
     def __new__(cls, client: Any = None, **options: Any) -> ChatCompletions:
         if cls is ChatCompletions and client is not None and is_async_client(client, cls.endpoint):
@@ -198,6 +208,13 @@ class ChatCompletions(_OpenAIPreset):
 
     def _prompt(self, estimator: PromptEstimator, params: Mapping[str, Any]) -> int:
         return estimator.chat(params)
+
+    def _stream_request(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """OpenAI reports a stream's usage only if asked: ``include_usage`` is set."""
+        request = super()._stream_request(params)
+        options = request.get("stream_options")
+        request["stream_options"] = {**(options or {}), "include_usage": True}
+        return request
 
     def _reserved_output(self, params: Mapping[str, Any]) -> float:
         maximum = _positive_int(params.get("max_completion_tokens")) or _positive_int(

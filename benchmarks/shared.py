@@ -1,0 +1,312 @@
+"""One quota for many processes: the Redis ledger, work sharing on one store, Dask.
+
+What (each cell against the MockProvider with OpenAI's accounting: a request costs
+``prompt + max_tokens`` of TPM at arrival, kept; the workers run the ``ChatCompletions``
+preset, a requests and a tokens resource, with the limits given):
+
+* **one key, 4 processes** (TPM-bound): each process runs its share of the calls, with
+  the Redis ledger, then with in-process ledgers (each believes it owns the key), one after
+  the other in the same run. Steady-state utilization of the TPM limit, 429s, requests.
+* **SIGKILL one of 4** (Redis ledger, lease 5 s): the others finish; seconds from the kill
+  until the dead process's reservations were reaped (its holder gone from Redis); 429s.
+* **one job, 4 processes**: the same 3,000 calls scheduled by 4 processes on one store
+  (Redis, SQLite): requests the provider received; then the same with one worker killed
+  mid-run (claims of 5 s): requests <= 3,000 + the calls it had in flight.
+* **overhead**: the Runner's wall time per call, a no-op function with the two resources,
+  Redis ledger (loopback) minus in-process ledger, measured side by side.
+* **Dask**: ``rate_limited.dask.apply`` on a ``LocalCluster`` of 2 worker processes over
+  10,000 rows (RPM-bound): complete and exact results, 429s.
+
+Steady state: a sampler reads the provider's token bucket every 20 ms; from 3 s after the
+bucket first ran dry (below 5% of the limit) to 1 s before the last admission, the quota
+charged is ``refill - (level at end - level at start)`` over the refill (the bucket never
+sits full there, so no refill is lost).
+
+    .venv/bin/python benchmarks/shared.py [--write] [--only quota,kill,job,overhead,dask]
+
+Needs a redis-server: ``--redis redis://127.0.0.1:6379/0`` (default: $RATE_LIMITED_TEST_REDIS_URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import markdown_table, preamble, replace_section  # noqa: E402
+from tests.shared import reports, start_workers  # noqa: E402
+
+TPM, RPM = 60_000, 6_000
+#: Calls of ~240 tokens: 1.5 minutes of TPM (the first minute's burst, then ~30 s bound).
+QUOTA_CALLS = 375
+DRY, SETTLE = 0.05, 3.0
+
+
+class Sampler(threading.Thread):
+    """Reads the provider's token bucket every 20 ms: (time, available)."""
+
+    def __init__(self, mp: Any) -> None:
+        super().__init__(daemon=True)
+        self.mp, self.samples, self.stop = mp, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.02):
+            for name, (available, _) in self.mp.buckets().items():
+                if name.startswith("openai.tokens"):
+                    self.samples.append((time.monotonic(), available))
+
+
+def steady_utilization(samples: list[tuple[float, float]], last_admission: float) -> float:
+    """Share of the refill charged between 3 s after the bucket ran dry and 1 s before the
+    last admission (nan: no steady state)."""
+    dry = next((t for t, a in samples if a < DRY * TPM), None)
+    if dry is None:
+        return float("nan")
+    start, end = dry + SETTLE, last_admission - 1.0
+    window = [(t, a) for t, a in samples if start <= t <= end]
+    if len(window) < 2 or window[-1][0] - window[0][0] < 5:
+        return float("nan")
+    (t0, a0), (t1, a1) = window[0], window[-1]
+    refill = TPM / 60 * (t1 - t0)
+    charged = refill + (a0 - a1)  # available fell by what was charged beyond the refill
+    return charged / refill
+
+
+def provider(**limits: Any) -> Any:
+    from rate_limited.testing import MockProvider
+
+    return MockProvider(latency=0.2, jitter=0.3, **limits)
+
+
+def cell_quota(redis_url: str, ledger: str) -> list[str]:
+    with provider(rpm=RPM, tpm=TPM) as mp:
+        sampler = Sampler(mp)
+        sampler.start()
+        url = "none" if ledger == "in-process" else f"{redis_url}?name=b-{uuid.uuid4().hex[:6]}"
+        done = reports(start_workers(mp.base_url, QUOTA_CALLS, workers=4, ledger=url,
+                                     rpm=RPM, tpm=TPM))  # fmt: skip
+        sampler.stop.set()
+        sampler.join()
+        stats = mp.stats()
+    steady = steady_utilization(sampler.samples, stats.last_admission or 0.0)
+    return [
+        f"{ledger} ledgers" if ledger == "in-process" else "Redis ledger",
+        f"{sum(r['succeeded'] for r in done):,}/{QUOTA_CALLS:,}",
+        f"{stats.requests:,}",
+        f"{stats.rejected:,}",
+        f"{steady:.1%}",
+    ]
+
+
+def cell_kill(redis_url: str) -> list[str]:
+    import redis
+
+    name = f"b-kill-{uuid.uuid4().hex[:6]}"
+    prefix = f"rate_limited:ledger:{{{name}}}:"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    with provider(rpm=RPM, tpm=TPM) as mp:
+        procs = start_workers(mp.base_url, QUOTA_CALLS, workers=4, rpm=RPM, tpm=TPM,
+                              ledger=f"{redis_url}?name={name}&lease=5")  # fmt: skip
+        while mp.stats().admitted < QUOTA_CALLS // 3:
+            time.sleep(0.02)
+        victim = procs.pop(0)
+        victim.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        victim.communicate()
+        holder = next(h for h in client.zrange(prefix + "holders", 0, -1) if f":{victim.pid}:" in h)
+        while client.zscore(prefix + "holders", holder) is not None:
+            time.sleep(0.01)
+        back = time.monotonic() - killed
+        done = reports(procs)
+        stats = mp.stats()
+    client.close()
+    finished = all(r["succeeded"] == r["scheduled"] for r in done)
+    return [
+        "Redis ledger, lease 5 s",
+        "yes" if finished else "NO",
+        f"{back:.1f} s",
+        f"{stats.rejected:,}",
+    ]
+
+
+def cell_job(redis_url: str, store: str, kill: bool, tmp: Path) -> list[str]:
+    count, concurrency = 3000, 16
+    os.environ["RATE_LIMITED_STORE_SECRET"] = "benchmark-secret"
+    url = (
+        f"{redis_url}?prefix=b-{uuid.uuid4().hex[:6]}"
+        if store == "Redis"
+        else f"sqlite:///{tmp / f'job-{uuid.uuid4().hex[:6]}.db'}"
+    )
+    with provider(rpm=600_000, tpm=100_000_000) as mp:
+        procs = start_workers(
+            mp.base_url, count, workers=4, store=url, rpm=600_000, tpm=100_000_000,
+            max_tokens=50, split=False,
+            extra=["--claim-ttl=5", f"--max-concurrent={concurrency}"],
+        )  # fmt: skip
+        if kill:
+            while mp.stats().admitted < count // 3:
+                time.sleep(0.02)
+            procs[0].send_signal(signal.SIGKILL)
+            procs.pop(0).communicate()
+        done = reports(procs)
+        stats = mp.stats()
+    exact = all(r["texts"] == done[0]["texts"] for r in done) and None not in done[0]["texts"]
+    return [
+        store,
+        "one killed mid-run" if kill else "none",
+        f"{count:,}",
+        f"{stats.requests:,}",
+        f"<= {count + concurrency:,}" if kill else f"{count:,}",
+        "yes" if exact else "NO",
+    ]
+
+
+def cell_overhead(redis_url: str, calls: int = 5000) -> list[list[str]]:
+    from rate_limited import Resource, Runner
+
+    def resources() -> list[Resource]:
+        return [
+            Resource("requests", quota=1e9, time_window_seconds=60,
+                     arguments_usage_extractor=lambda call: 1),
+            Resource("tokens", quota=1e12, time_window_seconds=60, settle="reserved",
+                     arguments_usage_extractor=lambda call: 100,
+                     max_results_usage_estimator=lambda call: 200,
+                     results_usage_extractor=lambda call, result: 150),
+        ]  # fmt: skip
+
+    async def noop(i: int) -> int:
+        return i
+
+    def timed(ledger: str | None) -> float:
+        runner = Runner(noop, resources(), ledger=ledger, progress=False)
+        for i in range(calls):
+            runner.schedule(i)
+        began = time.perf_counter()
+        runner.run()
+        seconds = time.perf_counter() - began
+        runner.close()
+        return seconds / calls
+
+    def ping() -> float:  # the machine's floor: one bare round trip to the same server
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        began = time.perf_counter()
+        for _ in range(calls):
+            client.ping()
+        seconds = time.perf_counter() - began
+        client.close()
+        return seconds / calls
+
+    times: dict[str, list[float]] = {"memory": [], "redis": [], "ping": []}
+    for _ in range(3):  # alternating, so noise hits all alike
+        times["memory"].append(timed(None))
+        times["redis"].append(timed(f"{redis_url}?name=b-overhead-{uuid.uuid4().hex[:6]}"))
+        times["ping"].append(ping())
+    memory, shared, floor = min(times["memory"]), min(times["redis"]), min(times["ping"])
+    return [
+        ["in-process ledger", f"{memory * 1e6:.0f} µs", "-"],
+        ["Redis ledger (loopback)", f"{shared * 1e6:.0f} µs", f"+{(shared - memory) * 1e6:.0f} µs"],
+        ["(for scale: one Redis PING round trip)", f"{floor * 1e6:.0f} µs", "-"],
+    ]
+
+
+def cell_dask(redis_url: str) -> list[str]:
+    import dask.dataframe as dd
+    import pandas as pd
+    from distributed import Client, LocalCluster
+
+    from rate_limited.dask import apply
+    from tests.dask_jobs import make_runner, row_to_kwargs
+
+    rows = 10_000
+    os.environ["PYTHONPATH"] = str(ROOT)
+    os.environ["RATE_LIMITED_STORE_SECRET"] = "benchmark-secret"
+    name = uuid.uuid4().hex[:6]
+    frame = pd.DataFrame(
+        {"id": range(rows), "text": [f"word {i} " * (i % 7 + 1) for i in range(rows)],
+         "max_tokens": 40}
+    )  # fmt: skip
+    rpm, tpm = 6_000, 10_000_000
+    with (
+        provider(rpm=rpm, tpm=tpm) as mp,
+        LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster),
+    ):
+        make = functools.partial(make_runner, mp.base_url, f"{redis_url}?name=b-dask-{name}",
+                                 f"{redis_url}?prefix=b-dask-{name}", rpm, tpm)  # fmt: skip
+        began = time.monotonic()
+        out = apply(dd.from_pandas(frame, npartitions=8), make, row_to_kwargs).compute()
+        seconds = time.monotonic() - began
+        stats = mp.stats()
+    exact = out.index.equals(frame.index) and all(
+        r.choices[0].message.content.startswith(f"Row {i}:")
+        for i, r in zip(out.index, out["result"], strict=True)
+    )
+    return [
+        f"{rows:,} rows, 8 partitions, 2 worker processes",
+        f"{(out['status'] == 'succeeded').sum():,}",
+        "yes" if exact else "NO",
+        f"{stats.requests:,}",
+        f"{stats.rejected:,}",
+        f"{seconds:.0f} s",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    parser.add_argument("--only", default="quota,kill,job,overhead,dask")
+    parser.add_argument(
+        "--redis", default=os.environ.get("RATE_LIMITED_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    redis_url = args.redis
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    parts = preamble(
+        __file__, [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--write"]
+    )
+    if "quota" in only:
+        rows = [cell_quota(redis_url, "redis"), cell_quota(redis_url, "in-process")]
+        parts += ["### One key, 4 processes (TPM-bound, 60,000 TPM)", "",
+                  markdown_table(["ledger", "calls done", "requests", "429s",
+                                  "steady-state TPM used"], rows), ""]  # fmt: skip
+    if "kill" in only:
+        parts += ["### SIGKILL one of the 4 mid-run", "",
+                  markdown_table(["ledger", "the other 3 finish", "reservations back after",
+                                  "429s"], [cell_kill(redis_url)]), ""]  # fmt: skip
+    if "job" in only:
+        rows = [cell_job(redis_url, s, k, tmp) for s in ("Redis", "SQLite") for k in (False, True)]
+        parts += ["### One job, 4 processes: the same 3,000 calls on one store", "",
+                  markdown_table(["store", "kill", "calls", "requests sent", "bound",
+                                  "same results in every worker"], rows), ""]  # fmt: skip
+    if "overhead" in only:
+        parts += ["### Overhead per call (no-op function, requests + tokens resources)", "",
+                  markdown_table(["ledger", "wall time per call", "Redis - in-process"],
+                                 cell_overhead(redis_url)), ""]  # fmt: skip
+    if "dask" in only:
+        parts += ["### Dask LocalCluster (RPM-bound, 6,000 RPM)", "",
+                  markdown_table(["job", "succeeded", "exact and aligned", "requests", "429s",
+                                  "time"], [cell_dask(redis_url)]), ""]  # fmt: skip
+    body = "\n".join(parts)
+    print(body)
+    if args.write:
+        replace_section("Shared quota", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

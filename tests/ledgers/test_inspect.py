@@ -1,0 +1,51 @@
+"""``rate-limited ledger inspect|reset``: levels, reservations and their holders."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from rate_limited import Resource
+from rate_limited.cli import main
+from rate_limited.ledgers.redis import RedisLedger
+from tests.stores.conftest import _free_port
+
+
+def test_inspect_shows_levels_reservations_and_holders(
+    ledger_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tokens = Resource(
+        "tokens",
+        quota=1000,
+        time_window_seconds=3600,
+        refill="window",
+        arguments_usage_extractor=lambda call: 100,
+        max_results_usage_estimator=lambda call: 200,
+        results_usage_extractor=lambda call, result: 50,
+    )
+    ledger = RedisLedger(ledger_url, [tokens], owner="nightly-job")
+    try:
+        assert ledger.try_reserve([(100.0, 200.0, None)], 0.0) is not None
+        assert main(["ledger", "inspect", ledger_url]) == 0
+        shown = capsys.readouterr().out
+    finally:
+        ledger.close()
+    name = ledger_url.partition("name=")[2].partition("&")[0]
+    assert f"Ledger {name!r}" in shown
+    assert "tokens" in shown and "100.0" in shown and "200.0" in shown and "30.0%" in shown
+    assert f"pid {os.getpid()}" in shown and "runner 'nightly-job'" in shown
+    assert "1 reservation(s); tokens 300.0" in shown
+
+
+def test_reset_deletes_one_ledger(ledger_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    RedisLedger(ledger_url, [Resource("requests", quota=1, time_window_seconds=1)]).close()
+    assert main(["ledger", "reset", ledger_url]) == 0
+    assert "Deleted" in capsys.readouterr().out
+    assert main(["ledger", "inspect", ledger_url]) == 0
+    assert "(no meters yet)" in capsys.readouterr().out
+
+
+def test_an_unreachable_server_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ledger", "inspect", f"redis://127.0.0.1:{_free_port()}/0"]) == 1
+    assert "can't reach Redis at redis://127.0.0.1" in capsys.readouterr().err

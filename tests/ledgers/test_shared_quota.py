@@ -1,0 +1,81 @@
+"""Four processes on one API key, against the MockProvider (which enforces OpenAI's limits
+with its own code): with the Redis ledger they stay within one quota, use it, and survive
+one of them being killed with SIGKILL.
+
+Real processes and real time (the provider's buckets refill in real time), so these are
+``slow``. Nothing asserts a duration: the provider's counters are the measure. The
+utilization bound here is looser than the benchmark's (benchmarks/shared.py measures the
+steady state side by side with in-process ledgers): a test must hold on a stalled machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import pytest
+import redis
+
+from rate_limited.testing import MockProvider
+from tests.shared import reports, start_workers
+
+pytestmark = pytest.mark.slow
+
+TPM = 60_000
+RPM = 6_000
+#: 1.25 minutes of tokens at ~240 tokens a request: the first minute's burst, then 15 s
+#: of the steady state, where the refill binds.
+COUNT = 312
+
+
+def _provider() -> MockProvider:
+    return MockProvider(rpm=RPM, tpm=TPM, latency=0.2, jitter=0.3)
+
+
+def _utilization(mp: MockProvider) -> float:
+    """Tokens the provider charged over what it allowed from its first to last admission
+    (its full bucket plus the refill meanwhile)."""
+    stats = mp.stats()
+    charged = stats.prompt_tokens + stats.reserved_output_tokens
+    return charged / (TPM + TPM / 60 * stats.admission_span)
+
+
+def test_four_processes_share_one_quota(redis_url: str) -> None:
+    url = f"{redis_url}?name=quota-{uuid.uuid4().hex[:8]}&lease=5"
+    with _provider() as mp:
+        procs = start_workers(mp.base_url, COUNT, workers=4, ledger=url, rpm=RPM, tpm=TPM)
+        done = reports(procs)
+        stats = mp.stats()
+        assert sum(r["succeeded"] for r in done) == COUNT
+        assert stats.rejected == 0, "the shared ledger admitted more than the provider allows"
+        assert stats.requests == COUNT
+        assert _utilization(mp) >= 0.9
+
+
+def test_a_killed_process_gives_its_reservations_back(redis_url: str) -> None:
+    name = f"kill-{uuid.uuid4().hex[:8]}"
+    url = f"{redis_url}?name={name}&lease=2"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    prefix = f"rate_limited:ledger:{{{name}}}:"
+    with _provider() as mp:
+        procs = start_workers(mp.base_url, COUNT, workers=4, ledger=url, rpm=RPM, tpm=TPM)
+        deadline = time.monotonic() + 120
+        while mp.stats().admitted < COUNT // 3:  # mid-run: the burst is under way
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+            time.sleep(0.02)
+        victim = procs.pop(0)
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate()  # reaps it and closes its pipes
+        dead = [h for h in client.zrange(prefix + "holders", 0, -1) if f":{victim.pid}:" in h]
+        done = reports(procs)  # the others finish
+        assert [r["succeeded"] for r in done] == [r["scheduled"] for r in done]
+        # the dead holder's lease expired and its reservations were billed as kept
+        assert dead, "the killed process held no lease"
+        assert client.zscore(prefix + "holders", dead[0]) is None
+        assert not client.exists(prefix + "h:" + dead[0])
+        assert int(client.hget(prefix + "stats", "reaped_holders") or 0) >= 1
+        assert mp.stats().rejected == 0
+    client.close()
+    assert os.WIFSIGNALED(victim.returncode) or victim.returncode == -signal.SIGKILL

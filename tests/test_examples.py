@@ -1,0 +1,170 @@
+"""examples/fastapi_service.py on a real uvicorn server, with httpx clients, sharing one
+MockProvider key between online requests and a 1,000-call batch."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+
+from examples.fastapi_service import create_app  # noqa: E402
+from tests.conftest import MakeProvider  # noqa: E402
+
+#: The key's requests per minute, at the MockProvider and in the preset. A bucket starts
+#: full (a minute of quota), so the batch takes RPM calls at once and the rest wait for
+#: the refill (RPM / 60 a second): that is when the online requests come.
+RPM = 900
+BATCH, ONLINE = 1_000, 100
+BATCH_MAX_TOKENS, ONLINE_MAX_TOKENS = 20, 21  # tells their requests apart in the log
+
+
+def wait_for(condition: Callable[[], bool], what: str, seconds: float = 120) -> None:
+    """Until ``condition()`` holds (a state of another thread; no timing is asserted)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.01)
+
+
+def no_keepalive() -> Any:
+    """The service's async client lives on the Runner's loop: no pooled connection."""
+    http = sys.modules[openai.DefaultAsyncHttpxClient.__mro__[1].__module__.split(".")[0]]
+    return openai.DefaultAsyncHttpxClient(limits=http.Limits(max_keepalive_connections=0))
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Any], str]]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1 (a free port); returns its URL."""
+    servers: list[tuple[Any, threading.Thread]] = []
+
+    def start(app: Any) -> str:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        wait_for(lambda: server.started or not thread.is_alive(), "uvicorn starts", 30)
+        assert server.started, "uvicorn did not start"
+        port = server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.mark.slow
+def test_online_requests_overtake_a_running_batch_with_no_429(
+    make_provider: MakeProvider, serve: Callable[[Any], str]
+) -> None:
+    provider = make_provider(rpm=RPM, latency=0.02)
+    client = openai.AsyncOpenAI(
+        base_url=provider.base_url, api_key="test", timeout=30.0, http_client=no_keepalive()
+    )
+    app = create_app(client, requests_per_minute=RPM, tokens_per_minute=10_000_000)
+    url = serve(app)
+    with httpx.Client(base_url=url, timeout=30.0) as http:
+        texts = [f"batch {i}" for i in range(BATCH)]
+        started = http.post("/batch", json={"texts": texts, "max_tokens": BATCH_MAX_TOKENS})
+        assert started.status_code == 200
+        # The batch has used the whole bucket: from now on every call waits for quota.
+        wait_for(lambda: provider.stats().admitted >= RPM, "the batch uses the bucket up")
+        mark = time.monotonic()
+
+        async def ask(http: httpx.AsyncClient, i: int) -> tuple[float, dict[str, Any]]:
+            sent = time.monotonic()
+            question = {"text": f"online {i}", "max_tokens": ONLINE_MAX_TOKENS}
+            answer = await http.post("/answer", json=question)
+            assert answer.status_code == 200, answer.text
+            return time.monotonic() - sent, answer.json()
+
+        async def online() -> list[tuple[float, dict[str, Any]]]:
+            limits = httpx.Limits(max_connections=ONLINE)
+            async with httpx.AsyncClient(base_url=url, timeout=120.0, limits=limits) as http:
+                return await asyncio.gather(*(ask(http, i) for i in range(ONLINE)))
+
+        answers = asyncio.run(online())
+        assert [body["text"].split()[:2] for _, body in answers] == [
+            ["online", str(i)] for i in range(ONLINE)
+        ]
+
+        def batch_done() -> bool:
+            return bool(http.get("/batch").json()["done"])
+
+        wait_for(batch_done, "the batch completes")
+        assert http.get("/batch").json()["counts"] == {"succeeded": BATCH}
+
+    stats = provider.stats()
+    assert stats.rejected == 0  # not one 429, online and batch together
+    assert stats.admitted == BATCH + ONLINE
+    log = [e for e in provider.request_log if e.time >= mark and e.status == 200]
+    online_arrivals = [
+        i for i, e in enumerate(log) if e.reserved_output_tokens == ONLINE_MAX_TOKENS
+    ]
+    assert len(online_arrivals) == ONLINE
+    # Priority: from the first online request the provider received to the last, the batch
+    # got (nearly) nothing: the online calls took the quota as it freed, one after the
+    # other. The few batch calls among them were admitted before the last online calls
+    # reached the Runner (one every 60/RPM s while they crossed HTTP); without priority
+    # the online calls would queue behind the ~100 batch calls still waiting.
+    first, last = online_arrivals[0], online_arrivals[-1]
+    overtaken = sum(1 for e in log[first:last] if e.reserved_output_tokens == BATCH_MAX_TOKENS)
+    assert overtaken <= 5, overtaken
+    latencies = sorted(seconds for seconds, _ in answers)
+    p95 = latencies[int(0.95 * len(latencies)) - 1]
+    # Reported, not asserted (wall clock): the 95th online call waits for 95 requests of
+    # refill (95 * 60 / RPM s) plus the provider's latency.
+    print(f"online p95 {p95:.2f} s; quota wait of the 95th: {95 * 60 / RPM:.2f} s")
+
+
+def test_streamed_answers_and_a_client_that_goes_away(
+    make_provider: MakeProvider, serve: Callable[[Any], str]
+) -> None:
+    provider = make_provider(rpm=3)
+    client = openai.AsyncOpenAI(
+        base_url=provider.base_url, api_key="test", timeout=30.0, http_client=no_keepalive()
+    )
+    app = create_app(client, requests_per_minute=3, tokens_per_minute=10_000_000)
+    runner = app.state.runner
+    url = serve(app)
+    with httpx.Client(base_url=url, timeout=30.0) as http:
+        streamed = http.post("/answer/stream", json={"text": "stream this", "max_tokens": 30})
+        assert streamed.status_code == 200 and streamed.text.startswith("stream this")
+        answered = http.post("/answer", json={"text": "plain", "max_tokens": 30}).json()
+        assert answered["text"].startswith("plain") and answered["tokens"] > 0
+        assert http.post("/answer", json={"text": "third", "max_tokens": 30}).status_code == 200
+
+    async def disconnecting_client() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=120.0) as http:
+            request = asyncio.ensure_future(http.post("/answer", json={"text": "gone"}))
+            # The bucket is empty (3 a minute): the call waits for quota, then the client
+            # goes away.
+            await asyncio.to_thread(
+                wait_for,
+                lambda: any(c.priority > 0 for c in runner._priorities._waiting.values()),
+                "the fourth call waits for quota",
+            )
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+
+    asyncio.run(disconnecting_client())
+    wait_for(
+        lambda: runner._online is not None and not runner._online._unfinished,
+        "the call is withdrawn",
+    )
+    assert provider.stats().requests == 3  # the fourth was never sent
+    assert not any(
+        reserved for _used, reserved, _quota in runner._ledger.snapshot(time.monotonic()).values()
+    )

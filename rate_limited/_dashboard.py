@@ -14,6 +14,10 @@ shows all of it and updates while the cell blocks (or while other cells run, aft
 * elapsed time, and an ETA from the completion rate of the last half minute;
 * the final state: done or interrupted.
 
+A batch run (``BatchRunner``) has no quotas to show: ``show_batches`` draws the calls
+answered, each open batch's status (validating, in_progress n/m, finalizing) and an ETA
+from the provider's own counts, in the same panel.
+
 It is created (and displayed) in ``__init__``, in the thread that starts the run, so it
 appears in that cell; the engine then calls ``start``/``update``/``waiting``/``finish``
 on its loop thread, at most every ``progress_interval`` plus a ticker. A widget value is
@@ -42,7 +46,7 @@ import math
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rate_limited._format import format_amount, format_seconds, format_usd, plain_text
@@ -131,6 +135,8 @@ class DashboardProgress:
         self.limits = widgets.HTML(value="", layout=widgets.Layout(**hidden))
         self.wait = widgets.HTML(value="", layout=widgets.Layout(**hidden))
         self.time = widgets.HTML(value="")
+        #: A batch run's batches, one line each (hidden for an online run).
+        self.batches = widgets.HTML(value="", layout=widgets.Layout(**hidden))
         #: The whole panel (an ipywidgets VBox).
         self.widget = widgets.VBox(
             [
@@ -138,6 +144,7 @@ class DashboardProgress:
                 widgets.HBox([self.bar, self.calls]),
                 self.counts,
                 self.resources,
+                self.batches,
                 self.limits,
                 self.wait,
                 self.time,
@@ -222,6 +229,79 @@ class DashboardProgress:
             self._render_title()
             self._republish(live=False)  # the record a saved notebook keeps
 
+    # -- a batch run -------------------------------------------------------------------------
+    def show_batches(
+        self,
+        *,
+        answered: int,
+        total: int,
+        batches: Sequence[tuple[str, str, int, int]],
+        waiting: int,
+        eta: float | None,
+        elapsed: float,
+        end: str | None = None,
+    ) -> None:
+        """A batch run's progress: ``answered`` of ``total`` calls, each open batch as
+        ``(batch id, status, requests processed, requests)``, batches ``waiting`` for
+        the provider's queue, the ``eta`` (seconds, None: not known yet) from the
+        provider's counts; ``end``: "done" or "interrupted" when the run has ended.
+
+        ``state()`` then has ``total``, ``finished``, ``batches`` (a dict per batch:
+        ``id``, ``status``, ``done``, ``total``), ``waiting_batches``, ``eta`` and
+        ``elapsed``."""
+        with self._lock:
+            if self._status != "running" and end is None:
+                self._status = "running"
+                self._render_title()
+                _set(self.bar, "bar_style", "info")
+                if self._static:
+                    self._republish(live=True)
+            _set(self.bar, "max", max(total, 1))
+            _set(self.bar, "value", min(answered, max(total, 1)))
+            percent = f" · {100 * answered / total:.0f}%" if total else ""
+            _set(self.calls, "value", f"<b>{answered:,}</b> / {total:,} calls answered{percent}")
+            by_status: dict[str, list[tuple[str, str, int, int]]] = {}
+            for row in batches:
+                by_status.setdefault(row[1], []).append(row)
+            parts = []
+            for status, group in by_status.items():
+                counts = ""
+                if status == "in_progress":
+                    counts = f" {sum(r[2] for r in group):,}/{sum(r[3] for r in group):,}"
+                parts.append(f"{len(group)} {html.escape(status)}{counts}")
+            if waiting:
+                parts.append(f"{waiting} waiting for the provider's queue")
+            summary = " · ".join(parts) if parts else "no batch open"
+            _set(self.counts, "value", f"batches: {summary}")
+            lines = []
+            for batch_id, status, done, size in batches:
+                counts = f" {done:,}/{size:,}" if status == "in_progress" else ""
+                lines.append(
+                    f"<span style='{_GREY}'>{html.escape(batch_id)}</span> "
+                    f"{html.escape(status)}{counts}"
+                )
+            _set_line(self.batches, "<br>".join(lines))
+            time_text = f"elapsed {format_seconds(elapsed, tenths=end is not None)}"
+            if end is None and answered < total:
+                time_text += " · ETA " + ("?" if eta is None else format_seconds(eta, tenths=False))
+            _set(self.time, "value", f"<span style='{_GREY}'>{time_text}</span>")
+            self._values = {
+                "total": total,
+                "finished": answered,
+                "batches": [
+                    {"id": b, "status": s, "done": d, "total": n} for b, s, d, n in batches
+                ],
+                "waiting_batches": waiting,
+                "eta": None if end is not None else eta,
+                "elapsed": elapsed,
+                "failed": 0,
+            }
+            if end is not None:
+                self._status = end
+                _set(self.bar, "bar_style", "warning" if end == "interrupted" else "success")
+                self._render_title()
+                self._republish(live=False)
+
     # -- reading it --------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """What the dashboard shows now, as plain (JSON-able) values.
@@ -260,6 +340,7 @@ class DashboardProgress:
                 "limits": self.limits.value,
                 "waiting": self.wait.value,
                 "time": self.time.value,
+                "batches": self.batches.value,
             }
         return state
 
@@ -269,6 +350,7 @@ class DashboardProgress:
         lines.append(("counts", self.counts.value))
         for row in self._rows.values():
             lines.append((f"resource:{row.name}", f"{row.label.value}: {row.text.value}"))
+        lines.append(("batches", self.batches.value))
         lines += [("limits", self.limits.value), ("waiting", self.wait.value)]
         lines.append(("time", self.time.value))
         return [(kind, markup) for kind, markup in lines if markup]

@@ -14,24 +14,33 @@ headers report); ``--batch`` sends them through the Batch API at half the price
 
 Every finished call is kept in ``--store`` (default: next to the output, ``OUTPUT.db``)
 as it finishes, so Ctrl-C and a rerun of the same command skip what is done and never
-send a request twice. The output is written at the end of each run (Ctrl-C included),
-atomically, in input order: one line per request with its ``custom_id``, the ``response``
-(``status_code`` and ``body``) or the ``error``, and its ``metadata``.
+send a request twice. Each finished result is also appended, as it finishes (online:
+every second; by batch: after each poll), to a sidecar ``OUTPUT.partial`` (flushed to
+disk), so that a crash, even ``kill -9``, leaves what was done readable on disk. A rerun
+takes the answered lines from the sidecar (each row carries a hash of its request, so an
+edited line is sent again) and schedules only the rest. The output is written at the end
+of each run (Ctrl-C included), atomically, in input order: one line per request with its
+``custom_id``, the ``response`` (``status_code`` and ``body``) or the ``error``, and its
+``metadata``; the sidecar is removed once every request is answered.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BadInputError", "Line", "add_arguments", "read_requests", "run_command"]
+__all__ = ["BadInputError", "Line", "Sidecar", "add_arguments", "read_requests", "run_command"]
+
+#: Seconds between two appends to the sidecar during an online run.
+SIDECAR_EVERY = 1.0
 
 #: The batch endpoints, and the preset of each.
 ENDPOINTS = {
@@ -64,6 +73,12 @@ class Line:
     body: dict[str, Any]
     metadata: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def request_hash(self) -> str:
+        """What identifies the request (its endpoint and body), for the sidecar."""
+        text = json.dumps([self.url, self.body], sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -188,15 +203,29 @@ def run_command(args: argparse.Namespace) -> int:
         runner: Any = preset.runner(batch=True, **options)
     else:
         runner = preset.runner(max_concurrent=args.max_concurrent, **options)
-    with runner:
-        for line in lines:
+    sidecar = Sidecar(output.with_name(output.name + ".partial"))
+    done = sidecar.answered(lines)
+    todo = [line for line in lines if line.custom_id not in done]
+    interrupted = False
+    with runner, sidecar:
+        for line in todo:
             runner.schedule(**line.body)
-        result = runner.run()
-    _write(output, lines, result)
-    counts = result.counts()
+        if todo:
+            result = _run(runner, args.batch, lambda r: sidecar.append(todo, r))
+            sidecar.append(todo, result)
+            interrupted = result.interrupted
+            done.update(zip([line.custom_id for line in todo], _rows(todo, result), strict=True))
+    rows = [done[line.custom_id] for line in lines]
+    _write(output, rows)
+    counts: dict[str, int] = {}
+    for row in rows:
+        status = _status(row)
+        counts[status] = counts.get(status, 0) + 1
+    if counts.get("succeeded", 0) == len(lines):
+        sidecar.path.unlink(missing_ok=True)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     print(f"{output}: {summary}", file=sys.stderr)
-    if result.interrupted:
+    if interrupted:
         print(
             f"Interrupted; the same command again sends only what is left (store: {store}).",
             file=sys.stderr,
@@ -205,32 +234,119 @@ def run_command(args: argparse.Namespace) -> int:
     return 0 if counts.get("succeeded", 0) == len(lines) else 1
 
 
-def _write(output: Path, lines: Sequence[Line], result: Any) -> None:
+def _run(runner: Any, batch: bool, on_progress: Callable[[Any], object]) -> Any:
+    """The run, with what has finished handed to ``on_progress`` as it goes."""
+    if batch:
+        return runner.run(on_progress=on_progress)
+    handle = runner.start()
+    try:
+        while True:
+            try:
+                return handle.result(timeout=SIDECAR_EVERY)
+            except TimeoutError:
+                on_progress(handle.snapshot())
+    except KeyboardInterrupt:  # between two waits: stop as run() would
+        return handle.stop()
+
+
+def _row(line: Line, outcome: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"custom_id": line.custom_id, "response": None, "error": None}
+    if outcome.status.value == "succeeded":
+        body = outcome.result
+        to_dict = getattr(body, "to_dict", None) or getattr(body, "model_dump", None)
+        row["response"] = {"status_code": 200, "body": to_dict() if to_dict else body}
+    elif outcome.error is not None:
+        from rate_limited._redact import redact
+
+        row["error"] = {
+            "type": type(outcome.error).__name__,
+            "message": redact(str(outcome.error)),
+        }
+    else:
+        row["error"] = {"type": "NotRun", "message": f"{outcome.status.value}: not finished"}
+    if line.metadata is not None:
+        row["metadata"] = line.metadata
+    return row
+
+
+def _rows(lines: Sequence[Line], result: Any) -> list[dict[str, Any]]:
+    return [_row(line, o) for line, o in zip(lines, result.outcomes, strict=True)]
+
+
+def _status(row: Mapping[str, Any]) -> str:
+    if row["response"] is not None:
+        return "succeeded"
+    if row["error"]["type"] == "NotRun":
+        return str(row["error"]["message"]).split(":", 1)[0]
+    return "failed"
+
+
+def _write(output: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """The results in input order, written whole or not at all."""
     temporary = output.with_name(output.name + ".tmp")
     with temporary.open("w", encoding="utf-8") as handle:
-        for line, outcome in zip(lines, result.outcomes, strict=True):
-            row: dict[str, Any] = {"custom_id": line.custom_id, "response": None, "error": None}
-            if outcome.status.value == "succeeded":
-                body = outcome.result
-                to_dict = getattr(body, "to_dict", None) or getattr(body, "model_dump", None)
-                row["response"] = {"status_code": 200, "body": to_dict() if to_dict else body}
-            elif outcome.error is not None:
-                from rate_limited._redact import redact
-
-                row["error"] = {
-                    "type": type(outcome.error).__name__,
-                    "message": redact(str(outcome.error)),
-                }
-            else:
-                row["error"] = {
-                    "type": "NotRun",
-                    "message": f"{outcome.status.value}: not finished",
-                }
-            if line.metadata is not None:
-                row["metadata"] = line.metadata
+        for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(temporary, output)
+
+
+class Sidecar:
+    """``OUTPUT.partial``: each finished result appended as it finishes (one JSON row per
+    line, with the ``request`` hash of its line), so a crash leaves them on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: Any = None
+        #: Indexes (in the list handed to ``append``) already written.
+        self._written: set[int] = set()
+
+    def answered(self, lines: Sequence[Line]) -> dict[str, dict[str, Any]]:
+        """The rows of the sidecar answering ``lines`` as they are now, by custom_id (a
+        row of an edited line, a failure, or a line torn by a crash does not count)."""
+        hashes = {line.custom_id: line.request_hash for line in lines}
+        found: dict[str, dict[str, Any]] = {}
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return found
+        for raw in text.splitlines():
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                continue  # the last line of a process killed while writing it
+            if not isinstance(row, dict) or row.get("response") is None:
+                continue
+            custom_id = row.get("custom_id")
+            if hashes.get(custom_id) == row.pop("request", None):  # type: ignore[arg-type]
+                found[custom_id] = row  # type: ignore[index]
+        return found
+
+    def append(self, lines: Sequence[Line], result: Any) -> None:
+        """Write the outcomes of ``result`` (of ``lines``) that finished since the last
+        call, and flush them to disk."""
+        rows = []
+        for index, (line, outcome) in enumerate(zip(lines, result.outcomes, strict=True)):
+            if index in self._written or not outcome.status.is_final:
+                continue
+            self._written.add(index)
+            rows.append({**_row(line, outcome), "request": line.request_hash})
+        if not rows:
+            return
+        if self._handle is None:
+            self._handle = self.path.open("a", encoding="utf-8")
+        self._handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def __enter__(self) -> Sidecar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
 
 def _estimate(preset: Any, lines: Sequence[Line], batch: bool) -> int:

@@ -18,6 +18,7 @@ import pytest
 
 from rate_limited import cli
 from rate_limited.testing import BatchSettings, MockProvider
+from rate_limited.testing._wire import body_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,3 +164,69 @@ def test_ctrl_c_then_rerun_sends_no_request_twice(tmp_path: Path) -> None:
     assert len(admitted) == 1000
     assert set(admitted.values()) == {1}  # 0 duplicate requests
     assert all(r["response"] is not None for r in read(output))
+
+
+def test_kill_9_leaves_the_finished_results_on_disk_and_a_rerun_completes(
+    tmp_path: Path,
+) -> None:
+    """A subprocess is killed (SIGKILL: no cleanup at all) once its sidecar holds 100
+    results; those results are on disk, and the same command again finishes the file in
+    input order without sending any of them again (counted at the provider). Requests in
+    flight when the process died were answered to no one: only those may be sent twice,
+    at most ``--max-concurrent`` of them."""
+    source = write(tmp_path / "requests.jsonl", [body(i) for i in range(1000)])
+    output = tmp_path / "results.jsonl"
+    sidecar = tmp_path / "results.jsonl.partial"
+    with MockProvider(output_tokens=6, latency=0.05, rpm=12_000) as mp:
+        command = [sys.executable, "-m", "rate_limited", "run", str(source), "-o", str(output)]
+        command += ["--rpm", "12000", "--tpm", "10000000", "--no-progress"]
+        env = {"OPENAI_BASE_URL": mp.base_url, "OPENAI_API_KEY": "sk-test", "PATH": ""}
+        with subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL) as first:
+            deadline = time.monotonic() + 120
+            while first.poll() is None:
+                lines = sidecar.read_text().count("\n") if sidecar.exists() else 0
+                if lines >= 100:
+                    break
+                assert time.monotonic() < deadline, "no results reached the sidecar"
+                threading.Event().wait(0.01)
+            first.kill()
+            first.wait(timeout=60)
+        assert first.returncode == -signal.SIGKILL
+        assert not output.exists()
+        kept = {r["custom_id"]: r for r in read(sidecar) if r["response"] is not None}
+        assert len(kept) >= 100
+        second = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert second.returncode == 0, second.stderr[-2000:]
+        admitted = Counter(e.body_hash for e in mp.request_log if e.status == 200)
+    assert len(admitted) == 1000
+    assert sum(admitted.values()) - 1000 <= 64  # only what was in flight at the kill
+    for custom_id in kept:  # nothing on disk was sent again
+        assert admitted[body_hash(body(int(custom_id.split("-")[1]) - 1))] == 1
+    final = read(output)
+    assert [r["custom_id"] for r in final] == [f"line-{i}" for i in range(1, 1001)]
+    for row in final:
+        if row["custom_id"] in kept:
+            kept_row = {k: v for k, v in kept[row["custom_id"]].items() if k != "request"}
+            assert row == kept_row
+    assert not sidecar.exists()  # complete: the sidecar is gone
+
+
+def test_the_sidecar_answers_only_the_lines_as_they_are_now(tmp_path: Path) -> None:
+    """A row of the sidecar counts for its line only if the request is the same: an
+    edited line, a failure and a line torn by a crash are sent again."""
+    from rate_limited._run_command import Sidecar, read_requests
+
+    source = write(tmp_path / "requests.jsonl", [body(i) for i in range(3)])
+    lines = read_requests(source, "/v1/chat/completions", None)
+    ok = {"response": {"status_code": 200, "body": {}}, "error": None}
+    failed = {"response": None, "error": {"type": "APIError", "message": "x"}}
+    rows = [
+        {"custom_id": "line-1", **ok, "request": lines[0].request_hash},
+        {"custom_id": "line-2", **ok, "request": "an edited request"},
+        {"custom_id": "line-3", **failed, "request": lines[2].request_hash},
+    ]
+    path = tmp_path / "out.jsonl.partial"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"custom_id": "line-')
+    assert list(Sidecar(path).answered(lines)) == ["line-1"]

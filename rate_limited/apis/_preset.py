@@ -269,19 +269,27 @@ class Preset:
         params = self._params(call)
         return self.prompt_tokens(params), self._reserved_output(params)
 
-    def call_max_cost(self, call: Call, *, required: bool = False) -> float | None:
+    def call_max_cost(
+        self, call: Call, *, required: bool = False, batch: bool = False
+    ) -> float | None:
         """The most the call can cost in USD: its prompt estimate at the highest rate a
-        prompt token can be billed at, its most output at the output rate. None if the
-        model's price is not known (a ``PriceWarning``); with ``required`` (a budget), a
-        ``ConfigurationError`` naming the model and how to give its price."""
+        prompt token can be billed at, its most output at the output rate (``batch``: at
+        the Batch API's rates). None if the model's price is not known (a
+        ``PriceWarning``); with ``required`` (a budget), a ``ConfigurationError`` naming
+        the model and how to give its price."""
         model, tier = self._priced_model(call, required)
         if model is None:
             return None
         if required:
-            self.prices.require(model, tier=tier)
+            self.prices.require(model, batch=batch, tier=tier)
         prompt, output = self.call_tokens(call)
         return self.prices.max_cost(
-            model, prompt, output, cache_write=self._may_write_cache(call.kwargs), tier=tier
+            model,
+            prompt,
+            output,
+            batch=batch,
+            cache_write=self._may_write_cache(call.kwargs),
+            tier=tier,
         )
 
     def call_min_cost(self, call: Call) -> float | None:

@@ -5,18 +5,23 @@ store, the queue limits, how to poll); ``drive()`` takes one run's calls to the 
 chunk moves one step at a time — planned → uploaded → creating → submitted → collected —
 and every step is written to the store and flushed before the request to the provider
 that follows it (``_records``), so that whatever process picks the records up later knows
-at least as much as the provider about what was paid for.
+at least as much as the provider about what was paid for. With a budget (``_budget``), a
+chunk reserves its most at the batch price before it is created, is cut to what fits, or
+waits; when nothing fits and nothing runs to free room, ``drive()`` returns with the rest
+pending and ``stopped`` says why.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from rate_limited._call_spend import CallSpend
 from rate_limited._redact import get_logger
+from rate_limited._spend_books import fits
 from rate_limited.batch._plan import Request, split
 from rate_limited.batch._providers import BatchApi, BatchState, Item
 from rate_limited.batch._records import CallRecord, Chunk, Records, custom_id_of
@@ -25,7 +30,9 @@ from rate_limited.outcomes import Status
 from rate_limited.stores.base import Store, StoredOutcome
 
 if TYPE_CHECKING:
+    from rate_limited.batch._budget import BatchBudget
     from rate_limited.batch._display import BatchDisplay
+    from rate_limited.budget import BudgetStop
     from rate_limited.calls import Call
 
 __all__ = ["Driver", "Pass", "answered", "queue_limits", "set_cost"]
@@ -41,6 +48,8 @@ class Pass:
     leaders: dict[str, list[Call]]
     records: dict[str, CallRecord]
     chunks: dict[str, Chunk]
+    #: Chunks the budget has no room for, by id: the most their first request costs.
+    blocked: dict[str, float] = field(default_factory=dict)
 
 
 class Driver:
@@ -59,6 +68,7 @@ class Driver:
         max_poll_interval: float,
         usage: Callable[[Call, Any], dict[str, float]],
         function: str,
+        budget: BatchBudget | None = None,
     ) -> None:
         self.api = api
         self.store = store
@@ -73,6 +83,9 @@ class Driver:
         self.function = function
         #: What each open batch last reported, by batch id.
         self.states: dict[str, BatchState] = {}
+        self.budget = budget
+        #: Why the last ``drive()`` stopped at the budget (None: it did not).
+        self.stopped: BudgetStop | None = None
 
     def open_chunks(self, calls: list[Call]) -> list[Chunk]:
         """The chunks not collected yet of ``calls``."""
@@ -87,8 +100,14 @@ class Driver:
         leaders: dict[str, list[Call]],
         display: BatchDisplay,
         sleep: Callable[[float], None],
+        on_pass: Callable[[], None] | None = None,
     ) -> None:
-        """Plan, submit, poll and collect until every chunk of ``leaders`` is collected."""
+        """Plan, submit, poll and collect until every chunk of ``leaders`` is collected,
+        or the budget has room for none of those left (``stopped``)."""
+        self.stopped = None
+        if self.budget is not None:  # every request priced before anything is sent
+            for custom_id, group in leaders.items():
+                self.budget.max_cost(custom_id, group[0])
         records = self.records.calls(list(leaders))
         chunks = self.records.chunks(r.chunk for r in records.values())
         work = Pass(leaders, records, {i: c for i, c in chunks.items() if c.open})
@@ -105,7 +124,12 @@ class Driver:
                 del work.chunks[chunk_id]
             waiting = sum(1 for c in work.chunks.values() if c.state in ("planned", "uploaded"))
             display.update(answered(calls), self.states, waiting)
+            if on_pass is not None:
+                on_pass()
             if not work.chunks:
+                return
+            if all(chunk_id in work.blocked for chunk_id in work.chunks):
+                self._stop_at_budget(work)
                 return
             wait = self.poll_interval if progressed else min(wait * 1.5, self.max_poll_interval)
             sleep(wait)
@@ -160,16 +184,21 @@ class Driver:
         return limits.get(model, limits.get(None))
 
     def _lines(self, chunk: Chunk, work: Pass) -> list[bytes]:
-        lines = []
-        for custom_id in chunk.keys:
-            calls = work.leaders.get(custom_id)
-            if calls is None:
-                raise ConfigurationError(
-                    f"Batch chunk {chunk.id} was planned for calls no longer scheduled; "
-                    "schedule the same calls to resume it."
-                )
-            lines.append(self.api.line(custom_id, dict(calls[0].kwargs)))
-        return lines
+        return [
+            self.api.line(custom_id, dict(self._leader(chunk, custom_id, work).kwargs))
+            for custom_id in chunk.keys
+        ]
+
+    @staticmethod
+    def _leader(chunk: Chunk, custom_id: str, work: Pass) -> Call:
+        """The call a chunk's request is for (an error if it is no longer scheduled)."""
+        calls = work.leaders.get(custom_id)
+        if calls is None:
+            raise ConfigurationError(
+                f"Batch chunk {chunk.id} was planned for calls no longer scheduled; "
+                "schedule the same calls to resume it."
+            )
+        return calls[0]
 
     def _advance(self, chunk: Chunk, work: Pass) -> bool:
         """One step of one chunk; True if it changed state."""
@@ -191,6 +220,9 @@ class Driver:
                     return True
             if not self._queue_has_room(chunk, work):
                 return changed
+            held = self._reserve(chunk, work)
+            if held != "held":
+                return changed or held == "split"
             chunk.state = "creating"
             self.records.save([chunk])
             chunk.batch_id = api.create(self._lines(chunk, work), chunk.file_id, chunk.id)
@@ -220,10 +252,60 @@ class Driver:
         )
         return held + chunk.tokens <= limit or held == 0
 
+    # -- the budget ----------------------------------------------------------------------------
+    def _reserve(self, chunk: Chunk, work: Pass) -> Literal["held", "blocked", "split"]:
+        """Hold the chunk's most at the batch price on the budget (kept in the chunk's
+        record by the ``creating`` step that follows); cut it to the requests that fit,
+        or leave it waiting if none does."""
+        budget = self.budget
+        if budget is None or chunk.token is not None:
+            return "held"
+        costs = [budget.max_cost(c, self._leader(chunk, c, work)) for c in chunk.keys]
+        amount = math.fsum(costs)
+        token = budget.reserve(amount)
+        if token is not None:
+            chunk.token, chunk.reserved = token, amount
+            work.blocked.pop(chunk.id, None)
+            return "held"
+        room, total, fitting = budget.room(), 0.0, 0
+        for cost in costs:
+            if not fits(total, 0.0, cost, room):
+                break
+            total += cost
+            fitting += 1
+        fitting = min(fitting, len(costs) - 1)  # the whole chunk was refused just now
+        if fitting == 0:
+            work.blocked[chunk.id] = costs[0]
+            return "blocked"
+        work.blocked.pop(chunk.id, None)
+        logger.info(
+            "The budget has room for %d of the %d requests of a batch; the rest wait.",
+            fitting,
+            len(costs),
+        )
+        chunk.state = "collected"
+        self.records.save([chunk])
+        ids = list(chunk.keys)
+        self._plan(ids[:fitting], work)
+        self._plan(ids[fitting:], work)
+        return "split"
+
+    def _unreserve(self, chunk: Chunk) -> None:
+        """The batch was not billed (refused as a whole): free its reservation."""
+        if chunk.token is not None and self.budget is not None:
+            self.budget.release(chunk.token)
+        chunk.token, chunk.reserved = None, 0.0
+
+    def _stop_at_budget(self, work: Pass) -> None:
+        assert self.budget is not None
+        waiting = sum(len(work.leaders.get(c, ())) for ch in work.chunks.values() for c in ch.keys)
+        self.stopped = self.budget.stop_report(min(work.blocked.values()), waiting)
+
     def _failed(self, chunk: Chunk, state: BatchState, work: Pass) -> None:
         """A batch that failed as a whole (validation): wait for the queue, split, or fail."""
         code, message = state.error or ("failed", "the batch failed")
         self.states.pop(chunk.batch_id or "", None)
+        self._unreserve(chunk)
         if code == "token_limit_exceeded":
             others = any(
                 c.state == "submitted" and c.model == chunk.model and c is not chunk
@@ -271,6 +353,7 @@ class Driver:
             item.custom_id: item for item in self.api.results(chunk.batch_id, state)
         }
         again: list[str] = []
+        cost = 0.0  # what the batch's answers cost, for the budget
         store = self.store
         assert store is not None
         for custom_id, key in chunk.keys.items():
@@ -289,6 +372,7 @@ class Driver:
             calls = work.leaders.get(custom_id, [])
             if item.error is None:
                 usage = self.usage(calls[0], item.value) if calls else {}
+                cost += usage.get("cost_usd", self._most(custom_id, calls))
                 store.put(
                     StoredOutcome(
                         key,
@@ -321,9 +405,18 @@ class Driver:
                 for call in calls:
                     call.status = Status.FAILED
         store.flush()  # the answers first: the chunk is collected only once they are kept
+        if chunk.token is not None and self.budget is not None:
+            self.budget.settle(chunk.token, cost)  # the rest of the reservation is freed
+            chunk.token = None
         chunk.state = "collected"
         self.records.save([chunk], {c: work.records[c] for c in chunk.keys if c in work.records})
         self._plan(again, work)
+
+    def _most(self, custom_id: str, calls: list[Call]) -> float:
+        """What an answer whose cost can't be read counts against the budget: its most."""
+        if self.budget is None or not calls:
+            return 0.0
+        return self.budget.max_cost(custom_id, calls[0])
 
 
 def set_cost(call: Call, cost: float | None) -> None:

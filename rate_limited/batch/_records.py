@@ -6,7 +6,8 @@ Two kinds of records, next to the calls' outcomes and under keys of their own:
   ``custom_id`` and call key), its model and prompt tokens, and how far it got:
   ``planned`` → ``uploaded`` (the input file's id) → ``creating`` (the instant before the
   create call, so that a process killed during it looks for the batch before creating
-  another) → ``submitted`` (the batch id) → ``collected`` (every answer stored);
+  another) → ``submitted`` (the batch id) → ``collected`` (every answer stored); with a
+  budget, the token of the batch's reservation from ``creating`` to ``collected``;
 * a **call** (``rate_limited.batch/<family>/call/<custom_id>``): the chunk that holds the
   request now, and how many batches it has been in.
 
@@ -53,6 +54,10 @@ class Chunk:
     batch_id: str | None = None
     #: Epoch seconds of the last step, to find a batch created by a killed process.
     stamp: float = field(default_factory=time.time)
+    #: The budget's reservation for this batch (``_budget``): its token in the spend
+    #: book, held from before the create request until the answers are collected.
+    token: str | None = None
+    reserved: float = 0.0
 
     @staticmethod
     def new(family: str, keys: dict[str, str], model: str | None, tokens: float) -> Chunk:

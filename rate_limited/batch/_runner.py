@@ -21,7 +21,12 @@ provider refused (a 400) fail with their ``BatchRequestError``.
 
 Costs are at the Batch API's price (``rate_limited.cost``, ``batch=True``): each call's
 ``outcome.cost`` (kept in the store as ``outcome.usage["cost_usd"]``), and ``result.cost``
-for the run. A ``budget=`` (a runner option) applies to the online fallback only.
+for the run. A ``budget=`` applies to the batches at the batch price (``_budget``): each
+batch reserves its most before it is created and settles what its answers cost; a batch
+that does not fit is cut to the requests that do, and when none fits, ``run()`` returns
+with the rest pending, ``result.budget`` saying why (one ``BudgetWarning``), as an online
+run does. Raise ``runner.budget.usd`` and ``run()`` again to go on. The online fallback
+spends the same budget, at the online price.
 """
 
 from __future__ import annotations
@@ -31,14 +36,16 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from rate_limited._redact import get_logger
+from rate_limited.batch._budget import BatchBudget
 from rate_limited.batch._display import BatchDisplay
 from rate_limited.batch._driver import Driver, answered, queue_limits, set_cost
 from rate_limited.batch._providers import BatchApi, BatchState, batch_api
 from rate_limited.batch._records import custom_id_of
-from rate_limited.exceptions import ConfigurationError
+from rate_limited.exceptions import BudgetWarning, ConfigurationError, warn
 from rate_limited.outcomes import RunResult, Status
 
 if TYPE_CHECKING:
+    from rate_limited.budget import Budget
     from rate_limited.calls import Call
     from rate_limited.cost import PriceTable
     from rate_limited.runner import Runner
@@ -68,9 +75,10 @@ class BatchRunner:
         max_bytes: int | None = None,
         poll_interval: float = POLL_FIRST,
         max_poll_interval: float = POLL_MAX,
-        progress: bool | None = None,
+        progress: bool | str | Any = None,
         prices: PriceTable | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
         **runner_options: Any,
     ) -> None:
         """Args:
@@ -89,9 +97,13 @@ class BatchRunner:
             provider refuses for it waits for the others, or is split).
         max_requests, max_bytes: lower than the provider's limits, if wanted.
         poll_interval, max_poll_interval: seconds between two polls, first and most.
-        progress: a tqdm bar (None: where tqdm shows one; False: none).
+        progress: None (the dashboard in a notebook, else a tqdm bar where tqdm shows
+            one), ``"dashboard"``, ``True`` or ``"tqdm"``, ``False`` (none), or a
+            ``DashboardProgress`` (``_display``).
         prices: the ``PriceTable`` costs come from (default: the process-wide one).
         sleep: how to wait between polls (tests pass a fake clock's ``advance``).
+        clock: seconds, for the elapsed time and the ETA (tests pass a fake clock's
+            ``time``).
         runner_options: for the Runner that schedules the calls and sends the fallback
             (``max_retries``, ``key``, ``timeout``, ...).
         """
@@ -139,9 +151,15 @@ class BatchRunner:
             )
         self.fallback = fallback
         self.progress = progress
+        budget = self.runner.budget
+        #: The batches' side of ``budget=`` (None without one).
+        self._budget: BatchBudget | None = (
+            None if budget is None else BatchBudget(budget, preset, self.runner.store)
+        )
         self._prices = prices
         #: How to wait between polls (``time.sleep``; tests give a fake clock's ``advance``).
         self.sleep = sleep
+        self.clock = clock
         self._driver = Driver(
             self.api,
             self.runner.store,
@@ -153,6 +171,7 @@ class BatchRunner:
             max_poll_interval=float(max(poll_interval, max_poll_interval)),
             usage=self._usage,
             function=self.runner._function_identity,
+            budget=self._budget,
         )
         self.schedule = self.runner.schedule
 
@@ -167,14 +186,20 @@ class BatchRunner:
         return self._driver.states
 
     @property
+    def budget(self) -> Budget | None:
+        """The spending limit (None: none); raise ``budget.usd`` to go on after a stop."""
+        return self.runner.budget
+
+    @property
     def store(self) -> Any:
         return self.runner.store
 
-    def run(self) -> RunResult:
+    def run(self, *, on_progress: Callable[[RunResult], object] | None = None) -> RunResult:
         """Submit what is not answered yet, wait for the batches, return every call's
         outcome in schedule order. Ctrl-C returns the partial result at once; the
         batches go on at the provider, and ``run()`` again (here or in a new process with
-        the same store) resumes them."""
+        the same store) resumes them. ``on_progress(snapshot)``: called after each pass
+        over the open batches with what has finished so far (e.g. to write it out)."""
         calls = self.runner.scheduled_calls
         started = time.monotonic()
         display: BatchDisplay | None = None
@@ -182,8 +207,14 @@ class BatchRunner:
         try:
             self._restore(calls)
             leaders = _leaders(calls)
-            display = BatchDisplay(len(calls), answered(calls), self.progress)
-            self._driver.drive(calls, leaders, display, self.sleep)
+            display = BatchDisplay(len(calls), answered(calls), self.progress, self.clock)
+            on_pass = None
+            if on_progress is not None:
+
+                def on_pass() -> None:
+                    on_progress(RunResult.from_calls(list(calls), interrupted=False, copy=True))
+
+            self._driver.drive(calls, leaders, display, self.sleep, on_pass)
         except KeyboardInterrupt:
             interrupted = True
             logger.warning(
@@ -192,9 +223,10 @@ class BatchRunner:
             )
         finally:
             if display is not None:
-                display.close()
+                display.close(interrupted)
         if (
             not interrupted
+            and self._driver.stopped is None
             and self.fallback == "online"
             and any(not c.status.is_final for c in calls)
         ):
@@ -288,13 +320,17 @@ class BatchRunner:
             return None
 
     def _result(self, calls: list[Call], interrupted: bool, elapsed: float) -> RunResult:
+        budget = None if interrupted else self._driver.stopped
         result = RunResult.from_calls(
             list(calls),
             interrupted=interrupted,
             elapsed=elapsed,
             resources=tuple(self.runner.resources),
+            budget=budget,
         )
-        if not interrupted:  # complete: the next run() starts a new batch, as a Runner's
+        if budget is not None:  # the rest pending: the calls stay, run() goes on
+            warn(budget.message, BudgetWarning)
+        elif not interrupted:  # complete: the next run() starts a new batch, as a Runner's
             self.runner.scheduled_calls = []
             for call in calls:
                 call.release_owner()

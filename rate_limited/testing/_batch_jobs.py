@@ -186,6 +186,9 @@ class JobBook:
         self._counter = 0
         self._attempts: dict[str, int] = {}
         self._stats = BatchStats()
+        #: ``(model, prompt tokens, completion tokens)`` of every answered batch request
+        #: (since ``reset_stats()``), for ``billed_usd``.
+        self._billed: list[tuple[str, int, int]] = []
 
     # -- ids, files, stats ------------------------------------------------------------------
     def new_id(self, prefix: str) -> str:
@@ -213,6 +216,20 @@ class JobBook:
     def reset_stats(self) -> None:
         with self._lock:
             self._stats = BatchStats()
+            self._billed = []
+
+    def billed_usage(self) -> list[tuple[str, int, int]]:
+        """``(model, prompt tokens, completion tokens)`` of every batch request answered
+        (HTTP 200) by the jobs that have ended, downloaded or not: the provider bills a
+        batch's answers whether or not the client fetches them. A job still running is
+        billed once it ends (the mock computes a job's answers at its end)."""
+        now = self.now()
+        for job in list(self.jobs.values()):
+            view = self.view(job, now)
+            if view.phase == "ended":
+                self.results(job, view)
+        with self._lock:
+            return list(self._billed)
 
     # -- jobs --------------------------------------------------------------------------------
     def now(self) -> float:
@@ -310,6 +327,9 @@ class JobBook:
         results = []
         for custom_id, call in job.requests[: view.done]:
             results.append(self._result(custom_id, call))
+        billed = [_billed(r.body) for r in results if r.status == 200]
+        with self._lock:
+            self._billed.extend(b for b in billed if b is not None)
         rest = [custom_id for custom_id, _ in job.requests[view.done :]]
         if view.cancelling:
             job.cancelled = rest
@@ -338,3 +358,13 @@ class JobBook:
             }
             return RequestResult(custom_id, 500, error, f"req_{ident}")
         return RequestResult(custom_id, 200, self._answer(call, rng, ident), f"req_{ident}")
+
+
+def _billed(body: Mapping[str, Any]) -> tuple[str, int, int] | None:
+    """The model and tokens an answer's usage reports (OpenAI's or Anthropic's names)."""
+    usage = body.get("usage")
+    if not isinstance(usage, Mapping):
+        return None
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
+    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    return str(body.get("model", "")), int(prompt or 0), int(completion or 0)

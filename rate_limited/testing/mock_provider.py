@@ -400,8 +400,9 @@ class MockProvider:
     def billed_usd(self, prices: Mapping[str, tuple[float, float]] | None = None) -> float:
         """USD the answered requests would have cost at the providers' list prices (or
         ``prices``: model -> (input, output) USD per million tokens), by the mock's own
-        arithmetic over its request log (see ``rate_limited.testing._billing``)."""
-        return billed_usd(self._stats.log(), prices)
+        arithmetic over its request log and its ended batches' answers, those at half
+        price (see ``rate_limited.testing._billing``)."""
+        return billed_usd(self._stats.log(), prices, self._app.batches.billed_usage())
 
     def reset_stats(self) -> None:
         """Clear counters, peaks and the request log (the buckets are left as they are)."""

@@ -12,7 +12,6 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +25,9 @@ from rate_limited.apis.openai import ChatCompletions
 from rate_limited.batch import AnthropicBatches, BatchRunner, OpenAIBatches
 from rate_limited.cost import PriceTable
 from rate_limited.testing import BatchSettings, FakeClock, Faults, MockProvider
+from tests.batch.conftest import FAST
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = BatchSettings(validating_seconds=30, seconds_per_request=0.5, finalizing_seconds=30)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def provider(clock: FakeClock) -> Iterator[MockProvider]:
-    with MockProvider(batch=FAST, batch_clock=clock.time, output_tokens=8) as mp:
-        yield mp
 
 
 def chat(mp: MockProvider, client: Any = None) -> ChatCompletions:

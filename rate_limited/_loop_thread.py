@@ -48,7 +48,14 @@ class LoopThread:
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            # Stopped for good (``shutdown``): closed here, also when the stop came from
+            # this thread itself (a Runner's finalizer run by a garbage collection on the
+            # loop), where no other thread would close it; an unclosed loop leaks its
+            # self-pipe sockets until a ResourceWarning in some later, unrelated code.
+            self.loop.close()
 
     def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -82,11 +89,9 @@ def shutdown(loop_thread: LoopThread | None, engine: Engine | None) -> None:
     if not in_loop_thread:  # close async generators left open (an SDK's stream), as asyncio.run
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(5)
-    loop_thread.call_soon(loop.stop)
+    loop_thread.call_soon(loop.stop)  # the thread then closes the loop
     if not in_loop_thread:
         loop_thread.thread.join(timeout=5)
-        if not loop_thread.thread.is_alive():
-            loop.close()
 
 
 def stop_run(

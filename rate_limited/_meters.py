@@ -83,7 +83,8 @@ class Meter:
         return self.quota - self.used(now) - self._reserved
 
     def fits(self, needed: float, now: float) -> bool:
-        return self.available(now) >= needed - EPS * self.quota
+        quota = self.quota
+        return quota - self.used(now) - self._reserved >= needed - EPS * quota
 
     def __repr__(self) -> str:
         return (
@@ -113,8 +114,11 @@ class WindowMeter(Meter):
             self._used = 0.0  # no drift from float sums once everything has expired
 
     def used(self, now: float) -> float:
-        self._expire(now)
-        return max(0.0, self._used)
+        log = self._log
+        if not log or log[0][0] + self.window <= now:  # else nothing expires: no call
+            self._expire(now)
+        used = self._used
+        return used if used > 0.0 else 0.0
 
     def bill(self, amount: float, now: float) -> object:
         """Log ``amount`` at ``now``, which may be a little in the past (a sync call billed

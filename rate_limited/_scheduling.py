@@ -210,6 +210,9 @@ def _usage(
             f"{call!r}. Check the arguments passed to schedule() (the extractor reads them "
             "with call.get_argument(name))."
         ) from exc
+    kind = type(value)
+    if (kind is float or kind is int) and 0 <= value < math.inf:  # the usual case, at once
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= float(value) < math.inf:
         raise ConfigurationError(
             f"{what} of resource {resource!r} returned {value!r} for {call!r}; "

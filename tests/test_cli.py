@@ -9,7 +9,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -52,9 +51,22 @@ def test_demo_runs_end_to_end_and_prints_a_summary(tmp_path: Path, flags: tuple[
     assert "loaded from the store" not in fresh.stdout
 
 
-def interrupt_demo(cwd: Path, *args: str, after: float) -> tuple[int, str]:
-    """Start ``rate-limited demo *args``, Ctrl-C it ``after`` seconds into its run; its exit
-    code and output."""
+def wait_for_progress(process: subprocess.Popen[str], finished: int) -> None:
+    """Read the demo's progress bar (stderr) until it shows ``finished`` calls done."""
+    assert process.stderr is not None
+    seen = ""
+    while True:
+        char = process.stderr.read(1)
+        assert char, f"the demo ended before {finished} calls finished: {seen[-2000:]}"
+        seen = seen[-200:] + char
+        done = re.findall(r"(\d+)/\d+ \[", seen)
+        if done and int(done[-1]) >= finished:
+            return
+
+
+def interrupt_demo(cwd: Path, *args: str, after: int) -> tuple[int, str]:
+    """Start ``rate-limited demo *args``, Ctrl-C it once ``after`` calls have finished; its
+    exit code and output."""
     process = subprocess.Popen(
         [sys.executable, "-m", "rate_limited", "demo", *args],
         cwd=cwd,
@@ -65,7 +77,7 @@ def interrupt_demo(cwd: Path, *args: str, after: float) -> tuple[int, str]:
     try:
         assert process.stdout is not None
         assert "chat completions" in process.stdout.readline() + process.stdout.readline()
-        time.sleep(after)
+        wait_for_progress(process, after)
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=60)
     finally:
@@ -78,25 +90,25 @@ def interrupt_demo(cwd: Path, *args: str, after: float) -> tuple[int, str]:
 @pytest.mark.slow
 def test_demo_interrupted_then_resumed(tmp_path: Path) -> None:
     """Ctrl-C stops the run with a partial summary; the next demo takes up the rest."""
-    flags = ["--requests", "300", "--tpm", "20000", "--store", "my runs.db"]
-    # 20,000 TPM: the first ~100 at once, then about 2 a second
-    returncode, out = interrupt_demo(tmp_path, *flags, after=2.0)
+    flags = ["--requests", "120", "--tpm", "20000", "--store", "my runs.db"]
+    # 20,000 TPM: the first ~100 at once, then about 2 a second (a fresh provider each run)
+    returncode, out = interrupt_demo(tmp_path, *flags, after=20)
     assert returncode == 130
     assert "Interrupted after" in out
     # The hint repeats the flags that matter (quoted for the shell), never --fresh.
     hint = re.search(r"Run `(rate-limited demo [^`]*)` to resume", out)
     assert hint is not None, out
-    assert hint.group(1) == "rate-limited demo --requests 300 --tpm 20000 --store 'my runs.db'"
-    finished = int(re.search(r"Interrupted after [\d.]+ s: (\d+) of 300", out).group(1))  # type: ignore[union-attr]
-    assert 0 < finished < 300
+    assert hint.group(1) == "rate-limited demo --requests 120 --tpm 20000 --store 'my runs.db'"
+    finished = int(re.search(r"Interrupted after [\d.]+ s: (\d+) of 120", out).group(1))  # type: ignore[union-attr]
+    assert 0 < finished < 120
     # The counts are the store's: calls already sent at the Ctrl-C were kept and counted.
-    saved = int(re.search(r"store: +(\d+) of the 300 are saved in my runs.db", out).group(1))  # type: ignore[union-attr]
+    saved = int(re.search(r"store: +(\d+) of the 120 are saved in my runs.db", out).group(1))  # type: ignore[union-attr]
     assert saved == finished
-    assert f"it sends only the {300 - saved} requests not saved" in out
+    assert f"it sends only the {120 - saved} requests not saved" in out
     resumed = run_demo(tmp_path, *shlex.split(hint.group(1))[2:])
     loaded = int(re.search(r"\((\d+) loaded from the store\)", resumed.stdout).group(1))  # type: ignore[union-attr]
     assert loaded == saved
-    assert f"provider saw: {300 - saved} requests" in resumed.stdout
+    assert f"provider saw: {120 - saved} requests" in resumed.stdout
 
 
 def paid_requests(summary: str) -> int:
@@ -113,8 +125,8 @@ def test_demo_async_interrupted_and_rerun_pays_for_each_request_once(tmp_path: P
     the rerun sent them again: 2,064 paid requests for 2,000 results. Now they finish (the
     Runner's close() waits for them), are stored, and the rerun does not send them."""
     requests = 1000
-    # after 2.5 s the first few hundred are done, dozens are in flight
-    returncode, first = interrupt_demo(tmp_path, "--async", "--requests", str(requests), after=2.5)
+    # 100 done, dozens in flight
+    returncode, first = interrupt_demo(tmp_path, "--async", "--requests", str(requests), after=100)
     assert returncode == 130 and "Interrupted after" in first
     second = run_demo(tmp_path, "--async", "--requests", str(requests))
     assert second.returncode == 0, second.stderr[-2000:]
@@ -134,7 +146,6 @@ def test_mock_provider_command_serves_until_interrupted() -> None:
         assert process.stdout is not None and process.stderr is not None
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", process.stdout.readline().strip())
         assert "Press Ctrl-C" in process.stderr.readline()  # printed last before it waits
-        time.sleep(0.3)  # mock_provider.main prints that just before entering its try:
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=10)
     finally:

@@ -18,7 +18,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -210,14 +210,14 @@ def test_interrupted_is_the_final_state() -> None:
         time.sleep(0.01)
     running = dashboard.state()
     assert running["status"] == "running" and running["in_flight"] == 2
-    threading.Timer(0.2, gate.set).start()
     partial = handle.stop(timeout=10)
     assert partial.interrupted
     final = dashboard.state()
     assert final["status"] == "interrupted" and final["bar"]["style"] == "warning"
     assert "interrupted" in final["text"]["title"]
-    # The two sync calls in threads could not be stopped (the gate opens after 0.2 s).
+    # The two sync calls in threads could not be stopped (the gate is still closed).
     assert "2 still running (their results will be kept)" in final["text"]["counts"]
+    gate.set()
     runner.run()  # the same dashboard again: it resets, then ends done
     assert dashboard.state()["status"] == "done"
     assert dashboard.state()["finished"] == 6
@@ -362,8 +362,12 @@ KERNEL_SETUP = textwrap.dedent(
     from rate_limited import Runner, Resource
     from rate_limited._dashboard import DashboardProgress
 
+    stage = 0  # calls 10-19 wait for stage 1, calls 20-49 for stage 2 (the test sets it)
+
     async def work(i):
         await asyncio.sleep(0.05)
+        while stage < (i >= 10) + (i >= 20):
+            await asyncio.sleep(0.01)
         return i
 
     dashboard = DashboardProgress(title="kernel test")
@@ -419,21 +423,29 @@ def read_state(client: Any) -> dict[str, Any]:
     return json.loads(printed.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def state_when(client: Any, condition: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The dashboard's state, read until ``condition`` holds (the run is gated: it does)."""
+    deadline = time.monotonic() + 60
+    while not condition(state := read_state(client)):
+        assert time.monotonic() < deadline, state
+    return state
+
+
 def test_dashboard_values_move_in_a_real_kernel(kernel_client: Any) -> None:
-    """50 calls at 5 per 0.5 s take ~5 s: read the widgets twice while they go, then at end."""
+    """50 calls at 5 per 0.5 s, gated in three stages: the widgets read at 10 and at 20
+    calls finished, then at the end."""
     _, displayed = execute(kernel_client, KERNEL_SETUP)
     assert "application/vnd.jupyter.widget-view+json" in displayed  # shown in that cell
-    time.sleep(0.8)
-    first = read_state(kernel_client)
-    time.sleep(0.8)
-    second = read_state(kernel_client)
+    first = state_when(kernel_client, lambda state: state["finished"] == 10)
+    execute(kernel_client, "stage = 1")
+    second = state_when(kernel_client, lambda state: state["finished"] == 20)
     assert first["status"] == second["status"] == "running"
     assert 0 < first["finished"] < second["finished"] < 50
     assert first["bar"]["value"] == first["finished"] and first["bar"]["max"] == 50
     assert second["usage"]["requests"]["bar_max"] == 5
     assert second["elapsed"] > first["elapsed"]
     printed, _ = execute(
-        kernel_client, "result = handle.result()\nprint(json.dumps(dashboard.state()))"
+        kernel_client, "stage = 2\nresult = handle.result()\nprint(json.dumps(dashboard.state()))"
     )
     final = json.loads(printed.strip().splitlines()[-1])
     assert final["status"] == "done" and final["finished"] == final["succeeded"] == 50

@@ -14,13 +14,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from rate_limited import ConfigurationError, Runner
+from rate_limited import ConfigurationError, Resource, Runner
 
 
 @pytest.fixture(autouse=True)
@@ -119,8 +118,12 @@ def test_ctrl_c_on_the_current_loop_returns_partial_results(tmp_path: Path) -> N
             from rate_limited import Runner
 
             async def main():
-                async def slow(i):
-                    await asyncio.sleep(0.3)
+                first_run_over = False
+
+                async def slow(i):  # 0 and 1 end at once; the others after the Ctrl-C
+                    print(f"call {i}", flush=True)
+                    while i >= 2 and not first_run_over:
+                        await asyncio.sleep(0.005)
                     return i
                 runner = Runner(slow, [], max_concurrent=2, progress=False,
                                 event_loop="current")
@@ -128,6 +131,7 @@ def test_ctrl_c_on_the_current_loop_returns_partial_results(tmp_path: Path) -> N
                     runner.schedule(i)
                 print("started", flush=True)
                 first = runner.run()
+                first_run_over = True
                 second = runner.run()
                 print(json.dumps([first.interrupted, first.results, second.results]))
 
@@ -140,7 +144,8 @@ def test_ctrl_c_on_the_current_loop_returns_partial_results(tmp_path: Path) -> N
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "started"
-    time.sleep(0.45)
+    calls = [proc.stdout.readline().strip() for _ in range(4)]
+    assert sorted(calls) == ["call 0", "call 1", "call 2", "call 3"]  # 2 and 3 are running
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -148,3 +153,30 @@ def test_ctrl_c_on_the_current_loop_returns_partial_results(tmp_path: Path) -> N
     assert interrupted is True
     assert first[:2] == [0, 1] and None in first
     assert second == list(range(8))
+
+
+def test_quota_used_on_one_loop_counts_on_another() -> None:
+    """event_loop='current' on two loops, then the Runner's own: one ledger throughout."""
+
+    async def echo(i: int) -> int:
+        return i
+
+    window = 1.0
+    requests = Resource("requests", 2, window, arguments_usage_extractor=lambda call: 1)
+    runner = Runner(echo, [requests], progress=False, event_loop="current")
+    starts: list[float] = []
+
+    async def batch(offset: int) -> None:
+        for i in range(2):
+            runner.schedule(offset + i)
+        starts.extend(o.started_at or 0.0 for o in runner.run().outcomes)
+
+    asyncio.run(batch(0))
+    asyncio.run(batch(2))  # another loop: must wait for the first batch's usage to expire
+    for i in range(2):
+        runner.schedule(4 + i)
+    starts.extend(o.started_at or 0.0 for o in runner.run().outcomes)  # the Runner's own loop
+    runner.close()
+    # Loop clocks are all time.monotonic(): each pair starts a window after the previous.
+    assert starts[2] - starts[0] >= window - 1e-6
+    assert starts[4] - starts[2] >= window - 1e-6

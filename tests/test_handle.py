@@ -12,11 +12,24 @@ from rate_limited import Runner, Status
 from rate_limited.testing import FakeClock
 
 
-def gated_runner(n: int = 10) -> tuple[Runner, threading.Event]:
+class Gate(threading.Event):
+    """Closed until the test opens it; ``arrivals`` counts the calls that reached it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrivals = threading.Semaphore(0)
+
+    def wait_for_arrivals(self, count: int) -> None:
+        for _ in range(count):
+            assert self.arrivals.acquire(timeout=10), "a call never reached the gate"
+
+
+def gated_runner(n: int = 10) -> tuple[Runner, Gate]:
     """Sync calls that block until the test opens the gate: the run can't end early."""
-    gate = threading.Event()
+    gate = Gate()
 
     def wait_for_gate(i: int) -> int:
+        gate.arrivals.release()
         gate.wait(10)
         return i
 
@@ -39,8 +52,12 @@ def test_start_returns_at_once_and_result_waits() -> None:
 
 
 def test_results_grow_while_the_run_goes_on() -> None:
+    """Calls 0-4 end at once, 5-9 once the test has seen the first five done."""
+    second_half = threading.Event()
+
     async def step(i: int) -> int:
-        await asyncio.sleep(0.02 * i)
+        while i >= 5 and not second_half.is_set():
+            await asyncio.sleep(0.001)
         return i
 
     runner = Runner(step, [], max_concurrent=10, progress=False)
@@ -48,20 +65,24 @@ def test_results_grow_while_the_run_goes_on() -> None:
         runner.schedule(i)
     handle = runner.start()
     seen = []
+    deadline = time.monotonic() + 30
     while not handle.done():
+        assert time.monotonic() < deadline, seen[-1:]
         seen.append(handle.snapshot().counts().get("succeeded", 0))
-        time.sleep(0.01)
+        if seen[-1] == 5:
+            second_half.set()
+        time.sleep(0.001)
     assert seen == sorted(seen)  # never goes back
-    assert any(0 < n < 10 for n in seen)  # and was seen part-way (the run takes ~0.2 s)
+    assert 5 in seen  # and was seen part-way
     assert handle.result().counts() == {"succeeded": 10}
 
 
 def test_stop_returns_partial_results_and_run_resumes() -> None:
     runner, gate = gated_runner()
     handle = runner.start()
-    time.sleep(0.1)  # 4 calls are in threads, waiting at the gate
-    threading.Timer(0.2, gate.set).start()
+    gate.wait_for_arrivals(4)  # 4 calls are in threads, waiting at the gate
     partial = handle.stop(timeout=10)
+    gate.set()
     assert partial.interrupted
     statuses = [o.status for o in partial.outcomes]
     assert statuses.count(Status.RUNNING) + statuses.count(Status.SUCCEEDED) == 4

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,16 +30,23 @@ CHILD = textwrap.dedent(
     sent = open(log_path, "a", buffering=1)   # one line per time the function really ran
     lock = threading.Lock()
 
+    # Calls 0-2 return at once; the later ones wait for the first run() to have returned
+    # (the Ctrl-C), so the test interrupts when 3..5 are running, whatever the machine's
+    # speed: it watches the log, and no call of the first run can end after 0-2.
+    first_run_over = threading.Event()
+
     async def slow_async(i):
         with lock:
             sent.write(f"{i}\\n")
-        await asyncio.sleep(0.3)
+        while i >= 3 and not first_run_over.is_set():
+            await asyncio.sleep(0.005)
         return i * 10
 
     def slow_sync(i):
         with lock:
             sent.write(f"{i}\\n")
-        time.sleep(0.3)
+        if i >= 3:
+            first_run_over.wait(60)
         return i * 10
 
     def scenario():
@@ -48,6 +56,7 @@ CHILD = textwrap.dedent(
             runner.schedule(i)
         print("started", flush=True)
         first = runner.run()
+        first_run_over.set()
         report = {
             "interrupted": first.interrupted,
             "first_results": first.results,
@@ -72,6 +81,14 @@ CHILD = textwrap.dedent(
 )
 
 
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Wait until ``condition()`` holds (a child's progress, seen from outside)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the child made no progress"
+        time.sleep(0.005)
+
+
 def run_and_interrupt(tmp_path: Path, kind: str, where: str) -> tuple[dict, list[int]]:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -85,7 +102,7 @@ def run_and_interrupt(tmp_path: Path, kind: str, where: str) -> tuple[dict, list
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "started"
-    time.sleep(0.45)  # the first 3 calls finished at 0.3 s, the next 3 are running
+    wait_for(lambda: len(log.read_text().split()) >= 6)  # 0-2 finished, 3-5 are running
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -257,12 +274,30 @@ ABANDON_CHILD = textwrap.dedent(
     kind = sys.argv[1]
     release = threading.Event()
 
+    import rate_limited._loop_thread as loop_thread
+
+    waiting_idle = loop_thread.wait_idle
+
+    def wait_idle(engine, timeout):  # close() waits (its Ctrl-C handler is in place)
+        say("waiting")
+        return waiting_idle(engine, timeout)
+
+    loop_thread.wait_idle = wait_idle
+
+    printing = threading.Lock()  # one line per call, also from threads at once
+
+    def say(text):
+        with printing:
+            print(text, flush=True)
+
     async def stuck_async(i):
+        say("call")
         while not release.is_set():
             await asyncio.sleep(0.01)
         return i
 
     def stuck_sync(i):
+        say("call")
         release.wait(60)
         return i
 
@@ -300,12 +335,12 @@ def test_a_second_ctrl_c_abandons_the_calls_still_running_and_says_how_many(
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "started"
-        time.sleep(0.2)  # the first 3 calls are running
-        proc.send_signal(signal.SIGINT)
+        assert [proc.stdout.readline().strip() for _ in range(3)] == ["call"] * 3
+        proc.send_signal(signal.SIGINT)  # the first 3 calls are running
         first = json.loads(proc.stdout.readline())
         assert first == ["running"] * 3 + ["pending"] * 3
-        time.sleep(0.2)  # close() is waiting for them
-        proc.send_signal(signal.SIGINT)
+        assert proc.stdout.readline().strip() == "waiting"
+        proc.send_signal(signal.SIGINT)  # close() is waiting for them
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

@@ -12,6 +12,7 @@ import json
 import textwrap
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,10 +26,14 @@ SETUP = textwrap.dedent(
     from rate_limited import Runner
 
     sent = []
+    go = False  # calls 3 and later wait for it: the test sets it after the interrupt
 
     async def slow(i):
         sent.append(i)
-        await asyncio.sleep(0.4)
+        with open(LOG, "a") as log:  # the test watches it from outside the kernel
+            log.write(f"{i}\\n")
+        while i >= 3 and not go:
+            await asyncio.sleep(0.005)
         return i * 10
 
     runner = Runner(slow, [], max_concurrent=3, progress=False)
@@ -66,13 +71,19 @@ def execute(client: Any, code: str, timeout: float = 60) -> tuple[dict[str, Any]
     return reply["content"], "".join(printed)
 
 
-def test_interrupt_kernel_returns_partial_results_and_rerun_completes(kernel: Any) -> None:
+def test_interrupt_kernel_returns_partial_results_and_rerun_completes(
+    kernel: Any, tmp_path: Path
+) -> None:
     manager, client = kernel
-    content, printed = execute(client, SETUP)
+    log = tmp_path / "sent.log"
+    content, printed = execute(client, f"LOG = {str(log)!r}\n{SETUP}")
     assert content["status"] == "ok", printed
 
     msg_id = client.execute("result = runner.run()")
-    time.sleep(0.6)  # 3 calls finished at 0.4 s; 3 more are in flight
+    deadline = time.monotonic() + 60
+    while not log.exists() or len(log.read_text().split()) < 6:  # 0-2 done, 3-5 in flight
+        assert time.monotonic() < deadline, "the calls never started"
+        time.sleep(0.005)
     manager.interrupt_kernel()
     reply = client.get_shell_msg(timeout=60)
     while reply["parent_header"].get("msg_id") != msg_id:
@@ -90,7 +101,8 @@ def test_interrupt_kernel_returns_partial_results_and_rerun_completes(kernel: An
 
     content, printed = execute(
         client,
-        "again = runner.run()\nprint(json.dumps([again.interrupted, again.results, sorted(sent)]))",
+        "go = True\nagain = runner.run()\n"
+        "print(json.dumps([again.interrupted, again.results, sorted(sent)]))",
     )
     interrupted, results, sent = json.loads(printed.strip().splitlines()[-1])
     assert interrupted is False

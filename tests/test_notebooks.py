@@ -99,7 +99,7 @@ def test_notebook_runs_without_errors(path: Path, tmp_path: Path) -> None:
     if path.name == "quickstart.ipynb":
         assert [d.splitlines()[:2] for d in dashboards] == [
             ["rate_limited · done", "60 / 60 calls · 100%"],
-            ["rate_limited · done", "220 / 220 calls · 100%"],
+            ["rate_limited · done", "160 / 160 calls · 100%"],
         ]
         assert "requests_per_second: 20 used / 20" in page
 

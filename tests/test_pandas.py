@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -125,11 +127,19 @@ def test_a_thousand_rows_through_the_mock_provider_and_a_rerun_with_a_store(
         assert again["result"].tolist() == first["result"].tolist()
 
 
+def interrupt_after(provider: MockProvider, requests: int) -> None:
+    """Ctrl-C this process once the provider has answered ``requests`` requests."""
+    deadline = time.monotonic() + 60
+    while provider.stats().requests < requests and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_rerunning_after_an_interrupt_sends_only_the_unfinished_rows() -> None:
     texts = pd.DataFrame({"text": [f"row {i}" for i in range(300)]})
     with MockProvider(latency=0.02) as provider:
         runner = chat_runner(provider)
-        threading.Timer(0.15, os.kill, (os.getpid(), signal.SIGINT)).start()
+        threading.Thread(target=interrupt_after, args=(provider, 100), daemon=True).start()
         partial = enrich(runner, texts)  # Ctrl-C during apply: a partial frame, no raise
         done = int((partial["status"] == "succeeded").sum())
         assert 0 < done < 300
@@ -248,3 +258,22 @@ def test_apply_on_a_closed_runner_says_so() -> None:
     runner.close()
     with pytest.raises(RunnerClosedError):
         runner.apply(frame(), lambda row: {"text": row["text"]})
+
+
+def test_rerunning_a_finished_apply_cell_sends_nothing_and_nan_rows_resume() -> None:
+    sent: list[str] = []
+
+    def label(text: str, score: float) -> str:
+        sent.append(text)
+        return f"{text}:{'none' if math.isnan(score) else score}"
+
+    df = pd.DataFrame({"text": ["a", "b", "c"], "score": [1.0, float("nan"), 3.0]})
+    runner = Runner(label, [], progress=False)
+
+    def row(r: object) -> dict[str, object]:
+        return {"text": r["text"], "score": r["score"]}  # type: ignore[index]
+
+    first = runner.apply(df, row)
+    again = runner.apply(df, row)  # the same cell, rerun: NaN rows compare equal
+    assert first["result"].tolist() == again["result"].tolist() == ["a:1.0", "b:none", "c:3.0"]
+    assert sorted(sent) == ["a", "b", "c"]

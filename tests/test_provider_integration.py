@@ -2,17 +2,26 @@
 
 Sync and async clients, through the Runner: results right and in order, zero 429s at the
 limit (RPM-, TPM- and output-bound), limits discovered from the headers, a key shared with
-another client, and fault injection where nothing may hang. Limits are scaled so each test
-saturates its bucket (a MockProvider bucket starts full: a minute of quota at once) within
-a few seconds of real time.
+another client, and fault injection where nothing may hang.
+
+Sync clients talk HTTP to a MockProvider server on 127.0.0.1, in real time: limits are
+scaled so each test saturates its bucket (a MockProvider bucket starts full: a minute of
+quota at once) within a few seconds. The async clients of the workloads at the limit talk
+to the same MockProvider in-process (``MockProvider.transport()``) on the Runner's
+``FakeClock``: the SDK, the preset and the Runner are the same, the clock is virtual, so
+those tests take no real time and no load on the machine can change what they measure.
+The HTTP path of async clients stays covered by the tests that need a socket (client
+timeouts, results in order).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import anthropic
@@ -29,7 +38,7 @@ from rate_limited.apis.openai import (
     Responses,
     openai_chat_resources,
 )
-from rate_limited.testing import Faults, MockProvider
+from rate_limited.testing import FakeClock, Faults, MockProvider
 from tests.conftest import MakeProvider
 
 # Made-up model names ("m", "c"...): their cost is None, and a PriceWarning says so once
@@ -75,6 +84,54 @@ def anthropic_client(provider: MockProvider, kind: str, **options: Any) -> Any:
         return anthropic.AsyncAnthropic(base_url=base_url, **options)
     client = anthropic.Anthropic(base_url=base_url, **options)
     _clients.append(client)
+    return client
+
+
+@dataclass
+class Mock:
+    """A MockProvider as a test of one client kind uses it: a real HTTP server for a sync
+    client; for an async one, in-process on a FakeClock that the Runner shares."""
+
+    provider: MockProvider
+    clock: FakeClock | None
+
+    def openai(self, kind: str, **options: Any) -> Any:
+        if self.clock is None:
+            return openai_client(self.provider, kind, **options)
+        options.setdefault("api_key", "test")
+        http = openai.DefaultAsyncHttpxClient(transport=self.provider.transport(openai))
+        return warm(openai.AsyncOpenAI(base_url="http://mock/v1", http_client=http, **options))
+
+    def anthropic(self, kind: str, **options: Any) -> Any:
+        if self.clock is None:
+            return anthropic_client(self.provider, kind, **options)
+        options.setdefault("api_key", "test")
+        http = anthropic.DefaultAsyncHttpxClient(transport=self.provider.transport(anthropic))
+        return warm(anthropic.AsyncAnthropic(base_url="http://mock", http_client=http, **options))
+
+    @property
+    def runner_options(self) -> dict[str, Any]:
+        return (
+            {"progress": False} if self.clock is None else {"progress": False, "clock": self.clock}
+        )
+
+
+def mock(make_provider: MakeProvider, kind: str, **options: Any) -> Mock:
+    if kind == "sync":
+        return Mock(make_provider(**options), None)
+    clock = FakeClock()
+    options.setdefault("output_tokens", 12)
+    return Mock(MockProvider(clock=clock.time, **options), clock)
+
+
+def warm(client: Any) -> Any:
+    """Make an async client's first request now: the SDKs read the platform in a thread on
+    their first one, and a FakeClock loop jumps to its next timer while a thread works."""
+
+    async def first() -> None:
+        await client.models.list()
+
+    asyncio.run(first())
     return client
 
 
@@ -165,9 +222,10 @@ def _saturate(runner: Runner, count: int, **params: Any) -> tuple[Any, float]:
 @pytest.mark.parametrize("kind", KINDS)
 def test_rpm_bound_workload_gets_no_429(make_provider: MakeProvider, kind: str) -> None:
     """600 RPM: the first 600 at once (a full bucket), the next 50 at 10 per second."""
-    provider = make_provider(rpm=600, latency=0.02)
-    chat = ChatCompletions(openai_client(provider, kind), requests_per_minute=600)
-    runner = chat.runner(progress=False)
+    m = mock(make_provider, kind, rpm=600, latency=0.02)
+    provider = m.provider
+    chat = ChatCompletions(m.openai(kind), requests_per_minute=600)
+    runner = chat.runner(**m.runner_options)
     result, _ = _saturate(runner, 650, max_tokens=20)
     assert all(r is not None for r in result.results)
     stats = provider.stats()
@@ -191,13 +249,18 @@ def test_tpm_bound_workload_gets_no_429(
     """60,000 TPM, each call ~520 tokens but reserving ~1,020 (max_tokens 1000): the
     provider keeps the 1,020 (OpenAI's rule: 59 at once, then one a second) or hands 500
     back (found from its headers: then about two a second)."""
-    provider = make_provider(
-        tpm=60_000, rpm=10_000, output_tokens=500, latency=0.05, refund_unused_output=refund
+    m = mock(
+        make_provider,
+        kind,
+        tpm=60_000,
+        rpm=10_000,
+        output_tokens=500,
+        latency=0.05,
+        refund_unused_output=refund,
     )
-    chat = ChatCompletions(
-        openai_client(provider, kind), tokens_per_minute=60_000, requests_per_minute=10_000
-    )
-    runner = chat.runner(progress=False)
+    provider = m.provider
+    chat = ChatCompletions(m.openai(kind), tokens_per_minute=60_000, requests_per_minute=10_000)
+    runner = chat.runner(**m.runner_options)
     result, _ = _saturate(runner, 140 if refund else 70, max_tokens=1000)
     assert all(r is not None for r in result.results)
     stats = provider.stats()
@@ -210,14 +273,17 @@ def test_tpm_bound_workload_gets_no_429(
 def test_anthropic_output_bound_workload_gets_no_429(
     make_provider: MakeProvider, kind: str
 ) -> None:
-    provider = make_provider(rpm=10_000, input_tpm=1_000_000, output_tpm=6_000, output_tokens=60)
+    m = mock(
+        make_provider, kind, rpm=10_000, input_tpm=1_000_000, output_tpm=6_000, output_tokens=60
+    )
+    provider = m.provider
     claude = Messages(
-        anthropic_client(provider, kind),
+        m.anthropic(kind),
         requests_per_minute=10_000,
         input_tokens_per_minute=1_000_000,
         output_tokens_per_minute=6_000,
     )
-    runner = claude.runner(progress=False)
+    runner = claude.runner(**m.runner_options)
     for i in range(103):
         runner.schedule(model="claude-haiku-4-5", max_tokens=200, messages=user(f"q {i}"))
     result = runner.run()
@@ -233,15 +299,16 @@ def test_anthropic_output_bound_workload_gets_no_429(
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_limits_are_discovered_from_the_headers(make_provider: MakeProvider, kind: str) -> None:
-    provider = make_provider(tpm=60_000, rpm=6000, output_tokens=500, latency=0.2)
-    chat = ChatCompletions(openai_client(provider, kind))
+    m = mock(make_provider, kind, tpm=60_000, rpm=6000, output_tokens=500, latency=0.2)
+    provider = m.provider
+    chat = ChatCompletions(m.openai(kind))
     assert chat.limits == {"requests_per_minute": None, "tokens_per_minute": None}
-    runner = chat.runner(progress=False)
+    runner = chat.runner(**m.runner_options)
     result, _ = _saturate(runner, 70, max_tokens=1000)
     assert all(r is not None for r in result.results)
     assert chat.limits == {"requests_per_minute": 6000, "tokens_per_minute": 60_000}
     assert provider.stats().rejected == 0
-    log = provider.request_log
+    log = [entry for entry in provider.request_log if entry.endpoint == "chat.completions"]
     assert log[1].time >= log[0].time + 0.2  # one probe first: no storm before the headers
 
 

@@ -31,7 +31,7 @@ from urllib.request import urlopen
 
 import pytest
 
-from rate_limited import PermanentError, Runner, Status
+from rate_limited import ConfigurationError, PermanentError, Runner, Status
 from rate_limited.stores import SqliteStore, open_store
 from tests.stores.conftest import FakeClock, redis_url  # noqa: F401
 
@@ -704,34 +704,33 @@ def test_stored_outcomes_expire_after_the_stores_ttl(
         store.close()
 
 
-def test_runner_ttl_expires_outcomes(recorder: RecordingServer, sqlite_path: str) -> None:
-    """``Runner(ttl=...)``: a tiny real TTL (not a quota window, so a short sleep is fine)."""
-    with Runner(fetch, [], progress=False, store=sqlite_path, ttl=0.3) as runner:
+def test_runner_ttl_expires_outcomes(
+    recorder: RecordingServer, sqlite_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Runner(ttl=...)`` opens its store with that TTL: its records expire then (read by
+    a store whose clock is past it; no real time passes)."""
+    monkeypatch.setenv("RATE_LIMITED_STORE_SECRET", SECRET)
+    with Runner(fetch, [], progress=False, store=sqlite_path, ttl=60) as runner:
         run_calls(runner, recorder.url, 5)
-    with Runner(fetch, [], progress=False, store=sqlite_path, ttl=0.3) as runner:
+    with Runner(fetch, [], progress=False, store=sqlite_path, ttl=60) as runner:
         assert all(o.from_store for o in run_calls(runner, recorder.url, 5).outcomes)
-    time.sleep(0.35)
-    with Runner(fetch, [], progress=False, store=sqlite_path, ttl=0.3) as runner:
+    later = FakeClock(time.time() + 61)
+    with (
+        SqliteStore(sqlite_path, secret=SECRET, clock=later) as store,
+        Runner(fetch, [], progress=False, store=store) as runner,
+    ):
         assert not any(o.from_store for o in run_calls(runner, recorder.url, 5).outcomes)
-    with Runner(fetch, [], progress=False, store=sqlite_path) as runner:  # no ttl: all count
-        assert all(o.from_store for o in run_calls(runner, recorder.url, 5).outcomes)
     assert recorder.counts() == Counter({i: 2 for i in range(5)})
 
 
-def test_runner_ttl_with_a_store_object_is_applied_or_refused(
-    recorder: RecordingServer, sqlite_path: str
-) -> None:
-    with SqliteStore(sqlite_path, secret=SECRET) as store:
-        try:
-            runner = Runner(fetch, [], progress=False, store=store, ttl=0.05)
-        except ValueError:
-            return  # refused at construction: fine too
-        with runner:
-            run_calls(runner, recorder.url, 3)
-        time.sleep(0.1)
-        with Runner(fetch, [], progress=False, store=store, ttl=0.05) as runner:
-            again = run_calls(runner, recorder.url, 3)
-    assert not any(o.from_store for o in again.outcomes)  # expired after 0.05 s
+def test_runner_ttl_with_a_store_object_is_refused(sqlite_path: str) -> None:
+    """A Store object has its own TTL (given to open_store or its class): a Runner's ttl=
+    beside it would be ignored, so it is refused, saying where the TTL goes."""
+    with (
+        SqliteStore(sqlite_path, secret=SECRET) as store,
+        pytest.raises(ConfigurationError, match="pass ttl= to open_store"),
+    ):
+        Runner(fetch, [], progress=False, store=store, ttl=0.05)
 
 
 def test_failed_calls_stay_failed_across_processes_unless_retried(

@@ -53,7 +53,7 @@ import logging
 import math
 from collections.abc import Callable, Hashable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from rate_limited._meters import BucketMeter, Meter, make_meter
 from rate_limited._reconcile import Mark, Track, Votes, correct, generous, release, settle
@@ -143,6 +143,7 @@ class InMemoryLedger:
         "_resources",
         "_rules",
         "_single",
+        "_singles",
         "_tracks",
         "_votes",
         "names",
@@ -162,6 +163,13 @@ class InMemoryLedger:
             else:
                 self._single.append(None)
                 self._parts.append(_Partitions(partial(self._new_meter, index)))
+        #: Every resource's meter when none is partitioned (shared by the reservations,
+        #: which never change it): admission then has no meter to look up.
+        self._singles: list[Meter] | None = (
+            None
+            if any(meter is None for meter in self._single)
+            else cast("list[Meter]", list(self._single))
+        )
         #: Meters the provider reports on (by id), made by their first report.
         self._tracks: dict[int, Track] = {}
         self._votes = Votes(len(resources))
@@ -201,6 +209,8 @@ class InMemoryLedger:
         return any(part is not None for part in self._parts)
 
     def _meters(self, demand: Demand) -> list[Meter]:
+        if self._singles is not None:
+            return self._singles
         meters = []
         for single, part, need in zip(self._single, self._parts, demand, strict=True):
             meters.append(single if single is not None else part[need[2]])  # type: ignore[index]
@@ -314,14 +324,16 @@ class InMemoryLedger:
     ) -> list[float]:
         """The call returned with ``results_usage``: bill it by each resource's rule.
         Returns what was billed per resource for the results (the estimate included)."""
-        self.begin(reservation, now)
+        if reservation.deferred:
+            self.begin(reservation, now)
         billed = []
+        tracked = bool(self._tracks)
         for index, (meter, need, actual) in enumerate(
             zip(reservation.meters, reservation.demand, results_usage, strict=True)
         ):
             rule = self._rule(reservation, index)
             billed.append(settle(meter, rule, need[1], actual, now))
-            twin = self._untrack(reservation, index)
+            twin = self._untrack(reservation, index) if tracked else None
             if twin is not None:
                 twin[0].settle_twin(rule, twin[1], need[1], actual, now)
         return billed

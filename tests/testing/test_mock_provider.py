@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -477,7 +476,9 @@ def test_rpm_limit_answers_429_with_retry_after(make_provider: MakeProvider) -> 
 
 
 def test_tpm_counts_prompt_plus_max_tokens_times_n(make_provider: MakeProvider) -> None:
-    provider = make_provider(tpm=1000, refund_unused_output=False)
+    # The provider's clock stands still: the bucket refills by nothing between requests,
+    # however slow the machine (real time made Retry-After drift by 70 ms under load).
+    provider = make_provider(tpm=1000, refund_unused_output=False, clock=lambda: 1000.0)
     cost = chat_prompt_tokens("x") + 2 * 150
     with oai(provider) as client:
         for _ in range(1000 // cost):
@@ -489,8 +490,8 @@ def test_tpm_counts_prompt_plus_max_tokens_times_n(make_provider: MakeProvider) 
     wait = (cost - (1000 - 3 * cost)) / (1000 / 60)
     headers = refused.value.response.headers
     assert headers["retry-after"] == str(math.ceil(wait))
-    assert int(headers["retry-after-ms"]) == pytest.approx(wait * 1000, abs=50)
-    assert 0 <= int(headers["x-ratelimit-remaining-tokens"]) - (1000 - 3 * cost) <= 5
+    assert int(headers["retry-after-ms"]) == pytest.approx(wait * 1000, abs=1)
+    assert int(headers["x-ratelimit-remaining-tokens"]) == 1000 - 3 * cost
     assert refused.value.body["type"] == "tokens"  # type: ignore[index]
     assert too_big.value.response.headers["x-should-retry"] == "false"
     assert "retry-after" not in too_big.value.response.headers
@@ -519,18 +520,21 @@ def test_unused_output_is_kept_as_openai_documents_or_refunded(
 
 
 def test_refill_is_continuous_through_the_server(make_provider: MakeProvider) -> None:
-    provider = make_provider(tpm=6000, refund_unused_output=False)  # 100 tokens per second
+    now = [1000.0]  # the provider's clock, moved by the test: no real time passes
+    provider = make_provider(  # 100 tokens per second
+        tpm=6000, refund_unused_output=False, clock=lambda: now[0]
+    )
     prompt = chat_prompt_tokens("x")
     with oai(provider) as client:
         client.chat.completions.create(model="m", messages=user("x"), max_tokens=6000 - prompt)
         with pytest.raises(openai.RateLimitError):
             client.chat.completions.create(model="m", messages=user("x"), max_tokens=1)
-        time.sleep(0.15)  # about 15 tokens come back
+        now[0] += 0.25  # 25 tokens come back (0.25 s: exact in binary)
         raw = client.chat.completions.with_raw_response.create(
             model="m", messages=user("x"), max_tokens=1
         )
-    # 0.15 s gave back about 15 tokens (a bit more if the machine is slow), not a window
-    assert 15 - prompt - 1 <= int(raw.headers["x-ratelimit-remaining-tokens"]) <= 60
+    # 0.25 s gave back 25 tokens, not a window
+    assert int(raw.headers["x-ratelimit-remaining-tokens"]) == 25 - prompt - 1
 
 
 def test_anthropic_input_and_output_buckets(make_provider: MakeProvider) -> None:
@@ -555,7 +559,10 @@ def test_anthropic_input_and_output_buckets(make_provider: MakeProvider) -> None
     headers = refused.value.response.headers
     assert headers["retry-after"] == str(math.ceil((prompt - (30 - 2 * prompt)) / 0.5))
     assert refused.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
-    reset = datetime.fromisoformat(headers["anthropic-ratelimit-input-tokens-reset"])
+    # RFC 3339 with "Z", as Anthropic sends it (fromisoformat reads "Z" from Python 3.11 on)
+    reset_text = headers["anthropic-ratelimit-input-tokens-reset"]
+    assert reset_text.endswith("Z")
+    reset = datetime.fromisoformat(reset_text.removesuffix("Z") + "+00:00")
     assert reset.tzinfo is not None
     assert headers["anthropic-ratelimit-requests-limit"] == "100"
 

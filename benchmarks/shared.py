@@ -82,10 +82,10 @@ def steady_utilization(samples: list[tuple[float, float]], last_admission: float
     return charged / refill
 
 
-def provider(**limits: Any) -> Any:
+def provider(**options: Any) -> Any:
     from rate_limited.testing import MockProvider
 
-    return MockProvider(latency=0.2, jitter=0.3, **limits)
+    return MockProvider(latency=0.2, jitter=0.3, **options)
 
 
 def cell_quota(redis_url: str, ledger: str) -> list[str]:
@@ -221,15 +221,14 @@ def cell_overhead(redis_url: str, calls: int = 5000) -> list[list[str]]:
     ]
 
 
-def cell_dask(redis_url: str) -> list[str]:
+def cell_dask(redis_url: str, rows: int = 10_000) -> list[str]:
     import dask.dataframe as dd
     import pandas as pd
     from distributed import Client, LocalCluster
 
     from rate_limited.dask import apply
-    from tests.dask_jobs import make_runner, row_to_kwargs
+    from tests.dask_jobs import answers_row, make_runner, reply_with_row_id, row_to_kwargs
 
-    rows = 10_000
     os.environ["PYTHONPATH"] = str(ROOT)
     os.environ["RATE_LIMITED_STORE_SECRET"] = "benchmark-secret"
     name = uuid.uuid4().hex[:6]
@@ -239,7 +238,7 @@ def cell_dask(redis_url: str) -> list[str]:
     )  # fmt: skip
     rpm, tpm = 6_000, 10_000_000
     with (
-        provider(rpm=rpm, tpm=tpm) as mp,
+        provider(rpm=rpm, tpm=tpm, reply=reply_with_row_id) as mp,
         LocalCluster(
             n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
         ) as cluster,
@@ -252,8 +251,7 @@ def cell_dask(redis_url: str) -> list[str]:
         seconds = time.monotonic() - began
         stats = mp.stats()
     exact = out.index.equals(frame.index) and all(
-        r.choices[0].message.content.startswith(f"Row {i}:")
-        for i, r in zip(out.index, out["result"], strict=True)
+        answers_row(r, i) for i, r in zip(out.index, out["result"], strict=True)
     )
     return [
         f"{rows:,} rows, 8 partitions, 2 worker processes",

@@ -25,3 +25,21 @@ def row_to_kwargs(row: Any) -> dict[str, Any]:
         "messages": [{"role": "user", "content": f"Row {row['id']}: {row['text']}"}],
         "max_tokens": int(row["max_tokens"]),
     }
+
+
+def reply_with_row_id(prompt: str) -> str:
+    """The MockProvider's reply to a row's prompt: the row's id first (``reply=`` this).
+
+    The mock's default echo fits the prompt into the reply's output tokens, drawn at
+    random: a reply a few tokens long cuts ``"Row 1234:"`` to ``"Row"`` or ``"Row 1234"``
+    (about 1 in 10,000 replies), which a check on the echo would report as a wrong result.
+    An id below 10,000 is one token, and every reply has at least one: each row's answer
+    names its row.
+    """
+    return prompt.removeprefix("Row ").partition(":")[0]
+
+
+def answers_row(result: Any, row_id: int) -> bool:
+    """Whether the chat completion ``result`` is the answer to the row whose id is ``row_id``."""
+    words = result.choices[0].message.content.split()
+    return bool(words) and words[0] == str(row_id)

@@ -12,7 +12,7 @@ import pytest
 from rate_limited import LedgerWarning
 from rate_limited.exceptions import ConfigurationError
 from rate_limited.testing import MockProvider
-from tests.dask_jobs import make_runner, row_to_kwargs
+from tests.dask_jobs import answers_row, make_runner, reply_with_row_id, row_to_kwargs
 from tests.shared import ROOT
 from tests.stores.conftest import redis_url  # noqa: F401 - the session's redis-server
 
@@ -60,7 +60,7 @@ def test_partitions_on_worker_processes_share_one_quota(
     base = redis_url.rpartition("/")[0]
     df = frame(rows)
     ddf = dd.from_pandas(df, npartitions=6)
-    with MockProvider(rpm=RPM, tpm=TPM, latency=0.05) as mp:
+    with MockProvider(rpm=RPM, tpm=TPM, latency=0.05, reply=reply_with_row_id) as mp:
         make = functools.partial(
             make_runner,
             mp.base_url,
@@ -76,8 +76,7 @@ def test_partitions_on_worker_processes_share_one_quota(
     assert out.index.equals(ddf.index.compute())  # aligned to the input, row for row
     assert (out["status"] == "succeeded").all()
     for label, value in zip(out.index, out["result"], strict=True):
-        row = df.loc[label]
-        assert value.choices[0].message.content.startswith(f"Row {row['id']}:")
+        assert answers_row(value, df.loc[label, "id"]), (label, value)
     assert stats.rejected == 0
     assert stats.requests == rows
 

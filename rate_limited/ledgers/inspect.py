@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from rate_limited.exceptions import LedgerUnavailableError
 from rate_limited.ledgers import _lua
-from rate_limited.ledgers.redis import _ROOT, _redacted, parse_url
+from rate_limited.ledgers._redis_link import ROOT, parse_url, redacted
 
 __all__ = ["inspect", "reset"]
 
@@ -34,16 +34,14 @@ def _connect(url: str) -> tuple[Any, str | None]:
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise LedgerUnavailableError(
-            f"can't reach Redis at {_redacted(client_url)}: {exc}"
-        ) from exc
+        raise LedgerUnavailableError(f"can't reach Redis at {redacted(client_url)}: {exc}") from exc
     return client, name if named else None
 
 
 def _names(client: Any) -> list[str]:
     names = set()
-    for key in client.scan_iter(match=f"{_ROOT}{{*}}:*", count=1000):
-        names.add(key[len(_ROOT) + 1 : key.index("}:", len(_ROOT))])
+    for key in client.scan_iter(match=f"{ROOT}{{*}}:*", count=1000):
+        names.add(key[len(ROOT) + 1 : key.index("}:", len(ROOT))])
     return sorted(names)
 
 
@@ -53,14 +51,14 @@ def inspect(url: str) -> str:
     try:
         names = [name] if name is not None else _names(client)
         if not names:
-            return f"No shared ledger on {_redacted(url)}."
+            return f"No shared ledger on {redacted(url)}."
         return "\n\n".join(_one(client, n) for n in names)
     finally:
         client.close()
 
 
 def _one(client: Any, name: str) -> str:
-    prefix = f"{_ROOT}{{{name}}}:"
+    prefix = f"{ROOT}{{{name}}}:"
     script = client.register_script(_lua.SCRIPT)
     lines = [f"Ledger {name!r}"]
     meters = sorted(client.scan_iter(match=_escape(prefix) + "m:*", count=1000))
@@ -129,7 +127,7 @@ def reset(url: str) -> int:
             raise LedgerUnavailableError(
                 "ledger reset needs the ledger's ?name= in the URL (it deletes one ledger)."
             )
-        keys = list(client.scan_iter(match=_escape(f"{_ROOT}{{{name}}}:") + "*", count=1000))
+        keys = list(client.scan_iter(match=_escape(f"{ROOT}{{{name}}}:") + "*", count=1000))
         for start in range(0, len(keys), 1000):
             client.delete(*keys[start : start + 1000])
         return len(keys)

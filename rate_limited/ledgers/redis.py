@@ -14,7 +14,8 @@ and the engine does not know which of the two it has.
   the actual usage; ``settle="reserved"`` bills the estimate at admission, keeps it, and
   bills only what a result has above it. A partitioned resource has one meter per key.
 * **Leases.** Every reservation is held under its process's lease (a *holder*), renewed by
-  a keeper thread every ``lease / 4`` seconds. A process that dies (SIGKILL, a lost
+  a keeper thread every ``lease / 4`` seconds (``rate_limited.ledgers._redis_link``, with
+  the connection and the queue of settlements). A process that dies (SIGKILL, a lost
   machine) stops renewing; once its lease is past, the next script any process runs bills
   each of its reservations as the provider would have billed the call, which may have been
   sent (what it held is billed whole, as ``keep`` does), and frees the rest.
@@ -40,24 +41,12 @@ as the presets do.
 from __future__ import annotations
 
 import json
-import logging
 import math
-import os
-import socket
-import threading
-import time
-import uuid
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from rate_limited.exceptions import (
-    ConfigurationError,
-    LedgerUnavailableError,
-    LedgerWarning,
-    UnknownResourceError,
-)
-from rate_limited.ledgers import _lua
+from rate_limited.exceptions import ConfigurationError, UnknownResourceError
+from rate_limited.ledgers._redis_link import RETRY_FIRST, RedisLink, num, parse_url
 from rate_limited.ledgers.base import Demand, Earlier, Settle
 
 if TYPE_CHECKING:
@@ -65,57 +54,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisLedger", "RedisReservation", "parse_url"]
 
-logger = logging.getLogger("rate_limited")
-
-#: Default seconds a holder's lease lasts without renewal (a dead process's reservations
-#: come back at most this long after it died, plus one renewal period).
-DEFAULT_LEASE = 20.0
 #: Most seconds a call waiting for reservations of other processes sleeps between looks.
 POLL = 0.2
-#: Seconds a queued settlement waits for an admission to take it before it goes alone.
-_BATCH_WAIT = 0.005
-#: Seconds between attempts to reach Redis again once it is lost: first, and most.
-_RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
-_ROOT = "rate_limited:ledger:"
-
-
-def parse_url(url: str) -> tuple[str, str, float]:
-    """``redis://host:port/db?name=N&lease=S`` -> (the URL for redis-py, name, lease).
-
-    ``name`` (default ``"default"``) names the shared ledger: Runners with the same name on
-    the same Redis share their quotas. ``lease`` is in seconds (default 20)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigurationError(
-            f"ledger= must be a redis://, rediss:// or unix:// URL (or None for the "
-            f"in-process ledger), got {_redacted(url)!r}."
-        )
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    ours = {k: v for k, v in query if k in ("name", "lease")}
-    rest = urlencode([(k, v) for k, v in query if k not in ("name", "lease")])
-    name = ours.get("name") or "default"
-    try:
-        lease = float(ours.get("lease", DEFAULT_LEASE))
-    except ValueError:
-        lease = math.nan
-    if not (0.2 <= lease < math.inf):
-        raise ConfigurationError(
-            f"lease= in the ledger URL must be a number of seconds >= 0.2, got "
-            f"{ours.get('lease')!r}."
-        )
-    return urlunsplit(parts._replace(query=rest)), name, lease
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
-def _num(value: float) -> str:
-    return repr(float(value))
 
 
 def _partition_text(key: Hashable) -> str:
@@ -183,76 +123,28 @@ class RedisLedger:
         socket_timeout: float = 2.0,
         poll: float = POLL,
     ) -> None:
-        try:
-            import redis
-        except ImportError as exc:
-            raise ImportError(
-                "ledger='redis://...' needs the redis package: pip install 'rate_limited[redis]'"
-            ) from exc
-        client_url, self.name, self.lease = parse_url(url)
-        #: The server's URL, password hidden.
-        self.url = _redacted(client_url)
+        client_url, name, lease = parse_url(url)
+        self._link = RedisLink(client_url, name, lease, owner=owner, socket_timeout=socket_timeout)
+        self.name, self.lease, self.url = name, lease, self._link.url
+        self.prefix, self.holder = self._link.prefix, self._link.holder
         self.names = [r.name for r in resources]
         self._resources = list(resources)
         self._rules: tuple[Settle, ...] = tuple(r.settle for r in resources)
-        self.prefix = f"{_ROOT}{{{self.name}}}:"
         self.poll = poll
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._info = json.dumps(
-            {"host": socket.gethostname(), "pid": os.getpid(), "owner": owner, "since": time.time()}
-        )
-        self._down_errors = (redis.ConnectionError, redis.TimeoutError)
-        try:
-            self._client: redis.Redis = redis.Redis.from_url(
-                client_url,
-                socket_connect_timeout=socket_timeout,
-                socket_timeout=socket_timeout,
-                decode_responses=True,
-            )
-            self._client.ping()
-        except (ValueError, redis.RedisError) as exc:
-            raise LedgerUnavailableError(
-                f"can't reach the shared ledger's Redis at {self.url} ({exc}). Is "
-                "redis-server running and reachable there? Start it, fix the URL, or leave "
-                "ledger= out for a ledger of this process only."
-            ) from exc
-        self._script = self._client.register_script(_lua.SCRIPT)
         self._check_declarations()
         self._specs: dict[tuple[int, Hashable], list[str]] = {}
         self._quotas: dict[tuple[int, Hashable], float] = {}
         #: The answer of the last admission that failed: (demand, now, per resource
         #: (seconds until it fits, needed, quota)); the waiting questions reuse it.
         self._last: tuple[Demand, float, list[tuple[float, float, float]]] | None = None
-        #: Settling operations not sent yet, in order: they go with the next admission
-        #: (one round trip per call), or from the sender thread if none comes within
-        #: ``_BATCH_WAIT``; they stay here while Redis is away.
-        self._outbox: list[tuple[str, list[str]]] = []
-        self._send_soon = threading.Event()
-        self._armed = False  # the sender thread was told, and has not flushed yet
-        self._lock = threading.Lock()
-        self._down_since: float | None = None
-        self._retry_at = -math.inf
-        self._failures = 0
-        self._notices: list[tuple[type[Warning], str]] = []
-        self._waiting_release = False
         self._reported = False
-        self._wake: Callable[[], None] | None = None
-        self._closed = threading.Event()
-        self._heartbeat()
-        self._keeper = threading.Thread(
-            target=self._keep_alive, name=f"rate_limited-ledger-{self.name}", daemon=True
-        )
-        self._keeper.start()
-        self._sender = threading.Thread(
-            target=self._send_queued, name=f"rate_limited-ledger-{self.name}-send", daemon=True
-        )
-        self._sender.start()
+        self._link.start()
 
     def __repr__(self) -> str:
-        state = "unreachable" if self._down_since is not None else "connected"
+        state = "unreachable" if self._link.down_since is not None else "connected"
         return (
             f"<RedisLedger {self.url} name={self.name!r} lease={self.lease:g}s {state}; "
-            f"{len(self._outbox)} settlements to send>"
+            f"{len(self._link.outbox)} settlements to send>"
         )
 
     # -- set-up ------------------------------------------------------------------------------
@@ -269,8 +161,8 @@ class RedisLedger:
                     "partitioned": resource.partition is not None,
                 }
             )
-            self._client.hsetnx(meta, resource.name, declared)
-            stored: Any = self._client.hget(meta, resource.name)
+            self._link.client.hsetnx(meta, resource.name, declared)
+            stored: Any = self._link.client.hget(meta, resource.name)
             if stored != declared:
                 raise ConfigurationError(
                     f"Resource {resource.name!r} is declared {declared} here but {stored} in "
@@ -282,31 +174,20 @@ class RedisLedger:
     def watch(self, wake: Callable[[], None]) -> None:
         """``wake()`` (thread-safe) is called when another process gives back a
         reservation a waiting call needs."""
-        self._wake = wake
+        self._link.wake = wake
 
     def close(self) -> None:
         """Stop renewing the lease and give up what this process still holds (kept, as
         if it had died: a call still running may have been sent)."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        self._send_soon.set()
-        self._keeper.join(timeout=2.0)
-        self._sender.join(timeout=2.0)
-        try:
-            self._run("release_holder", [self.holder])
-        except self._down_errors:
-            logger.warning(
-                "The shared ledger at %s is unreachable: this process's reservations come "
-                "back when its lease expires",
-                self.url,
-            )
-        finally:
-            self._client.close()
+        self._link.close()
 
     @property
     def closed(self) -> bool:
-        return self._closed.is_set()
+        return self._link.closed
+
+    def take_notices(self) -> list[tuple[type[Warning], str]]:
+        """Warnings for the thread that called ``run()`` (see ``Engine.take_notices``)."""
+        return self._link.take_notices()
 
     # -- meters ------------------------------------------------------------------------------
     @property
@@ -320,9 +201,9 @@ class RedisLedger:
             spec = self._specs[(index, key)] = [
                 f"{self.prefix}m:{r.name}:{_partition_text(key)}",
                 r.refill,
-                _num(r.quota_for(key)),
-                _num(r.time_window_seconds),
-                _num(r.refill_delay),
+                num(r.quota_for(key)),
+                num(r.time_window_seconds),
+                num(r.refill_delay),
             ]
         return spec
 
@@ -343,138 +224,23 @@ class RedisLedger:
         list operation per meter in Redis, so not before)."""
         self._reported = True
 
-    # -- talking to Redis -----------------------------------------------------------------------
-    def _send(self, ops: list[tuple[str, list[str]]]) -> Any:
-        """Run ``ops`` in one script call (the caller holds the lock); a lost connection
-        is noted (a warning) and raised."""
-        args = [self.prefix]
-        for name, op_args in ops:
-            args += [name, str(len(op_args)), *op_args]
-        try:
-            result = self._script(args=args)
-        except self._down_errors as exc:
-            self._lost(exc)
-            raise
-        if self._down_since is not None:
-            self._back()
-        return result
-
-    def _run(self, op: str, args: list[str]) -> Any:
-        """Run ``op`` now, after the operations queued before it, in one round trip."""
-        with self._lock:
-            result = self._send([*self._outbox, (op, args)])
-            self._outbox.clear()
-        return result
-
-    def _tell(self, op: str, args: list[str]) -> None:
-        """Queue a settling operation (never raises: the call's result matters more than
-        this bookkeeping, which waits for Redis if it is away)."""
-        with self._lock:
-            self._outbox.append((op, args))
-            if self._armed:
-                return  # the sender thread is due already: one wake-up per batch
-            self._armed = True
-        self._send_soon.set()
-
-    def _flush(self) -> None:
-        with self._lock:
-            if self._outbox:
-                ops = list(self._outbox)
-                self._send(ops)
-                del self._outbox[: len(ops)]
-
-    def _send_queued(self) -> None:
-        """The sender thread: what is queued and not taken by an admission within
-        ``_BATCH_WAIT`` goes on its own (so that other processes see it soon)."""
-        while not self._closed.is_set():
-            self._send_soon.wait()
-            if self._closed.wait(_BATCH_WAIT):
-                return
-            self._send_soon.clear()
-            with self._lock:
-                self._armed = False
-            try:
-                self._flush()
-            except self._down_errors:
-                self._send_soon.set()  # again once Redis may be back
-                self._closed.wait(max(0.0, self._retry_at - time.monotonic()))
-            except Exception:  # a bug: say so, keep the operations, try again later
-                logger.exception("The shared ledger could not send its settlements")
-                self._closed.wait(1.0)
-
-    def _lost(self, exc: BaseException) -> None:
-        self._failures += 1
-        delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** min(self._failures - 1, 10))
-        self._retry_at = time.monotonic() + delay
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-            text = (
-                f"Lost the shared ledger's Redis at {self.url} ({exc}): nothing is admitted "
-                "until it is back; calls already running finish, their results are kept, and "
-                "what they used is billed to it once it is back."
-            )
-            logger.warning("%s", text)
-            self._notices.append((LedgerWarning, text))
-
-    def _back(self) -> None:
-        seconds = time.monotonic() - (self._down_since or time.monotonic())
-        self._down_since, self._failures, self._retry_at = None, 0, -math.inf
-        logger.warning("The shared ledger's Redis at %s is back after %.1f s", self.url, seconds)
-
-    def take_notices(self) -> list[tuple[type[Warning], str]]:
-        """Warnings for the thread that called ``run()`` (see ``Engine.take_notices``)."""
-        notices, self._notices = self._notices, []
-        return notices
-
-    # -- the keeper thread ---------------------------------------------------------------------
-    def _heartbeat(self) -> None:
-        self._run("heartbeat", [self.holder, _num(self.lease), self._info])
-
-    def _keep_alive(self) -> None:
-        """Renew the lease every ``lease / 4`` s and pass on ``freed`` notifications."""
-        period = self.lease / 4
-        pubsub = None
-        while not self._closed.is_set():
-            try:
-                if pubsub is None:
-                    pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-                    pubsub.subscribe(self.prefix + "freed")
-                self._heartbeat()
-                due = time.monotonic() + period
-                while not self._closed.is_set() and (left := due - time.monotonic()) > 0:
-                    message = pubsub.get_message(timeout=min(left, 0.25))
-                    if message is not None and self._waiting_release and self._wake:
-                        self._waiting_release = False
-                        self._wake()
-            except self._down_errors as exc:
-                self._lost(exc)
-                if pubsub is not None:
-                    pubsub.close()
-                    pubsub = None
-                self._closed.wait(max(0.0, self._retry_at - time.monotonic()))
-            except Exception:  # never let the lease lapse silently on a bug
-                logger.exception("The shared ledger's keeper thread failed; retrying")
-                self._closed.wait(period)
-        if pubsub is not None:
-            pubsub.close()
-
     # -- admission and settlement --------------------------------------------------------------
     def try_reserve(
         self, demand: Demand, now: float, *, defer: bool = False
     ) -> RedisReservation | None:
         """Admit a call needing ``demand`` on every shared meter at once, or return None."""
-        if self._down_since is not None and time.monotonic() < self._retry_at:
+        if self._link.paused:
             return None
         entries = []
         track = "1" if self._reported else "0"
-        args = [self.holder, _num(self.lease), "1" if defer else "0", track, str(len(demand))]
+        args = [self.holder, num(self.lease), "1" if defer else "0", track, str(len(demand))]
         for index, need in enumerate(demand):
-            entry = [*self._spec(index, need[2]), self._rules[index], _num(need[0]), _num(need[1])]
+            entry = [*self._spec(index, need[2]), self._rules[index], num(need[0]), num(need[1])]
             entries.append(entry)
             args += entry
         try:
-            out = self._run("reserve", args)
-        except self._down_errors:
+            out = self._link.run("reserve", args)
+        except self._link.down_errors:
             return None
         if int(out[0]) != 1:
             waits = []
@@ -496,7 +262,7 @@ class RedisLedger:
         )
 
     def _finish(self, reservation: RedisReservation, op: str, *extra: str) -> None:
-        self._tell("finish", [self.holder, _num(self.lease), reservation.lease, op, *extra])
+        self._link.tell("finish", [self.holder, num(self.lease), reservation.lease, op, *extra])
 
     def begin(self, reservation: RedisReservation, now: float) -> None:
         """The call started (its thread took it): bill what admission held, now (the
@@ -511,7 +277,7 @@ class RedisLedger:
     ) -> list[float]:
         reservation.deferred = False
         entries = json.dumps([e[:8] for e in reservation.entries])
-        self._finish(reservation, "settle", entries, *map(_num, results_usage))
+        self._finish(reservation, "settle", entries, *map(num, results_usage))
         billed = []  # what the script bills for the results, by each resource's rule
         for rule, need, actual in zip(
             reservation.rules, reservation.demand, results_usage, strict=True
@@ -542,8 +308,8 @@ class RedisLedger:
         """Bill a late result's usage, which no reservation holds."""
         args = [str(len(demand))]
         for index, (need, amount) in enumerate(zip(demand, amounts, strict=True)):
-            args += [*self._spec(index, need[2]), _num(amount)]
-        self._tell("bill", args)
+            args += [*self._spec(index, need[2]), num(amount)]
+        self._link.tell("bill", args)
 
     def charge_earlier(self, earlier: Iterable[Earlier], now: float) -> None:
         """Nothing to do: the calls an earlier process made through this ledger were
@@ -556,14 +322,14 @@ class RedisLedger:
         last = self._last
         if last is not None and last[0] is demand and last[1] == now:
             return last[2]
-        if self._down_since is not None and time.monotonic() < self._retry_at:
+        if self._link.paused:
             return None
         args = [str(len(demand))]
         for index, need in enumerate(demand):
-            args += [*self._spec(index, need[2]), _num(need[0] + need[1])]
+            args += [*self._spec(index, need[2]), num(need[0] + need[1])]
         try:
-            out = self._run("peek", args)
-        except self._down_errors:
+            out = self._link.run("peek", args)
+        except self._link.down_errors:
             return None
         waits = []
         for i, need in enumerate(demand):
@@ -577,13 +343,13 @@ class RedisLedger:
         if it can never fit; a look after ``poll`` s at most if it waits for a release."""
         waits = self._waits(demand, now)
         if waits is None:  # Redis away: look again after the retry delay
-            return max(now + _RETRY_FIRST, now + self._retry_at - time.monotonic())
+            return now + max(RETRY_FIRST, self._link.retry_in())
         when = now
         for seconds, _, _ in waits:
             if seconds == -2:
                 return math.inf
             if seconds == -1:
-                self._waiting_release = True
+                self._link.waiting_release = True
                 when = max(when, now + self.poll)
             else:
                 when = max(when, now + seconds)
@@ -620,7 +386,7 @@ class RedisLedger:
         args = [str(len(specs))]
         for spec in specs:
             args += [*spec, "0"]
-        out = self._run("peek", args)
+        out = self._link.run("peek", args)
         return [
             (float(out[1 + 4 * i]), float(out[2 + 4 * i]), float(out[3 + 4 * i]))
             for i in range(len(specs))
@@ -633,7 +399,7 @@ class RedisLedger:
         if known is None:
             try:
                 known = self._peek([self._spec(index, key)])[0][2]
-            except self._down_errors:
+            except self._link.down_errors:
                 known = float(self._resources[index].quota_for(key))
             self._quotas[(index, key)] = known
         return known
@@ -643,7 +409,7 @@ class RedisLedger:
         index = self._index(resource)
         key = partition if self._resources[index].partition is not None else None
         self._quotas[(index, key)] = float(quota)
-        self._tell("set_quota", [*self._spec(index, key), _num(quota)])
+        self._link.tell("set_quota", [*self._spec(index, key), num(quota)])
 
     def reconcile(
         self,
@@ -677,14 +443,14 @@ class RedisLedger:
         args = [
             *spec,
             str(admission.numbers[index]),
-            _num(remaining),
-            _num(precision),
+            num(remaining),
+            num(precision),
             "1" if refused else "0",
-            _num(charge),
-            _num(held),
-            _num(corrected),
+            num(charge),
+            num(held),
+            num(corrected),
         ]
-        self._tell("reconcile", args)
+        self._link.tell("reconcile", args)
         return 0.0  # billed with the next operation; nobody reads the amount
 
     # -- display -------------------------------------------------------------------------------
@@ -698,7 +464,7 @@ class RedisLedger:
         keys += [k for k in list(self._specs) if self._resources[k[0]].partition is not None]
         try:
             states = self._peek([self._spec(i, key) for i, key in keys]) if keys else []
-        except self._down_errors:
+        except self._link.down_errors:
             states = []
         for (index, _), state in zip(keys, states, strict=False):
             name = self.names[index]
@@ -713,6 +479,6 @@ class RedisLedger:
         keys = [k for k in list(self._specs) if self._resources[k[0]].partition is not None]
         try:
             states = self._peek([self._spec(i, key) for i, key in keys]) if keys else []
-        except self._down_errors:
+        except self._link.down_errors:
             return {}
         return {(self.names[i], key): state for (i, key), state in zip(keys, states, strict=True)}

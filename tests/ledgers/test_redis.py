@@ -244,8 +244,8 @@ def test_a_dead_holders_reservations_come_back(make: Callable[..., RedisLedger])
     dead, alive = make([tokens(quota=1000)]), make([tokens(quota=1000)])
     assert dead.try_reserve([(100.0, 200.0, None)], 0.0) is not None
     assert alive.try_reserve([(100.0, 200.0, None)], 0.0) is not None
-    dead._closed.set()  # as SIGKILL: it stops renewing its lease and never settles
-    dead._keeper.join()
+    dead._link._closed.set()  # as SIGKILL: it stops renewing its lease and never settles
+    dead._link.keeper.join()
     assert held(alive)["tokens"][1] == 400.0
     # past its lease (1 s), the next script any process runs bills it as kept: its held
     # estimate becomes used (it may have been sent), and the reservation is gone
@@ -317,7 +317,7 @@ def test_redis_lost_mid_run_pauses_admission_and_loses_nothing() -> None:
     started_while_down: list[int] = []
 
     def restart_when_noticed(ledger: RedisLedger) -> None:
-        wait_for(lambda: ledger._down_since is not None)
+        wait_for(lambda: ledger._link.down_since is not None)
         down.clear()  # no server runs until the new one is started: it can't admit before
         server[0] = _redis_server(port)
 
@@ -343,7 +343,7 @@ def test_redis_lost_mid_run_pauses_admission_and_loses_nothing() -> None:
         assert started_while_down == []  # nothing admitted without the shared view
         # what call 0 used was billed to the new server once it was back
         client = redis.Redis(port=port)
-        wait_for(lambda: not runner._ledger._outbox)
+        wait_for(lambda: not runner._ledger._link.outbox)
         assert client.exists("rate_limited:ledger:{outage}:m:requests:")
         client.close()
     finally:

@@ -1,0 +1,309 @@
+"""The shared ledger's link to Redis: the connection, the lease and the two threads.
+
+``RedisLedger`` (``rate_limited.ledgers.redis``) decides what to ask Redis (its meters and
+script calls); this module carries the asking:
+
+* **One round trip per call.** Settling operations (``tell``) are queued and go with the
+  next admission (``run``), in order, in one script call; the *sender* thread sends those
+  no admission takes within ``_BATCH_WAIT``, so that other processes see them soon.
+* **The lease.** The process holds its reservations under a *holder* id whose lease the
+  *keeper* thread renews every ``lease / 4`` seconds (a process that dies stops renewing,
+  and others take back what it held). The keeper also passes the ``freed`` notifications
+  (Redis pub/sub) on to a call waiting for reservations others hold.
+* **Redis lost.** A failed call marks the link down (a ``LedgerWarning`` for the thread
+  that called ``run()``) and is retried after a growing delay (``paused`` until then);
+  queued operations stay queued and go, in order, once it is back.
+
+Also here: the ``redis://`` URL's parsing (``parse_url``), shared with ``ledger inspect``
+and the presets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from rate_limited.exceptions import ConfigurationError, LedgerUnavailableError, LedgerWarning
+from rate_limited.ledgers import _lua
+
+__all__ = ["DEFAULT_LEASE", "ROOT", "RedisLink", "num", "parse_url", "redacted"]
+
+logger = logging.getLogger("rate_limited")
+
+#: Default seconds a holder's lease lasts without renewal (a dead process's reservations
+#: come back at most this long after it died, plus one renewal period).
+DEFAULT_LEASE = 20.0
+#: Seconds a queued settlement waits for an admission to take it before it goes alone.
+_BATCH_WAIT = 0.005
+#: Seconds between attempts to reach Redis again once it is lost: first, and most.
+RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
+#: Every shared ledger's keys start with this, then ``{name}:``.
+ROOT = "rate_limited:ledger:"
+
+
+def parse_url(url: str) -> tuple[str, str, float]:
+    """``redis://host:port/db?name=N&lease=S`` -> (the URL for redis-py, name, lease).
+
+    ``name`` (default ``"default"``) names the shared ledger: Runners with the same name on
+    the same Redis share their quotas. ``lease`` is in seconds (default 20)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError(
+            f"ledger= must be a redis://, rediss:// or unix:// URL (or None for the "
+            f"in-process ledger), got {redacted(url)!r}."
+        )
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in ("name", "lease")}
+    rest = urlencode([(k, v) for k, v in query if k not in ("name", "lease")])
+    name = ours.get("name") or "default"
+    try:
+        lease = float(ours.get("lease", DEFAULT_LEASE))
+    except ValueError:
+        lease = math.nan
+    if not (0.2 <= lease < math.inf):
+        raise ConfigurationError(
+            f"lease= in the ledger URL must be a number of seconds >= 0.2, got "
+            f"{ours.get('lease')!r}."
+        )
+    return urlunsplit(parts._replace(query=rest)), name, lease
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password hidden."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def num(value: float) -> str:
+    """A number as the Lua script reads it."""
+    return repr(float(value))
+
+
+class RedisLink:
+    """One process's connection to a shared ledger ``name`` in the Redis at ``client_url``:
+    the script calls, in order, and the holder's lease."""
+
+    def __init__(
+        self, client_url: str, name: str, lease: float, *, owner: str, socket_timeout: float
+    ) -> None:
+        try:
+            import redis
+        except ImportError as exc:
+            raise ImportError(
+                "ledger='redis://...' needs the redis package: pip install 'rate_limited[redis]'"
+            ) from exc
+        self.name, self.lease = name, lease
+        #: The server's URL, password hidden.
+        self.url = redacted(client_url)
+        self.prefix = f"{ROOT}{{{name}}}:"
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._info = json.dumps(
+            {"host": socket.gethostname(), "pid": os.getpid(), "owner": owner, "since": time.time()}
+        )
+        #: What a lost connection raises (the caller treats it as "Redis away").
+        self.down_errors = (redis.ConnectionError, redis.TimeoutError)
+        try:
+            self.client: redis.Redis = redis.Redis.from_url(
+                client_url,
+                socket_connect_timeout=socket_timeout,
+                socket_timeout=socket_timeout,
+                decode_responses=True,
+            )
+            self.client.ping()
+        except (ValueError, redis.RedisError) as exc:
+            raise LedgerUnavailableError(
+                f"can't reach the shared ledger's Redis at {self.url} ({exc}). Is "
+                "redis-server running and reachable there? Start it, fix the URL, or leave "
+                "ledger= out for a ledger of this process only."
+            ) from exc
+        self._script = self.client.register_script(_lua.SCRIPT)
+        #: Settling operations not sent yet, in order: they go with the next ``run`` (one
+        #: round trip per call), or from the sender thread if none comes within
+        #: ``_BATCH_WAIT``; they stay here while Redis is away.
+        self.outbox: list[tuple[str, list[str]]] = []
+        self._send_soon = threading.Event()
+        self._armed = False  # the sender thread was told, and has not flushed yet
+        self._lock = threading.Lock()
+        #: When (monotonic) Redis was lost, None while it is reachable.
+        self.down_since: float | None = None
+        self._retry_at = -math.inf
+        self._failures = 0
+        self._notices: list[tuple[type[Warning], str]] = []
+        #: Set by a call that waits for reservations others hold: the next ``freed``
+        #: notification calls ``wake`` (then clears it).
+        self.waiting_release = False
+        self.wake: Callable[[], None] | None = None
+        self._closed = threading.Event()
+        self.keeper = threading.Thread(
+            target=self._keep_alive, name=f"rate_limited-ledger-{name}", daemon=True
+        )
+        self._sender = threading.Thread(
+            target=self._send_queued, name=f"rate_limited-ledger-{name}-send", daemon=True
+        )
+
+    def start(self) -> None:
+        """Take the lease, then start the keeper and sender threads."""
+        self._heartbeat()
+        self.keeper.start()
+        self._sender.start()
+
+    def close(self) -> None:
+        """Stop renewing the lease and give up what this process still holds (kept, as
+        if it had died: a call still running may have been sent)."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._send_soon.set()
+        for thread in (self.keeper, self._sender):
+            if thread.is_alive():
+                thread.join(timeout=2.0)
+        try:
+            self.run("release_holder", [self.holder])
+        except self.down_errors:
+            logger.warning(
+                "The shared ledger at %s is unreachable: this process's reservations come "
+                "back when its lease expires",
+                self.url,
+            )
+        finally:
+            self.client.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    @property
+    def paused(self) -> bool:
+        """Redis is away and the next attempt to reach it is not due yet."""
+        return self.down_since is not None and time.monotonic() < self._retry_at
+
+    def retry_in(self) -> float:
+        """Seconds until the next attempt to reach Redis (negative: due)."""
+        return self._retry_at - time.monotonic()
+
+    # -- talking to Redis -----------------------------------------------------------------------
+    def _send(self, ops: list[tuple[str, list[str]]]) -> Any:
+        """Run ``ops`` in one script call (the caller holds the lock); a lost connection
+        is noted (a warning) and raised."""
+        args = [self.prefix]
+        for name, op_args in ops:
+            args += [name, str(len(op_args)), *op_args]
+        try:
+            result = self._script(args=args)
+        except self.down_errors as exc:
+            self._lost(exc)
+            raise
+        if self.down_since is not None:
+            self._back()
+        return result
+
+    def run(self, op: str, args: list[str]) -> Any:
+        """Run ``op`` now, after the operations queued before it, in one round trip."""
+        with self._lock:
+            result = self._send([*self.outbox, (op, args)])
+            self.outbox.clear()
+        return result
+
+    def tell(self, op: str, args: list[str]) -> None:
+        """Queue a settling operation (never raises: the call's result matters more than
+        this bookkeeping, which waits for Redis if it is away)."""
+        with self._lock:
+            self.outbox.append((op, args))
+            if self._armed:
+                return  # the sender thread is due already: one wake-up per batch
+            self._armed = True
+        self._send_soon.set()
+
+    def _flush(self) -> None:
+        with self._lock:
+            if self.outbox:
+                ops = list(self.outbox)
+                self._send(ops)
+                del self.outbox[: len(ops)]
+
+    def _send_queued(self) -> None:
+        """The sender thread: what is queued and not taken by an admission within
+        ``_BATCH_WAIT`` goes on its own (so that other processes see it soon)."""
+        while not self._closed.is_set():
+            self._send_soon.wait()
+            if self._closed.wait(_BATCH_WAIT):
+                return
+            self._send_soon.clear()
+            with self._lock:
+                self._armed = False
+            try:
+                self._flush()
+            except self.down_errors:
+                self._send_soon.set()  # again once Redis may be back
+                self._closed.wait(max(0.0, self.retry_in()))
+            except Exception:  # a bug: say so, keep the operations, try again later
+                logger.exception("The shared ledger could not send its settlements")
+                self._closed.wait(1.0)
+
+    def _lost(self, exc: BaseException) -> None:
+        self._failures += 1
+        delay = min(_RETRY_MAX, RETRY_FIRST * 2 ** min(self._failures - 1, 10))
+        self._retry_at = time.monotonic() + delay
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            text = (
+                f"Lost the shared ledger's Redis at {self.url} ({exc}): nothing is admitted "
+                "until it is back; calls already running finish, their results are kept, and "
+                "what they used is billed to it once it is back."
+            )
+            logger.warning("%s", text)
+            self._notices.append((LedgerWarning, text))
+
+    def _back(self) -> None:
+        seconds = time.monotonic() - (self.down_since or time.monotonic())
+        self.down_since, self._failures, self._retry_at = None, 0, -math.inf
+        logger.warning("The shared ledger's Redis at %s is back after %.1f s", self.url, seconds)
+
+    def take_notices(self) -> list[tuple[type[Warning], str]]:
+        """Warnings for the thread that called ``run()`` (see ``Engine.take_notices``)."""
+        notices, self._notices = self._notices, []
+        return notices
+
+    # -- the keeper thread ---------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        self.run("heartbeat", [self.holder, num(self.lease), self._info])
+
+    def _keep_alive(self) -> None:
+        """Renew the lease every ``lease / 4`` s and pass on ``freed`` notifications."""
+        period = self.lease / 4
+        pubsub = None
+        while not self._closed.is_set():
+            try:
+                if pubsub is None:
+                    pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                    pubsub.subscribe(self.prefix + "freed")
+                self._heartbeat()
+                due = time.monotonic() + period
+                while not self._closed.is_set() and (left := due - time.monotonic()) > 0:
+                    message = pubsub.get_message(timeout=min(left, 0.25))
+                    if message is not None and self.waiting_release and self.wake:
+                        self.waiting_release = False
+                        self.wake()
+            except self.down_errors as exc:
+                self._lost(exc)
+                if pubsub is not None:
+                    pubsub.close()
+                    pubsub = None
+                self._closed.wait(max(0.0, self.retry_in()))
+            except Exception:  # never let the lease lapse silently on a bug
+                logger.exception("The shared ledger's keeper thread failed; retrying")
+                self._closed.wait(period)
+        if pubsub is not None:
+            pubsub.close()

@@ -287,7 +287,11 @@ def test_limits_discovered_from_the_headers_are_shown(make_provider: Any) -> Non
     final = dashboard.state()["usage"]
     assert final["requests_per_minute"]["quota"] == 600
     assert final["tokens_per_minute"]["quota"] == 12_000
-    assert final["requests_per_minute"]["text"].startswith("5 used / 600 (")
+    # The bucket refills continuously (10 requests a second): what the 5 requests left in
+    # it at the end depends on how long the run took, so count whole units, not the time.
+    used = re.match(r"(\d+) used / 600 \(", final["requests_per_minute"]["text"])
+    assert used is not None, final["requests_per_minute"]["text"]
+    assert 0 <= int(used.group(1)) <= 5
     assert "/ 12,000 (" in final["tokens_per_minute"]["text"]
 
 

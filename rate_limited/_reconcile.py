@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Literal
 
-from rate_limited._meters import BucketMeter, Meter
+from rate_limited._meters import BucketMeter, Meter, Settle
 
-__all__ = ["Lows", "Mark", "Track", "Votes", "correct", "generous", "release", "settle"]
+__all__ = ["Lows", "Mark", "Track", "Votes", "correct", "generous", "release"]
 
 _NO_TWIN = (math.nan, math.nan)
-
-Settle = Literal["actual", "reserved"]
 
 #: Seconds of admissions a meter remembers: a report on an older one tells nothing.
 HORIZON = 300.0
@@ -155,7 +152,7 @@ class Track:
         assert twin is not None
         other: Settle = "actual" if rule == "reserved" else "reserved"
         if mark is not None and mark[4] is not None:  # admitted while twinned
-            settle(twin, other, estimate, actual, now)
+            twin.settle(other, estimate, actual, now)
             self.unused += max(0.0, estimate - actual)
         elif rule == "reserved":  # the twin copied its estimate as used: hand back the rest
             if actual < estimate:
@@ -194,7 +191,7 @@ class Track:
         rule_there: Settle = rule
         if twinned:
             rule_there = "actual" if rule == "reserved" else "reserved"
-        settle(self.twin, rule_there, estimate, estimate, now)
+        self.twin.settle(rule_there, estimate, estimate, now)
 
     @staticmethod
     def lowest(meter: Meter, lows: Lows, number: int, now: float) -> float | None:
@@ -263,20 +260,6 @@ class Votes:
             self.decided[index] = True
             return True
         return False
-
-
-def settle(meter: Meter, rule: Settle, estimate: float, actual: float, now: float) -> float:
-    """Settle one call's results on one meter; returns what its results were billed."""
-    if rule == "reserved":  # the estimate was billed at admission
-        extra = actual - estimate
-        if extra > 0:
-            meter.bill(extra, now)
-        return max(estimate, actual)
-    if estimate:
-        meter.unreserve(estimate)
-    if actual:
-        meter.bill(actual, now)
-    return actual
 
 
 def release(meter: Meter, rule: Settle, estimate: float, token: object, now: float) -> None:

@@ -278,13 +278,17 @@ class BucketMeter(Meter):
         self.start_delay = start_delay
 
     def _drain(self, now: float) -> None:
-        if now > self._since:
-            if self._level > 0.0:
-                self._level = max(0.0, self._level - (now - self._since) * self._rate)
+        since = self._since
+        if now > since:
+            level = self._level
+            if level > 0.0:
+                level -= (now - since) * self._rate
+                self._level = level if level > 0.0 else 0.0
             self._since = now
 
     def used(self, now: float) -> float:
-        self._drain(now)
+        if now > self._since:
+            self._drain(now)
         return self._level
 
     def held(self, now: float) -> float:
@@ -293,7 +297,8 @@ class BucketMeter(Meter):
         return self._level + self._reserved
 
     def bill(self, amount: float, now: float) -> object:
-        self._drain(now)
+        if now > self._since:
+            self._drain(now)
         if amount and self._level <= 0.0 and now >= self._since:
             self._since = now + self.start_delay  # idle -> busy: see the class docstring
         self._level += amount

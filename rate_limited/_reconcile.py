@@ -118,13 +118,20 @@ class Track:
             self.twin_lows = Lows()
 
     def admit(
-        self, meter: Meter, rule: Settle, args_usage: float, estimate: float, now: float
+        self,
+        meter: Meter,
+        rule: Settle,
+        args_usage: float,
+        estimate: float,
+        now: float,
+        held: float,
     ) -> Mark:
-        """A call was admitted on ``meter`` (already billed there by ``rule``)."""
+        """A call was admitted on ``meter`` (already billed there by ``rule``), which now
+        holds ``held`` (usage and reservations)."""
         charge = args_usage + estimate
         self.in_flight += charge
         self.admitted += charge
-        number = self.lows.push(meter.available(now) + meter.corrected, now)
+        number = self.lows.push(meter.quota - held + meter.corrected, now)
         twin = self.twin
         if twin is None:
             return (number, self.in_flight, self.admitted, meter.corrected, None, *_NO_TWIN)
@@ -135,14 +142,15 @@ class Track:
         else:
             token = twin.bill(charge, now) or True
         assert self.twin_lows is not None
-        self.twin_lows.push(twin.available(now) + twin.corrected, now)
         held = twin.held(now)
+        self.twin_lows.push(twin.quota - held + twin.corrected, now)
         return (number, self.in_flight, self.admitted, meter.corrected, token, held, twin.corrected)
 
     def done(self, charge: float, mark: Mark | None) -> None:
         """A call admitted with ``mark`` settled, was kept or released."""
         if mark is not None:
-            self.in_flight = max(0.0, self.in_flight - charge)
+            in_flight = self.in_flight - charge
+            self.in_flight = in_flight if in_flight > 0.0 else 0.0
 
     def settle_twin(
         self, rule: Settle, mark: Mark | None, estimate: float, actual: float, now: float

@@ -114,7 +114,8 @@ class ProviderReports:
         if track is None:
             return None
         mark = reservation.mark(index)
-        track.done(sum(reservation.demand[index][:2]), mark)
+        need = reservation.demand[index]
+        track.done(need[0] + need[1], mark)
         return (track, mark) if track.twin is not None else None
 
     def refused(self, reservation: Reservation, now: float) -> None:

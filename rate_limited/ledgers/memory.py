@@ -197,7 +197,7 @@ class InMemoryLedger(ProviderReports):
             if track is not None:
                 if marks is None:
                     marks = [None] * len(meters)
-                marks[index] = track.admit(meter, rule, args_usage, estimate, now)
+                marks[index] = track.admit(meter, rule, args_usage, estimate, now, held[2 * index])
         return Reservation(meters, demand, billed, held, marks, now, rules, defer)
 
     def begin(self, reservation: Reservation, now: float) -> None:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, cast
 
 from rate_limited._meters import EPS, Meter, make_meter
 from rate_limited._reconcile import Mark, Track, Votes, release
+from rate_limited.exceptions import UnknownResourceError
 from rate_limited.ledgers._reports import ProviderReports
 from rate_limited.ledgers._reservation import Reservation
 from rate_limited.ledgers.base import Demand, Earlier, Settle
@@ -116,7 +117,9 @@ class InMemoryLedger(ProviderReports):
         try:
             return self.names.index(resource)
         except ValueError:
-            raise KeyError(f"no resource named {resource!r}; the ledger has {self.names}") from None
+            raise UnknownResourceError(
+                f"no resource named {resource!r}; the ledger has {self.names}"
+            ) from None
 
     def _all(self, index: int) -> list[Meter]:
         single = self._single[index]

@@ -20,7 +20,11 @@ into a temporary folder; every measurement runs this file as a worker in a fresh
 ``python -I`` process that imports either that copy or this checkout, alternating the two
 repeat after repeat, so that the noise of a shared machine hits both alike.
 
-    python benchmarks/ledger.py [--calls 200000] [--repeat 5] [--base main]
+    python benchmarks/ledger.py [--calls 200000] [--repeat 5] [--base main] [--write]
+
+``--write`` replaces the "### Ledger micro-benchmark" part of the "## Overhead" section of
+``benchmarks/RESULTS.md`` (``overhead.py --write`` rewrites that section whole: run this
+after it).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+SUBSECTION = "### Ledger micro-benchmark"
 IN_FLIGHT = 64
 STEP = 30e-6  # seconds of loop time per call
 ESTIMATE = 1000.0
@@ -116,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=200_000, help="N (default 200000)")
     parser.add_argument("--repeat", type=int, default=5, help="repeats (default 5)")
     parser.add_argument("--base", default="main", help="the revision compared (default main)")
+    parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     parser.add_argument("--worker", nargs=2, metavar=("SOURCE", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -125,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(worker(config, args.calls)))
         return 0
 
-    from _common import markdown_table, median, run_worker
+    from _common import command_line, markdown_table, median, run_worker, today
 
     root = Path(__file__).resolve().parent.parent
     script = str(Path(__file__).resolve())
@@ -173,9 +179,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bytes per reservation",
         "bytes kept per settled call",
     ]
-    print(markdown_table(header, rows))
-    print(f"(medians of {args.repeat} repeats, N = {args.calls}, alternating processes)")
+    table = markdown_table(header, rows)
+    print(table)
+    if args.write:
+        body = [
+            SUBSECTION,
+            "",
+            f"Date: {today()}. The in-memory ledger alone (no engine): `try_reserve` + "
+            f"`settle` of N = {args.calls:,} calls on requests + tokens resources, 64 in "
+            "flight, the clock 30 µs per call; `window`: 0.4's refill, `actual` rule "
+            "(`overhead.py`'s realistic configuration); `bucket_reports`: the presets' "
+            "buckets, tokens `reserved`, headers expected. Medians of "
+            f"{args.repeat} fresh processes per side, alternating; bytes from tracemalloc.",
+            "",
+            "```",
+            command_line(script, sys.argv[1:] if argv is None else argv),
+            "```",
+            "",
+            table,
+        ]
+        _write_subsection("\n".join(body))
     return 0
+
+
+def _write_subsection(text: str) -> None:
+    """Put ``text`` (starting with ``SUBSECTION``) at the end of "## Overhead" in
+    RESULTS.md, in place of the one there before."""
+    path = Path(__file__).resolve().parent / "RESULTS.md"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    start = lines.index("## Overhead")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    section = lines[start:end]
+    if SUBSECTION in section:
+        first = section.index(SUBSECTION)
+        last = next(
+            (i for i in range(first + 1, len(section)) if section[i].startswith("#")),
+            len(section),
+        )
+        section = section[:first] + section[last:]
+    while section and not section[-1].strip():
+        section.pop()
+    section += ["", *text.splitlines(), ""]
+    path.write_text("\n".join(lines[:start] + section + lines[end:]) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

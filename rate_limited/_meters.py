@@ -97,7 +97,7 @@ class Meter:
                 self.bill(actual - estimate, now)
                 return actual
             return estimate
-        if estimate:
+        if estimate:  # ``unreserve``, inlined: this runs for every call
             reserved = self._reserved - estimate
             self._reserved = reserved if reserved > 0.0 else 0.0
         if actual:

@@ -21,6 +21,16 @@ resource's), so a call costs one dict lookup per resource, whatever the number o
   estimate is billed at admission (it drains from then, as at the provider), and settling
   bills only what the actual usage has above it.
 
+**Agreeing with the provider** (``reconcile``, ``refused``, ``expect_reports``, and the
+settle rule the headers reveal) is ``rate_limited.ledgers._reports``, the other half of
+``InMemoryLedger``.
+
+**Cost per call.** O(1) amortized per resource in time, and nothing kept per call once it
+settles: admission looks at each meter once (``Meter.held``) and bills or holds there,
+settling is one ``Meter.settle`` per resource, and a window meter's log is bounded
+(``rate_limited._meters.WindowMeter``). Meters the provider reports on, deferred
+admissions and partitions take the longer path, which also keeps what those need. The
+reservation (``rate_limited.ledgers._reservation``) is slotted, its lists flat.
 """
 
 from __future__ import annotations

@@ -95,6 +95,14 @@ class ProviderReports:
         track = self._tracks[id(meter)] = Track(meter, twin)
         return track
 
+    def _rules_of(self, reservation: Reservation) -> tuple[Settle, ...]:
+        """Each resource's rule for ``reservation``'s call (``_rule``): the ledger's own
+        tuple while no rule switched since the admission (a switch makes a new tuple)."""
+        rules = self._rules
+        if reservation.rules is rules:
+            return rules
+        return tuple(self._rule(reservation, index) for index in range(len(rules)))
+
     def _rule(self, reservation: Reservation, index: int) -> Settle:
         """The rule a call is billed by on its meter: the one it was admitted under, unless
         the resource switched since and the meter took its twin's view of the call."""

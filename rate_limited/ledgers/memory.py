@@ -171,10 +171,17 @@ class InMemoryLedger(ProviderReports):
                 return None
             held.append(taken + charge)  # what the meter holds right after admission
             held.append(meter.corrected)
-        if defer or self._tracks:
-            return self._reserve(meters, demand, held, now, defer)
         rules = self._rules
-        billed: list[object] = []
+        if self._tracks:
+            return self._reserve(meters, demand, held, now, defer)
+        billed: list[object]
+        if defer:  # held whole until ``begin``
+            billed = [None] * len(meters)
+            for meter, need in zip(meters, demand, strict=True):
+                if need[0] + need[1]:
+                    meter.reserve(need[0] + need[1])
+            return Reservation(meters, demand, billed, held, None, now, rules, True)
+        billed = []
         for meter, need, rule in zip(meters, demand, rules, strict=True):
             args_usage, estimate = need[0], need[1]
             if rule == "reserved":
@@ -188,8 +195,8 @@ class InMemoryLedger(ProviderReports):
     def _reserve(
         self, meters: list[Meter], demand: Demand, held: list[float], now: float, defer: bool
     ) -> Reservation:
-        """``try_reserve`` of a call that fits, deferred or on meters the provider reports
-        on (whose tracks remember the admission)."""
+        """``try_reserve`` of a call that fits, on meters some of which the provider
+        reports on (their tracks remember the admission)."""
         rules, tracks = self._rules, self._tracks
         billed: list[object] = []
         marks: list[Mark | None] | None = None
@@ -206,7 +213,7 @@ class InMemoryLedger(ProviderReports):
                 billed.append(meter.bill(args_usage, now))
                 if estimate:
                     meter.reserve(estimate)
-            track = tracks.get(id(meter)) if tracks else None
+            track = tracks.get(id(meter))
             if track is not None:
                 if marks is None:
                     marks = [None] * len(meters)
@@ -220,11 +227,12 @@ class InMemoryLedger(ProviderReports):
             return
         reservation.deferred = False
         billed = reservation.billed
-        for index, (meter, need) in enumerate(
-            zip(reservation.meters, reservation.demand, strict=True)
+        rules = self._rules_of(reservation)
+        for index, (meter, need, rule) in enumerate(
+            zip(reservation.meters, reservation.demand, rules, strict=True)
         ):
             args_usage, estimate = need[0], need[1]
-            if self._rule(reservation, index) == "reserved":
+            if rule == "reserved":
                 meter.unreserve(args_usage + estimate)
                 billed[index] = meter.bill(args_usage + estimate, now)
             elif args_usage:
@@ -238,30 +246,28 @@ class InMemoryLedger(ProviderReports):
         Returns what was billed per resource for the results (the estimate included)."""
         if reservation.deferred:
             self.begin(reservation, now)
+        rules = self._rules_of(reservation)
         billed = []
-        if not self._tracks:  # nobody reports: the rules of the admission still hold
-            for meter, need, actual, rule in zip(
-                reservation.meters, reservation.demand, results_usage, self._rules, strict=True
-            ):
-                billed.append(meter.settle(rule, need[1], actual, now))
-            return billed
-        for index, (meter, need, actual) in enumerate(
-            zip(reservation.meters, reservation.demand, results_usage, strict=True)
+        for meter, need, actual, rule in zip(
+            reservation.meters, reservation.demand, results_usage, rules, strict=True
         ):
-            rule = self._rule(reservation, index)
             billed.append(meter.settle(rule, need[1], actual, now))
-            twin = self._untrack(reservation, index)
-            if twin is not None:
-                twin[0].settle_twin(rule, twin[1], need[1], actual, now)
+        if self._tracks:
+            for index, (need, actual, rule) in enumerate(
+                zip(reservation.demand, results_usage, rules, strict=True)
+            ):
+                twin = self._untrack(reservation, index)
+                if twin is not None:
+                    twin[0].settle_twin(rule, twin[1], need[1], actual, now)
         return billed
 
     def keep(self, reservation: Reservation, now: float) -> None:
         """The call failed in a way that may have been billed: its estimate stays used."""
         self.begin(reservation, now)
-        for index, (meter, need) in enumerate(
-            zip(reservation.meters, reservation.demand, strict=True)
+        rules = self._rules_of(reservation)
+        for index, (meter, need, rule) in enumerate(
+            zip(reservation.meters, reservation.demand, rules, strict=True)
         ):
-            rule = self._rule(reservation, index)
             meter.settle(rule, need[1], need[1], now)
             twin = self._untrack(reservation, index)
             if twin is not None:
@@ -270,10 +276,10 @@ class InMemoryLedger(ProviderReports):
     def release(self, reservation: Reservation, now: float) -> None:
         """The call proved it was not billed (never sent, refused): undo everything."""
         deferred, reservation.deferred = reservation.deferred, False
-        for index, (meter, need, token) in enumerate(
-            zip(reservation.meters, reservation.demand, reservation.billed, strict=True)
+        rules = self._rules_of(reservation)
+        for index, (meter, need, token, rule) in enumerate(
+            zip(reservation.meters, reservation.demand, reservation.billed, rules, strict=True)
         ):
-            rule = self._rule(reservation, index)
             if deferred:  # never started: only held
                 meter.unreserve(need[0] + need[1])
             else:

@@ -143,7 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             check=True,
         ).stdout
         subprocess.run(["tar", "-x", "-C", base], input=archive, check=True)
-        sides = {"this": "-", args.base: base}
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", args.base],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        base_name = f"{args.base} ({commit})"
+        sides = {"this": "-", base_name: base}
         for repeat in range(args.repeat):
             order = list(sides) if repeat % 2 == 0 else list(reversed(sides))
             for config in CONFIGS:
@@ -157,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     samples.setdefault((side, config), []).append(found)
     rows = []
     for config in CONFIGS:
-        this, other = samples[("this", config)], samples[(args.base, config)]
+        this, other = samples[("this", config)], samples[(base_name, config)]
 
         def figure(side: list[dict[str, float]], what: str) -> float:
             return median([sample[what] for sample in side])
@@ -174,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     header = [
         "configuration",
-        f"reserve + settle per call: this / {args.base}",
+        f"reserve + settle per call: this / {base_name}",
         "speed-up",
         "bytes per reservation",
         "bytes kept per settled call",

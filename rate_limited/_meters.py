@@ -129,7 +129,7 @@ class WindowMeter(Meter):
 
     **Buckets.** The log coalesces usages into buckets, so that its size is bounded
     whatever the rate of calls (a million calls a minute log at most
-    ``WINDOW_SLOTS + 1`` buckets, not a million entries). The rule, with
+    ``WINDOW_SLOTS + 2`` buckets, not a million entries). The rule, with
     ``grain = window / WINDOW_SLOTS``:
 
     * a usage at ``t`` joins the oldest bucket opened less than ``grain`` before ``t``
@@ -143,8 +143,9 @@ class WindowMeter(Meter):
     any window of ``window`` seconds, exactly as a log of every usage would, and a
     saturated meter loses at most ``grain / (window + grain)`` of the quota's throughput
     (under 0.1%). Usages more than ``grain`` apart keep buckets of their own and expire
-    exactly ``window`` after them. Buckets are opened at least ``grain`` apart, hence
-    the bound, and ``used`` / ``bill`` cost O(1) amortized.
+    exactly ``window`` after them. Buckets are opened at least ``grain`` apart and the
+    oldest still counting opened less than ``window + grain`` ago, hence the bound, and
+    ``used`` / ``bill`` cost O(1) amortized.
     """
 
     __slots__ = ("_grain", "_log", "_used")
@@ -197,6 +198,8 @@ class WindowMeter(Meter):
                     return (bucket, amount)
             else:
                 return self._bill_past(amount, now)
+            if log[0][0] + self.window <= now:  # a new bucket: drop the expired ones first
+                self._expire(now)
         bucket = [now, float(amount), now]
         log.append(bucket)
         self._used += amount

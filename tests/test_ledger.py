@@ -521,4 +521,4 @@ def test_a_saturated_window_keeps_its_throughput_with_buckets() -> None:
             admitted += 1
     assert admitted >= 1000 * 20 / (1 + 1 / WINDOW_SLOTS) - 1000
     assert admitted <= 1000 * 21
-    assert len(ledger.meter("requests")._log) <= WINDOW_SLOTS + 1  # type: ignore[attr-defined]
+    assert len(ledger.meter("requests")._log) <= WINDOW_SLOTS + 2  # type: ignore[attr-defined]

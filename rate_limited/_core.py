@@ -342,11 +342,15 @@ class EngineCore:
         try:
             settle(call, value, now)
         except BaseException as exc:  # SystemExit from a validator too: the call fails
-            logger.exception("Internal error while settling %r; the call is marked failed", call)
-            if call.status.is_final:
-                return
-            call.exceptions.append(exc)
-            self._finish(call, FAILED, now, running=call.status is RUNNING, save=False)
+            self._settle_failed(call, exc, now)
+
+    def _settle_failed(self, call: Call, exc: BaseException, now: float) -> None:
+        """A settle step of ``call`` raised ``exc``: the call fails (see ``_settle``)."""
+        logger.exception("Internal error while settling %r; the call is marked failed", call)
+        if call.status.is_final:
+            return
+        call.exceptions.append(exc)
+        self._finish(call, FAILED, now, running=call.status is RUNNING, save=False)
 
     def _report(self, method: Callable[..., None], *args: Any) -> None:
         """Call the progress display; a display that raises is dropped, not the run."""

@@ -59,6 +59,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rate_limited._core import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, Notice
+from rate_limited._gc import frozen_heap
 from rate_limited._redact import get_logger
 from rate_limited._stats import RunStats
 from rate_limited._workers import Workers
@@ -165,8 +166,9 @@ class Engine(Workers):
         try:
             if self._unfinished:
                 self._done = loop.create_future()
-                self._start_runners()
-                await self._done
+                with frozen_heap(self._unfinished):  # the scheduled calls stay out of GC
+                    self._start_runners()
+                    await self._done
         except asyncio.CancelledError:
             self._stop()  # as an interrupt: calls already started go on
             raise

@@ -382,7 +382,10 @@ class Workers(EngineCore):
                     call.result = value
                     self._finish(call, SUCCEEDED, now)
                 else:
-                    self._settle(self._returned, call, value, now)
+                    try:  # self._settle(self._returned, ...), one call less per call
+                        self._returned(call, value, now)
+                    except BaseException as exc:
+                        self._settle_failed(call, exc, now)
             since_yield += 1
             if since_yield >= _YIELD_EVERY:
                 since_yield = 0

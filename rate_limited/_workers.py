@@ -9,7 +9,10 @@ and a thread pool for sync ones.
   ``WATCH_EVERY``, are timed step by step to catch a function that blocks the loop.
 * sync: one dispatcher admits calls and hands them to ``ThreadPool``; threads report
   back in batches (``_on_completions``), including the moment each started the call, so
-  its arguments usage is billed then (``Ledger.begin``). A result that comes after the
+  its arguments usage is billed then (``Ledger.begin``). A call whose start and result
+  come in one batch within ``BILLED_LATE_AT_MOST`` (a quick function) is billed once, at
+  the result: at most 5 ms late, which only ever counts it against a window a little
+  longer, and saves a ledger round per call. A result that comes after the
   engine stopped waiting for it (a timeout, an abandoned call) was paid for: ``_late``
   keeps it if the call has no value yet.
 
@@ -22,6 +25,7 @@ import asyncio
 import inspect
 import logging
 import math
+import types
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +59,10 @@ logger = get_logger("rate_limited")
 #: An instant coroutine never yields; yield to the loop every this many calls anyway, so
 #: that an interrupt or a progress update gets through.
 _YIELD_EVERY = 512
+
+#: A sync call whose start and result reach the loop in one batch, at most this many
+#: seconds apart, is billed once, when it settles: up to this much later than it started.
+BILLED_LATE_AT_MOST = 0.005
 
 
 class Workers(EngineCore):
@@ -180,7 +188,11 @@ class Workers(EngineCore):
             if priorities is not None and priorities.outranked(self, call):
                 return None  # its engine wakes this one when that call is admitted or gone
             reservation = self.ledger.try_reserve(call.demand, now, defer=self._defer_billing)
-            if reservation is not None and not self._spend_admits(call, reservation, now):
+            if (
+                reservation is not None
+                and self.spend is not None
+                and not self._spend_admits(call, reservation, now)
+            ):
                 if self._budget_waits(call, now):
                     return None
                 continue  # stopped at the budget
@@ -344,11 +356,11 @@ class Workers(EngineCore):
                     since_yield = 0
                     now = loop_time()
                     continue
-                if admission.has_waiters and admission:
+                if admission.wake_future is not None and admission:
                     admission.wake()  # capacity may fit more than this call: let idle workers try
             self._start_attempt(call, now)
             if not simple:
-                CURRENT_ADMISSION.set(reservation_of(call))  # for the function's feedback
+                CURRENT_ADMISSION.set(call.reservation)  # type: ignore[arg-type]  # feedback
             try:
                 awaitable = function(*call.args, **call.kwargs)
                 # The first calls, then one in WATCH_EVERY, are timed step by step: a long
@@ -445,20 +457,23 @@ class Workers(EngineCore):
         assert pool is not None
         try:
             now = self.loop.time()  # one read per batch of completions
+            started_now: list[tuple[Call, float]] = []
             for call, token, ok, value in pool.drain():
                 current = token == call.attempts
                 if ok is None:  # a thread starts it: bill its arguments usage then
                     if current and call.status is RUNNING:
-                        started = min(value, now)
-                        self.billing.begin(call, started)
-                        call.started_at = started
+                        started = call.started_at = min(value, now)
+                        if now - started > BILLED_LATE_AT_MOST:
+                            self.billing.begin(call, started)
+                        else:  # unless it settles in this batch (see the module docstring)
+                            started_now.append((call, started))
                     continue
                 if current:
                     self._in_threads.discard(call)
                 if not current or call.status is not RUNNING:
                     pool.abandoned = max(0, pool.abandoned - 1)
                     self._late(call, ok, value)
-                elif ok and inspect.isawaitable(value):
+                elif ok and type(value) not in _NOT_AWAITABLE and _awaitable(value):
                     task = self.loop.create_task(self._await_returned(call, value))
                     self._awaiting.add(task)
                     task.add_done_callback(self._awaiting.discard)
@@ -466,6 +481,9 @@ class Workers(EngineCore):
                     self._settle(self._returned, call, value, now)
                 else:
                     self._settle(self._failed, call, value, now)
+            for call, started in started_now:
+                if call.status is RUNNING and call.reservation is not None:
+                    self.billing.begin(call, started)  # still running
         except BaseException as exc:  # never leave completions unsettled and run() waiting
             self._crash(exc)
         self.admission.wake()
@@ -509,3 +527,17 @@ class Workers(EngineCore):
         logger.info("Keeping the late result of %r after its timeout", call)
         self._reopen(call)
         self._settle(self._validated, call, value, self.loop.time())
+
+
+#: Types of values sync functions returned that are not awaitable (most results are of a
+#: handful of types): ``inspect.isawaitable`` once per type, not per call.
+_NOT_AWAITABLE: set[type] = set()
+
+
+def _awaitable(value: Any) -> bool:
+    if inspect.isawaitable(value):
+        return True
+    kind = type(value)
+    if kind is not types.GeneratorType and len(_NOT_AWAITABLE) < 256:
+        _NOT_AWAITABLE.add(kind)  # (a generator may be a types.coroutine: not by type)
+    return False

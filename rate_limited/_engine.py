@@ -58,7 +58,15 @@ import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from rate_limited._core import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, Notice
+from rate_limited._core import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    EngineParts,
+    Notice,
+)
 from rate_limited._gc import frozen_heap
 from rate_limited._redact import get_logger
 from rate_limited._stats import RunStats
@@ -95,13 +103,7 @@ class Engine(Workers):
         escalate: Callable[[Call, BaseException], bool] | None = None,
     ) -> None:
         super().__init__(
-            config,
-            loop,
-            ledger,
-            function_name=function_name,
-            semantic=semantic,
-            spend=spend,
-            escalate=escalate,
+            EngineParts(config, loop, ledger, function_name, semantic, spend, escalate)
         )
         #: The current run, and a stop requested for a run that has not started yet.
         self._run_id = 0

@@ -143,8 +143,11 @@ def demand_of(extractors: Extractors, call: Call) -> tuple[tuple[float, float, H
     shared = True
     for resource, args_extractor, estimator in extractors:
         name = resource.name
-        args_usage = _usage(args_extractor, call, name, "arguments_usage_extractor")
-        estimate = _usage(estimator, call, name, "max_results_usage_estimator")
+        args_usage = estimate = 0.0
+        if args_extractor is not None:
+            args_usage = _usage(args_extractor, call, name, "arguments_usage_extractor")
+        if estimator is not None:
+            estimate = _usage(estimator, call, name, "max_results_usage_estimator")
         if resource.partition is None:
             key: Hashable = None
             quota: float = resource.quota
@@ -163,11 +166,14 @@ def demand_of(extractors: Extractors, call: Call) -> tuple[tuple[float, float, H
             )
         entry = (args_usage, estimate, key)
         if key is None or type(key) is str:
-            entry = _intern(entry)
+            entry = _interned.get(entry) or _intern(entry)
         else:  # the cache holds no user object, and equal keys must be the same key
             shared = False
         demand.append(entry)
-    return _intern(tuple(demand)) if shared else tuple(demand)
+    if not shared:
+        return tuple(demand)
+    whole = tuple(demand)
+    return _interned.get(whole) or _intern(whole)
 
 
 def _intern(value: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -222,11 +228,7 @@ def _partition(resource: Resource, call: Call) -> Hashable:
     return key
 
 
-def _usage(
-    extractor: Callable[[Call], float] | None, call: Call, resource: str, what: str
-) -> float:
-    if extractor is None:
-        return 0.0
+def _usage(extractor: Callable[[Call], float], call: Call, resource: str, what: str) -> float:
     try:
         value = extractor(call)
     except ConfigurationError:

@@ -22,17 +22,23 @@ Every status and counter change goes through ``EngineCore``'s transitions.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
-import types
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from rate_limited._billing import reservation_of
-from rate_limited._core import FAILED, RUNNING, SUCCEEDED, EngineCore
+from rate_limited._core import FAILED, RUNNING, SUCCEEDED, EngineCore, EngineParts
 from rate_limited._feedback import CURRENT_ADMISSION
-from rate_limited._loopwatch import WATCH_EVERY, WATCH_FIRST, StepTimer, is_async_callable
+from rate_limited._loopwatch import (
+    NOT_AWAITABLE,
+    WATCH_EVERY,
+    WATCH_FIRST,
+    StepTimer,
+    blocking_message,
+    is_async_callable,
+    is_awaitable,
+)
 from rate_limited._policy import validate
 from rate_limited._pool import ThreadPool
 from rate_limited._redact import get_logger
@@ -44,13 +50,10 @@ from rate_limited.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
-    from rate_limited._config import RunnerConfig
-    from rate_limited._spend import SpendControl
     from rate_limited.calls import Call
-    from rate_limited.ledgers.base import Ledger, Reservation
-    from rate_limited.semantic._step import SemanticStep
+    from rate_limited.ledgers.base import Reservation
 
 __all__ = ["Workers"]
 
@@ -68,26 +71,9 @@ BILLED_LATE_AT_MOST = 0.005
 class Workers(EngineCore):
     """Admission and the workers of one engine (loop thread)."""
 
-    def __init__(
-        self,
-        config: RunnerConfig,
-        loop: asyncio.AbstractEventLoop,
-        ledger: Ledger[Any],
-        *,
-        function_name: str = "",
-        semantic: SemanticStep | None = None,
-        spend: SpendControl | None = None,
-        escalate: Callable[[Call, BaseException], bool] | None = None,
-    ) -> None:
-        super().__init__(
-            config,
-            loop,
-            ledger,
-            function_name=function_name,
-            semantic=semantic,
-            spend=spend,
-            escalate=escalate,
-        )
+    def __init__(self, parts: EngineParts) -> None:
+        super().__init__(parts)
+        config = parts.config
         self.is_async = is_async_callable(self.function)
         self.long_wait_seconds = config.long_wait_warning_seconds
         self._warned_wait = False
@@ -106,7 +92,7 @@ class Workers(EngineCore):
         if not self.is_async:
             self.pool = ThreadPool(
                 self.function,
-                loop,
+                parts.loop,
                 self._on_completions,
                 self.max_concurrent,
                 name=f"rate_limited-{config.name}",
@@ -117,13 +103,23 @@ class Workers(EngineCore):
         if self.is_async:
             wanted = min(self.max_concurrent, len(self.admission))
             while len(self._workers) < wanted:
-                task = self.loop.create_task(self._worker())
+                task = self.loop.create_task(self._guarded(self._work))
                 self._workers.add(task)
                 task.add_done_callback(self._workers.discard)
         elif not self._workers:
-            task = self.loop.create_task(self._dispatcher())
+            task = self.loop.create_task(self._guarded(self._dispatch))
             self._workers.add(task)
             task.add_done_callback(self._workers.discard)
+
+    async def _guarded(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run a worker or the dispatcher; an error in them (a bug of the engine, the
+        system refusing a thread) ends the run instead of hanging it."""
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._crash(exc)
 
     def _stop(self) -> None:
         """Admit nothing more and end the run; calls already started go on."""
@@ -301,14 +297,6 @@ class Workers(EngineCore):
                 self._report(self.progress.waiting, stats, until - now, binding)
 
     # -- async functions ---------------------------------------------------------------------
-    async def _worker(self) -> None:
-        try:
-            await self._work()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # a bug of the engine: end the run, don't hang it
-            self._crash(exc)
-
     def _blocked(self, seconds: float) -> None:
         """A watched call blocked the loop. Once may be a one-time set-up in the first call
         (a client building its headers, a tokenizer loading); twice is a habit."""
@@ -316,15 +304,7 @@ class Workers(EngineCore):
         if self._warned_blocking or self._blocking_calls < 2:
             return
         self._warned_blocking = True
-        text = (
-            f"The async function {self.function_name or self.function!r} blocked the event "
-            f"loop for {seconds:.2f} s in one step: while it blocks no other call runs, so "
-            "calls run one at a time whatever max_concurrent is. It probably calls a "
-            "blocking (sync) client or time.sleep inside async def. Use the client's async "
-            "API (await client.create(...)), wrap the blocking part in "
-            "`await asyncio.to_thread(...)`, or give the Runner the sync function instead "
-            "(it runs sync functions in threads)."
-        )
+        text = blocking_message(self.function_name or repr(self.function), seconds)
         logger.warning(text)
         self._notices.append((BlockingCallWarning, text))
 
@@ -405,14 +385,6 @@ class Workers(EngineCore):
                 now = loop_time()
 
     # -- sync functions ----------------------------------------------------------------------
-    async def _dispatcher(self) -> None:
-        try:
-            await self._dispatch()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # the system refused a thread, or a bug: end the run
-            self._crash(exc)
-
     async def _dispatch(self) -> None:
         pool, timeout, loop = self.pool, self.timeout, self.loop
         assert pool is not None
@@ -473,7 +445,7 @@ class Workers(EngineCore):
                 if not current or call.status is not RUNNING:
                     pool.abandoned = max(0, pool.abandoned - 1)
                     self._late(call, ok, value)
-                elif ok and type(value) not in _NOT_AWAITABLE and _awaitable(value):
+                elif ok and type(value) not in NOT_AWAITABLE and is_awaitable(value):
                     task = self.loop.create_task(self._await_returned(call, value))
                     self._awaiting.add(task)
                     task.add_done_callback(self._awaiting.discard)
@@ -520,24 +492,10 @@ class Workers(EngineCore):
         good after the timeout succeeds with it."""
         if not ok or call.status is SUCCEEDED or call.status is RUNNING:
             return  # a failure we already counted, or another attempt is running / won
-        if inspect.isawaitable(value):
+        if is_awaitable(value):
             return  # not worth resurrecting: the retry will run it again
         if self.validators and validate(value, self.validators)[0]:
             return  # an invalid value: the call stays as it is
         logger.info("Keeping the late result of %r after its timeout", call)
         self._reopen(call)
         self._settle(self._validated, call, value, self.loop.time())
-
-
-#: Types of values sync functions returned that are not awaitable (most results are of a
-#: handful of types): ``inspect.isawaitable`` once per type, not per call.
-_NOT_AWAITABLE: set[type] = set()
-
-
-def _awaitable(value: Any) -> bool:
-    if inspect.isawaitable(value):
-        return True
-    kind = type(value)
-    if kind is not types.GeneratorType and len(_NOT_AWAITABLE) < 256:
-        _NOT_AWAITABLE.add(kind)  # (a generator may be a types.coroutine: not by type)
-    return False

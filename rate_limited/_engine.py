@@ -33,7 +33,13 @@ of a task's, which the overhead benchmark needs; the admission rule is the same.
 
 A sync call's arguments usage is held at admission and billed at the instant its thread
 calls the function (``Ledger.begin``, with the time the thread read): a window then counts
-from the moment the request really left, however late the thread took the call.
+from the moment the request really left, however late the thread took the call (a call
+whose start and result reach the loop together is billed once, at its result, at most
+5 ms after it started: see ``_workers``).
+
+A run of many calls leaves the heap it starts with out of garbage collections
+(``_gc.frozen_heap``): the scheduled Calls are most of it, and each full collection would
+walk them all again while the run allocates.
 
 Stopping (Ctrl-C, ``handle.stop()``) stops admission and ends the run at once: calls
 already started (threads and coroutines alike) finish on this loop, their outcomes kept

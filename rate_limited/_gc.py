@@ -5,7 +5,9 @@ collector run again and again over the growing heap (it triggers on allocation c
 ``bulk_allocation()`` turns it off while the objects are made; afterwards it moves them to
 the oldest generation in one step (``gc.freeze(); gc.unfreeze()``, O(1)) so that the young
 collections that follow do not walk them either. They stay collectable. The previous state
-is restored: code that had disabled the collector keeps it off.
+is restored: code that had disabled the collector keeps it off, and objects frozen before
+(by the process, or by a run's ``frozen_heap()``) stay frozen: the move to the oldest
+generation is then skipped, since ``gc.unfreeze()`` would thaw them too.
 
 ``frozen_heap()`` does the same for a long run: a run of a million calls allocates while
 the million Calls scheduled before it sit in the heap, and every full collection would
@@ -42,8 +44,9 @@ def bulk_allocation(count: int = 1000) -> Iterator[None]:
     try:
         yield
     finally:
-        gc.freeze()
-        gc.unfreeze()
+        if not gc.get_freeze_count():  # unfreeze() would thaw someone else's frozen objects
+            gc.freeze()
+            gc.unfreeze()
         gc.enable()
 
 

@@ -66,3 +66,24 @@ def test_a_disabled_collector_is_left_disabled() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize(
+    "by_a_run", [pytest.param(False, id="the-process"), pytest.param(True, id="a-run")]
+)
+def test_a_bulk_allocation_keeps_frozen_objects_frozen(by_a_run: bool) -> None:
+    run = frozen_heap(FREEZE_FROM)
+    if by_a_run:
+        run.__enter__()
+    else:
+        gc.freeze()  # e.g. before forking workers
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    with bulk_allocation(10_000):
+        made = [[i] for i in range(10_000)]
+    assert gc.get_freeze_count() >= frozen  # nothing thawed
+    assert gc.isenabled()
+    assert made
+    if by_a_run:
+        run.__exit__(None, None, None)
+        assert gc.get_freeze_count() == 0

@@ -128,7 +128,18 @@ class RedisLink:
                 "redis-server running and reachable there? Start it, fix the URL, or leave "
                 "ledger= out for a ledger of this process only."
             ) from exc
-        self._script = self.client.register_script(_lua.SCRIPT)
+        #: The connection the script calls go on, this link's own (not the pool's): one
+        #: command, one reply, under ``_lock``, with none of the client's per-command work.
+        pool = self.client.connection_pool
+        self._conn = pool.connection_class(**pool.connection_kwargs)
+        self._call: tuple[str, ...] = ()
+        try:
+            self._load_code()
+        except redis.RedisError as exc:
+            self.client.close()
+            raise LedgerUnavailableError(
+                f"can't load the shared ledger's code into the Redis at {self.url} ({exc})."
+            ) from exc
         #: Settling operations not sent yet, in order: they go with the next ``run`` (one
         #: round trip per call), or from the sender thread if none comes within
         #: ``_BATCH_WAIT``; they stay here while Redis is away.
@@ -178,7 +189,12 @@ class RedisLink:
                 self.url,
             )
         finally:
-            self.client.close()
+            self.disconnect()
+
+    def disconnect(self) -> None:
+        """Close the connections (the ones of the threads' pub/sub too, once they stopped)."""
+        self._conn.disconnect()
+        self.client.close()
 
     @property
     def closed(self) -> bool:
@@ -194,14 +210,51 @@ class RedisLink:
         return self._retry_at - time.monotonic()
 
     # -- talking to Redis -----------------------------------------------------------------------
+    def _load_code(self) -> None:
+        """Load the ledger's code: as a Redis Function library (``FCALL``) where Redis has
+        functions (>= 7), else as a script (``EVALSHA`` with its digest)."""
+        import redis
+
+        try:
+            self.client.execute_command("FUNCTION", "LOAD", _lua.LIBRARY)
+        except redis.ResponseError as exc:
+            if "already exists" not in str(exc):  # no functions here (or not allowed)
+                sha = self.client.execute_command("SCRIPT", "LOAD", _lua.SCRIPT)
+                self._call = ("EVALSHA", sha, "0")
+                return
+        self._call = ("FCALL", _lua.FUNCTION, "0")
+
+    def _execute(self, args: list[str]) -> Any:
+        """One call of the ledger's code on this link's connection (the caller holds the
+        lock). Code missing from Redis (restarted without persistence, flushed) is
+        loaded again, and the call made again."""
+        import redis
+
+        conn = self._conn
+        try:
+            for attempt in (1, 2):
+                conn.send_command(*self._call, *args)
+                try:
+                    return conn.read_response()
+                except redis.ResponseError as exc:
+                    text = str(exc)
+                    if attempt == 2 or not (
+                        text.startswith("NOSCRIPT") or "Function not found" in text
+                    ):
+                        raise
+                self._load_code()
+        except self.down_errors:
+            conn.disconnect()
+            raise
+
     def _send(self, ops: list[tuple[str, list[str]]]) -> Any:
-        """Run ``ops`` in one script call (the caller holds the lock); a lost connection
-        is noted (a warning) and raised."""
+        """Run ``ops`` in one call (the caller holds the lock); a lost connection is noted
+        (a warning) and raised."""
         args = [self.prefix]
         for name, op_args in ops:
             args += [name, str(len(op_args)), *op_args]
         try:
-            result = self._script(args=args)
+            result = self._execute(args)
         except self.down_errors as exc:
             self._lost(exc)
             raise

@@ -131,7 +131,11 @@ class RedisLedger:
         self._resources = list(resources)
         self._rules: tuple[Settle, ...] = tuple(r.settle for r in resources)
         self.poll = poll
-        self._check_declarations()
+        try:
+            self._check_declarations()
+        except BaseException:
+            self._link.disconnect()  # nothing was taken yet: only the connections to close
+            raise
         self._specs: dict[tuple[int, Hashable], list[str]] = {}
         self._quotas: dict[tuple[int, Hashable], float] = {}
         #: The answer of the last admission that failed: (demand, now, per resource

@@ -33,6 +33,8 @@ __all__ = ["MODEL"]
 
 MODEL = r"""
 local EPS = 1e-9
+-- Spares are made only while every meter stays below this share of its quota.
+local SPARE_ROOM = 0.5
 local function f(x) return string.format('%.17g', x) end
 -- The call's state: P its ledger's prefix, T Redis's time (one instant for the whole call),
 -- freed (something was given back), reaped (the dead were looked for), ID and IDN (the

@@ -13,9 +13,13 @@ __all__ = ["OPERATIONS"]
 #: ARGV: P, holder, lease seconds, defer (0/1), track (0/1: keep what ``reconcile`` needs,
 #: once the provider reports), n, then per resource 8 fields: meter key,
 #: kind, quota, window, delay, rule, arguments usage, estimate.
+#: Then, optionally, spares: k, then per resource the spare's arguments usage and estimate
+#: (see ``rate_limited.ledgers._redis_spares``: up to k more admissions of that demand,
+#: held deferred, made only while every meter stays below SPARE_ROOM of its quota).
 #: Admitted: {1, lease id, T, then per resource held, quota, corrected, then per resource
-#: the admission's number on its meter (for ``RECONCILE``)}. Not: {0, T, then
-#: per resource: seconds until it fits (-1, -2: see free_in), needed, quota}.
+#: the admission's number on its meter (for ``RECONCILE``), then the spares' lease ids}.
+#: Not: {0, T, then per resource: seconds until it fits (-1, -2: see free_in), needed,
+#: quota}.
 _RESERVE = r"""
 reap()
 local holder, ttl, defer, n = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6])
@@ -69,14 +73,40 @@ end
 for _, m in pairs(cache) do save(m) end
 for i = 1, n do table.insert(out, track and tostring(push_low(ms[i])) or '0') end
 local id = new_id()
-redis.call('HSET', P .. 'leases', id, cjson.encode({at = f(T), def = defer, h = holder, e = es}))
-redis.call('SADD', P .. 'h:' .. holder, id)
+local leases, ids = {id, cjson.encode({at = f(T), def = defer, h = holder, e = es})}, {id}
+local k = tonumber(ARGV[7 + 8 * n] or '0')
+local needs = {}
+for i = 1, k > 0 and n or 0 do
+  local b = 6 + 8 * n + 2 * i
+  needs[i] = tonumber(ARGV[b]) + tonumber(ARGV[b + 1])
+  if needs[i] > 0 then
+    local m = ms[i]
+    k = math.min(k, math.floor((SPARE_ROOM * m.q - m.lv - m.r) / needs[i]))
+  end
+end
+for _ = 1, k do
+  local spare = {}
+  for i = 1, n do
+    local e, b = es[i], 6 + 8 * n + 2 * i
+    ms[i].r = ms[i].r + needs[i]
+    spare[i] = {e[1], e[2], e[3], e[4], e[5], e[6], ARGV[b], ARGV[b + 1], '', e[10], e[11]}
+  end
+  local sid = new_id()
+  table.insert(leases, sid)
+  table.insert(leases, cjson.encode({at = f(T), def = 1, h = holder, e = spare}))
+  table.insert(ids, sid)
+  table.insert(out, sid)
+end
+redis.call('HSET', P .. 'leases', unpack(leases))
+redis.call('SADD', P .. 'h:' .. holder, unpack(ids))
 alive(holder, ttl)
 out[2] = id
 return out
 """
 
 #: ARGV: P, holder, lease seconds, lease id, op, then op's arguments:
+#: ``take`` (a spare: see ``_RESERVE``) whether to begin it now (0/1), then per resource
+#: the arguments usage and estimate of the call it admits (at most the spare's);
 #: ``begin`` none; ``settle`` the lease's entries as JSON (billed by
 #: what they say if the lease was reaped) then one actual usage per resource; ``keep``,
 #: ``release``: none; ``refuse`` the index of the resource to correct (0: none) and, per
@@ -104,6 +134,24 @@ if not raw then
 end
 local lease = cjson.decode(raw)
 out[1] = 1
+if op == 'take' then
+  -- A spare (deferred) becomes the admission of a call needing at most as much: it holds
+  -- what that call needs, gives back the rest, and begins if the call starts now.
+  if lease.def == 1 then
+    each_entry(lease, function(m, e, i)
+      local a, est = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+      local less = tonumber(e[7]) + tonumber(e[8]) - tonumber(a) - tonumber(est)
+      if less > 0 then unreserve(m, less) end
+      e[7] = a; e[8] = est
+    end)
+  end
+  if ARGV[6] ~= '1' then
+    redis.call('HSET', P .. 'leases', id, cjson.encode(lease))
+    alive(holder, ttl)
+    return out
+  end
+  op = 'begin'
+end
 if op == 'begin' then
   if lease.def == 1 then
     local at = T

@@ -156,6 +156,10 @@ class RedisLink:
         #: notification calls ``wake`` (then clears it).
         self.waiting_release = False
         self.wake: Callable[[], None] | None = None
+        #: Run by the sender thread each time it wakes (and when the seconds it returns
+        #: have passed; None: only when there is something to send): the ledger gives back
+        #: its expired spares here.
+        self.chores: Callable[[], float | None] | None = None
         self._closed = threading.Event()
         self.keeper = threading.Thread(
             target=self._keep_alive, name=f"rate_limited-ledger-{name}", daemon=True
@@ -290,7 +294,9 @@ class RedisLink:
         """The sender thread: what is queued and not taken by an admission within
         ``_BATCH_WAIT`` goes on its own (so that other processes see it soon)."""
         while not self._closed.is_set():
-            self._send_soon.wait()
+            due = self.chores() if self.chores is not None else None
+            if not self._send_soon.wait(due):
+                continue  # chores are due
             if self._closed.wait(_BATCH_WAIT):
                 return
             self._send_soon.clear()

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from rate_limited.exceptions import ConfigurationError, UnknownResourceError
 from rate_limited.ledgers._redis_link import RETRY_FIRST, RedisLink, num, parse_url
+from rate_limited.ledgers._redis_spares import Spares
 from rate_limited.ledgers.base import Demand, Earlier, Settle
 
 if TYPE_CHECKING:
@@ -142,6 +143,9 @@ class RedisLedger:
         #: (seconds until it fits, needed, quota)); the waiting questions reuse it.
         self._last: tuple[Demand, float, list[tuple[float, float, float]]] | None = None
         self._reported = False
+        #: Admissions made ahead for the next calls (see ``rate_limited.ledgers._redis_spares``).
+        self._spares = Spares(lambda spare: self._finish(spare, "release"))
+        self._link.chores = self._spares.expire
         self._link.start()
 
     def __repr__(self) -> str:
@@ -181,8 +185,10 @@ class RedisLedger:
         self._link.wake = wake
 
     def close(self) -> None:
-        """Stop renewing the lease and give up what this process still holds (kept, as
-        if it had died: a call still running may have been sent)."""
+        """Give back the spares, stop renewing the lease and give up what this process
+        still holds (kept, as if it had died: a call still running may have been sent)."""
+        if not self._link.closed:
+            self._spares.expire(force=True)
         self._link.close()
 
     @property
@@ -235,6 +241,12 @@ class RedisLedger:
         """Admit a call needing ``demand`` on every shared meter at once, or return None."""
         if self._link.paused:
             return None
+        count = 0
+        if not self._reported:  # spares: see rate_limited.ledgers._redis_spares
+            spare = self._spares.take(demand)
+            if spare is not None:
+                return self._take(spare, demand, now, defer)
+            count, spare_demand = self._spares.wanted(demand)
         entries = []
         track = "1" if self._reported else "0"
         args = [self.holder, num(self.lease), "1" if defer else "0", track, str(len(demand))]
@@ -242,6 +254,10 @@ class RedisLedger:
             entry = [*self._spec(index, need[2]), self._rules[index], num(need[0]), num(need[1])]
             entries.append(entry)
             args += entry
+        if count:
+            args.append(str(count))
+            for need in spare_demand:
+                args += [num(need[0]), num(need[1])]
         try:
             out = self._link.run("reserve", args)
         except self._link.down_errors:
@@ -260,10 +276,43 @@ class RedisLedger:
             held.append((level, corrected))
             quotas.append(quota)
             self._quotas[(i, need[2])] = quota
-        numbers = [int(x) for x in out[3 + 3 * len(demand) :]]
+        n = len(demand)
+        numbers = [int(x) for x in out[3 + 3 * n : 3 + 4 * n]]
+        if len(out) > 3 + 4 * n:
+            spare_entries = [
+                [*entry[:6], num(need[0]), num(need[1])]
+                for entry, need in zip(entries, spare_demand, strict=True)
+            ]
+            self._spares.add(
+                [
+                    RedisReservation(
+                        str(lease), spare_entries, spare_demand, held, quotas, numbers, now,
+                        self._rules, True,
+                    )  # fmt: skip
+                    for lease in out[3 + 4 * n :]
+                ]
+            )
         return RedisReservation(
             str(out[1]), entries, demand, held, quotas, numbers, now, self._rules, defer
         )
+
+    def _take(
+        self, spare: RedisReservation, demand: Demand, now: float, defer: bool
+    ) -> RedisReservation:
+        """Admit a call needing ``demand`` on ``spare`` (no round trip: the ``take`` goes
+        with the next script call, and begins it there unless ``defer``)."""
+        entries = [
+            [*entry[:6], num(need[0]), num(need[1])]
+            for entry, need in zip(spare.entries, demand, strict=True)
+        ]
+        args = [self.holder, num(self.lease), spare.lease, "take", "0" if defer else "1"]
+        for need in demand:
+            args += [num(need[0]), num(need[1])]
+        self._link.tell("finish", args)
+        return RedisReservation(
+            spare.lease, entries, demand, spare.held, spare.quotas, spare.numbers, now,
+            self._rules, defer,
+        )  # fmt: skip
 
     def _finish(self, reservation: RedisReservation, op: str, *extra: str) -> None:
         self._link.tell("finish", [self.holder, num(self.lease), reservation.lease, op, *extra])
@@ -386,14 +435,21 @@ class RedisLedger:
         }
 
     # -- quotas --------------------------------------------------------------------------------
-    def _peek(self, specs: list[list[str]]) -> list[tuple[float, float, float]]:
-        args = [str(len(specs))]
-        for spec in specs:
-            args += [*spec, "0"]
+    def _peek(self, keys: list[tuple[int, Hashable]]) -> list[tuple[float, float, float]]:
+        """(used, reserved, quota) of the meters of ``keys`` ((resource index, partition
+        key)); reserved leaves out this process's spares (not calls: made ahead)."""
+        args = [str(len(keys))]
+        for index, key in keys:
+            args += [*self._spec(index, key), "0"]
         out = self._link.run("peek", args)
+        spares = self._spares.holding()
         return [
-            (float(out[1 + 4 * i]), float(out[2 + 4 * i]), float(out[3 + 4 * i]))
-            for i in range(len(specs))
+            (
+                float(out[1 + 4 * i]),
+                max(0.0, float(out[2 + 4 * i]) - spares.get(key, 0.0)),
+                float(out[3 + 4 * i]),
+            )
+            for i, key in enumerate(keys)
         ]
 
     def quota(self, resource: str, partition: Hashable = None) -> float:
@@ -402,7 +458,7 @@ class RedisLedger:
         known = self._quotas.get((index, key))
         if known is None:
             try:
-                known = self._peek([self._spec(index, key)])[0][2]
+                known = self._peek([(index, key)])[0][2]
             except self._link.down_errors:
                 known = float(self._resources[index].quota_for(key))
             self._quotas[(index, key)] = known
@@ -467,7 +523,7 @@ class RedisLedger:
         ]
         keys += [k for k in list(self._specs) if self._resources[k[0]].partition is not None]
         try:
-            states = self._peek([self._spec(i, key) for i, key in keys]) if keys else []
+            states = self._peek(keys) if keys else []
         except self._link.down_errors:
             states = []
         for (index, _), state in zip(keys, states, strict=False):
@@ -482,7 +538,7 @@ class RedisLedger:
     def partitions(self, now: float) -> dict[tuple[str, Hashable], tuple[float, float, float]]:
         keys = [k for k in list(self._specs) if self._resources[k[0]].partition is not None]
         try:
-            states = self._peek([self._spec(i, key) for i, key in keys]) if keys else []
+            states = self._peek(keys) if keys else []
         except self._link.down_errors:
             return {}
         return {(self.names[i], key): state for (i, key), state in zip(keys, states, strict=True)}

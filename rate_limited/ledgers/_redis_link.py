@@ -149,6 +149,8 @@ class RedisLink:
         self._lock = threading.Lock()
         #: When (monotonic) Redis was lost, None while it is reachable.
         self.down_since: float | None = None
+        #: How many times Redis was lost (what was held there before may be gone).
+        self.losses = 0
         self._retry_at = -math.inf
         self._failures = 0
         self._notices: list[tuple[type[Warning], str]] = []
@@ -220,10 +222,10 @@ class RedisLink:
         import redis
 
         try:
-            self.client.execute_command("FUNCTION", "LOAD", _lua.LIBRARY)
+            self.client.execute_command("FUNCTION", "LOAD", _lua.LIBRARY)  # type: ignore[no-untyped-call]
         except redis.ResponseError as exc:
             if "already exists" not in str(exc):  # no functions here (or not allowed)
-                sha = self.client.execute_command("SCRIPT", "LOAD", _lua.SCRIPT)
+                sha = self.client.execute_command("SCRIPT", "LOAD", _lua.SCRIPT)  # type: ignore[no-untyped-call]
                 self._call = ("EVALSHA", sha, "0")
                 return
         self._call = ("FCALL", _lua.FUNCTION, "0")
@@ -233,6 +235,7 @@ class RedisLink:
         lock). Code missing from Redis (restarted without persistence, flushed) is
         loaded again, and the call made again."""
         import redis
+        from redis.exceptions import NoScriptError
 
         conn = self._conn
         try:
@@ -241,10 +244,8 @@ class RedisLink:
                 try:
                     return conn.read_response()
                 except redis.ResponseError as exc:
-                    text = str(exc)
-                    if attempt == 2 or not (
-                        text.startswith("NOSCRIPT") or "Function not found" in text
-                    ):
+                    lost = isinstance(exc, NoScriptError) or "Function not found" in str(exc)
+                    if attempt == 2 or not lost:
                         raise
                 self._load_code()
         except self.down_errors:
@@ -283,6 +284,10 @@ class RedisLink:
             self._armed = True
         self._send_soon.set()
 
+    def poke(self) -> None:
+        """Wake the sender thread (its ``chores`` have a new deadline)."""
+        self._send_soon.set()
+
     def _flush(self) -> None:
         with self._lock:
             if self.outbox:
@@ -312,6 +317,7 @@ class RedisLink:
                 self._closed.wait(1.0)
 
     def _lost(self, exc: BaseException) -> None:
+        self.losses += 1
         self._failures += 1
         delay = min(_RETRY_MAX, RETRY_FIRST * 2 ** min(self._failures - 1, 10))
         self._retry_at = time.monotonic() + delay

@@ -19,7 +19,9 @@ What it does not change:
   Redis as before, and no process holds room another could use.
 * **Leases.** Spares are leases of this process: if it dies, they are reaped and billed as
   kept (whole: more than the provider bills, never less). Unused ones are released after
-  ``SPARE_TTL`` seconds (by the link's sender thread) or when the ledger closes.
+  ``SPARE_TTL`` seconds (by the link's sender thread) or when the ledger closes. Once
+  Redis was lost, none held before is taken (a restarted Redis may not have them): they
+  are given back, and admission asks Redis again.
 * **Reports.** Once the provider reports on the calls (``expect_reports``), no spares are
   made: ``reconcile`` compares a report with the room believed since the admission, and a
   spare's admission is earlier than its call's.
@@ -55,8 +57,10 @@ class Spares:
     """The spares this process holds, by meters; thread-safe (the loop takes them, the
     link's sender thread gives back the expired)."""
 
-    def __init__(self, release: Callable[[RedisReservation], None]) -> None:
+    def __init__(self, release: Callable[[RedisReservation], None], ttl: float = SPARE_TTL) -> None:
         self._release = release
+        #: Seconds within which a call "follows" another, and an unused spare is kept.
+        self.ttl = ttl
         self._lock = threading.Lock()
         self._held: dict[Meters, list[RedisReservation]] = {}
         self._expires = 0.0  # monotonic: when the spares held are given back
@@ -87,24 +91,24 @@ class Spares:
         """How many spares to ask for with an admission of ``demand``, and their demand:
         none for a call that does not follow another one closely."""
         now = time.monotonic()
-        follows, self._last = now - self._last < SPARE_TTL, now
+        follows, self._last = now - self._last < self.ttl, now
         self._recent.append(demand)
         if not follows:
             return 0, demand
         meters = tuple(need[2] for need in demand)
-        spare = [list(need) for need in demand]
+        caps = [[need[0], need[1]] for need in demand]
         for other in self._recent:
             if tuple(need[2] for need in other) == meters:
-                for cap, need in zip(spare, other, strict=True):
+                for cap, need in zip(caps, other, strict=True):
                     cap[0], cap[1] = max(cap[0], need[0]), max(cap[1], need[1])
-        return SPARES, [(cap[0], cap[1], cap[2]) for cap in spare]
+        return SPARES, [(a, est, key) for (a, est), key in zip(caps, meters, strict=True)]
 
     def add(self, spares: list[RedisReservation]) -> None:
         if not spares:
             return
         meters = tuple(need[2] for need in spares[0].demand)
         with self._lock:
-            self._expires = time.monotonic() + SPARE_TTL
+            self._expires = time.monotonic() + self.ttl
             self._held.setdefault(meters, []).extend(spares)
 
     def expire(self, force: bool = False) -> float | None:

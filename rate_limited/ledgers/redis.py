@@ -146,6 +146,7 @@ class RedisLedger:
         #: Admissions made ahead for the next calls (see ``rate_limited.ledgers._redis_spares``).
         self._spares = Spares(lambda spare: self._finish(spare, "release"))
         self._link.chores = self._spares.expire
+        self._losses = 0
         self._link.start()
 
     def __repr__(self) -> str:
@@ -243,6 +244,9 @@ class RedisLedger:
             return None
         count = 0
         if not self._reported:  # spares: see rate_limited.ledgers._redis_spares
+            if self._link.losses != self._losses:  # Redis was lost: they may be gone there
+                self._losses = self._link.losses
+                self._spares.expire(force=True)
             spare = self._spares.take(demand)
             if spare is not None:
                 return self._take(spare, demand, now, defer)
@@ -278,20 +282,17 @@ class RedisLedger:
             self._quotas[(i, need[2])] = quota
         n = len(demand)
         numbers = [int(x) for x in out[3 + 3 * n : 3 + 4 * n]]
-        if len(out) > 3 + 4 * n:
+        if len(out) > 3 + 4 * n:  # spares
             spare_entries = [
                 [*entry[:6], num(need[0]), num(need[1])]
                 for entry, need in zip(entries, spare_demand, strict=True)
             ]
+            made = [(str(lease), spare_entries, spare_demand) for lease in out[3 + 4 * n :]]
             self._spares.add(
-                [
-                    RedisReservation(
-                        str(lease), spare_entries, spare_demand, held, quotas, numbers, now,
-                        self._rules, True,
-                    )  # fmt: skip
-                    for lease in out[3 + 4 * n :]
-                ]
-            )
+                [RedisReservation(*spare, held, quotas, numbers, now, self._rules, True)
+                 for spare in made]
+            )  # fmt: skip
+            self._link.poke()  # the sender thread gives them back if unused
         return RedisReservation(
             str(out[1]), entries, demand, held, quotas, numbers, now, self._rules, defer
         )

@@ -40,16 +40,16 @@ local function f(x) return string.format('%.17g', x) end
 -- freed (something was given back), reaped (the dead were looked for), ID and IDN (the
 -- call's one id from `P seq` and how many were taken from it). Meters are read once per
 -- call (whatever number of operations it runs), kept in LOADED, and written back once at
--- its end if changed (DIRTY, write_back).
+-- its end if changed (DIRTY, write_back); ALIVE: the holders whose lease it renewed.
 local P, T, freed, reaped, ID, IDN = '', 0, false, false, nil, 0
-local LOADED, DIRTY = {}, {}
+local LOADED, DIRTY, ALIVE = {}, {}, {}
 
 local function begin_call(prefix)
   P = prefix
   local tt = redis.call('TIME')
   T = tonumber(tt[1]) + tonumber(tt[2]) / 1000000
   freed, reaped, ID, IDN = false, false, nil, 0
-  LOADED, DIRTY = {}, {}
+  LOADED, DIRTY, ALIVE = {}, {}, {}
 end
 
 -- A new id (lease ids, window log entries): one INCR per call, then "<id>.<k>".
@@ -230,6 +230,8 @@ local function reap()
 end
 
 local function alive(holder, ttl)
+  if ALIVE[holder] then return end  -- T is one instant: once per call is enough
+  ALIVE[holder] = true
   redis.call('ZADD', P .. 'holders', f(T + tonumber(ttl)), holder)
 end
 

@@ -4,8 +4,13 @@
 script calls); this module carries the asking:
 
 * **One round trip per call.** Settling operations (``tell``) are queued and go with the
-  next admission (``run``), in order, in one script call; the *sender* thread sends those
-  no admission takes within ``_BATCH_WAIT``, so that other processes see them soon.
+  next admission (``run``), in order, in one call of the ledger's code; the *sender*
+  thread sends those no admission takes within ``_BATCH_WAIT``, so that other processes
+  see them soon (and runs the ledger's ``chores``: giving back unused spares).
+* **The code.** Loaded once per Redis as a Function library (``FCALL``), or as a script
+  (``EVALSHA``) where Redis has no functions; loaded again if Redis lost it. The calls go
+  on the link's own connection (``_execute``): one command, one reply, none of the
+  client's per-command work (connection pool, retries, instrumentation).
 * **The lease.** The process holds its reservations under a *holder* id whose lease the
   *keeper* thread renews every ``lease / 4`` seconds (a process that dies stops renewing,
   and others take back what it held). The keeper also passes the ``freed`` notifications

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from rate_limited.ledgers.base import Demand
 
 if TYPE_CHECKING:
-    from rate_limited.ledgers.redis import RedisReservation
+    from rate_limited.ledgers._redis_reservation import RedisReservation
 
 __all__ = ["SPARES", "SPARE_TTL", "Spares"]
 

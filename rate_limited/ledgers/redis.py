@@ -6,8 +6,12 @@ would admit alone. It has the in-memory ledger's operations (``rate_limited._led
 and the engine does not know which of the two it has.
 
 * **Atomic.** Reserve (every resource at once), settle, keep, release and refuse are each
-  one Lua script (``rate_limited.ledgers._lua``): no other process's admission runs between
-  the check and the reservation.
+  one Lua operation (``rate_limited.ledgers._lua``, a Redis Function library): no other
+  process's admission runs between the check and the reservation.
+* **Cheap.** An admission is one round trip, which carries the settlements queued before
+  it; while calls come fast on meters far from their quotas, it also makes *spares*
+  (``rate_limited.ledgers._redis_spares``), and the next calls are admitted on those
+  with no round trip at all.
 * **Redis's clock.** Windows and buckets run on Redis ``TIME``; the engine's own clock only
   turns "fits in 0.8 s" into a timer. Machines whose clocks disagree share one quota right.
 * **Same settle rules, same partitions.** ``settle="actual"`` holds the estimate and bills
@@ -47,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from rate_limited.exceptions import ConfigurationError, UnknownResourceError
 from rate_limited.ledgers._redis_link import RETRY_FIRST, RedisLink, num, parse_url
+from rate_limited.ledgers._redis_reservation import RedisReservation
 from rate_limited.ledgers._redis_spares import Spares
 from rate_limited.ledgers.base import Demand, Earlier, Settle
 
@@ -61,55 +66,6 @@ POLL = 0.2
 
 def _partition_text(key: Hashable) -> str:
     return "" if key is None else key if isinstance(key, str) else repr(key)
-
-
-class RedisReservation:
-    """An admission held in Redis under ``lease`` (the lease id)."""
-
-    __slots__ = (
-        "at",
-        "deferred",
-        "demand",
-        "entries",
-        "first_token",
-        "held",
-        "lease",
-        "numbers",
-        "quotas",
-        "reconciled",
-        "rules",
-    )
-
-    def __init__(
-        self,
-        lease: str,
-        entries: list[list[str]],
-        demand: Demand,
-        held: list[tuple[float, float]],
-        quotas: list[float],
-        numbers: list[int],
-        at: float,
-        rules: tuple[Settle, ...],
-        deferred: bool,
-    ) -> None:
-        self.demand = demand
-        #: Per meter, (usage + reservations, corrections so far) right after admission.
-        self.held = held
-        #: Admission time (the engine's), and each resource's settle rule then.
-        self.at = at
-        self.rules = rules
-        #: Admitted but not started yet (a sync call waiting for its thread).
-        self.deferred = deferred
-        #: True once a refusal of this attempt was reconciled from its headers.
-        self.reconciled = False
-        self.lease = lease
-        #: Per resource: meter key, kind, quota, window, delay, rule, arguments, estimate.
-        self.entries = entries
-        self.quotas = quotas
-        #: Per resource, the admission's number on its meter (see ``reconcile``).
-        self.numbers = numbers
-        #: Seconds to the first streamed chunk, reported by a preset (``Reservation``).
-        self.first_token: float | None = None
 
 
 class RedisLedger:

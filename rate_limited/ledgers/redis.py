@@ -188,8 +188,10 @@ class RedisLedger:
     def expect_reports(self) -> None:
         """The provider will report on the calls: from now on every admission also records
         the room it leaves, which ``reconcile`` compares the reports with (it costs a
-        list operation per meter in Redis, so not before)."""
+        list operation per meter in Redis, so not before). No spares from now on (see
+        ``rate_limited.ledgers._redis_spares``): those held are given back."""
         self._reported = True
+        self._spares.expire(force=True)
 
     # -- admission and settlement --------------------------------------------------------------
     def try_reserve(

@@ -28,9 +28,10 @@ settle rule the headers reveal) is ``rate_limited.ledgers._reports``, the other 
 **Cost per call.** O(1) amortized per resource in time, and nothing kept per call once it
 settles: admission looks at each meter once (``Meter.held``) and bills or holds there,
 settling is one ``Meter.settle`` per resource, and a window meter's log is bounded
-(``rate_limited._meters.WindowMeter``). Meters the provider reports on, deferred
-admissions and partitions take the longer path, which also keeps what those need. The
-reservation (``rate_limited.ledgers._reservation``) is slotted, its lists flat.
+(``rate_limited._meters.WindowMeter``); a partitioned resource adds one dict lookup.
+Meters the provider reports on take a longer path, which also keeps what reconciling
+with its reports needs. The reservation (``rate_limited.ledgers._reservation``) is
+slotted, its lists flat.
 """
 
 from __future__ import annotations

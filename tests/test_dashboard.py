@@ -300,7 +300,7 @@ class Published:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[tuple[dict[str, Any], str, bool]] = []
-        monkeypatch.setattr(_dashboard, "_publish", self.publish)
+        monkeypatch.setattr(_dashboard, "publish", self.publish)
 
     def publish(self, data: dict[str, Any], display_id: str, *, update: bool = False) -> None:
         self.calls.append((data, display_id, update))

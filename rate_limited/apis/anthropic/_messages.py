@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from rate_limited._price import Price
 from rate_limited.apis._headers import Family
-from rate_limited.apis._preset import Preset, field, is_async_client
+from rate_limited.apis._preset import AsyncPreset, Preset, field, twin_of
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
 from rate_limited.apis._stream import Assembler, anthropic_assembler
 from rate_limited.apis._tokens import Tokenizer
@@ -79,12 +79,7 @@ class Messages(Preset):
         "input_tokens": "actual",
         "output_tokens": "actual",
     }
-    is_async: ClassVar[bool] = False
-
-    def __new__(cls, client: Any = None, **options: Any) -> Messages:
-        if cls is Messages and client is not None and is_async_client(client, cls.endpoint):
-            return object.__new__(AsyncMessages)
-        return object.__new__(cls)
+    sdk = ("anthropic", "Anthropic", "AsyncAnthropic")
 
     def __init__(
         self,
@@ -130,16 +125,6 @@ class Messages(Preset):
             prices=prices,
             ledger=ledger,
         )
-
-    def _default_client(self) -> Any:
-        try:
-            import anthropic
-        except ImportError:
-            raise ImportError(
-                f"{type(self).__name__} needs the anthropic SDK: "
-                "pip install 'rate_limited[anthropic]'"
-            ) from None
-        return anthropic.AsyncAnthropic() if self.is_async else anthropic.Anthropic()
 
     def _usage_of(
         self, kind: str
@@ -188,10 +173,6 @@ class Messages(Preset):
         return float(produced)
 
 
-class AsyncMessages(Messages):
+@twin_of(Messages)
+class AsyncMessages(AsyncPreset, Messages):
     """``Messages`` for ``anthropic.AsyncAnthropic``: calling it returns a coroutine."""
-
-    is_async = True
-
-    async def __call__(self, **params: Any) -> Any:
-        return await self._send_async(params)

@@ -18,8 +18,8 @@
   are not installed with the package); ``--help`` says what each one touches.
 
 ``python -m rate_limited ...`` is the same command. This module parses the command line;
-each command is a module of this package (``demo``, ``run``, ``ledger``, ``bench``), and
-``mock-provider`` is ``rate_limited.testing.mock_provider.main``.
+each command is a module of this package (``demo``, ``run``, ``mock_provider``,
+``ledger``, ``bench``).
 """
 
 from __future__ import annotations
@@ -96,9 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments and arguments[0] in ("mock-provider", "bench"):
         if arguments[0] == "bench":
             return bench.bench(arguments[1:])
-        from rate_limited.testing.mock_provider import main as serve
+        from rate_limited.cli import mock_provider
 
-        return serve(arguments[1:])
+        return mock_provider.main(arguments[1:])
     args = parser.parse_args(arguments)
     if args.command == "run":
         return run.run_command(args)

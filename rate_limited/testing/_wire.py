@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "optional_int",
     "require_list",
     "require_str",
+    "rfc3339",
 ]
 
 Endpoint = Literal["chat.completions", "embeddings", "responses", "messages"]
@@ -128,3 +130,10 @@ def optional_int(body: dict[str, Any], key: str, *, minimum: int = 1) -> int | N
             400, f"Invalid '{key}': expected an integer >= {minimum}, got {value!r}.", param=key
         )
     return value
+
+
+def rfc3339(epoch: float | None) -> str | None:
+    """Epoch seconds as the RFC 3339 UTC timestamp Anthropic's API shows (None stays None)."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")

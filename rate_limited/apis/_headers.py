@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Family", "LimitReading", "field", "headers_of", "read_limits"]
+__all__ = ["Family", "LimitReading", "field", "headers_of", "read_limits", "reported"]
 
 Family = Literal["openai", "anthropic"]
 
@@ -91,3 +91,13 @@ def field(obj: Any, *path: str) -> Any:
             return None
         obj = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
     return obj
+
+
+def reported(result: Any, name: str) -> float:
+    """``result.usage.<name>``, the count a response reports; a ``ValueError`` (the
+    results extractor's error, named by the engine) when it has none."""
+    usage = field(result, "usage")
+    count = field(usage, name)
+    if not isinstance(count, int | float) or isinstance(count, bool):
+        raise ValueError(f"the response has no usage.{name} (usage: {usage!r})")
+    return float(count)

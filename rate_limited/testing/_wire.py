@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 __all__ = [
     "ApiCall",
@@ -27,6 +27,8 @@ __all__ = [
     "require_str",
     "rfc3339",
 ]
+
+T = TypeVar("T")
 
 Endpoint = Literal["chat.completions", "embeddings", "responses", "messages"]
 #: How a reply is shaped: plain text, a JSON object (``{"text": ...}``), or a tool call.
@@ -102,21 +104,20 @@ def json_object(raw: bytes) -> dict[str, Any]:
 
 def require_str(body: dict[str, Any], key: str) -> str:
     """``body[key]`` as a non-empty string, or a 400 naming the parameter."""
-    value = body.get(key)
-    if value is None:
-        raise ApiError(400, f"Missing required parameter: '{key}'.", param=key)
-    if not isinstance(value, str) or not value:
-        raise ApiError(400, f"Invalid '{key}': expected a non-empty string.", param=key)
-    return value
+    return _required(body, key, str, "a non-empty string")
 
 
 def require_list(body: dict[str, Any], key: str) -> list[Any]:
     """``body[key]`` as a non-empty list, or a 400 naming the parameter."""
+    return _required(body, key, list, "a non-empty array")
+
+
+def _required(body: dict[str, Any], key: str, kind: type[T], expected: str) -> T:
     value = body.get(key)
     if value is None:
         raise ApiError(400, f"Missing required parameter: '{key}'.", param=key)
-    if not isinstance(value, list) or not value:
-        raise ApiError(400, f"Invalid '{key}': expected a non-empty array.", param=key)
+    if not isinstance(value, kind) or not value:
+        raise ApiError(400, f"Invalid '{key}': expected {expected}.", param=key)
     return value
 
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from rate_limited._price import Price
-from rate_limited.apis._headers import Family
+from rate_limited.apis._headers import Family, reported
 from rate_limited.apis._preset import AsyncPreset, Preset, field, twin_of
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
 from rate_limited.apis._stream import Assembler, anthropic_assembler
@@ -157,20 +157,13 @@ class Messages(Preset):
         return demand
 
     def _actual_input(self, call: Call, result: Any) -> float:
-        usage = field(result, "usage")
-        billed = field(usage, "input_tokens")
-        if not isinstance(billed, int | float) or isinstance(billed, bool):
-            raise ValueError(f"the response has no usage.input_tokens (usage: {usage!r})")
+        billed = reported(result, "input_tokens")
         if not call.args and not field(result, "partial"):
-            self.calibration.observe(self.raw_prompt_tokens(call.kwargs), float(billed))
-        return float(billed) + _count(field(usage, "cache_creation_input_tokens"))
+            self.calibration.observe(self.raw_prompt_tokens(call.kwargs), billed)
+        return billed + _count(field(result, "usage", "cache_creation_input_tokens"))
 
     def _actual_output(self, call: Call, result: Any) -> float:
-        usage = field(result, "usage")
-        produced = field(usage, "output_tokens")
-        if not isinstance(produced, int | float) or isinstance(produced, bool):
-            raise ValueError(f"the response has no usage.output_tokens (usage: {usage!r})")
-        return float(produced)
+        return reported(result, "output_tokens")
 
 
 @twin_of(Messages)

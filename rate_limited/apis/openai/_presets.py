@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rate_limited._price import Price
-from rate_limited.apis._headers import Family
+from rate_limited.apis._headers import Family, reported
 from rate_limited.apis._preset import AsyncPreset, Preset, field, twin_of
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
 from rate_limited.apis._stream import Assembler, openai_assembler
@@ -166,14 +166,11 @@ class _OpenAIPreset(Preset):
         return demand
 
     def _actual_tokens(self, call: Call, result: Any) -> float:
-        usage = field(result, "usage")
-        total = field(usage, "total_tokens")
-        if not isinstance(total, int | float) or isinstance(total, bool):
-            raise ValueError(f"the response has no usage.total_tokens (usage: {usage!r})")
-        prompt = field(usage, self.prompt_usage_field)
+        total = reported(result, "total_tokens")
+        prompt = field(result, "usage", self.prompt_usage_field)
         if isinstance(prompt, int) and not call.args and not field(result, "partial"):
             self.calibration.observe(self.raw_prompt_tokens(call.kwargs), prompt)
-        return float(total)
+        return total
 
 
 class ChatCompletions(_OpenAIPreset):

@@ -59,16 +59,13 @@ from rate_limited._scheduling import (
     Scheduler,
     declares,
     demand_of,
-    key_of,
     make_schedule,
-    pop_priority,
 )
 from rate_limited._status import RunnerState
 from rate_limited.budget import Budget
 from rate_limited.calls import Call, Result
 from rate_limited.exceptions import (
     ReentrantRunError,
-    RunnerClosedError,
     warn,
 )
 from rate_limited.handle import RunHandle, SigintGuard
@@ -285,37 +282,6 @@ class Runner(Scheduler, OnlineCaller, EngineHost):
         a wrapper carrying the wrapped function's signature and docstring.)
         """
         return self._schedule(args, kwargs)
-
-    def _schedule(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
-        if self._state is RunnerState.CLOSED:
-            raise RunnerClosedError("This Runner was closed; create a new Runner to schedule.")
-        priority = pop_priority(kwargs, 0, self._takes_priority)
-        calls = self.scheduled_calls
-        call = Call(self.function, args, kwargs, len(calls), self)
-        if priority:
-            call.priority = priority
-        money = self._money
-        money.schedule(call)
-        if self._extractors:
-            call.demand = demand_of(self._extractors, call)
-        money.price(call)
-        if self.store is not None:
-            call.key = key_of(self.config.key, self.function, call, money.key_kwargs(call))
-        if self._semantic is not None:
-            self._semantic.check(call)  # a text= that can't split the call: an error now
-        calls.append(call)
-        engine = self._active_engine
-        if self._state is RunnerState.RUNNING and engine is not None:
-            try:
-                on_its_loop = asyncio.get_running_loop() is engine.loop
-            except RuntimeError:
-                on_its_loop = False
-            if on_its_loop:
-                engine.enqueue(call)
-            else:
-                with contextlib.suppress(RuntimeError):  # loop closed: next run() has it
-                    engine.loop.call_soon_threadsafe(engine.enqueue, call)
-        return call
 
     # -- running -----------------------------------------------------------------------------
     def run(self) -> RunResult:

@@ -233,6 +233,11 @@ class Runner(Scheduler, OnlineCaller, EngineHost):
         close_ledger = getattr(self._ledger, "close", None)
         if close_ledger is not None:  # a shared ledger: its lease ends with the Runner
             weakref.finalize(self, close_ledger)
+        if self.store is not None and self.config.owns_store:
+            # A Runner dropped without close() still flushes and closes the store it
+            # opened (after its loop's finalizer, made later, has stopped the loop).
+            index = None if self._semantic is None else self._semantic.index
+            weakref.finalize(self, close_store, self.store, owned=True, checkpoints=(), index=index)
         # The engines on the Runner's loop (the batch's, the online calls') take turns by
         # priority; the online calls' engine is made by the first call().
         self._priorities = Priorities(self._ledger)

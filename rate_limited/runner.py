@@ -25,6 +25,9 @@ scheduled through it, nor a run going on in the background.
 After a run that was not interrupted, the Runner starts a new batch: the next ``run()``
 returns only calls scheduled after it, as in rate_limited 0.4.
 
+The Runner is assembled from bases in modules of their own: ``schedule()``'s per-call
+work (``rate_limited._scheduling``), where its engines run and how a run's end becomes
+its RunResult (``rate_limited._runs``), and the online calls (``rate_limited._online``).
 ``as_completed()`` yields the outcomes as the calls finish (``rate_limited._completed``);
 ``call()`` / ``call_sync()`` run one online call through the same quotas, ahead of the
 batch's waiting calls (``rate_limited._online``).
@@ -199,7 +202,7 @@ class Runner(Scheduler, OnlineCaller, EngineHost):
         """
         resources, budget = split_budget(resources, budget)
         #: The validated settings (``Runner.max_concurrent`` and the like read them).
-        self.config = RunnerConfig.build(locals())
+        self.config = RunnerConfig.build(locals())  # the arguments above, by name
         self.function = function
         self._runs_on_loop = is_async_callable(function)
         self.logger = get_logger(f"rate_limited.Runner.{self.name}")

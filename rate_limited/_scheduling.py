@@ -14,18 +14,28 @@ big batch small and leaves the garbage collector fewer objects to look at.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import math
 import weakref
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from numbers import Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rate_limited._config import function_name
 from rate_limited._redact import describe
+from rate_limited._status import RunnerState
 from rate_limited.calls import Call, CallOwner
 from rate_limited.exceptions import ConfigurationError, QuotaExceededError, RunnerClosedError
 from rate_limited.resources import Resource
+
+if TYPE_CHECKING:
+    from rate_limited._config import RunnerConfig
+    from rate_limited._engine import Engine
+    from rate_limited._money import Money
+    from rate_limited.semantic._step import SemanticStep
+    from rate_limited.stores.base import Store
 
 __all__ = [
     "Extractors",
@@ -57,9 +67,47 @@ class Scheduler(CallOwner):
     _inline_schedule: bool
     #: ``schedule()`` takes ``priority=`` (the function has no parameter of that name).
     _takes_priority: bool
+    config: RunnerConfig
+    function: Callable[..., Any]
+    store: Store | None
+    _state: RunnerState
+    _extractors: Extractors
+    _money: Money
+    _semantic: SemanticStep | None
+    _active_engine: Engine | None
 
     def _schedule(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
-        raise NotImplementedError
+        """Make the Call, work out what it needs (demand, price, store key), add it to the
+        batch, and hand it to the run going on, if any (on the engine's loop)."""
+        if self._state is RunnerState.CLOSED:
+            raise RunnerClosedError("This Runner was closed; create a new Runner to schedule.")
+        priority = pop_priority(kwargs, 0, self._takes_priority)
+        calls = self.scheduled_calls
+        call = Call(self.function, args, kwargs, len(calls), self)
+        if priority:
+            call.priority = priority
+        money = self._money
+        money.schedule(call)
+        if self._extractors:
+            call.demand = demand_of(self._extractors, call)
+        money.price(call)
+        if self.store is not None:
+            call.key = key_of(self.config.key, self.function, call, money.key_kwargs(call))
+        if self._semantic is not None:
+            self._semantic.check(call)  # a text= that can't split the call: an error now
+        calls.append(call)
+        engine = self._active_engine
+        if self._state is RunnerState.RUNNING and engine is not None:
+            try:
+                on_its_loop = asyncio.get_running_loop() is engine.loop
+            except RuntimeError:
+                on_its_loop = False
+            if on_its_loop:
+                engine.enqueue(call)
+            else:
+                with contextlib.suppress(RuntimeError):  # loop closed: next run() has it
+                    engine.loop.call_soon_threadsafe(engine.enqueue, call)
+        return call
 
 
 def make_schedule(owner: Scheduler, function: Callable[..., Any]) -> Callable[..., Call]:

@@ -705,7 +705,6 @@ def test_an_error_of_the_engine_itself_ends_the_run_and_run_raises_it(
 def test_a_stop_requested_before_its_run_starts_stops_it() -> None:
     """A Ctrl-C in the first instant of ``run()`` reaches the engine before the batch does:
     the request is kept for that run, which then admits nothing."""
-    from rate_limited._config import RunnerConfig
     from rate_limited._engine import Engine
     from rate_limited.ledgers import InMemoryLedger as Ledger
 
@@ -719,7 +718,7 @@ def test_a_stop_requested_before_its_run_starts_stops_it() -> None:
     calls = [runner.schedule(i) for i in range(3)]
 
     async def main() -> tuple[bool, bool]:
-        config = RunnerConfig.build(
+        config = make_runner(
             record,
             [],
             max_concurrent=4,
@@ -727,7 +726,7 @@ def test_a_stop_requested_before_its_run_starts_stops_it() -> None:
             retry_if=lambda e: True,
             backoff=lambda n, e: 0.0,
             long_wait_warning_seconds=None,
-        )
+        ).config
         engine = Engine(config, asyncio.get_running_loop(), Ledger([]))
         engine.request_stop(7)  # run 7 has not started yet
         stopped = await engine.run(calls, None, run_id=7)

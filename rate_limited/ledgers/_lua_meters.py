@@ -182,7 +182,7 @@ local function keep_entry(m, e, lease)
   local a, est = tonumber(e[7]), tonumber(e[8])
   if lease.def == 1 then
     unreserve(m, a + est)
-    bill(m, a + est, tonumber(lease.at))
+    bill(m, a + est, T)  -- never begun: it may have left up to now
   elseif e[6] ~= 'reserved' then
     unreserve(m, est)
     bill(m, est, tonumber(lease.at))

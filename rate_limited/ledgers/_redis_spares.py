@@ -62,8 +62,10 @@ class Spares:
         #: Seconds within which a call "follows" another, and an unused spare is kept.
         self.ttl = ttl
         self._lock = threading.Lock()
-        self._held: dict[Meters, list[RedisReservation]] = {}
-        self._expires = 0.0  # monotonic: when the spares held are given back
+        self._held: dict[Meters, list[RedisReservation]] = {}  # oldest first
+        #: Monotonic time at which each group's spares are given back: a group of its own,
+        #: so that spares of idle meters do not live on while other meters make new ones.
+        self._expires: dict[Meters, float] = {}
         self._recent: deque[Demand] = deque(maxlen=_RECENT)
         self._last = -float("inf")  # monotonic time of the last round-trip admission
 
@@ -76,13 +78,14 @@ class Spares:
             held = self._held.get(meters)
             if not held:
                 return None
-            spare = held[-1]
+            spare = held[0]  # the oldest: the one closest to being given back
             if all(
                 need[0] <= cap[0] and need[1] <= cap[1]
                 for need, cap in zip(demand, spare.demand, strict=True)
             ):
-                return held.pop()
+                return held.pop(0)
             del self._held[meters]
+            self._expires.pop(meters, None)
         for small in held:
             self._release(small)
         return None
@@ -108,23 +111,26 @@ class Spares:
             return
         meters = tuple(need[2] for need in spares[0].demand)
         with self._lock:
-            self._expires = time.monotonic() + self.ttl
+            self._expires[meters] = time.monotonic() + self.ttl
             self._held.setdefault(meters, []).extend(spares)
 
     def expire(self, force: bool = False) -> float | None:
         """Give back the spares held past their time (all, if ``force``); returns the
         seconds until the next are due, None if none is held."""
+        now = time.monotonic()
+        gone: list[RedisReservation] = []
+        next_due: float | None = None
         with self._lock:
-            if not any(self._held.values()):
-                return None
-            left = self._expires - time.monotonic()
-            if left > 0 and not force:
-                return left
-            gone = [spare for held in self._held.values() for spare in held]
-            self._held.clear()
+            for meters in list(self._held):
+                due = self._expires.get(meters, now)
+                if force or due <= now or not self._held[meters]:
+                    gone.extend(self._held.pop(meters))
+                    self._expires.pop(meters, None)
+                elif next_due is None or due < next_due:
+                    next_due = due
         for spare in gone:
             self._release(spare)
-        return None
+        return None if next_due is None else next_due - now
 
     def holding(self) -> dict[tuple[int, Hashable], float]:
         """What the spares held now hold, by (resource index, partition key)."""

@@ -156,3 +156,57 @@ def test_a_dead_processs_spares_are_billed_as_kept(make: Callable[..., RedisLedg
         )
     )
     assert held(alive)["requests"][0] >= 2 + spares - 0.1
+
+
+def test_a_kept_call_never_begun_counts_from_its_keep_not_its_spare(
+    make: Callable[..., RedisLedger],
+) -> None:
+    """A sync call taken from a spare whose start and failure reach the loop in one batch
+    is kept without a begin: the in-memory ledger bills it at the keep; Redis billed it
+    at the spare's creation, so with the spare older than a window it counted nothing."""
+    window = 0.5
+    ledger = make([Resource("requests", quota=100, time_window_seconds=window)])
+    other = make([Resource("requests", quota=100, time_window_seconds=window)])
+    first = ledger.try_reserve([(1.0, 0.0, None)], 0.0)
+    second = ledger.try_reserve([(1.0, 0.0, None)], 0.0)  # makes the spares
+    assert first is not None and second is not None and len(ledger._spares) == 8
+    ledger.settle(first, [0.0], 0.0)
+    ledger.settle(second, [0.0], 0.0)
+    wait_for(lambda: held(other)["requests"][0] == 0.0)  # both out of their window
+    kept = ledger.try_reserve([(1.0, 0.0, None)], 0.0, defer=True)  # a spare, no round trip
+    assert kept is not None
+    ledger.keep(kept, 0.0)  # it may have been billed by the provider: it counts from now
+    ledger._spares.expire(force=True)
+    wait_for(lambda: not ledger._link.outbox)
+    assert held(other)["requests"][:2] == pytest.approx((1.0, 0.0))
+
+
+def test_each_groups_spares_are_given_back_on_their_own_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Spares of meters that went idle are given back after their time even while other
+    meters keep making new ones (one shared deadline kept them all held); the oldest
+    spare of a group is taken first."""
+    from types import SimpleNamespace
+
+    from rate_limited.ledgers import _redis_spares
+
+    now = [100.0]
+    monkeypatch.setattr(_redis_spares, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    released: list[Any] = []
+    spares = _redis_spares.Spares(released.append, ttl=0.1)
+
+    serial = iter(range(100))
+
+    def made(key: str, n: int) -> list[Any]:
+        return [SimpleNamespace(demand=[(1.0, 0.0, key)], n=next(serial)) for _ in range(n)]
+
+    spares.add(made("a", 2))
+    for _ in range(5):  # b keeps making spares; a is idle
+        now[0] += 0.05
+        spares.add(made("b", 1))
+        spares.expire()
+    assert {spare.demand[0][2] for spare in released} == {"a"} and len(released) == 2
+    assert len(spares) == 5
+    taken = spares.take([(1.0, 0.0, "b")])
+    assert taken is not None and taken.n == 2 and len(spares) == 4  # b's first

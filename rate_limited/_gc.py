@@ -44,9 +44,10 @@ def bulk_allocation(count: int = 1000) -> Iterator[None]:
     try:
         yield
     finally:
-        if not gc.get_freeze_count():  # unfreeze() would thaw someone else's frozen objects
-            gc.freeze()
-            gc.unfreeze()
+        with _lock:  # not while a run in another thread freezes the heap
+            if not gc.get_freeze_count():  # unfreeze() would thaw others' frozen objects
+                gc.freeze()
+                gc.unfreeze()
         gc.enable()
 
 

@@ -75,4 +75,5 @@ def sort_key(item: Canon) -> str:
 
 
 def digest(data: bytes) -> str:
+    """The sha256 hex digest of bytes (an array's or a frame's content, hashed in bulk)."""
     return hashlib.sha256(data).hexdigest()

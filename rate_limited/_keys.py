@@ -29,8 +29,8 @@ What makes two calls "the same":
   labels, dtypes and names; an object of a plain Python class by its state
   (``__dict__`` and slots), when that state is itself made of values like these.
 - API clients, HTTP sessions, connections, locks and event-loop objects (of the libraries
-  in ``_key_values.CONTEXT_MODULES``: openai, anthropic, httpx, requests, aiohttp, redis, asyncio,
-  threading...) are context and count by their type's qualified name only.
+  in ``_key_values.CONTEXT_MODULES``: openai, anthropic, httpx, requests, aiohttp, redis,
+  asyncio, threading...) are context and count by their type's qualified name only.
 - Anything else (a C extension object the package can't read, a file handle, a
   generator...) has no key by value: ``call_key`` raises ``ConfigurationError`` asking for
   ``key=``. Keying it by type would give different calls one key, and a store would hand

@@ -466,6 +466,9 @@ _CONTEXT_MODULES = (
     "urllib3",
 )
 _HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class created by a class statement
+#: Py_TPFLAGS_IMMUTABLETYPE: never set by a class statement, but set on C types, including
+#: the heap types of extension modules (e.g. ``_io.StringIO`` from Python 3.12 on).
+_IMMUTABLE_TYPE = 1 << 8
 
 
 _class_kinds: dict[type, tuple[bool, bool]] = {}
@@ -484,7 +487,10 @@ def _class_kind(cls: type) -> tuple[bool, bool]:
             for module in modules
             for m in _CONTEXT_MODULES
         )
-        plain = all(k is object or k.__flags__ & _HEAP_TYPE for k in cls.__mro__)
+        plain = all(
+            k is object or k.__flags__ & (_HEAP_TYPE | _IMMUTABLE_TYPE) == _HEAP_TYPE
+            for k in cls.__mro__
+        )
         if len(_class_kinds) > 4096:
             _class_kinds.clear()
         kind = _class_kinds[cls] = (context, plain)

@@ -379,15 +379,9 @@ def test_sigkill_half_way_then_resume_resends_only_the_calls_in_flight(
     """
     db = tmp_path / "runs.db"
     with RecordingServer(delay=0.01, watch_db=db) as server:
-        proc = start_resume_child(
-            tmp_path,
-            server.url,
-            str(db),
-            KILL_CALLS,
-            max_concurrent=KILL_CONCURRENT,
-            kind=kind,
-            claim_ttl=KILL_CLAIM_TTL,
-        )
+        options = {"max_concurrent": KILL_CONCURRENT, "kind": kind, "claim_ttl": KILL_CLAIM_TTL}
+        child = (tmp_path, server.url, str(db), KILL_CALLS)
+        proc = start_resume_child(*child, **options)
         deadline = time.monotonic() + 60
         while server.n_answered() < KILL_CALLS // 2:
             assert proc.poll() is None, f"the child ended before the kill: {proc.communicate()}"
@@ -406,15 +400,7 @@ def test_sigkill_half_way_then_resume_resends_only_the_calls_in_flight(
         assert KILL_CALLS // 4 < len(stored) < KILL_CALLS
         assert stored <= sent_before_kill
 
-        second = run_resume_child(
-            tmp_path,
-            server.url,
-            str(db),
-            KILL_CALLS,
-            max_concurrent=KILL_CONCURRENT,
-            kind=kind,
-            claim_ttl=KILL_CLAIM_TTL,
-        )
+        second = run_resume_child(*child, **options)
         assert set(second["from_store"]) == stored  # every stored result reused, no other
         assert second["status"] == ["succeeded"] * KILL_CALLS
         counts = server.counts()
@@ -426,15 +412,7 @@ def test_sigkill_half_way_then_resume_resends_only_the_calls_in_flight(
         nth = {i: 2 if i in sent_twice else 1 for i in range(KILL_CALLS)}
         assert second["results"] == [expected(i, nth[i]) for i in range(KILL_CALLS)]
 
-        third = run_resume_child(
-            tmp_path,
-            server.url,
-            str(db),
-            KILL_CALLS,
-            max_concurrent=KILL_CONCURRENT,
-            kind=kind,
-            claim_ttl=KILL_CLAIM_TTL,
-        )
+        third = run_resume_child(*child, **options)
         assert server.counts() == counts  # zero requests
         assert third["from_store"] == list(range(KILL_CALLS))
         assert third["results"] == second["results"]

@@ -13,7 +13,9 @@ preset, a requests and a tokens resource, with the limits given):
   (Redis, SQLite): requests the provider received; then the same with one worker killed
   mid-run (claims of 5 s): requests <= 3,000 + the calls it had in flight.
 * **overhead**: the Runner's wall time per call, a no-op function with the two resources,
-  Redis ledger (loopback) minus in-process ledger, measured side by side.
+  Redis ledger (loopback) minus in-process ledger, measured side by side (alternately, 5
+  times; best and median): the same demand every call, demands that differ per call, and
+  the provider reporting on the calls (no spares then).
 * **Dask**: ``rate_limited.dask.apply`` on a ``LocalCluster`` of 2 worker processes over
   10,000 rows (RPM-bound): complete and exact results, 429s.
 
@@ -171,15 +173,33 @@ def cell_job(redis_url: str, store: str, kill: bool, tmp: Path) -> list[str]:
     ]
 
 
-def cell_overhead(redis_url: str, calls: int = 5000) -> list[list[str]]:
+#: Overhead runs: alternated in-process / Redis, each of ``OVERHEAD_CALLS`` calls.
+OVERHEAD_RUNS, OVERHEAD_CALLS = 5, 4000
+#: The Runner's default concurrency, at which the overhead is measured.
+OVERHEAD_CONCURRENCY = 64
+
+
+def cell_overhead(redis_url: str, calls: int = OVERHEAD_CALLS) -> list[list[str]]:
+    """Per call: (wall time of N calls with the Redis ledger - with the in-process ledger)
+    / N, the two run alternately ``OVERHEAD_RUNS`` times; best and median of the runs'
+    differences. Three workloads: every call the same demand; demands that differ per call
+    (tokens 50-250 by the arguments); and the provider reporting on the calls (headers, as
+    the presets read them), where no spares are made."""
+    import statistics
+
+    import redis
+
     from rate_limited import Resource, Runner
 
-    def resources() -> list[Resource]:
+    def resources(varying: bool) -> list[Resource]:
+        def prompt(call: Any) -> int:
+            return 50 + (call.args[0] * 37) % 200 if varying else 100
+
         return [
             Resource("requests", quota=1e9, time_window_seconds=60,
                      arguments_usage_extractor=lambda call: 1),
             Resource("tokens", quota=1e12, time_window_seconds=60, settle="reserved",
-                     arguments_usage_extractor=lambda call: 100,
+                     arguments_usage_extractor=prompt,
                      max_results_usage_estimator=lambda call: 200,
                      results_usage_extractor=lambda call, result: 150),
         ]  # fmt: skip
@@ -187,8 +207,11 @@ def cell_overhead(redis_url: str, calls: int = 5000) -> list[list[str]]:
     async def noop(i: int) -> int:
         return i
 
-    def timed(ledger: str | None) -> float:
-        runner = Runner(noop, resources(), ledger=ledger, progress=False)
+    def timed(ledger: str | None, varying: bool, reports: bool) -> float:
+        runner = Runner(noop, resources(varying), ledger=ledger, progress=False,
+                        max_concurrent=OVERHEAD_CONCURRENCY)  # fmt: skip
+        if reports:  # what a preset's header feedback turns on (rate_limited._feedback)
+            runner._ledger.expect_reports()
         for i in range(calls):
             runner.schedule(i)
         began = time.perf_counter()
@@ -198,8 +221,6 @@ def cell_overhead(redis_url: str, calls: int = 5000) -> list[list[str]]:
         return seconds / calls
 
     def ping() -> float:  # the machine's floor: one bare round trip to the same server
-        import redis
-
         client = redis.Redis.from_url(redis_url)
         began = time.perf_counter()
         for _ in range(calls):
@@ -208,17 +229,28 @@ def cell_overhead(redis_url: str, calls: int = 5000) -> list[list[str]]:
         client.close()
         return seconds / calls
 
-    times: dict[str, list[float]] = {"memory": [], "redis": [], "ping": []}
-    for _ in range(3):  # alternating, so noise hits all alike
-        times["memory"].append(timed(None))
-        times["redis"].append(timed(f"{redis_url}?name=b-overhead-{uuid.uuid4().hex[:6]}"))
-        times["ping"].append(ping())
-    memory, shared, floor = min(times["memory"]), min(times["redis"]), min(times["ping"])
-    return [
-        ["in-process ledger", f"{memory * 1e6:.0f} µs", "-"],
-        ["Redis ledger (loopback)", f"{shared * 1e6:.0f} µs", f"+{(shared - memory) * 1e6:.0f} µs"],
-        ["(for scale: one Redis PING round trip)", f"{floor * 1e6:.0f} µs", "-"],
+    def us(seconds: float) -> str:
+        return f"{seconds * 1e6:,.0f} µs"
+
+    workloads = [
+        ("same demand every call", False, False),
+        ("demand differs per call", True, False),
+        ("provider reports (presets): no spares", False, True),
     ]
+    rows, pings = [], []
+    for label, varying, reported in workloads:
+        memory, shared = [], []
+        for _ in range(OVERHEAD_RUNS):  # alternating, so noise hits both alike
+            memory.append(timed(None, varying, reported))
+            shared.append(timed(f"{redis_url}?name=b-overhead-{uuid.uuid4().hex[:6]}",
+                                varying, reported))  # fmt: skip
+            pings.append(ping())
+        extra = [r - m for m, r in zip(memory, shared, strict=True)]
+        rows.append([label, us(statistics.median(memory)), us(statistics.median(shared)),
+                     f"+{us(min(extra))}", f"+{us(statistics.median(extra))}"])  # fmt: skip
+    rows.append(["(for scale: one Redis PING round trip, redis-py)", "-", us(min(pings)),
+                 "-", f"median {us(statistics.median(pings))}"])  # fmt: skip
+    return rows
 
 
 def cell_dask(redis_url: str, rows: int = 10_000) -> list[str]:
@@ -293,7 +325,14 @@ def main(argv: list[str] | None = None) -> int:
                                   "same results in every worker"], rows), ""]  # fmt: skip
     if "overhead" in only:
         parts += ["### Overhead per call (no-op function, requests + tokens resources)", "",
-                  markdown_table(["ledger", "wall time per call", "Redis - in-process"],
+                  f"Per call: (wall time of {OVERHEAD_CALLS:,} calls with the Redis ledger - "
+                  f"with the in-process ledger) / {OVERHEAD_CALLS:,}, at the default "
+                  f"max_concurrent={OVERHEAD_CONCURRENCY}; the two run alternately "
+                  f"{OVERHEAD_RUNS} times, best and median of the runs' differences. "
+                  "Redis on loopback; load average at the start of the run: "
+                  f"{os.getloadavg()[0]:.1f} (2 CPUs).", "",
+                  markdown_table(["workload", "in-process (median)", "Redis (median)",
+                                  "Redis - in-process, best", "median"],
                                  cell_overhead(redis_url)), ""]  # fmt: skip
     if "dask" in only:
         parts += ["### Dask LocalCluster (RPM-bound, 6,000 RPM)", "",

@@ -64,7 +64,8 @@ class Admission:
         #: Partitioned resources: fresh calls by partition keys, each (call, attempts then).
         self._lanes: dict[tuple[Any, ...], deque[tuple[Call, int]]] | None = None
         self._passed: set[Call] = set()  # admitted from a lane, still in ready
-        self._wake_future: asyncio.Future[None] | None = None
+        #: What idle workers wait on (None: no worker waits).
+        self.wake_future: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = math.inf
         #: No call is admitted before this (loop time): a cool-down after HTTP 429.
@@ -244,15 +245,11 @@ class Admission:
         return None, when
 
     # -- waiting and waking -------------------------------------------------------------------
-    @property
-    def has_waiters(self) -> bool:
-        return self._wake_future is not None
-
     async def wait(self) -> None:
         """Wait until something may have changed (``wake``, the timer)."""
-        future = self._wake_future
+        future = self.wake_future
         if future is None or future.done():
-            future = self._wake_future = self.loop.create_future()
+            future = self.wake_future = self.loop.create_future()
         await future
 
     def wake(self) -> None:
@@ -264,9 +261,9 @@ class Admission:
 
     def wake_here(self) -> None:
         """``wake()``, for this engine only."""
-        future = self._wake_future
+        future = self.wake_future
         if future is not None:
-            self._wake_future = None
+            self.wake_future = None
             if not future.done():
                 future.set_result(None)
 

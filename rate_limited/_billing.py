@@ -52,8 +52,15 @@ class Billing:
         self.ledger = ledger
         self.spend = spend
         self.resources = list(resources)
-        self.names = [r.name for r in self.resources]
-        self._extractors = [r.results_usage_extractor for r in self.resources]
+        self.names = tuple(r.name for r in self.resources)
+        #: Constant for the run: the resources that have a results extractor, and a
+        #: results usage of 0 for each resource (copied per call, then filled in).
+        self._extracting = [
+            (i, r.results_usage_extractor)
+            for i, r in enumerate(self.resources)
+            if r.results_usage_extractor is not None
+        ]
+        self._zeros = [0.0] * len(self.resources)
         #: Calls whose results usage could not be read since the last report, and the first.
         self.usage_problems = 0
         self.usage_problem: str | None = None
@@ -67,48 +74,58 @@ class Billing:
     def results(self, call: Call, value: Any, now: float) -> float | None:
         """The attempt returned ``value``: bill its actual results usage. Returns its time
         to first token, for a streamed response (``rate_limited.apis._stream``)."""
-        reservation = reservation_of(call)
+        reservation = call.reservation
         call.reservation = None
-        first_token = None if reservation is None else reservation.first_token
-        if first_token is not None:
-            call.time_to_first_token = first_token
-        usage = call.usage
-        if usage is None:
-            usage = call.usage = {}
-        actual = [self._amount(call, value, i) for i in range(len(self.resources))]
+        first_token = None
+        if reservation is not None:
+            first_token = reservation.first_token  # type: ignore[attr-defined]
+            if first_token is not None:
+                call.time_to_first_token = first_token
+        actual = self._zeros.copy()
+        for i, extractor in self._extracting:
+            try:
+                amount = float(extractor(call, value))
+            except BaseException as exc:
+                amount = self._unreadable(call, i, exc)
+            else:
+                if not 0 <= amount < math.inf:  # NaN and inf too: a meter must stay finite
+                    amount = self._unreadable(
+                        call,
+                        i,
+                        ValueError(f"usage must be a finite, non-negative number, got {amount}"),
+                    )
+            actual[i] = amount
         if self.spend is not None:
             self.spend.settle(call, value, now)
         if reservation is not None:
             billed = self.ledger.settle(reservation, actual, now)  # by each resource's rule
-            for name, need, amount in zip(self.names, call.demand, billed, strict=True):
-                usage[name] = usage.get(name, 0.0) + need[0] + amount
+            # The arguments usage plus what the results were billed (no new float for a 0).
+            call.add_usage(
+                self.names,
+                [
+                    need[0] + amount if amount and need[0] else amount or need[0]
+                    for need, amount in zip(call.demand, billed, strict=True)
+                ],
+            )
         else:  # a late result whose reservation was already settled: bill what it used
             self.ledger.bill(call.demand, actual, now)
         return first_token
 
-    def _amount(self, call: Call, value: Any, i: int) -> float:
-        """Resource ``i``'s results usage of ``value`` (the estimate if unreadable)."""
-        extractor = self._extractors[i]
-        if extractor is None:
-            return 0.0
+    def _unreadable(self, call: Call, i: int, exc: BaseException) -> float:
+        """Resource ``i``'s extractor failed on a result (``exc``): the estimate is billed
+        instead, and the call is warned (``UsageExtractionError``)."""
         estimate = call.demand[i][1]
-        try:
-            amount = float(extractor(call, value))
-            if not 0 <= amount < math.inf:  # NaN and inf too: a meter must stay finite
-                raise ValueError(f"usage must be a finite, non-negative number, got {amount}")
-        except BaseException as exc:
-            error = UsageExtractionError(
-                f"results_usage_extractor of resource {self.names[i]!r} failed "
-                f"({describe(exc, call)}); billed the estimate {estimate:g} instead"
-            )
-            error.__cause__ = exc
-            if not call.warning_history:
-                self.usage_problems += 1
-                self.usage_problem = self.usage_problem or str(error)
-            call.warnings.append(error)
-            logger.warning("%s for %r", error, call)
-            return estimate
-        return amount
+        error = UsageExtractionError(
+            f"results_usage_extractor of resource {self.names[i]!r} failed "
+            f"({describe(exc, call)}); billed the estimate {estimate:g} instead"
+        )
+        error.__cause__ = exc
+        if not call.warning_history:
+            self.usage_problems += 1
+            self.usage_problem = self.usage_problem or str(error)
+        call.warnings.append(error)
+        logger.warning("%s for %r", error, call)
+        return estimate
 
     def keep(self, call: Call, now: float) -> None:
         """It may have been billed: its estimate stays used."""
@@ -117,10 +134,7 @@ class Billing:
         reservation = reservation_of(call)
         if reservation is not None:
             self.ledger.keep(reservation, now)
-            usage = call.usage if call.usage is not None else {}
-            call.usage = usage
-            for name, need in zip(self.names, call.demand, strict=True):
-                usage[name] = usage.get(name, 0.0) + need[0] + need[1]
+            call.add_usage(self.names, [need[0] + need[1] for need in call.demand])
         call.reservation = None
 
     def release(self, call: Call, now: float) -> None:

@@ -198,7 +198,7 @@ class Checkpoint:
             result=call.result if succeeded else None,
             error=None if error is None else describe(error, call),
             attempts=call.attempts,
-            usage=dict(call.usage or {}),
+            usage=call.usage_copy(),
             started_at=None if call.started_at is None else call.started_at + offset,
             finished_at=now + offset,
             function=self.function_name,

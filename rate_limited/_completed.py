@@ -180,16 +180,21 @@ class AsCompleted:
                 fresh.append(call)
         return fresh
 
-    def _take(self, handle: RunHandle, feed: _Feed, seen: set[Call]) -> tuple[list[Call], bool]:
-        """The calls to yield now (none twice), and whether the run has ended; at its end,
-        the run's final calls not reported too (the safety net)."""
-        calls, ended = feed.take()
-        fresh = self._fresh(calls, seen)
-        if ended:
-            fresh += self._fresh(
-                _by_end([c for c in list(handle._calls) if c.status.is_final]), seen
-            )
-        return fresh, ended
+    def _batches(self, handle: RunHandle, feed: _Feed) -> Iterator[list[Call]]:
+        """The calls to yield, batch by batch and none twice, until the run ends (at its
+        end, the run's final calls not reported too: the safety net). An empty batch
+        means: nothing new yet, wait on the feed."""
+        seen: set[Call] = set()
+        while True:
+            calls, ended = feed.take()
+            fresh = self._fresh(calls, seen)
+            if ended:
+                final = [c for c in list(handle._calls) if c.status.is_final]
+                fresh += self._fresh(_by_end(final), seen)
+                if fresh:
+                    yield fresh
+                return
+            yield fresh
 
     def __iter__(self) -> Iterator[Outcome]:
         return self._iterate()
@@ -199,19 +204,15 @@ class AsCompleted:
         with SigintGuard() as guard:
             handle, feed, unsubscribe = self._begin()
             guard.attach(handle._interrupt)
-            seen: set[Call] = set()
             finished = False
             try:
-                while True:
-                    fresh, ended = self._take(handle, feed, seen)
-                    for call in fresh:
+                for calls in self._batches(handle, feed):
+                    if not calls:
+                        _wait(handle, feed)
+                    for call in calls:
                         self.yielded += 1
                         yield Outcome.of(call)
-                    if ended:
-                        finished = True
-                        break
-                    if not fresh:
-                        _wait(handle, feed)
+                finished = True
             finally:
                 unsubscribe()
                 if not finished and self._owns_run:
@@ -224,19 +225,15 @@ class AsCompleted:
 
     async def _iterate_async(self) -> AsyncIterator[Outcome]:
         handle, feed, unsubscribe = self._begin()
-        seen: set[Call] = set()
         finished = False
         try:
-            while True:
-                fresh, ended = self._take(handle, feed, seen)
-                for call in fresh:
+            for calls in self._batches(handle, feed):
+                if not calls:
+                    await feed.wait_async()
+                for call in calls:
                     self.yielded += 1
                     yield Outcome.of(call)
-                if ended:
-                    finished = True
-                    break
-                if not fresh:
-                    await feed.wait_async()
+            finished = True
         finally:
             unsubscribe()
             if not finished and self._owns_run:

@@ -1,10 +1,11 @@
 """``RunnerConfig``: a Runner's settings, validated once, frozen, handed to its engines.
 
-``Runner(...)`` takes twenty keyword arguments (0.4's positional ones first). Each is
-checked here, once, with an error naming the argument and what to do
-(``ConfigurationError``); what comes out is a frozen ``RunnerConfig`` that the Runner
-and every engine it makes read, and nothing writes. Opening the store from a URL or path
-happens here too, so that a bad ``store=`` fails before anything is scheduled.
+``Runner(...)`` takes twenty keyword arguments (0.4's positional ones first), declared
+with their defaults in ``Runner.__init__`` alone. Each is checked here, once, with an
+error naming the argument and what to do (``ConfigurationError``); what comes out is a
+frozen ``RunnerConfig`` that the Runner and every engine it makes read, and nothing
+writes. Opening the store from a URL or path happens here too, so that a bad ``store=``
+fails before anything is scheduled.
 """
 
 from __future__ import annotations
@@ -12,24 +13,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from numbers import Real
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from rate_limited._clock import Clock, MonotonicClock
-from rate_limited._policy import (
-    Validator,
-    exponential_backoff,
-    normalize_validators,
-    retry_if_transient,
-)
+from rate_limited._policy import exponential_backoff, normalize_validators
 from rate_limited.exceptions import ConfigurationError
 from rate_limited.progress import check_progress
 from rate_limited.resources import Resource
 from rate_limited.stores.base import Store
 
 if TYPE_CHECKING:
-    from rate_limited.calls import Call, Result
+    from rate_limited.calls import Call
 
 __all__ = ["RunnerConfig", "Setting", "function_name"]
 
@@ -64,32 +60,20 @@ class RunnerConfig:
     rate_limit_patience: float | None
 
     @classmethod
-    def build(
-        cls,
-        function: Callable[..., Any],
-        resources: Iterable[Resource] = (),
-        max_concurrent: int = 64,
-        max_retries: int = 5,
-        validation_function: Callable[[Result], bool] | None = None,
-        progress_interval: float = 0.1,
-        long_wait_warning_seconds: float | None = 2.0,
-        *,
-        validation: Validator | Iterable[Validator] | None = None,
-        retry_if: Callable[[BaseException], bool] = retry_if_transient,
-        backoff: Callable[[int, BaseException | None], float] | None = None,
-        timeout: float | None = None,
-        progress: object = None,
-        clock: Clock | None = None,
-        name: str | None = None,
-        store: str | os.PathLike[str] | Store | None = None,
-        key: Callable[[Call], str] | None = None,
-        refresh: bool = False,
-        ttl: float | None = None,
-        retry_failed: bool = True,
-        event_loop: EventLoop = "own",
-        rate_limit_patience: float | None = 600.0,
-    ) -> RunnerConfig:
-        """Check every argument of ``Runner(...)``; raises ``ConfigurationError``."""
+    def build(cls, arguments: Mapping[str, Any]) -> RunnerConfig:
+        """Check ``Runner(...)``'s arguments, given by name; raises ``ConfigurationError``.
+
+        ``Runner.__init__`` is the one place that declares them and their defaults (what
+        users' IDEs and ``help()`` show); it hands its arguments over as they came, and
+        names this method does not know (``budget=``, ``ledger=``...) are the Runner's.
+        """
+        function = arguments["function"]
+        retry_if = arguments["retry_if"]
+        backoff = arguments["backoff"]
+        progress = arguments["progress"]
+        clock = arguments["clock"]
+        event_loop = arguments["event_loop"]
+        key = arguments["key"]
         if not callable(function):
             raise ConfigurationError(
                 f"function must be callable (the API call to run), got "
@@ -115,26 +99,32 @@ class RunnerConfig:
             raise ConfigurationError(f"key must be a callable key(call) -> str, got {key!r}.")
         return cls(
             function=function,
-            resources=tuple(_check_resources(resources)),
-            max_concurrent=_check_int(max_concurrent, "max_concurrent", minimum=1),
-            max_retries=_check_int(max_retries, "max_retries", minimum=0),
-            validators=normalize_validators(validation, validation_function),
-            progress_interval=_check_seconds(progress_interval, "progress_interval", zero=True),
+            resources=tuple(_check_resources(arguments["resources"])),
+            max_concurrent=_check_int(arguments["max_concurrent"], "max_concurrent", minimum=1),
+            max_retries=_check_int(arguments["max_retries"], "max_retries", minimum=0),
+            validators=normalize_validators(
+                arguments["validation"], arguments["validation_function"]
+            ),
+            progress_interval=_check_seconds(
+                arguments["progress_interval"], "progress_interval", zero=True
+            ),
             long_wait_warning_seconds=_optional_seconds(
-                long_wait_warning_seconds, "long_wait_warning_seconds", zero=True
+                arguments["long_wait_warning_seconds"], "long_wait_warning_seconds", zero=True
             ),
             retry_if=retry_if,
             backoff=backoff if backoff is not None else exponential_backoff(),
-            timeout=_optional_seconds(timeout, "timeout"),
+            timeout=_optional_seconds(arguments["timeout"], "timeout"),
             progress=progress,
             clock=clock if clock is not None else MonotonicClock(),
-            name=name or function_name(function),
+            name=arguments["name"] or function_name(function),
             key=key,
-            refresh=bool(refresh),
-            retry_failed=bool(retry_failed),
+            refresh=bool(arguments["refresh"]),
+            retry_failed=bool(arguments["retry_failed"]),
             event_loop=event_loop,
-            rate_limit_patience=_optional_seconds(rate_limit_patience, "rate_limit_patience"),
-            **_open_store(store, _optional_seconds(ttl, "ttl")),
+            rate_limit_patience=_optional_seconds(
+                arguments["rate_limit_patience"], "rate_limit_patience"
+            ),
+            **_open_store(arguments["store"], _optional_seconds(arguments["ttl"], "ttl")),
         )
 
 

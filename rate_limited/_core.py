@@ -32,23 +32,31 @@ this class.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rate_limited._admission import Admission
 from rate_limited._billing import Billing
 from rate_limited._checkpoint import Checkpoint
 from rate_limited._claims import Claims
-from rate_limited._policy import is_rate_limited, proves_not_billed, retry_after_seconds, validate
+from rate_limited._policy import (
+    backoff_exponent,
+    clear_frames,
+    errors_counted,
+    is_rate_limited,
+    out_of_patience,
+    proves_not_billed,
+    retry_after_seconds,
+    validate,
+)
 from rate_limited._redact import describe, get_logger, redact, secret_values
 from rate_limited._stats import RunStats
 from rate_limited._status import Status
 from rate_limited.exceptions import (
     RateLimitedTooLongError,
     StreamBrokenError,
-    UsageExtractionError,
     ValidationError,
 )
 
@@ -72,27 +80,34 @@ PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     Status.CANCELLED,
 )
 
-#: Failures that are not errors of the call: no backoff for them, nor counted in it.
-_NOT_ERRORS = (ValidationError, UsageExtractionError)
-
 #: A warning for the caller's thread: its category and message.
 Notice = tuple[type[Warning], str]
+
+
+@dataclass(frozen=True)
+class EngineParts:
+    """What an engine is built from, handed down its layers whole (see ``Engine``)."""
+
+    config: RunnerConfig
+    loop: asyncio.AbstractEventLoop
+    #: Shared by every engine of one Runner: quota used on one loop counts on another.
+    ledger: Ledger[Any]
+    #: How the function is named in messages and store keys.
+    function_name: str = ""
+    semantic: SemanticStep | None = None
+    #: Money: prices and the budget (``rate_limited._spend``).
+    spend: SpendControl | None = None
+    #: Escalation (``rate_limited._escalate``): whether a failed call's next attempt goes
+    #: to the next rung (and its arguments then).
+    escalate: Callable[[Call, BaseException], bool] | None = None
 
 
 class EngineCore:
     """Calls' transitions and a run's counters, on the engine's loop thread."""
 
-    def __init__(
-        self,
-        config: RunnerConfig,
-        loop: asyncio.AbstractEventLoop,
-        ledger: Ledger[Any],
-        *,
-        function_name: str = "",
-        semantic: SemanticStep | None = None,
-        spend: SpendControl | None = None,
-        escalate: Callable[[Call, BaseException], bool] | None = None,
-    ) -> None:
+    def __init__(self, parts: EngineParts) -> None:
+        config, loop, ledger, spend = parts.config, parts.loop, parts.ledger, parts.spend
+        function_name, semantic, escalate = parts.function_name, parts.semantic, parts.escalate
         self.config = config
         self.function = config.function
         self.function_name = function_name
@@ -342,11 +357,15 @@ class EngineCore:
         try:
             settle(call, value, now)
         except BaseException as exc:  # SystemExit from a validator too: the call fails
-            logger.exception("Internal error while settling %r; the call is marked failed", call)
-            if call.status.is_final:
-                return
-            call.exceptions.append(exc)
-            self._finish(call, FAILED, now, running=call.status is RUNNING, save=False)
+            self._settle_failed(call, exc, now)
+
+    def _settle_failed(self, call: Call, exc: BaseException, now: float) -> None:
+        """A settle step of ``call`` raised ``exc``: the call fails (see ``_settle``)."""
+        logger.exception("Internal error while settling %r; the call is marked failed", call)
+        if call.status.is_final:
+            return
+        call.exceptions.append(exc)
+        self._finish(call, FAILED, now, running=call.status is RUNNING, save=False)
 
     def _report(self, method: Callable[..., None], *args: Any) -> None:
         """Call the progress display; a display that raises is dropped, not the run."""
@@ -406,7 +425,7 @@ class EngineCore:
                 self._bill(call, exc.partial_result, now)  # what the broken stream used
             else:
                 self.billing.keep(call, now)
-        _clear_frames(exc)
+        clear_frames(exc)
         call.exceptions.append(exc)
         if refused:
             self.stats.rate_limited += 1
@@ -417,17 +436,18 @@ class EngineCore:
         else:
             self._answered += 1
         retry = not final and isinstance(exc, Exception) and self._retry_if(call, exc)
+        retries_left = errors_counted(call.exception_history) <= self.config.max_retries
         escalated = (
             not refused
             and not final
             and self.escalate is not None
-            and _errors_counted(call) <= self.config.max_retries  # there is a next attempt
+            and retries_left  # there is a next attempt
             and self.escalate(call, exc)  # and it runs on the next rung
         )
         if escalated:
             retry = True
         if retry and not refused:  # 429s do not use up retries: the provider refused
-            retry = _errors_counted(call) <= self.config.max_retries
+            retry = retries_left
         if retry and refused and self._out_of_patience(now):
             self._give_up(call, now)
             return
@@ -448,18 +468,10 @@ class EngineCore:
             return False
 
     def _backoff(self, call: Call, exc: BaseException) -> float:
-        """Seconds before retrying ``call``, which just failed with ``exc``.
-
-        An invalid value waits only the backoff's first step: the API answered, so there
-        is nothing to back off from, but the pause lets other ready calls take their turn
-        instead of this one taking every free slot. Errors back off exponentially, and
-        the exponent counts errors only (invalid values before do not stretch it)."""
-        if isinstance(exc, ValidationError):
-            errors = 1
-        else:
-            errors = sum(1 for e in call.exception_history if not isinstance(e, _NOT_ERRORS))
+        """Seconds before retrying ``call``, which just failed with ``exc`` (the backoff
+        at ``backoff_exponent``)."""
         try:
-            return float(self.config.backoff(errors, exc))
+            return float(self.config.backoff(backoff_exponent(call.exception_history, exc), exc))
         except Exception:
             logger.exception("backoff raised for %r; retrying at once", call)
             return 0.0
@@ -479,13 +491,7 @@ class EngineCore:
         """Nothing but 429s for ``rate_limit_patience`` s: ``call`` and every call still
         waiting fail with ``RateLimitedTooLongError`` (calls in flight end as they do)."""
         if self._gave_up is None:
-            self._gave_up = RateLimitedTooLongError(
-                f"the provider answered nothing but HTTP 429 for "
-                f"{self.config.rate_limit_patience:g} s (rate_limit_patience), so the run "
-                "gave up on the calls still waiting: check the quotas given against the "
-                "provider's limits (and whether something else uses the same key), then "
-                "run() again."
-            )
+            self._gave_up = out_of_patience(self.config.rate_limit_patience or 0.0)
             logger.warning("%s", self._gave_up)
         waiting = [c for c in self.admission.clear() if c is not call]
         call.exceptions.append(self._gave_up)
@@ -493,21 +499,3 @@ class EngineCore:
         for waiter in dict.fromkeys(waiting):
             waiter.exceptions.append(self._gave_up)
             self._finish(waiter, FAILED, now, running=False)
-
-
-def _errors_counted(call: Call) -> int:
-    """Failed attempts that count against ``max_retries``: not 429s, nor usage errors."""
-    return sum(
-        1
-        for e in call.exception_history
-        if not isinstance(e, UsageExtractionError) and not is_rate_limited(e)
-    )
-
-
-def _clear_frames(exc: BaseException) -> None:
-    """Keep the exception and its traceback text, drop the frames' local variables."""
-    tb = exc.__traceback__
-    while tb is not None:
-        with contextlib.suppress(RuntimeError):  # a frame still executing
-            tb.tb_frame.clear()
-        tb = tb.tb_next

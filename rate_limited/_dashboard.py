@@ -36,19 +36,29 @@ kernel, often no widget manager). The dashboard is displayed as a bundle with a
 the run ends, that output is replaced by the HTML and text of the final state alone,
 so the notebook keeps a readable record of the run; a new run brings the widget back.
 
+What it works out from the stats over time (rate, ETA, waits, history) is
+``rate_limited._dashboard_model.RunTracker``; this module draws.
+
 ipywidgets is optional (``pip install 'rate_limited[notebook]'``) and imported only here.
 """
 
 from __future__ import annotations
 
 import html
-import math
 import threading
 import uuid
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from rate_limited._dashboard_model import RunTracker, Usage
+from rate_limited._dashboard_widgets import (
+    GREY,
+    ResourceRow,
+    load_widgets,
+    publish,
+    set_line,
+    set_value,
+)
 from rate_limited._format import format_amount, format_seconds, format_usd, plain_text
 from rate_limited.apis._limits import UNKNOWN_QUOTA
 
@@ -56,59 +66,6 @@ if TYPE_CHECKING:
     from rate_limited._stats import RunStats
 
 __all__ = ["DashboardProgress"]
-
-#: Seconds of completions the ETA's rate is measured over.
-RATE_WINDOW = 30.0
-#: Most samples kept in ``history`` (past it, every other one is dropped).
-MAX_HISTORY = 4000
-
-_GREY = "color: var(--jp-ui-font-color2, #666)"
-
-
-def _widgets() -> Any:
-    try:
-        import ipywidgets
-    except ImportError as exc:
-        raise ImportError(
-            "The notebook dashboard needs ipywidgets: pip install 'rate_limited[notebook]'"
-        ) from exc
-    return ipywidgets
-
-
-def _publish(data: dict[str, Any], display_id: str, *, update: bool = False) -> None:
-    """Display a mime bundle in the current cell's output, or replace the outputs shown
-    under ``display_id`` (IPython comes with ipywidgets)."""
-    from IPython import display
-
-    publish: Callable[..., object] = display.update_display if update else display.display
-    publish(data, raw=True, display_id=display_id)
-
-
-def _set(widget: Any, name: str, value: Any) -> None:
-    """Set a widget trait only if it changed: each change is a message to the browser."""
-    if getattr(widget, name) != value:
-        setattr(widget, name, value)
-
-
-def _set_line(widget: Any, text: str) -> None:
-    """Set a line of text; an empty line is hidden rather than left as a blank gap."""
-    _set(widget, "value", text)
-    _set(widget.layout, "display", None if text else "none")
-
-
-class _ResourceRow:
-    """One resource: its name, a bar of used + reserved against the quota, the numbers."""
-
-    def __init__(self, widgets: Any, name: str, quota: float) -> None:
-        self.name = name
-        self.label = widgets.HTML(
-            value=f"<code>{html.escape(name)}</code>", layout=widgets.Layout(width="190px")
-        )
-        self.bar = widgets.FloatProgress(
-            value=0.0, min=0.0, max=quota, layout=widgets.Layout(width="260px")
-        )
-        self.text = widgets.HTML(value="")
-        self.box = widgets.HBox([self.label, self.bar, self.text])
 
 
 class DashboardProgress:
@@ -120,7 +77,7 @@ class DashboardProgress:
     """
 
     def __init__(self, title: str | None = None, *, display: bool = True) -> None:
-        widgets = _widgets()
+        widgets = load_widgets()
         self._widgets = widgets
         self._lock = threading.Lock()
         self._title = title
@@ -150,18 +107,10 @@ class DashboardProgress:
                 self.time,
             ]
         )
-        self._rows: dict[str, _ResourceRow] = {}
+        self._rows: dict[str, ResourceRow] = {}
         self._values: dict[str, Any] = {}
-        self._samples: deque[tuple[float, int]] = deque()
-        self._waited: dict[str, float] = {}
-        self._last_binding: str | None = None
-        self._last_now = 0.0
-        self._last_until = 0.0
+        self._tracker = RunTracker()
         self._status = "not started"
-        #: ``(loop time, {resource: (used, reserved, quota)})`` at each update of the
-        #: current run: the ledger's own numbers, for ``plot_run(..., history=...)``.
-        self.history: list[tuple[float, dict[str, tuple[float, float, float]]]] = []
-        self._history_every = 0.0
         self._render_title()
         #: Outputs showing this dashboard share it (``IPython.display.update_display``).
         self.display_id = f"rate_limited-{uuid.uuid4().hex}"
@@ -173,7 +122,7 @@ class DashboardProgress:
     def _ipython_display_(self) -> None:
         with self._lock:
             self._shown = True
-            _publish(self._bundle(live=not self._static), self.display_id)
+            publish(self._bundle(live=not self._static), self.display_id)
 
     def _bundle(self, live: bool) -> dict[str, Any]:
         """What the outputs show: the widget (``live``) with HTML and text copies of it
@@ -187,22 +136,16 @@ class DashboardProgress:
     def _republish(self, live: bool) -> None:
         if self._shown:
             self._static = not live
-            _publish(self._bundle(live), self.display_id, update=True)
+            publish(self._bundle(live), self.display_id, update=True)
 
     # -- Progress --------------------------------------------------------------------------
     def start(self, stats: RunStats) -> None:
         with self._lock:
-            now = stats.now
             self._status = "running"
-            self._samples = deque([(now, stats.finished)])
-            self._waited = {}
-            self._last_binding = None
-            self._last_now = now
+            self._tracker.start(stats.now, stats.finished)
             self._values = {}
-            self.history = []
-            self._history_every = 0.0
             self._render_title()
-            _set(self.bar, "bar_style", "info")
+            set_value(self.bar, "bar_style", "info")
             self._refresh(stats)
             if self._static:  # the dashboard shown again for a new run: live again
                 self._republish(live=True)
@@ -225,7 +168,7 @@ class DashboardProgress:
                 style = "danger"
             else:
                 style = "success"
-            _set(self.bar, "bar_style", style)
+            set_value(self.bar, "bar_style", style)
             self._render_title()
             self._republish(live=False)  # the record a saved notebook keeps
 
@@ -253,13 +196,15 @@ class DashboardProgress:
             if self._status != "running" and end is None:
                 self._status = "running"
                 self._render_title()
-                _set(self.bar, "bar_style", "info")
+                set_value(self.bar, "bar_style", "info")
                 if self._static:
                     self._republish(live=True)
-            _set(self.bar, "max", max(total, 1))
-            _set(self.bar, "value", min(answered, max(total, 1)))
+            set_value(self.bar, "max", max(total, 1))
+            set_value(self.bar, "value", min(answered, max(total, 1)))
             percent = f" · {100 * answered / total:.0f}%" if total else ""
-            _set(self.calls, "value", f"<b>{answered:,}</b> / {total:,} calls answered{percent}")
+            set_value(
+                self.calls, "value", f"<b>{answered:,}</b> / {total:,} calls answered{percent}"
+            )
             by_status: dict[str, list[tuple[str, str, int, int]]] = {}
             for row in batches:
                 by_status.setdefault(row[1], []).append(row)
@@ -272,19 +217,19 @@ class DashboardProgress:
             if waiting:
                 parts.append(f"{waiting} waiting for the provider's queue")
             summary = " · ".join(parts) if parts else "no batch open"
-            _set(self.counts, "value", f"batches: {summary}")
+            set_value(self.counts, "value", f"batches: {summary}")
             lines = []
             for batch_id, status, done, size in batches:
                 counts = f" {done:,}/{size:,}" if status == "in_progress" else ""
                 lines.append(
-                    f"<span style='{_GREY}'>{html.escape(batch_id)}</span> "
+                    f"<span style='{GREY}'>{html.escape(batch_id)}</span> "
                     f"{html.escape(status)}{counts}"
                 )
-            _set_line(self.batches, "<br>".join(lines))
+            set_line(self.batches, "<br>".join(lines))
             time_text = f"elapsed {format_seconds(elapsed, tenths=end is not None)}"
             if end is None and answered < total:
                 time_text += " · ETA " + ("?" if eta is None else format_seconds(eta, tenths=False))
-            _set(self.time, "value", f"<span style='{_GREY}'>{time_text}</span>")
+            set_value(self.time, "value", f"<span style='{GREY}'>{time_text}</span>")
             self._values = {
                 "total": total,
                 "finished": answered,
@@ -298,7 +243,7 @@ class DashboardProgress:
             }
             if end is not None:
                 self._status = end
-                _set(self.bar, "bar_style", "warning" if end == "interrupted" else "success")
+                set_value(self.bar, "bar_style", "warning" if end == "interrupted" else "success")
                 self._render_title()
                 self._republish(live=False)
 
@@ -320,7 +265,7 @@ class DashboardProgress:
         with self._lock:
             state = dict(self._values)
             state["status"] = self._status
-            state["waited"] = dict(self._waited)
+            state["waited"] = dict(self._tracker.waited)
             usage = {}
             for name, row in self._rows.items():
                 entry = dict(state.get("usage", {}).get(name, {}))
@@ -384,23 +329,18 @@ class DashboardProgress:
             f"calls, {values['failed']} failed>"
         )
 
-    def _record(
-        self, now: float, usage: dict[str, tuple[float, float, float]], final: bool
-    ) -> None:
-        history = self.history
-        if history and not final and now - history[-1][0] < self._history_every:
-            return
-        history.append((now, usage))
-        if len(history) > MAX_HISTORY:
-            del history[1::2]
-            self._history_every = (now - history[0][0]) / len(history)
+    @property
+    def history(self) -> list[tuple[float, Usage]]:
+        """``(loop time, {resource: (used, reserved, quota)})`` at each update of the
+        current run: the ledger's own numbers, for ``plot_run(..., history=...)``."""
+        return self._tracker.history
 
     # -- drawing -----------------------------------------------------------------------------
     def _render_title(self) -> None:
         name = f" · {html.escape(self._title)}" if self._title else ""
         colors = {"done": "#2e7d32", "interrupted": "#ef6c00", "running": "#1565c0"}
         color = colors.get(self._status, "#666")
-        _set(
+        set_value(
             self.title,
             "value",
             f"<b>rate_limited</b>{name} · <b style='color: {color}'>{self._status}</b>",
@@ -424,10 +364,10 @@ class DashboardProgress:
         }
 
         # Calls: the bar and its numbers.
-        _set(self.bar, "max", max(total, 1))
-        _set(self.bar, "value", min(finished, max(total, 1)))
+        set_value(self.bar, "max", max(total, 1))
+        set_value(self.bar, "value", min(finished, max(total, 1)))
         percent = f" · {100 * finished / total:.0f}%" if total else ""
-        _set(self.calls, "value", f"<b>{finished:,}</b> / {total:,} calls{percent}")
+        set_value(self.calls, "value", f"<b>{finished:,}</b> / {total:,} calls{percent}")
         parts = [f"✔ {stats.succeeded:,} succeeded"]
         parts.append(f"✖ {stats.failed:,} failed" if stats.failed else "0 failed")
         if not final:
@@ -459,20 +399,11 @@ class DashboardProgress:
             parts.append(f"{format_usd(cost)} spent")
         if stats.store_failures:
             parts.append(f"⚠ {stats.store_failures:,} not stored (see the StoreWarning)")
-        _set(self.counts, "value", " · ".join(parts))
+        set_value(self.counts, "value", " · ".join(parts))
 
         # What admission waits for, and for how long in total per resource.
-        # (The last wait seen lasted until now, or until its announced end if sooner.)
-        last = self._last_binding
-        if last is not None:
-            waited = min(now, self._last_until) - self._last_now
-            self._waited[last] = self._waited.get(last, 0.0) + max(0.0, waited)
-        until = stats.waiting_until
-        waiting = not final and until is not None and until > now
-        binding = (stats.binding or "capacity") if waiting else None
-        self._last_binding, self._last_now = binding, now
-        self._last_until = until if until is not None else now
-        seconds_left = None if not waiting or until is None or math.isinf(until) else until - now
+        tracker = self._tracker
+        binding, seconds_left = tracker.wait(stats, final)
         values["waiting_for"] = binding
         values["waiting_seconds"] = seconds_left
         if binding is None:
@@ -483,19 +414,19 @@ class DashboardProgress:
                 if seconds_left is None
                 else f"{format_seconds(seconds_left)} left"
             )
-            so_far = self._waited.get(binding, 0.0)
+            so_far = tracker.waited.get(binding, 0.0)
             so_far_text = f", {format_seconds(so_far)} waited for it so far" if so_far >= 1 else ""
             wait_text = f"⏳ waiting for <b>{html.escape(binding)}</b>: {how_long}{so_far_text}"
-        _set_line(self.wait, wait_text)
+        set_line(self.wait, wait_text)
 
         # Resources: used + reserved against the quota.
         usage = stats.usage()
-        self._record(now, usage, final)
+        tracker.record(now, usage, final)
         values["usage"] = {}
         for name, (used, reserved, quota) in usage.items():
             row = self._rows.get(name)
             if row is None:
-                row = self._rows[name] = _ResourceRow(self._widgets, name, quota)
+                row = self._rows[name] = ResourceRow(self._widgets, name, quota)
                 self.resources.children = tuple(r.box for r in self._rows.values())
             held = used + reserved
             unlimited = quota >= UNKNOWN_QUOTA
@@ -506,12 +437,12 @@ class DashboardProgress:
                 "quota": None if unlimited else quota,
                 "fraction": fraction,
             }
-            _set(row.bar, "max", 1.0 if unlimited else quota)
-            _set(row.bar, "value", 0.0 if unlimited else min(max(held, 0.0), quota))
-            _set(row.bar.layout, "visibility", "hidden" if unlimited else None)
+            set_value(row.bar, "max", 1.0 if unlimited else quota)
+            set_value(row.bar, "value", 0.0 if unlimited else min(max(held, 0.0), quota))
+            set_value(row.bar.layout, "visibility", "hidden" if unlimited else None)
             is_binding = binding == name
             style = "danger" if is_binding else "warning" if fraction >= 0.9 else "info"
-            _set(row.bar, "bar_style", style)
+            set_value(row.bar, "bar_style", style)
             scale = None if unlimited else quota
             text = f"{format_amount(used, scale)} used"
             if reserved:
@@ -520,12 +451,12 @@ class DashboardProgress:
                 text += " · no limit"
             else:
                 text += f" / {format_amount(quota)} ({100 * fraction:.0f}%)"
-            waited_here = self._waited.get(name, 0.0)
+            waited_here = tracker.waited.get(name, 0.0)
             if waited_here >= 1:
                 text += f" · waited {format_seconds(waited_here)}"
             if is_binding:
                 text += " · <b>the limit now</b>"
-            _set(row.text, "value", text)
+            set_value(row.text, "value", text)
 
         # HTTP 429s and cool-downs.
         paused = None if final else stats.paused_until
@@ -538,20 +469,11 @@ class DashboardProgress:
             limit_parts.append(f"{stats.cooldowns:,} cool-downs")
         if cooling is not None:
             limit_parts.append(f"<b>cooling down for {format_seconds(cooling)}</b>")
-        _set_line(self.limits, " · ".join(limit_parts))
+        set_line(self.limits, " · ".join(limit_parts))
 
         # Elapsed and ETA from the recent completion rate.
-        samples = self._samples
-        if not samples or finished != samples[-1][1]:
-            samples.append((now, finished))
-        while len(samples) > 2 and samples[1][0] < now - RATE_WINDOW:
-            samples.popleft()
-        first_time, first_done = samples[0]
-        rate = (finished - first_done) / (now - first_time) if now > first_time else 0.0
+        rate, eta = tracker.rate(now, finished, total, final)
         remaining = total - finished
-        eta = None
-        if not final and remaining > 0 and rate > 0:
-            eta = remaining / rate
         values["rate"] = rate if rate > 0 else None
         values["eta"] = eta
         time_text = f"elapsed {format_seconds(values['elapsed'], tenths=final)}"
@@ -559,5 +481,5 @@ class DashboardProgress:
             time_text += " · ETA " + ("?" if eta is None else format_seconds(eta, tenths=False))
         if rate > 0:
             time_text += f" · {rate:,.1f} calls/s"
-        _set(self.time, "value", f"<span style='{_GREY}'>{time_text}</span>")
+        set_value(self.time, "value", f"<span style='{GREY}'>{time_text}</span>")
         self._values = values

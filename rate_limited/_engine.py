@@ -33,7 +33,13 @@ of a task's, which the overhead benchmark needs; the admission rule is the same.
 
 A sync call's arguments usage is held at admission and billed at the instant its thread
 calls the function (``Ledger.begin``, with the time the thread read): a window then counts
-from the moment the request really left, however late the thread took the call.
+from the moment the request really left, however late the thread took the call (a call
+whose start and result reach the loop together is billed once, at its result, at most
+5 ms after it started: see ``_workers``).
+
+A run of many calls leaves the heap it starts with out of garbage collections
+(``_gc.frozen_heap``): the scheduled Calls are most of it, and each full collection would
+walk them all again while the run allocates.
 
 Stopping (Ctrl-C, ``handle.stop()``) stops admission and ends the run at once: calls
 already started (threads and coroutines alike) finish on this loop, their outcomes kept
@@ -58,7 +64,16 @@ import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from rate_limited._core import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, Notice
+from rate_limited._core import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    EngineParts,
+    Notice,
+)
+from rate_limited._gc import frozen_heap
 from rate_limited._redact import get_logger
 from rate_limited._stats import RunStats
 from rate_limited._workers import Workers
@@ -94,13 +109,7 @@ class Engine(Workers):
         escalate: Callable[[Call, BaseException], bool] | None = None,
     ) -> None:
         super().__init__(
-            config,
-            loop,
-            ledger,
-            function_name=function_name,
-            semantic=semantic,
-            spend=spend,
-            escalate=escalate,
+            EngineParts(config, loop, ledger, function_name, semantic, spend, escalate)
         )
         #: The current run, and a stop requested for a run that has not started yet.
         self._run_id = 0
@@ -165,8 +174,9 @@ class Engine(Workers):
         try:
             if self._unfinished:
                 self._done = loop.create_future()
-                self._start_runners()
-                await self._done
+                with frozen_heap(self._unfinished):  # the scheduled calls stay out of GC
+                    self._start_runners()
+                    await self._done
         except asyncio.CancelledError:
             self._stop()  # as an interrupt: calls already started go on
             raise

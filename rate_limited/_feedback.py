@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Callable, Hashable
@@ -109,9 +110,16 @@ class LedgerControl:
         believed in more room bills the difference (``Ledger.reconcile``). A report on an
         unknown admission (None: a call from outside this Runner) tells it nothing."""
         self._check(resource)
-        self._post(
-            self._reconcile, resource, float(remaining), partition, admission, precision, refused
+        report = functools.partial(
+            self._ledger.reconcile,
+            resource,
+            float(remaining),
+            partition=partition,
+            admission=admission,
+            precision=precision,
+            refused=refused,
         )
+        self._post(self._reconcile, report)
 
     def pause(self, seconds: float) -> None:
         """Admit nothing for ``seconds`` (a cool-down), on top of any 429 Retry-After."""
@@ -143,25 +151,10 @@ class LedgerControl:
         self._ledger.set_quota(resource, quota, partition)
         self._wake()
 
-    def _reconcile(
-        self,
-        resource: str,
-        remaining: float,
-        partition: Hashable,
-        admission: Reservation | None,
-        precision: float,
-        refused: bool,
-    ) -> None:
-        ledger = self._ledger
-        ledger.reconcile(
-            resource,
-            remaining,
-            self._loop.time(),
-            partition=partition,
-            admission=admission,
-            precision=precision,
-            refused=refused,
-        )
+    def _reconcile(self, report: Callable[[float], float]) -> None:
+        """Apply a ``report_remaining``: ``Ledger.reconcile`` with its arguments, at the
+        loop's time."""
+        report(self._loop.time())
         self._wake()  # a switch of settle rule may have freed room
 
     def _pause(self, seconds: float) -> None:

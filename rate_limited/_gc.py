@@ -5,16 +5,33 @@ collector run again and again over the growing heap (it triggers on allocation c
 ``bulk_allocation()`` turns it off while the objects are made; afterwards it moves them to
 the oldest generation in one step (``gc.freeze(); gc.unfreeze()``, O(1)) so that the young
 collections that follow do not walk them either. They stay collectable. The previous state
-is restored: code that had disabled the collector keeps it off.
+is restored: code that had disabled the collector keeps it off, and objects frozen before
+(by the process, or by a run's ``frozen_heap()``) stay frozen: the move to the oldest
+generation is then skipped, since ``gc.unfreeze()`` would thaw them too.
+
+``frozen_heap()`` does the same for a long run: a run of a million calls allocates while
+the million Calls scheduled before it sit in the heap, and every full collection would
+walk them all again. The heap is frozen when the run starts (``gc.freeze()``: what exists
+then is left out of collections) and unfrozen when the last run going ends, so that
+garbage from before the run is collected after it. A process that froze its heap itself
+(e.g. before forking) is left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 from collections.abc import Iterator
 
-__all__ = ["bulk_allocation"]
+__all__ = ["bulk_allocation", "frozen_heap"]
+
+#: Below this many calls a run does not freeze the heap (it costs nothing, but changes
+#: nothing worth it either).
+FREEZE_FROM = 10_000
+
+_lock = threading.Lock()
+_frozen_runs = 0  # runs going on that froze the heap
 
 
 @contextlib.contextmanager
@@ -27,6 +44,31 @@ def bulk_allocation(count: int = 1000) -> Iterator[None]:
     try:
         yield
     finally:
-        gc.freeze()
-        gc.unfreeze()
+        with _lock:  # not while a run in another thread freezes the heap
+            if not gc.get_freeze_count():  # unfreeze() would thaw others' frozen objects
+                gc.freeze()
+                gc.unfreeze()
         gc.enable()
+
+
+@contextlib.contextmanager
+def frozen_heap(count: int) -> Iterator[None]:
+    """Leave what exists now out of garbage collections while a run of ``count`` calls
+    goes on (see the module docstring); no-op for a small run, with the collector off,
+    or in a process that froze objects itself."""
+    global _frozen_runs
+    with _lock:
+        freeze = count >= FREEZE_FROM and gc.isenabled()
+        if freeze and not _frozen_runs and gc.get_freeze_count():
+            freeze = False  # someone else's frozen objects: not ours to unfreeze
+        if freeze:
+            _frozen_runs += 1
+            gc.freeze()
+    try:
+        yield
+    finally:
+        if freeze:
+            with _lock:
+                _frozen_runs -= 1
+                if not _frozen_runs:
+                    gc.unfreeze()

@@ -10,10 +10,20 @@ from __future__ import annotations
 
 import inspect
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BLOCKING_SECONDS", "WATCH_EVERY", "WATCH_FIRST", "StepTimer", "is_async_callable"]
+__all__ = [
+    "BLOCKING_SECONDS",
+    "NOT_AWAITABLE",
+    "WATCH_EVERY",
+    "WATCH_FIRST",
+    "StepTimer",
+    "blocking_message",
+    "is_async_callable",
+    "is_awaitable",
+]
 
 #: A step of an async call longer than this blocked the loop (a sync call inside it).
 BLOCKING_SECONDS = 0.1
@@ -27,6 +37,33 @@ def is_async_callable(function: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(function):
         return True
     return inspect.iscoroutinefunction(type(function).__call__)
+
+
+#: Types of values sync functions returned that are not awaitable (most results are of a
+#: handful of types): ``inspect.isawaitable`` once per type, not per call.
+NOT_AWAITABLE: set[type] = set()
+
+
+def is_awaitable(value: Any) -> bool:
+    """``inspect.isawaitable``, noting the value's type in ``NOT_AWAITABLE`` if not."""
+    if inspect.isawaitable(value):
+        return True
+    kind = type(value)
+    if kind is not types.GeneratorType and len(NOT_AWAITABLE) < 256:
+        NOT_AWAITABLE.add(kind)  # (a generator may be a types.coroutine: not by type)
+    return False
+
+
+def blocking_message(function: str, seconds: float) -> str:
+    """The warning for an async ``function`` that blocked the loop ``seconds`` in a step."""
+    return (
+        f"The async function {function} blocked the event loop for {seconds:.2f} s in one "
+        "step: while it blocks no other call runs, so calls run one at a time whatever "
+        "max_concurrent is. It probably calls a blocking (sync) client or time.sleep inside "
+        "async def. Use the client's async API (await client.create(...)), wrap the blocking "
+        "part in `await asyncio.to_thread(...)`, or give the Runner the sync function instead "
+        "(it runs sync functions in threads)."
+    )
 
 
 class StepTimer:

@@ -5,7 +5,9 @@
 
 * ``WindowMeter`` ("window"): every usage expires whole ``window`` seconds after it was
   logged, as in rate_limited 0.4, but with exact float arithmetic (0.4 compared
-  ``timedelta.seconds``, so a 0.5 s window lasted 1 s and a 1-day window never expired).
+  ``timedelta.seconds``, so a 0.5 s window lasted 1 s and a 1-day window never expired),
+  and in bounded memory: usages close in time share a bucket (``WindowMeter`` says the
+  rule, which never lets a usage expire early).
 * ``BucketMeter`` ("bucket"): usage drains continuously at ``quota / window`` per second,
   the way OpenAI and Anthropic refill their limits.
 
@@ -19,12 +21,17 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
+from typing import Literal
 
-__all__ = ["EPS", "BucketMeter", "Meter", "WindowMeter", "make_meter"]
+__all__ = ["EPS", "WINDOW_SLOTS", "BucketMeter", "Meter", "Settle", "WindowMeter", "make_meter"]
 
 #: Relative slack in comparisons, so that float rounding never makes a call wait for
 #: an amount of capacity that is smaller than rounding noise.
 EPS = 1e-9
+#: What the provider bills for a call (see ``Resource(settle=...)``).
+Settle = Literal["actual", "reserved"]
+#: A window meter coalesces the usages of each ``window / WINDOW_SLOTS`` seconds.
+WINDOW_SLOTS = 1000
 
 
 class Meter:
@@ -79,19 +86,36 @@ class Meter:
         self._reserved += amount
 
     def unreserve(self, amount: float) -> None:
-        self._reserved = max(0.0, self._reserved - amount)
+        reserved = self._reserved - amount
+        self._reserved = reserved if reserved > 0.0 else 0.0
+
+    def settle(self, rule: Settle, estimate: float, actual: float, now: float) -> float:
+        """Settle one call's results by ``rule`` (its ``estimate`` was billed at admission
+        if ``"reserved"``, else held); returns what its results were billed."""
+        if rule == "reserved":
+            if actual > estimate:
+                self.bill(actual - estimate, now)
+                return actual
+            return estimate
+        if estimate:  # ``unreserve``, inlined: this runs for every call
+            reserved = self._reserved - estimate
+            self._reserved = reserved if reserved > 0.0 else 0.0
+        if actual:
+            self.bill(actual, now)
+        return actual
 
     # -- queries -------------------------------------------------------------------------
     def held(self, now: float) -> float:
-        """Usage plus reservations: what counts against the quota at ``now``."""
+        """Usage plus reservations: what counts against the quota at ``now`` (one call
+        per meter on the ledger's admission path)."""
         return self.used(now) + self._reserved
 
     def available(self, now: float) -> float:
-        return self.quota - self.used(now) - self._reserved
+        return self.quota - self.held(now)
 
     def fits(self, needed: float, now: float) -> bool:
         quota = self.quota
-        return quota - self.used(now) - self._reserved >= needed - EPS * quota
+        return quota - self.held(now) >= needed - EPS * quota
 
     def __repr__(self) -> str:
         return (
@@ -101,22 +125,45 @@ class Meter:
 
 
 class WindowMeter(Meter):
-    """Each usage expires whole ``window`` seconds after it was logged."""
+    """Each usage counts against the quota for ``window`` seconds from when it was logged.
 
-    __slots__ = ("_log", "_used")
+    **Buckets.** The log coalesces usages into buckets, so that its size is bounded
+    whatever the rate of calls (a million calls a minute log at most
+    ``WINDOW_SLOTS + 2`` buckets, not a million entries). The rule, with
+    ``grain = window / WINDOW_SLOTS``:
+
+    * a usage at ``t`` joins the oldest bucket opened less than ``grain`` before ``t``
+      (or after ``t``: a usage logged a little in the past, see ``bill``); with none, it
+      opens a new bucket at ``t``, which is then the newest;
+    * a bucket is stamped with the latest time among its usages, and all of it expires
+      ``window`` seconds after its stamp.
+
+    So a usage never expires before ``t + window`` (it only counts longer, by less than
+    ``grain`` when logged in time order): the meter never admits more than the quota in
+    any window of ``window`` seconds, exactly as a log of every usage would, and a
+    saturated meter loses at most ``grain / (window + grain)`` of the quota's throughput
+    (under 0.1%). Usages more than ``grain`` apart keep buckets of their own and expire
+    exactly ``window`` after them. Buckets are opened at least ``grain`` apart and the
+    oldest still counting opened less than ``window + grain`` ago, hence the bound, and
+    ``used`` / ``bill`` cost O(1) amortized.
+    """
+
+    __slots__ = ("_grain", "_log", "_used")
 
     def __init__(self, quota: float, window: float) -> None:
         super().__init__(quota, window)
-        # [logged_at, amount] pairs in time order; lists so that refund can zero one.
+        self._grain = self.window / WINDOW_SLOTS
+        # [stamp, amount, opened] buckets in time order; lists, so that a refund can take
+        # from one and an expiry can zero it.
         self._log: deque[list[float]] = deque()
         self._used = 0.0
 
     def _expire(self, now: float) -> None:
         log, window = self._log, self.window
         while log and log[0][0] + window <= now:
-            entry = log.popleft()
-            self._used -= entry[1]
-            entry[1] = 0.0  # a refund of an expired usage is then a no-op
+            bucket = log.popleft()
+            self._used -= bucket[1]
+            bucket[1] = 0.0  # a refund of an expired usage is then a no-op
         if not log:
             self._used = 0.0  # no drift from float sums once everything has expired
 
@@ -127,37 +174,60 @@ class WindowMeter(Meter):
         used = self._used
         return used if used > 0.0 else 0.0
 
+    def held(self, now: float) -> float:
+        log = self._log
+        if not log or log[0][0] + self.window <= now:
+            self._expire(now)
+        used = self._used
+        return (used if used > 0.0 else 0.0) + self._reserved
+
     def bill(self, amount: float, now: float) -> object:
         """Log ``amount`` at ``now``, which may be a little in the past (a sync call billed
-        at the instant its thread started it): the log stays in time order."""
+        at the instant its thread started it): it then joins the bucket the rule gives."""
         if amount <= 0:
             return None
         log = self._log
-        if log and log[-1][0] == now:  # same instant: merge, keeps the log short
-            entry = log[-1]
-            entry[1] += amount
-            self._used += amount
-            return (entry, amount)
-        entry = [now, float(amount)]
-        if not log or log[-1][0] < now:
-            log.append(entry)
-        else:  # earlier than the last entries (a few at most): insert in its place
-            at = len(log)
-            while at and log[at - 1][0] > now:
-                at -= 1
-            log.insert(at, entry)
+        if log:
+            bucket = log[-1]
+            if now >= bucket[2]:  # in time order: the newest bucket, or a new one
+                if now - bucket[2] < self._grain:
+                    if now > bucket[0]:
+                        bucket[0] = now
+                    bucket[1] += amount
+                    self._used += amount
+                    return (bucket, amount)
+            else:
+                return self._bill_past(amount, now)
+            if log[0][0] + self.window <= now:  # a new bucket: drop the expired ones first
+                self._expire(now)
+        bucket = [now, float(amount), now]
+        log.append(bucket)
         self._used += amount
-        return (entry, amount)
+        return (bucket, amount)
+
+    def _bill_past(self, amount: float, now: float) -> object:
+        """``now`` is before the newest bucket opened: join the oldest bucket opened less
+        than a grain before ``now``, or after it (it then counts a little longer)."""
+        log, grain = self._log, self._grain
+        at = len(log) - 1
+        while at and log[at - 1][2] + grain > now:
+            at -= 1
+        bucket = log[at]
+        if now > bucket[0]:
+            bucket[0] = now
+        bucket[1] += amount
+        self._used += amount
+        return (bucket, amount)
 
     def refund(self, token: object, now: float) -> None:
         if token is None:
             return
         assert isinstance(token, tuple)
-        entry: list[float] = token[0]
+        bucket: list[float] = token[0]
         amount: float = token[1]
         self._expire(now)
-        take = min(amount, entry[1])
-        entry[1] -= take
+        take = min(amount, bucket[1])
+        bucket[1] -= take
         self._used -= take
 
     def free_at(self, needed: float, now: float) -> float:
@@ -168,10 +238,10 @@ class WindowMeter(Meter):
             return now
         if self._reserved + needed > self.quota + slack:
             return math.inf  # only a settling call can make room
-        for logged_at, amount in self._log:
+        for stamp, amount, _ in self._log:
             excess -= amount
             if excess <= slack:
-                return logged_at + self.window
+                return stamp + self.window
         return math.inf  # unreachable unless the log is inconsistent
 
     def charge_earlier(self, entries: Sequence[tuple[float, float]], now: float) -> float:
@@ -211,17 +281,27 @@ class BucketMeter(Meter):
         self.start_delay = start_delay
 
     def _drain(self, now: float) -> None:
-        if now > self._since:
-            if self._level > 0.0:
-                self._level = max(0.0, self._level - (now - self._since) * self._rate)
+        since = self._since
+        if now > since:
+            level = self._level
+            if level > 0.0:
+                level -= (now - since) * self._rate
+                self._level = level if level > 0.0 else 0.0
             self._since = now
 
     def used(self, now: float) -> float:
-        self._drain(now)
+        if now > self._since:
+            self._drain(now)
         return self._level
 
+    def held(self, now: float) -> float:
+        if now > self._since:
+            self._drain(now)
+        return self._level + self._reserved
+
     def bill(self, amount: float, now: float) -> object:
-        self._drain(now)
+        if now > self._since:
+            self._drain(now)
         if amount and self._level <= 0.0 and now >= self._since:
             self._since = now + self.start_delay  # idle -> busy: see the class docstring
         self._level += amount

@@ -29,9 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from rate_limited._runs import EngineHost
 from rate_limited._scheduling import demand_of, key_of, pop_priority
 from rate_limited._status import RunnerState
 from rate_limited.calls import Call, CallOwner
@@ -46,11 +46,7 @@ from rate_limited.exceptions import (
 from rate_limited.outcomes import Status
 
 if TYPE_CHECKING:
-    from rate_limited._config import RunnerConfig
     from rate_limited._engine import Engine
-    from rate_limited._loop_thread import LoopThread
-    from rate_limited._money import Money
-    from rate_limited._priorities import Priorities
     from rate_limited._scheduling import Extractors
     from rate_limited.stores.base import Store
 
@@ -167,27 +163,15 @@ class OnlineCalls:
         return f"<OnlineCalls ({state})>"
 
 
-class OnlineCaller(CallOwner):
+class OnlineCaller(EngineHost, CallOwner):
     """The Runner's online calls (``call``, ``call_sync``): what a Runner has that they use,
     and the methods (the Runner inherits them)."""
 
-    config: RunnerConfig
-    function: Callable[..., Any]
     store: Store | None
-    _state: RunnerState
     _extractors: Extractors
     _takes_priority: bool
     _start_lock: threading.Lock
-    _loop_thread: LoopThread | None
-    _priorities: Priorities
     _online: OnlineCalls | None
-    _money: Money
-
-    def _engine_for(self, caller_loop: asyncio.AbstractEventLoop | None) -> Engine:
-        raise NotImplementedError
-
-    def _new_engine(self, loop: asyncio.AbstractEventLoop, online: bool = False) -> Engine:
-        raise NotImplementedError
 
     async def call(self, *args: Any, **kwargs: Any) -> Any:
         """Run one call now and return its value: ``await runner.call(x, y=1)`` where you

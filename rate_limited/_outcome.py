@@ -76,7 +76,7 @@ class Outcome:
             result=call.result if call.status is Status.SUCCEEDED else None,
             exceptions=tuple(call.exception_history),
             attempts=call.attempts,
-            usage=dict(call.usage or {}),
+            usage=call.usage_copy(),
             latency=call.latency,
             started_at=call.started_at,
             finished_at=call.finished_at,

@@ -22,6 +22,7 @@ can fix.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import math
 import random
@@ -29,7 +30,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from rate_limited.exceptions import ArgumentTypeError, PermanentError
+from rate_limited.exceptions import (
+    ArgumentTypeError,
+    PermanentError,
+    RateLimitedTooLongError,
+    UsageExtractionError,
+    ValidationError,
+)
 
 __all__ = [
     "Backoff",
@@ -373,3 +380,41 @@ def validate(value: Any, validators: tuple[Validator, ...]) -> tuple[str, BaseEx
         if not valid:
             return f"Validation failed: {name} returned {ok!r}", None
     return "", None
+
+
+# -- what the engine decides after a failure ------------------------------------------------
+def errors_counted(history: Iterable[BaseException]) -> int:
+    """Failed attempts that count against ``max_retries``: not 429s, nor usage errors."""
+    return sum(
+        1 for e in history if not isinstance(e, UsageExtractionError) and not is_rate_limited(e)
+    )
+
+
+def backoff_exponent(history: Iterable[BaseException], exc: BaseException) -> int:
+    """The attempt number the backoff is given after ``exc`` (the last of ``history``).
+
+    An invalid value waits only the backoff's first step: the API answered, so there is
+    nothing to back off from, but the pause lets other ready calls take their turn
+    instead of this one taking every free slot. Errors back off exponentially, and the
+    exponent counts errors only (invalid values before do not stretch it)."""
+    if isinstance(exc, ValidationError):
+        return 1
+    return sum(1 for e in history if not isinstance(e, ValidationError | UsageExtractionError))
+
+
+def out_of_patience(patience: float) -> RateLimitedTooLongError:
+    """The error of the calls left waiting after ``patience`` s of nothing but 429s."""
+    return RateLimitedTooLongError(
+        f"the provider answered nothing but HTTP 429 for {patience:g} s (rate_limit_patience), "
+        "so the run gave up on the calls still waiting: check the quotas given against the "
+        "provider's limits (and whether something else uses the same key), then run() again."
+    )
+
+
+def clear_frames(exc: BaseException) -> None:
+    """Keep the exception and its traceback text, drop the frames' local variables."""
+    tb = exc.__traceback__
+    while tb is not None:
+        with contextlib.suppress(RuntimeError):  # a frame still executing
+            tb.tb_frame.clear()
+        tb = tb.tb_next

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Literal
 
-from rate_limited._meters import BucketMeter, Meter
+from rate_limited._meters import BucketMeter, Meter, Settle
 
-__all__ = ["Lows", "Mark", "Track", "Votes", "correct", "generous", "release", "settle"]
+__all__ = ["Lows", "Mark", "Track", "Votes", "correct", "generous", "release"]
 
 _NO_TWIN = (math.nan, math.nan)
-
-Settle = Literal["actual", "reserved"]
 
 #: Seconds of admissions a meter remembers: a report on an older one tells nothing.
 HORIZON = 300.0
@@ -121,13 +118,20 @@ class Track:
             self.twin_lows = Lows()
 
     def admit(
-        self, meter: Meter, rule: Settle, args_usage: float, estimate: float, now: float
+        self,
+        meter: Meter,
+        rule: Settle,
+        args_usage: float,
+        estimate: float,
+        now: float,
+        held: float,
     ) -> Mark:
-        """A call was admitted on ``meter`` (already billed there by ``rule``)."""
+        """A call was admitted on ``meter`` (already billed there by ``rule``), which now
+        holds ``held`` (usage and reservations)."""
         charge = args_usage + estimate
         self.in_flight += charge
         self.admitted += charge
-        number = self.lows.push(meter.available(now) + meter.corrected, now)
+        number = self.lows.push(meter.quota - held + meter.corrected, now)
         twin = self.twin
         if twin is None:
             return (number, self.in_flight, self.admitted, meter.corrected, None, *_NO_TWIN)
@@ -138,14 +142,15 @@ class Track:
         else:
             token = twin.bill(charge, now) or True
         assert self.twin_lows is not None
-        self.twin_lows.push(twin.available(now) + twin.corrected, now)
         held = twin.held(now)
+        self.twin_lows.push(twin.quota - held + twin.corrected, now)
         return (number, self.in_flight, self.admitted, meter.corrected, token, held, twin.corrected)
 
     def done(self, charge: float, mark: Mark | None) -> None:
         """A call admitted with ``mark`` settled, was kept or released."""
         if mark is not None:
-            self.in_flight = max(0.0, self.in_flight - charge)
+            in_flight = self.in_flight - charge
+            self.in_flight = in_flight if in_flight > 0.0 else 0.0
 
     def settle_twin(
         self, rule: Settle, mark: Mark | None, estimate: float, actual: float, now: float
@@ -155,7 +160,7 @@ class Track:
         assert twin is not None
         other: Settle = "actual" if rule == "reserved" else "reserved"
         if mark is not None and mark[4] is not None:  # admitted while twinned
-            settle(twin, other, estimate, actual, now)
+            twin.settle(other, estimate, actual, now)
             self.unused += max(0.0, estimate - actual)
         elif rule == "reserved":  # the twin copied its estimate as used: hand back the rest
             if actual < estimate:
@@ -194,7 +199,7 @@ class Track:
         rule_there: Settle = rule
         if twinned:
             rule_there = "actual" if rule == "reserved" else "reserved"
-        settle(self.twin, rule_there, estimate, estimate, now)
+        self.twin.settle(rule_there, estimate, estimate, now)
 
     @staticmethod
     def lowest(meter: Meter, lows: Lows, number: int, now: float) -> float | None:
@@ -263,20 +268,6 @@ class Votes:
             self.decided[index] = True
             return True
         return False
-
-
-def settle(meter: Meter, rule: Settle, estimate: float, actual: float, now: float) -> float:
-    """Settle one call's results on one meter; returns what its results were billed."""
-    if rule == "reserved":  # the estimate was billed at admission
-        extra = actual - estimate
-        if extra > 0:
-            meter.bill(extra, now)
-        return max(estimate, actual)
-    if estimate:
-        meter.unreserve(estimate)
-    if actual:
-        meter.bill(actual, now)
-    return actual
 
 
 def release(meter: Meter, rule: Settle, estimate: float, token: object, now: float) -> None:

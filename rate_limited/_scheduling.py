@@ -6,22 +6,36 @@ usage, its results estimate and its partition key (``rate_limited.ledgers.base.D
 A call that needs more than a whole quota can never run: ``QuotaExceededError`` at
 ``schedule()``, naming the resource. An extractor that raises or returns something that is
 not a usage is a ``ConfigurationError`` naming the resource and the extractor.
+
+Demands are *interned*: calls with equal needs share one tuple (the requests resource of
+a million calls needs ``(1.0, 0.0, None)`` a million times), which keeps the Calls of a
+big batch small and leaves the garbage collector fewer objects to look at.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import math
 import weakref
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from numbers import Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rate_limited._config import function_name
 from rate_limited._redact import describe
+from rate_limited._status import RunnerState
 from rate_limited.calls import Call, CallOwner
 from rate_limited.exceptions import ConfigurationError, QuotaExceededError, RunnerClosedError
 from rate_limited.resources import Resource
+
+if TYPE_CHECKING:
+    from rate_limited._config import RunnerConfig
+    from rate_limited._engine import Engine
+    from rate_limited._money import Money
+    from rate_limited.semantic._step import SemanticStep
+    from rate_limited.stores.base import Store
 
 __all__ = [
     "Extractors",
@@ -32,6 +46,11 @@ __all__ = [
     "make_schedule",
     "pop_priority",
 ]
+
+#: Demands and their entries as first made, for calls that need the same (see the module
+#: docstring); emptied when it grows past ``_INTERN_MAX`` (the estimates vary per call).
+_interned: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+_INTERN_MAX = 4096
 
 #: Per resource: the resource, its arguments usage extractor, its results estimator.
 Extractors = Sequence[
@@ -48,9 +67,47 @@ class Scheduler(CallOwner):
     _inline_schedule: bool
     #: ``schedule()`` takes ``priority=`` (the function has no parameter of that name).
     _takes_priority: bool
+    config: RunnerConfig
+    function: Callable[..., Any]
+    store: Store | None
+    _state: RunnerState
+    _extractors: Extractors
+    _money: Money
+    _semantic: SemanticStep | None
+    _active_engine: Engine | None
 
     def _schedule(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
-        raise NotImplementedError
+        """Make the Call, work out what it needs (demand, price, store key), add it to the
+        batch, and hand it to the run going on, if any (on the engine's loop)."""
+        if self._state is RunnerState.CLOSED:
+            raise RunnerClosedError("This Runner was closed; create a new Runner to schedule.")
+        priority = pop_priority(kwargs, 0, self._takes_priority)
+        calls = self.scheduled_calls
+        call = Call(self.function, args, kwargs, len(calls), self)
+        if priority:
+            call.priority = priority
+        money = self._money
+        money.schedule(call)
+        if self._extractors:
+            call.demand = demand_of(self._extractors, call)
+        money.price(call)
+        if self.store is not None:
+            call.key = key_of(self.config.key, self.function, call, money.key_kwargs(call))
+        if self._semantic is not None:
+            self._semantic.check(call)  # a text= that can't split the call: an error now
+        calls.append(call)
+        engine = self._active_engine
+        if self._state is RunnerState.RUNNING and engine is not None:
+            try:
+                on_its_loop = asyncio.get_running_loop() is engine.loop
+            except RuntimeError:
+                on_its_loop = False
+            if on_its_loop:
+                engine.enqueue(call)
+            else:
+                with contextlib.suppress(RuntimeError):  # loop closed: next run() has it
+                    engine.loop.call_soon_threadsafe(engine.enqueue, call)
+        return call
 
 
 def make_schedule(owner: Scheduler, function: Callable[..., Any]) -> Callable[..., Call]:
@@ -131,10 +188,14 @@ def pop_priority(kwargs: dict[str, Any], default: int, takes: bool) -> int:
 def demand_of(extractors: Extractors, call: Call) -> tuple[tuple[float, float, Hashable], ...]:
     """``call``'s demand: per resource (arguments usage, results estimate, partition key)."""
     demand = []
+    shared = True
     for resource, args_extractor, estimator in extractors:
         name = resource.name
-        args_usage = _usage(args_extractor, call, name, "arguments_usage_extractor")
-        estimate = _usage(estimator, call, name, "max_results_usage_estimator")
+        args_usage = estimate = 0.0
+        if args_extractor is not None:
+            args_usage = _usage(args_extractor, call, name, "arguments_usage_extractor")
+        if estimator is not None:
+            estimate = _usage(estimator, call, name, "max_results_usage_estimator")
         if resource.partition is None:
             key: Hashable = None
             quota: float = resource.quota
@@ -151,8 +212,28 @@ def demand_of(extractors: Extractors, call: Call) -> tuple[tuple[float, float, H
                 needed=needed,
                 quota=quota,
             )
-        demand.append((args_usage, estimate, key))
-    return tuple(demand)
+        entry = (args_usage, estimate, key)
+        if key is None or type(key) is str:
+            entry = _interned.get(entry) or _intern(entry)
+        else:  # the cache holds no user object, and equal keys must be the same key
+            shared = False
+        demand.append(entry)
+    if not shared:
+        return tuple(demand)
+    whole = tuple(demand)
+    return _interned.get(whole) or _intern(whole)
+
+
+def _intern(value: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The tuple equal to ``value`` made first (``value`` if none): see the module
+    docstring."""
+    interned = _interned.get(value)
+    if interned is not None:
+        return interned
+    if len(_interned) >= _INTERN_MAX:
+        _interned.clear()
+    _interned[value] = value
+    return value
 
 
 def key_of(
@@ -195,11 +276,7 @@ def _partition(resource: Resource, call: Call) -> Hashable:
     return key
 
 
-def _usage(
-    extractor: Callable[[Call], float] | None, call: Call, resource: str, what: str
-) -> float:
-    if extractor is None:
-        return 0.0
+def _usage(extractor: Callable[[Call], float], call: Call, resource: str, what: str) -> float:
     try:
         value = extractor(call)
     except ConfigurationError:

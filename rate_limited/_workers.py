@@ -9,7 +9,10 @@ and a thread pool for sync ones.
   ``WATCH_EVERY``, are timed step by step to catch a function that blocks the loop.
 * sync: one dispatcher admits calls and hands them to ``ThreadPool``; threads report
   back in batches (``_on_completions``), including the moment each started the call, so
-  its arguments usage is billed then (``Ledger.begin``). A result that comes after the
+  its arguments usage is billed then (``Ledger.begin``). A call whose start and result
+  come in one batch within ``BILLED_LATE_AT_MOST`` (a quick function) is billed once, at
+  the result: at most 5 ms late, which only ever counts it against a window a little
+  longer, and saves a ledger round per call. A result that comes after the
   engine stopped waiting for it (a timeout, an abandoned call) was paid for: ``_late``
   keeps it if the call has no value yet.
 
@@ -19,16 +22,23 @@ Every status and counter change goes through ``EngineCore``'s transitions.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from rate_limited._billing import reservation_of
-from rate_limited._core import FAILED, RUNNING, SUCCEEDED, EngineCore
+from rate_limited._core import FAILED, RUNNING, SUCCEEDED, EngineCore, EngineParts
 from rate_limited._feedback import CURRENT_ADMISSION
-from rate_limited._loopwatch import WATCH_EVERY, WATCH_FIRST, StepTimer, is_async_callable
+from rate_limited._loopwatch import (
+    NOT_AWAITABLE,
+    WATCH_EVERY,
+    WATCH_FIRST,
+    StepTimer,
+    blocking_message,
+    is_async_callable,
+    is_awaitable,
+)
 from rate_limited._policy import validate
 from rate_limited._pool import ThreadPool
 from rate_limited._redact import get_logger
@@ -40,13 +50,10 @@ from rate_limited.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
-    from rate_limited._config import RunnerConfig
-    from rate_limited._spend import SpendControl
     from rate_limited.calls import Call
-    from rate_limited.ledgers.base import Ledger, Reservation
-    from rate_limited.semantic._step import SemanticStep
+    from rate_limited.ledgers.base import Reservation
 
 __all__ = ["Workers"]
 
@@ -56,30 +63,17 @@ logger = get_logger("rate_limited")
 #: that an interrupt or a progress update gets through.
 _YIELD_EVERY = 512
 
+#: A sync call whose start and result reach the loop in one batch, at most this many
+#: seconds apart, is billed once, when it settles: up to this much later than it started.
+BILLED_LATE_AT_MOST = 0.005
+
 
 class Workers(EngineCore):
     """Admission and the workers of one engine (loop thread)."""
 
-    def __init__(
-        self,
-        config: RunnerConfig,
-        loop: asyncio.AbstractEventLoop,
-        ledger: Ledger[Any],
-        *,
-        function_name: str = "",
-        semantic: SemanticStep | None = None,
-        spend: SpendControl | None = None,
-        escalate: Callable[[Call, BaseException], bool] | None = None,
-    ) -> None:
-        super().__init__(
-            config,
-            loop,
-            ledger,
-            function_name=function_name,
-            semantic=semantic,
-            spend=spend,
-            escalate=escalate,
-        )
+    def __init__(self, parts: EngineParts) -> None:
+        super().__init__(parts)
+        config = parts.config
         self.is_async = is_async_callable(self.function)
         self.long_wait_seconds = config.long_wait_warning_seconds
         self._warned_wait = False
@@ -98,7 +92,7 @@ class Workers(EngineCore):
         if not self.is_async:
             self.pool = ThreadPool(
                 self.function,
-                loop,
+                parts.loop,
                 self._on_completions,
                 self.max_concurrent,
                 name=f"rate_limited-{config.name}",
@@ -109,13 +103,23 @@ class Workers(EngineCore):
         if self.is_async:
             wanted = min(self.max_concurrent, len(self.admission))
             while len(self._workers) < wanted:
-                task = self.loop.create_task(self._worker())
+                task = self.loop.create_task(self._guarded(self._work))
                 self._workers.add(task)
                 task.add_done_callback(self._workers.discard)
         elif not self._workers:
-            task = self.loop.create_task(self._dispatcher())
+            task = self.loop.create_task(self._guarded(self._dispatch))
             self._workers.add(task)
             task.add_done_callback(self._workers.discard)
+
+    async def _guarded(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run a worker or the dispatcher; an error in them (a bug of the engine, the
+        system refusing a thread) ends the run instead of hanging it."""
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._crash(exc)
 
     def _stop(self) -> None:
         """Admit nothing more and end the run; calls already started go on."""
@@ -180,7 +184,11 @@ class Workers(EngineCore):
             if priorities is not None and priorities.outranked(self, call):
                 return None  # its engine wakes this one when that call is admitted or gone
             reservation = self.ledger.try_reserve(call.demand, now, defer=self._defer_billing)
-            if reservation is not None and not self._spend_admits(call, reservation, now):
+            if (
+                reservation is not None
+                and self.spend is not None
+                and not self._spend_admits(call, reservation, now)
+            ):
                 if self._budget_waits(call, now):
                     return None
                 continue  # stopped at the budget
@@ -289,14 +297,6 @@ class Workers(EngineCore):
                 self._report(self.progress.waiting, stats, until - now, binding)
 
     # -- async functions ---------------------------------------------------------------------
-    async def _worker(self) -> None:
-        try:
-            await self._work()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # a bug of the engine: end the run, don't hang it
-            self._crash(exc)
-
     def _blocked(self, seconds: float) -> None:
         """A watched call blocked the loop. Once may be a one-time set-up in the first call
         (a client building its headers, a tokenizer loading); twice is a habit."""
@@ -304,15 +304,7 @@ class Workers(EngineCore):
         if self._warned_blocking or self._blocking_calls < 2:
             return
         self._warned_blocking = True
-        text = (
-            f"The async function {self.function_name or self.function!r} blocked the event "
-            f"loop for {seconds:.2f} s in one step: while it blocks no other call runs, so "
-            "calls run one at a time whatever max_concurrent is. It probably calls a "
-            "blocking (sync) client or time.sleep inside async def. Use the client's async "
-            "API (await client.create(...)), wrap the blocking part in "
-            "`await asyncio.to_thread(...)`, or give the Runner the sync function instead "
-            "(it runs sync functions in threads)."
-        )
+        text = blocking_message(self.function_name or repr(self.function), seconds)
         logger.warning(text)
         self._notices.append((BlockingCallWarning, text))
 
@@ -344,11 +336,11 @@ class Workers(EngineCore):
                     since_yield = 0
                     now = loop_time()
                     continue
-                if admission.has_waiters and admission:
+                if admission.wake_future is not None and admission:
                     admission.wake()  # capacity may fit more than this call: let idle workers try
             self._start_attempt(call, now)
             if not simple:
-                CURRENT_ADMISSION.set(reservation_of(call))  # for the function's feedback
+                CURRENT_ADMISSION.set(call.reservation)  # type: ignore[arg-type]  # feedback
             try:
                 awaitable = function(*call.args, **call.kwargs)
                 # The first calls, then one in WATCH_EVERY, are timed step by step: a long
@@ -382,7 +374,10 @@ class Workers(EngineCore):
                     call.result = value
                     self._finish(call, SUCCEEDED, now)
                 else:
-                    self._settle(self._returned, call, value, now)
+                    try:  # self._settle(self._returned, ...), one call less per call
+                        self._returned(call, value, now)
+                    except BaseException as exc:
+                        self._settle_failed(call, exc, now)
             since_yield += 1
             if since_yield >= _YIELD_EVERY:
                 since_yield = 0
@@ -390,14 +385,6 @@ class Workers(EngineCore):
                 now = loop_time()
 
     # -- sync functions ----------------------------------------------------------------------
-    async def _dispatcher(self) -> None:
-        try:
-            await self._dispatch()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # the system refused a thread, or a bug: end the run
-            self._crash(exc)
-
     async def _dispatch(self) -> None:
         pool, timeout, loop = self.pool, self.timeout, self.loop
         assert pool is not None
@@ -442,20 +429,23 @@ class Workers(EngineCore):
         assert pool is not None
         try:
             now = self.loop.time()  # one read per batch of completions
+            started_now: list[tuple[Call, float]] = []
             for call, token, ok, value in pool.drain():
                 current = token == call.attempts
                 if ok is None:  # a thread starts it: bill its arguments usage then
                     if current and call.status is RUNNING:
-                        started = min(value, now)
-                        self.billing.begin(call, started)
-                        call.started_at = started
+                        started = call.started_at = min(value, now)
+                        if now - started > BILLED_LATE_AT_MOST:
+                            self.billing.begin(call, started)
+                        else:  # unless it settles in this batch (see the module docstring)
+                            started_now.append((call, started))
                     continue
                 if current:
                     self._in_threads.discard(call)
                 if not current or call.status is not RUNNING:
                     pool.abandoned = max(0, pool.abandoned - 1)
                     self._late(call, ok, value)
-                elif ok and inspect.isawaitable(value):
+                elif ok and type(value) not in NOT_AWAITABLE and is_awaitable(value):
                     task = self.loop.create_task(self._await_returned(call, value))
                     self._awaiting.add(task)
                     task.add_done_callback(self._awaiting.discard)
@@ -463,6 +453,9 @@ class Workers(EngineCore):
                     self._settle(self._returned, call, value, now)
                 else:
                     self._settle(self._failed, call, value, now)
+            for call, started in started_now:
+                if call.status is RUNNING and call.reservation is not None:
+                    self.billing.begin(call, started)  # still running
         except BaseException as exc:  # never leave completions unsettled and run() waiting
             self._crash(exc)
         self.admission.wake()
@@ -499,7 +492,7 @@ class Workers(EngineCore):
         good after the timeout succeeds with it."""
         if not ok or call.status is SUCCEEDED or call.status is RUNNING:
             return  # a failure we already counted, or another attempt is running / won
-        if inspect.isawaitable(value):
+        if is_awaitable(value):
             return  # not worth resurrecting: the retry will run it again
         if self.validators and validate(value, self.validators)[0]:
             return  # an invalid value: the call stays as it is

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +94,7 @@ class Call:
         "_exceptions",
         "_extras",
         "_source",
+        "_usage",
         "args",
         "attempts",
         "demand",
@@ -105,7 +106,6 @@ class Call:
         "result",
         "started_at",
         "status",
-        "usage",
     )
 
     def __init__(
@@ -134,8 +134,9 @@ class Call:
         #: at schedule().
         self.demand: tuple[tuple[float, float, Hashable], ...] = ()
         self.reservation: object = None
-        #: Per resource name: usage billed for this call so far.
-        self.usage: dict[str, float] | None = None
+        #: Usage billed so far: None, a dict (``usage``), or, as the engine bills it,
+        #: ``(names, amount, ...)`` aligned with its resources (see ``add_usage``).
+        self._usage: dict[str, float] | tuple[Any, ...] | None = None
         #: Loop-clock times of the last attempt's start and of the call's end.
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -206,6 +207,44 @@ class Call:
         self._more().semantic = value
 
     # -- rate_limited 0.4 -----------------------------------------------------------------
+    @property
+    def usage(self) -> dict[str, float] | None:
+        """Usage billed for this call so far, per resource name (None: nothing billed)."""
+        usage = self._usage
+        if usage is None or isinstance(usage, dict):
+            return usage
+        billed = self._usage = dict(zip(usage[0], usage[1:], strict=True))
+        return billed
+
+    @usage.setter
+    def usage(self, value: dict[str, float] | None) -> None:
+        self._usage = value
+
+    def usage_copy(self) -> dict[str, float]:
+        """A new dict of the usage billed so far (``usage`` would keep one on the call)."""
+        usage = self._usage
+        if usage is None:
+            return {}
+        if isinstance(usage, dict):
+            return dict(usage)
+        return dict(zip(usage[0], usage[1:], strict=True))
+
+    def add_usage(self, names: tuple[str, ...], amounts: Sequence[float]) -> None:
+        """Add ``amounts`` (aligned with ``names``) to the usage billed.
+
+        Memory: a million calls each billed once would each hold a dict; until someone
+        reads ``usage``, the amounts are kept as one tuple with the (shared) names."""
+        usage = self._usage
+        if usage is None:
+            self._usage = (names, *amounts)
+        elif not isinstance(usage, dict) and usage[0] is names:
+            self._usage = (names, *[a + b for a, b in zip(usage[1:], amounts, strict=True)])
+        else:
+            billed = self.usage
+            assert billed is not None
+            for name, amount in zip(names, amounts, strict=True):
+                billed[name] = billed.get(name, 0.0) + amount
+
     @property
     def exceptions(self) -> list[BaseException]:
         """Exceptions of the failed attempts, oldest first (a new list if there are none)."""

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from numbers import Real
 from typing import TYPE_CHECKING, Any, Literal
 
-from rate_limited._meters import BucketMeter, Meter, WindowMeter, make_meter
+from rate_limited._meters import BucketMeter, Meter, Settle, WindowMeter, make_meter
 from rate_limited.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ __all__ = ["Refill", "Resource", "Settle", "Unit"]
 #: Amount of a resource (requests, tokens, dollars ...); ints are fine too.
 Unit = float
 Refill = Literal["window", "bucket"]
-Settle = Literal["actual", "reserved"]
 
 ArgumentsUsageExtractor = Callable[["Call"], float]
 ResultsUsageExtractor = Callable[["Call", Any], float]

@@ -25,6 +25,9 @@ scheduled through it, nor a run going on in the background.
 After a run that was not interrupted, the Runner starts a new batch: the next ``run()``
 returns only calls scheduled after it, as in rate_limited 0.4.
 
+The Runner is assembled from bases in modules of their own: ``schedule()``'s per-call
+work (``rate_limited._scheduling``), where its engines run and how a run's end becomes
+its RunResult (``rate_limited._runs``), and the online calls (``rate_limited._online``).
 ``as_completed()`` yields the outcomes as the calls finish (``rate_limited._completed``);
 ``call()`` / ``call_sync()`` run one online call through the same quotas, ahead of the
 batch's waiting calls (``rate_limited._online``).
@@ -39,7 +42,7 @@ import functools
 import os
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from rate_limited._checkpoint import close_store
@@ -47,35 +50,30 @@ from rate_limited._clock import Clock
 from rate_limited._completed import AsCompleted, Subscribe, subscriber
 from rate_limited._config import RunnerConfig, Setting
 from rate_limited._engine import Engine
-from rate_limited._feedback import FeedbackSource, LedgerControl
-from rate_limited._gc import bulk_allocation
-from rate_limited._loop_thread import LoopThread, finish_running_calls, shutdown, stop_run
+from rate_limited._loop_thread import LoopThread, finish_running_calls, stop_run
 from rate_limited._loopwatch import is_async_callable
 from rate_limited._money import Money, split_budget
 from rate_limited._online import OnlineCaller, OnlineCalls
 from rate_limited._policy import Validator, retry_if_transient
 from rate_limited._priorities import Priorities
 from rate_limited._redact import get_logger
+from rate_limited._runs import EngineHost
 from rate_limited._scheduling import (
     Scheduler,
     declares,
     demand_of,
-    key_of,
     make_schedule,
-    pop_priority,
 )
 from rate_limited._status import RunnerState
 from rate_limited.budget import Budget
 from rate_limited.calls import Call, Result
 from rate_limited.exceptions import (
-    BudgetWarning,
     ReentrantRunError,
-    RunnerClosedError,
     warn,
 )
 from rate_limited.handle import RunHandle, SigintGuard
 from rate_limited.ledgers import open_ledger
-from rate_limited.outcomes import RunResult, Status
+from rate_limited.outcomes import RunResult
 from rate_limited.progress import make_progress
 from rate_limited.resources import Resource
 from rate_limited.stores.base import Store
@@ -84,7 +82,6 @@ if TYPE_CHECKING:
     import pandas
 
     from rate_limited._estimate import Estimate
-    from rate_limited._stats import Progress
     from rate_limited.semantic import SemanticCache
     from rate_limited.semantic._step import SemanticStep
 
@@ -95,7 +92,7 @@ logger = get_logger("rate_limited")
 T = TypeVar("T")
 
 
-class Runner(Scheduler, OnlineCaller):
+class Runner(Scheduler, OnlineCaller, EngineHost):
     """Runs calls of ``function`` as fast as ``resources`` allow, and never faster."""
 
     # The settings, read-only: RunnerConfig was validated once and engines read it.
@@ -205,29 +202,7 @@ class Runner(Scheduler, OnlineCaller):
         """
         resources, budget = split_budget(resources, budget)
         #: The validated settings (``Runner.max_concurrent`` and the like read them).
-        self.config = RunnerConfig.build(
-            function,
-            resources,
-            max_concurrent,
-            max_retries,
-            validation_function,
-            progress_interval,
-            long_wait_warning_seconds,
-            validation=validation,
-            retry_if=retry_if,
-            backoff=backoff,
-            timeout=timeout,
-            progress=progress,
-            clock=clock,
-            name=name,
-            store=store,
-            key=key,
-            refresh=refresh,
-            ttl=ttl,
-            retry_failed=retry_failed,
-            event_loop=event_loop,
-            rate_limit_patience=rate_limit_patience,
-        )
+        self.config = RunnerConfig.build(locals())  # the arguments above, by name
         self.function = function
         self._runs_on_loop = is_async_callable(function)
         self.logger = get_logger(f"rate_limited.Runner.{self.name}")
@@ -261,6 +236,11 @@ class Runner(Scheduler, OnlineCaller):
         close_ledger = getattr(self._ledger, "close", None)
         if close_ledger is not None:  # a shared ledger: its lease ends with the Runner
             weakref.finalize(self, close_ledger)
+        if self.store is not None and self.config.owns_store:
+            # A Runner dropped without close() still flushes and closes the store it
+            # opened (after its loop's finalizer, made later, has stopped the loop).
+            index = None if self._semantic is None else self._semantic.index
+            weakref.finalize(self, close_store, self.store, owned=True, checkpoints=(), index=index)
         # The engines on the Runner's loop (the batch's, the online calls') take turns by
         # priority; the online calls' engine is made by the first call().
         self._priorities = Priorities(self._ledger)
@@ -310,37 +290,6 @@ class Runner(Scheduler, OnlineCaller):
         a wrapper carrying the wrapped function's signature and docstring.)
         """
         return self._schedule(args, kwargs)
-
-    def _schedule(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
-        if self._state is RunnerState.CLOSED:
-            raise RunnerClosedError("This Runner was closed; create a new Runner to schedule.")
-        priority = pop_priority(kwargs, 0, self._takes_priority)
-        calls = self.scheduled_calls
-        call = Call(self.function, args, kwargs, len(calls), self)
-        if priority:
-            call.priority = priority
-        money = self._money
-        money.schedule(call)
-        if self._extractors:
-            call.demand = demand_of(self._extractors, call)
-        money.price(call)
-        if self.store is not None:
-            call.key = key_of(self.config.key, self.function, call, money.key_kwargs(call))
-        if self._semantic is not None:
-            self._semantic.check(call)  # a text= that can't split the call: an error now
-        calls.append(call)
-        engine = self._active_engine
-        if self._state is RunnerState.RUNNING and engine is not None:
-            try:
-                on_its_loop = asyncio.get_running_loop() is engine.loop
-            except RuntimeError:
-                on_its_loop = False
-            if on_its_loop:
-                engine.enqueue(call)
-            else:
-                with contextlib.suppress(RuntimeError):  # loop closed: next run() has it
-                    engine.loop.call_soon_threadsafe(engine.enqueue, call)
-        return call
 
     # -- running -----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -440,130 +389,6 @@ class Runner(Scheduler, OnlineCaller):
             return handle, handle._subscribe
 
         return AsCompleted(start, owns_run=True)
-
-    def _caller_loop(self) -> asyncio.AbstractEventLoop | None:
-        """The caller's running loop, if the engine is to run on it."""
-        if self.event_loop != "current" or not self._runs_on_loop:
-            return None
-        try:
-            return asyncio.get_running_loop()
-        except RuntimeError:
-            return None  # a plain script: nothing is bound to a loop of its own
-
-    def _engine_for(self, caller_loop: asyncio.AbstractEventLoop | None) -> Engine:
-        if caller_loop is not None:
-            import nest_asyncio
-
-            nest_asyncio.apply(caller_loop)
-            engine = self._caller_engine
-            if engine is None or engine.loop is not caller_loop:
-                engine = self._caller_engine = self._new_engine(caller_loop)
-            return engine
-        if self._loop_thread is None or self._engine is None:
-            loop_thread = LoopThread(self.clock, name=f"rate_limited-{self.name}")
-            self._loop_thread = loop_thread
-            self._engine = self._new_engine(loop_thread.loop)
-            self._finalizer = weakref.finalize(self, shutdown, loop_thread, self._engine)
-            loop_thread.call_soon(self._priorities.join, self._engine)
-        return self._engine
-
-    def _submit(
-        self,
-        batch: Coroutine[Any, Any, tuple[bool, float]],
-        caller_loop: asyncio.AbstractEventLoop | None,
-    ) -> concurrent.futures.Future[tuple[bool, float]] | asyncio.Task[tuple[bool, float]]:
-        if caller_loop is not None:
-            return caller_loop.create_task(batch)
-        assert self._loop_thread is not None
-        return self._loop_thread.submit(batch)
-
-    def _new_engine(self, loop: asyncio.AbstractEventLoop, online: bool = False) -> Engine:
-        engine = Engine(
-            self.config,
-            loop,
-            self._ledger,
-            function_name=self._function_identity,
-            semantic=None if online else self._semantic,
-            spend=self._money.spend,
-            escalate=None if self._money.ladder is None else self._money.escalate,
-        )
-        if isinstance(self.function, FeedbackSource):
-            control = LedgerControl(
-                engine.ledger, loop, wake=engine.wake, pause_until=engine.pause_until
-            )
-            self.function.attach_ledger(control)
-        watch = getattr(self._ledger, "watch", None)
-        if watch is not None:  # another process gave back what a waiting call needs
-            watch(functools.partial(_wake_threadsafe, loop, engine))
-        return engine
-
-    async def _run_batch(
-        self, engine: Engine, calls: list[Call], progress: Progress | None, run_id: int
-    ) -> tuple[bool, float]:
-        started = engine.loop.time()
-        try:
-            interrupted = await engine.run(calls, progress, run_id)
-        finally:
-            if self._state is RunnerState.RUNNING:
-                self._set_state(RunnerState.IDLE)
-        return interrupted, engine.loop.time() - started
-
-    def _result(self, calls: list[Call], interrupted: bool, elapsed: float) -> RunResult:
-        engine = self._active_engine
-        budget = None
-        if engine is not None and not interrupted:
-            budget = self._money.stopped(engine.budget_stopped, calls, engine.loop.time())
-        if budget is not None:
-            # Stopped at the budget, the rest pending: the batch stays, run() goes on.
-            warn(budget.message, BudgetWarning)
-        elif interrupted:
-            done = sum(1 for c in calls if c.status.is_final)
-            running = sum(1 for c in calls if c.status is Status.RUNNING)
-            self.logger.warning(
-                "Interrupted: %d of %d calls finished%s; run() again to resume the rest.",
-                done,
-                len(calls),
-                f" and {running} already sent are still running (their results will be "
-                "kept; Ctrl-C again abandons them)"
-                if running
-                else "",
-            )
-        elif calls is self.scheduled_calls:
-            # Complete: the next run() starts a new batch. Calls scheduled after the engine
-            # had finished (a background run) were not part of this run: they carry over.
-            ran = len(calls)
-            while ran and calls[ran - 1].status is Status.PENDING and not calls[ran - 1].attempts:
-                ran -= 1
-            later = calls[ran:]
-            for index, call in enumerate(later):
-                call.index = index
-            self.scheduled_calls = later
-            calls = calls[:ran] if later else calls
-        if not interrupted and budget is None:
-            # Every call of the run is final: none needs the Runner to live any more, and
-            # last_result (which holds them) must not make a reference cycle through it.
-            for call in calls:
-                call.release_owner()
-        notices: list[tuple[type[Warning], str]] = []
-        store_failures = 0
-        if engine is not None:
-            notices, store_failures = engine.take_notices()
-        notices += self._money.take_notices()
-        # Paused collector: 100k new lists would trigger full passes over every Call.
-        with bulk_allocation(len(calls)):
-            result = RunResult.from_calls(
-                calls,
-                interrupted=interrupted,
-                elapsed=elapsed,
-                resources=self.config.resources,
-                started_at=None if engine is None else engine.stats.started_at,
-                store_failures=store_failures,
-                budget=budget,
-            )
-        for category, text in notices:
-            warn(text, category)
-        self.last_result = result
-        return result
 
     def estimate(self) -> Estimate:
         """What the scheduled calls not yet finished will need, before ``run()``: calls,
@@ -667,8 +492,3 @@ class Runner(Scheduler, OnlineCaller):
             else f"{len(self.scheduled_calls)} scheduled"
         )
         return f"<Runner {self.name} ({state})>"
-
-
-def _wake_threadsafe(loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
-        loop.call_soon_threadsafe(engine.wake)

@@ -218,3 +218,36 @@ def test_repr_redacts_secret_arguments_and_key_shaped_values() -> None:
     assert token not in by_position and "'hi'" in by_position
     in_text = repr(Call(client_call, (f"use {key} please",)))
     assert key not in in_text and "use *** please" in in_text
+
+
+# -- usage: compact until read ------------------------------------------------------------------
+def test_usage_added_reads_as_a_dict_by_resource_name() -> None:
+    call = Call(with_n, ("hi",))
+    names = ("requests", "tokens")
+    assert call.usage is None
+    assert call.usage_copy() == {}
+    call.add_usage(names, [1.0, 120.0])
+    assert call.usage_copy() == {"requests": 1.0, "tokens": 120.0}
+    call.add_usage(names, [1.0, 30.0])  # a second attempt adds to the first
+    assert call.usage == {"requests": 2.0, "tokens": 150.0}
+
+
+def test_usage_read_once_stays_the_dict_given_out() -> None:
+    call = Call(with_n, ("hi",))
+    call.add_usage(("requests",), [1.0])
+    usage = call.usage
+    assert usage is not None
+    usage["cost_usd"] = 0.5  # written by a reader (e.g. a batch's cost)
+    call.add_usage(("requests",), [1.0])
+    assert call.usage is usage
+    assert usage == {"requests": 2.0, "cost_usd": 0.5}
+    copy = call.usage_copy()
+    copy["requests"] = 0.0
+    assert call.usage == {"requests": 2.0, "cost_usd": 0.5}
+
+
+def test_usage_assigned_then_added_keeps_both() -> None:
+    call = Call(with_n, ("hi",))
+    call.usage = {"tokens": 10.0}  # from the store
+    call.add_usage(("requests", "tokens"), [1.0, 5.0])
+    assert call.usage == {"tokens": 15.0, "requests": 1.0}

@@ -3,6 +3,7 @@ resume), the MockProvider server, the bench launcher and the usage errors."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shlex
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rate_limited import cli
+from rate_limited.cli import demo as cli_demo
 
 
 def run_demo(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -196,7 +198,7 @@ def test_bench_help_outside_a_checkout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli, "_bench_dirs", lambda: [tmp_path / "benchmarks"])
+    monkeypatch.setattr(cli.bench, "_bench_dirs", lambda: [tmp_path / "benchmarks"])
     assert cli.main(["bench", "-h"]) == 0
     assert "run this from a git clone" in capsys.readouterr().out
 
@@ -236,10 +238,10 @@ def test_help_says_what_each_command_does_and_touches(
 
 
 def test_the_resume_command_repeats_the_options_that_matter() -> None:
-    parser = cli.argparse.ArgumentParser()
-    cli._demo_parser(parser)
+    parser = argparse.ArgumentParser()
+    cli_demo.add_arguments(parser)
     args = parser.parse_args(["--async", "--fresh", "--tpm", "1e5", "--rpm", "10.5"])
-    assert cli.resume_command(args) == (
+    assert cli_demo.resume_command(args) == (
         "rate-limited demo --rpm 10.5 --tpm 100000 --async --store rate_limited_demo.db"
     )
 
@@ -256,4 +258,4 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
 def test_the_console_script_is_declared() -> None:
     pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
     assert 'rate-limited = "rate_limited.cli:main"' in pyproject
-    assert os.path.exists(Path(cli.__file__).with_name("__main__.py"))
+    assert os.path.exists(Path(cli.__file__).parent.with_name("__main__.py"))

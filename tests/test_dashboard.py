@@ -82,10 +82,10 @@ async def one_second(i: int) -> int:
 def fake_run(function: Any, resources: list[Resource], n: int, **kwargs: Any) -> Recording:
     dashboard = Recording()
     kwargs.setdefault("progress_interval", 0)
-    runner = Runner(function, resources, progress=dashboard, clock=FakeClock(), **kwargs)
-    for i in range(n):
-        runner.schedule(i)
-    runner.run()
+    with Runner(function, resources, progress=dashboard, clock=FakeClock(), **kwargs) as runner:
+        for i in range(n):
+            runner.schedule(i)
+        runner.run()
     return dashboard
 
 
@@ -300,7 +300,7 @@ class Published:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[tuple[dict[str, Any], str, bool]] = []
-        monkeypatch.setattr(_dashboard, "_publish", self.publish)
+        monkeypatch.setattr(_dashboard, "publish", self.publish)
 
     def publish(self, data: dict[str, Any], display_id: str, *, update: bool = False) -> None:
         self.calls.append((data, display_id, update))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import random
 from collections.abc import Hashable
 from typing import Any
 
@@ -440,3 +441,84 @@ def test_charge_earlier_charges_each_resource_on_its_partitions_meter() -> None:
     assert ledger.partitions(0.0)[("tokens", "b")][0] == 0.0
     assert ledger.try_reserve(d((1, 0, "a"), (200, 0, "a")), 0.0) is None  # 500 + 200 > 600
     assert ledger.try_reserve(d((1, 0, "b"), (600, 0, "b")), 0.0) is not None
+
+
+# -- window meters in bounded memory: never more than the quota in any window ----------------------
+@pytest.mark.parametrize("seed", [pytest.param(s, id=f"seed-{s}") for s in range(6)])
+def test_a_window_never_admits_more_than_its_quota_in_any_window(seed: int) -> None:
+    """An adversary drives a window ledger on a FakeClock with steps chosen around the
+    buckets' grain and the window's length, deferred calls begun in the past, refunds,
+    estimates kept and settled lower. After every admission, the usage an exact log would
+    hold in the last window plus the estimates held must be within the quota: coalescing
+    usages into buckets may make them count longer, never shorter."""
+    from rate_limited._meters import WINDOW_SLOTS
+    from rate_limited.testing import FakeClock
+
+    rng = random.Random(seed)
+    quota, window = 10.0, 1.0
+    grain = window / WINDOW_SLOTS
+    ledger = ledger_of(("requests", quota, window, "window"))
+    clock = FakeClock(start=rng.uniform(0, 5))
+    steps = [0.0, grain / 3, grain * 0.999, grain, grain * 1.001, window - grain, window]
+    steps += [window * 0.999, window + grain / 2]
+    #: What was really billed, each [time, amount] (an amount zeroed when refunded).
+    billed: list[list[float]] = []
+    #: Calls in flight: (reservation, its admission record or None if deferred, demand).
+    flight: list[tuple[Any, list[float] | None, tuple[float, float]]] = []
+    admitted = 0
+    for _ in range(1500):
+        now = clock.time()
+        action = rng.random()
+        if action < 0.2:
+            clock.advance(rng.choice(steps) if rng.random() < 0.7 else rng.uniform(0, 3 * grain))
+        elif action < 0.7:
+            need = (rng.choice([0.5, 1.0, 2.5]), rng.choice([0.0, 0.0, 1.5, 3.0]))
+            defer = rng.random() < 0.3
+            reservation = ledger.try_reserve(d(need), now, defer=defer)
+            if reservation is None:
+                continue
+            admitted += 1
+            record = None if defer else [now, need[0]]
+            if record is not None:
+                billed.append(record)
+            flight.append((reservation, record, need))
+            held = sum(n[0] + n[1] if r is None else n[1] for _, r, n in flight)
+            in_window = sum(a for t, a in billed if now - window < t <= now)
+            assert in_window + held <= quota * (1 + 1e-9), (now, in_window, held)
+        elif flight:
+            reservation, record, need = flight.pop(rng.randrange(len(flight)))
+            if record is None and rng.random() < 0.7:  # its thread started it a bit ago
+                started = rng.uniform(reservation.at, now)
+                ledger.begin(reservation, started)
+                record = [started, need[0]]
+                billed.append(record)
+            ending = rng.random()
+            if ending < 0.6:
+                actual = rng.uniform(0, need[1])
+                ledger.settle(reservation, [actual], now)
+                billed.append([now, actual])
+            elif ending < 0.8:
+                ledger.keep(reservation, now)
+                if record is None:
+                    billed.append([now, need[0]])
+                billed.append([now, need[1]])
+            else:
+                ledger.release(reservation, now)
+                if record is not None:
+                    record[1] = 0.0
+    assert admitted > 200  # the adversary did push on the quota
+
+
+def test_a_saturated_window_keeps_its_throughput_with_buckets() -> None:
+    """Calls every 0.1 ms at a 1,000-per-second quota for 20 s: coalescing loses at most
+    the grain's share of the throughput, and the log stays within its bound of buckets."""
+    from rate_limited._meters import WINDOW_SLOTS
+
+    ledger = ledger_of(("requests", 1000, 1.0, "window"))
+    admitted, step = 0, 1e-4
+    for i in range(200_000):
+        if ledger.try_reserve(d((1.0, 0.0)), i * step) is not None:
+            admitted += 1
+    assert admitted >= 1000 * 20 / (1 + 1 / WINDOW_SLOTS) - 1000
+    assert admitted <= 1000 * 21
+    assert len(ledger.meter("requests")._log) <= WINDOW_SLOTS + 2  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ import random
 import pytest
 
 from rate_limited import ConfigurationError, Resource
-from rate_limited._meters import BucketMeter, WindowMeter, make_meter
+from rate_limited._meters import WINDOW_SLOTS, BucketMeter, WindowMeter, make_meter
 
 
 # -- window meter ------------------------------------------------------------------------------
@@ -81,6 +81,39 @@ def test_same_instant_usages_merge_but_refund_separately() -> None:
     assert meter.used(0.5) == 1
     assert meter.used(1.0) == 1  # the merged entry expired whole
     assert meter.used(1.5) == 0
+
+
+def test_window_buckets_bound_the_log_and_never_expire_a_usage_early() -> None:
+    """Usages closer than a grain share a bucket stamped with the latest of them: the log
+    stays within WINDOW_SLOTS + 2 buckets, and each usage counts a full window."""
+    window = 1.0
+    grain = window / WINDOW_SLOTS
+    meter = WindowMeter(10**9, window)
+    times = [i * grain / 4 for i in range(8 * WINDOW_SLOTS)]  # two windows, 4 per grain
+    for at in times:
+        meter.bill(1, at)
+        assert len(meter._log) <= WINDOW_SLOTS + 2
+    last = times[-1]
+    counted = meter.used(last)
+    exact = sum(1 for at in times if at + window > last)
+    assert exact <= counted <= exact + 4  # at most one grain's worth more
+    # The last usage still counts just before its own expiry.
+    assert meter.used(math.nextafter(last + window, -math.inf)) >= 1
+
+
+def test_a_window_usage_logged_in_the_past_joins_a_bucket_that_expires_no_earlier() -> None:
+    window = 1.0
+    grain = window / WINDOW_SLOTS
+    meter = WindowMeter(100, window)
+    meter.bill(1, 0.0)
+    meter.bill(1, 10 * grain)
+    meter.bill(1, 20 * grain)
+    token = meter.bill(5, 10 * grain - grain / 2)  # a sync call started a little earlier
+    assert len(meter._log) == 3  # joined the bucket opened after it, not a new one
+    assert meter.used(math.nextafter(10 * grain - grain / 2 + window, -math.inf)) == 7
+    assert meter.used(10 * grain + window) == 1  # that bucket expired whole, later
+    meter.refund(token, 10 * grain + window)  # expired already: takes nothing newer
+    assert meter.used(10 * grain + window) == 1
 
 
 def test_refund_after_expiry_does_not_eat_newer_usage() -> None:

@@ -160,9 +160,14 @@ def test_close_fails_calls_not_sent() -> None:
     thread = threading.Thread(target=caller)
     thread.start()
     wait_for(lambda: online_waiting(runner), "the online call waits for the quota")
-    threading.Timer(0.0, record.gate.set).start()
-    runner.close()
+    # The gate opens once the online call has failed: opened earlier, the batch's call
+    # would end and free the quota, and the online call could be sent before close().
+    closing = threading.Thread(target=runner.close)
+    closing.start()
     thread.join(30)
+    record.gate.set()  # close() waits for the batch's call, already sent
+    closing.join(30)
+    assert not closing.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], RunnerClosedError)
     with pytest.raises(RunnerClosedError):
         runner.call_sync("late")

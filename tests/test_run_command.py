@@ -217,7 +217,7 @@ def test_kill_9_leaves_the_finished_results_on_disk_and_a_rerun_completes(
 def test_the_sidecar_answers_only_the_lines_as_they_are_now(tmp_path: Path) -> None:
     """A row of the sidecar counts for its line only if the request is the same: an
     edited line, a failure and a line torn by a crash are sent again."""
-    from rate_limited._run_command import Sidecar, read_requests
+    from rate_limited.cli.run import Sidecar, read_requests
 
     source = write(tmp_path / "requests.jsonl", [body(i) for i in range(3)])
     lines = read_requests(source, "/v1/chat/completions", None)

@@ -15,6 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -658,3 +659,16 @@ def test_state_follows_the_runners_life() -> None:
     assert runner.state is RunnerState.IDLE
     runner.close()
     assert runner.state is RunnerState.CLOSED
+
+
+def test_a_dropped_runner_closes_the_store_it_opened(tmp_path: Path) -> None:
+    """Without close(), the store the Runner opened from a path is still flushed and
+    closed when the Runner goes (Python 3.13 warns about an unclosed SQLite connection)."""
+    runner = make_runner(double, store=str(tmp_path / "runs.db"))
+    store = runner.store
+    assert store is not None
+    runner.schedule(1)
+    assert runner.run().results == [2]
+    del runner
+    gc.collect()
+    assert store.closed

@@ -1,4 +1,4 @@
-"""Reading the providers' rate-limit headers.
+"""Reading what the providers send back: the rate-limit headers, a response's fields.
 
 OpenAI sends ``x-ratelimit-limit-{requests,tokens}`` and ``x-ratelimit-remaining-...``;
 Anthropic ``anthropic-ratelimit-{requests,input-tokens,output-tokens}-{limit,remaining}``
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Family", "LimitReading", "headers_of", "read_limits"]
+__all__ = ["Family", "LimitReading", "field", "headers_of", "read_limits", "reported"]
 
 Family = Literal["openai", "anthropic"]
 
@@ -82,3 +82,22 @@ def headers_of(obj: Any) -> Mapping[str, str] | None:
         if headers is not None and hasattr(headers, "get"):
             return headers  # type: ignore[no-any-return]
     return None
+
+
+def field(obj: Any, *path: str) -> Any:
+    """``obj.a.b`` or ``obj["a"]["b"]`` (SDK objects and plain dicts alike); None if absent."""
+    for name in path:
+        if obj is None:
+            return None
+        obj = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+    return obj
+
+
+def reported(result: Any, name: str) -> float:
+    """``result.usage.<name>``, the count a response reports; a ``ValueError`` (the
+    results extractor's error, named by the engine) when it has none."""
+    usage = field(result, "usage")
+    count = field(usage, name)
+    if not isinstance(count, int | float) or isinstance(count, bool):
+        raise ValueError(f"the response has no usage.{name} (usage: {usage!r})")
+    return float(count)

@@ -29,20 +29,21 @@ This base does no I/O of its own; the endpoint classes (``rate_limited.apis.open
 
 from __future__ import annotations
 
-import inspect
+import importlib
 import logging
 from collections.abc import Callable, Hashable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast, overload
 
 from rate_limited._feedback import LedgerControl
 from rate_limited._price import Price
-from rate_limited._token_usage import TokenUsage
-from rate_limited.apis._headers import Family, headers_of
+from rate_limited.apis._headers import Family, field
 from rate_limited.apis._limits import MINUTE, UNKNOWN_QUOTA, LimitTracker
-from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
-from rate_limited.apis._stream import Assembler, broken, check_on_chunk
+from rate_limited.apis._pricing import Priced
+from rate_limited.apis._prompts import PromptEstimator
+from rate_limited.apis._sending import Sender, is_async_client, request_model
+from rate_limited.apis._stream import check_on_chunk
 from rate_limited.apis._tokens import Calibration, TextCounter, Tokenizer, resolve_counter
-from rate_limited.apis.common import PROVIDER_REFILL_DELAY, RequestTooLargeError
+from rate_limited.apis.common import PROVIDER_REFILL_DELAY
 from rate_limited.cost import PriceTable
 from rate_limited.exceptions import ArgumentTypeError, ConfigurationError
 from rate_limited.resources import Resource, Settle
@@ -50,10 +51,21 @@ from rate_limited.resources import Resource, Settle
 if TYPE_CHECKING:
     from rate_limited.batch import BatchRunner
     from rate_limited.calls import Call
-    from rate_limited.ledgers.base import Reservation
     from rate_limited.runner import Runner
 
-__all__ = ["MINUTE", "UNKNOWN_QUOTA", "Preset", "field", "is_async_client", "model_of"]
+__all__ = [
+    "MINUTE",
+    "UNKNOWN_QUOTA",
+    "AsyncPreset",
+    "Preset",
+    "field",
+    "is_async_client",
+    "model_of",
+    "twin_of",
+]
+
+P = TypeVar("P", bound="Preset")
+A = TypeVar("A", bound="AsyncPreset")
 
 logger = logging.getLogger("rate_limited")
 
@@ -64,19 +76,10 @@ def _one(call: Call) -> float:
 
 def model_of(call: Call) -> Hashable:
     """A call's partition key for the presets' resources: its ``model`` argument."""
-    return _model(call.kwargs)
+    return request_model(call.kwargs)
 
 
-def field(obj: Any, *path: str) -> Any:
-    """``obj.a.b`` or ``obj["a"]["b"]`` (SDK objects and plain dicts alike); None if absent."""
-    for name in path:
-        if obj is None:
-            return None
-        obj = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
-    return obj
-
-
-class Preset:
+class Preset(Sender, Priced):
     """Base of the API presets; the endpoint classes fill in the ``_``-prefixed hooks."""
 
     #: Which provider's headers to read.
@@ -89,22 +92,37 @@ class Preset:
     settle_rules: ClassVar[Mapping[str, Settle]] = {}
     #: What ``tokenizer="auto"`` means for this provider.
     auto_tokenizer: ClassVar[Literal["auto", "conservative"]] = "auto"
-    #: Whether ``stream=True`` is supported (``_assembler`` builds the response).
-    streams: ClassVar[bool] = False
+    #: The SDK's module and its sync and async client classes: the client of a preset
+    #: made without one (``_default_client``); the module is also the extra to install.
+    sdk: ClassVar[tuple[str, str, str] | None] = None
+    #: Whether calling the preset returns a coroutine (``AsyncPreset``).
+    is_async: ClassVar[bool] = False
+    #: The class this very class makes when given an async client (``twin_of``); read
+    #: from the class's own ``__dict__``, so a user's subclass keeps its own class.
+    _async_twin: ClassVar[type[Preset]]
+
+    def __new__(cls: type[P], client: Any = None, **options: Any) -> P:
+        """A preset class given an async client makes its async twin (``twin_of``)."""
+        twin = cls.__dict__.get("_async_twin")
+        if twin is not None and client is not None and is_async_client(client, cls.endpoint):
+            return cast(P, object.__new__(twin))
+        return object.__new__(cls)
 
     def __init__(
         self,
         client: Any,
         limits: Mapping[str, float | None],
         *,
-        model_limits: Mapping[str, Mapping[str, float | None]] | None = None,
-        tokenizer: Tokenizer = "auto",
-        image_tokens: int | None = None,
-        media_tokens: int = HIGH_DETAIL_IMAGE_TOKENS,
-        client_max_retries: int | None = 0,
-        prices: Mapping[str, Price] | None = None,
-        ledger: str | None = None,
+        model_limits: Mapping[str, Mapping[str, float | None]] | None,
+        tokenizer: Tokenizer,
+        image_tokens: int | None,
+        media_tokens: int,
+        client_max_retries: int | None,
+        prices: Mapping[str, Price] | None,
+        ledger: str | None,
     ) -> None:
+        """The options the endpoint classes take (each declares them, with their defaults
+        and documentation, in its own signature) and ``limits`` by header kind."""
         #: What each model costs: ``prices`` first, then genai-prices' table.
         self.prices = PriceTable(prices)
         if ledger is not None:
@@ -186,7 +204,18 @@ class Preset:
 
     # -- hooks for the endpoint classes ------------------------------------------------------
     def _default_client(self) -> Any:
-        raise ConfigurationError(f"{type(self).__name__} needs a client.")
+        """The SDK's client with its defaults (its API key from the environment)."""
+        if self.sdk is None:
+            raise ConfigurationError(f"{type(self).__name__} needs a client.")
+        module, sync_class, async_class = self.sdk
+        try:
+            sdk = importlib.import_module(module)
+        except ImportError:
+            raise ImportError(
+                f"{type(self).__name__} needs the {module} SDK: "
+                f"pip install 'rate_limited[{module}]'"
+            ) from None
+        return getattr(sdk, async_class if self.is_async else sync_class)()
 
     def _prompt(self, estimator: PromptEstimator, params: Mapping[str, Any]) -> int:
         """Raw prompt-token estimate of one request."""
@@ -263,78 +292,6 @@ class Preset:
     def _note_demand(self, name: str, call: Call, demand: float) -> None:
         self.tracker.note_demand(name, model_of(call), demand)
 
-    # -- money (rate_limited._spend.CostSource) ------------------------------------------------
-    def call_tokens(self, call: Call) -> tuple[int, float]:
-        """``(prompt tokens, most output tokens)`` of a scheduled call, as estimated."""
-        params = self._params(call)
-        return self.prompt_tokens(params), self._reserved_output(params)
-
-    def call_max_cost(
-        self, call: Call, *, required: bool = False, batch: bool = False
-    ) -> float | None:
-        """The most the call can cost in USD: its prompt estimate at the highest rate a
-        prompt token can be billed at, its most output at the output rate (``batch``: at
-        the Batch API's rates). None if the model's price is not known (a
-        ``PriceWarning``); with ``required`` (a budget), a ``ConfigurationError`` naming
-        the model and how to give its price."""
-        model, tier = self._priced_model(call, required)
-        if model is None:
-            return None
-        if required:
-            self.prices.require(model, batch=batch, tier=tier)
-        prompt, output = self.call_tokens(call)
-        return self.prices.max_cost(
-            model,
-            prompt,
-            output,
-            batch=batch,
-            cache_write=self._may_write_cache(call.kwargs),
-            tier=tier,
-        )
-
-    def call_min_cost(self, call: Call) -> float | None:
-        """The least the call can cost in USD: its prompt estimate at the input rate, no
-        output (None if the model's price is not known)."""
-        model, tier = self._priced_model(call, False)
-        price = None if model is None else self.prices.price(model, tier=tier)
-        if price is None:
-            return None
-        return price.cost(TokenUsage(input_tokens=self.call_tokens(call)[0]))
-
-    def call_cost(self, call: Call, result: Any) -> float | None:
-        """USD the response cost, from the usage it reports, at its model's rates (None,
-        without a warning, for a model without a price: see ``warn_unpriced``)."""
-        model = field(result, "model")
-        if not isinstance(model, str) or not model or self.prices.lookup(model) is None:
-            model, _ = self._priced_model(call, False)
-        if model is None or self.prices.lookup(model) is None:
-            return None
-        return self.prices.cost(result, model)
-
-    def warn_unpriced(self, models: list[str]) -> None:
-        """One ``PriceWarning`` per model without a price (per preset), in the caller's
-        thread: the Runner calls this when ``run()`` returns."""
-        for model in models:
-            self.prices.price(model)
-
-    def _priced_model(self, call: Call, required: bool) -> tuple[str | None, str | None]:
-        model = call.kwargs.get("model")
-        if not isinstance(model, str) or not model:
-            if required:
-                raise ConfigurationError(
-                    f"A budget prices each call by its model: schedule {type(self).__name__} "
-                    f"calls with model=..., got {call!r}."
-                )
-            return None, None
-        tier = call.kwargs.get("service_tier")
-        return model, tier if isinstance(tier, str) and tier != "auto" else None
-
-    def _may_write_cache(self, params: Mapping[str, Any]) -> bool:
-        """Whether the request may be billed prompt-cache writes (above the input rate).
-        OpenAI caches prompts by itself, so by default: yes (where genai-prices has a
-        write rate above the input's, it bounds the prompt)."""
-        return True
-
     # -- the Runner ---------------------------------------------------------------------------
     def attach_ledger(self, control: LedgerControl) -> None:
         """Called by the Runner before its first run: feedback goes to its ledger."""
@@ -371,153 +328,6 @@ class Preset:
         """Limits per minute in force for ``model`` (None: not known yet)."""
         return self.tracker.limits_for(model)
 
-    # -- calling ------------------------------------------------------------------------------
-    def _before(self) -> Reservation | None:
-        """Before sending: the attempt's admission (what the headers are compared with)."""
-        if not self.tracker.attached and not self._warned_unattached:
-            unknown = self.tracker.unknown()
-            if unknown:
-                self._warned_unattached = True
-                logger.warning(
-                    "%s is called outside a Runner that runs it directly, so the limits it "
-                    "should discover (%s) are not enforced; use Runner(preset, "
-                    "preset.resources) or give the limits.",
-                    type(self).__name__,
-                    ", ".join(unknown),
-                )
-        return LedgerControl.admission()
-
-    def _after(self, raw: Any, params: Mapping[str, Any], admission: Reservation | None) -> Any:
-        headers = headers_of(raw)
-        if headers is not None:
-            self._feedback(headers, _model(params), True, False, admission)
-        parse = getattr(raw, "parse", None)
-        return parse() if callable(parse) else raw
-
-    def _feedback(
-        self,
-        headers: Mapping[str, str] | None,
-        model: Hashable,
-        answered: bool,
-        refused: bool,
-        admission: Reservation | None,
-    ) -> None:
-        """What the provider said into the tracker; a failure there is logged, never the
-        call's (an answered call was paid for)."""
-        try:
-            self.tracker.feedback(headers, model, answered, refused, admission)
-        except Exception:
-            logger.exception("%s could not read the rate-limit headers", type(self).__name__)
-
-    def _failed(
-        self,
-        exc: Exception,
-        params: Mapping[str, Any] | None = None,
-        admission: Reservation | None = None,
-    ) -> Exception | None:
-        """Feed back what a failed request said; a replacement exception to raise, if any."""
-        headers = headers_of(exc)
-        refused = getattr(exc, "status_code", None) == 429
-        self._feedback(headers, _model(params or {}), False, refused, admission)
-        if refused and headers is not None and _header(headers, "x-should-retry") == "false":
-            return RequestTooLargeError(str(exc), response=getattr(exc, "response", None))
-        return None
-
-    def _request(self, request: dict[str, Any], params: Mapping[str, Any]) -> Any:
-        """Send ``request`` (the SDK's parameters of the call ``params``); returns the
-        parsed response (a stream, for ``stream=True``) and the attempt's admission."""
-        admission = self._before()
-        try:
-            raw = self._create(**request)
-        except Exception as exc:
-            replacement = self._failed(exc, params, admission)
-            if replacement is None:
-                raise
-            raise replacement from exc
-        return self._after(raw, params, admission), admission
-
-    async def _request_async(self, request: dict[str, Any], params: Mapping[str, Any]) -> Any:
-        """``_request`` for an async client."""
-        admission = self._before()
-        try:
-            raw = await self._create(**request)
-        except Exception as exc:
-            replacement = self._failed(exc, params, admission)
-            if replacement is None:
-                raise
-            raise replacement from exc
-        parsed = self._after(raw, params, admission)
-        if inspect.isawaitable(parsed):  # anthropic's async raw responses parse async
-            parsed = await parsed
-        return parsed, admission
-
-    def _send(self, params: dict[str, Any]) -> Any:
-        if params.get("stream") and self.streams:
-            return self._send_stream(params)
-        return self._request(params, params)[0]
-
-    async def _send_async(self, params: dict[str, Any]) -> Any:
-        if params.get("stream") and self.streams:
-            return await self._send_stream_async(params)
-        return (await self._request_async(params, params))[0]
-
-    def _start_stream(
-        self, params: dict[str, Any]
-    ) -> tuple[dict[str, Any], Callable[[Any], object] | None, Assembler]:
-        on_chunk = check_on_chunk(params)
-        request = self._stream_request(params)
-        return request, on_chunk, self._assembler(self.prompt_tokens(request))
-
-    def _assembler(self, prompt_estimate: float) -> Assembler:
-        """Builds the whole response of a stream (the endpoints that stream say how)."""
-        raise NotImplementedError
-
-    def _send_stream(self, params: dict[str, Any]) -> Any:
-        request, on_chunk, assembler = self._start_stream(params)
-        stream, admission = self._request(request, params)
-        try:
-            chunks = iter(stream)
-            while True:
-                try:
-                    chunk = next(chunks)
-                except StopIteration:
-                    break
-                except Exception as exc:
-                    raise broken(assembler, exc) from exc
-                assembler.add(chunk)
-                if on_chunk is not None:
-                    on_chunk(chunk)
-        finally:
-            _note_first_token(admission, assembler)
-            _close(stream)
-        return assembler.result()
-
-    async def _send_stream_async(self, params: dict[str, Any]) -> Any:
-        request, on_chunk, assembler = self._start_stream(params)
-        stream, admission = await self._request_async(request, params)
-        chunks = stream.__aiter__()
-        try:
-            while True:
-                try:
-                    chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
-                except Exception as exc:
-                    raise broken(assembler, exc) from exc
-                assembler.add(chunk)
-                if on_chunk is not None:
-                    result = on_chunk(chunk)
-                    if inspect.isawaitable(result):
-                        await result
-        finally:
-            _note_first_token(admission, assembler)
-            if hasattr(chunks, "aclose"):  # the SDK's async generator, closed on this loop
-                await chunks.aclose()
-            closing = _close(stream)
-            if inspect.isawaitable(closing):
-                await closing
-        return assembler.result()
-
     def __call__(self, **params: Any) -> Any:
         """Call the API with ``params`` (as the SDK's ``create``); returns the parsed response."""
         return self._send(params)
@@ -530,20 +340,23 @@ class Preset:
         return f"<{type(self).__name__} {limits}>"
 
 
-def _note_first_token(admission: Reservation | None, assembler: Assembler) -> None:
-    if admission is not None and assembler.first_token is not None:
-        admission.first_token = assembler.first_token
+class AsyncPreset(Preset):
+    """Base of the presets for an async client: calling one returns a coroutine."""
+
+    is_async = True
+
+    async def __call__(self, **params: Any) -> Any:
+        return await self._send_async(params)
 
 
-def _close(stream: Any) -> Any:
-    """Close an SDK stream (its connection); an async one returns an awaitable."""
-    close = getattr(stream, "close", None)
-    return close() if callable(close) else None
+def twin_of(preset: type[Preset]) -> Callable[[type[A]], type[A]]:
+    """Class decorator of an async preset: ``preset(async_client)`` makes one of these."""
 
+    def register(async_preset: type[A]) -> type[A]:
+        preset._async_twin = async_preset
+        return async_preset
 
-def _model(params: Mapping[str, Any]) -> Hashable:
-    model = params.get("model")
-    return model if isinstance(model, Hashable) else repr(model)
+    return register
 
 
 def _limit(value: object, name: str) -> float | None:
@@ -555,23 +368,3 @@ def _limit(value: object, name: str) -> float | None:
             f"headers), got {value!r}."
         )
     return value
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    try:
-        value = headers.get(name)
-    except Exception:
-        return None
-    return None if value is None else str(value).strip().lower()
-
-
-def is_async_client(client: Any, endpoint: tuple[str, ...]) -> bool:
-    """Whether ``client`` is an async SDK client (its raw ``create`` is a coroutine function)."""
-    target: Any = client
-    for name in endpoint:
-        target = getattr(target, name, None)
-    raw = getattr(target, "with_raw_response", None)
-    create = getattr(raw if raw is not None else target, "create", None)
-    if create is not None and inspect.iscoroutinefunction(create):
-        return True
-    return type(client).__name__.startswith("Async")

@@ -4,8 +4,13 @@
 script calls); this module carries the asking:
 
 * **One round trip per call.** Settling operations (``tell``) are queued and go with the
-  next admission (``run``), in order, in one script call; the *sender* thread sends those
-  no admission takes within ``_BATCH_WAIT``, so that other processes see them soon.
+  next admission (``run``), in order, in one call of the ledger's code; the *sender*
+  thread sends those no admission takes within ``_BATCH_WAIT``, so that other processes
+  see them soon (and runs the ledger's ``chores``: giving back unused spares).
+* **The code.** Loaded once per Redis as a Function library (``FCALL``), or as a script
+  (``EVALSHA``) where Redis has no functions; loaded again if Redis lost it. The calls go
+  on the link's own connection (``_execute``): one command, one reply, none of the
+  client's per-command work (connection pool, retries, instrumentation).
 * **The lease.** The process holds its reservations under a *holder* id whose lease the
   *keeper* thread renews every ``lease / 4`` seconds (a process that dies stops renewing,
   and others take back what it held). The keeper also passes the ``freed`` notifications
@@ -128,7 +133,18 @@ class RedisLink:
                 "redis-server running and reachable there? Start it, fix the URL, or leave "
                 "ledger= out for a ledger of this process only."
             ) from exc
-        self._script = self.client.register_script(_lua.SCRIPT)
+        #: The connection the script calls go on, this link's own (not the pool's): one
+        #: command, one reply, under ``_lock``, with none of the client's per-command work.
+        pool = self.client.connection_pool
+        self._conn = pool.connection_class(**pool.connection_kwargs)
+        self._call: tuple[str, ...] = ()
+        try:
+            self._load_code()
+        except redis.RedisError as exc:
+            self.client.close()
+            raise LedgerUnavailableError(
+                f"can't load the shared ledger's code into the Redis at {self.url} ({exc})."
+            ) from exc
         #: Settling operations not sent yet, in order: they go with the next ``run`` (one
         #: round trip per call), or from the sender thread if none comes within
         #: ``_BATCH_WAIT``; they stay here while Redis is away.
@@ -138,6 +154,8 @@ class RedisLink:
         self._lock = threading.Lock()
         #: When (monotonic) Redis was lost, None while it is reachable.
         self.down_since: float | None = None
+        #: How many times Redis was lost (what was held there before may be gone).
+        self.losses = 0
         self._retry_at = -math.inf
         self._failures = 0
         self._notices: list[tuple[type[Warning], str]] = []
@@ -145,6 +163,10 @@ class RedisLink:
         #: notification calls ``wake`` (then clears it).
         self.waiting_release = False
         self.wake: Callable[[], None] | None = None
+        #: Run by the sender thread each time it wakes (and when the seconds it returns
+        #: have passed; None: only when there is something to send): the ledger gives back
+        #: its expired spares here.
+        self.chores: Callable[[], float | None] | None = None
         self._closed = threading.Event()
         self.keeper = threading.Thread(
             target=self._keep_alive, name=f"rate_limited-ledger-{name}", daemon=True
@@ -178,7 +200,12 @@ class RedisLink:
                 self.url,
             )
         finally:
-            self.client.close()
+            self.disconnect()
+
+    def disconnect(self) -> None:
+        """Close the connections (the ones of the threads' pub/sub too, once they stopped)."""
+        self._conn.disconnect()
+        self.client.close()
 
     @property
     def closed(self) -> bool:
@@ -194,14 +221,50 @@ class RedisLink:
         return self._retry_at - time.monotonic()
 
     # -- talking to Redis -----------------------------------------------------------------------
+    def _load_code(self) -> None:
+        """Load the ledger's code: as a Redis Function library (``FCALL``) where Redis has
+        functions (>= 7), else as a script (``EVALSHA`` with its digest)."""
+        import redis
+
+        try:
+            self.client.execute_command("FUNCTION", "LOAD", _lua.LIBRARY)  # type: ignore[no-untyped-call]
+        except redis.ResponseError as exc:
+            if "already exists" not in str(exc):  # no functions here (or not allowed)
+                sha = self.client.execute_command("SCRIPT", "LOAD", _lua.SCRIPT)  # type: ignore[no-untyped-call]
+                self._call = ("EVALSHA", sha, "0")
+                return
+        self._call = ("FCALL", _lua.FUNCTION, "0")
+
+    def _execute(self, args: list[str]) -> Any:
+        """One call of the ledger's code on this link's connection (the caller holds the
+        lock). Code missing from Redis (restarted without persistence, flushed) is
+        loaded again, and the call made again."""
+        import redis
+        from redis.exceptions import NoScriptError
+
+        conn = self._conn
+        try:
+            for attempt in (1, 2):
+                conn.send_command(*self._call, *args)
+                try:
+                    return conn.read_response()
+                except redis.ResponseError as exc:
+                    lost = isinstance(exc, NoScriptError) or "Function not found" in str(exc)
+                    if attempt == 2 or not lost:
+                        raise
+                self._load_code()
+        except self.down_errors:
+            conn.disconnect()
+            raise
+
     def _send(self, ops: list[tuple[str, list[str]]]) -> Any:
-        """Run ``ops`` in one script call (the caller holds the lock); a lost connection
-        is noted (a warning) and raised."""
+        """Run ``ops`` in one call (the caller holds the lock); a lost connection is noted
+        (a warning) and raised."""
         args = [self.prefix]
         for name, op_args in ops:
             args += [name, str(len(op_args)), *op_args]
         try:
-            result = self._script(args=args)
+            result = self._execute(args)
         except self.down_errors as exc:
             self._lost(exc)
             raise
@@ -226,6 +289,10 @@ class RedisLink:
             self._armed = True
         self._send_soon.set()
 
+    def poke(self) -> None:
+        """Wake the sender thread (its ``chores`` have a new deadline)."""
+        self._send_soon.set()
+
     def _flush(self) -> None:
         with self._lock:
             if self.outbox:
@@ -237,7 +304,9 @@ class RedisLink:
         """The sender thread: what is queued and not taken by an admission within
         ``_BATCH_WAIT`` goes on its own (so that other processes see it soon)."""
         while not self._closed.is_set():
-            self._send_soon.wait()
+            due = self.chores() if self.chores is not None else None
+            if not self._send_soon.wait(due):
+                continue  # chores are due
             if self._closed.wait(_BATCH_WAIT):
                 return
             self._send_soon.clear()
@@ -253,6 +322,7 @@ class RedisLink:
                 self._closed.wait(1.0)
 
     def _lost(self, exc: BaseException) -> None:
+        self.losses += 1
         self._failures += 1
         delay = min(_RETRY_MAX, RETRY_FIRST * 2 ** min(self._failures - 1, 10))
         self._retry_at = time.monotonic() + delay

@@ -21,30 +21,17 @@ resource's), so a call costs one dict lookup per resource, whatever the number o
   estimate is billed at admission (it drains from then, as at the provider), and settling
   bills only what the actual usage has above it.
 
-**Agreeing with the provider.** ``reconcile`` takes what a response's rate-limit headers
-say was left when the provider took the request. The ledger compares it with the lowest
-room it believed in between that request's admission and now, and bills what it believed
-above it (``rate_limited._reconcile`` says why that reading is safe whatever the order in
-which requests arrived). A 429 (``refused``) is reconciled from its headers when it has
-them, else the resource that was closest to its quota at the request's admission is
-corrected: the provider had less than the request needed where the ledger saw that and
-more. A bucket is billed what it believed was free plus the request's charge (a level that
-drains at the refill rate: the burst the provider did not allow is given up, the pace is
-kept); a window only the request's charge (billing its free room would block it for a
-whole window).
+**Agreeing with the provider** (``reconcile``, ``refused``, ``expect_reports``, and the
+settle rule the headers reveal) is ``rate_limited.ledgers._reports``, the other half of
+``InMemoryLedger``.
 
-**Discovering the rule.** A bucket meter of a resource with an estimate that receives
-headers also keeps a *twin*: its calls billed by the other rule, corrected by the same
-headers against its own belief. Whenever the calls settled since the last look have
-unused estimates (what the two rules bill differently) worth the vote margin (5% of the
-quota), the corrections each view needed meanwhile are weighed (``_weigh``): the view of
-the provider's rule needs none for them, the other about all. Switching to ``"actual"``
-(the provider refunds) is the risky way, so it also needs the provider to have shown
-more room than the ``"reserved"`` view can explain, beyond what was in flight and the
-refill since. Three such windows in a row switch the resource (every key) once and for
-all, the meter taking its twin's view: the capacity a refunding provider hands back is
-used, and an ``"actual"`` view of a provider that keeps what it reserves stops being
-corrected call after call.
+**Cost per call.** O(1) amortized per resource in time, and nothing kept per call once it
+settles: admission looks at each meter once (``Meter.held``) and bills or holds there,
+settling is one ``Meter.settle`` per resource, and a window meter's log is bounded
+(``rate_limited._meters.WindowMeter``); a partitioned resource adds one dict lookup.
+Meters the provider reports on take a longer path, which also keeps what reconciling
+with its reports needs. The reservation (``rate_limited.ledgers._reservation``) is
+slotted, its lists flat.
 """
 
 from __future__ import annotations
@@ -55,8 +42,11 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
-from rate_limited._meters import BucketMeter, Meter, make_meter
-from rate_limited._reconcile import Mark, Track, Votes, correct, generous, release, settle
+from rate_limited._meters import EPS, Meter, make_meter
+from rate_limited._reconcile import Mark, Track, Votes, release
+from rate_limited.exceptions import UnknownResourceError
+from rate_limited.ledgers._reports import ProviderReports
+from rate_limited.ledgers._reservation import Reservation
 from rate_limited.ledgers.base import Demand, Earlier, Settle
 
 if TYPE_CHECKING:
@@ -65,59 +55,6 @@ if TYPE_CHECKING:
 __all__ = ["InMemoryLedger", "Reservation"]
 
 logger = logging.getLogger("rate_limited")
-
-
-class Reservation:
-    """What one admitted attempt holds, per resource (aligned with the demand)."""
-
-    __slots__ = (
-        "at",
-        "billed",
-        "deferred",
-        "demand",
-        "first_token",
-        "held",
-        "marks",
-        "meters",
-        "reconciled",
-        "rules",
-    )
-
-    def __init__(
-        self,
-        meters: list[Meter],
-        demand: Demand,
-        billed: list[object],
-        held: list[tuple[float, float]],
-        marks: list[Mark | None] | None,
-        at: float,
-        rules: tuple[Settle, ...],
-        deferred: bool = False,
-    ) -> None:
-        #: The meter each resource was charged on (its partition's, if partitioned).
-        self.meters = meters
-        self.demand = demand
-        #: Tokens of what was billed at admission (for ``release``).
-        self.billed = billed
-        #: Per meter, (usage + reservations, corrections so far) right after admission.
-        self.held = held
-        #: Per meter the provider reports on, what ``reconcile`` needs (else None).
-        self.marks = marks
-        #: Admission time, and each resource's settle rule then.
-        self.at = at
-        self.rules = rules
-        #: True once a refusal of this attempt was reconciled from its headers.
-        self.reconciled = False
-        #: Admitted but not started yet (a sync call waiting for its thread): what it
-        #: bills at admission is held instead, until ``Ledger.begin`` bills it at the
-        #: moment the function starts, so that a window counts from the real start.
-        self.deferred = deferred
-        #: Seconds from sending to the first chunk of a streamed response (the presets
-        #: report it here; the engine puts it on the call).
-        self.first_token: float | None = None
-
-    def mark(self, index: int) -> Mark | None:
-        return None if self.marks is None else self.marks[index]
 
 
 class _Partitions(dict[Hashable, Meter]):
@@ -134,20 +71,11 @@ class _Partitions(dict[Hashable, Meter]):
         return meter
 
 
-class InMemoryLedger:
-    """One meter per resource (and partition key); admission, settlement, reconciliation."""
+class InMemoryLedger(ProviderReports):
+    """One meter per resource (and partition key); admission, settlement, reconciliation
+    (what the provider says: ``ProviderReports``)."""
 
-    __slots__ = (
-        "_parts",
-        "_reported",
-        "_resources",
-        "_rules",
-        "_single",
-        "_singles",
-        "_tracks",
-        "_votes",
-        "names",
-    )
+    __slots__ = ("_parts", "_resources", "_single", "_singles", "names")
 
     def __init__(self, resources: Sequence[Resource]) -> None:
         self.names = [r.name for r in resources]
@@ -170,7 +98,6 @@ class InMemoryLedger:
             if any(meter is None for meter in self._single)
             else cast("list[Meter]", list(self._single))
         )
-        #: Meters the provider reports on (by id), made by their first report.
         self._tracks: dict[int, Track] = {}
         self._votes = Votes(len(resources))
 
@@ -182,25 +109,6 @@ class InMemoryLedger:
         if self._reported:
             self._track(index, meter)
         return meter
-
-    def _track(self, index: int, meter: Meter) -> Track:
-        twin = (
-            not self._votes.decided[index]
-            and self._resources[index].max_results_usage_estimator is not None
-        )
-        track = self._tracks[id(meter)] = Track(meter, twin)
-        return track
-
-    def expect_reports(self) -> None:
-        """The provider will report on the calls (a ``FeedbackSource`` function): keep
-        from now on what ``reconcile`` needs, for every meter (and every new key's)."""
-        if self._reported:
-            return
-        self._reported = True
-        for index in range(len(self.names)):
-            for meter in self._all(index):
-                if id(meter) not in self._tracks:
-                    self._track(index, meter)
 
     # -- meters ------------------------------------------------------------------------------
     @property
@@ -220,7 +128,9 @@ class InMemoryLedger:
         try:
             return self.names.index(resource)
         except ValueError:
-            raise KeyError(f"no resource named {resource!r}; the ledger has {self.names}") from None
+            raise UnknownResourceError(
+                f"no resource named {resource!r}; the ledger has {self.names}"
+            ) from None
 
     def _all(self, index: int) -> list[Meter]:
         single = self._single[index]
@@ -249,14 +159,47 @@ class InMemoryLedger:
         """Admit a call needing ``demand``, or return None without changing anything.
 
         ``defer``: hold what admission bills instead; ``begin`` bills it when the call
-        actually starts."""
-        meters = self._meters(demand)
+        actually starts. The common case (no partition, nobody reporting, not deferred)
+        costs one look at each meter and one bill or hold per resource."""
+        meters = self._singles
+        if meters is None:
+            meters = self._meters(demand)
+        held: list[float] = []
         for meter, need in zip(meters, demand, strict=True):
-            if not meter.fits(need[0] + need[1], now):
+            taken = meter.held(now)
+            charge = need[0] + need[1]
+            if meter.quota - taken < charge - EPS * meter.quota:
                 return None
+            held.append(taken + charge)  # what the meter holds right after admission
+            held.append(meter.corrected)
+        rules = self._rules
+        if self._tracks:
+            return self._reserve(meters, demand, held, now, defer)
+        billed: list[object]
+        if defer:  # held whole until ``begin``
+            billed = [None] * len(meters)
+            for meter, need in zip(meters, demand, strict=True):
+                if need[0] + need[1]:
+                    meter.reserve(need[0] + need[1])
+            return Reservation(meters, demand, billed, held, None, now, rules, True)
+        billed = []
+        for meter, need, rule in zip(meters, demand, rules, strict=True):
+            args_usage, estimate = need[0], need[1]
+            if rule == "reserved":
+                billed.append(meter.bill(args_usage + estimate, now))
+                continue
+            billed.append(meter.bill(args_usage, now) if args_usage else None)
+            if estimate:
+                meter.reserve(estimate)
+        return Reservation(meters, demand, billed, held, None, now, rules)
+
+    def _reserve(
+        self, meters: list[Meter], demand: Demand, held: list[float], now: float, defer: bool
+    ) -> Reservation:
+        """``try_reserve`` of a call that fits, on meters some of which the provider
+        reports on (their tracks remember the admission)."""
         rules, tracks = self._rules, self._tracks
         billed: list[object] = []
-        held: list[tuple[float, float]] = []
         marks: list[Mark | None] | None = None
         for index, (meter, need) in enumerate(zip(meters, demand, strict=True)):
             args_usage, estimate = need[0], need[1]
@@ -271,12 +214,11 @@ class InMemoryLedger:
                 billed.append(meter.bill(args_usage, now))
                 if estimate:
                     meter.reserve(estimate)
-            held.append((meter.held(now), meter.corrected))
-            track = tracks.get(id(meter)) if tracks else None
+            track = tracks.get(id(meter))
             if track is not None:
                 if marks is None:
                     marks = [None] * len(meters)
-                marks[index] = track.admit(meter, rule, args_usage, estimate, now)
+                marks[index] = track.admit(meter, rule, args_usage, estimate, now, held[2 * index])
         return Reservation(meters, demand, billed, held, marks, now, rules, defer)
 
     def begin(self, reservation: Reservation, now: float) -> None:
@@ -286,38 +228,17 @@ class InMemoryLedger:
             return
         reservation.deferred = False
         billed = reservation.billed
-        for index, (meter, need) in enumerate(
-            zip(reservation.meters, reservation.demand, strict=True)
+        rules = self._rules_of(reservation)
+        for index, (meter, need, rule) in enumerate(
+            zip(reservation.meters, reservation.demand, rules, strict=True)
         ):
             args_usage, estimate = need[0], need[1]
-            if self._rule(reservation, index) == "reserved":
+            if rule == "reserved":
                 meter.unreserve(args_usage + estimate)
                 billed[index] = meter.bill(args_usage + estimate, now)
             elif args_usage:
                 meter.unreserve(args_usage)
                 billed[index] = meter.bill(args_usage, now)
-
-    def _rule(self, reservation: Reservation, index: int) -> Settle:
-        """The rule a call is billed by on its meter: the one it was admitted under, unless
-        the resource switched since and the meter took its twin's view of the call."""
-        rule = self._rules[index]
-        then = reservation.rules[index]
-        if then == rule:
-            return rule
-        mark = reservation.mark(index)
-        return rule if mark is not None and mark[4] is not None else then
-
-    def _untrack(self, reservation: Reservation, index: int) -> tuple[Track, Mark | None] | None:
-        """The reservation's call on meter ``index`` is over: out of its track's charge in
-        flight. Returns the track and the call's mark if the meter has a twin."""
-        if not self._tracks:
-            return None
-        track = self._tracks.get(id(reservation.meters[index]))
-        if track is None:
-            return None
-        mark = reservation.mark(index)
-        track.done(sum(reservation.demand[index][:2]), mark)
-        return (track, mark) if track.twin is not None else None
 
     def settle(
         self, reservation: Reservation, results_usage: Sequence[float], now: float
@@ -326,26 +247,29 @@ class InMemoryLedger:
         Returns what was billed per resource for the results (the estimate included)."""
         if reservation.deferred:
             self.begin(reservation, now)
+        rules = self._rules_of(reservation)
         billed = []
-        tracked = bool(self._tracks)
-        for index, (meter, need, actual) in enumerate(
-            zip(reservation.meters, reservation.demand, results_usage, strict=True)
+        for meter, need, actual, rule in zip(
+            reservation.meters, reservation.demand, results_usage, rules, strict=True
         ):
-            rule = self._rule(reservation, index)
-            billed.append(settle(meter, rule, need[1], actual, now))
-            twin = self._untrack(reservation, index) if tracked else None
-            if twin is not None:
-                twin[0].settle_twin(rule, twin[1], need[1], actual, now)
+            billed.append(meter.settle(rule, need[1], actual, now))
+        if self._tracks:
+            for index, (need, actual, rule) in enumerate(
+                zip(reservation.demand, results_usage, rules, strict=True)
+            ):
+                twin = self._untrack(reservation, index)
+                if twin is not None:
+                    twin[0].settle_twin(rule, twin[1], need[1], actual, now)
         return billed
 
     def keep(self, reservation: Reservation, now: float) -> None:
         """The call failed in a way that may have been billed: its estimate stays used."""
         self.begin(reservation, now)
-        for index, (meter, need) in enumerate(
-            zip(reservation.meters, reservation.demand, strict=True)
+        rules = self._rules_of(reservation)
+        for index, (meter, need, rule) in enumerate(
+            zip(reservation.meters, reservation.demand, rules, strict=True)
         ):
-            rule = self._rule(reservation, index)
-            settle(meter, rule, need[1], need[1], now)
+            meter.settle(rule, need[1], need[1], now)
             twin = self._untrack(reservation, index)
             if twin is not None:
                 twin[0].keep_twin(rule, twin[1], need[1], now)
@@ -353,10 +277,10 @@ class InMemoryLedger:
     def release(self, reservation: Reservation, now: float) -> None:
         """The call proved it was not billed (never sent, refused): undo everything."""
         deferred, reservation.deferred = reservation.deferred, False
-        for index, (meter, need, token) in enumerate(
-            zip(reservation.meters, reservation.demand, reservation.billed, strict=True)
+        rules = self._rules_of(reservation)
+        for index, (meter, need, token, rule) in enumerate(
+            zip(reservation.meters, reservation.demand, reservation.billed, rules, strict=True)
         ):
-            rule = self._rule(reservation, index)
             if deferred:  # never started: only held
                 meter.unreserve(need[0] + need[1])
             else:
@@ -364,36 +288,6 @@ class InMemoryLedger:
             twin = self._untrack(reservation, index)
             if twin is not None:
                 twin[0].undo_twin(rule, twin[1], (need[0], need[1]), token, now, deferred)
-
-    def refused(self, reservation: Reservation, now: float) -> None:
-        """The provider refused the call (HTTP 429): release it, and unless its headers
-        were reconciled already, correct the resource closest to its quota at admission
-        (see the module docstring)."""
-        self.release(reservation, now)
-        if reservation.reconciled:
-            return
-        tightest, lowest = -1, math.inf
-        for index, (meter, need, (held, _)) in enumerate(
-            zip(reservation.meters, reservation.demand, reservation.held, strict=True)
-        ):
-            if need[0] + need[1] > 0 and (meter.quota - held) / meter.quota < lowest:
-                tightest, lowest = index, (meter.quota - held) / meter.quota
-        if tightest < 0:
-            return
-        meter = reservation.meters[tightest]
-        charge = sum(reservation.demand[tightest][:2])
-        held, corrected = reservation.held[tightest]
-        free = meter.quota - held if isinstance(meter, BucketMeter) else 0.0
-        # Less what was corrected since the admission (other refusals of the same moment).
-        fixed = correct(meter, free + charge - (meter.corrected - corrected), now)
-        track = self._tracks.get(id(meter)) if self._tracks else None
-        mark = reservation.mark(tightest)
-        if track is None or track.twin is None or mark is None or mark[4] is None:
-            return
-        twin = track.twin
-        free = twin.quota - mark[5]
-        track.twin_fixed += correct(twin, free + charge - (twin.corrected - mark[6]), now)
-        track.fixed += fixed  # weighed with the next header
 
     def bill(self, demand: Demand, amounts: Sequence[float], now: float) -> None:
         """Bill ``amounts`` of results usage that no reservation holds (a late result)."""
@@ -490,98 +384,6 @@ class InMemoryLedger:
             track = self._tracks.get(id(meter))
             if track is not None and track.twin is not None:
                 track.twin.set_quota(quota)
-
-    # -- the provider's view -------------------------------------------------------------------
-    def reconcile(
-        self,
-        resource: str,
-        remaining: float,
-        now: float,
-        *,
-        partition: Hashable = None,
-        admission: Reservation | None = None,
-        precision: float = 0.0,
-        refused: bool = False,
-    ) -> float:
-        """The provider says ``remaining`` (± ``precision``) of ``resource`` was left after
-        it took the request of ``admission`` (without it, if ``refused``). Bills what the
-        ledger believed above that, and returns it (see ``rate_limited._reconcile``)."""
-        index = self._index(resource)
-        meter = self.meter(resource, partition)
-        track = self._tracks.get(id(meter))
-        if track is None:  # not expecting reports: remember admissions from now on
-            track = self._track(index, meter)
-        ours = (
-            admission is not None
-            and index < len(admission.meters)
-            and admission.meters[index] is meter
-        )
-        mark = admission.mark(index) if ours else None  # type: ignore[union-attr]
-        if refused:
-            if not ours:
-                return 0.0  # what the refused request held is unknown: ``refused`` handles it
-            assert admission is not None
-            admission.reconciled = True
-            remaining -= sum(admission.demand[index][:2])  # as if it had been taken
-        if mark is None:
-            # Not a call admitted since the ledger tracks this meter (or one too old to
-            # compare with): what it believed then is unknown, so nothing can be told.
-            return 0.0
-        if refused:
-            # The provider refused it: more careful is right, so compare with what the
-            # ledger believed at the admission itself (requests admitted after it and
-            # arrived before count against it here, which only makes it more careful).
-            assert admission is not None
-            held, corrected = admission.held[index]
-            low: float | None = meter.quota - held - (meter.corrected - corrected)
-        else:
-            low = Track.lowest(meter, track.lows, mark[0], now)
-        if low is None:
-            return 0.0
-        was_generous = False
-        if track.twin is not None and mark[4] is not None and not refused:
-            assert admission is not None
-            held, corrected = admission.held[index][0], mark[3]
-            believed = meter.quota - held - (meter.corrected - corrected)
-            charge = sum(admission.demand[index][:2])
-            was_generous = generous(
-                meter, believed, mark, charge, now - admission.at, remaining, precision
-            )
-        fixed = correct(meter, low - (remaining - precision), now)
-        if track.twin is not None and track.twin_lows is not None and mark[4] is not None:
-            twin_low = Track.lowest(track.twin, track.twin_lows, mark[0], now)
-            if twin_low is not None:
-                track.twin_fixed += correct(track.twin, twin_low - (remaining - precision), now)
-            track.fixed += fixed
-            rule = self._rules[index]
-            if not refused and self._votes.weigh(index, rule, meter, track, was_generous):
-                self._switch(index, now)
-        return fixed
-
-    def _switch(self, index: int, now: float) -> None:
-        old = self._rules[index]
-        new: Settle = "actual" if old == "reserved" else "reserved"
-        rules = list(self._rules)
-        rules[index] = new
-        self._rules = tuple(rules)  # a new tuple: reservations keep the rules of their time
-        for meter in self._all(index):
-            track = self._tracks.get(id(meter))
-            if track is not None and track.twin is not None and isinstance(meter, BucketMeter):
-                meter.take_state(track.twin, now)
-                track.lows = track.twin_lows or track.lows
-                track.twin = track.twin_lows = None
-        what = (
-            "hands back the unused part of what it reserves"
-            if new == "actual"
-            else "keeps what it reserves, used or not"
-        )
-        logger.info(
-            "The provider's rate-limit headers show it %s for %r: billing it by the %r rule "
-            "from now on.",
-            what,
-            self.names[index],
-            new,
-        )
 
     # -- display -------------------------------------------------------------------------------
     def snapshot(self, now: float) -> dict[str, tuple[float, float, float]]:

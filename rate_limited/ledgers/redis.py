@@ -6,8 +6,12 @@ would admit alone. It has the in-memory ledger's operations (``rate_limited._led
 and the engine does not know which of the two it has.
 
 * **Atomic.** Reserve (every resource at once), settle, keep, release and refuse are each
-  one Lua script (``rate_limited.ledgers._lua``): no other process's admission runs between
-  the check and the reservation.
+  one Lua operation (``rate_limited.ledgers._lua``, a Redis Function library): no other
+  process's admission runs between the check and the reservation.
+* **Cheap.** An admission is one round trip, which carries the settlements queued before
+  it; while calls come fast on meters far from their quotas, it also makes *spares*
+  (``rate_limited.ledgers._redis_spares``), and the next calls are admitted on those
+  with no round trip at all.
 * **Redis's clock.** Windows and buckets run on Redis ``TIME``; the engine's own clock only
   turns "fits in 0.8 s" into a timer. Machines whose clocks disagree share one quota right.
 * **Same settle rules, same partitions.** ``settle="actual"`` holds the estimate and bills
@@ -47,6 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 from rate_limited.exceptions import ConfigurationError, UnknownResourceError
 from rate_limited.ledgers._redis_link import RETRY_FIRST, RedisLink, num, parse_url
+from rate_limited.ledgers._redis_reservation import RedisReservation
+from rate_limited.ledgers._redis_spares import Spares
 from rate_limited.ledgers.base import Demand, Earlier, Settle
 
 if TYPE_CHECKING:
@@ -60,55 +66,6 @@ POLL = 0.2
 
 def _partition_text(key: Hashable) -> str:
     return "" if key is None else key if isinstance(key, str) else repr(key)
-
-
-class RedisReservation:
-    """An admission held in Redis under ``lease`` (the lease id)."""
-
-    __slots__ = (
-        "at",
-        "deferred",
-        "demand",
-        "entries",
-        "first_token",
-        "held",
-        "lease",
-        "numbers",
-        "quotas",
-        "reconciled",
-        "rules",
-    )
-
-    def __init__(
-        self,
-        lease: str,
-        entries: list[list[str]],
-        demand: Demand,
-        held: list[tuple[float, float]],
-        quotas: list[float],
-        numbers: list[int],
-        at: float,
-        rules: tuple[Settle, ...],
-        deferred: bool,
-    ) -> None:
-        self.demand = demand
-        #: Per meter, (usage + reservations, corrections so far) right after admission.
-        self.held = held
-        #: Admission time (the engine's), and each resource's settle rule then.
-        self.at = at
-        self.rules = rules
-        #: Admitted but not started yet (a sync call waiting for its thread).
-        self.deferred = deferred
-        #: True once a refusal of this attempt was reconciled from its headers.
-        self.reconciled = False
-        self.lease = lease
-        #: Per resource: meter key, kind, quota, window, delay, rule, arguments, estimate.
-        self.entries = entries
-        self.quotas = quotas
-        #: Per resource, the admission's number on its meter (see ``reconcile``).
-        self.numbers = numbers
-        #: Seconds to the first streamed chunk, reported by a preset (``Reservation``).
-        self.first_token: float | None = None
 
 
 class RedisLedger:
@@ -131,13 +88,21 @@ class RedisLedger:
         self._resources = list(resources)
         self._rules: tuple[Settle, ...] = tuple(r.settle for r in resources)
         self.poll = poll
-        self._check_declarations()
+        try:
+            self._check_declarations()
+        except BaseException:
+            self._link.disconnect()  # nothing was taken yet: only the connections to close
+            raise
         self._specs: dict[tuple[int, Hashable], list[str]] = {}
         self._quotas: dict[tuple[int, Hashable], float] = {}
         #: The answer of the last admission that failed: (demand, now, per resource
         #: (seconds until it fits, needed, quota)); the waiting questions reuse it.
         self._last: tuple[Demand, float, list[tuple[float, float, float]]] | None = None
         self._reported = False
+        #: Admissions made ahead for the next calls (see ``rate_limited.ledgers._redis_spares``).
+        self._spares = Spares(lambda spare: self._finish(spare, "release"))
+        self._link.chores = self._spares.expire
+        self._losses = 0
         self._link.start()
 
     def __repr__(self) -> str:
@@ -177,8 +142,10 @@ class RedisLedger:
         self._link.wake = wake
 
     def close(self) -> None:
-        """Stop renewing the lease and give up what this process still holds (kept, as
-        if it had died: a call still running may have been sent)."""
+        """Give back the spares, stop renewing the lease and give up what this process
+        still holds (kept, as if it had died: a call still running may have been sent)."""
+        if not self._link.closed:
+            self._spares.expire(force=True)
         self._link.close()
 
     @property
@@ -221,8 +188,10 @@ class RedisLedger:
     def expect_reports(self) -> None:
         """The provider will report on the calls: from now on every admission also records
         the room it leaves, which ``reconcile`` compares the reports with (it costs a
-        list operation per meter in Redis, so not before)."""
+        list operation per meter in Redis, so not before). No spares from now on (see
+        ``rate_limited.ledgers._redis_spares``): those held are given back."""
         self._reported = True
+        self._spares.expire(force=True)
 
     # -- admission and settlement --------------------------------------------------------------
     def try_reserve(
@@ -231,6 +200,15 @@ class RedisLedger:
         """Admit a call needing ``demand`` on every shared meter at once, or return None."""
         if self._link.paused:
             return None
+        count = 0
+        if not self._reported:  # spares: see rate_limited.ledgers._redis_spares
+            if self._link.losses != self._losses:  # Redis was lost: they may be gone there
+                self._losses = self._link.losses
+                self._spares.expire(force=True)
+            spare = self._spares.take(demand)
+            if spare is not None:
+                return self._take(spare, demand, now, defer)
+            count, spare_demand = self._spares.wanted(demand)
         entries = []
         track = "1" if self._reported else "0"
         args = [self.holder, num(self.lease), "1" if defer else "0", track, str(len(demand))]
@@ -238,6 +216,10 @@ class RedisLedger:
             entry = [*self._spec(index, need[2]), self._rules[index], num(need[0]), num(need[1])]
             entries.append(entry)
             args += entry
+        if count:
+            args.append(str(count))
+            for need in spare_demand:
+                args += [num(need[0]), num(need[1])]
         try:
             out = self._link.run("reserve", args)
         except self._link.down_errors:
@@ -256,10 +238,40 @@ class RedisLedger:
             held.append((level, corrected))
             quotas.append(quota)
             self._quotas[(i, need[2])] = quota
-        numbers = [int(x) for x in out[3 + 3 * len(demand) :]]
+        n = len(demand)
+        numbers = [int(x) for x in out[3 + 3 * n : 3 + 4 * n]]
+        if len(out) > 3 + 4 * n:  # spares
+            spare_entries = [
+                [*entry[:6], num(need[0]), num(need[1])]
+                for entry, need in zip(entries, spare_demand, strict=True)
+            ]
+            made = [(str(lease), spare_entries, spare_demand) for lease in out[3 + 4 * n :]]
+            self._spares.add(
+                [RedisReservation(*spare, held, quotas, numbers, now, self._rules, True)
+                 for spare in made]
+            )  # fmt: skip
+            self._link.poke()  # the sender thread gives them back if unused
         return RedisReservation(
             str(out[1]), entries, demand, held, quotas, numbers, now, self._rules, defer
         )
+
+    def _take(
+        self, spare: RedisReservation, demand: Demand, now: float, defer: bool
+    ) -> RedisReservation:
+        """Admit a call needing ``demand`` on ``spare`` (no round trip: the ``take`` goes
+        with the next script call, and begins it there unless ``defer``)."""
+        entries = [
+            [*entry[:6], num(need[0]), num(need[1])]
+            for entry, need in zip(spare.entries, demand, strict=True)
+        ]
+        args = [self.holder, num(self.lease), spare.lease, "take", "0" if defer else "1"]
+        for need in demand:
+            args += [num(need[0]), num(need[1])]
+        self._link.tell("finish", args)
+        return RedisReservation(
+            spare.lease, entries, demand, spare.held, spare.quotas, spare.numbers, now,
+            self._rules, defer,
+        )  # fmt: skip
 
     def _finish(self, reservation: RedisReservation, op: str, *extra: str) -> None:
         self._link.tell("finish", [self.holder, num(self.lease), reservation.lease, op, *extra])
@@ -382,14 +394,21 @@ class RedisLedger:
         }
 
     # -- quotas --------------------------------------------------------------------------------
-    def _peek(self, specs: list[list[str]]) -> list[tuple[float, float, float]]:
-        args = [str(len(specs))]
-        for spec in specs:
-            args += [*spec, "0"]
+    def _peek(self, keys: list[tuple[int, Hashable]]) -> list[tuple[float, float, float]]:
+        """(used, reserved, quota) of the meters of ``keys`` ((resource index, partition
+        key)); reserved leaves out this process's spares (not calls: made ahead)."""
+        args = [str(len(keys))]
+        for index, key in keys:
+            args += [*self._spec(index, key), "0"]
         out = self._link.run("peek", args)
+        spares = self._spares.holding()
         return [
-            (float(out[1 + 4 * i]), float(out[2 + 4 * i]), float(out[3 + 4 * i]))
-            for i in range(len(specs))
+            (
+                float(out[1 + 4 * i]),
+                max(0.0, float(out[2 + 4 * i]) - spares.get(key, 0.0)),
+                float(out[3 + 4 * i]),
+            )
+            for i, key in enumerate(keys)
         ]
 
     def quota(self, resource: str, partition: Hashable = None) -> float:
@@ -398,7 +417,7 @@ class RedisLedger:
         known = self._quotas.get((index, key))
         if known is None:
             try:
-                known = self._peek([self._spec(index, key)])[0][2]
+                known = self._peek([(index, key)])[0][2]
             except self._link.down_errors:
                 known = float(self._resources[index].quota_for(key))
             self._quotas[(index, key)] = known
@@ -463,7 +482,7 @@ class RedisLedger:
         ]
         keys += [k for k in list(self._specs) if self._resources[k[0]].partition is not None]
         try:
-            states = self._peek([self._spec(i, key) for i, key in keys]) if keys else []
+            states = self._peek(keys) if keys else []
         except self._link.down_errors:
             states = []
         for (index, _), state in zip(keys, states, strict=False):
@@ -478,7 +497,7 @@ class RedisLedger:
     def partitions(self, now: float) -> dict[tuple[str, Hashable], tuple[float, float, float]]:
         keys = [k for k in list(self._specs) if self._resources[k[0]].partition is not None]
         try:
-            states = self._peek([self._spec(i, key) for i, key in keys]) if keys else []
+            states = self._peek(keys) if keys else []
         except self._link.down_errors:
             return {}
         return {(self.names[i], key): state for (i, key), state in zip(keys, states, strict=True)}

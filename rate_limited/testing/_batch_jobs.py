@@ -190,6 +190,15 @@ class JobBook:
         #: (since ``reset_stats()``), for ``billed_usd``.
         self._billed: list[tuple[str, int, int]] = []
 
+    def find(self, job_id: str, family: str) -> Job:
+        """The job ``job_id`` of ``family`` ("openai" or "anthropic"); else the 404 its
+        provider answers."""
+        job = self.jobs.get(job_id)
+        if job is None or job.family != family:
+            what = "Batch" if family == "openai" else "message batch"
+            raise ApiError(404, f"No {what} found with id '{job_id}'.")
+        return job
+
     # -- ids, files, stats ------------------------------------------------------------------
     def new_id(self, prefix: str) -> str:
         with self._lock:

@@ -1,4 +1,4 @@
-"""The MockProvider's batch endpoints, in each provider's wire format.
+"""The MockProvider's batch endpoints, in each provider's wire format: OpenAI's here.
 
 OpenAI (platform.openai.com/docs/api-reference/batch, /files):
 
@@ -19,19 +19,8 @@ OpenAI (platform.openai.com/docs/api-reference/batch, /files):
   output line order may not match the input line order. Instead of relying on order ...
   use the custom_id field").
 
-Anthropic (docs.anthropic.com/en/api/creating-message-batches and the pages beside it):
-
-* ``POST /v1/messages/batches`` (``{"requests": [{"custom_id", "params"}]}``),
-  ``GET /v1/messages/batches/{id}``, ``GET /v1/messages/batches/{id}/results`` (JSONL),
-  ``POST /v1/messages/batches/{id}/cancel``, ``GET /v1/messages/batches``.
-
-  ``processing_status``: in_progress → (canceling →) ended; ``request_counts``
-  ``{processing, succeeded, errored, canceled, expired}``; ``results_url`` once ended.
-  Each result is ``{"custom_id", "result": {"type": "succeeded", "message"} |
-  {"type": "errored", "error"} | {"type": "canceled"} | {"type": "expired"}}``, in no
-  particular order ("Results are not guaranteed to be in the same order as requests").
-  Params are validated per request, after creation ("validation of params happens
-  asynchronously"): a bad one is an errored result, not a failed batch.
+Anthropic's message batches are ``_anthropic_batches.AnthropicBatches``; the routes of
+both share the ``JobBook`` (``_batch_jobs``).
 """
 
 from __future__ import annotations
@@ -40,15 +29,14 @@ import email.parser
 import email.policy
 import json
 import random
-import re
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
-from . import _anthropic_wire, _openai_wire
-from ._batch_jobs import Job, JobBook, JobView, RequestResult
-from ._http import HttpRequest, HttpResponse
+from . import _openai_wire
+from ._anthropic_batches import AnthropicBatches
+from ._batch_jobs import Job, JobBook, JobView
+from ._http import HttpRequest, HttpResponse, json_response
 from ._wire import ApiCall, ApiError, Endpoint, json_object
 
 __all__ = ["BatchRoutes", "is_batch_path"]
@@ -58,8 +46,6 @@ _OPENAI_ENDPOINTS: dict[str, Endpoint] = {
     "/v1/embeddings": "embeddings",
     "/v1/responses": "responses",
 }
-#: Anthropic: "custom_id ... must be unique ... 1-64 characters, [a-zA-Z0-9_-]".
-_ANTHROPIC_CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _PREFIXES = ("/v1/files", "/v1/batches", "/v1/messages/batches")
 
 
@@ -68,22 +54,13 @@ def is_batch_path(path: str) -> bool:
     return any(path == p or path.startswith(p + "/") for p in _PREFIXES)
 
 
-def _json(body: Any, status: int = 200) -> HttpResponse:
-    return HttpResponse(status, json.dumps(body, separators=(",", ":")).encode())
-
-
-def _rfc3339(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 class BatchRoutes:
     """Answers the batch endpoints from a ``JobBook``."""
 
     def __init__(self, book: JobBook, default_max_tokens: int) -> None:
         self.book = book
         self._default_max_tokens = default_max_tokens
+        self._anthropic = AnthropicBatches(book)
 
     def handle(self, request: HttpRequest, anthropic: bool) -> HttpResponse:
         """Answer one request to a batch path; raises ``ApiError`` for client errors."""
@@ -94,12 +71,12 @@ class BatchRoutes:
             return self._files(method, parts[1:], request)
         if parts[0] == "batches":
             return self._openai(method, parts[1:], request)
-        return self._anthropic(method, parts[2:], request)
+        return self._anthropic.handle(method, parts[2:], request)
 
     # -- OpenAI files ------------------------------------------------------------------------
     def _files(self, method: str, rest: list[str], request: HttpRequest) -> HttpResponse:
         if not rest and method == "POST":
-            return _json(self._upload(request))
+            return json_response(self._upload(request))
         if len(rest) in (1, 2) and method == "GET":
             found = self.book.files.get(rest[0])
             if found is None:
@@ -107,7 +84,7 @@ class BatchRoutes:
             if len(rest) == 2 and rest[1] == "content":
                 return HttpResponse(200, found[2], content_type="application/octet-stream")
             if len(rest) == 1:
-                return _json(self._file_object(rest[0]))
+                return json_response(self._file_object(rest[0]))
         raise ApiError(404, f"Invalid URL ({method} {request.path})")
 
     def _file_object(self, file_id: str) -> dict[str, Any]:
@@ -156,23 +133,16 @@ class BatchRoutes:
     def _openai(self, method: str, rest: list[str], request: HttpRequest) -> HttpResponse:
         if not rest:
             if method == "POST":
-                return _json(self._openai_object(self._openai_create(request.body)))
+                return json_response(self._openai_object(self._openai_create(request.body)))
             if method == "GET":
-                return _json(self._openai_list(request.query))
-        job = self._job(rest[0], "openai") if rest else None
+                return json_response(self._openai_list(request.query))
+        job = self.book.find(rest[0], "openai") if rest else None
         if job is not None and len(rest) == 1 and method == "GET":
-            return _json(self._openai_object(job))
+            return json_response(self._openai_object(job))
         if job is not None and rest[1:] == ["cancel"] and method == "POST":
             self.book.cancel(job)
-            return _json(self._openai_object(job))
+            return json_response(self._openai_object(job))
         raise ApiError(404, f"Invalid URL ({method} {request.path})")
-
-    def _job(self, job_id: str, family: str) -> Job:
-        job = self.book.jobs.get(job_id)
-        if job is None or job.family != family:
-            what = "Batch" if family == "openai" else "message batch"
-            raise ApiError(404, f"No {what} found with id '{job_id}'.")
-        return job
 
     def _openai_create(self, raw: bytes) -> Job:
         body = json_object(raw)
@@ -192,7 +162,7 @@ class BatchRoutes:
             "openai",
             [],
             self.book.now(),
-            _wall(),
+            time.time(),
             endpoint=endpoint,
             input_file_id=file_id,  # type: ignore[arg-type]
             metadata=body.get("metadata"),
@@ -313,7 +283,7 @@ class BatchRoutes:
             "completed_at": at(view.ended_at if status == "completed" else None),
             "failed_at": at(self.book.settings.validating_seconds if job.errors else None),
             "expired_at": at(view.ended_at if status == "expired" else None),
-            "cancelling_at": None if job.cancelled_at is None else int(_wall()),
+            "cancelling_at": None if job.cancelled_at is None else int(time.time()),
             "cancelled_at": at(view.ended_at if status == "cancelled" else None),
             "request_counts": {"total": total, "completed": completed, "failed": failed},
             "metadata": job.metadata,
@@ -377,126 +347,6 @@ class BatchRoutes:
             "last_id": page[-1]["id"] if page else None,
             "has_more": len(jobs) > limit,
         }
-
-    # -- Anthropic message batches -----------------------------------------------------------
-    def _anthropic(self, method: str, rest: list[str], request: HttpRequest) -> HttpResponse:
-        if not rest:
-            if method == "POST":
-                return _json(self._anthropic_object(self._anthropic_create(request), request))
-            if method == "GET":
-                jobs = [j for j in reversed(self.book.jobs.values()) if j.family == "anthropic"]
-                data = [self._anthropic_object(j, request) for j in jobs]
-                first = data[0]["id"] if data else None
-                last = data[-1]["id"] if data else None
-                return _json({"data": data, "has_more": False, "first_id": first, "last_id": last})
-        job = self._job(rest[0], "anthropic") if rest else None
-        if job is not None and len(rest) == 1 and method == "GET":
-            return _json(self._anthropic_object(job, request))
-        if job is not None and rest[1:] == ["cancel"] and method == "POST":
-            self.book.cancel(job)
-            return _json(self._anthropic_object(job, request))
-        if job is not None and rest[1:] == ["results"] and method == "GET":
-            return self._anthropic_results(job)
-        raise ApiError(404, f"Invalid URL ({method} {request.path})")
-
-    def _anthropic_create(self, request: HttpRequest) -> Job:
-        settings = self.book.settings
-        if len(request.body) > settings.anthropic_max_bytes:
-            raise ApiError(
-                413,
-                f"Request exceeds the maximum allowed size of {settings.anthropic_max_bytes} "
-                "bytes for a Message Batch.",
-            )
-        requests = json_object(request.body).get("requests")
-        if not isinstance(requests, list) or not requests:
-            raise ApiError(400, "requests: List should have at least 1 item", param="requests")
-        if len(requests) > settings.anthropic_max_requests:
-            raise ApiError(
-                400,
-                f"requests: List should have at most {settings.anthropic_max_requests} items, "
-                f"not {len(requests)}",
-            )
-        job = Job(self.book.new_id("msgbatch_"), "anthropic", [], self.book.now(), _wall())
-        seen: set[str] = set()
-        for index, item in enumerate(requests):
-            custom_id = item.get("custom_id") if isinstance(item, dict) else None
-            if not isinstance(custom_id, str) or not _ANTHROPIC_CUSTOM_ID.match(custom_id):
-                raise ApiError(
-                    400, f"requests.{index}.custom_id: must match ^[a-zA-Z0-9_-]{{1,64}}$"
-                )
-            if custom_id in seen:
-                raise ApiError(400, f"Duplicate custom_id {custom_id!r} in requests.")
-            seen.add(custom_id)
-            params = item.get("params")
-            call: ApiCall | ApiError
-            try:
-                if not isinstance(params, dict):
-                    raise ApiError(400, "params: Input should be a valid dictionary")
-                call = _anthropic_wire.parse(params)
-            except ApiError as error:
-                call = error
-            job.requests.append((custom_id, call))
-        return self.book.add(job)
-
-    def _anthropic_object(self, job: Job, request: HttpRequest) -> dict[str, Any]:
-        view = self.book.view(job, self.book.now())
-        ended = view.phase == "ended"
-        counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
-        if ended:
-            results = self.book.results(job, view)
-            counts["succeeded"] = sum(1 for r in results if r.status == 200)
-            counts["errored"] = len(results) - counts["succeeded"]
-            counts["canceled"] = len(job.cancelled)
-            counts["expired"] = len(job.expired)
-        else:
-            counts["processing"] = len(job.requests)
-        if ended:
-            status = "ended"
-        elif job.cancelled_at is not None:
-            status = "canceling"
-        else:
-            status = "in_progress"
-        host = request.headers.get("host", "127.0.0.1")
-        window = self.book.settings.completion_window_seconds
-        scale = self.book.settings.time_scale
-        return {
-            "id": job.id,
-            "type": "message_batch",
-            "processing_status": status,
-            "request_counts": counts,
-            "ended_at": _rfc3339(job.created_wall + view.ended_at / scale)
-            if ended and view.ended_at is not None
-            else None,
-            "created_at": _rfc3339(job.created_wall),
-            "expires_at": _rfc3339(job.created_wall + window / scale),
-            "archived_at": None,
-            "cancel_initiated_at": None if job.cancelled_at is None else _rfc3339(_wall()),
-            "results_url": f"http://{host}/v1/messages/batches/{job.id}/results" if ended else None,
-        }
-
-    def _anthropic_results(self, job: Job) -> HttpResponse:
-        view = self.book.view(job, self.book.now())
-        if view.phase != "ended":
-            raise ApiError(404, f"Message batch {job.id} has not ended yet; no results.")
-        lines = [_anthropic_line(r) for r in self.book.results(job, view)]
-        lines += [{"custom_id": c, "result": {"type": "canceled"}} for c in job.cancelled]
-        lines += [{"custom_id": c, "result": {"type": "expired"}} for c in job.expired]
-        random.Random(job.id).shuffle(lines)
-        data = "".join(json.dumps(line) + "\n" for line in lines).encode()
-        return HttpResponse(200, data, content_type="application/binary")
-
-
-def _anthropic_line(result: RequestResult) -> dict[str, Any]:
-    if result.status == 200:
-        succeeded = {"type": "succeeded", "message": result.body}
-        return {"custom_id": result.custom_id, "result": succeeded}
-    kind = "invalid_request_error" if result.status == 400 else "api_error"
-    error = {"type": "error", "error": {"type": kind, "message": result.body.get("message", "")}}
-    return {"custom_id": result.custom_id, "result": {"type": "errored", "error": error}}
-
-
-def _wall() -> float:
-    return time.time()
 
 
 def _at(job: Job, scale: float) -> Callable[[float | None], int | None]:

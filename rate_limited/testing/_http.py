@@ -20,7 +20,14 @@ from typing import Any
 
 from rate_limited._redact import get_logger
 
-__all__ = ["Handler", "HttpRequest", "HttpResponse", "HttpServer", "raise_open_files_limit"]
+__all__ = [
+    "Handler",
+    "HttpRequest",
+    "HttpResponse",
+    "HttpServer",
+    "json_response",
+    "raise_open_files_limit",
+]
 
 log = get_logger(__name__)  # redacted: request paths may carry ?key=
 
@@ -55,6 +62,11 @@ class HttpResponse:
 
 
 Handler = Callable[[HttpRequest], Awaitable["HttpResponse | None"]]
+
+
+def json_response(body: Any, status: int = 200) -> HttpResponse:
+    """An answer with a compact JSON body."""
+    return HttpResponse(status, json.dumps(body, separators=(",", ":")).encode())
 
 
 class _BadRequest(Exception):

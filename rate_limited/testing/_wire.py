@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from datetime import datetime, timezone
+from typing import Any, Literal, TypeVar
 
 __all__ = [
     "ApiCall",
@@ -24,7 +25,10 @@ __all__ = [
     "optional_int",
     "require_list",
     "require_str",
+    "rfc3339",
 ]
+
+T = TypeVar("T")
 
 Endpoint = Literal["chat.completions", "embeddings", "responses", "messages"]
 #: How a reply is shaped: plain text, a JSON object (``{"text": ...}``), or a tool call.
@@ -100,21 +104,20 @@ def json_object(raw: bytes) -> dict[str, Any]:
 
 def require_str(body: dict[str, Any], key: str) -> str:
     """``body[key]`` as a non-empty string, or a 400 naming the parameter."""
-    value = body.get(key)
-    if value is None:
-        raise ApiError(400, f"Missing required parameter: '{key}'.", param=key)
-    if not isinstance(value, str) or not value:
-        raise ApiError(400, f"Invalid '{key}': expected a non-empty string.", param=key)
-    return value
+    return _required(body, key, str, "a non-empty string")
 
 
 def require_list(body: dict[str, Any], key: str) -> list[Any]:
     """``body[key]`` as a non-empty list, or a 400 naming the parameter."""
+    return _required(body, key, list, "a non-empty array")
+
+
+def _required(body: dict[str, Any], key: str, kind: type[T], expected: str) -> T:
     value = body.get(key)
     if value is None:
         raise ApiError(400, f"Missing required parameter: '{key}'.", param=key)
-    if not isinstance(value, list) or not value:
-        raise ApiError(400, f"Invalid '{key}': expected a non-empty array.", param=key)
+    if not isinstance(value, kind) or not value:
+        raise ApiError(400, f"Invalid '{key}': expected {expected}.", param=key)
     return value
 
 
@@ -128,3 +131,10 @@ def optional_int(body: dict[str, Any], key: str, *, minimum: int = 1) -> int | N
             400, f"Invalid '{key}': expected an integer >= {minimum}, got {value!r}.", param=key
         )
     return value
+
+
+def rfc3339(epoch: float | None) -> str | None:
+    """Epoch seconds as the RFC 3339 UTC timestamp Anthropic's API shows (None stays None)."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")

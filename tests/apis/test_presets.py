@@ -241,6 +241,30 @@ def test_the_sdk_retries_are_turned_off_unless_asked() -> None:
     assert ChatCompletions(FakeClient(), client_max_retries=None).client.max_retries == 2
 
 
+@pytest.mark.parametrize(
+    ("preset", "twin"),
+    [
+        pytest.param(ChatCompletions, AsyncChatCompletions, id="chat"),
+        pytest.param(Responses, AsyncResponses, id="responses"),
+        pytest.param(Embeddings, AsyncEmbeddings, id="embeddings"),
+        pytest.param(Messages, AsyncMessages, id="messages"),
+    ],
+)
+def test_an_async_client_makes_the_async_class(preset: Any, twin: Any) -> None:
+    """``ChatCompletions(AsyncOpenAI())`` is an AsyncChatCompletions (and so on); a
+    user's subclass keeps its own class (it may define its own ``__call__``)."""
+    client = FakeClient(is_async=True)
+    made = preset(client)
+    assert type(made) is twin and asyncio.iscoroutinefunction(made.__call__)
+    assert type(preset(FakeClient())) is preset  # a sync client
+    assert type(twin(client)) is twin
+
+    class Mine(preset):  # type: ignore[misc]
+        pass
+
+    assert type(Mine(client)) is Mine
+
+
 def test_a_default_client_is_made_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     import openai

@@ -777,7 +777,7 @@ def test_lifecycle() -> None:
 
 def test_command_line_serves_until_interrupted() -> None:
     code = (
-        "from rate_limited.testing.mock_provider import main; "
+        "from rate_limited.cli.mock_provider import main; "
         "raise SystemExit(main(['--port', '0', '--rpm', '5', '--seed', '1']))"
     )
     process = subprocess.Popen(

@@ -33,8 +33,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from rate_limited._price import Price
-from rate_limited.apis._headers import Family
-from rate_limited.apis._preset import Preset, field, is_async_client
+from rate_limited.apis._headers import Family, reported
+from rate_limited.apis._preset import AsyncPreset, Preset, field, twin_of
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
 from rate_limited.apis._stream import Assembler, anthropic_assembler
 from rate_limited.apis._tokens import Tokenizer
@@ -79,12 +79,7 @@ class Messages(Preset):
         "input_tokens": "actual",
         "output_tokens": "actual",
     }
-    is_async: ClassVar[bool] = False
-
-    def __new__(cls, client: Any = None, **options: Any) -> Messages:
-        if cls is Messages and client is not None and is_async_client(client, cls.endpoint):
-            return object.__new__(AsyncMessages)
-        return object.__new__(cls)
+    sdk = ("anthropic", "Anthropic", "AsyncAnthropic")
 
     def __init__(
         self,
@@ -131,16 +126,6 @@ class Messages(Preset):
             ledger=ledger,
         )
 
-    def _default_client(self) -> Any:
-        try:
-            import anthropic
-        except ImportError:
-            raise ImportError(
-                f"{type(self).__name__} needs the anthropic SDK: "
-                "pip install 'rate_limited[anthropic]'"
-            ) from None
-        return anthropic.AsyncAnthropic() if self.is_async else anthropic.Anthropic()
-
     def _usage_of(
         self, kind: str
     ) -> tuple[Callable[[Call, Any], float] | None, Callable[[Call], float] | None]:
@@ -172,26 +157,15 @@ class Messages(Preset):
         return demand
 
     def _actual_input(self, call: Call, result: Any) -> float:
-        usage = field(result, "usage")
-        billed = field(usage, "input_tokens")
-        if not isinstance(billed, int | float) or isinstance(billed, bool):
-            raise ValueError(f"the response has no usage.input_tokens (usage: {usage!r})")
+        billed = reported(result, "input_tokens")
         if not call.args and not field(result, "partial"):
-            self.calibration.observe(self.raw_prompt_tokens(call.kwargs), float(billed))
-        return float(billed) + _count(field(usage, "cache_creation_input_tokens"))
+            self.calibration.observe(self.raw_prompt_tokens(call.kwargs), billed)
+        return billed + _count(field(result, "usage", "cache_creation_input_tokens"))
 
     def _actual_output(self, call: Call, result: Any) -> float:
-        usage = field(result, "usage")
-        produced = field(usage, "output_tokens")
-        if not isinstance(produced, int | float) or isinstance(produced, bool):
-            raise ValueError(f"the response has no usage.output_tokens (usage: {usage!r})")
-        return float(produced)
+        return reported(result, "output_tokens")
 
 
-class AsyncMessages(Messages):
+@twin_of(Messages)
+class AsyncMessages(AsyncPreset, Messages):
     """``Messages`` for ``anthropic.AsyncAnthropic``: calling it returns a coroutine."""
-
-    is_async = True
-
-    async def __call__(self, **params: Any) -> Any:
-        return await self._send_async(params)

@@ -33,8 +33,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rate_limited._price import Price
-from rate_limited.apis._headers import Family
-from rate_limited.apis._preset import Preset, field, is_async_client
+from rate_limited.apis._headers import Family, reported
+from rate_limited.apis._preset import AsyncPreset, Preset, field, twin_of
 from rate_limited.apis._prompts import HIGH_DETAIL_IMAGE_TOKENS, PromptEstimator
 from rate_limited.apis._stream import Assembler, openai_assembler
 from rate_limited.apis._tokens import Tokenizer
@@ -90,7 +90,7 @@ class _OpenAIPreset(Preset):
     family: ClassVar[Family] = "openai"
     limit_kinds = (("requests_per_minute", "requests"), ("tokens_per_minute", "tokens"))
     settle_rules: ClassVar[Mapping[str, Settle]] = {"tokens": "reserved"}
-    is_async: ClassVar[bool] = False
+    sdk = ("openai", "OpenAI", "AsyncOpenAI")
     #: The ``usage`` field with the prompt tokens (for calibration).
     prompt_usage_field: ClassVar[str] = "prompt_tokens"
 
@@ -149,15 +149,6 @@ class _OpenAIPreset(Preset):
         )
         self._default_max_tokens = _positive_int(default_max_tokens)
 
-    def _default_client(self) -> Any:
-        try:
-            import openai
-        except ImportError:
-            raise ImportError(
-                f"{type(self).__name__} needs the openai SDK: pip install 'rate_limited[openai]'"
-            ) from None
-        return openai.AsyncOpenAI() if self.is_async else openai.OpenAI()
-
     def _usage_of(
         self, kind: str
     ) -> tuple[Callable[[Call, Any], float] | None, Callable[[Call], float] | None]:
@@ -175,14 +166,11 @@ class _OpenAIPreset(Preset):
         return demand
 
     def _actual_tokens(self, call: Call, result: Any) -> float:
-        usage = field(result, "usage")
-        total = field(usage, "total_tokens")
-        if not isinstance(total, int | float) or isinstance(total, bool):
-            raise ValueError(f"the response has no usage.total_tokens (usage: {usage!r})")
-        prompt = field(usage, self.prompt_usage_field)
+        total = reported(result, "total_tokens")
+        prompt = field(result, "usage", self.prompt_usage_field)
         if isinstance(prompt, int) and not call.args and not field(result, "partial"):
             self.calibration.observe(self.raw_prompt_tokens(call.kwargs), prompt)
-        return float(total)
+        return total
 
 
 class ChatCompletions(_OpenAIPreset):
@@ -200,11 +188,6 @@ class ChatCompletions(_OpenAIPreset):
 
     def _assembler(self, prompt_estimate: float) -> Assembler:
         return openai_assembler(prompt_estimate)
-
-    def __new__(cls, client: Any = None, **options: Any) -> ChatCompletions:
-        if cls is ChatCompletions and client is not None and is_async_client(client, cls.endpoint):
-            return object.__new__(AsyncChatCompletions)
-        return object.__new__(cls)
 
     def _prompt(self, estimator: PromptEstimator, params: Mapping[str, Any]) -> int:
         return estimator.chat(params)
@@ -224,13 +207,9 @@ class ChatCompletions(_OpenAIPreset):
         return float((maximum or self._max_output(params)) * choices)
 
 
-class AsyncChatCompletions(ChatCompletions):
+@twin_of(ChatCompletions)
+class AsyncChatCompletions(AsyncPreset, ChatCompletions):
     """``ChatCompletions`` for ``openai.AsyncOpenAI``: calling it returns a coroutine."""
-
-    is_async = True
-
-    async def __call__(self, **params: Any) -> Any:
-        return await self._send_async(params)
 
 
 class Responses(_OpenAIPreset):
@@ -241,11 +220,6 @@ class Responses(_OpenAIPreset):
     endpoint = ("responses",)
     prompt_usage_field = "input_tokens"
 
-    def __new__(cls, client: Any = None, **options: Any) -> Responses:
-        if cls is Responses and client is not None and is_async_client(client, cls.endpoint):
-            return object.__new__(AsyncResponses)
-        return object.__new__(cls)
-
     def _prompt(self, estimator: PromptEstimator, params: Mapping[str, Any]) -> int:
         return estimator.responses(params)
 
@@ -254,13 +228,9 @@ class Responses(_OpenAIPreset):
         return float(maximum or self._max_output(params))
 
 
-class AsyncResponses(Responses):
+@twin_of(Responses)
+class AsyncResponses(AsyncPreset, Responses):
     """``Responses`` for ``openai.AsyncOpenAI``: calling it returns a coroutine."""
-
-    is_async = True
-
-    async def __call__(self, **params: Any) -> Any:
-        return await self._send_async(params)
 
 
 class Embeddings(_OpenAIPreset):
@@ -270,11 +240,6 @@ class Embeddings(_OpenAIPreset):
 
     endpoint = ("embeddings",)
 
-    def __new__(cls, client: Any = None, **options: Any) -> Embeddings:
-        if cls is Embeddings and client is not None and is_async_client(client, cls.endpoint):
-            return object.__new__(AsyncEmbeddings)
-        return object.__new__(cls)
-
     def _prompt(self, estimator: PromptEstimator, params: Mapping[str, Any]) -> int:
         return estimator.embeddings(params)
 
@@ -282,10 +247,6 @@ class Embeddings(_OpenAIPreset):
         return 0.0
 
 
-class AsyncEmbeddings(Embeddings):
+@twin_of(Embeddings)
+class AsyncEmbeddings(AsyncPreset, Embeddings):
     """``Embeddings`` for ``openai.AsyncOpenAI``: calling it returns a coroutine."""
-
-    is_async = True
-
-    async def __call__(self, **params: Any) -> Any:
-        return await self._send_async(params)

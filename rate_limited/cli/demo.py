@@ -1,41 +1,29 @@
-"""The ``rate-limited`` command: ``demo``, ``run``, ``mock-provider``, ``ledger`` and ``bench``.
+"""``rate-limited demo``: 2,000 chat completions against a local MockProvider, resumable.
 
-* ``rate-limited demo`` starts a MockProvider on 127.0.0.1 with realistic limits (scaled
-  so the run takes about half a minute), pushes 2,000 chat completions through the real
-  ``openai`` client and ``rate_limited.apis.openai.ChatCompletions``, shows the progress
-  bar and ends with what the provider saw: requests, tokens, 429s, the average rate and
-  the share of what the provider allowed (its buckets start full, so a short run's
-  average is above the limit: the summary says so). No API key, no network. Finished
-  calls are kept in a SQLite store (``--store``), so Ctrl-C and the command it prints
-  resume the run; its counts are read after the Runner has closed, when the calls
-  already sent at the Ctrl-C have finished and been stored.
-* ``rate-limited run requests.jsonl -o results.jsonl`` sends a JSONL file of requests
-  online or through the Batch API (``--batch``), resumably (``rate_limited._run_command``).
-* ``rate-limited mock-provider`` serves the MockProvider until Ctrl-C (see its ``--help``).
-* ``rate-limited ledger inspect|reset redis://...`` shows what a shared ledger holds
-  (levels, reservations and their holders) or deletes one (``rate_limited.ledgers.inspect``).
-* ``rate-limited bench [NAME] ...`` runs ``benchmarks/NAME.py`` of a source checkout (they
-  are not installed with the package); ``--help`` says what each one touches.
-
-``python -m rate_limited ...`` is the same command.
+It starts a MockProvider on 127.0.0.1 with realistic limits (scaled so the run takes
+about half a minute), pushes the requests through the real ``openai`` client and
+``rate_limited.apis.openai.ChatCompletions``, shows the progress bar and ends with what
+the provider saw: requests, tokens, 429s, the average rate and the share of what the
+provider allowed (its buckets start full, so a short run's average is above the limit:
+the summary says so). No API key, no network. Finished calls are kept in a SQLite store
+(``--store``), so Ctrl-C and the command it prints resume the run; its counts are read
+after the Runner has closed, when the calls already sent at the Ctrl-C have finished and
+been stored.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import random
 import shlex
-import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["DEMO_DESCRIPTION", "DEMO_REQUESTS", "add_arguments", "demo", "resume_command"]
 
 #: The demo's defaults: 2,000 requests against 200,000 TPM and 3,000 RPM. Every provider
 #: bucket starts full (a minute of quota at once), then refills at limit/60 per second.
@@ -69,7 +57,7 @@ current directory (with its -wal/-shm files and the signing secret
 it: running the same command again sends only what is not in the store yet."""
 
 
-def _demo_parser(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--requests", type=int, default=DEMO_REQUESTS, help="chat completions to run (2000)")
     add("--rpm", type=float, default=DEMO_RPM, help=f"requests per minute ({DEMO_RPM:,})")
@@ -321,202 +309,3 @@ def _dollars(result: Any, stats: Any) -> None:
     if result.budget is not None:
         lines.append(f"  budget:       {result.budget.message}")
     print("\n".join(lines), flush=True)
-
-
-BENCH_USAGE = "rate-limited bench [NAME] [OPTIONS]"
-BENCH_DESCRIPTION = """\
-Run benchmarks/NAME.py of a source checkout (default: utilization) with this
-interpreter, from the repository root, passing OPTIONS on. The benchmarks are not
-installed with the package: run this from a git clone, in the virtualenv where the
-clone is installed.
-
-What it touches:
-  - a benchmark that compares with rate_limited 0.4 (marked below) installs
-    rate_limited 0.4.0 and its helpers (tqdm, openai) from PyPI into
-    benchmarks/.venv04 the first time, and reuses that virtualenv after;
-  - it starts MockProviders (and, for stores, a redis-server) on 127.0.0.1 and
-    writes temporary files; it calls no real API and needs no key;
-  - with --write, it replaces its own section of benchmarks/RESULTS.md."""
-
-
-def _bench_dirs() -> list[Path]:
-    return [
-        Path.cwd() / "benchmarks",
-        Path(__file__).resolve().parent.parent / "benchmarks",
-    ]
-
-
-def _bench_scripts() -> dict[str, Path]:
-    """The benchmark scripts of the checkout, by name (the first folder that has any)."""
-    for folder in _bench_dirs():
-        scripts = {p.stem: p for p in sorted(folder.glob("*.py")) if not p.stem.startswith("_")}
-        if scripts:
-            return scripts
-    return {}
-
-
-def _bench_summary(script: Path) -> tuple[str, bool]:
-    """The first line of a benchmark's docstring, and whether it installs 0.4 (it calls
-    ``ensure_venv04``, the helper that does)."""
-    source = script.read_text(encoding="utf-8")
-    try:
-        doc = ast.get_docstring(ast.parse(source)) or ""
-    except SyntaxError:
-        doc = ""
-    return (doc.splitlines() or [""])[0], "ensure_venv04" in source
-
-
-def bench_help(name: str | None) -> str:
-    """``rate-limited bench --help`` (and ``bench NAME --help``, with NAME's options)."""
-    scripts = _bench_scripts()
-    usage = BENCH_USAGE if name is None else f"rate-limited bench {name} [OPTIONS]"
-    lines = [f"usage: {usage}", "", BENCH_DESCRIPTION, ""]
-    if not scripts:
-        lines.append("No benchmarks/ folder here: run this from a git clone of the repository.")
-        return "\n".join(lines)
-    lines += [
-        "Benchmarks (* installs rate_limited 0.4.0 from PyPI into benchmarks/.venv04 on",
-        "first use; rate-limited bench NAME --help shows NAME's options):",
-    ]
-    for stem, path in scripts.items():
-        summary, installs = _bench_summary(path)
-        lines.append(f"  {stem:<12} {'*' if installs else ' '} {summary}")
-    script = scripts.get(name) if name is not None else None
-    if script is not None:
-        done = subprocess.run(
-            [sys.executable, str(script), "--help"],
-            capture_output=True,
-            text=True,
-            cwd=script.parent.parent,
-            check=False,
-        )
-        own = done.stdout.splitlines()
-        # Its own usage line names the script file; the options are what is useful here.
-        start = next(
-            (i for i, line in enumerate(own) if line.rstrip().endswith(("options:", "arguments:"))),
-            None,
-        )
-        if start is not None:
-            lines += ["", f"Options of benchmarks/{script.name}:", *own[start + 1 :]]
-    return "\n".join(lines)
-
-
-def bench(argv: Sequence[str]) -> int:
-    """Run ``benchmarks/<name>.py`` of the source checkout with this interpreter."""
-    name = argv[0] if argv and not argv[0].startswith("-") else None
-    rest = list(argv[1:] if name is not None else argv)
-    if "-h" in rest or "--help" in rest:
-        print(bench_help(name))
-        return 0
-    name = name or "utilization"
-    script = _bench_scripts().get(name)
-    if script is None:
-        print(
-            f"benchmarks/{name}.py not found: the benchmarks live in the source checkout "
-            "(git clone the repository and run this from it). See rate-limited bench --help.",
-            file=sys.stderr,
-        )
-        return 2
-    return subprocess.call([sys.executable, str(script), *rest], cwd=script.parent.parent)
-
-
-MAIN_EPILOG = """\
-demo           runs against a local mock API; writes its store (rate_limited_demo.db
-               and .db.key) in the current directory
-run            sends a JSONL file of requests online or by batch (--batch); writes the
-               results and a store of finished calls (OUTPUT.db) next to the output
-mock-provider  serves the mock API on 127.0.0.1 until Ctrl-C; prints its base URLs and
-               limits on stdout, and its statistics on stderr when it stops
-ledger         inspect / reset a shared Redis ledger: levels, reservations, holders
-bench          runs a benchmark of a source checkout; may install rate_limited 0.4 from
-               PyPI into benchmarks/.venv04 and rewrite benchmarks/RESULTS.md (--write)
-
-rate-limited COMMAND --help says more about each."""
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rate-limited`` console script."""
-    from rate_limited import __version__
-
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(
-        prog="rate-limited",
-        description="Run many calls of rate-limited APIs as fast as the quotas allow.",
-        epilog=MAIN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"rate_limited {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _demo_parser(
-        commands.add_parser(
-            "demo",
-            help=f"{DEMO_REQUESTS:,} chat completions against a local mock API, resumable",
-            description=DEMO_DESCRIPTION,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-    )
-    from rate_limited import _run_command
-
-    _run_command.add_arguments(
-        commands.add_parser(
-            "run",
-            help="send a JSONL file of requests, online or by batch, resumable",
-            description=_run_command.DESCRIPTION,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-    )
-    commands.add_parser(
-        "mock-provider",
-        help="serve a rate-limited mock of the OpenAI and Anthropic APIs",
-        add_help=False,
-    )
-    commands.add_parser(
-        "bench", help="run a benchmark of a source checkout (see bench --help)", add_help=False
-    )
-    ledger = commands.add_parser(
-        "ledger",
-        help="inspect (or reset) a shared Redis ledger",
-        description="What a shared ledger (Runner(ledger='redis://...')) holds, and who.",
-    )
-    ledger.add_argument("action", choices=("inspect", "reset"))
-    ledger.add_argument(
-        "url", help="redis://host:port/db[?name=NAME] (without name=: every ledger there)"
-    )
-    if arguments and arguments[0] in ("mock-provider", "bench"):
-        if arguments[0] == "bench":
-            return bench(arguments[1:])
-        from rate_limited.testing.mock_provider import main as serve
-
-        return serve(arguments[1:])
-    args = parser.parse_args(arguments)
-    if args.command == "run":
-        return _run_command.run_command(args)
-    if args.command == "ledger":
-        return _ledger(args.action, args.url)
-    if args.command != "demo":
-        parser.print_help()
-        return 2
-    try:
-        return demo(args)
-    except KeyboardInterrupt:  # a Ctrl-C outside the run (e.g. while it is set up)
-        print("\nStopped.", file=sys.stderr)
-        return 130
-
-
-def _ledger(action: str, url: str) -> int:
-    from rate_limited.exceptions import RateLimitedError
-    from rate_limited.ledgers.inspect import inspect, reset
-
-    try:
-        if action == "inspect":
-            print(inspect(url))
-        else:
-            print(f"Deleted {reset(url)} key(s).")
-    except RateLimitedError as exc:
-        print(f"rate-limited ledger {action}: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

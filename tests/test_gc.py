@@ -1,0 +1,89 @@
+"""``rate_limited._gc``: the collector paused around bulk allocations, and the heap a big
+run starts with left out of collections while it goes on."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from rate_limited._gc import FREEZE_FROM, bulk_allocation, frozen_heap
+
+
+@pytest.fixture(autouse=True)
+def _nothing_frozen() -> Iterator[None]:
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def test_a_big_run_freezes_the_heap_until_it_ends() -> None:
+    kept = [object() for _ in range(10)]
+    with frozen_heap(FREEZE_FROM):
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
+    assert kept
+
+
+def test_a_small_run_leaves_the_heap_alone() -> None:
+    with frozen_heap(FREEZE_FROM - 1):
+        assert gc.get_freeze_count() == 0
+
+
+def test_the_heap_is_unfrozen_when_the_last_of_two_runs_ends() -> None:
+    first = frozen_heap(FREEZE_FROM)
+    second = frozen_heap(FREEZE_FROM)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert gc.get_freeze_count() > 0  # the second run goes on
+    second.__exit__(None, None, None)
+    assert gc.get_freeze_count() == 0
+
+
+def test_the_heap_is_unfrozen_when_the_run_raises() -> None:
+    with pytest.raises(KeyboardInterrupt), frozen_heap(FREEZE_FROM):
+        raise KeyboardInterrupt
+    assert gc.get_freeze_count() == 0
+
+
+def test_objects_frozen_by_the_process_itself_stay_frozen() -> None:
+    gc.freeze()  # e.g. before forking workers
+    frozen = gc.get_freeze_count()
+    with frozen_heap(FREEZE_FROM):
+        pass
+    assert gc.get_freeze_count() == frozen
+
+
+def test_a_disabled_collector_is_left_disabled() -> None:
+    gc.disable()
+    try:
+        with frozen_heap(FREEZE_FROM):
+            assert gc.get_freeze_count() == 0
+        with bulk_allocation(10_000):
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize(
+    "by_a_run", [pytest.param(False, id="the-process"), pytest.param(True, id="a-run")]
+)
+def test_a_bulk_allocation_keeps_frozen_objects_frozen(by_a_run: bool) -> None:
+    run = frozen_heap(FREEZE_FROM)
+    if by_a_run:
+        run.__enter__()
+    else:
+        gc.freeze()  # e.g. before forking workers
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    with bulk_allocation(10_000):
+        made = [[i] for i in range(10_000)]
+    assert gc.get_freeze_count() >= frozen  # nothing thawed
+    assert gc.isenabled()
+    assert made
+    if by_a_run:
+        run.__exit__(None, None, None)
+        assert gc.get_freeze_count() == 0

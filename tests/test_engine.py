@@ -895,6 +895,7 @@ def test_the_system_refusing_more_threads_goes_on_with_those_it_has(
 
 
 # -- async functions that block the loop -------------------------------------------------------
+@pytest.mark.loop_blocking
 def test_an_async_function_that_blocks_the_loop_gets_one_warning_naming_the_fix() -> None:
     """A sync client inside ``async def`` serialises every call; say so once, with the fix
     (and never for a function that awaits as long)."""

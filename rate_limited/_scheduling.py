@@ -66,7 +66,8 @@ class Scheduler(CallOwner):
 
     #: Calls of the current batch, in schedule order.
     scheduled_calls: list[Call]
-    #: ``schedule()`` only makes the Call: nothing to compute, and no run for it to join.
+    #: ``schedule()`` only makes the Call and its demand: nothing else to compute (no
+    #: store key, no price), and no run for it to join.
     _inline_schedule: bool
     #: ``schedule()`` takes ``priority=`` (the function has no parameter of that name).
     _takes_priority: bool
@@ -132,13 +133,17 @@ def make_schedule(owner: Scheduler, function: Callable[..., Any]) -> Callable[..
                 "variable, no Call it scheduled), so it was closed. Keep a reference, "
                 "e.g. runner = Runner(...), while you schedule and run calls."
             )
-        # The common case inline (this is the whole per-call cost of scheduling).
+        # The common case inline (this is the whole per-call cost of scheduling): the
+        # same steps as Runner._schedule, with nothing else to do.
         if not runner._inline_schedule or (
             kwargs and "priority" in kwargs and runner._takes_priority
         ):
             return runner._schedule(args, kwargs)
         calls = runner.scheduled_calls
         call = Call(function, args, kwargs, len(calls), runner)
+        extractors = runner._extractors
+        if extractors:
+            call.demand = demand_of(extractors, call)
         calls.append(call)
         return call
 

@@ -83,7 +83,8 @@ class Workers(EngineCore):
         self._awaiting: set[asyncio.Task[None]] = set()  # awaitables from sync functions
         self._in_threads: set[Call] = set()  # sync calls handed to the pool, not settled
         self._watched = 0  # async calls watched for blocking the loop
-        self._blocking_calls = 0  # and those of them that did
+        self._timed = 0  # those of them timed step by step (StepTimer)
+        self._blocking_calls = 0  # and those of them that blocked
         self._warned_blocking = False
         self._warned_threads = False
         #: Sync calls hold their arguments usage until their thread starts (see begin()).
@@ -299,9 +300,13 @@ class Workers(EngineCore):
     # -- async functions ---------------------------------------------------------------------
     def _blocked(self, seconds: float) -> None:
         """A watched call blocked the loop. Once may be a one-time set-up in the first call
-        (a client building its headers, a tokenizer loading); twice is a habit."""
+        (a client building its headers, a tokenizer loading); twice is a habit, if at least
+        half the calls timed so far did: a blocking client blocks every call, while a busy
+        machine that took the CPU away in the middle of a step does so now and then."""
         self._blocking_calls += 1
         if self._warned_blocking or self._blocking_calls < 2:
+            return
+        if self._blocking_calls * 2 < self._timed:
             return
         self._warned_blocking = True
         text = blocking_message(self.function_name or repr(self.function), seconds)
@@ -350,6 +355,7 @@ class Workers(EngineCore):
                     not self._warned_blocking
                 ):
                     awaitable = StepTimer(awaitable, self._blocked)
+                    self._timed += 1
                 if timeout is None:
                     value = await awaitable
                 else:

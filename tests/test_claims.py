@@ -212,7 +212,7 @@ def test_a_killed_workers_calls_are_taken_over(store_url: str) -> None:
         procs = start_workers(
             mp.base_url, count, workers=4, store=store_url, rpm=60_000, tpm=10_000_000,
             max_tokens=50, split=False,
-            extra=["--claim-ttl=2", f"--max-concurrent={concurrency}"],
+            extra=["--claim-ttl=6", f"--max-concurrent={concurrency}"],  # a 6 s stall keeps claims
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while mp.stats().admitted < count // 3:

@@ -30,7 +30,7 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     monkeypatch.setenv("RATE_LIMITED_STORE_SECRET", "dask-test-secret")
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster),
     ):

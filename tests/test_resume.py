@@ -260,9 +260,12 @@ RESUME_CHILD = textwrap.dedent(
     """
     import asyncio, json, sys, urllib.request
     from rate_limited import PermanentError, Runner
+    from rate_limited.stores import open_store
 
     base, store, n, max_concurrent, kind = sys.argv[1:6]
     options = json.loads(sys.argv[6]) if len(sys.argv) > 6 else {}
+    if "claim_ttl" in options:  # how long a killed run's claims hold its calls
+        store = open_store(store, claim_ttl=options.pop("claim_ttl"))
 
     def fetch(i):
         try:
@@ -291,6 +294,8 @@ RESUME_CHILD = textwrap.dedent(
         runner.schedule(i)
     result = runner.run()
     runner.close()
+    if not isinstance(store, str):
+        store.close()
     print(json.dumps({
         "results": result.results,
         "from_store": [o.index for o in result.outcomes if o.from_store],
@@ -340,8 +345,9 @@ def stored_arguments(db: str) -> set[int]:
 
 
 # -- kill test -----------------------------------------------------------------------------------
-KILL_CALLS = 500
+KILL_CALLS = 200
 KILL_CONCURRENT = 8
+KILL_CLAIM_TTL = 2.0
 
 
 @pytest.mark.parametrize(
@@ -368,13 +374,14 @@ def test_sigkill_half_way_then_resume_resends_only_the_calls_in_flight(
     committed in the file (``arrivals - committed <= max_concurrent``, a kill at any
     instant), and at the actual kill: the rerun reuses exactly the stored outcomes, and the
     arguments the server saw twice are exactly those it saw in run 1 that were not stored.
-    A third run sends nothing.
+    A third run sends nothing. (The rerun waits for the killed run's claims on its calls
+    to expire: ``KILL_CLAIM_TTL`` seconds, not the default minute.)
     """
     db = tmp_path / "runs.db"
     with RecordingServer(delay=0.01, watch_db=db) as server:
-        proc = start_resume_child(
-            tmp_path, server.url, str(db), KILL_CALLS, max_concurrent=KILL_CONCURRENT, kind=kind
-        )
+        options = {"max_concurrent": KILL_CONCURRENT, "kind": kind, "claim_ttl": KILL_CLAIM_TTL}
+        child = (tmp_path, server.url, str(db), KILL_CALLS)
+        proc = start_resume_child(*child, **options)
         deadline = time.monotonic() + 60
         while server.n_answered() < KILL_CALLS // 2:
             assert proc.poll() is None, f"the child ended before the kill: {proc.communicate()}"
@@ -393,9 +400,7 @@ def test_sigkill_half_way_then_resume_resends_only_the_calls_in_flight(
         assert KILL_CALLS // 4 < len(stored) < KILL_CALLS
         assert stored <= sent_before_kill
 
-        second = run_resume_child(
-            tmp_path, server.url, str(db), KILL_CALLS, max_concurrent=KILL_CONCURRENT, kind=kind
-        )
+        second = run_resume_child(*child, **options)
         assert set(second["from_store"]) == stored  # every stored result reused, no other
         assert second["status"] == ["succeeded"] * KILL_CALLS
         counts = server.counts()
@@ -407,9 +412,7 @@ def test_sigkill_half_way_then_resume_resends_only_the_calls_in_flight(
         nth = {i: 2 if i in sent_twice else 1 for i in range(KILL_CALLS)}
         assert second["results"] == [expected(i, nth[i]) for i in range(KILL_CALLS)]
 
-        third = run_resume_child(
-            tmp_path, server.url, str(db), KILL_CALLS, max_concurrent=KILL_CONCURRENT, kind=kind
-        )
+        third = run_resume_child(*child, **options)
         assert server.counts() == counts  # zero requests
         assert third["from_store"] == list(range(KILL_CALLS))
         assert third["results"] == second["results"]

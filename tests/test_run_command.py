@@ -52,30 +52,31 @@ def read(path: Path) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(
     "batch", [pytest.param(False, id="online"), pytest.param(True, id="batch")]
 )
-def test_two_thousand_lines_complete_in_input_order(
+def test_lines_of_both_forms_complete_in_input_order(
     provider: MockProvider, tmp_path: Path, batch: bool
 ) -> None:
-    rows: list[Any] = [{**body(i), "metadata": {"row": i}} for i in range(1000)]
+    """400 lines, bodies and Batch-API request lines, come back in input order."""
+    rows: list[Any] = [{**body(i), "metadata": {"row": i}} for i in range(200)]
     rows += [
         {"custom_id": f"id-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body(i)}
-        for i in range(1000, 2000)
+        for i in range(200, 400)
     ]
     source = write(tmp_path / "requests.jsonl", rows)
     output = tmp_path / "results.jsonl"
     argv = ["run", str(source), "-o", str(output), "--rpm", "100000", "--tpm", "10000000"]
     assert cli.main([*argv, "--no-progress", *(["--batch"] if batch else [])]) == 0
     results = read(output)
-    assert [r["custom_id"] for r in results] == [f"line-{i + 1}" for i in range(1000)] + [
-        f"id-{i}" for i in range(1000, 2000)
+    assert [r["custom_id"] for r in results] == [f"line-{i + 1}" for i in range(200)] + [
+        f"id-{i}" for i in range(200, 400)
     ]
     assert results[5]["metadata"] == {"row": 5}
     contents = [r["response"]["body"]["choices"][0]["message"]["content"] for r in results]
     assert all(text.startswith(f"question {i}") for i, text in enumerate(contents))
     if batch:
         assert provider.stats().admitted == 0
-        assert provider.batch_stats().requests_submitted == 2000
+        assert provider.batch_stats().requests_submitted == 400
     else:
-        assert provider.stats().admitted == 2000
+        assert provider.stats().admitted == 400
     assert (tmp_path / "results.jsonl.db").exists()  # the store, next to the output
 
 
@@ -174,7 +175,7 @@ def test_kill_9_leaves_the_finished_results_on_disk_and_a_rerun_completes(
     input order without sending any of them again (counted at the provider). Requests in
     flight when the process died were answered to no one: only those may be sent twice,
     at most ``--max-concurrent`` of them."""
-    source = write(tmp_path / "requests.jsonl", [body(i) for i in range(1000)])
+    source = write(tmp_path / "requests.jsonl", [body(i) for i in range(500)])
     output = tmp_path / "results.jsonl"
     sidecar = tmp_path / "results.jsonl.partial"
     with MockProvider(output_tokens=6, latency=0.05, rpm=12_000) as mp:
@@ -200,12 +201,12 @@ def test_kill_9_leaves_the_finished_results_on_disk_and_a_rerun_completes(
         )
         assert second.returncode == 0, second.stderr[-2000:]
         admitted = Counter(e.body_hash for e in mp.request_log if e.status == 200)
-    assert len(admitted) == 1000
-    assert sum(admitted.values()) - 1000 <= 64  # only what was in flight at the kill
+    assert len(admitted) == 500
+    assert sum(admitted.values()) - 500 <= 64  # only what was in flight at the kill
     for custom_id in kept:  # nothing on disk was sent again
         assert admitted[body_hash(body(int(custom_id.split("-")[1]) - 1))] == 1
     final = read(output)
-    assert [r["custom_id"] for r in final] == [f"line-{i}" for i in range(1, 1001)]
+    assert [r["custom_id"] for r in final] == [f"line-{i}" for i in range(1, 501)]
     for row in final:
         if row["custom_id"] in kept:
             kept_row = {k: v for k, v in kept[row["custom_id"]].items() if k != "request"}

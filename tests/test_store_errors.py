@@ -62,7 +62,7 @@ def written(tmp_path: Path) -> Path:
     db = tmp_path / "runs.db"
     first = run_squares(str(db))
     assert first.results == [i * i for i in range(N)]
-    assert calls_made == list(range(N))
+    assert sorted(calls_made) == list(range(N))  # each once (threads: in any order)
     calls_made.clear()
     return db
 

@@ -190,10 +190,19 @@ def run_command(args: argparse.Namespace) -> int:
     store = args.store or f"{output}.db"
     import openai
 
+    with openai.OpenAI() as client:  # its connections closed when the command ends
+        return _send(args, lines, output, store, client)
+
+
+def _send(
+    args: argparse.Namespace, lines: list[Line], output: Path, store: str, client: Any
+) -> int:
+    """Send ``lines`` (those not answered before) through ``client``, write ``output``;
+    the exit status."""
     from rate_limited.apis.openai import _presets
 
     preset_class = getattr(_presets, ENDPOINTS[lines[0].url])
-    preset = preset_class(openai.OpenAI(), requests_per_minute=args.rpm, tokens_per_minute=args.tpm)
+    preset = preset_class(client, requests_per_minute=args.rpm, tokens_per_minute=args.tpm)
     if args.estimate:
         return _estimate(preset, lines, args.batch)
     options: dict[str, Any] = {"store": store, "max_retries": args.max_retries}

@@ -22,6 +22,7 @@ import contextlib
 import os
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,10 @@ class SqliteStore(Store):
         except BaseException:
             self._conn.close()
             raise
+        # A store dropped unclosed (a Runner never closed: a notebook cell run again)
+        # releases its connection when collected, as Python did without a word before 3.13
+        # (which warns: ResourceWarning). Its runs flushed their results when they ended.
+        weakref.finalize(self, self._conn.close)
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r})"

@@ -74,12 +74,9 @@ class Money:
             None if budget is None and source is None else SpendControl(budget, source, store)
         )
         self.ladder = None if escalate is None else Ladder(escalate)
+        #: Whether ``schedule()`` has anything to do here (neither of the above changes).
+        self.active = self.spend is not None or self.ladder is not None
         self._demand = demand
-
-    @property
-    def active(self) -> bool:
-        """Whether ``schedule()`` has anything to do here."""
-        return self.spend is not None or self.ladder is not None
 
     # -- at schedule() -------------------------------------------------------------------------
     def schedule(self, call: Call) -> None:

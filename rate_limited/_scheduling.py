@@ -51,6 +51,9 @@ __all__ = [
 #: docstring); emptied when it grows past ``_INTERN_MAX`` (the estimates vary per call).
 _interned: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 _INTERN_MAX = 4096
+_INF = math.inf
+_ARGUMENTS = "arguments_usage_extractor"
+_ESTIMATOR = "max_results_usage_estimator"
 
 #: Per resource: the resource, its arguments usage extractor, its results estimator.
 Extractors = Sequence[
@@ -63,7 +66,8 @@ class Scheduler(CallOwner):
 
     #: Calls of the current batch, in schedule order.
     scheduled_calls: list[Call]
-    #: ``schedule()`` only makes the Call: nothing to compute, and no run for it to join.
+    #: ``schedule()`` only makes the Call and its demand: nothing else to compute (no
+    #: store key, no price), and no run for it to join.
     _inline_schedule: bool
     #: ``schedule()`` takes ``priority=`` (the function has no parameter of that name).
     _takes_priority: bool
@@ -81,18 +85,24 @@ class Scheduler(CallOwner):
         batch, and hand it to the run going on, if any (on the engine's loop)."""
         if self._state is RunnerState.CLOSED:
             raise RunnerClosedError("This Runner was closed; create a new Runner to schedule.")
-        priority = pop_priority(kwargs, 0, self._takes_priority)
+        priority = pop_priority(kwargs, 0, self._takes_priority) if kwargs else 0
         calls = self.scheduled_calls
-        call = Call(self.function, args, kwargs, len(calls), self)
+        function = self.function
+        call = Call(function, args, kwargs, len(calls), self)
         if priority:
             call.priority = priority
         money = self._money
-        money.schedule(call)
-        if self._extractors:
-            call.demand = demand_of(self._extractors, call)
-        money.price(call)
-        if self.store is not None:
-            call.key = key_of(self.config.key, self.function, call, money.key_kwargs(call))
+        priced = money.active
+        if priced:
+            money.schedule(call)
+        extractors = self._extractors
+        if extractors:
+            call.demand = demand_of(extractors, call)
+        if priced:
+            money.price(call)
+        config = self.config
+        if config.store is not None:
+            call.key = key_of(config.key, function, call, money.key_kwargs(call))
         if self._semantic is not None:
             self._semantic.check(call)  # a text= that can't split the call: an error now
         calls.append(call)
@@ -123,13 +133,17 @@ def make_schedule(owner: Scheduler, function: Callable[..., Any]) -> Callable[..
                 "variable, no Call it scheduled), so it was closed. Keep a reference, "
                 "e.g. runner = Runner(...), while you schedule and run calls."
             )
-        # The common case inline (this is the whole per-call cost of scheduling).
+        # The common case inline (this is the whole per-call cost of scheduling): the
+        # same steps as Runner._schedule, with nothing else to do.
         if not runner._inline_schedule or (
             kwargs and "priority" in kwargs and runner._takes_priority
         ):
             return runner._schedule(args, kwargs)
         calls = runner.scheduled_calls
         call = Call(function, args, kwargs, len(calls), runner)
+        extractors = runner._extractors
+        if extractors:
+            call.demand = demand_of(extractors, call)
         calls.append(call)
         return call
 
@@ -186,50 +200,84 @@ def pop_priority(kwargs: dict[str, Any], default: int, takes: bool) -> int:
 
 
 def demand_of(extractors: Extractors, call: Call) -> tuple[tuple[float, float, Hashable], ...]:
-    """``call``'s demand: per resource (arguments usage, results estimate, partition key)."""
+    """``call``'s demand: per resource (arguments usage, results estimate, partition key).
+
+    This runs once per scheduled call, so the usual case is inline: a usage that is a
+    finite non-negative float or int, a quota it fits in, no partition (or a str one), and
+    a demand some earlier call already had (one lookup of the whole, the entries only when
+    it is new). The quota and the partition are read from the resource every time: a
+    changed ``resource.quota`` applies to the next ``schedule()``.
+    """
     demand = []
     shared = True
     for resource, args_extractor, estimator in extractors:
-        name = resource.name
+        # The two extractors' blocks below are one step written twice, on purpose: a
+        # shared helper (as before issue 11) cost a call each, per resource, per call.
         args_usage = estimate = 0.0
         if args_extractor is not None:
-            args_usage = _usage(args_extractor, call, name, "arguments_usage_extractor")
+            try:
+                value = args_extractor(call)
+            except ConfigurationError:
+                raise  # already says what is wrong (e.g. a preset's RequestTooLargeError)
+            except Exception as exc:
+                raise _failed(exc, call, resource, _ARGUMENTS) from exc
+            kind = type(value)
+            if kind is int and value >= 0:  # the usual cases first (an int is finite)
+                args_usage = float(value)
+            elif kind is float and 0.0 <= value < _INF:
+                args_usage = value
+            else:
+                args_usage = _checked(value, call, resource, _ARGUMENTS)
         if estimator is not None:
-            estimate = _usage(estimator, call, name, "max_results_usage_estimator")
+            try:
+                value = estimator(call)
+            except ConfigurationError:
+                raise
+            except Exception as exc:
+                raise _failed(exc, call, resource, _ESTIMATOR) from exc
+            kind = type(value)
+            if kind is int and value >= 0:  # the usual cases first (an int is finite)
+                estimate = float(value)
+            elif kind is float and 0.0 <= value < _INF:
+                estimate = value
+            else:
+                estimate = _checked(value, call, resource, _ESTIMATOR)
         if resource.partition is None:
             key: Hashable = None
             quota: float = resource.quota
         else:
             key = _partition(resource, call)
             quota = resource.quota_for(key)
+            if key is not None and type(key) is not str:
+                shared = False  # the cache holds no user object; equal keys: the same key
         needed = args_usage + estimate
-        if needed > quota * (1 + 1e-9):  # the ledger's rounding slack
+        if needed > quota and needed > quota * (1 + 1e-9):  # the ledger's rounding slack
             raise QuotaExceededError(
-                f"Call {call!r} exceeds resource quota of {name!r}: it needs {needed:g} "
-                f"but the whole quota is {quota:g}, so it could never run. Raise the "
-                "quota, lower the call's usage (e.g. max_tokens) or split the call.",
-                resource=name,
+                f"Call {call!r} exceeds resource quota of {resource.name!r}: it needs "
+                f"{needed:g} but the whole quota is {quota:g}, so it could never run. Raise "
+                "the quota, lower the call's usage (e.g. max_tokens) or split the call.",
+                resource=resource.name,
                 needed=needed,
                 quota=quota,
             )
-        entry = (args_usage, estimate, key)
-        if key is None or type(key) is str:
-            entry = _interned.get(entry) or _intern(entry)
-        else:  # the cache holds no user object, and equal keys must be the same key
-            shared = False
-        demand.append(entry)
+        demand.append((args_usage, estimate, key))
     if not shared:
-        return tuple(demand)
+        return tuple(
+            _interned.get(entry) or _intern(entry)
+            if entry[2] is None or type(entry[2]) is str
+            else entry
+            for entry in demand
+        )
     whole = tuple(demand)
-    return _interned.get(whole) or _intern(whole)
+    interned = _interned.get(whole)
+    if interned is not None:
+        return interned
+    return _intern(tuple(_interned.get(entry) or _intern(entry) for entry in whole))
 
 
 def _intern(value: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The tuple equal to ``value`` made first (``value`` if none): see the module
-    docstring."""
-    interned = _interned.get(value)
-    if interned is not None:
-        return interned
+    """``value``, kept as the one to share from now on (the caller found no equal one
+    in ``_interned``): see the module docstring."""
     if len(_interned) >= _INTERN_MAX:
         _interned.clear()
     _interned[value] = value
@@ -276,23 +324,21 @@ def _partition(resource: Resource, call: Call) -> Hashable:
     return key
 
 
-def _usage(extractor: Callable[[Call], float], call: Call, resource: str, what: str) -> float:
-    try:
-        value = extractor(call)
-    except ConfigurationError:
-        raise  # already says what is wrong (e.g. a preset's RequestTooLargeError)
-    except Exception as exc:
+def _failed(exc: Exception, call: Call, resource: Resource, what: str) -> ConfigurationError:
+    """The error for an extractor of ``resource`` that raised ``exc`` on ``call``."""
+    return ConfigurationError(
+        f"{what} of resource {resource.name!r} raised {describe(exc, call)} for "
+        f"{call!r}. Check the arguments passed to schedule() (the extractor reads them "
+        "with call.get_argument(name))."
+    )
+
+
+def _checked(value: object, call: Call, resource: Resource, what: str) -> float:
+    """``value`` (what an extractor of ``resource`` returned) as a usage, or a clear error
+    (``demand_of`` has already taken the usual float and int)."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= float(value) < _INF:
         raise ConfigurationError(
-            f"{what} of resource {resource!r} raised {describe(exc, call)} for "
-            f"{call!r}. Check the arguments passed to schedule() (the extractor reads them "
-            "with call.get_argument(name))."
-        ) from exc
-    kind = type(value)
-    if (kind is float or kind is int) and 0 <= value < math.inf:  # the usual case, at once
-        return float(value)
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= float(value) < math.inf:
-        raise ConfigurationError(
-            f"{what} of resource {resource!r} returned {value!r} for {call!r}; "
+            f"{what} of resource {resource.name!r} returned {value!r} for {call!r}; "
             "usage must be a finite, non-negative number."
         )
     return float(value)

@@ -257,8 +257,8 @@ class Runner(Scheduler, OnlineCaller, EngineHost):
             from rate_limited._keys import function_identity
 
             self._function_identity = function_identity(function)
-        #: schedule() has work beyond creating the Call (usage extraction, keys).
-        self._slow_schedule = bool(self._extractors) or self.store is not None or self._money.active
+        #: schedule() has work beyond creating the Call and its demand (keys, prices).
+        self._slow_schedule = self.store is not None or self._money.active
         self._inline_schedule = not self._slow_schedule
         self.schedule = make_schedule(self, function)  # type: ignore[method-assign]
 
@@ -279,7 +279,7 @@ class Runner(Scheduler, OnlineCaller, EngineHost):
 
     def _set_state(self, state: RunnerState) -> None:
         self._state = state
-        # schedule()'s fast path: nothing to compute, and no run for the call to join.
+        # schedule()'s fast path: nothing to compute but the demand, no run to join.
         self._inline_schedule = state is RunnerState.IDLE and not self._slow_schedule
 
     # -- scheduling --------------------------------------------------------------------------

@@ -3,11 +3,12 @@ by the calls that need the same."""
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
 import pytest
 
-from rate_limited import QuotaExceededError, Resource, Runner
+from rate_limited import ConfigurationError, QuotaExceededError, Resource, Runner
 
 
 def echo(prompt: str, tokens: int = 10, model: Any = "small") -> str:
@@ -26,6 +27,17 @@ def resources(partition: bool = False) -> list[Resource]:
             partition=(lambda c: c.get_argument("model")) if partition else None,
         ),
     ]
+
+
+def tokens(**extractor: Any) -> Resource:
+    """A tokens resource with ``extractor`` (an estimator is billed from the result)."""
+    return Resource(
+        "tokens",
+        100,
+        time_window_seconds=60,
+        results_usage_extractor=lambda c, result: len(result),
+        **extractor,
+    )
 
 
 def test_calls_that_need_the_same_share_one_demand() -> None:
@@ -53,4 +65,121 @@ def test_a_call_larger_than_its_quota_is_refused_at_schedule() -> None:
     runner = Runner(echo, resources(), progress=False)
     with pytest.raises(QuotaExceededError, match="tokens"):
         runner.schedule("a", tokens=20_000)
+    runner.close()
+
+
+def test_a_lowered_quota_applies_to_the_next_schedule() -> None:
+    """The quota is read from the resource at each schedule(), never cached."""
+    quotas = resources()
+    runner = Runner(echo, quotas, progress=False)
+    first = runner.schedule("a", tokens=500)
+    quotas[1].quota = 100
+    with pytest.raises(QuotaExceededError, match="whole quota is 100"):
+        runner.schedule("b", tokens=500)
+    quotas[1].quota = 1000
+    assert runner.schedule("c", tokens=500).demand is first.demand
+    runner.close()
+
+
+@pytest.mark.parametrize(
+    ("tokens", "fits"),
+    [
+        pytest.param(10_000 * (1 + 1e-10), True, id="within-rounding-slack"),
+        pytest.param(10_000 * (1 + 1e-8), False, id="past-the-slack"),
+    ],
+)
+def test_the_quota_check_allows_the_ledgers_rounding_slack(tokens: float, fits: bool) -> None:
+    runner = Runner(echo, resources(), progress=False)
+    if fits:
+        assert runner.schedule("a", tokens=tokens).demand[1][1] == tokens
+    else:
+        with pytest.raises(QuotaExceededError) as caught:
+            runner.schedule("a", tokens=tokens)
+        assert caught.value.resource == "tokens"
+        assert caught.value.needed == tokens
+    runner.close()
+
+
+def test_demands_that_vary_per_call_are_each_right() -> None:
+    """More distinct demands than the intern table holds: each call keeps its own."""
+    runner = Runner(echo, resources(), progress=False)
+    calls = [runner.schedule("a", tokens=n % 9000) for n in range(9000)]
+    assert all(
+        c.demand == ((1.0, 0.0, None), (0.0, float(n % 9000), None)) for n, c in enumerate(calls)
+    )
+    assert all(type(c.demand[1][1]) is float for c in calls)
+    runner.close()
+
+
+def test_a_partition_that_returns_none_shares_its_demand() -> None:
+    runner = Runner(echo, resources(partition=True), progress=False)
+    a, b = runner.schedule("a", model=None), runner.schedule("b", model=None)
+    assert a.demand == ((1.0, 0.0, None), (0.0, 10.0, None)) and a.demand is b.demand
+    runner.close()
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        pytest.param(-1, id="negative-int"),
+        pytest.param(-0.5, id="negative-float"),
+        pytest.param(float("nan"), id="nan"),
+        pytest.param(float("inf"), id="inf"),
+        pytest.param(True, id="bool"),
+        pytest.param("3", id="str"),
+        pytest.param(None, id="none"),
+    ],
+)
+@pytest.mark.parametrize("what", ["arguments_usage_extractor", "max_results_usage_estimator"])
+def test_a_usage_that_is_not_a_usage_is_refused_naming_the_extractor(usage: Any, what: str) -> None:
+    runner = Runner(echo, [tokens(**{what: lambda c: usage})], progress=False)
+    message = (
+        f"{what} of resource 'tokens' returned {usage!r} for .*usage must be a finite, "
+        "non-negative number"
+    )
+    with pytest.raises(ConfigurationError, match=message):
+        runner.schedule("a")
+    assert runner.scheduled_calls == []
+    runner.close()
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        pytest.param(0, 0.0, id="zero"),
+        pytest.param(7, 7.0, id="int"),
+        pytest.param(2.5, 2.5, id="float"),
+        pytest.param(Fraction(3, 2), 1.5, id="other-real"),
+    ],
+)
+def test_a_usage_of_any_real_type_counts_as_a_float(usage: Any, expected: float) -> None:
+    runner = Runner(echo, [tokens(arguments_usage_extractor=lambda c: usage)], progress=False)
+    demand = runner.schedule("a").demand
+    assert demand == ((expected, 0.0, None),) and type(demand[0][0]) is float
+    runner.close()
+
+
+def test_an_extractor_that_raises_is_a_configuration_error_naming_it() -> None:
+    def broken(call: Any) -> float:
+        raise KeyError("tokens")
+
+    runner = Runner(echo, [tokens(max_results_usage_estimator=broken)], progress=False)
+    with pytest.raises(
+        ConfigurationError, match="max_results_usage_estimator of resource 'tokens' raised KeyError"
+    ) as caught:
+        runner.schedule("a")
+    assert isinstance(caught.value.__cause__, KeyError)
+    runner.close()
+
+
+def test_a_configuration_error_of_an_extractor_goes_through_as_it_is() -> None:
+    error = ConfigurationError("this request is too large for the model")
+
+    def refuses(call: Any) -> float:
+        raise error
+
+    runner = Runner(echo, [tokens(arguments_usage_extractor=refuses)], progress=False)
+    with pytest.raises(ConfigurationError) as caught:
+        runner.schedule("a")
+    assert caught.value is error
     runner.close()

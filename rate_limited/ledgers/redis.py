@@ -232,10 +232,11 @@ class RedisLedger:
                 self._quotas[(i, need[2])] = quota
             self._last = (demand, now, waits)
             return None
-        held, quotas = [], []
+        held: list[float] = []  # flat: [level_0, corrected_0, level_1, ...] (Admission.held)
+        quotas = []
         for i, need in enumerate(demand):
             level, quota, corrected = (float(x) for x in out[3 + 3 * i : 6 + 3 * i])
-            held.append((level, corrected))
+            held += (level, corrected)
             quotas.append(quota)
             self._quotas[(i, need[2])] = quota
         n = len(demand)
@@ -308,9 +309,10 @@ class RedisLedger:
         admission (as the in-memory ledger does, see ``rate_limited._ledger``)."""
         tightest, lowest = 0, math.inf
         if not reservation.reconciled:  # else its headers corrected the ledger already
-            for i, (need, (held, _), quota) in enumerate(
-                zip(reservation.demand, reservation.held, reservation.quotas, strict=True)
+            for i, (need, quota) in enumerate(
+                zip(reservation.demand, reservation.quotas, strict=True)
             ):
+                held = reservation.held_at(i)[0]
                 room = (quota - held) / quota
                 if need[0] + need[1] > 0 and room < lowest:
                     tightest, lowest = i + 1, room
@@ -455,7 +457,7 @@ class RedisLedger:
             or admission.entries[index][0] != spec[0]
         ):
             return 0.0
-        held, corrected = admission.held[index]
+        held, corrected = admission.held_at(index)
         charge = sum(admission.demand[index][:2])
         if refused:
             admission.reconciled = True

@@ -216,7 +216,11 @@ def test_a_killed_workers_calls_are_taken_over(store_url: str) -> None:
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while mp.stats().admitted < count // 3:
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                for proc in procs:  # no pipe left open for a later test to trip on
+                    proc.kill()
+                ended = [proc.communicate() for proc in procs]
+                raise AssertionError(f"a worker ended (or stalled) before the kill: {ended}")
             time.sleep(0.02)
         victim = procs.pop(0)
         victim.send_signal(signal.SIGKILL)

@@ -15,6 +15,7 @@ makes resuming 100,000 stored chat completions quick. Everything else is pickled
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -236,12 +237,27 @@ def read_secret_file(path: Path) -> bytes | None:
 def create_secret_file(path: Path) -> bytes:
     """Create ``path`` holding a new random secret, readable by its owner only (0600).
 
-    If another process created it first, its secret is returned instead.
+    If another process created it first, its secret is returned instead. The file appears
+    whole or not at all: the secret is written to a temporary file beside it, which is then
+    linked to ``path`` (a link fails if ``path`` exists). Processes opening a new store at
+    once (workers sharing one SQLite file) never read a file still empty.
     """
     text = secrets.token_hex(32)
+    temporary = f"{path}.{secrets.token_hex(8)}.tmp"  # this call's own half-written copy
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise StoreUnavailableError(
+            f"can't create the store's secret file {path} ({exc}); pass secret= or set "
+            f"${SECRET_ENV}"
+        ) from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.link(temporary, path)
     except FileExistsError:
         existing = read_secret_file(path)
         if existing is None:  # created and removed again in between: give up loudly
@@ -252,8 +268,9 @@ def create_secret_file(path: Path) -> bytes:
             f"can't create the store's secret file {path} ({exc}); pass secret= or set "
             f"${SECRET_ENV}"
         ) from exc
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(text + "\n")
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
     return text.encode("utf-8")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,30 @@ def test_secret_files(tmp_path: Path) -> None:
     path.write_text("\n")
     with pytest.raises(StoreCorruptedError, match="empty"):
         _codec.read_secret_file(path)
+
+
+def test_a_secret_file_is_never_seen_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers opening one new store at once: while one writes the secret, another finds
+    no file (and makes its own), never an empty one (which it took for a corrupted store:
+    a worker died at start-up on CI); the first to link its file wins, the other reads it."""
+    path = tmp_path / "runs.db.key"
+    fsync = os.fsync
+    theirs: list[bytes] = []
+    raced: list[bool] = []
+
+    def write_then_look(fd: int) -> None:
+        fsync(fd)
+        assert _codec.read_secret_file(path) is None  # not there until whole
+        if not raced:  # another process gets there first, between our write and link
+            raced.append(True)
+            theirs.append(_codec.create_secret_file(path))
+
+    monkeypatch.setattr(_codec.os, "fsync", write_then_look)
+    mine = _codec.create_secret_file(path)
+    assert mine == theirs[0] == _codec.read_secret_file(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.db.key"]  # no temporaries
 
 
 class Reply(pydantic.BaseModel):

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Literal, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Demand", "Earlier", "Ledger", "Reservation", "Settle"]
+__all__ = ["Demand", "Earlier", "Ledger", "Reservation", "Settle", "resource_index"]
 
 #: What the provider bills for a call (see ``Resource(settle=...)``).
 Settle = Literal["actual", "reserved"]
@@ -174,3 +174,15 @@ class Ledger(Protocol[R]):
     def partitions(self, now: float) -> dict[tuple[str, Hashable], tuple[float, float, float]]:
         """``{(name, key): (used, reserved, quota)}`` of every partitioned meter."""
         ...
+
+
+def resource_index(names: list[str], resource: str) -> int:
+    """The position of ``resource`` among a ledger's ``names``; a clear error if it has none."""
+    from rate_limited.exceptions import UnknownResourceError
+
+    try:
+        return names.index(resource)
+    except ValueError:
+        raise UnknownResourceError(
+            f"no resource named {resource!r}; the ledger has {names}"
+        ) from None

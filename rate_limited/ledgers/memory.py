@@ -44,10 +44,9 @@ from typing import TYPE_CHECKING, cast
 
 from rate_limited._meters import EPS, Meter, make_meter
 from rate_limited._reconcile import Mark, Track, Votes, release
-from rate_limited.exceptions import UnknownResourceError
 from rate_limited.ledgers._reports import ProviderReports
 from rate_limited.ledgers._reservation import Reservation
-from rate_limited.ledgers.base import Demand, Earlier, Settle
+from rate_limited.ledgers.base import Demand, Earlier, Settle, resource_index
 
 if TYPE_CHECKING:
     from rate_limited.resources import Resource
@@ -125,12 +124,7 @@ class InMemoryLedger(ProviderReports):
         return meters
 
     def _index(self, resource: str) -> int:
-        try:
-            return self.names.index(resource)
-        except ValueError:
-            raise UnknownResourceError(
-                f"no resource named {resource!r}; the ledger has {self.names}"
-            ) from None
+        return resource_index(self.names, resource)
 
     def _all(self, index: int) -> list[Meter]:
         single = self._single[index]

@@ -49,11 +49,11 @@ import math
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rate_limited.exceptions import ConfigurationError, UnknownResourceError
+from rate_limited.exceptions import ConfigurationError
 from rate_limited.ledgers._redis_link import RETRY_FIRST, RedisLink, num, parse_url
 from rate_limited.ledgers._redis_reservation import RedisReservation
 from rate_limited.ledgers._redis_spares import Spares
-from rate_limited.ledgers.base import Demand, Earlier, Settle
+from rate_limited.ledgers.base import Demand, Earlier, Settle, resource_index
 
 if TYPE_CHECKING:
     from rate_limited.resources import Resource
@@ -175,12 +175,7 @@ class RedisLedger:
         return spec
 
     def _index(self, resource: str) -> int:
-        try:
-            return self.names.index(resource)
-        except ValueError:
-            raise UnknownResourceError(
-                f"no resource named {resource!r}; the ledger has {self.names}"
-            ) from None
+        return resource_index(self.names, resource)
 
     def rule(self, resource: str) -> Settle:
         return self._rules[self._index(resource)]

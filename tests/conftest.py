@@ -20,6 +20,16 @@ from tests.limited_server import LimitedServer
 MakeProvider = Callable[..., MockProvider]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``slow`` tests (seconds to a minute of real time each: processes, kernels,
+    buckets refilling) run first, the rest in file order after them. With several xdist
+    workers, a long test started last would hold the run while the other workers idle;
+    started first, the short tests fill in around them and the run ends on short ones.
+    (Every worker collects the same order: the sort is stable and depends on the markers
+    alone.)"""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def server() -> Iterator[LimitedServer]:
     """A local server allowing 10 requests and 100 points per second (0.4: per 5 s)."""

@@ -435,6 +435,7 @@ def state_when(client: Any, condition: Callable[[dict[str, Any]], bool]) -> dict
     return state
 
 
+@pytest.mark.slow
 def test_dashboard_values_move_in_a_real_kernel(kernel_client: Any) -> None:
     """50 calls at 5 per 0.5 s, gated in three stages: the widgets read at 10 and at 20
     calls finished, then at the end."""

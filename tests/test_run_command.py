@@ -49,6 +49,7 @@ def read(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "batch", [pytest.param(False, id="online"), pytest.param(True, id="batch")]
 )
@@ -133,6 +134,7 @@ def test_estimate_sends_nothing(
     assert provider.stats().requests == 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_rerun_sends_no_request_twice(tmp_path: Path) -> None:
     """A subprocess is interrupted (SIGINT) once the provider has admitted 200 of its
     1,000 requests; the same command again finishes the file. The provider's log of
@@ -167,6 +169,7 @@ def test_ctrl_c_then_rerun_sends_no_request_twice(tmp_path: Path) -> None:
     assert all(r["response"] is not None for r in read(output))
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_the_finished_results_on_disk_and_a_rerun_completes(
     tmp_path: Path,
 ) -> None:

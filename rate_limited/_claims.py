@@ -45,7 +45,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Protocol
 
-from rate_limited._holder import Holder, has_ended, new_holder
+from rate_limited._holder import Holder, has_ended, new_holder, process_token
 from rate_limited._redact import describe, get_logger, redact
 from rate_limited._status import Status
 from rate_limited.exceptions import CallError, StoreError
@@ -352,7 +352,9 @@ class Claims:
                 else f"until {time.strftime('%H:%M:%S', time.localtime(until))} "
                 f"(in {max(0.0, until - wall):.0f} s)"
             )
-            if holder.here and holder.token is not None:
+            if holder.token is not None and holder.token == process_token():
+                fate = "another Runner of this process"
+            elif holder.here and holder.token is not None:
                 fate = "a running process of this machine: taken over as soon as it ends"
             elif holder.here:
                 fate = (

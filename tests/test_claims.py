@@ -476,3 +476,31 @@ def test_claims_not_proven_ended_are_waited_for(store_url: str, holder: str, fat
     other.close()
     runner.close()
     has_ended(Holder.parse(text))  # removes the ended process's lock file
+
+
+def test_waiting_on_another_runner_of_this_process_is_said(
+    shared_store: Callable[..., Store],
+) -> None:
+    started, gate = threading.Event(), threading.Event()
+
+    def call(i: int) -> int:
+        started.set()
+        gate.wait(30)
+        return i
+
+    first = Runner(call, store=shared_store(), progress=False, long_wait_warning_seconds=None)
+    shown = WaitRecorder()
+    second = Runner(call, store=shared_store(), progress=shown, long_wait_warning_seconds=0)
+    first.schedule(1)
+    second.schedule(1)
+    handle = first.start()
+    assert started.wait(30)
+    waiting = second.start()
+    wait_for(lambda: bool(shown.waits))
+    gate.set()
+    assert handle.result(30).results == [1]
+    with pytest.warns(RateLimitedWarning, match="1 call is waiting .* another Runner of this"):
+        assert waiting.result(30).results == [1]
+    assert second.last_result is not None and second.last_result.outcomes[0].from_store
+    first.close()
+    second.close()

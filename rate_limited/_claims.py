@@ -376,7 +376,7 @@ class Claims:
         )
         first = self._holder(ranked[0][0]).describe() if ranked else "?"
         others = " and others" if len(ranked) > 1 else ""
-        what = f"{count} calls claimed by {first}{others}"
+        what = f"{count} call{'s' if count != 1 else ''} claimed by {first}{others}"
         return redact(text), redact(what), latest - wall
 
     def _renew(self) -> None:

@@ -504,3 +504,28 @@ def test_waiting_on_another_runner_of_this_process_is_said(
     assert second.last_result is not None and second.last_result.outcomes[0].from_store
     first.close()
     second.close()
+
+
+@pytest.mark.slow
+def test_an_ended_holder_is_taken_over_though_its_pid_lives_again(store_url: str) -> None:
+    """The claims of a process that ended, its pid now another live process's (here: this
+    test's): taken over at once all the same, with claims that last an hour."""
+    from tests.test_holder import kill, spawn_holder
+
+    dead, text = spawn_holder()
+    kill(dead)
+    reused = f"{HOST}:{os.getpid()}:deadbeef:{Holder.parse(text).token}"
+    sent: Counter[int] = Counter()
+    runner = counting_runner(store_url, sent)
+    calls = [runner.schedule(i) for i in range(3)]
+    other = open_store(store_url, claim_ttl=3600)
+    keys = [call.key for call in calls[:2]]
+    assert other.claim(keys, reused) == dict.fromkeys(keys, "ours")  # type: ignore[arg-type]
+    assert runner.run().results == [0, 10, 20]
+    assert sent == Counter(range(3))
+    engine = runner._active_engine
+    assert engine is not None and engine.claims is not None
+    assert engine.claims.taken_over == 2
+    other.clear()
+    other.close()
+    runner.close()

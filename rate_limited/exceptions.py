@@ -336,7 +336,8 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 def warn(message: str, category: type[Warning]) -> None:
     """``warnings.warn`` pointing at the user's line: the first frame outside the package
     (``run()``, ``close()``...), however deep inside it the warning is decided."""
-    level, frame = 1, sys._getframe(1)
+    # stacklevel=1 is this function, 2 its caller (``frame``), and so on.
+    level, frame = 2, sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         level += 1
         frame = frame.f_back  # type: ignore[assignment]

@@ -145,6 +145,7 @@ def test_results_is_a_deprecated_name_of_snapshot() -> None:
         assert runner.results().results == runner.snapshot().results == [None]
     handle = runner.start()
     handle.result()
-    with pytest.warns(DeprecationWarning, match=r"handle.snapshot\(\)"):
+    with pytest.warns(DeprecationWarning, match=r"handle.snapshot\(\)") as caught:
         assert handle.results().results == handle.snapshot().results
+    assert caught[0].filename == __file__  # the user's line, not the package's
     runner.close()

@@ -22,11 +22,11 @@ MakeProvider = Callable[..., MockProvider]
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The ``slow`` tests (seconds to a minute of real time each: processes, kernels,
-    buckets refilling) run first, the rest in file order after them. With several xdist
-    workers, a long test started last would hold the run while the other workers idle;
-    started first, the short tests fill in around them and the run ends on short ones.
-    (Every worker collects the same order: the sort is stable and depends on the markers
-    alone.)"""
+    buckets refilling) come first, the rest in file order after them. The xdist workers
+    take the next test as they finish one (``--dist load --maxschedchunk 1``), so the
+    long tests spread over them at the start and the short ones fill in around them: no
+    long test starts last and holds the run while the other workers idle. (Every worker
+    collects the same order: the sort is stable and depends on the markers alone.)"""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 

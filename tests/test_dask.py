@@ -9,10 +9,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from rate_limited import LedgerWarning
+from rate_limited import LedgerWarning, Status
 from rate_limited.exceptions import ConfigurationError
 from rate_limited.testing import MockProvider
-from tests.dask_jobs import answers_row, make_runner, reply_with_row_id, row_to_kwargs
+from tests.dask_jobs import (
+    answers_row,
+    make_chat_runner,
+    make_nothing,
+    make_runner,
+    make_text_runner,
+    reply_with_row_id,
+    row_to_kwargs,
+)
 from tests.shared import ROOT
 from tests.stores.conftest import redis_url  # noqa: F401 - the session's redis-server
 
@@ -98,3 +106,91 @@ def test_a_runner_with_a_ledger_of_its_own_is_warned_about() -> None:
     ddf = dd.from_pandas(frame(4), npartitions=2)
     with pytest.warns(LedgerWarning, match="ledger='redis://"):
         apply(ddf, make, row_to_kwargs)
+
+
+@pytest.fixture
+def synchronous() -> Iterator[None]:
+    """Partitions computed in this thread: the schema tests need no worker processes."""
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        yield
+
+
+def ledger_url(redis_url: str) -> str:  # noqa: F811
+    return f"{redis_url.rpartition('/')[0]}/0?name=dask-{uuid.uuid4().hex[:8]}"
+
+
+def test_the_columns_are_those_runner_apply_gives_pandas(
+    synchronous: None,
+    redis_url: str,  # noqa: F811
+) -> None:
+    """A preset prices its calls and they name a model: ``cost_usd`` and ``model`` are
+    columns of every partition, as of ``runner.apply`` on the pandas frame."""
+    from rate_limited.dask import apply
+
+    df = frame(6)
+    with MockProvider(rpm=600, tpm=100_000) as mp:
+        make = functools.partial(make_chat_runner, mp.base_url, ledger_url(redis_url))
+        runner = make()
+        try:
+            expected = runner.apply(df, row_to_kwargs)
+        finally:
+            runner.close()
+        result = apply(dd.from_pandas(df, npartitions=2), make, row_to_kwargs)
+        out = result.compute()
+    assert {"cost_usd", "model"} <= set(expected.columns)
+    assert list(result.columns) == list(expected.columns)
+    assert list(out.columns) == list(expected.columns)
+    assert (out["model"] == "gpt-4o-mini").all()
+    assert (out["cost_usd"] > 0).all()
+
+
+def test_the_lazy_frame_has_the_dtypes_of_its_partitions(
+    synchronous: None,
+    redis_url: str,  # noqa: F811
+) -> None:
+    """Text columns are object, status a categorical of every Status: the lazy frame's
+    accessors work, and what it computes has the dtypes it announced."""
+    from rate_limited.dask import apply
+
+    make = functools.partial(make_text_runner, ledger_url(redis_url))
+    ddf = dd.from_pandas(pd.DataFrame({"x": range(8)}), npartitions=2)
+    out = apply(ddf, make, lambda row: {"x": int(row["x"])})
+    assert "cost_usd" not in out.columns and "model" not in out.columns  # not priced
+    assert list(out.status.cat.categories) == [status.value for status in Status]
+    failed = out[out.error.fillna("").str.contains("bad row")].compute()
+    assert list(failed.index) == [3]
+    assert list(failed.status) == ["failed"]
+    upper = out.result.str.upper().compute()
+    assert upper[0] == "TEXT 0"
+    computed = out.compute()
+    assert computed.dtypes.to_dict() == out.dtypes.to_dict()
+    assert out.status.value_counts().compute()["succeeded"] == 7
+
+
+def test_a_make_runner_without_a_runner_is_named_before_anything_runs(
+    redis_url: str,  # noqa: F811
+) -> None:
+    from rate_limited.dask import apply
+
+    ddf = dd.from_pandas(frame(4), npartitions=2)
+    with pytest.raises(
+        ConfigurationError, match=r"make_runner\(\) must return a rate_limited Runner.*int: 3"
+    ):
+        apply(ddf, make_nothing, row_to_kwargs)
+    with pytest.raises(ConfigurationError, match="make_runner must be a function"):
+        apply(ddf, "runner", row_to_kwargs)  # type: ignore[arg-type]
+
+
+def test_a_row_to_kwargs_without_a_dict_is_named_before_anything_runs(
+    redis_url: str,  # noqa: F811
+) -> None:
+    from rate_limited.dask import apply
+
+    make = functools.partial(make_text_runner, ledger_url(redis_url))
+    ddf = dd.from_pandas(pd.DataFrame({"x": range(4)}), npartitions=2)
+    with pytest.raises(ConfigurationError, match=r"row_to_kwargs must return a dict.*int: 5"):
+        apply(ddf, make, lambda row: 5)  # type: ignore[arg-type, return-value]
+    with pytest.raises(ConfigurationError, match="row_to_kwargs must be a function"):
+        apply(ddf, make, None)  # type: ignore[arg-type]

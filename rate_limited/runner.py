@@ -372,6 +372,7 @@ class Runner(Scheduler, OnlineCaller, EngineHost):
             finish=self._result,
             snapshot=self.snapshot,
             request_abandon=request_abandon,
+            urgent=getattr(engine.ledger, "take_notices", None),
         )
         handle._subscribe = subscriber(engine, self._listeners_lock)
         self._active_handle = weakref.ref(handle)

@@ -46,8 +46,9 @@ def unpreventable_429s(transit: float, refill_delay: float) -> int:
     MockProvider's buckets are made full on first use): it starts to refill when the
     first request *arrives*. The ledger cannot see that instant; it starts ``refill_delay``
     after the admission (``Resource(refill_delay=)``, 0.5 s in the presets). On a machine
-    loaded enough, the first request takes longer than that to arrive (the loop builds
-    the whole first burst of requests before any leaves), and the ledger credits up to
+    loaded enough, the first request takes longer than that to arrive (the loop starts
+    the first burst's calls, each building its request, before any request leaves; this
+    test saw 0.8 to 1.3 s beside other test runs), and the ledger credits up to
     ``RPM / 60 * (transit - refill_delay)`` requests of refill the provider never had: a
     real provider refuses them too, and the library does as documented (each 429 corrects
     the ledger and pauses admission; the call is sent again, not counting as a retry).

@@ -2,9 +2,10 @@
 call is sent once, by whoever claims it first.
 
 A store that other processes see (``Store.shares_work``: SQLite, Redis) keeps a *claim* per
-call key: a holder and an expiry (``Store.claim_ttl``). The engine claims the head call
-just before it would admit it (``take``), so N workers going through the same list in the
-same order interleave: each sends the calls it claimed and waits for the others'.
+call key: a holder and an expiry (``Store.claim_ttl``, ``open_store(url, claim_ttl=60)``).
+The engine claims the head call just before it would admit it (``take``), so N workers
+going through the same list in the same order interleave: each sends the calls it claimed
+and waits for the others'.
 
 * ``"ours"``: this process sends it. Its claims are renewed every ``claim_ttl / 3`` s while
   the calls run, so a slow call is not taken over.
@@ -17,6 +18,19 @@ same order interleave: each sends the calls it claimed and waits for the others'
   that failed in an earlier run is sent again (``retry_failed``), one that failed in
   another worker during this run is taken as it is (every worker would fail it again).
 
+**Ended holders are taken over at once.** A holder names its process's life lock
+(``rate_limited._holder``): when the holder of a claim in the way is a process of this
+machine proven to have ended (``kill -9`` of a script, a restarted notebook kernel), its
+claims count as expired and the call is sent here right away, in ``take`` and on every
+poll of the waiting calls, instead of after up to ``claim_ttl`` seconds of silence. The
+proof is the lock, never a pid (pids are reused): a live process's claim is never taken
+over, and claims of other machines (or written by older versions) lapse by expiry only.
+
+**Waiting is said once a run.** When calls have waited on other workers' claims for the
+Runner's ``long_wait_warning_seconds`` (None: never said), a ``RateLimitedWarning`` (and
+the progress display, at once) says how many calls wait, on which holders (host and pid),
+and until when those claims hold unless renewed.
+
 A store error while claiming sends the call (a StoreWarning says so): it cannot be
 coordinated, and stopping the run would lose more than a possible duplicate.
 At the end of a run (its outcomes flushed) the claims of calls not started and of calls
@@ -27,15 +41,15 @@ Ctrl-C here does not hold them up for ``claim_ttl``) and reads the others' outco
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import time
-import uuid
+from collections import Counter
 from typing import TYPE_CHECKING, Protocol
 
+from rate_limited._holder import Holder, has_ended, new_holder, process_token
 from rate_limited._redact import describe, get_logger, redact
 from rate_limited._status import Status
 from rate_limited.exceptions import CallError, StoreError
+from rate_limited.stores.base import ClaimState
 
 if TYPE_CHECKING:
     from rate_limited.calls import Call
@@ -47,6 +61,8 @@ logger = get_logger("rate_limited")
 
 #: Seconds between two reads of the outcomes the waiting calls wait for.
 POLL = 0.25
+#: Holders named in the waiting notice (the rest are counted).
+_NAMED = 4
 
 
 class ClaimsOwner(Protocol):
@@ -66,25 +82,42 @@ class ClaimsOwner(Protocol):
     def requeue(self, call: Call) -> None:
         """``call`` waited for another worker and is this process's to send after all."""
 
+    def waiting_on_claims(self, text: str, seconds: float, what: str) -> None:
+        """Tell the user (once a run) that calls wait on other workers' claims: ``text``
+        for the warning, ``what`` they wait for and ``seconds`` for the progress display."""
+
 
 class Claims:
-    """The claims of one engine on its store (loop thread only)."""
+    """The claims of one engine on its store (loop thread only).
 
-    def __init__(self, engine: ClaimsOwner, store: Store) -> None:
+    ``tell_after``: seconds calls wait on other workers' claims before the user is told
+    (the Runner's ``long_wait_warning_seconds``; None: never).
+    """
+
+    def __init__(self, engine: ClaimsOwner, store: Store, tell_after: float | None = 2.0) -> None:
         self._engine = engine
         self._store = store
-        #: Who this engine is in the store's claims (host, pid and a random part).
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._tell_after = tell_after
+        #: Who this engine is in the store's claims (``rate_limited._holder``).
+        self.holder = new_holder()
         self._mine: dict[str, Call] = {}
         self._renewed: dict[str, float] = {}  # key -> monotonic time of its last claim
         self._waiting: dict[str, Call] = {}
+        self._held_by: dict[str, ClaimState] = {}  # waiting key -> the claim in its way
+        self._wait_since: float | None = None  # monotonic time calls started waiting
+        self._told = False
+        self._holders: dict[str, Holder] = {}  # holder string -> parsed
+        self._ended: set[str] = set()  # holders proven ended (a token is never reused)
+        self._probed: dict[str, float] = {}  # live holder -> monotonic time of its probe
+        self._took_from: Counter[str] = Counter()  # ended holder -> calls taken over
         self._timer: asyncio.TimerHandle | None = None
         self._renewal: asyncio.TimerHandle | None = None
         self._next_claim = 0.0
         self._run_started = time.time()
         self._refresh = False
         self._problem: str | None = None
-        #: Calls whose outcome came from another worker in this run, and calls taken over.
+        #: Calls whose outcome came from another worker in this run, and calls taken over
+        #: (from ended holders at once, or after their claims expired).
         self.adopted = 0
         self.taken_over = 0
 
@@ -94,6 +127,9 @@ class Claims:
         self._run_started = time.time()
         self._refresh = refresh
         self._waiting.clear()
+        self._held_by.clear()
+        self._wait_since = None
+        self._told = False
 
     def take(self, call: Call) -> bool:
         """Whether this process sends ``call`` (the head call, about to be admitted).
@@ -107,26 +143,70 @@ class Claims:
         if key in self._mine and now - self._renewed.get(key, -1e9) < self._store.claim_ttl / 3:
             return True
         try:
-            answer = self._store.claim([key], self.holder)[key]
+            state = self._claim([key], over_records=False)[key]
         except StoreError as exc:
             self._store_failed(exc)
             return True
-        if answer == "ours":
-            self._own(call, now)
-            return True
-        if answer == "stored" and not self._refresh and self._adopt_stored(call):
+        if state.answer == "stored" and not self._refresh and self._adopt_stored(call):
             return False
-        if answer == "stored":  # a failure of an earlier run (or refresh=True): send again
+        if state.answer == "stored":  # a failure of an earlier run (or refresh=True): send again
             try:
-                answer = self._store.claim([key], self.holder, over_records=True)[key]
+                state = self._claim([key], over_records=True)[key]
             except StoreError as exc:
                 self._store_failed(exc)
                 return True
-            if answer == "ours":
-                self._own(call, now)
-                return True
-        self._wait(call)
+        if state.answer == "ours":
+            self.taken_over += state.holder is not None  # from a holder that ended
+            self._own(call, now)
+            return True
+        self._wait(call, state, now)
         return False
+
+    def _claim(self, keys: list[str], over_records: bool) -> dict[str, ClaimState]:
+        """Claim ``keys``, taking over at once those whose holder is proven ended (their
+        state is then ``"ours"`` with the ended holder). Raises StoreError."""
+        store = self._store
+        states = store.claim_states(
+            keys, self.holder, over_records=over_records, take_over=self._ended
+        )
+        ended = [
+            key
+            for key, state in states.items()
+            if state.answer == "taken" and self._has_ended(state.holder or "")
+        ]
+        if ended:
+            states.update(
+                store.claim_states(
+                    ended, self.holder, over_records=over_records, take_over=self._ended
+                )
+            )
+        for state in states.values():
+            if state.answer == "ours" and state.holder is not None:
+                self._took_from[state.holder] += 1
+        return states
+
+    def _holder(self, text: str) -> Holder:
+        holder = self._holders.get(text)
+        if holder is None:
+            holder = self._holders[text] = Holder.parse(text)
+        return holder
+
+    def _has_ended(self, text: str) -> bool:
+        """Whether the holder ``text`` is proven ended (probed at most every POLL s)."""
+        if text in self._ended:
+            return True
+        holder = self._holder(text)
+        if holder.token is None or not holder.here:
+            return False  # can't be told: its claims lapse by expiry
+        now = time.monotonic()
+        if now - self._probed.get(text, -1e9) < POLL:
+            return False
+        self._probed[text] = now
+        if not has_ended(holder):
+            return False
+        self._ended.add(text)
+        del self._probed[text]
+        return True
 
     def _own(self, call: Call, now: float) -> None:
         assert call.key is not None
@@ -136,11 +216,14 @@ class Claims:
             loop = self._engine.loop
             self._renewal = loop.call_later(self._store.claim_ttl / 3, self._renew)
 
-    def _wait(self, call: Call) -> None:
+    def _wait(self, call: Call, state: ClaimState, now: float) -> None:
         assert call.key is not None
         self._waiting[call.key] = call
+        self._held_by[call.key] = state
+        if self._wait_since is None:
+            self._wait_since = now
         if self._timer is None:
-            self._next_claim = time.monotonic() + self._store.claim_ttl / 2
+            self._next_claim = now + self._store.claim_ttl / 2
             self._timer = self._engine.loop.call_later(POLL, self._poll)
 
     # -- outcomes of other workers ----------------------------------------------------------
@@ -179,29 +262,122 @@ class Claims:
     def _poll(self) -> None:
         self._timer = None
         engine = self._engine
-        waiting = self._waiting
+        waiting, held_by = self._waiting, self._held_by
         if not waiting or engine.stopping:
             return
         try:
             records = self._store.get_many(list(waiting))
             for key, record in records.items():
                 call = waiting.pop(key)
-                if not self._adopt(call, record):
+                if self._adopt(call, record):
+                    held_by.pop(key, None)
+                else:
                     waiting[key] = call  # an old failure: claimed again below
             now = time.monotonic()
-            if waiting and now >= self._next_claim:
+            holders = {state.holder for state in held_by.values() if state.holder is not None}
+            ended = {text for text in holders if self._has_ended(text)}
+            if now >= self._next_claim:  # expired claims (a dead worker elsewhere)
                 self._next_claim = now + self._store.claim_ttl / 2
-                answers = self._store.claim(list(waiting), self.holder, over_records=True)
-                for key, answer in answers.items():
-                    if answer == "ours":  # its worker died (or gave it up): send it here
-                        call = waiting.pop(key)
-                        self.taken_over += 1
-                        self._own(call, now)
-                        engine.requeue(call)
+                keys = list(waiting)
+            else:  # only those of holders proven ended, at once
+                keys = [key for key in waiting if held_by[key].holder in ended]
+            if keys:
+                self._claim_waiting(keys, now)
         except StoreError as exc:
             self._store_failed(exc)
         if waiting:
+            self._maybe_tell(time.monotonic())
             self._timer = engine.loop.call_later(POLL, self._poll)
+        else:
+            self._wait_since = None
+
+    def _claim_waiting(self, keys: list[str], now: float) -> None:
+        """Claim waiting calls again; send here those that come out ours. An outcome
+        stored meanwhile (its worker finished it, then ended) is taken, not sent again:
+        the store checks for it in the same step as the claim."""
+        waiting, held_by = self._waiting, self._held_by
+        states = self._claim(keys, over_records=False)
+        stored = [key for key, state in states.items() if state.answer == "stored"]
+        if stored:
+            records = self._store.get_many(stored)
+            resend = []
+            for key in stored:
+                record = records.get(key)
+                if record is not None and self._adopt(waiting[key], record):
+                    del waiting[key], states[key]
+                    held_by.pop(key, None)
+                else:
+                    resend.append(key)  # an old failure: sent again, if it is ours
+            if resend:
+                states.update(self._claim(resend, over_records=True))
+        for key, state in states.items():
+            if state.answer != "ours":
+                held_by[key] = state  # who holds it now, and until when
+                continue
+            call = waiting.pop(key)  # its worker ended (or gave it up): send it here
+            held_by.pop(key, None)
+            self.taken_over += 1
+            self._own(call, now)
+            self._engine.requeue(call)
+
+    # -- telling the user what is waited for ---------------------------------------------------
+    def _maybe_tell(self, now: float) -> None:
+        """Once a run, when calls have waited ``tell_after`` seconds on other workers'
+        claims: say how many, held by whom, until when."""
+        since, after = self._wait_since, self._tell_after
+        if self._told or since is None or after is None or now - since < after:
+            return
+        self._told = True
+        text, what, seconds = self.describe_waiting()
+        self._engine.waiting_on_claims(text, seconds, what)
+
+    def describe_waiting(self) -> tuple[str, str, float]:
+        """The notice for the calls waiting now: its text, a short form (what is waited
+        for) and the seconds until the last of their claims lapses unless renewed."""
+        by_holder: dict[str, list[float | None]] = {}
+        for state in self._held_by.values():
+            by_holder.setdefault(state.holder or "?", []).append(state.expires_at)
+        wall = self._store.clock()
+        parts: list[str] = []
+        latest = wall
+        ranked = sorted(by_holder.items(), key=lambda item: -len(item[1]))
+        for text, expiries in ranked[:_NAMED]:
+            holder = self._holder(text)
+            known = [t for t in expiries if t is not None]
+            until = max(known) if known else None
+            latest = max(latest, until or wall)
+            when = (
+                "with no expiry"
+                if until is None
+                else f"until {time.strftime('%H:%M:%S', time.localtime(until))} "
+                f"(in {max(0.0, until - wall):.0f} s)"
+            )
+            if holder.token is not None and holder.token == process_token():
+                fate = "another Runner of this process"
+            elif holder.here and holder.token is not None:
+                fate = "a running process of this machine: taken over as soon as it ends"
+            elif holder.here:
+                fate = (
+                    "written by an older rate_limited, whose end can't be seen here: taken "
+                    "over when its claims lapse"
+                )
+            else:
+                fate = "taken over then if its worker stops renewing them"
+            parts.append(f"{len(expiries)} held by {holder.describe()} {when}, {fate}")
+        if len(ranked) > _NAMED:
+            rest = sum(len(expiries) for _, expiries in ranked[_NAMED:])
+            parts.append(f"{rest} held by {len(ranked) - _NAMED} other workers")
+        count = len(self._held_by)
+        text = (
+            f"{count} call{'s are' if count != 1 else ' is'} waiting for other workers on "
+            f"the store {self._store!r}, which claimed them first: {'; '.join(parts)}. Each "
+            "ends with the outcome its worker stores. (A worker renews its claims while it "
+            f"runs; they last claim_ttl={self._store.claim_ttl:g} s, see open_store.)"
+        )
+        first = self._holder(ranked[0][0]).describe() if ranked else "?"
+        others = " and others" if len(ranked) > 1 else ""
+        what = f"{count} call{'s' if count != 1 else ''} claimed by {first}{others}"
+        return redact(text), redact(what), latest - wall
 
     def _renew(self) -> None:
         """Renew the claims of the calls this process still has to send or is sending."""
@@ -229,6 +405,16 @@ class Claims:
                 handle.cancel()
         self._timer = self._renewal = None
         self._waiting.clear()
+        self._held_by.clear()
+        self._wait_since = None
+        for text, count in self._took_from.items():
+            logger.info(
+                "Took over at once %d calls claimed by %s, a process of this machine that "
+                "has ended",
+                count,
+                self._holder(text).describe(),
+            )
+        self._took_from.clear()
         unwritten = set(self._store.pending_keys())
         done = [
             key

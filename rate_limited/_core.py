@@ -56,6 +56,7 @@ from rate_limited._stats import RunStats
 from rate_limited._status import Status
 from rate_limited.exceptions import (
     RateLimitedTooLongError,
+    RateLimitedWarning,
     StreamBrokenError,
     ValidationError,
 )
@@ -141,7 +142,7 @@ class EngineCore:
         #: Claims on a store other processes share (see ``rate_limited._claims``).
         self.claims: Claims | None = None
         if config.store is not None and config.store.shares_work:
-            self.claims = Claims(self, config.store)
+            self.claims = Claims(self, config.store, config.long_wait_warning_seconds)
         #: The semantic cache (see ``rate_limited.semantic._step``), if the Runner has one.
         self.semantic = semantic
         self.admission = Admission(loop)
@@ -239,6 +240,14 @@ class EngineCore:
     def requeue(self, call: Call) -> None:
         """``call`` waited for another worker, and is this process's to send after all."""
         self._due(call, self._epoch)
+
+    def waiting_on_claims(self, text: str, seconds: float, what: str) -> None:
+        """Calls wait on other workers' claims (said once a run): the run's warning, and
+        the progress display at once."""
+        logger.warning("%s", text)
+        self._notices.append((RateLimitedWarning, text))
+        if self.progress is not None:
+            self._report(self.progress.waiting, self.stats, seconds, what)
 
     # -- transitions -------------------------------------------------------------------------
     def _start_attempt(self, call: Call, now: float) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -14,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from rate_limited import Runner, StoreWarning
-from rate_limited.stores import RedisStore, SqliteStore, Store
+from rate_limited import RateLimitedWarning, Runner, StoreWarning
+from rate_limited._holder import HOST, Holder, has_ended
+from rate_limited.stores import RedisStore, SqliteStore, Store, StoredOutcome, open_store
+from rate_limited.stores.base import ClaimState
 from rate_limited.testing import MockProvider
 from tests.shared import reports, start_workers
 from tests.stores.conftest import FakeClock, redis_url  # noqa: F401 - the session's server
@@ -68,8 +73,6 @@ def test_claims_of_a_shared_store(shared_store: Callable[..., Store]) -> None:
 
 
 def test_a_stored_outcome_needs_no_claim(shared_store: Callable[..., Store]) -> None:
-    from rate_limited.stores import StoredOutcome
-
     one, other = shared_store(), shared_store()
     one.put(StoredOutcome(key="a", status="succeeded", result=1))
     assert one.claim(["a"], "one") == {"a": "stored"}  # buffered counts
@@ -83,6 +86,32 @@ def test_claims_expire(shared_store: Callable[..., Store]) -> None:
     assert one.claim(["a"], "one") == {"a": "ours"}
     assert other.claim(["a"], "other") == {"a": "taken"}
     wait_for(lambda: other.claim(["a"], "other") == {"a": "ours"})  # one stopped renewing
+
+
+def test_a_taken_claim_says_who_holds_it_and_until_when(
+    shared_store: Callable[..., Store],
+) -> None:
+    one, other = shared_store(claim_ttl=100), shared_store(claim_ttl=100)
+    assert one.claim(["a"], "one") == {"a": "ours"}
+    state = other.claim_states(["a", "b"], "other")
+    assert state["b"] == ClaimState("ours")
+    assert (state["a"].answer, state["a"].holder) == ("taken", "one")
+    assert state["a"].expires_at is not None
+    assert 50 < state["a"].expires_at - time.time() <= 100
+
+
+def test_only_the_claims_of_ended_holders_are_taken_over(
+    shared_store: Callable[..., Store],
+) -> None:
+    one, other = shared_store(claim_ttl=100), shared_store(claim_ttl=100)
+    assert one.claim(["a"], "ended") == {"a": "ours"}
+    assert one.claim(["b"], "alive") == {"b": "ours"}
+    states = other.claim_states(["a", "b"], "me", take_over={"ended"})
+    assert (states["a"].answer, states["a"].holder) == ("ours", "ended")  # replaced its claim
+    assert (states["b"].answer, states["b"].holder) == ("taken", "alive")
+    assert one.claim(["a"], "ended") == {"a": "taken"}  # it is mine now
+    # a holder can't take over its own claims from itself, nor lose them by it
+    assert other.claim(["a"], "me", take_over={"me"}) == {"a": "ours"}
 
 
 def test_a_memory_store_shares_nothing() -> None:
@@ -104,7 +133,10 @@ def test_runners_in_threads_send_each_call_once(shared_store: Callable[..., Stor
         time.sleep(0.001)  # a call takes a moment: the runners overlap
         return i * 10
 
-    runners = [Runner(call, store=shared_store(), progress=False) for _ in range(3)]
+    runners = [
+        Runner(call, store=shared_store(), progress=False, long_wait_warning_seconds=None)
+        for _ in range(3)
+    ]
     for runner in runners:
         for i in range(200):
             runner.schedule(i)
@@ -135,7 +167,9 @@ def test_a_failure_in_another_worker_is_taken_as_it_is(shared_store: Callable[..
         gate.wait(10)
         raise PermanentError("no")
 
-    first, second = Runner(fail, store=shared_store()), Runner(fail, store=shared_store())
+    first, second = (
+        Runner(fail, store=shared_store(), long_wait_warning_seconds=None) for _ in range(2)
+    )
     first.schedule(1)
     second.schedule(1)
     handle = first.start()
@@ -230,3 +264,268 @@ def test_a_killed_workers_calls_are_taken_over(store_url: str) -> None:
         assert [r["succeeded"] for r in done] == [count] * 3
         assert count <= mp.stats().requests <= count + concurrency
     assert os.WIFSIGNALED(victim.returncode) or victim.returncode == -signal.SIGKILL
+
+
+# -- holders that ended, and holders that did not -------------------------------------------------
+
+#: A process holding claims: its Runner sends ``count`` calls, each of which blocks (prints
+#: ``started i`` first) until a line arrives on stdin; then it finishes and says ``done``.
+_HOLDING = textwrap.dedent(
+    """
+    import sys, threading
+    from rate_limited import Runner
+    from rate_limited.stores import open_store
+
+    url, count = sys.argv[1], int(sys.argv[2])
+    gate = threading.Event()
+
+    def call(i):
+        print(f"started {i}", flush=True)
+        gate.wait()
+        return i * 10
+
+    runner = Runner(
+        call, store=open_store(url, claim_ttl=3600), max_concurrent=count, progress=False,
+        long_wait_warning_seconds=None,
+    )
+    for i in range(count):
+        runner.schedule(i)
+    handle = runner.start()
+    sys.stdin.readline()
+    gate.set()
+    handle.result()
+    runner.close()
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.fixture
+def holding(store_url: str) -> Iterator[Callable[[int], subprocess.Popen[str]]]:
+    """Starts a process whose Runner holds the claims of calls 0..count-1 on the store,
+    once all of them have started. Killed after the test if still alive."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(count: int) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLDING, store_url, str(count)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        started = {proc.stdout.readline().strip() for _ in range(count)}
+        assert started == {f"started {i}" for i in range(count)}, proc.communicate()
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+class WaitRecorder:
+    """A progress display that keeps what it is told about waits."""
+
+    def __init__(self) -> None:
+        self.waits: list[tuple[float, str | None]] = []
+
+    def start(self, stats: object) -> None:
+        pass
+
+    def update(self, stats: object) -> None:
+        pass
+
+    def waiting(self, stats: object, seconds: float, resource: str | None) -> None:
+        self.waits.append((seconds, resource))
+
+    def finish(self, stats: object, interrupted: bool) -> None:
+        pass
+
+
+def counting_runner(
+    store_url: str, sent: Counter[int], **options: object
+) -> Runner:  # a Runner of the same function as _HOLDING's (same keys), counting its sends
+    lock = threading.Lock()
+
+    def call(i: int) -> int:
+        with lock:
+            sent[i] += 1
+        return i * 10
+
+    call.__qualname__ = call.__name__ = "call"
+    call.__module__ = "__main__"
+    options.setdefault("progress", False)
+    return Runner(call, store=open_store(store_url, claim_ttl=3600), **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_a_killed_processes_claims_are_taken_over_at_once(
+    store_url: str, holding: Callable[[int], subprocess.Popen[str]]
+) -> None:
+    """kill -9 of a process sending 4 calls, then a rerun of the job on the same store:
+    it takes them over at once. Claims last an hour: waiting for them would time out."""
+    proc = holding(4)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    sent: Counter[int] = Counter()
+    runner = counting_runner(store_url, sent)
+    for i in range(8):
+        runner.schedule(i)
+    result = runner.run()  # no warning either: nothing waited (warnings are errors here)
+    assert result.results == [i * 10 for i in range(8)]
+    assert sent == Counter(range(8))  # each sent once, the killed process's 4 included
+    assert not any(o.from_store for o in result.outcomes)
+    assert runner._active_engine is not None
+    assert runner._active_engine.claims is not None
+    assert runner._active_engine.claims.taken_over == 4
+    runner.close()
+
+
+@pytest.mark.slow
+def test_a_live_processes_claims_are_waited_for_and_said_once(
+    store_url: str, holding: Callable[[int], subprocess.Popen[str]]
+) -> None:
+    proc = holding(4)
+    sent: Counter[int] = Counter()
+    shown = WaitRecorder()
+    runner = counting_runner(store_url, sent, progress=shown, long_wait_warning_seconds=0)
+    for i in range(8):
+        runner.schedule(i)
+    handle = runner.start()
+    wait_for(lambda: bool(shown.waits))  # told, after its holder was probed: alive
+    engine = runner._active_engine
+    assert engine is not None and engine.claims is not None
+    assert engine.claims.taken_over == 0
+    wait_for(lambda: sent == Counter(range(4, 8)))  # its own; none of the other's
+    assert proc.stdin is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    with pytest.warns(RateLimitedWarning) as caught:
+        result = handle.result(60)
+    out, _ = proc.communicate()
+    assert out.strip() == "done"
+    assert result.results == [i * 10 for i in range(8)]
+    assert sent == Counter(range(4, 8))  # the other's 4 were never taken over
+    assert [o.from_store for o in result.outcomes] == [True] * 4 + [False] * 4
+    assert engine.claims.taken_over == 0
+    [warning] = [w for w in caught if issubclass(w.category, RateLimitedWarning)]  # once
+    text = str(warning.message)
+    assert text.startswith("4 calls are waiting for other workers on the store")
+    assert f"4 held by pid {proc.pid} on {HOST} until " in text
+    assert "a running process of this machine: taken over as soon as it ends" in text
+    assert "claim_ttl=3600 s" in text
+    [(seconds, what)] = shown.waits  # once
+    assert what == f"4 calls claimed by pid {proc.pid} on {HOST}"
+    assert 3000 < seconds <= 3600
+    runner.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("holder", "fate"),
+    [
+        pytest.param(
+            "other-host:{pid}:deadbeef:{token}",
+            "taken over then if its worker stops renewing them",
+            id="another-machine",
+        ),
+        pytest.param(
+            HOST + ":{pid}:deadbeef",
+            "written by an older rate_limited, whose end can't be seen here",
+            id="older-version-here",
+        ),
+    ],
+)
+def test_claims_not_proven_ended_are_waited_for(store_url: str, holder: str, fate: str) -> None:
+    """A holder of another machine (though a process of this one with its token ended),
+    or an older version's (though its pid is gone): its claims hold until they lapse."""
+    from tests.test_holder import kill, spawn_holder
+
+    dead, text = spawn_holder()
+    kill(dead)
+    forged = holder.format(pid=dead.pid, token=Holder.parse(text).token)
+    sent: Counter[int] = Counter()
+    shown = WaitRecorder()
+    runner = counting_runner(store_url, sent, progress=shown, long_wait_warning_seconds=0)
+    calls = [runner.schedule(i) for i in range(3)]
+    keys = [call.key for call in calls[:2]]
+    assert None not in keys
+    other = open_store(store_url, claim_ttl=3600)
+    assert other.claim(keys, forged) == dict.fromkeys(keys, "ours")  # type: ignore[arg-type]
+    handle = runner.start()
+    wait_for(lambda: bool(shown.waits))
+    assert sent == Counter([2])
+    engine = runner._active_engine
+    assert engine is not None and engine.claims is not None
+    assert engine.claims.taken_over == 0
+    for key, value in zip(keys, (0, 10), strict=True):  # its outcomes arrive
+        other.put(StoredOutcome(key=key, status="succeeded", result=value))  # type: ignore[arg-type]
+    other.flush()
+    with pytest.warns(RateLimitedWarning, match=f"2 held by pid {dead.pid} on ") as caught:
+        result = handle.result(60)
+    assert fate in str(caught[0].message)
+    assert result.results == [0, 10, 20]
+    assert sent == Counter([2])
+    assert engine.claims.taken_over == 0
+    other.clear()
+    other.close()
+    runner.close()
+    has_ended(Holder.parse(text))  # removes the ended process's lock file
+
+
+def test_waiting_on_another_runner_of_this_process_is_said(
+    shared_store: Callable[..., Store],
+) -> None:
+    started, gate = threading.Event(), threading.Event()
+
+    def call(i: int) -> int:
+        started.set()
+        gate.wait(30)
+        return i
+
+    first = Runner(call, store=shared_store(), progress=False, long_wait_warning_seconds=None)
+    shown = WaitRecorder()
+    second = Runner(call, store=shared_store(), progress=shown, long_wait_warning_seconds=0)
+    first.schedule(1)
+    second.schedule(1)
+    handle = first.start()
+    assert started.wait(30)
+    waiting = second.start()
+    wait_for(lambda: bool(shown.waits))
+    gate.set()
+    assert handle.result(30).results == [1]
+    with pytest.warns(RateLimitedWarning, match="1 call is waiting .* another Runner of this"):
+        assert waiting.result(30).results == [1]
+    assert second.last_result is not None and second.last_result.outcomes[0].from_store
+    first.close()
+    second.close()
+
+
+@pytest.mark.slow
+def test_an_ended_holder_is_taken_over_though_its_pid_lives_again(store_url: str) -> None:
+    """The claims of a process that ended, its pid now another live process's (here: this
+    test's): taken over at once all the same, with claims that last an hour."""
+    from tests.test_holder import kill, spawn_holder
+
+    dead, text = spawn_holder()
+    kill(dead)
+    reused = f"{HOST}:{os.getpid()}:deadbeef:{Holder.parse(text).token}"
+    sent: Counter[int] = Counter()
+    runner = counting_runner(store_url, sent)
+    calls = [runner.schedule(i) for i in range(3)]
+    other = open_store(store_url, claim_ttl=3600)
+    keys = [call.key for call in calls[:2]]
+    assert other.claim(keys, reused) == dict.fromkeys(keys, "ours")  # type: ignore[arg-type]
+    assert runner.run().results == [0, 10, 20]
+    assert sent == Counter(range(3))
+    engine = runner._active_engine
+    assert engine is not None and engine.claims is not None
+    assert engine.claims.taken_over == 2
+    other.clear()
+    other.close()
+    runner.close()

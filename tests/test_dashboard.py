@@ -275,15 +275,18 @@ def test_limits_discovered_from_the_headers_are_shown(make_provider: Any) -> Non
     from rate_limited.apis.openai import ChatCompletions
 
     provider = make_provider(rpm=600, tpm=12_000)
-    chat = ChatCompletions(openai.OpenAI(base_url=provider.base_url, api_key="sk-test"))
-    dashboard = Recording()
-    runner = chat.runner(progress=dashboard, progress_interval=0)
-    for i in range(5):
-        runner.schedule(
-            model="gpt-4o-mini", max_tokens=20, messages=[{"role": "user", "content": f"hi {i}"}]
-        )
-    runner.run()
-    runner.close()
+    with openai.OpenAI(base_url=provider.base_url, api_key="sk-test") as client:
+        chat = ChatCompletions(client)
+        dashboard = Recording()
+        runner = chat.runner(progress=dashboard, progress_interval=0)
+        for i in range(5):
+            runner.schedule(
+                model="gpt-4o-mini",
+                max_tokens=20,
+                messages=[{"role": "user", "content": f"hi {i}"}],
+            )
+        runner.run()
+        runner.close()
     final = dashboard.state()["usage"]
     assert final["requests_per_minute"]["quota"] == 600
     assert final["tokens_per_minute"]["quota"] == 12_000

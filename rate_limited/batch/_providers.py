@@ -77,6 +77,22 @@ class BatchApi:
     #: Whether a batch is made from an uploaded file (OpenAI) or its requests (Anthropic).
     uploads: ClassVar[bool] = False
 
+    #: The clients the requests go out on (see ``_SyncClients``), set by ``_connect``.
+    _clients: _SyncClients | None = None
+    client: Any
+    reads: Any
+
+    def _connect(self, client: Any, module: str) -> None:
+        self._clients = _SyncClients(client, module)
+        self.client, self.reads = self._clients.writes, self._clients.reads
+
+    def close(self) -> None:
+        """Close the connections of a sync client made from the user's async one (at the
+        end of each run; used again, it connects again)."""
+        if self._clients is not None:
+            self._clients.close()
+            self.client, self.reads = self._clients.writes, self._clients.reads
+
     def line(self, custom_id: str, params: Mapping[str, Any]) -> bytes:
         """One request as the provider's batch input (one JSON line), for the size limit."""
         raise NotImplementedError
@@ -111,22 +127,43 @@ class BatchApi:
 READ_RETRIES = 5
 
 
-def _sync_clients(client: Any, module: str) -> tuple[Any, Any]:
-    """``(writes, reads)``: a sync client for the requests that create something (no SDK
-    retries: a create retried after a timeout could make a second batch, paid twice; an
-    interrupted create is found again by ``find``), and one that retries reads.
+def _sync_client(client: Any, module: str) -> tuple[Any, bool]:
+    """``client`` itself if it is sync, else a sync client with its settings (the batch
+    endpoints are a handful of requests, made from the thread that called ``run()``), and
+    whether it was made here (then it is ours to close)."""
+    if not type(client).__name__.startswith("Async"):
+        return client, False
+    sdk = __import__(module)
+    sync_class = getattr(sdk, type(client).__name__[len("Async") :])
+    options: dict[str, Any] = {"api_key": client.api_key, "base_url": str(client.base_url)}
+    for name in ("timeout", "organization", "project"):
+        if getattr(client, name, None) is not None:
+            options[name] = getattr(client, name)
+    return sync_class(**options), True
 
-    An async client's settings are copied to a sync client: the batch endpoints are a
-    handful of requests, made from the thread that called ``run()``."""
-    if type(client).__name__.startswith("Async"):
-        sdk = __import__(module)
-        sync_class = getattr(sdk, type(client).__name__[len("Async") :])
-        options: dict[str, Any] = {"api_key": client.api_key, "base_url": str(client.base_url)}
-        for name in ("timeout", "organization", "project"):
-            if getattr(client, name, None) is not None:
-                options[name] = getattr(client, name)
-        client = sync_class(**options)
-    return client.with_options(max_retries=0), client.with_options(max_retries=READ_RETRIES)
+
+class _SyncClients:
+    """The clients a Batch API sends with: ``writes`` for the requests that create
+    something (no SDK retries: a create retried after a timeout could make a second batch,
+    paid twice; an interrupted create is found again by ``find``) and ``reads``, which
+    retries. For an async client they come from a sync client made here, which ``close``
+    closes (the user's own client is theirs to close): its connections do not outlive the
+    run, and the next use makes a new one."""
+
+    def __init__(self, client: Any, module: str) -> None:
+        self._source, self._module = client, module
+        self._open()
+
+    def _open(self) -> None:
+        client, self._made = _sync_client(self._source, self._module)
+        self.writes = client.with_options(max_retries=0)
+        self.reads = client.with_options(max_retries=READ_RETRIES)
+        self._client = client
+
+    def close(self) -> None:
+        if self._made:
+            self._client.close()  # the copies share its connection pool
+            self._open()  # no connection until it is used
 
 
 class OpenAIBatches(BatchApi):
@@ -145,7 +182,7 @@ class OpenAIBatches(BatchApi):
     def __init__(
         self, client: Any, endpoint: tuple[str, ...], *, max_requests: int, max_bytes: int
     ) -> None:
-        self.client, self.reads = _sync_clients(client, "openai")
+        self._connect(client, "openai")
         self.url = self.URLS[endpoint]
         self.max_requests = max_requests
         self.max_bytes = max_bytes
@@ -264,7 +301,7 @@ class AnthropicBatches(BatchApi):
     family = "anthropic"
 
     def __init__(self, client: Any, *, max_requests: int, max_bytes: int) -> None:
-        self.client, self.reads = _sync_clients(client, "anthropic")
+        self._connect(client, "anthropic")
         self.max_requests = max_requests
         self.max_bytes = max_bytes
 

@@ -222,6 +222,7 @@ class BatchRunner:
                 "store; run() again (even in a new process) resumes them."
             )
         finally:
+            self.api.close()
             if display is not None:
                 display.close(interrupted)
         if (
@@ -263,6 +264,7 @@ class BatchRunner:
         return rows
 
     def close(self) -> None:
+        self.api.close()
         self.runner.close()
 
     def __enter__(self) -> BatchRunner:

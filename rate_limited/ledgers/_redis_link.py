@@ -176,8 +176,18 @@ class RedisLink:
         )
 
     def start(self) -> None:
-        """Take the lease, then start the keeper and sender threads."""
-        self._heartbeat()
+        """Take the lease, then start the keeper and sender threads. Redis lost in between
+        (it answered a moment ago): the connections are closed and the error says so."""
+        try:
+            self._heartbeat()
+        except BaseException as exc:
+            self.disconnect()
+            if isinstance(exc, self.down_errors):
+                raise LedgerUnavailableError(
+                    f"lost the shared ledger's Redis at {self.url} while joining it ({exc}). "
+                    "Is redis-server still running there?"
+                ) from exc
+            raise
         self.keeper.start()
         self._sender.start()
 

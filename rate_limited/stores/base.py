@@ -22,11 +22,12 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 __all__ = [
+    "ClaimState",
     "Store",
     "StoreCorruptedError",
     "StoreError",
@@ -85,7 +86,22 @@ class StoredOutcome:
     expires_at: float | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimState:
+    """What ``Store.claim_states`` found for one key."""
+
+    #: ``"ours"``, ``"taken"`` or ``"stored"`` (see ``Store.claim``).
+    answer: str
+    #: For ``"taken"``: the holder string of the claim in the way (see
+    #: ``rate_limited._holder``); for ``"ours"``: the ended holder (one of ``take_over``)
+    #: whose unexpired claim this one replaced, if any.
+    holder: str | None = None
+    #: Wall-clock epoch seconds when that claim lapses (lapsed) unless renewed.
+    expires_at: float | None = None
+
+
 _S = TypeVar("_S", bound="Store")
+_OURS, _STORED = ClaimState("ours"), ClaimState("stored")
 
 
 def _gc_paused(count: int) -> contextlib.AbstractContextManager[None]:
@@ -255,23 +271,43 @@ class Store(abc.ABC):
     shares_work: bool = False
 
     def claim(
-        self, keys: Sequence[str], holder: str, *, over_records: bool = False
+        self,
+        keys: Sequence[str],
+        holder: str,
+        *,
+        over_records: bool = False,
+        take_over: Collection[str] = (),
     ) -> dict[str, str]:
         """Claim ``keys`` for ``holder`` for ``claim_ttl`` seconds (a key it holds already
         is renewed). Per key: ``"ours"``; ``"taken"`` (another holder's claim has not
         expired); or ``"stored"`` (its outcome is stored or buffered, so nobody needs to
-        claim it; ``over_records`` claims it anyway, to send a failed call again)."""
+        claim it; ``over_records`` claims it anyway, to send a failed call again).
+        ``take_over``: holders known to have ended, whose claims count as expired (never
+        pass a live one: its call would be sent twice)."""
+        states = self.claim_states(keys, holder, over_records=over_records, take_over=take_over)
+        return {key: state.answer for key, state in states.items()}
+
+    def claim_states(
+        self,
+        keys: Sequence[str],
+        holder: str,
+        *,
+        over_records: bool = False,
+        take_over: Collection[str] = (),
+    ) -> dict[str, ClaimState]:
+        """``claim``, telling for each ``"taken"`` key who holds it and until when."""
         with self._lock:
             self._check_open()
-            found: dict[str, str] = {}
+            found: dict[str, ClaimState] = {}
             rest: list[str] = []
             for key in dict.fromkeys(keys):
                 if key in self._pending and not over_records:
-                    found[key] = "stored"
+                    found[key] = _STORED
                 else:
                     rest.append(key)
             if rest:
-                found.update(self._claim(rest, holder, over_records, self._clock()))
+                ended = frozenset(take_over) - {holder}
+                found.update(self._claim(rest, holder, over_records, ended, self._clock()))
             return found
 
     def unclaim(self, keys: Sequence[str], holder: str) -> None:
@@ -282,10 +318,16 @@ class Store(abc.ABC):
                 self._unclaim(list(dict.fromkeys(keys)), holder)
 
     def _claim(
-        self, keys: list[str], holder: str, over_records: bool, now: float
-    ) -> dict[str, str]:
-        """A store no other process sees: every claim is this process's."""
-        return dict.fromkeys(keys, "ours")
+        self,
+        keys: list[str],
+        holder: str,
+        over_records: bool,
+        take_over: frozenset[str],
+        now: float,
+    ) -> dict[str, ClaimState]:
+        """Claim ``keys`` atomically (see ``claim_states``). A store no other process sees:
+        every claim is this process's."""
+        return dict.fromkeys(keys, _OURS)
 
     def _unclaim(self, keys: list[str], holder: str) -> None:  # noqa: B027 - optional hook
         """Nothing to give up where nobody else claims."""

@@ -35,6 +35,7 @@ from rate_limited.stores._codec import (
     user_secret_path,
 )
 from rate_limited.stores.base import (
+    ClaimState,
     Store,
     StoreCorruptedError,
     StoredOutcome,
@@ -52,21 +53,39 @@ _MAGIC = b"rl1\n"
 _BATCH = 1000  # keys per MGET / DEL / SCAN page
 _KEY_ROOT = "rate_limited:store:"
 _CLAIM_ROOT = "rate_limited:claim:"
-#: ARGV: claim prefix, record prefix, holder, milliseconds, over records (0/1), keys...
-#: One atomic pass: a key claimed by another holder is "taken", one with a record
+_OURS, _STORED = ClaimState("ours"), ClaimState("stored")
+#: ARGV: claim prefix, record prefix, holder, milliseconds, over records (0/1), n, then n
+#: ended holders, then the keys. One atomic pass: a key claimed by another holder (not one
+#: of the ended ones) is "taken" (with that holder and the claim's PTTL), one with a record
 #: "stored", else it is (re)claimed for the holder with the expiry given (Redis's clock).
+#: Replies three items per key: answer, holder and PTTL of the claim in the way (taken), or
+#: of the ended holder's claim replaced (ours), else '' and -1.
+#: The claim's value is the holder string, as older versions wrote it.
 _CLAIM = """
+local ended = {}
+local n = tonumber(ARGV[6])
+for i = 7, 6 + n do ended[ARGV[i]] = true end
 local out = {}
-for i = 6, #ARGV do
+for i = 7 + n, #ARGV do
   local key = ARGV[i]
   local owner = redis.call('GET', ARGV[1] .. key)
-  if owner and owner ~= ARGV[3] then
+  if owner and owner ~= ARGV[3] and not ended[owner] then
     out[#out + 1] = 'taken'
+    out[#out + 1] = owner
+    out[#out + 1] = redis.call('PTTL', ARGV[1] .. key)
   elseif ARGV[5] == '0' and redis.call('EXISTS', ARGV[2] .. key) == 1 then
     out[#out + 1] = 'stored'
+    out[#out + 1] = ''
+    out[#out + 1] = -1
   else
+    local was, ttl = '', -1
+    if owner and owner ~= ARGV[3] then  -- an ended holder's: say whose it was
+      was, ttl = owner, redis.call('PTTL', ARGV[1] .. key)
+    end
     redis.call('SET', ARGV[1] .. key, ARGV[3], 'PX', ARGV[4])
     out[#out + 1] = 'ours'
+    out[#out + 1] = was
+    out[#out + 1] = ttl
   end
 end
 return out
@@ -205,18 +224,31 @@ class RedisStore(Store):
     shares_work = True
 
     def _claim(
-        self, keys: list[str], holder: str, over_records: bool, now: float
-    ) -> dict[str, str]:
+        self,
+        keys: list[str],
+        holder: str,
+        over_records: bool,
+        take_over: frozenset[str],
+        now: float,
+    ) -> dict[str, ClaimState]:
         ms = str(max(1, math.ceil(self.claim_ttl * 1000)))
-        found: dict[str, str] = {}
+        head = [self._claim_prefix, self._prefix, holder, ms, str(int(over_records))]
+        head += [str(len(take_over)), *sorted(take_over)]
+        found: dict[str, ClaimState] = {}
         with self._translate():
             for start in range(0, len(keys), _BATCH):
                 chunk = keys[start : start + _BATCH]
-                args = [self._claim_prefix, self._prefix, holder, ms, str(int(over_records))]
-                args += chunk
-                answers: list[Any] = self._claim_script(args=args)
-                for key, answer in zip(chunk, answers, strict=True):
-                    found[key] = answer.decode() if isinstance(answer, bytes) else str(answer)
+                reply: list[Any] = self._claim_script(args=[*head, *chunk])
+                for index, key in enumerate(chunk):
+                    answer, owner, pttl = reply[3 * index : 3 * index + 3]
+                    answer = answer.decode() if isinstance(answer, bytes) else str(answer)
+                    owner = owner.decode() if isinstance(owner, bytes) else str(owner)
+                    if not owner:
+                        found[key] = _OURS if answer == "ours" else _STORED
+                        continue
+                    # PTTL -1: a claim with no expiry (set by hand)
+                    expires = None if int(pttl) < 0 else now + int(pttl) / 1000
+                    found[key] = ClaimState(answer, owner, expires)
         return found
 
     def _unclaim(self, keys: list[str], holder: str) -> None:

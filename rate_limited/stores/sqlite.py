@@ -36,6 +36,7 @@ from rate_limited.stores._codec import (
     read_secret_file,
 )
 from rate_limited.stores.base import (
+    ClaimState,
     Store,
     StoreCorruptedError,
     StoredOutcome,
@@ -77,6 +78,7 @@ CREATE TABLE IF NOT EXISTS claims (
 )"""
 _LIVE = "(expires_at IS NULL OR expires_at > ?) AND finished_at > ?"
 _Row = tuple[str, str, float, float | None, str, str, bytes, bytes]
+_OURS, _STORED = ClaimState("ours"), ClaimState("stored")
 
 
 class SqliteStore(Store):
@@ -185,14 +187,21 @@ class SqliteStore(Store):
 
     # Claims live in their own table, made by the first claim: a file written by a version
     # without claims is still read by it (it ignores the table), so the schema version
-    # stays. Expiry is on this machine's clock, as is every process sharing the file.
+    # stays. A holder is an opaque string to the table (``rate_limited._holder`` reads it),
+    # so holders written by older versions are compared and expire as ever. Expiry is on
+    # this machine's clock, as is every process sharing the file.
     shares_work = True
 
     def _claim(
-        self, keys: list[str], holder: str, over_records: bool, now: float
-    ) -> dict[str, str]:
+        self,
+        keys: list[str],
+        holder: str,
+        over_records: bool,
+        take_over: frozenset[str],
+        now: float,
+    ) -> dict[str, ClaimState]:
         conn, floor = self._conn, self._floor(now)
-        found: dict[str, str] = {}
+        found: dict[str, ClaimState] = {}
         with self._translate():
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -202,8 +211,13 @@ class SqliteStore(Store):
                     row = conn.execute(
                         "SELECT holder, expires_at FROM claims WHERE key = ?", (key,)
                     ).fetchone()
-                    if row is not None and row[0] != holder and row[1] > now:
-                        found[key] = "taken"
+                    if (
+                        row is not None
+                        and row[0] != holder
+                        and row[1] > now
+                        and row[0] not in take_over
+                    ):
+                        found[key] = ClaimState("taken", row[0], row[1])
                         continue
                     if (
                         not over_records
@@ -211,13 +225,14 @@ class SqliteStore(Store):
                             f"SELECT 1 FROM outcomes WHERE key = ? AND {_LIVE}", (key, now, floor)
                         ).fetchone()
                     ):
-                        found[key] = "stored"
+                        found[key] = _STORED
                         continue
                     conn.execute(
                         "INSERT OR REPLACE INTO claims (key, holder, expires_at) VALUES (?, ?, ?)",
                         (key, holder, now + self.claim_ttl),
                     )
-                    found[key] = "ours"
+                    ended = row is not None and row[0] in take_over and row[1] > now
+                    found[key] = ClaimState("ours", row[0], row[1]) if ended else _OURS
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

@@ -249,10 +249,21 @@ def test_anthropic_messages_by_batch(provider: MockProvider, clock: FakeClock) -
 
 
 def test_an_async_client_works_too(provider: MockProvider, clock: FakeClock) -> None:
+    """The batch endpoints go out on a sync client made with the async one's settings;
+    its connections are closed at the end of each run (the user's client stays theirs),
+    and the next run connects again."""
     preset = chat(provider, openai.AsyncOpenAI(base_url=provider.base_url, api_key="k"))
     runner = batch_runner(preset, clock)
     schedule(runner, 5)
+    made = runner.api.client
+    assert not made.is_closed()
     assert runner.run().counts() == {"succeeded": 5}
+    assert made.is_closed()
+    schedule(runner, 3, start=5)
+    assert runner.run().counts() == {"succeeded": 3}  # the calls scheduled since
+    assert not preset.client.is_closed()
+    runner.close()
+    assert runner.api.client is not made
 
 
 @pytest.mark.parametrize(

@@ -86,3 +86,32 @@ def test_a_ledger_that_cannot_be_made_closes_its_connections(server: str) -> Non
     finally:
         first.close()
         client.close()
+
+
+def test_redis_lost_while_joining_closes_the_connections_and_says_so(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis answered the ping, then was lost before the lease was taken: the ledger is not
+    made, the error is the package's (naming the server) and no socket is left open."""
+    from rate_limited.exceptions import LedgerUnavailableError
+    from rate_limited.ledgers._redis_link import RedisLink
+
+    client = redis.Redis.from_url(server, decode_responses=True)
+
+    def connected() -> int:
+        return int(client.info("clients")["connected_clients"])
+
+    def lost(self: RedisLink) -> None:
+        self._conn.connect()  # the link's own connection was open when Redis went away
+        raise redis.ConnectionError("Connection reset by peer")
+
+    monkeypatch.setattr(RedisLink, "_heartbeat", lost)
+    try:
+        before = connected()
+        for _ in range(3):
+            with pytest.raises(LedgerUnavailableError, match="while joining it") as caught:
+                RedisLedger(f"{server}?name=joining", [requests(quota=100)])
+            assert server.split("//")[1].split("/")[0] in str(caught.value)
+        wait_for(lambda: connected() == before)  # the server sees the sockets close
+    finally:
+        client.close()

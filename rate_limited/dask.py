@@ -24,7 +24,8 @@ would believe it owns the whole quota (a ``LedgerWarning`` says so).
 (its ``meta``). The columns are the Runner's: those ``Runner.apply`` gives an empty frame
 (``result`` ... ``semantic_similarity``), then ``cost_usd`` when the Runner prices its
 calls (an API preset), ``model`` when its calls have a ``model`` argument (as
-``row_to_kwargs`` gives for Dask's sample row, or an ``escalate=`` ladder) and a
+``row_to_kwargs`` gives for Dask's sample row, or an ``escalate=`` ladder; kept when
+``row_to_kwargs`` fails on the sample's made-up values) and a
 ``usage_<resource>`` column per resource: the columns ``runner.apply`` gives a pandas
 frame of the same rows. ``Runner.apply`` infers each partition's dtypes from its values
 (a partition whose calls all succeeded has an ``error`` column of None); here every
@@ -98,8 +99,6 @@ def _runner_from(make_runner: Callable[[], Runner]) -> Runner:
 
     runner = make_runner()
     if not isinstance(runner, Runner):
-        if hasattr(runner, "close"):
-            runner.close()
         raise ConfigurationError(
             f"make_runner() must return a rate_limited Runner (e.g. chat.runner(...) or "
             f"Runner(fn, resources, ledger=...)); {make_runner!r} returned "

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,21 @@ def test_apply_refuses_to_mix_with_other_scheduled_calls() -> None:
         runner.apply(frame(), lambda row: {"text": row["text"]})
 
 
+_clients: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Close the clients a test made (a pool of keep-alive connections otherwise leaks
+    into a reference cycle with its Runner, and a later collection reports it)."""
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def chat_runner(provider: MockProvider, **kwargs: Any) -> Runner:
     client = openai.OpenAI(base_url=provider.base_url, api_key="test", max_retries=0)
+    _clients.append(client)
 
     def complete(text: str) -> str:
         response = client.chat.completions.create(
@@ -216,6 +230,7 @@ def test_an_extractor_failing_on_a_row_names_the_row() -> None:
 def test_a_row_larger_than_a_preset_limit_sends_nothing() -> None:
     with MockProvider(tpm=1000) as provider:
         client = openai.OpenAI(base_url=provider.base_url, api_key="test")
+        _clients.append(client)
         chat = ChatCompletions(client, tokens_per_minute=1000)
         runner = chat.runner(progress=False)
         df = pd.DataFrame({"max_tokens": [10, 5000, 20]}, index=pd.Index([7, 8, 9], name="id"))

@@ -12,6 +12,7 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,22 @@ from tests.batch.conftest import FAST
 ROOT = Path(__file__).resolve().parents[2]
 
 
+_clients: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Close the sync clients a test made (their keep-alive connections would otherwise
+    leak into a reference cycle with the Runner, and a later collection report them)."""
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def chat(mp: MockProvider, client: Any = None) -> ChatCompletions:
-    client = client or openai.OpenAI(base_url=mp.base_url, api_key="k")
+    if client is None:
+        client = openai.OpenAI(base_url=mp.base_url, api_key="k")
+        _clients.append(client)
     return ChatCompletions(client, requests_per_minute=100_000, tokens_per_minute=10_000_000)
 
 
@@ -222,6 +237,7 @@ def test_cancel_batches(provider: MockProvider, clock: FakeClock) -> None:
 
 def test_anthropic_messages_by_batch(provider: MockProvider, clock: FakeClock) -> None:
     client = anthropic.Anthropic(base_url=provider.anthropic_base_url, api_key="k")
+    _clients.append(client)
     claude = Messages(
         client, requests_per_minute=1000, input_tokens_per_minute=1e6, output_tokens_per_minute=1e6
     )

@@ -17,9 +17,10 @@ from collections import defaultdict
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from rate_limited._redact import redact
 from rate_limited.exceptions import LedgerUnavailableError
 from rate_limited.ledgers import _lua
-from rate_limited.ledgers._redis_link import ROOT, parse_url, redacted
+from rate_limited.ledgers._redis_link import ROOT, literal, parse_url, redacted
 
 __all__ = ["inspect", "reset"]
 
@@ -34,7 +35,9 @@ def _connect(url: str) -> tuple[Any, str | None]:
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise LedgerUnavailableError(f"can't reach Redis at {redacted(client_url)}: {exc}") from exc
+        raise LedgerUnavailableError(
+            f"can't reach Redis at {redacted(client_url)}: {redact(str(exc))}"
+        ) from exc
     return client, name if named else None
 
 
@@ -61,7 +64,7 @@ def _one(client: Any, name: str) -> str:
     prefix = f"{ROOT}{{{name}}}:"
     script = client.register_script(_lua.SCRIPT)
     lines = [f"Ledger {name!r}"]
-    meters = sorted(client.scan_iter(match=_escape(prefix) + "m:*", count=1000))
+    meters = sorted(client.scan_iter(match=literal(prefix) + "m:*", count=1000))
     lines.append(
         f"  {'resource':<28} {'partition':<18} {'used':>12} {'reserved':>12} "
         f"{'quota':>12} {'held':>6}"
@@ -115,10 +118,6 @@ def _one(client: Any, name: str) -> str:
     return "\n".join(lines)
 
 
-def _escape(text: str) -> str:
-    return "".join("\\" + c if c in "\\*?[]" else c for c in text)
-
-
 def reset(url: str) -> int:
     """Delete the keys of the ledger ``?name=`` names; returns how many."""
     client, name = _connect(url)
@@ -127,7 +126,7 @@ def reset(url: str) -> int:
             raise LedgerUnavailableError(
                 "ledger reset needs the ledger's ?name= in the URL (it deletes one ledger)."
             )
-        keys = list(client.scan_iter(match=_escape(f"{ROOT}{{{name}}}:") + "*", count=1000))
+        keys = list(client.scan_iter(match=literal(f"{ROOT}{{{name}}}:") + "*", count=1000))
         for start in range(0, len(keys), 1000):
             client.delete(*keys[start : start + 1000])
         return len(keys)

@@ -49,8 +49,17 @@ import math
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rate_limited.exceptions import ConfigurationError
-from rate_limited.ledgers._redis_link import RETRY_FIRST, RedisLink, num, parse_url
+from rate_limited.exceptions import (
+    ConfigurationError,
+    LedgerUnavailableError,
+)
+from rate_limited.ledgers._redis_link import (
+    RETRY_FIRST,
+    RedisLink,
+    num,
+    parse_url,
+    refusal,
+)
 from rate_limited.ledgers._redis_reservation import RedisReservation
 from rate_limited.ledgers._redis_spares import Spares
 from rate_limited.ledgers.base import Demand, Earlier, Settle, resource_index
@@ -90,8 +99,15 @@ class RedisLedger:
         self.poll = poll
         try:
             self._check_declarations()
-        except BaseException:
+        except BaseException as exc:
             self._link.disconnect()  # nothing was taken yet: only the connections to close
+            refused = refusal(exc)
+            if refused is not None:
+                raise LedgerUnavailableError(
+                    f"can't join the shared ledger {name!r} at {self.url}: {refused}. "
+                    "Fix the server's state (memory, replica, ACL), or leave ledger= out for "
+                    "a ledger of this process only."
+                ) from exc
             raise
         self._specs: dict[tuple[int, Hashable], list[str]] = {}
         self._quotas: dict[tuple[int, Hashable], float] = {}

@@ -350,3 +350,61 @@ def test_redis_lost_mid_run_pauses_admission_and_loses_nothing() -> None:
         runner.close()
         server[0].kill()
         server[0].wait()
+
+
+# -- declared quotas ---------------------------------------------------------------------------
+def test_the_quota_a_runner_declares_applies_when_it_joins(
+    make: Callable[..., RedisLedger],
+) -> None:
+    """The first Runner on a ledger does not fix its quotas for ever: a later one declaring
+    another quota (the user's latest intent) sets it on the shared meter, silently when no
+    Runner of the old declaration still runs."""
+    first = make([requests(quota=2)])
+    assert first.try_reserve([(1.0, 0.0, None)], 0.0) is not None  # the meter exists
+    first.close()
+    second = make([requests(quota=1000)])
+    assert held(second)["requests"][2] == 1000.0
+    assert second.quota("requests") == 1000.0
+
+
+def test_changing_a_quota_a_running_runner_declared_warns(
+    make: Callable[..., RedisLedger],
+) -> None:
+    first = make([requests(quota=2)])
+    assert first.try_reserve([(1.0, 0.0, None)], 0.0) is not None
+    with pytest.warns(LedgerWarning, match=r"'requests'.*had quota 2\.0.*declares 1000\.0"):
+        second = make([requests(quota=1000)])
+    assert held(second)["requests"][2] == 1000.0
+    assert held(first)["requests"][2] == 1000.0  # one shared meter: both see it
+
+
+def test_the_same_declaration_keeps_a_quota_read_from_headers(
+    make: Callable[..., RedisLedger],
+) -> None:
+    first = make([requests(quota=100)])
+    assert first.try_reserve([(1.0, 0.0, None)], 0.0) is not None
+    first.set_quota("requests", 30)  # e.g. the provider's x-ratelimit-limit header
+    wait_for(lambda: not first._link.outbox)  # sent
+    second = make([requests(quota=100)])
+    assert held(second)["requests"][2] == 30.0
+
+
+def test_a_changed_declaration_applies_to_each_partition(
+    make: Callable[..., RedisLedger],
+) -> None:
+    def per_model(quotas: dict[str, float]) -> Resource:
+        return Resource(
+            "requests",
+            quota=10,
+            time_window_seconds=60,
+            partition=lambda call: call.kwargs["model"],
+            partition_quotas=quotas,
+        )
+
+    first = make([per_model({"ft:gpt-4o:org::x": 5})])
+    for model in ("ft:gpt-4o:org::x", "other"):
+        assert first.try_reserve([(1.0, 0.0, model)], 0.0) is not None
+    first.close()
+    second = make([per_model({"ft:gpt-4o:org::x": 50, "other": 7})])
+    assert second.quota("requests", "ft:gpt-4o:org::x") == 50.0
+    assert second.quota("requests", "other") == 7.0

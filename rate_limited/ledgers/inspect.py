@@ -31,10 +31,10 @@ def _connect(url: str) -> tuple[Any, str | None]:
 
     client_url, name, _ = parse_url(url)
     named = any(k == "name" for k, _ in parse_qsl(urlsplit(url).query))
-    client = redis.Redis.from_url(client_url, decode_responses=True, socket_timeout=5.0)
     try:
+        client = redis.Redis.from_url(client_url, decode_responses=True, socket_timeout=5.0)
         client.ping()
-    except redis.RedisError as exc:
+    except (ValueError, redis.RedisError) as exc:
         raise LedgerUnavailableError(
             f"can't reach Redis at {redacted(client_url)}: {redact(str(exc))}"
         ) from exc

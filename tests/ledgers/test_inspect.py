@@ -49,3 +49,18 @@ def test_reset_deletes_one_ledger(ledger_url: str, capsys: pytest.CaptureFixture
 def test_an_unreachable_server_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ledger", "inspect", f"redis://127.0.0.1:{_free_port()}/0"]) == 1
     assert "can't reach Redis at redis://127.0.0.1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        pytest.param("redis://127.0.0.1:notaport/0", "not a port number", id="bad-port"),
+        pytest.param("redis://127.0.0.1/0?nmae=t1", "Did you mean 'name'", id="misspelt"),
+        pytest.param("redis://127.0.0.1/0?name=", "non-empty name", id="empty-name"),
+    ],
+)
+def test_a_bad_url_is_a_clear_error_not_a_traceback(
+    url: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ledger", "inspect", url]) == 1
+    assert message in capsys.readouterr().err

@@ -73,6 +73,31 @@ def test_url_options() -> None:
         parse_url("redis://h/0?lease=0")
     with pytest.raises(ConfigurationError, match="redis://"):
         parse_url("sqlite:///x.db")
+    options = "socket_timeout=3&client_name=job&health_check_interval=5"
+    assert parse_url(f"redis://h/0?name=t&{options}") == (f"redis://h/0?{options}", "t", 20.0)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        pytest.param("redis://h/0?nmae=t1", r"parameter 'nmae'.*Did you mean 'name'", id="typo"),
+        pytest.param("redis://h/0?name=", "name= .* must be a non-empty name", id="empty-name"),
+        pytest.param("redis://h:notaport/0", "not a port number", id="port"),
+        pytest.param(123, "got int 123", id="not-a-string"),
+    ],
+)
+def test_a_bad_ledger_url_is_a_configuration_error(url: Any, message: str) -> None:
+    """At Runner(...) and at a preset's construction, before anything is sent."""
+    import openai
+
+    from rate_limited.apis.openai import ChatCompletions
+
+    with pytest.raises(ConfigurationError, match=message):
+        Runner(lambda: None, [requests()], ledger=url)
+    client = openai.OpenAI(api_key="sk-test-not-used", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ConfigurationError, match=message):
+        ChatCompletions(client, requests_per_minute=10, ledger=url)
+    client.close()
 
 
 def test_unreachable_at_construction_is_a_clear_error() -> None:

@@ -138,8 +138,9 @@ def _check_options(url: str, names: list[str]) -> None:
         connection.UnixDomainSocketConnection,
     ):
         for klass in cls.__mro__[:-1]:  # not object
-            if "__init__" in vars(klass):
-                parameters = inspect.signature(klass.__init__).parameters.values()
+            init = vars(klass).get("__init__")
+            if init is not None:
+                parameters = inspect.signature(init).parameters.values()
                 known.update(p.name for p in parameters if p.kind in _NAMED and p.name != "self")
     for name in names:
         if name not in known:

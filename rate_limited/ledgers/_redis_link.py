@@ -52,6 +52,7 @@ __all__ = [
     "RedisLink",
     "Refused",
     "literal",
+    "meter_parts",
     "num",
     "parse_url",
     "redacted",
@@ -200,6 +201,19 @@ def refusal(exc: BaseException) -> Refused | None:
 def literal(text: str) -> str:
     """``text`` as a literal in a Redis ``SCAN MATCH`` pattern."""
     return "".join("\\" + c if c in "\\*?[]" else c for c in text)
+
+
+def meter_parts(rest: str, resources: list[str]) -> tuple[str, str]:
+    """A meter key after ``P m:`` (``<resource>:<partition>``) -> (resource, partition).
+    A partition may hold colons (OpenAI's ``ft:gpt-4o-mini:org::id`` models), and so may
+    a resource's name: the longest of ``resources`` (the names declared on the ledger) the
+    key starts with wins; without declarations, the resource ends at the first colon."""
+    named = [r for r in resources if rest.startswith(f"{r}:")]
+    if named:
+        resource = max(named, key=len)
+        return resource, rest[len(resource) + 1 :]
+    resource, _, partition = rest.partition(":")
+    return resource, partition
 
 
 def num(value: float) -> str:

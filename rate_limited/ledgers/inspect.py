@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 from rate_limited._redact import redact
 from rate_limited.exceptions import LedgerUnavailableError
 from rate_limited.ledgers import _lua
-from rate_limited.ledgers._redis_link import ROOT, literal, parse_url, redacted
+from rate_limited.ledgers._redis_link import ROOT, literal, meter_parts, parse_url, redacted
 
 __all__ = ["inspect", "reset"]
 
@@ -65,6 +65,7 @@ def _one(client: Any, name: str) -> str:
     script = client.register_script(_lua.SCRIPT)
     lines = [f"Ledger {name!r}"]
     meters = sorted(client.scan_iter(match=literal(prefix) + "m:*", count=1000))
+    resources = client.hkeys(prefix + "meta")  # the resources declared (by name)
     lines.append(
         f"  {'resource':<28} {'partition':<18} {'used':>12} {'reserved':>12} "
         f"{'quota':>12} {'held':>6}"
@@ -75,7 +76,7 @@ def _one(client: Any, name: str) -> str:
             continue
         out = script(args=[prefix, "peek", "7", "1", key, *spec, "0"])
         used, reserved, quota = float(out[1]), float(out[2]), float(out[3])
-        resource, _, partition = key[len(prefix) + 2 :].rpartition(":")
+        resource, partition = meter_parts(key[len(prefix) + 2 :], resources)
         lines.append(
             f"  {resource:<28} {partition or '-':<18} {used:>12,.1f} {reserved:>12,.1f} "
             f"{quota:>12,.0f} {(used + reserved) / quota:>6.1%}"
@@ -97,7 +98,7 @@ def _one(client: Any, name: str) -> str:
         held: dict[str, float] = defaultdict(float)
         for lease in leases:
             for entry in lease["e"]:
-                resource = entry[0][len(prefix) + 2 :].rpartition(":")[0]
+                resource = meter_parts(entry[0][len(prefix) + 2 :], resources)[0]
                 held[resource] += float(entry[6]) + float(entry[7])
         state = (
             f"lease ends in {deadline - now:.1f} s"

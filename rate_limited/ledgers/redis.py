@@ -65,6 +65,7 @@ from rate_limited.ledgers._redis_link import (
     RETRY_FIRST,
     RedisLink,
     literal,
+    meter_parts,
     num,
     parse_url,
     refusal,
@@ -186,7 +187,12 @@ class RedisLedger:
         if resource.partition is None:
             keys: Iterable[str] = [meters] if client.exists(meters) else []
         else:
-            keys = client.scan_iter(match=literal(meters) + "*", count=1000)
+            names: Any = client.hkeys(self.prefix + "meta")  # str: decode_responses
+            keys = [  # not those of a resource named "<this name>:..."
+                key
+                for key in client.scan_iter(match=literal(meters) + "*", count=1000)
+                if meter_parts(key[len(self.prefix) + 2 :], names)[0] == resource.name
+            ]
         for key in keys:
             partition = key[len(meters) :]
             quota = quotas.get(partition, mine["quota"])

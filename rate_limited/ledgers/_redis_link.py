@@ -17,7 +17,10 @@ script calls); this module carries the asking:
   (Redis pub/sub) on to a call waiting for reservations others hold.
 * **Redis lost.** A failed call marks the link down (a ``LedgerWarning`` for the thread
   that called ``run()``) and is retried after a growing delay (``paused`` until then);
-  queued operations stay queued and go, in order, once it is back. A Redis that answers
+  queued operations stay queued and go, in order, once it is back (after a look at the
+  ledger's *generation*: a Redis that came back without its data, restarted without
+  persistence, has lost the meters while the provider's are still full, so meters made
+  for the next ``full_for`` seconds start full, with a ``LedgerWarning``). A Redis that answers
   but refuses the calls for a state of its own (out of memory, a read-only replica after a
   failover, an ACL change, loading its data, busy, its master down: ``refusal``) is
   treated the same way (``Refused``); any other error reply is a bug of ours and is raised.
@@ -290,6 +293,11 @@ class RedisLink:
         self._retry_at = -math.inf
         self._failures = 0
         self._notices: list[tuple[type[Warning], str]] = []
+        #: The ledger's generation (``P gen``), looked at again after Redis was lost.
+        self.generation: str | None = None
+        #: Seconds a meter made after Redis lost the ledger's state starts full for (the
+        #: ledger sets it: its longest window, or bucket refill time and delay).
+        self.full_for = 0.0
         #: Set by a call that waits for reservations others hold: the next ``freed``
         #: notification calls ``wake`` (then clears it).
         self.waiting_release = False
@@ -310,6 +318,7 @@ class RedisLink:
         """Take the lease, then start the keeper and sender threads. Redis lost in between
         (it answered a moment ago): the connections are closed and the error says so."""
         try:
+            self._check_generation()
             self._heartbeat()
         except BaseException as exc:
             self.disconnect()
@@ -413,6 +422,8 @@ class RedisLink:
         for name, op_args in ops:
             args += [name, str(len(op_args)), *op_args]
         try:
+            if self.down_since is not None:
+                self._check_generation()
             result = self._execute(args)
         except self.down_errors as exc:
             self._lost(exc)
@@ -420,6 +431,43 @@ class RedisLink:
         if self.down_since is not None:
             self._back()
         return result
+
+    def _check_generation(self) -> None:
+        """Join the ledger's generation (``P gen``, made by its first process), or find
+        that Redis lost the ledger's state (the key is missing or new: restarted without
+        persistence, flushed) since this process last looked. Then the provider's meters
+        may be full while the ledger's are empty: ``P lost`` (Redis's time, for
+        ``full_for`` seconds) makes meters start full (see ``_lua_meters.load``)."""
+        import redis
+
+        key = self.prefix + "gen"
+        try:
+            current = self.client.get(key)
+            if current is not None and current == self.generation:
+                return
+            if current is None:
+                self.client.set(key, uuid.uuid4().hex, nx=True)
+                current = self.client.get(key)
+            known, self.generation = self.generation, str(current)
+            if known is None:
+                return  # joining
+            seconds, micro = self.client.time()
+            if self.full_for > 0:
+                ttl = max(1, math.ceil(self.full_for * 1000))
+                self.client.set(self.prefix + "lost", f"{seconds}.{micro:06d}", nx=True, px=ttl)
+        except redis.ResponseError as exc:
+            refused = refusal(exc)
+            if refused is None:
+                raise
+            raise refused from exc
+        text = (
+            f"The shared ledger's Redis at {self.url} lost the ledger's state (restarted "
+            "without persistence, or flushed): the provider's meters may still be full, "
+            "so the ledger's start full as of now and drain or expire from there (meters "
+            f"made within {self.full_for:g} s too)."
+        )
+        logger.warning("%s", text)
+        self._notices.append((LedgerWarning, text))
 
     def run(self, op: str, args: list[str]) -> Any:
         """Run ``op`` now, after the operations queued before it, in one round trip."""

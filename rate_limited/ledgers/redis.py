@@ -37,6 +37,9 @@ and the engine does not know which of the two it has.
   so nothing is over-admitted) and a ``LedgerWarning`` says so; the calls already running
   finish and their results are stored as usual, and what they used is billed to Redis,
   in order, once it is back. Unreachable when the Runner is made: ``LedgerUnavailableError``.
+  A Redis refusing the calls (out of memory, read-only, ACL) counts as lost; one back
+  without its data (restarted without persistence) makes meters that start full (see
+  ``rate_limited.ledgers._redis_link``).
 
 **Agreeing with the provider** works as in the in-memory ledger: a rate-limit header is
 compared with the least room the shared meter believed in since the request's admission
@@ -128,6 +131,9 @@ class RedisLedger:
         #: Admissions made ahead for the next calls (see ``rate_limited.ledgers._redis_spares``).
         self._spares = Spares(lambda spare: self._finish(spare, "release"))
         self._link.chores = self._spares.expire
+        self._link.full_for = max(
+            (r.time_window_seconds + r.refill_delay for r in resources), default=0.0
+        )
         self._losses = 0
         self._link.start()
 

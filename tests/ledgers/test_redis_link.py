@@ -253,3 +253,51 @@ def test_an_error_of_our_own_call_is_raised_not_taken_for_redis_away(server: str
         assert ledger._link.down_since is None
     finally:
         ledger.close()
+
+
+# -- a Redis restarted without its data --------------------------------------------------------
+def test_a_redis_restarted_without_its_data_counts_the_meters_as_full() -> None:
+    """Redis restarted without persistence: the ledger's meters are gone while the
+    provider's may still be full. The ledger finds its generation key missing, says so (a
+    LedgerWarning), and the meters start full at that time: nothing is admitted until they
+    drain (bucket) or expire (window) as the provider's would."""
+    port = _free_port()
+    process = _redis_server(port)
+    bucket = Resource("requests", quota=10, time_window_seconds=60, refill="bucket")
+    window = Resource("tokens", quota=1000, time_window_seconds=3600, refill="window")
+    ledger = RedisLedger(f"redis://127.0.0.1:{port}/0?name=gen&lease=5", [bucket, window])
+    ledger.expect_reports()  # no spares: every admission asks Redis
+    try:
+        assert ledger.try_reserve([(1.0, 0.0, None), (10.0, 0.0, None)], 0.0) is not None
+        assert ledger.take_notices() == []  # joining is no loss
+        process.kill()
+        process.wait()
+        process = _redis_server(port)  # empty
+
+        def answered() -> bool:  # once its retry delay is past
+            ledger.try_reserve([(1.0, 0.0, None), (10.0, 0.0, None)], 0.0)
+            return ledger._link.down_since is None
+
+        wait_for(answered)
+        texts = [text for _, text in ledger.take_notices()]
+        assert any("lost the ledger's state" in text for text in texts), texts
+        assert ledger.try_reserve([(1.0, 0.0, None), (10.0, 0.0, None)], 0.0) is None
+        levels = held(ledger)
+        assert levels["requests"][0] == pytest.approx(10.0, abs=1.0)  # drains from full
+        assert levels["tokens"][0] == 1000.0  # expires a window after the loss
+    finally:
+        ledger.close()
+        process.kill()
+        process.wait()
+
+
+def test_a_new_ledger_starts_empty_and_a_second_runner_sees_no_loss(server: str) -> None:
+    first = RedisLedger(f"{server}?name=fresh", [requests(quota=10)])
+    second = RedisLedger(f"{server}?name=fresh", [requests(quota=10)])
+    try:
+        assert first._link.generation == second._link.generation is not None
+        assert held(second)["requests"][0] == 0.0
+        assert first.take_notices() == second.take_notices() == []
+    finally:
+        first.close()
+        second.close()

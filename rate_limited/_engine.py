@@ -153,10 +153,13 @@ class Engine(Workers):
             self.claims.start(self.config.refresh)
         if run_id and self._stop_for == run_id:
             self._stopping = True  # stopped before it started: nothing is looked up or sent
+        waiting: set[Call] = set()
+        if self.semantic is not None and not self._stopping:
+            waiting = await self._semantic_lookup(calls)
+        if self._stopping:  # stopped before it started, or while the semantic cache looked up
+            self.progress = None  # nothing was shown: nothing to finish on the display
+            self._end_run()  # what was stored is committed, the claims state is reset
             return True
-        waiting = await self._semantic_lookup(calls) if self.semantic is not None else set()
-        if self._stopping:
-            return True  # interrupted while the semantic cache looked up: nothing was sent
         ready, succeeded, failed = self._sort(calls, waiting)
         self.admission.reset(ready, partitioned=self.ledger.partitioned)
         self._gave_up = None

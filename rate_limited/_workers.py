@@ -101,26 +101,40 @@ class Workers(EngineCore):
             )
 
     def _start_runners(self) -> None:
+        """Enough workers for the calls waiting. Async: each call in flight is awaited in
+        place by a worker, so one worker per call in flight (calls of an interrupted run
+        still going) and one per call waiting, up to ``max_concurrent``; sync: one
+        dispatcher. ``_workers`` holds the live ones only (see ``_guarded``)."""
         if self.is_async:
-            wanted = min(self.max_concurrent, len(self.admission))
+            wanted = min(self.max_concurrent, self.running_calls + len(self.admission))
             while len(self._workers) < wanted:
-                task = self.loop.create_task(self._guarded(self._work))
-                self._workers.add(task)
-                task.add_done_callback(self._workers.discard)
+                self._spawn(self._work)
         elif not self._workers:
-            task = self.loop.create_task(self._guarded(self._dispatch))
-            self._workers.add(task)
-            task.add_done_callback(self._workers.discard)
+            self._spawn(self._dispatch)
+
+    def _spawn(self, work: Callable[[], Awaitable[None]]) -> None:
+        task = self.loop.create_task(self._guarded(work))
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)  # one cancelled before it ever ran
 
     async def _guarded(self, work: Callable[[], Awaitable[None]]) -> None:
         """Run a worker or the dispatcher; an error in them (a bug of the engine, the
-        system refusing a thread) ends the run instead of hanging it."""
+        system refusing a thread) ends the run instead of hanging it.
+
+        A worker leaves ``_workers`` in the step it returns in, not one loop iteration
+        later (its done callback): after a Ctrl-C the workers of the stopped run return
+        as their calls end, and a run started in between (``run()`` again at once) would
+        count them, start none, and wait for ever."""
         try:
             await work()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             self._crash(exc)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._workers.discard(task)
 
     def _stop(self) -> None:
         """Admit nothing more and end the run; calls already started go on."""

@@ -43,8 +43,12 @@ class RunHandle:
         finish: Callable[[list[Call], bool, float], RunResult],
         snapshot: Callable[[], RunResult],
         request_abandon: Callable[[], concurrent.futures.Future[int]] | None = None,
+        urgent: Callable[[], list[tuple[type[Warning], str]]] | None = None,
     ) -> None:
         self._future = future
+        #: Warnings that must not wait for the end of the run (a shared ledger's server
+        #: lost: nothing is admitted meanwhile): ``result()`` emits them as they come.
+        self._urgent = urgent
         self._calls = calls
         self._request_stop = request_stop
         self._request_abandon = request_abandon
@@ -135,7 +139,9 @@ class RunHandle:
                 interrupted, elapsed = self._future.result(timeout=wait)
                 break
             except concurrent.futures.TimeoutError:
-                continue
+                if self._urgent is not None:
+                    for category, text in self._urgent():
+                        warn(text, category)
         return self._finished(interrupted, elapsed)
 
     def _result_on_this_loop(

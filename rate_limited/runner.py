@@ -50,6 +50,7 @@ from rate_limited._clock import Clock
 from rate_limited._completed import AsCompleted, Subscribe, subscriber
 from rate_limited._config import RunnerConfig, Setting
 from rate_limited._engine import Engine
+from rate_limited._feedback import FeedbackSource
 from rate_limited._loop_thread import LoopThread, finish_running_calls, stop_run
 from rate_limited._loopwatch import is_async_callable
 from rate_limited._money import Money, split_budget
@@ -199,8 +200,15 @@ class Runner(Scheduler, OnlineCaller, EngineHost):
                 (any process, any machine) given the same URL and name, so that together
                 they stay within one quota (``&lease=20``: seconds after which a dead
                 process's reservations come back). See ``rate_limited.ledgers.redis``.
+                A preset made with ``ledger=`` (``ChatCompletions(client, ledger=...)``)
+                gives its own when this is None.
         """
         resources, budget = split_budget(resources, budget)
+        if ledger is None and isinstance(function, FeedbackSource):
+            # A preset made with ledger=...: ``Runner(chat, chat.resources)`` shares it as
+            # ``chat.runner()`` does.
+            preset_ledger = getattr(function, "ledger", None)
+            ledger = preset_ledger if isinstance(preset_ledger, str) else None
         #: The validated settings (``Runner.max_concurrent`` and the like read them).
         self.config = RunnerConfig.build(locals())  # the arguments above, by name
         self.function = function
@@ -364,6 +372,7 @@ class Runner(Scheduler, OnlineCaller, EngineHost):
             finish=self._result,
             snapshot=self.snapshot,
             request_abandon=request_abandon,
+            urgent=getattr(engine.ledger, "take_notices", None),
         )
         handle._subscribe = subscriber(engine, self._listeners_lock)
         self._active_handle = weakref.ref(handle)

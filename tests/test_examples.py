@@ -4,6 +4,7 @@ MockProvider key between online requests and a 1,000-call batch."""
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import threading
 import time
@@ -36,6 +37,27 @@ def wait_for(condition: Callable[[], bool], what: str, seconds: float = 120) -> 
         time.sleep(0.01)
 
 
+def unpreventable_429s(transit: float, refill_delay: float) -> int:
+    """The most 429s a ledger that is right can meet in a run that starts from an idle
+    bucket whose first request took ``transit`` seconds from admission to arrival.
+
+    The provider's bucket is full while idle and gains nothing ("your capacity is
+    continuously replenished up to your maximum limit", Anthropic's rate-limit docs; the
+    MockProvider's buckets are made full on first use): it starts to refill when the
+    first request *arrives*. The ledger cannot see that instant; it starts ``refill_delay``
+    after the admission (``Resource(refill_delay=)``, 0.5 s in the presets). On a machine
+    loaded enough, the first request takes longer than that to arrive (the loop starts
+    the first burst's calls, each building its request, before any request leaves; this
+    test saw 0.8 to 1.3 s beside other test runs), and the ledger credits up to
+    ``RPM / 60 * (transit - refill_delay)`` requests of refill the provider never had: a
+    real provider refuses them too, and the library does as documented (each 429 corrects
+    the ledger and pauses admission; the call is sent again, not counting as a retry).
+    Nothing else may cause a 429: on a machine that is not loaded, none at all.
+    """
+    credited = RPM / 60 * (transit - refill_delay)
+    return 0 if credited <= 0 else math.floor(credited) + 1  # + the instant's rounding
+
+
 def no_keepalive() -> Any:
     """The service's async client lives on the Runner's loop: no pooled connection."""
     http = sys.modules[openai.DefaultAsyncHttpxClient.__mro__[1].__module__.split(".")[0]]
@@ -65,7 +87,7 @@ def serve() -> Iterator[Callable[[Any], str]]:
 
 
 @pytest.mark.slow
-def test_online_requests_overtake_a_running_batch_with_no_429(
+def test_online_requests_overtake_a_running_batch_with_no_preventable_429(
     make_provider: MakeProvider, serve: Callable[[Any], str]
 ) -> None:
     provider = make_provider(rpm=RPM, latency=0.02)
@@ -106,8 +128,16 @@ def test_online_requests_overtake_a_running_batch_with_no_429(
         assert http.get("/batch").json()["counts"] == {"succeeded": BATCH}
 
     stats = provider.stats()
-    assert stats.rejected == 0  # not one 429, online and batch together
-    assert stats.admitted == BATCH + ONLINE
+    assert stats.admitted == BATCH + ONLINE  # every call answered once, 429s or not
+    runner = app.state.runner
+    assert runner.last_result is not None  # the batch's (GET /batch took its result)
+    outcomes = runner.last_result.outcomes
+    first_admission = min(o.started_at for o in outcomes if o.started_at is not None)
+    first_arrival = min(e.time for e in provider.request_log)  # both on time.monotonic()
+    (requests,) = [r for r in runner.resources if r.name == "requests_per_minute"]
+    assert stats.rejected <= unpreventable_429s(
+        first_arrival - first_admission, requests.refill_delay
+    ), (stats.rejected, first_arrival - first_admission)
     log = [e for e in provider.request_log if e.time >= mark and e.status == 200]
     online_arrivals = [
         i for i, e in enumerate(log) if e.reserved_output_tokens == ONLINE_MAX_TOKENS

@@ -149,3 +149,38 @@ def test_results_is_a_deprecated_name_of_snapshot() -> None:
         assert handle.results().results == handle.snapshot().results
     assert caught[0].filename == __file__  # the user's line, not the package's
     runner.close()
+
+
+def test_urgent_warnings_reach_the_caller_while_the_run_goes_on() -> None:
+    """A shared ledger that lost its server pauses admission: its warning must not wait
+    for the end of the run (which may never come while the server is away)."""
+    import concurrent.futures
+
+    from rate_limited import LedgerWarning
+    from rate_limited.handle import RunHandle
+
+    future: concurrent.futures.Future[tuple[bool, float]] = concurrent.futures.Future()
+    emitted_before_end: list[bool] = []
+    pending = [(LedgerWarning, "Lost the shared ledger's Redis")]
+
+    def urgent() -> list[tuple[type[Warning], str]]:
+        if pending:
+            taken = list(pending)
+            pending.clear()
+            return taken
+        emitted_before_end.append(not future.done())  # the warning went out a tick ago
+        future.set_result((False, 1.0))
+        return []
+
+    handle = RunHandle(
+        future,
+        [],
+        request_stop=lambda: None,
+        finish=lambda calls, interrupted, elapsed: None,  # type: ignore[arg-type,return-value]
+        snapshot=lambda: None,  # type: ignore[arg-type,return-value]
+        urgent=urgent,
+    )
+    with pytest.warns(LedgerWarning, match="Lost the shared ledger") as caught:
+        handle.result(timeout=30)
+    assert emitted_before_end == [True]
+    assert caught[0].filename == __file__

@@ -9,6 +9,7 @@ Child processes run scripts written to ``tmp_path`` with ``sys.executable``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -226,14 +227,28 @@ def store_spec(
 
 # -- child processes -----------------------------------------------------------------------------
 def child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "RATE_LIMITED_STORE_SECRET": SECRET}
+    """A child's environment: this checkout, the store secret, and faulthandler on (a
+    child that crashes, or is sent SIGABRT when it stalls, shows each thread's stack)."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "RATE_LIMITED_STORE_SECRET": SECRET,
+        "PYTHONFAULTHANDLER": "1",
+    }
 
 
 class Lines:
-    """A child's stdout, line by line, with a timeout (read by a thread)."""
+    """A child's stdout, line by line, with a timeout (read by a thread).
 
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
+    ``stderr``: the file the child writes its stderr to, started with faulthandler on
+    (``PYTHONFAULTHANDLER=1``, see ``child_env``): a child that stalls is sent SIGABRT,
+    so the failure shows where each of its threads was.
+    """
+
+    def __init__(self, proc: subprocess.Popen[str], stderr: Path | None = None) -> None:
         assert proc.stdout is not None
+        self.proc = proc
+        self.stderr = stderr
         self.stream = proc.stdout
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
@@ -253,7 +268,14 @@ class Lines:
         try:
             return self.queue.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"the child printed nothing for {timeout} s") from None
+            pass
+        stalled = f"the child printed nothing for {timeout} s"
+        if self.stderr is None or self.proc.poll() is not None:
+            raise AssertionError(stalled)
+        self.proc.send_signal(signal.SIGABRT)  # faulthandler dumps every thread, then dies
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=30)
+        raise AssertionError(f"{stalled}; its threads then:\n{self.stderr.read_text()}")
 
 
 RESUME_CHILD = textwrap.dedent(
@@ -580,7 +602,7 @@ def test_fifty_real_ctrl_c_every_call_completes_exactly_once(
             cwd=tmp_path,
         )
     assert proc.stdin is not None
-    lines = Lines(proc)
+    lines = Lines(proc, stderr)
     try:
         assert lines.next() == "ready"
         rng = random.Random(seed)
@@ -634,6 +656,91 @@ def test_fifty_real_ctrl_c_every_call_completes_exactly_once(
     assert sum(report["cancelled"]) == 0  # nothing started was thrown away
     if with_store:
         assert report["stored"] == right
+
+
+class Gates:
+    """Calls of an async function that wait in the Runner's loop until the test opens them,
+    and say (to the test's thread) when they have started."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.waiting: dict[int, asyncio.Future[None]] = {}
+        self.started = threading.Semaphore(0)
+
+    async def held(self, i: int) -> int:
+        self.loop = asyncio.get_running_loop()
+        gate = self.waiting.setdefault(i, self.loop.create_future())
+        self.started.release()
+        await gate
+        return i
+
+    def open(self, *calls: int) -> None:
+        """Open the gates of ``calls`` (from the test's thread)."""
+
+        def open_them() -> None:
+            assert self.loop is not None
+            for i in calls:
+                gate = self.waiting.setdefault(i, self.loop.create_future())
+                if not gate.done():
+                    gate.set_result(None)
+
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(open_them)
+
+    def wait_started(self, count: int) -> None:
+        for _ in range(count):
+            assert self.started.acquire(timeout=60), "a call never started"
+
+
+def test_a_run_started_as_the_stopped_runs_calls_end_still_runs() -> None:
+    """Ctrl-C, then ``run()`` again at once (a script's retry loop; the fuzz test above):
+    the stopped run's workers end as their calls do, and the new run must not count them
+    as workers of its own. Here the loop is held while the calls in flight are let go and
+    the next run is submitted, so the workers' last steps come just before the new run's
+    first: the order that left a run with no worker, waiting for ever (CI, rarely, as
+    "the child printed nothing for 30 s" after the release)."""
+    gates = Gates()
+    runner = Runner(gates.held, [], max_concurrent=2, progress=False)
+    for i in range(6):
+        runner.schedule(i)
+    stopped = runner.start()
+    gates.wait_started(2)  # calls 0 and 1 hold both workers
+    assert stopped.stop(timeout=60).interrupted
+    assert gates.loop is not None
+    hold = threading.Event()
+    try:
+        gates.loop.call_soon_threadsafe(hold.wait)
+        gates.open(0, 1)
+        resumed = runner.start()
+    finally:
+        hold.set()
+    gates.open(2, 3, 4, 5)  # whether they have started or not
+    result = resumed.result(timeout=60)
+    assert not result.interrupted
+    assert result.results == list(range(6))
+    runner.close()
+
+
+def test_a_resumed_run_starts_new_calls_beside_the_ones_still_running() -> None:
+    """After a Ctrl-C the calls already sent go on (and are not sent again); the next run
+    starts the others beside them, up to ``max_concurrent`` in all, instead of waiting for
+    the workers they hold."""
+    gates = Gates()
+    runner = Runner(gates.held, [], max_concurrent=4, progress=False)
+    runner.schedule(0)
+    runner.schedule(1)
+    stopped = runner.start()
+    gates.wait_started(2)
+    assert stopped.stop(timeout=60).interrupted
+    runner.schedule(2)
+    runner.schedule(3)
+    resumed = runner.start()
+    gates.wait_started(2)  # 2 and 3 run while 0 and 1 still do: 4 in flight
+    gates.open(0, 1, 2, 3)
+    result = resumed.result(timeout=60)
+    assert result.results == [0, 1, 2, 3]
+    assert [o.attempts for o in result.outcomes] == [1, 1, 1, 1]
+    runner.close()
 
 
 # -- a third run sends nothing -------------------------------------------------------------------

@@ -2,7 +2,11 @@
 
 OpenAI and Anthropic both document their per-minute limits as buckets that hold at most
 the limit and refill continuously at ``limit / 60`` per second (not as fixed windows that
-reset each minute). This module is that arithmetic and nothing else, written
+reset each minute). Anthropic: "your capacity is continuously replenished up to your
+maximum limit, rather than being reset at fixed intervals": a full bucket gains nothing
+while idle, so a bucket is made full on first use and starts to refill when the first
+request takes from it, on its arrival (the ledger's ``refill_delay`` estimates how long
+after admission that is). This module is that arithmetic and nothing else, written
 independently of the package's ledger so the mock can catch the ledger lying. Time comes
 from an injected ``now()`` so it is tested as pure code, without sleeping.
 """

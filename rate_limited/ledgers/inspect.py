@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 from rate_limited._redact import redact
 from rate_limited.exceptions import LedgerUnavailableError
 from rate_limited.ledgers import _lua
-from rate_limited.ledgers._redis_link import ROOT, literal, meter_parts, parse_url, redacted
+from rate_limited.ledgers._redis_url import ROOT, literal, meter_parts, parse_url, redacted
 
 __all__ = ["inspect", "reset"]
 

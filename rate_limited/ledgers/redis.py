@@ -29,10 +29,10 @@ and the engine does not know which of the two it has.
   after ``poll`` seconds at most.
 * **Declared quotas.** Runners sharing a name must count alike (refill, window, settle
   rule, partitioned), but may declare other quotas: the quota a Runner declares is the
-  user's latest intent, set on the shared meters when it joins (``_declare_quota``; a
-  ``LedgerWarning`` names the old and new quota when a Runner still running declared the
-  old one). The declaration last made is kept in ``P quotas``: a Runner declaring the same
-  leaves the meters alone, so a limit read from the provider's headers stays.
+  user's latest intent, set on the shared meters when it joins (a ``LedgerWarning`` names
+  the old and new quota when a Runner still running declared the old one); a Runner
+  declaring the same leaves the meters alone, so a limit read from the provider's headers
+  stays (``rate_limited.ledgers._redis_declarations``).
 * **Redis lost mid-run.** Admission pauses (nothing is admitted without the shared view,
   so nothing is over-admitted) and a ``LedgerWarning`` says so; the calls already running
   finish and their results are stored as usual, and what they used is billed to Redis,
@@ -56,25 +56,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rate_limited.exceptions import (
-    ConfigurationError,
     LedgerUnavailableError,
-    LedgerWarning,
-    warn,
 )
-from rate_limited.ledgers._redis_link import (
-    RETRY_FIRST,
-    RedisLink,
-    literal,
-    meter_parts,
-    num,
-    parse_url,
-    refusal,
-)
+from rate_limited.ledgers._redis_declarations import declare
+from rate_limited.ledgers._redis_link import RETRY_FIRST, RedisLink, num, refusal
 from rate_limited.ledgers._redis_reservation import RedisReservation
 from rate_limited.ledgers._redis_spares import Spares
+from rate_limited.ledgers._redis_url import parse_url, partition_text
 from rate_limited.ledgers.base import Demand, Earlier, Settle, resource_index
 
 if TYPE_CHECKING:
@@ -84,10 +75,6 @@ __all__ = ["RedisLedger", "RedisReservation", "parse_url"]
 
 #: Most seconds a call waiting for reservations of other processes sleeps between looks.
 POLL = 0.2
-
-
-def _partition_text(key: Hashable) -> str:
-    return "" if key is None else key if isinstance(key, str) else repr(key)
 
 
 class RedisLedger:
@@ -111,7 +98,7 @@ class RedisLedger:
         self._rules: tuple[Settle, ...] = tuple(r.settle for r in resources)
         self.poll = poll
         try:
-            self._check_declarations()
+            declare(self._link, self._resources, name)
         except BaseException as exc:
             self._link.disconnect()  # nothing was taken yet: only the connections to close
             refused = refusal(exc)
@@ -145,78 +132,6 @@ class RedisLedger:
         )
 
     # -- set-up ------------------------------------------------------------------------------
-    def _check_declarations(self) -> None:
-        """Runners sharing a name must count the same way: the same refill, window and
-        settle rule per resource. Quotas may differ: the one a Runner declares applies to
-        the shared meters when it joins (``_declare_quota``)."""
-        meta = self.prefix + "meta"
-        for resource in self._resources:
-            declared = json.dumps(
-                {
-                    "refill": resource.refill,
-                    "window": float(resource.time_window_seconds),
-                    "settle": resource.settle,
-                    "partitioned": resource.partition is not None,
-                }
-            )
-            self._link.client.hsetnx(meta, resource.name, declared)
-            stored: Any = self._link.client.hget(meta, resource.name)
-            if stored != declared:
-                raise ConfigurationError(
-                    f"Resource {resource.name!r} is declared {declared} here but {stored} in "
-                    f"the shared ledger {self.name!r} at {self.url}: Runners sharing a ledger "
-                    "must count a resource the same way. Use another ?name= for a different "
-                    "quota, or clear this one with `rate-limited ledger reset`."
-                )
-            self._declare_quota(resource)
-
-    def _declare_quota(self, resource: Resource) -> None:
-        """The quota this Runner declares for ``resource`` is the user's latest intent: if it
-        differs from the one declared last (by any Runner) on this ledger, it is set on the
-        shared meters (each partition's by ``partition_quotas``), with a ``LedgerWarning``
-        naming both when another live Runner declared the old one. The same declaration
-        changes nothing: a limit read from headers since then stays."""
-        client = self._link.client
-        quotas = {
-            _partition_text(key): float(value)
-            for key, value in (resource.partition_quotas or {}).items()
-        }
-        mine: dict[str, Any] = {"quota": float(resource.quota), "partitions": quotas}
-        raw: Any = client.hget(self.prefix + "quotas", resource.name)
-        before = json.loads(raw) if raw else None
-        client.hset(
-            self.prefix + "quotas", resource.name, json.dumps({**mine, "holder": self.holder})
-        )
-        if before is None or {k: before.get(k) for k in mine} == mine:
-            return
-        meters = self.prefix + f"m:{resource.name}:"
-        if resource.partition is None:
-            keys: Iterable[str] = [meters] if client.exists(meters) else []
-        else:
-            names: Any = client.hkeys(self.prefix + "meta")  # str: decode_responses
-            keys = [  # not those of a resource named "<this name>:..."
-                key
-                for key in client.scan_iter(match=literal(meters) + "*", count=1000)
-                if meter_parts(key[len(self.prefix) + 2 :], names)[0] == resource.name
-            ]
-        for key in keys:
-            partition = key[len(meters) :]
-            quota = quotas.get(partition, mine["quota"])
-            spec = [key, resource.refill, num(quota), num(resource.time_window_seconds)]
-            self._link.tell("set_quota", [*spec, num(resource.refill_delay), num(quota)])
-        now = float(client.time()[0])
-        others = client.zrangebyscore(self.prefix + "holders", now, "+inf")
-        if before.get("holder") in others:
-            old = before["quota"] if before["quota"] != mine["quota"] else before["partitions"]
-            new = mine["quota"] if before["quota"] != mine["quota"] else quotas
-            warn(
-                f"Resource {resource.name!r}: the shared ledger {self.name!r} at {self.url} "
-                f"had quota {old} (declared by a Runner still running, "
-                f"{before['holder']}); this Runner declares {new}, which now applies to every "
-                "Runner sharing it. Declare the same quota everywhere, or use another ?name=.",
-                LedgerWarning,
-            )
-
     def watch(self, wake: Callable[[], None]) -> None:
         """``wake()`` (thread-safe) is called when another process gives back a
         reservation a waiting call needs."""
@@ -247,7 +162,7 @@ class RedisLedger:
         if spec is None:
             r = self._resources[index]
             spec = self._specs[(index, key)] = [
-                f"{self.prefix}m:{r.name}:{_partition_text(key)}",
+                f"{self.prefix}m:{r.name}:{partition_text(key)}",
                 r.refill,
                 num(r.quota_for(key)),
                 num(r.time_window_seconds),

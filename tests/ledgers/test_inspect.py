@@ -92,7 +92,7 @@ def test_partitions_with_colons_are_shown_whole(
 
 
 def test_meter_keys_split_at_the_longest_declared_resource() -> None:
-    from rate_limited.ledgers._redis_link import meter_parts as _meter
+    from rate_limited.ledgers._redis_url import meter_parts as _meter
 
     assert _meter("a:b:ft:x::y", ["a", "a:b"]) == ("a:b", "ft:x::y")
     assert _meter("requests:", ["requests"]) == ("requests", "")

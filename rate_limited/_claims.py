@@ -33,6 +33,18 @@ and until when those claims hold unless renewed.
 
 A store error while claiming sends the call (a StoreWarning says so): it cannot be
 coordinated, and stopping the run would lose more than a possible duplicate.
+
+**A store lost while calls wait.** Calls waiting on other workers' claims learn their
+outcomes from the store only; a store this process can no longer reach would keep them
+waiting for ever. They go on waiting while the store fails for less than ``claim_ttl``
+seconds (a warning in the log says so at once): a connection blip or a Redis failover
+must not send again calls another worker is known to be sending. Once it has failed for
+``claim_ttl`` s they are sent here, and the run's StoreWarning says so (they may have been
+sent twice). Why ``claim_ttl`` and not at once, as for a call whose claim fails in
+``take``: that call has no known sender, a waiting call has one; and ``claim_ttl`` is the
+patience given to a silent holder anyway: had the store gone for every worker, the
+holder could not renew either, and its claims would have lapsed by then. A read that
+succeeds meanwhile starts the count again.
 At the end of a run (its outcomes flushed) the claims of calls not started and of calls
 whose outcome is written are given up, so that another worker takes the first at once (a
 Ctrl-C here does not hold them up for ``claim_ttl``) and reads the others' outcomes.
@@ -116,6 +128,7 @@ class Claims:
         self._run_started = time.time()
         self._refresh = False
         self._problem: str | None = None
+        self._lost_since: float | None = None  # monotonic time the waiting lost the store
         #: Calls whose outcome came from another worker in this run, and calls taken over
         #: (from ended holders at once, or after their claims expired).
         self.adopted = 0
@@ -129,6 +142,7 @@ class Claims:
         self._waiting.clear()
         self._held_by.clear()
         self._wait_since = None
+        self._lost_since = None
         self._told = False
 
     def take(self, call: Call) -> bool:
@@ -283,13 +297,43 @@ class Claims:
                 keys = [key for key in waiting if held_by[key].holder in ended]
             if keys:
                 self._claim_waiting(keys, now)
+            self._lost_since = None
         except StoreError as exc:
-            self._store_failed(exc)
+            self._store_lost(exc, time.monotonic())
         if waiting:
             self._maybe_tell(time.monotonic())
             self._timer = engine.loop.call_later(POLL, self._poll)
         else:
             self._wait_since = None
+
+    def _store_lost(self, exc: StoreError, now: float) -> None:
+        """The waiting calls can't read the store: they wait ``claim_ttl`` s more at most,
+        then are sent here (see the module docstring)."""
+        waiting, ttl = self._waiting, self._store.claim_ttl
+        if self._lost_since is None:
+            self._lost_since = now
+            logger.warning(
+                "The store %r can't be read (%s): %d calls waiting on other workers' claims "
+                "wait for it up to claim_ttl=%g s, then are sent here.",
+                self._store,
+                describe(exc),
+                len(waiting),
+                ttl,
+            )
+        if now - self._lost_since < ttl:
+            return
+        keys = list(waiting)
+        for key in keys:
+            call = waiting.pop(key)
+            self._held_by.pop(key, None)
+            self._own(call, now)
+            self._engine.requeue(call)
+        self._lost_since = None
+        self._tell_problem(
+            f"{len(keys)} call{'s' if len(keys) != 1 else ''} waiting on other workers' "
+            f"claims could not read the store {self._store!r} for claim_ttl={ttl:g} s "
+            f"({describe(exc)}): sent here, so they may have been sent twice."
+        )
 
     def _claim_waiting(self, keys: list[str], now: float) -> None:
         """Claim waiting calls again; send here those that come out ours. An outcome
@@ -406,7 +450,7 @@ class Claims:
         self._timer = self._renewal = None
         self._waiting.clear()
         self._held_by.clear()
-        self._wait_since = None
+        self._wait_since = self._lost_since = None
         for text, count in self._took_from.items():
             logger.info(
                 "Took over at once %d calls claimed by %s, a process of this machine that "
@@ -434,11 +478,15 @@ class Claims:
     def _store_failed(self, exc: StoreError) -> None:
         if self._problem is not None:
             return
-        self._problem = (
+        self._tell_problem(
             f"Could not claim calls in the store {self._store!r} ({describe(exc)}): they are "
             "sent without checking whether another worker sends them too."
         )
-        logger.warning("%s", self._problem)
+
+    def _tell_problem(self, text: str) -> None:
+        """``text`` goes to the log now and into the run's StoreWarning."""
+        logger.warning("%s", text)
+        self._problem = text if self._problem is None else f"{self._problem} {text}"
 
     def take_problem(self) -> str | None:
         """What went wrong with the claims since the last call (for the run's one

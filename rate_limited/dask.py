@@ -15,9 +15,24 @@ here does that again. What makes a distributed run safe is the sharing underneat
   once (``rate_limited._claims``).
 
 ``make_runner`` is pickled to the workers, so it must be a module-level function (or a
-``functools.partial`` of one), not a lambda; it is called once per partition. The Runner
-it returns should have a shared ledger: with a ledger of its own, each partition would
-believe it owns the whole quota (a ``LedgerWarning`` says so).
+``functools.partial`` of one), not a lambda; it is called once per partition, and once on
+the client by ``apply`` itself (nothing is sent then) to learn the result's columns. The
+Runner it returns should have a shared ledger: with a ledger of its own, each partition
+would believe it owns the whole quota (a ``LedgerWarning`` says so).
+
+**The result's schema.** Dask needs every partition's columns and dtypes before any runs
+(its ``meta``). The columns are the Runner's: those ``Runner.apply`` gives an empty frame
+(``result`` ... ``semantic_similarity``), then ``cost_usd`` when the Runner prices its
+calls (an API preset), ``model`` when its calls have a ``model`` argument (as
+``row_to_kwargs`` gives for Dask's sample row, or an ``escalate=`` ladder; kept when
+``row_to_kwargs`` fails on the sample's made-up values) and a
+``usage_<resource>`` column per resource: the columns ``runner.apply`` gives a pandas
+frame of the same rows. ``Runner.apply`` infers each partition's dtypes from its values
+(a partition whose calls all succeeded has an ``error`` column of None); here every
+partition is cast to one schema, so that the lazy frame's accessors work and partitions
+concatenate alike: ``result`` and the text columns are ``object``, ``status`` is a
+categorical of every ``Status`` value, the numbers are ``float64`` (NaN for None),
+``attempts`` ``int64`` and ``from_store`` ``bool``.
 
 Dask is optional: ``pip install 'rate_limited[dask]'``, imported only here.
 """
@@ -55,8 +70,11 @@ def apply(
 
     ``make_runner()`` builds the Runner on the worker (share its quota and store through
     ``redis://`` URLs); ``row_to_kwargs(row)`` gives each call's keyword arguments. Returns
-    a lazy Dask DataFrame aligned to ``ddf`` with the columns of ``Runner.apply``;
-    ``.compute()`` runs it.
+    a lazy Dask DataFrame aligned to ``ddf`` with the columns of ``Runner.apply`` (see the
+    module docstring for their dtypes); ``.compute()`` runs it. ``make_runner`` is called
+    once here, on the client, to learn those columns: a ``make_runner`` that does not
+    return a Runner, or a ``row_to_kwargs`` that does not return a dict, is a
+    ``ConfigurationError`` now, before any partition runs.
     """
     dd = _dask_dataframe()
     if not isinstance(ddf, dd.DataFrame):
@@ -64,11 +82,29 @@ def apply(
             f"ddf must be a dask.dataframe.DataFrame, got {type(ddf).__name__}; for a pandas "
             "DataFrame use runner.apply(df, row_to_kwargs)."
         )
-    if not callable(make_runner) or not callable(row_to_kwargs):
-        raise ConfigurationError("make_runner and row_to_kwargs must be callables.")
+    for name, value in (("make_runner", make_runner), ("row_to_kwargs", row_to_kwargs)):
+        if not callable(value):
+            raise ConfigurationError(
+                f"{name} must be a function, got {type(value).__name__}: {value!r}. "
+                "make_runner() returns the Runner a partition runs on; row_to_kwargs(row) "
+                "returns the keyword arguments of the row's call."
+            )
     meta = _meta(ddf, make_runner, row_to_kwargs)
-    columns = list(meta.columns)
-    return ddf.map_partitions(_run_partition, make_runner, row_to_kwargs, columns, meta=meta)
+    return ddf.map_partitions(_run_partition, make_runner, row_to_kwargs, meta, meta=meta)
+
+
+def _runner_from(make_runner: Callable[[], Runner]) -> Runner:
+    """``make_runner()``, which must be a Runner."""
+    from rate_limited.runner import Runner
+
+    runner = make_runner()
+    if not isinstance(runner, Runner):
+        raise ConfigurationError(
+            f"make_runner() must return a rate_limited Runner (e.g. chat.runner(...) or "
+            f"Runner(fn, resources, ledger=...)); {make_runner!r} returned "
+            f"{type(runner).__name__}: {runner!r}."
+        )
+    return runner
 
 
 def _meta(
@@ -76,9 +112,10 @@ def _meta(
     make_runner: Callable[[], Runner],
     row_to_kwargs: Callable[[pandas.Series], Mapping[str, Any]],
 ) -> pandas.DataFrame:
-    """The result's empty frame (its columns and dtypes), from a Runner made here: the
-    columns depend on its resources. Nothing is scheduled, so nothing is sent."""
-    runner = make_runner()
+    """The result's empty frame (its columns and dtypes, see the module docstring), from a
+    Runner made here: the columns depend on its resources, prices and calls. Nothing is
+    scheduled, so nothing is sent."""
+    runner = _runner_from(make_runner)
     try:
         if runner._ledger_is_local and runner.resources:
             warnings.warn(
@@ -89,22 +126,77 @@ def _meta(
                 stacklevel=3,
             )
         frame = runner.apply(ddf._meta, row_to_kwargs)
-        for resource in runner.resources:  # a usage column per resource, as rows will have
-            frame[f"usage_{resource.name}"] = frame.get(f"usage_{resource.name}", 0.0)
+        columns = [c for c in frame.columns if not c.startswith("usage_")]
+        money = runner._money
+        if money.spend is not None and money.spend.source is not None:
+            columns.append("cost_usd")
+        if money.ladder is not None or _sample_has_model(ddf, row_to_kwargs):
+            columns.append("model")
+        columns += [f"usage_{resource.name}" for resource in runner.resources]
     finally:
         runner.close()
-    return frame.astype({"attempts": "int64", "from_store": "bool"})
+    pd = _pandas()
+    return pd.DataFrame(
+        {name: pd.Series(dtype=_dtype(name)) for name in columns}, index=ddf._meta.index
+    )
+
+
+def _sample_has_model(
+    ddf: Any, row_to_kwargs: Callable[[pandas.Series], Mapping[str, Any]]
+) -> bool:
+    """Whether the calls have a ``model`` argument (an ``Outcome.model``), as
+    ``row_to_kwargs`` says for Dask's sample row (made-up values: nothing is computed).
+    A function that fails on made-up values keeps the column: a column of None is better
+    than a column lost."""
+    sample = ddf._meta_nonempty
+    if sample.empty:  # pragma: no cover - Dask's sample has rows
+        return True
+    try:
+        kwargs = row_to_kwargs(sample.iloc[0])
+    except Exception:
+        return True
+    if not isinstance(kwargs, Mapping):
+        raise ConfigurationError(
+            f"row_to_kwargs must return a dict of keyword arguments; for a sample row of "
+            f"the frame it returned {type(kwargs).__name__}: {kwargs!r}."
+        )
+    return isinstance(kwargs.get("model"), str)
+
+
+def _pandas() -> Any:
+    import pandas
+
+    return pandas
+
+
+def _dtype(column: str) -> Any:
+    """The dtype of a result column (see the module docstring)."""
+    if column == "status":
+        from rate_limited._status import Status
+
+        return _pandas().CategoricalDtype([status.value for status in Status])
+    if column in _NUMBERS or column.startswith("usage_"):
+        return "float64"
+    return _FIXED.get(column, "object")
+
+
+#: Result columns that are numbers (NaN where the outcome has None).
+_NUMBERS = frozenset({"latency", "semantic_similarity", "cost_usd"})
+#: Result columns of a fixed dtype other than float64 and object.
+_FIXED = {"attempts": "int64", "from_store": "bool"}
 
 
 def _run_partition(
     partition: pandas.DataFrame,
     make_runner: Callable[[], Runner],
     row_to_kwargs: Callable[[pandas.Series], Mapping[str, Any]],
-    columns: list[str],
+    meta: pandas.DataFrame,
 ) -> pandas.DataFrame:
-    """One Dask task: a Runner for this partition, applied to it, then closed."""
-    runner = make_runner()
+    """One Dask task: a Runner for this partition, applied to it, then closed; the frame
+    is cast to the result's schema (``meta``)."""
+    runner = _runner_from(make_runner)
     try:
-        return runner.apply(partition, row_to_kwargs).reindex(columns=columns)
+        frame = runner.apply(partition, row_to_kwargs)
     finally:
         runner.close()
+    return frame.reindex(columns=meta.columns).astype(meta.dtypes.to_dict())

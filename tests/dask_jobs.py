@@ -43,3 +43,41 @@ def answers_row(result: Any, row_id: int) -> bool:
     """Whether the chat completion ``result`` is the answer to the row whose id is ``row_id``."""
     words = result.choices[0].message.content.split()
     return bool(words) and words[0] == str(row_id)
+
+
+def text_or_fail(x: int) -> str:
+    """A plain function for the schema tests: text, or a failure for ``x == 3``."""
+    if x == 3:
+        raise ValueError("bad row")
+    return f"text {x}"
+
+
+def make_text_runner(ledger: str) -> Runner:
+    """A Runner of ``text_or_fail`` on the shared ``ledger``, one attempt per call."""
+    from rate_limited import Resource
+
+    return Runner(
+        text_or_fail,
+        [Resource("requests", quota=1_000, time_window_seconds=1)],
+        ledger=ledger,
+        max_retries=0,
+        progress=False,
+    )
+
+
+def make_chat_runner(base_url: str, ledger: str) -> Runner:
+    """A ChatCompletions Runner (it prices its calls) on the shared ``ledger``."""
+    import openai
+
+    from rate_limited.apis.openai import ChatCompletions
+
+    client = openai.OpenAI(base_url=base_url, api_key="test", max_retries=0)
+    chat = ChatCompletions(
+        client, requests_per_minute=600, tokens_per_minute=100_000, ledger=ledger
+    )
+    return chat.runner(progress=False)
+
+
+def make_nothing() -> Any:
+    """A wrong ``make_runner``: it returns no Runner."""
+    return 3

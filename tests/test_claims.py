@@ -206,6 +206,107 @@ def test_a_store_that_cannot_claim_sends_and_warns(tmp_path: Path) -> None:
     store.close()
 
 
+class Outage:
+    """Makes a store's reads and claims fail (``StoreUnavailableError``) while ``down``,
+    or for the next ``count`` reads; counts the failures."""
+
+    def __init__(self, store: Store) -> None:
+        self.down = False
+        self.count = 0
+        self.failures = 0
+        for name in ("get", "get_many", "claim", "claim_states"):
+            setattr(store, name, self._failing(getattr(store, name)))
+
+    def _failing(self, method: Callable[..., object]) -> Callable[..., object]:
+        from rate_limited.exceptions import StoreUnavailableError
+
+        def failing(*args: object, **kwargs: object) -> object:
+            if self.down or self.count > 0:
+                self.count = max(0, self.count - 1)
+                self.failures += 1
+                raise StoreUnavailableError("connection refused")
+            return method(*args, **kwargs)
+
+        return failing
+
+
+def held_and_waited_for(
+    shared_store: Callable[..., Store], waiter_ttl: float
+) -> tuple[Runner, Runner, Outage, threading.Event, Counter[int]]:
+    """A Runner sending call 1 (until ``gate`` is set) and another one waiting on its
+    claim, whose store an Outage can break."""
+    sent: Counter[int] = Counter()
+    lock = threading.Lock()
+    gate = threading.Event()
+
+    def call(i: int) -> int:
+        with lock:
+            sent[i] += 1
+            first = sent[i] == 1
+        if first:
+            gate.wait(60)
+        return i * 10
+
+    holder = Runner(call, store=shared_store(claim_ttl=60), progress=False)
+    waiter_store = shared_store(claim_ttl=waiter_ttl)
+    outage = Outage(waiter_store)
+    waiter = Runner(call, store=waiter_store, progress=False, long_wait_warning_seconds=None)
+    holder.schedule(1)
+    waiter.schedule(1)
+    return holder, waiter, outage, gate, sent
+
+
+def is_waiting(runner: Runner) -> bool:
+    engine = runner._active_engine
+    return engine is not None and engine.claims is not None and bool(engine.claims._waiting)
+
+
+def test_calls_waiting_on_a_store_lost_for_claim_ttl_are_sent_here(
+    shared_store: Callable[..., Store],
+) -> None:
+    """The store can't be read while a call waits on another worker's claim: after the
+    waiter's claim_ttl of failures it is sent here, and a StoreWarning says so (a possible
+    duplicate, not a hang)."""
+    holder, waiter, outage, gate, sent = held_and_waited_for(shared_store, waiter_ttl=0.5)
+    held = holder.start()
+    wait_for(lambda: sent[1] == 1)
+    waiting = waiter.start()
+    wait_for(lambda: is_waiting(waiter))
+    outage.down = True
+    with pytest.warns(StoreWarning, match="for claim_ttl=0.5 s .*may have been sent twice"):
+        result = waiting.result(60)
+    assert result.results == [10]
+    assert not result.outcomes[0].from_store
+    assert sent[1] == 2  # sent here, while the holder still sends it
+    assert outage.failures >= 2  # it kept trying, then gave up
+    gate.set()
+    assert held.result(60).results == [10]
+    holder.close()
+    waiter.close()
+
+
+def test_calls_waiting_through_a_short_outage_take_the_holders_outcome(
+    shared_store: Callable[..., Store],
+) -> None:
+    """Three failed reads, well within claim_ttl: the waiting call goes on waiting and
+    takes the holder's outcome; nothing is sent twice, nothing warned."""
+    holder, waiter, outage, gate, sent = held_and_waited_for(shared_store, waiter_ttl=60)
+    held = holder.start()
+    wait_for(lambda: sent[1] == 1)
+    waiting = waiter.start()
+    wait_for(lambda: is_waiting(waiter))
+    outage.count = 3
+    wait_for(lambda: outage.failures == 3)
+    gate.set()
+    assert held.result(60).results == [10]
+    result = waiting.result(60)  # no warning: they are errors here
+    assert result.results == [10]
+    assert result.outcomes[0].from_store
+    assert sent[1] == 1
+    holder.close()
+    waiter.close()
+
+
 # -- Runners in processes ------------------------------------------------------------------------
 
 

@@ -6,13 +6,22 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from rate_limited import LedgerWarning
+from rate_limited import LedgerWarning, Status
 from rate_limited.exceptions import ConfigurationError
 from rate_limited.testing import MockProvider
-from tests.dask_jobs import answers_row, make_runner, reply_with_row_id, row_to_kwargs
+from tests.dask_jobs import (
+    answers_row,
+    make_chat_runner,
+    make_nothing,
+    make_runner,
+    make_text_runner,
+    reply_with_row_id,
+    row_to_kwargs,
+)
 from tests.shared import ROOT
 from tests.stores.conftest import redis_url  # noqa: F401 - the session's redis-server
 
@@ -98,3 +107,127 @@ def test_a_runner_with_a_ledger_of_its_own_is_warned_about() -> None:
     ddf = dd.from_pandas(frame(4), npartitions=2)
     with pytest.warns(LedgerWarning, match="ledger='redis://"):
         apply(ddf, make, row_to_kwargs)
+
+
+@pytest.fixture
+def synchronous() -> Iterator[None]:
+    """Partitions computed in this thread: the schema tests need no worker processes."""
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        yield
+
+
+def ledger_url(redis_url: str) -> str:  # noqa: F811
+    return f"{redis_url.rpartition('/')[0]}/0?name=dask-{uuid.uuid4().hex[:8]}"
+
+
+def test_the_columns_are_those_runner_apply_gives_pandas(
+    synchronous: None,
+    redis_url: str,  # noqa: F811
+) -> None:
+    """A preset prices its calls and they name a model: ``cost_usd`` and ``model`` are
+    columns of every partition, as of ``runner.apply`` on the pandas frame."""
+    from rate_limited.dask import apply
+
+    df = frame(6)
+    with MockProvider(rpm=600, tpm=100_000) as mp:
+        make = functools.partial(make_chat_runner, mp.base_url, ledger_url(redis_url))
+        runner = make()
+        try:
+            expected = runner.apply(df, row_to_kwargs)
+        finally:
+            runner.close()
+        result = apply(dd.from_pandas(df, npartitions=2), make, row_to_kwargs)
+        out = result.compute()
+    assert {"cost_usd", "model"} <= set(expected.columns)
+    assert list(result.columns) == list(expected.columns)
+    assert list(out.columns) == list(expected.columns)
+    assert (out["model"] == "gpt-4o-mini").all()
+    assert (out["cost_usd"] > 0).all()
+
+
+def test_the_lazy_frame_has_the_dtypes_of_its_partitions(
+    synchronous: None,
+    redis_url: str,  # noqa: F811
+) -> None:
+    """Text columns are object, status a categorical of every Status: the lazy frame's
+    accessors work, and what it computes has the dtypes it announced."""
+    from rate_limited.dask import apply
+
+    make = functools.partial(make_text_runner, ledger_url(redis_url))
+    ddf = dd.from_pandas(pd.DataFrame({"x": range(8)}), npartitions=2)
+    out = apply(ddf, make, lambda row: {"x": int(row["x"])})
+    assert "cost_usd" not in out.columns and "model" not in out.columns  # not priced
+    assert list(out.status.cat.categories) == [status.value for status in Status]
+    failed = out[out.error.fillna("").str.contains("bad row")].compute()
+    assert list(failed.index) == [3]
+    assert list(failed.status) == ["failed"]
+    upper = out.result.str.upper().compute()
+    assert upper[0] == "TEXT 0"
+    computed = out.compute()
+    assert computed.dtypes.to_dict() == out.dtypes.to_dict()
+    assert out.status.value_counts().compute()["succeeded"] == 7
+
+
+def test_a_make_runner_without_a_runner_is_named_before_anything_runs(
+    redis_url: str,  # noqa: F811
+) -> None:
+    from rate_limited.dask import apply
+
+    ddf = dd.from_pandas(frame(4), npartitions=2)
+    with pytest.raises(
+        ConfigurationError, match=r"make_runner\(\) must return a rate_limited Runner.*int: 3"
+    ):
+        apply(ddf, make_nothing, row_to_kwargs)
+    with pytest.raises(ConfigurationError, match="make_runner must be a function"):
+        apply(ddf, "runner", row_to_kwargs)  # type: ignore[arg-type]
+
+
+def test_a_row_to_kwargs_without_a_dict_is_named_before_anything_runs(
+    redis_url: str,  # noqa: F811
+) -> None:
+    from rate_limited.dask import apply
+
+    make = functools.partial(make_text_runner, ledger_url(redis_url))
+    ddf = dd.from_pandas(pd.DataFrame({"x": range(4)}), npartitions=2)
+    with pytest.raises(ConfigurationError, match=r"row_to_kwargs must return a dict.*int: 5"):
+        apply(ddf, make, lambda row: 5)  # type: ignore[arg-type, return-value]
+    with pytest.raises(ConfigurationError, match="row_to_kwargs must be a function"):
+        apply(ddf, make, None)  # type: ignore[arg-type]
+
+
+def test_the_readme_example_runs_as_written(
+    synchronous: None,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """README's Dask block (skipped by test_readme: it names a cluster's Redis host), run
+    with that host made this test's Redis and the OpenAI client's URL the MockProvider's:
+    every name it uses is defined or imported in it."""
+    from tests.test_readme import BLOCKS, README
+
+    pytest.importorskip("pyarrow")
+    [block] = [b for b in BLOCKS if b.is_python and "rate_limited.dask" in b.source]
+    host = redis_url.removeprefix("redis://").rpartition("/")[0]
+    prefix = f"dask-readme-{uuid.uuid4().hex[:8]}"
+    code = (
+        block.source.replace("scheduler-host:6379/1", f"{host}/0?prefix={prefix}")
+        .replace("scheduler-host:6379", host)
+        .replace("name=team-key", f"name={prefix}")
+    )
+    assert "scheduler-host" not in code
+    pd.DataFrame({"prompt": [f"prompt {i}" for i in range(4)]}).to_parquet(
+        tmp_path / "prompts.parquet"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RATE_LIMITED_STORE_SECRET", "dask-test-secret")
+    namespace: dict[str, object] = {"__name__": "readme_dask"}
+    with MockProvider(rpm=600, tpm=200_000) as mp:
+        monkeypatch.setenv("OPENAI_BASE_URL", mp.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        exec(compile("\n" * block.line + code, str(README), "exec"), namespace)
+        out = namespace["out"].compute()  # type: ignore[attr-defined]
+    assert (out["status"] == "succeeded").all()
+    assert {"cost_usd", "model"} <= set(out.columns)

@@ -412,7 +412,6 @@ class RedisLink:
         delay = min(_RETRY_MAX, RETRY_FIRST * 2 ** min(self._failures - 1, 10))
         self._retry_at = time.monotonic() + delay
         if self.down_since is None:
-            self.down_since = time.monotonic()
             what = (
                 "The shared ledger's Redis at {} refuses its calls"
                 if isinstance(exc, Refused)
@@ -423,8 +422,10 @@ class RedisLink:
                 "until it is back; calls already running finish, their results are kept, and "
                 "what they used is billed to it once it is back."
             )
-            logger.warning("%s", text)
+            # the notice before the pause: a call paused by it (another thread) finds it
             self._notices.append((LedgerWarning, text))
+            logger.warning("%s", text)
+            self.down_since = time.monotonic()
 
     def _back(self) -> None:
         seconds = time.monotonic() - (self.down_since or time.monotonic())

@@ -3,9 +3,12 @@ resource declarations (the scenarios of 0.4's own test suite are ported onto the
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import os
 import ssl
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +21,16 @@ from tests.limited_server import LimitedServer
 
 #: Starts a MockProvider with the given options (see the make_provider fixture).
 MakeProvider = Callable[..., MockProvider]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``slow`` tests (seconds to a minute of real time each: processes, kernels,
+    buckets refilling) come first, the rest in file order after them. The xdist workers
+    take the next test as they finish one (``--dist load --maxschedchunk 1``), so the
+    long tests spread over them at the start and the short ones fill in around them: no
+    long test starts last and holds the run while the other workers idle. (Every worker
+    collects the same order: the sort is stable and depends on the markers alone.)"""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture
@@ -133,6 +146,26 @@ class AsyncioWatchdog(logging.Handler):
             self.reports.append(f"{message} ({error!r})" if error else message)
 
 
+#: ``RATE_LIMITED_TEST_GC_EACH=1``: collect after every test, so that a socket, file or
+#: loop a test left open (in a reference cycle) is reported by that test, not by whichever
+#: later one the collector happens to run in. Slow: for hunting a leak, not for CI.
+GC_EACH = os.environ.get("RATE_LIMITED_TEST_GC_EACH") == "1"
+
+
+def _collect_reporting_leaks(where: str) -> None:
+    """Collect garbage; fail naming what was left open (a ResourceWarning) and where."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    if leaks:
+        pytest.fail(
+            f"{where} left open (found by a garbage collection):\n  "
+            + "\n  ".join(leaks)
+            + ("" if GC_EACH else "\nRun with RATE_LIMITED_TEST_GC_EACH=1 to find the test.")
+        )
+
+
 @pytest.fixture(scope="session")
 def _asyncio_reports() -> Iterator[AsyncioWatchdog]:
     watchdog = AsyncioWatchdog()
@@ -140,11 +173,28 @@ def _asyncio_reports() -> Iterator[AsyncioWatchdog]:
     logger.addHandler(watchdog)
     try:
         yield watchdog
-        gc.collect()  # the last dead tasks, also those kept in reference cycles
+        # The last dead tasks, also those kept in reference cycles.
+        _collect_reporting_leaks("Tests of this worker")
     finally:
         logger.removeHandler(watchdog)
     if watchdog.reports:
         pytest.fail("asyncio reported errors nobody retrieved:\n" + "\n".join(watchdog.reports))
+
+
+@pytest.fixture(autouse=True)
+def _close_the_loop_nest_asyncio_leaves() -> Iterator[None]:
+    """Once a test ran a Runner with ``event_loop="current"`` (or inside a running loop),
+    nest_asyncio's patch makes ``asyncio.run`` run on the thread's current loop, which it
+    creates and never closes: close it after each test, or a later test's garbage
+    collection reports it (an unraisable ResourceWarning, an error in that test)."""
+    yield
+    policy = asyncio.get_event_loop_policy()
+    loop = getattr(getattr(policy, "_local", None), "_loop", None)
+    if loop is not None and not loop.is_running() and not loop.is_closed():
+        loop.close()
+        policy.set_event_loop(None)
+    if GC_EACH:
+        _collect_reporting_leaks("This test")
 
 
 @pytest.fixture(autouse=True)

@@ -137,6 +137,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_new_process_resuming_on_the_same_store_sends_no_429(tmp_path: Path) -> None:
     """Process A drains a 60,000 TPM bucket (30 calls of ~2,000 tokens, OpenAI's rule) and
     exits; process B on the same store resumes with 5 calls more. Without the earlier

@@ -115,6 +115,7 @@ def test_unknown_prices_make_the_cost_unknown() -> None:
     assert "cost max    unknown" in str(estimate) or "unknown" in str(estimate)
 
 
+@pytest.mark.slow
 def test_the_demo_prints_its_estimate_and_sends_nothing(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "rate_limited", "demo", "--requests", "50", "--estimate"],

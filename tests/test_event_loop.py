@@ -14,25 +14,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rate_limited import ConfigurationError, Resource, Runner
-
-
-@pytest.fixture(autouse=True)
-def _close_the_loop_nest_asyncio_leaves() -> Iterator[None]:
-    """nest_asyncio patches ``asyncio.run`` to run on the thread's current loop, which it
-    creates and never closes: close it after each test here, or a later test's garbage
-    collection reports it (an unraisable ResourceWarning, an error in that test)."""
-    yield
-    policy = asyncio.get_event_loop_policy()
-    loop = getattr(getattr(policy, "_local", None), "_loop", None)
-    if loop is not None and not loop.is_running() and not loop.is_closed():
-        loop.close()
-        policy.set_event_loop(None)
 
 
 class LoopBoundClient:

@@ -178,6 +178,7 @@ def run_openai(
     return mp.request_log, result, function
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("refund", RULES)
 @pytest.mark.parametrize("workload", [pytest.param("rpm"), pytest.param("tpm")])
 @pytest.mark.parametrize(
@@ -210,6 +211,7 @@ def test_steady_state_at_the_limit_without_429s(
     assert seen.utilization <= 1.02  # the measure, not the provider: its bucket moves
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("refund", RULES)
 @pytest.mark.parametrize(
     "given", [pytest.param(True, id="limits-given"), pytest.param(False, id="from-headers")]
@@ -261,6 +263,7 @@ def anthropic_client(mp: MockProvider) -> anthropic.AsyncAnthropic:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "refund",
     [

@@ -49,6 +49,7 @@ def read(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "batch", [pytest.param(False, id="online"), pytest.param(True, id="batch")]
 )
@@ -133,6 +134,7 @@ def test_estimate_sends_nothing(
     assert provider.stats().requests == 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_rerun_sends_no_request_twice(tmp_path: Path) -> None:
     """A subprocess is interrupted (SIGINT) once the provider has admitted 200 of its
     1,000 requests; the same command again finishes the file. The provider's log of
@@ -141,7 +143,7 @@ def test_ctrl_c_then_rerun_sends_no_request_twice(tmp_path: Path) -> None:
     output = tmp_path / "results.jsonl"
     with MockProvider(output_tokens=6, latency=0.05, rpm=12_000) as mp:
         command = [sys.executable, "-m", "rate_limited", "run", str(source), "-o", str(output)]
-        command += ["--rpm", "12000", "--tpm", "10000000", "--no-progress"]
+        command += ["--rpm", "12000", "--tpm", "10000000", "--no-progress", "--claim-ttl", "2"]
         env = {"OPENAI_BASE_URL": mp.base_url, "OPENAI_API_KEY": "sk-test", "PATH": ""}
         with subprocess.Popen(
             command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
@@ -167,6 +169,7 @@ def test_ctrl_c_then_rerun_sends_no_request_twice(tmp_path: Path) -> None:
     assert all(r["response"] is not None for r in read(output))
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_the_finished_results_on_disk_and_a_rerun_completes(
     tmp_path: Path,
 ) -> None:
@@ -174,13 +177,14 @@ def test_kill_9_leaves_the_finished_results_on_disk_and_a_rerun_completes(
     results; those results are on disk, and the same command again finishes the file in
     input order without sending any of them again (counted at the provider). Requests in
     flight when the process died were answered to no one: only those may be sent twice,
-    at most ``--max-concurrent`` of them."""
+    at most ``--max-concurrent`` of them. The rerun takes them over once the killed run's
+    claims on them expire: ``--claim-ttl 2`` seconds, not the default minute."""
     source = write(tmp_path / "requests.jsonl", [body(i) for i in range(500)])
     output = tmp_path / "results.jsonl"
     sidecar = tmp_path / "results.jsonl.partial"
     with MockProvider(output_tokens=6, latency=0.05, rpm=12_000) as mp:
         command = [sys.executable, "-m", "rate_limited", "run", str(source), "-o", str(output)]
-        command += ["--rpm", "12000", "--tpm", "10000000", "--no-progress"]
+        command += ["--rpm", "12000", "--tpm", "10000000", "--no-progress", "--claim-ttl", "2"]
         env = {"OPENAI_BASE_URL": mp.base_url, "OPENAI_API_KEY": "sk-test", "PATH": ""}
         with subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL) as first:
             deadline = time.monotonic() + 120

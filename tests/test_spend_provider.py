@@ -97,6 +97,7 @@ SECOND_PROCESS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_same_store_adds_at_most_one_call(
     provider: MockProvider, tmp_path: Path
 ) -> None:

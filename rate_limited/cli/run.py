@@ -27,6 +27,7 @@ of each run (Ctrl-C included), atomically, in input order: one line per request 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -96,6 +97,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--batch", action="store_true", help="through the Batch API (half price, up to 24 h)")
     add("--store", help="where finished calls are kept (default: OUTPUT.db)")
+    add(
+        "--claim-ttl",
+        type=float,
+        help="seconds a killed run's claims hold its unfinished requests from a rerun (60)",
+    )
     add("--max-retries", type=int, default=5, help="retries of a failed request (5)")
     add("--max-concurrent", type=int, default=64, help="most requests in flight (64)")
     add(
@@ -206,6 +212,12 @@ def _send(
     if args.estimate:
         return _estimate(preset, lines, args.batch)
     options: dict[str, Any] = {"store": store, "max_retries": args.max_retries}
+    # A Runner closes the stores it opens, not one it is given: this one closes at the end.
+    own_store: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if args.claim_ttl is not None:
+        from rate_limited.stores import open_store
+
+        own_store = options["store"] = open_store(store, claim_ttl=args.claim_ttl)
     if args.no_progress:
         options["progress"] = False
     if args.batch:
@@ -216,7 +228,7 @@ def _send(
     done = sidecar.answered(lines)
     todo = [line for line in lines if line.custom_id not in done]
     interrupted = False
-    with runner, sidecar:
+    with own_store, runner, sidecar:
         for line in todo:
             runner.schedule(**line.body)
         if todo:

@@ -53,6 +53,7 @@ def texts(result: Any) -> list[str | None]:
     return [r.choices[0].message.content if r is not None else None for r in result.results]
 
 
+@pytest.mark.slow
 def test_a_thousand_calls_by_batch_answer_as_online_at_half_the_cost(
     provider: MockProvider, clock: FakeClock
 ) -> None:
@@ -284,6 +285,7 @@ def test_bad_options_are_refused_early(
         chat(provider).runner(batch=True, store="memory://", **options)
 
 
+@pytest.mark.slow
 def test_kill_9_while_polling_then_a_new_process_resumes_the_same_batches(
     provider: MockProvider, clock: FakeClock, tmp_path: Path
 ) -> None:

@@ -76,6 +76,7 @@ def test_nothing_crosses_a_model_a_system_prompt_or_a_temperature(
     assert all(o.semantic is None for o in result.outcomes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind", [pytest.param("sqlite", id="sqlite"), pytest.param("redis", id="redis")]
 )

@@ -25,6 +25,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from rate_limited._secret_names import is_secret_name
 
@@ -42,7 +43,15 @@ class CallArguments(Protocol):
     def target(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]: ...
 
 
-__all__ = ["REDACTED", "RedactingFilter", "describe", "get_logger", "redact", "secret_values"]
+__all__ = [
+    "REDACTED",
+    "RedactingFilter",
+    "describe",
+    "get_logger",
+    "redact",
+    "redact_url",
+    "secret_values",
+]
 
 #: What a secret is replaced with.
 REDACTED = "***"
@@ -89,6 +98,21 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     text = _URL_PARAM.sub(_url_param, text)
     text = _QUOTED_PAIR.sub(_quoted_pair, text)
     return _BARE_PAIR.sub(_bare_pair, text)
+
+
+def redact_url(url: str) -> str:
+    """A server's URL (``redis://user:pw@host/0?password=pw``) fit for messages and reprs:
+    the password of its ``user:pw@`` part and every secret passed as a query parameter
+    (``redact``'s rules) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL we can take apart: the text rules still apply
+        return redact(url)
+    if password:
+        host = parts.netloc.rpartition("@")[2]
+        url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{REDACTED}@{host}"))
+    return redact(url, [password] if password else ())
 
 
 def _quoted_pair(match: re.Match[str]) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from rate_limited.exceptions import ConfigurationError
 from rate_limited.ledgers.base import Demand, Ledger, Reservation, Settle
 from rate_limited.ledgers.memory import InMemoryLedger
 
@@ -27,11 +26,6 @@ def open_ledger(spec: str | None, resources: Sequence[Resource], owner: str = ""
     a ``redis://`` URL -> a ``RedisLedger`` shared under the URL's ``?name=``."""
     if spec is None:
         return InMemoryLedger(resources)
-    if isinstance(spec, str):
-        from rate_limited.ledgers.redis import RedisLedger
+    from rate_limited.ledgers.redis import RedisLedger
 
-        return RedisLedger(spec, resources, owner=owner)
-    raise ConfigurationError(
-        "ledger= must be None (this process's own ledger) or a 'redis://host:port/db"
-        f"?name=...' URL shared by the processes on one API key, got {spec!r}."
-    )
+    return RedisLedger(spec, resources, owner=owner)  # its URL's checks: ``parse_url``

@@ -17,6 +17,9 @@ of a ledger in one cluster hash slot):
 * ``P holders`` a sorted set, holder -> the deadline of its lease (Redis time); ``P hi``
   a hash, holder -> who it is (host, pid, name) for ``rate-limited ledger inspect``;
   ``P h:<holder>`` the set of its lease ids.
+* ``P gen`` the ledger's generation (set once: missing after a restart without
+  persistence); ``P lost`` Redis's time when a process found it missing (for one window:
+  meters made meanwhile start full at that time).
 * ``P seq`` counter of lease and log entry ids; ``P freed`` the channel told when a
   reservation is given back while ``P waiting`` exists (set for a second by an admission
   that waits for one), so that waiters on other processes look again.
@@ -73,6 +76,20 @@ local function load(key, kind, q, w, d)
     m.spec = true  -- a new meter: write its kind, quota, window and delay too
   end
   m.log = P .. 'l' .. string.sub(key, string.len(P) + 2)
+  if m.spec then
+    -- Redis lost the ledger's state at `lost` (restarted without persistence; see
+    -- _redis_link): the provider's meter may have been full then, so a meter made since
+    -- starts full at that time, and drains (bucket) or expires (window) from there.
+    local lost = redis.call('GET', P .. 'lost')
+    if lost then
+      lost = tonumber(lost)
+      m.lv = m.q
+      if m.k == 'bucket' then m.s = lost + m.d
+      elseif lost + m.w > T then redis.call('ZADD', m.log, f(lost), new_id() .. ':' .. f(m.q))
+      else m.lv = 0 end
+      DIRTY[key] = m  -- save(m)
+    end
+  end
   LOADED[key] = m
   return m
 end

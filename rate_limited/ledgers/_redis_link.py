@@ -17,10 +17,15 @@ script calls); this module carries the asking:
   (Redis pub/sub) on to a call waiting for reservations others hold.
 * **Redis lost.** A failed call marks the link down (a ``LedgerWarning`` for the thread
   that called ``run()``) and is retried after a growing delay (``paused`` until then);
-  queued operations stay queued and go, in order, once it is back.
+  queued operations stay queued and go, in order, once it is back (after a look at the
+  ledger's *generation*: a Redis that came back without its data, restarted without
+  persistence, has lost the meters while the provider's are still full, so meters made
+  for the next ``full_for`` seconds start full, with a ``LedgerWarning``). A Redis that answers
+  but refuses the calls for a state of its own (out of memory, a read-only replica after a
+  failover, an ACL change, loading its data, busy, its master down: ``refusal``) is
+  treated the same way (``Refused``); any other error reply is a bug of ours and is raised.
 
-Also here: the ``redis://`` URL's parsing (``parse_url``), shared with ``ledger inspect``
-and the presets.
+The ``redis://`` URL's parsing and the key names: ``rate_limited.ledgers._redis_url``.
 """
 
 from __future__ import annotations
@@ -35,60 +40,60 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from rate_limited.exceptions import ConfigurationError, LedgerUnavailableError, LedgerWarning
+from rate_limited._redact import redact
+from rate_limited.exceptions import LedgerUnavailableError, LedgerWarning
 from rate_limited.ledgers import _lua
+from rate_limited.ledgers._redis_url import ROOT, redacted
 
-__all__ = ["DEFAULT_LEASE", "ROOT", "RedisLink", "num", "parse_url", "redacted"]
+__all__ = ["RedisLink", "Refused", "num", "refusal"]
 
 logger = logging.getLogger("rate_limited")
 
-#: Default seconds a holder's lease lasts without renewal (a dead process's reservations
-#: come back at most this long after it died, plus one renewal period).
-DEFAULT_LEASE = 20.0
 #: Seconds a queued settlement waits for an admission to take it before it goes alone.
 _BATCH_WAIT = 0.005
 #: Seconds between attempts to reach Redis again once it is lost: first, and most.
 RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
-#: Every shared ledger's keys start with this, then ``{name}:``.
-ROOT = "rate_limited:ledger:"
 
 
-def parse_url(url: str) -> tuple[str, str, float]:
-    """``redis://host:port/db?name=N&lease=S`` -> (the URL for redis-py, name, lease).
-
-    ``name`` (default ``"default"``) names the shared ledger: Runners with the same name on
-    the same Redis share their quotas. ``lease`` is in seconds (default 20)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigurationError(
-            f"ledger= must be a redis://, rediss:// or unix:// URL (or None for the "
-            f"in-process ledger), got {redacted(url)!r}."
-        )
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    ours = {k: v for k, v in query if k in ("name", "lease")}
-    rest = urlencode([(k, v) for k, v in query if k not in ("name", "lease")])
-    name = ours.get("name") or "default"
-    try:
-        lease = float(ours.get("lease", DEFAULT_LEASE))
-    except ValueError:
-        lease = math.nan
-    if not (0.2 <= lease < math.inf):
-        raise ConfigurationError(
-            f"lease= in the ledger URL must be a number of seconds >= 0.2, got "
-            f"{ours.get('lease')!r}."
-        )
-    return urlunsplit(parts._replace(query=rest)), name, lease
+#: Error codes of a Redis refusing commands for a state of its own, not for what was asked
+#: (the reply's first word; redis-py strips it from the message of the errors it maps).
+_STATE_CODES = frozenset(
+    {
+        "OOM",  # maxmemory reached
+        "READONLY",  # a replica (after a failover)
+        "NOPERM",  # an ACL change
+        "LOADING",  # loading its data set
+        "BUSY",  # running a long script
+        "MASTERDOWN",  # a replica whose master is down
+        "MISCONF",  # writes stopped: its last snapshot failed
+        "NOREPLICAS",  # min-replicas-to-write not met
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+    }
+)
 
 
-def redacted(url: str) -> str:
-    """``url`` with its password hidden."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+class Refused(Exception):
+    """Redis answered, but refused the ledger's call for a state of its own (see
+    ``refusal``): the ledger treats it as Redis away."""
+
+
+def refusal(exc: BaseException) -> Refused | None:
+    """``exc`` as a ``Refused`` if it is a Redis server's refusal for a state of its own
+    (out of memory, read-only, no permission, loading, busy...), else None (an error of
+    what was asked: a bug, to be raised)."""
+    import redis
+
+    if not isinstance(exc, redis.ResponseError):
+        return None
+    code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
+    if code not in _STATE_CODES:
+        return None
+    text = str(exc)
+    if not text.startswith(code):
+        text = f"{code} {text}"
+    return Refused(text)
 
 
 def num(value: float) -> str:
@@ -117,8 +122,13 @@ class RedisLink:
         self._info = json.dumps(
             {"host": socket.gethostname(), "pid": os.getpid(), "owner": owner, "since": time.time()}
         )
-        #: What a lost connection raises (the caller treats it as "Redis away").
-        self.down_errors = (redis.ConnectionError, redis.TimeoutError)
+        #: What a lost connection, or a Redis refusing the calls, raises (the caller
+        #: treats it as "Redis away").
+        self.down_errors: tuple[type[Exception], ...] = (
+            redis.ConnectionError,
+            redis.TimeoutError,
+            Refused,
+        )
         try:
             self.client: redis.Redis = redis.Redis.from_url(
                 client_url,
@@ -129,7 +139,7 @@ class RedisLink:
             self.client.ping()
         except (ValueError, redis.RedisError) as exc:
             raise LedgerUnavailableError(
-                f"can't reach the shared ledger's Redis at {self.url} ({exc}). Is "
+                f"can't reach the shared ledger's Redis at {self.url} ({redact(str(exc))}). Is "
                 "redis-server running and reachable there? Start it, fix the URL, or leave "
                 "ledger= out for a ledger of this process only."
             ) from exc
@@ -143,7 +153,8 @@ class RedisLink:
         except redis.RedisError as exc:
             self.client.close()
             raise LedgerUnavailableError(
-                f"can't load the shared ledger's code into the Redis at {self.url} ({exc})."
+                f"can't load the shared ledger's code into the Redis at {self.url} "
+                f"({redact(str(exc))})."
             ) from exc
         #: Settling operations not sent yet, in order: they go with the next ``run`` (one
         #: round trip per call), or from the sender thread if none comes within
@@ -159,6 +170,11 @@ class RedisLink:
         self._retry_at = -math.inf
         self._failures = 0
         self._notices: list[tuple[type[Warning], str]] = []
+        #: The ledger's generation (``P gen``), looked at again after Redis was lost.
+        self.generation: str | None = None
+        #: Seconds a meter made after Redis lost the ledger's state starts full for (the
+        #: ledger sets it: its longest window, or bucket refill time and delay).
+        self.full_for = 0.0
         #: Set by a call that waits for reservations others hold: the next ``freed``
         #: notification calls ``wake`` (then clears it).
         self.waiting_release = False
@@ -179,12 +195,14 @@ class RedisLink:
         """Take the lease, then start the keeper and sender threads. Redis lost in between
         (it answered a moment ago): the connections are closed and the error says so."""
         try:
+            self._check_generation()
             self._heartbeat()
         except BaseException as exc:
             self.disconnect()
             if isinstance(exc, self.down_errors):
                 raise LedgerUnavailableError(
-                    f"lost the shared ledger's Redis at {self.url} while joining it ({exc}). "
+                    f"lost the shared ledger's Redis at {self.url} while joining it "
+                    f"({redact(str(exc))}). "
                     "Is redis-server still running there?"
                 ) from exc
             raise
@@ -203,11 +221,13 @@ class RedisLink:
                 thread.join(timeout=2.0)
         try:
             self.run("release_holder", [self.holder])
-        except self.down_errors:
+        except Exception as exc:  # closing never raises: the lease gives them back anyway
             logger.warning(
-                "The shared ledger at %s is unreachable: this process's reservations come "
-                "back when its lease expires",
+                "The shared ledger at %s could not take back this process's reservations "
+                "(%s): they come back when its lease expires, in %g s at most",
                 self.url,
+                redact(f"{type(exc).__name__}: {exc}"),
+                self.lease,
             )
         finally:
             self.disconnect()
@@ -263,9 +283,14 @@ class RedisLink:
                     if attempt == 2 or not lost:
                         raise
                 self._load_code()
-        except self.down_errors:
+        except (redis.ConnectionError, redis.TimeoutError):
             conn.disconnect()
             raise
+        except redis.ResponseError as exc:
+            refused = refusal(exc)
+            if refused is None:
+                raise
+            raise refused from exc
 
     def _send(self, ops: list[tuple[str, list[str]]]) -> Any:
         """Run ``ops`` in one call (the caller holds the lock); a lost connection is noted
@@ -274,6 +299,8 @@ class RedisLink:
         for name, op_args in ops:
             args += [name, str(len(op_args)), *op_args]
         try:
+            if self.down_since is not None:
+                self._check_generation()
             result = self._execute(args)
         except self.down_errors as exc:
             self._lost(exc)
@@ -281,6 +308,43 @@ class RedisLink:
         if self.down_since is not None:
             self._back()
         return result
+
+    def _check_generation(self) -> None:
+        """Join the ledger's generation (``P gen``, made by its first process), or find
+        that Redis lost the ledger's state (the key is missing or new: restarted without
+        persistence, flushed) since this process last looked. Then the provider's meters
+        may be full while the ledger's are empty: ``P lost`` (Redis's time, for
+        ``full_for`` seconds) makes meters start full (see ``_lua_meters.load``)."""
+        import redis
+
+        key = self.prefix + "gen"
+        try:
+            current = self.client.get(key)
+            if current is not None and current == self.generation:
+                return
+            if current is None:
+                self.client.set(key, uuid.uuid4().hex, nx=True)
+                current = self.client.get(key)
+            known, self.generation = self.generation, str(current)
+            if known is None:
+                return  # joining
+            seconds, micro = self.client.time()
+            if self.full_for > 0:
+                ttl = max(1, math.ceil(self.full_for * 1000))
+                self.client.set(self.prefix + "lost", f"{seconds}.{micro:06d}", nx=True, px=ttl)
+        except redis.ResponseError as exc:
+            refused = refusal(exc)
+            if refused is None:
+                raise
+            raise refused from exc
+        text = (
+            f"The shared ledger's Redis at {self.url} lost the ledger's state (restarted "
+            "without persistence, or flushed): the provider's meters may still be full, "
+            "so the ledger's start full as of now and drain or expire from there (meters "
+            f"made within {self.full_for:g} s too)."
+        )
+        logger.warning("%s", text)
+        self._notices.append((LedgerWarning, text))
 
     def run(self, op: str, args: list[str]) -> Any:
         """Run ``op`` now, after the operations queued before it, in one round trip."""
@@ -313,6 +377,7 @@ class RedisLink:
     def _send_queued(self) -> None:
         """The sender thread: what is queued and not taken by an admission within
         ``_BATCH_WAIT`` goes on its own (so that other processes see it soon)."""
+        failed = False  # the last attempt failed on a bug (said once)
         while not self._closed.is_set():
             due = self.chores() if self.chores is not None else None
             if not self._send_soon.wait(due):
@@ -327,9 +392,19 @@ class RedisLink:
             except self.down_errors:
                 self._send_soon.set()  # again once Redis may be back
                 self._closed.wait(max(0.0, self.retry_in()))
-            except Exception:  # a bug: say so, keep the operations, try again later
+            except Exception as exc:  # a bug: say so, keep the operations, try again later
                 logger.exception("The shared ledger could not send its settlements")
+                if not failed:  # the user sees it once (a warning at their run()), not a log only
+                    text = (
+                        f"The shared ledger at {self.url} could not send its settlements "
+                        f"({redact(f'{type(exc).__name__}: {exc}')}); they are kept and sent "
+                        "again every second. This is a bug of rate_limited: please report it."
+                    )
+                    self._notices.append((LedgerWarning, text))
+                failed = True
                 self._closed.wait(1.0)
+            else:
+                failed = False
 
     def _lost(self, exc: BaseException) -> None:
         self.losses += 1
@@ -337,14 +412,20 @@ class RedisLink:
         delay = min(_RETRY_MAX, RETRY_FIRST * 2 ** min(self._failures - 1, 10))
         self._retry_at = time.monotonic() + delay
         if self.down_since is None:
-            self.down_since = time.monotonic()
+            what = (
+                "The shared ledger's Redis at {} refuses its calls"
+                if isinstance(exc, Refused)
+                else "Lost the shared ledger's Redis at {}"
+            )
             text = (
-                f"Lost the shared ledger's Redis at {self.url} ({exc}): nothing is admitted "
+                f"{what.format(self.url)} ({redact(str(exc))}): nothing is admitted "
                 "until it is back; calls already running finish, their results are kept, and "
                 "what they used is billed to it once it is back."
             )
-            logger.warning("%s", text)
+            # the notice before the pause: a call paused by it (another thread) finds it
             self._notices.append((LedgerWarning, text))
+            logger.warning("%s", text)
+            self.down_since = time.monotonic()
 
     def _back(self) -> None:
         seconds = time.monotonic() - (self.down_since or time.monotonic())
@@ -376,14 +457,16 @@ class RedisLink:
                     if message is not None and self.waiting_release and self.wake:
                         self.waiting_release = False
                         self.wake()
-            except self.down_errors as exc:
-                self._lost(exc)
+            except Exception as exc:
+                down = exc if isinstance(exc, self.down_errors) else refusal(exc)
+                if down is None:  # never let the lease lapse silently on a bug
+                    logger.exception("The shared ledger's keeper thread failed; retrying")
+                    self._closed.wait(period)
+                    continue
+                self._lost(down)
                 if pubsub is not None:
                     pubsub.close()
                     pubsub = None
                 self._closed.wait(max(0.0, self.retry_in()))
-            except Exception:  # never let the lease lapse silently on a bug
-                logger.exception("The shared ledger's keeper thread failed; retrying")
-                self._closed.wait(period)
         if pubsub is not None:
             pubsub.close()

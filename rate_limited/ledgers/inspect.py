@@ -17,9 +17,10 @@ from collections import defaultdict
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from rate_limited._redact import redact
 from rate_limited.exceptions import LedgerUnavailableError
 from rate_limited.ledgers import _lua
-from rate_limited.ledgers._redis_link import ROOT, parse_url, redacted
+from rate_limited.ledgers._redis_url import ROOT, literal, meter_parts, parse_url, redacted
 
 __all__ = ["inspect", "reset"]
 
@@ -30,11 +31,13 @@ def _connect(url: str) -> tuple[Any, str | None]:
 
     client_url, name, _ = parse_url(url)
     named = any(k == "name" for k, _ in parse_qsl(urlsplit(url).query))
-    client = redis.Redis.from_url(client_url, decode_responses=True, socket_timeout=5.0)
     try:
+        client = redis.Redis.from_url(client_url, decode_responses=True, socket_timeout=5.0)
         client.ping()
-    except redis.RedisError as exc:
-        raise LedgerUnavailableError(f"can't reach Redis at {redacted(client_url)}: {exc}") from exc
+    except (ValueError, redis.RedisError) as exc:
+        raise LedgerUnavailableError(
+            f"can't reach Redis at {redacted(client_url)}: {redact(str(exc))}"
+        ) from exc
     return client, name if named else None
 
 
@@ -61,7 +64,8 @@ def _one(client: Any, name: str) -> str:
     prefix = f"{ROOT}{{{name}}}:"
     script = client.register_script(_lua.SCRIPT)
     lines = [f"Ledger {name!r}"]
-    meters = sorted(client.scan_iter(match=_escape(prefix) + "m:*", count=1000))
+    meters = sorted(client.scan_iter(match=literal(prefix) + "m:*", count=1000))
+    resources = client.hkeys(prefix + "meta")  # the resources declared (by name)
     lines.append(
         f"  {'resource':<28} {'partition':<18} {'used':>12} {'reserved':>12} "
         f"{'quota':>12} {'held':>6}"
@@ -72,7 +76,7 @@ def _one(client: Any, name: str) -> str:
             continue
         out = script(args=[prefix, "peek", "7", "1", key, *spec, "0"])
         used, reserved, quota = float(out[1]), float(out[2]), float(out[3])
-        resource, _, partition = key[len(prefix) + 2 :].rpartition(":")
+        resource, partition = meter_parts(key[len(prefix) + 2 :], resources)
         lines.append(
             f"  {resource:<28} {partition or '-':<18} {used:>12,.1f} {reserved:>12,.1f} "
             f"{quota:>12,.0f} {(used + reserved) / quota:>6.1%}"
@@ -94,7 +98,7 @@ def _one(client: Any, name: str) -> str:
         held: dict[str, float] = defaultdict(float)
         for lease in leases:
             for entry in lease["e"]:
-                resource = entry[0][len(prefix) + 2 :].rpartition(":")[0]
+                resource = meter_parts(entry[0][len(prefix) + 2 :], resources)[0]
                 held[resource] += float(entry[6]) + float(entry[7])
         state = (
             f"lease ends in {deadline - now:.1f} s"
@@ -115,10 +119,6 @@ def _one(client: Any, name: str) -> str:
     return "\n".join(lines)
 
 
-def _escape(text: str) -> str:
-    return "".join("\\" + c if c in "\\*?[]" else c for c in text)
-
-
 def reset(url: str) -> int:
     """Delete the keys of the ledger ``?name=`` names; returns how many."""
     client, name = _connect(url)
@@ -127,7 +127,7 @@ def reset(url: str) -> int:
             raise LedgerUnavailableError(
                 "ledger reset needs the ledger's ?name= in the URL (it deletes one ledger)."
             )
-        keys = list(client.scan_iter(match=_escape(f"{ROOT}{{{name}}}:") + "*", count=1000))
+        keys = list(client.scan_iter(match=literal(f"{ROOT}{{{name}}}:") + "*", count=1000))
         for start in range(0, len(keys), 1000):
             client.delete(*keys[start : start + 1000])
         return len(keys)

@@ -27,10 +27,19 @@ and the engine does not know which of the two it has.
   (a bucket's refill, a window's expiry). One that waits for reservations other processes
   hold is woken by the ``freed`` notification (Redis pub/sub) when one is given back, or
   after ``poll`` seconds at most.
+* **Declared quotas.** Runners sharing a name must count alike (refill, window, settle
+  rule, partitioned), but may declare other quotas: the quota a Runner declares is the
+  user's latest intent, set on the shared meters when it joins (a ``LedgerWarning`` names
+  the old and new quota when a Runner still running declared the old one); a Runner
+  declaring the same leaves the meters alone, so a limit read from the provider's headers
+  stays (``rate_limited.ledgers._redis_declarations``).
 * **Redis lost mid-run.** Admission pauses (nothing is admitted without the shared view,
   so nothing is over-admitted) and a ``LedgerWarning`` says so; the calls already running
   finish and their results are stored as usual, and what they used is billed to Redis,
   in order, once it is back. Unreachable when the Runner is made: ``LedgerUnavailableError``.
+  A Redis refusing the calls (out of memory, read-only, ACL) counts as lost; one back
+  without its data (restarted without persistence) makes meters that start full (see
+  ``rate_limited.ledgers._redis_link``).
 
 **Agreeing with the provider** works as in the in-memory ledger: a rate-limit header is
 compared with the least room the shared meter believed in since the request's admission
@@ -47,12 +56,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from rate_limited.exceptions import ConfigurationError
-from rate_limited.ledgers._redis_link import RETRY_FIRST, RedisLink, num, parse_url
+from rate_limited.exceptions import (
+    LedgerUnavailableError,
+)
+from rate_limited.ledgers._redis_declarations import declare
+from rate_limited.ledgers._redis_link import RETRY_FIRST, RedisLink, num, refusal
 from rate_limited.ledgers._redis_reservation import RedisReservation
 from rate_limited.ledgers._redis_spares import Spares
+from rate_limited.ledgers._redis_url import parse_url, partition_text
 from rate_limited.ledgers.base import Demand, Earlier, Settle, resource_index
 
 if TYPE_CHECKING:
@@ -62,10 +75,6 @@ __all__ = ["RedisLedger", "RedisReservation", "parse_url"]
 
 #: Most seconds a call waiting for reservations of other processes sleeps between looks.
 POLL = 0.2
-
-
-def _partition_text(key: Hashable) -> str:
-    return "" if key is None else key if isinstance(key, str) else repr(key)
 
 
 class RedisLedger:
@@ -89,9 +98,16 @@ class RedisLedger:
         self._rules: tuple[Settle, ...] = tuple(r.settle for r in resources)
         self.poll = poll
         try:
-            self._check_declarations()
-        except BaseException:
+            declare(self._link, self._resources, name)
+        except BaseException as exc:
             self._link.disconnect()  # nothing was taken yet: only the connections to close
+            refused = refusal(exc)
+            if refused is not None:
+                raise LedgerUnavailableError(
+                    f"can't join the shared ledger {name!r} at {self.url}: {refused}. "
+                    "Fix the server's state (memory, replica, ACL), or leave ledger= out for "
+                    "a ledger of this process only."
+                ) from exc
             raise
         self._specs: dict[tuple[int, Hashable], list[str]] = {}
         self._quotas: dict[tuple[int, Hashable], float] = {}
@@ -102,6 +118,9 @@ class RedisLedger:
         #: Admissions made ahead for the next calls (see ``rate_limited.ledgers._redis_spares``).
         self._spares = Spares(lambda spare: self._finish(spare, "release"))
         self._link.chores = self._spares.expire
+        self._link.full_for = max(
+            (r.time_window_seconds + r.refill_delay for r in resources), default=0.0
+        )
         self._losses = 0
         self._link.start()
 
@@ -113,29 +132,6 @@ class RedisLedger:
         )
 
     # -- set-up ------------------------------------------------------------------------------
-    def _check_declarations(self) -> None:
-        """Runners sharing a name must count the same way: the same refill, window and
-        settle rule per resource (quotas may differ: the shared meter keeps one)."""
-        meta = self.prefix + "meta"
-        for resource in self._resources:
-            declared = json.dumps(
-                {
-                    "refill": resource.refill,
-                    "window": float(resource.time_window_seconds),
-                    "settle": resource.settle,
-                    "partitioned": resource.partition is not None,
-                }
-            )
-            self._link.client.hsetnx(meta, resource.name, declared)
-            stored: Any = self._link.client.hget(meta, resource.name)
-            if stored != declared:
-                raise ConfigurationError(
-                    f"Resource {resource.name!r} is declared {declared} here but {stored} in "
-                    f"the shared ledger {self.name!r} at {self.url}: Runners sharing a ledger "
-                    "must count a resource the same way. Use another ?name= for a different "
-                    "quota, or clear this one with `rate-limited ledger reset`."
-                )
-
     def watch(self, wake: Callable[[], None]) -> None:
         """``wake()`` (thread-safe) is called when another process gives back a
         reservation a waiting call needs."""
@@ -166,7 +162,7 @@ class RedisLedger:
         if spec is None:
             r = self._resources[index]
             spec = self._specs[(index, key)] = [
-                f"{self.prefix}m:{r.name}:{_partition_text(key)}",
+                f"{self.prefix}m:{r.name}:{partition_text(key)}",
                 r.refill,
                 num(r.quota_for(key)),
                 num(r.time_window_seconds),

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from rate_limited._redact import redact_url
 from rate_limited.exceptions import ConfigurationError
 from rate_limited.stores._codec import (
     MAC_SIZE,
@@ -140,7 +141,7 @@ class RedisStore(Store):
         #: Keys of this store are ``rate_limited:store:<namespace>:<call key>``.
         self.namespace = namespace or url_prefix
         #: The server's URL, password hidden.
-        self.url = _redacted(url)
+        self.url = redact_url(url)
         self._prefix = _KEY_ROOT + (f"{self.namespace}:" if self.namespace else "")
         self._claim_prefix = _CLAIM_ROOT + (f"{self.namespace}:" if self.namespace else "")
         self._pattern = "".join("\\" + c if c in "\\*?[]" else c for c in self._prefix) + "*"
@@ -356,13 +357,3 @@ def _split_prefix(url: str) -> tuple[str, str | None]:
         return url, None
     rest = urlencode([(name, value) for name, value in query if name != "prefix"])
     return urlunsplit(parts._replace(query=rest)), prefixes[-1] or None
-
-
-def _redacted(url: str) -> str:
-    """``url`` with its password replaced by ``***``, fit for messages and reprs."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

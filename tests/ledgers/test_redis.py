@@ -73,6 +73,31 @@ def test_url_options() -> None:
         parse_url("redis://h/0?lease=0")
     with pytest.raises(ConfigurationError, match="redis://"):
         parse_url("sqlite:///x.db")
+    options = "socket_timeout=3&client_name=job&health_check_interval=5"
+    assert parse_url(f"redis://h/0?name=t&{options}") == (f"redis://h/0?{options}", "t", 20.0)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        pytest.param("redis://h/0?nmae=t1", r"parameter 'nmae'.*Did you mean 'name'", id="typo"),
+        pytest.param("redis://h/0?name=", "name= .* must be a non-empty name", id="empty-name"),
+        pytest.param("redis://h:notaport/0", "not a port number", id="port"),
+        pytest.param(123, "got int 123", id="not-a-string"),
+    ],
+)
+def test_a_bad_ledger_url_is_a_configuration_error(url: Any, message: str) -> None:
+    """At Runner(...) and at a preset's construction, before anything is sent."""
+    import openai
+
+    from rate_limited.apis.openai import ChatCompletions
+
+    with pytest.raises(ConfigurationError, match=message):
+        Runner(lambda: None, [requests()], ledger=url)
+    client = openai.OpenAI(api_key="sk-test-not-used", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ConfigurationError, match=message):
+        ChatCompletions(client, requests_per_minute=10, ledger=url)
+    client.close()
 
 
 def test_unreachable_at_construction_is_a_clear_error() -> None:
@@ -331,14 +356,19 @@ def test_redis_lost_mid_run_pauses_admission_and_loses_nothing() -> None:
             threading.Thread(target=restart_when_noticed, args=(runner._ledger,)).start()
         return i
 
-    quota = Resource("requests", quota=100, time_window_seconds=60, refill="bucket")
+    # the new server has no data: its meters start full (the provider's may be), and this
+    # one drains a request in 10 ms
+    quota = Resource("requests", quota=6000, time_window_seconds=60, refill="bucket")
     url = f"redis://127.0.0.1:{port}/0?name=outage&lease=5"
     runner = Runner(call, [quota], ledger=url, max_concurrent=1, progress=False)
     try:
         for i in range(10):
             runner.schedule(i)
-        with pytest.warns(LedgerWarning, match="nothing is admitted until it is back"):
+        with pytest.warns(LedgerWarning) as caught:
             result = runner.run()
+        texts = " / ".join(str(warning.message) for warning in caught)
+        assert "nothing is admitted until it is back" in texts
+        assert "lost the ledger's state" in texts
         assert result.results == list(range(10))  # nothing lost
         assert started_while_down == []  # nothing admitted without the shared view
         # what call 0 used was billed to the new server once it was back
@@ -350,3 +380,61 @@ def test_redis_lost_mid_run_pauses_admission_and_loses_nothing() -> None:
         runner.close()
         server[0].kill()
         server[0].wait()
+
+
+# -- declared quotas ---------------------------------------------------------------------------
+def test_the_quota_a_runner_declares_applies_when_it_joins(
+    make: Callable[..., RedisLedger],
+) -> None:
+    """The first Runner on a ledger does not fix its quotas for ever: a later one declaring
+    another quota (the user's latest intent) sets it on the shared meter, silently when no
+    Runner of the old declaration still runs."""
+    first = make([requests(quota=2)])
+    assert first.try_reserve([(1.0, 0.0, None)], 0.0) is not None  # the meter exists
+    first.close()
+    second = make([requests(quota=1000)])
+    assert held(second)["requests"][2] == 1000.0
+    assert second.quota("requests") == 1000.0
+
+
+def test_changing_a_quota_a_running_runner_declared_warns(
+    make: Callable[..., RedisLedger],
+) -> None:
+    first = make([requests(quota=2)])
+    assert first.try_reserve([(1.0, 0.0, None)], 0.0) is not None
+    with pytest.warns(LedgerWarning, match=r"'requests'.*had quota 2\.0.*declares 1000\.0"):
+        second = make([requests(quota=1000)])
+    assert held(second)["requests"][2] == 1000.0
+    assert held(first)["requests"][2] == 1000.0  # one shared meter: both see it
+
+
+def test_the_same_declaration_keeps_a_quota_read_from_headers(
+    make: Callable[..., RedisLedger],
+) -> None:
+    first = make([requests(quota=100)])
+    assert first.try_reserve([(1.0, 0.0, None)], 0.0) is not None
+    first.set_quota("requests", 30)  # e.g. the provider's x-ratelimit-limit header
+    wait_for(lambda: not first._link.outbox)  # sent
+    second = make([requests(quota=100)])
+    assert held(second)["requests"][2] == 30.0
+
+
+def test_a_changed_declaration_applies_to_each_partition(
+    make: Callable[..., RedisLedger],
+) -> None:
+    def per_model(quotas: dict[str, float]) -> Resource:
+        return Resource(
+            "requests",
+            quota=10,
+            time_window_seconds=60,
+            partition=lambda call: call.kwargs["model"],
+            partition_quotas=quotas,
+        )
+
+    first = make([per_model({"ft:gpt-4o:org::x": 5})])
+    for model in ("ft:gpt-4o:org::x", "other"):
+        assert first.try_reserve([(1.0, 0.0, model)], 0.0) is not None
+    first.close()
+    second = make([per_model({"ft:gpt-4o:org::x": 50, "other": 7})])
+    assert second.quota("requests", "ft:gpt-4o:org::x") == 50.0
+    assert second.quota("requests", "other") == 7.0

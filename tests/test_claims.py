@@ -378,10 +378,11 @@ _HOLDING = textwrap.dedent(
     from rate_limited.stores import open_store
 
     url, count = sys.argv[1], int(sys.argv[2])
-    gate = threading.Event()
+    gate, say = threading.Event(), threading.Lock()
 
     def call(i):
-        print(f"started {i}", flush=True)
+        with say:  # one whole line at a time (print writes the text and its newline apart)
+            print(f"started {i}", flush=True)
         gate.wait()
         return i * 10
 

@@ -41,10 +41,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from rate_limited._redact import redact
+from rate_limited._redact import redact, redact_url
 from rate_limited.exceptions import LedgerUnavailableError, LedgerWarning
 from rate_limited.ledgers import _lua
-from rate_limited.ledgers._redis_url import ROOT, redacted
+from rate_limited.ledgers._redis_url import ROOT
 
 __all__ = ["RedisLink", "Refused", "num", "refusal"]
 
@@ -116,7 +116,7 @@ class RedisLink:
             ) from exc
         self.name, self.lease = name, lease
         #: The server's URL, password hidden.
-        self.url = redacted(client_url)
+        self.url = redact_url(client_url)
         self.prefix = f"{ROOT}{{{name}}}:"
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._info = json.dumps(

@@ -1,7 +1,8 @@
 """The shared ledger's ``redis://`` URL and key names: ``parse_url`` (the ledger's own
-``?name=`` and ``&lease=``, every other parameter checked against redis-py's options),
-``redacted`` (the URL fit for messages), and how keys are read back (``ROOT``,
-``literal``, ``meter_parts``). Used by the link, ``ledger inspect`` and the presets."""
+``?name=`` and ``&lease=``, every other parameter checked against redis-py's options) and
+how keys are read back (``ROOT``, ``literal``, ``meter_parts``). Messages show a URL
+through ``rate_limited._redact.redact_url``. Used by the link, ``ledger inspect`` and the
+presets."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ __all__ = [
     "meter_parts",
     "parse_url",
     "partition_text",
-    "redacted",
 ]
 
 #: Default seconds a holder's lease lasts without renewal (a dead process's reservations
@@ -48,13 +48,13 @@ def parse_url(url: str) -> tuple[str, str, float]:
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ConfigurationError(
             f"ledger= must be a redis://, rediss:// or unix:// URL (or None for the "
-            f"in-process ledger), got {redacted(url)!r}."
+            f"in-process ledger), got {redact_url(url)!r}."
         )
     try:
         parts.port  # noqa: B018 - read for its check
     except ValueError as exc:
         raise ConfigurationError(
-            f"the port of the ledger URL {redacted(url)!r} is not a port number ({exc}): "
+            f"the port of the ledger URL {redact_url(url)!r} is not a port number ({exc}): "
             "write it redis://host:6379/0."
         ) from exc
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -64,7 +64,7 @@ def parse_url(url: str) -> tuple[str, str, float]:
     name = ours.get("name", "default")
     if not name or "{" in name or "}" in name:
         raise ConfigurationError(
-            f"name= in the ledger URL {redacted(url)!r} must be a non-empty name without "
+            f"name= in the ledger URL {redact_url(url)!r} must be a non-empty name without "
             f"braces, got {name!r}: Runners given the same name share their quotas (leave "
             "name= out for the ledger named 'default')."
         )
@@ -107,14 +107,13 @@ def _check_options(url: str, names: list[str]) -> None:
             close = difflib.get_close_matches(name, ["name", "lease", *sorted(known)], n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigurationError(
-                f"the ledger URL {redacted(url)!r} has a parameter {name!r} that neither the "
+                f"the ledger URL {redact_url(url)!r} has a parameter {name!r} that neither the "
                 f"ledger (name=, lease=) nor redis-py knows.{hint} Fix or remove it."
             )
 
 
 #: ``url`` with its password hidden (in ``user:pw@`` and in the query): the package's one
 #: redaction step.
-redacted = redact_url
 
 
 def literal(text: str) -> str:

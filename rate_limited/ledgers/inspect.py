@@ -17,10 +17,10 @@ from collections import defaultdict
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from rate_limited._redact import redact
+from rate_limited._redact import redact, redact_url
 from rate_limited.exceptions import LedgerUnavailableError
 from rate_limited.ledgers import _lua
-from rate_limited.ledgers._redis_url import ROOT, literal, meter_parts, parse_url, redacted
+from rate_limited.ledgers._redis_url import ROOT, literal, meter_parts, parse_url
 
 __all__ = ["inspect", "reset"]
 
@@ -36,7 +36,7 @@ def _connect(url: str) -> tuple[Any, str | None]:
         client.ping()
     except (ValueError, redis.RedisError) as exc:
         raise LedgerUnavailableError(
-            f"can't reach Redis at {redacted(client_url)}: {redact(str(exc))}"
+            f"can't reach Redis at {redact_url(client_url)}: {redact(str(exc))}"
         ) from exc
     return client, name if named else None
 
@@ -54,7 +54,7 @@ def inspect(url: str) -> str:
     try:
         names = [name] if name is not None else _names(client)
         if not names:
-            return f"No shared ledger on {redacted(url)}."
+            return f"No shared ledger on {redact_url(url)}."
         return "\n\n".join(_one(client, n) for n in names)
     finally:
         client.close()

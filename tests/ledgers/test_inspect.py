@@ -24,7 +24,9 @@ def test_inspect_shows_levels_reservations_and_holders(
         max_results_usage_estimator=lambda call: 200,
         results_usage_extractor=lambda call, result: 50,
     )
-    ledger = RedisLedger(ledger_url, [tokens], owner="nightly-job")
+    # A lease longer than the fixture's 1 s: a keeper thread stalled past it on a loaded
+    # machine had the reservation reaped (as a dead holder's) before inspect read it.
+    ledger = RedisLedger(ledger_url.replace("&lease=1", "&lease=60"), [tokens], owner="nightly-job")
     try:
         assert ledger.try_reserve([(100.0, 200.0, None)], 0.0) is not None
         assert main(["ledger", "inspect", ledger_url]) == 0

@@ -17,7 +17,9 @@ __all__ = ["OPERATIONS"]
 #: (see ``rate_limited.ledgers._redis_spares``: up to k more admissions of that demand,
 #: held deferred, made only while every meter stays below SPARE_ROOM of its quota).
 #: Admitted: {1, lease id, T, then per resource held, quota, corrected, then per resource
-#: the admission's number on its meter (for ``RECONCILE``), then the spares' lease ids}.
+#: the number on its meter of the mark made once the spares are held too (for
+#: ``RECONCILE``; the admission's and its spares'), then the spares' lease ids}. Spare j
+#: (from 1) holds, per resource, the admission's held plus j times the spare's demand.
 #: Not: {0, T, then per resource: seconds until it fits (-1, -2: see free_in), needed,
 #: quota}.
 _RESERVE = r"""
@@ -71,7 +73,6 @@ for i = 1, n do
   table.insert(out, e[10]); table.insert(out, f(m.q)); table.insert(out, e[11])
 end
 for _, m in pairs(cache) do save(m) end
-for i = 1, n do table.insert(out, track and tostring(push_low(ms[i])) or '0') end
 local id = new_id()
 local leases, ids = {id, cjson.encode({at = f(T), def = defer, h = holder, e = es})}, {id}
 local k = tonumber(ARGV[7 + 8 * n] or '0')
@@ -88,15 +89,18 @@ for _ = 1, k do
   local spare = {}
   for i = 1, n do
     local e, b = es[i], 6 + 8 * n + 2 * i
-    ms[i].r = ms[i].r + needs[i]
-    spare[i] = {e[1], e[2], e[3], e[4], e[5], e[6], ARGV[b], ARGV[b + 1], '', e[10], e[11]}
+    local m = ms[i]
+    m.r = m.r + needs[i]
+    spare[i] = {e[1], e[2], e[3], e[4], e[5], e[6], ARGV[b], ARGV[b + 1], '', f(m.lv + m.r), e[11]}
   end
   local sid = new_id()
   table.insert(leases, sid)
   table.insert(leases, cjson.encode({at = f(T), def = 1, h = holder, e = spare}))
   table.insert(ids, sid)
-  table.insert(out, sid)
 end
+-- The room believed once the spares are held too: the mark of every call admitted here.
+for i = 1, n do table.insert(out, track and tostring(push_low(ms[i])) or '0') end
+for j = 2, #ids do table.insert(out, ids[j]) end
 redis.call('HSET', P .. 'leases', unpack(leases))
 redis.call('SADD', P .. 'h:' .. holder, unpack(ids))
 alive(holder, ttl)

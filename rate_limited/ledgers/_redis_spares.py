@@ -22,9 +22,18 @@ What it does not change:
   ``SPARE_TTL`` seconds (by the link's sender thread) or when the ledger closes. Once
   Redis was lost, none held before is taken (a restarted Redis may not have them): they
   are given back, and admission asks Redis again.
-* **Reports.** Once the provider reports on the calls (``expect_reports``), no spares are
-  made: ``reconcile`` compares a report with the room believed since the admission, and a
-  spare's admission is earlier than its call's.
+* **Reports.** Once the provider reports on the calls (``expect_reports``), ``reconcile``
+  compares a report with the least room the meter believed in since the call's admission,
+  a *mark* each admission pushes (``push_low`` in the Lua model). The admission that
+  makes spares pushes its mark once the spares are held too, and every call taken from
+  them shares that mark: it was made before the call's request left and counts the call's
+  room held (the spare's), so the least room since it is at most what the ledger believed
+  when the provider took the request, which is what ``rate_limited._reconcile`` needs
+  (an earlier mark only makes the comparison more careful: it never bills more than the
+  ledger over-believed). The price is a correction too small by at most what this
+  process's spares hold, and spares exist only below half of every quota, where a
+  correction has no call to stop. Each spare's ``held`` (what ``refused`` corrects from)
+  counts itself and the spares made before it, as the script held them.
 """
 
 from __future__ import annotations

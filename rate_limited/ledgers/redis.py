@@ -179,8 +179,9 @@ class RedisLedger:
     def expect_reports(self) -> None:
         """The provider will report on the calls: from now on every admission also records
         the room it leaves, which ``reconcile`` compares the reports with (it costs a
-        list operation per meter in Redis, so not before). No spares from now on (see
-        ``rate_limited.ledgers._redis_spares``): those held are given back."""
+        list operation per meter in Redis, so not before). Spares held now were made
+        without that mark: they are given back (see ``rate_limited.ledgers._redis_spares``
+        for those made from now on)."""
         self._reported = True
         self._spares.expire(force=True)
 
@@ -191,15 +192,14 @@ class RedisLedger:
         """Admit a call needing ``demand`` on every shared meter at once, or return None."""
         if self._link.paused:
             return None
-        count = 0
-        if not self._reported:  # spares: see rate_limited.ledgers._redis_spares
-            if self._link.losses != self._losses:  # Redis was lost: they may be gone there
-                self._losses = self._link.losses
-                self._spares.expire(force=True)
-            spare = self._spares.take(demand)
-            if spare is not None:
-                return self._take(spare, demand, now, defer)
-            count, spare_demand = self._spares.wanted(demand)
+        # spares: see rate_limited.ledgers._redis_spares
+        if self._link.losses != self._losses:  # Redis was lost: they may be gone there
+            self._losses = self._link.losses
+            self._spares.expire(force=True)
+        spare = self._spares.take(demand)
+        if spare is not None:
+            return self._take(spare, demand, now, defer)
+        count, spare_demand = self._spares.wanted(demand)
         entries = []
         track = "1" if self._reported else "0"
         args = [self.holder, num(self.lease), "1" if defer else "0", track, str(len(demand))]
@@ -237,11 +237,17 @@ class RedisLedger:
                 [*entry[:6], num(need[0]), num(need[1])]
                 for entry, need in zip(entries, spare_demand, strict=True)
             ]
-            made = [(str(lease), spare_entries, spare_demand) for lease in out[3 + 4 * n :]]
-            self._spares.add(
-                [RedisReservation(*spare, held, quotas, numbers, now, self._rules, True)
-                 for spare in made]
-            )  # fmt: skip
+            spares = []
+            for j, lease in enumerate(out[3 + 4 * n :], start=1):
+                # as the script counts it: the admission's level plus j spares' demand
+                spare_held = list(held)
+                for i, need in enumerate(spare_demand):
+                    spare_held[2 * i] += j * (need[0] + need[1])
+                spares.append(RedisReservation(
+                    str(lease), spare_entries, spare_demand, spare_held, quotas, numbers, now,
+                    self._rules, True,
+                ))  # fmt: skip
+            self._spares.add(spares)
             self._link.poke()  # the sender thread gives them back if unused
         return RedisReservation(
             str(out[1]), entries, demand, held, quotas, numbers, now, self._rules, defer

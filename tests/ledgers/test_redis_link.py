@@ -201,7 +201,7 @@ def test_a_redis_refusing_the_calls_pauses_admission_and_loses_nothing(
     url = f"redis://ledger:pw@{server[len('redis://') :]}?name=refuse&lease=5"
     hourly = Resource("requests", quota=100, time_window_seconds=3600)  # nothing expires
     ledger = RedisLedger(url, [hourly])
-    ledger.expect_reports()  # no spares: every admission asks Redis
+    ledger._spares.ttl = 0.0  # no call follows another: no spares, every admission asks Redis
     undo = None
     try:
         first = ledger.try_reserve([(0.0, 1.0, None)], 0.0)
@@ -267,7 +267,7 @@ def test_a_redis_restarted_without_its_data_counts_the_meters_as_full() -> None:
     bucket = Resource("requests", quota=10, time_window_seconds=60, refill="bucket")
     window = Resource("tokens", quota=1000, time_window_seconds=3600, refill="window")
     ledger = RedisLedger(f"redis://127.0.0.1:{port}/0?name=gen&lease=5", [bucket, window])
-    ledger.expect_reports()  # no spares: every admission asks Redis
+    ledger._spares.ttl = 0.0  # no call follows another: no spares, every admission asks Redis
     try:
         assert ledger.try_reserve([(1.0, 0.0, None), (10.0, 0.0, None)], 0.0) is not None
         assert ledger.take_notices() == []  # joining is no loss

@@ -109,14 +109,58 @@ def test_spares_never_take_more_than_half_a_quota(make: Callable[..., RedisLedge
     assert other.try_reserve(demand, 0.0) is None and one.try_reserve(demand, 0.0) is None
 
 
-def test_no_spares_once_the_provider_reports(make: Callable[..., RedisLedger]) -> None:
-    """``reconcile`` compares a report with the room believed since the admission: a
-    spare's admission is earlier than its call's, so none is made."""
-    ledger = make([requests(quota=1000)])
+def test_spares_are_made_while_the_provider_reports(make: Callable[..., RedisLedger]) -> None:
+    """The presets' path: with the provider reporting on the calls, a fast stream still
+    needs one round trip in nine calls."""
+    ledger = make([requests(quota=1000), tokens(quota=1_000_000, settle="reserved")])
     ledger.expect_reports()
     calls = count_calls(ledger)
-    assert all(ledger.try_reserve([(1.0, 0.0, None)], 0.0) for _ in range(5))
-    assert calls[0] == 5 and len(ledger._spares) == 0
+    assert all(ledger.try_reserve(DEMAND, 0.0) for _ in range(10))
+    assert calls[0] == 2 and len(ledger._spares) == 0  # the 2nd made 8, the 8 next took them
+
+
+def test_a_report_on_a_call_taken_from_a_spare_is_billed(
+    make: Callable[..., RedisLedger],
+) -> None:
+    """A call admitted on a spare is compared with the room the meter believed once its
+    spare was held (the mark of the admission that made it): a user of the key outside
+    the ledger is billed, a report showing the room believed is not."""
+    ledger = make([tokens(quota=100_000, settle="reserved")])
+    other = make([tokens(quota=100_000, settle="reserved")])
+    ledger.expect_reports()
+    demand = [(100.0, 200.0, None)]
+    first, second = ledger.try_reserve(demand, 0.0), ledger.try_reserve(demand, 0.0)
+    taken = ledger.try_reserve(demand, 0.0)  # a spare: no round trip
+    assert first and second and isinstance(taken, RedisReservation) and len(ledger._spares) == 7
+    # believed: 2 calls and 8 spares of 300 held, 97,000 left; the provider saw the same
+    ledger.reconcile("tokens", 97_000.0, 0.0, admission=taken)
+    wait_for(lambda: not ledger._link.outbox)
+    assert held(other)["tokens"] == pytest.approx((900.0, 7 * 300.0, 100_000.0))
+    # 5,000 used elsewhere on the key: billed, once
+    ledger.reconcile("tokens", 92_000.0, 0.0, admission=taken)
+    ledger.reconcile("tokens", 92_000.0, 0.0, admission=taken)
+    wait_for(lambda: not ledger._link.outbox)
+    assert held(other)["tokens"][0] == pytest.approx(5_900.0)
+
+
+def test_a_429_on_a_call_taken_from_a_spare_counts_the_spares_held(
+    make: Callable[..., RedisLedger],
+) -> None:
+    """A refused call taken from the j-th spare is corrected from what the meter held once
+    that spare was made: the admission's level plus j spares, not the admission's alone
+    (which would bill the refused call's charge twice)."""
+    bucket = tokens(quota=10_000, settle="reserved", refill="bucket")  # drains 2.8 per s
+    ledger, other = make([bucket]), make([bucket])
+    ledger.expect_reports()
+    demand = [(100.0, 200.0, None)]
+    first, second = ledger.try_reserve(demand, 0.0), ledger.try_reserve(demand, 0.0)
+    taken = ledger.try_reserve(demand, 0.0)  # the first spare: held 600 + 300
+    assert first and second and isinstance(taken, RedisReservation)
+    assert taken.held_at(0)[0] == pytest.approx(900.0, abs=50.0)
+    ledger.refused(taken, 0.0)
+    wait_for(lambda: not ledger._link.outbox)
+    # its own billing refunded; then billed the room believed free (9,100) and its charge
+    assert held(other)["tokens"][0] == pytest.approx(600.0 + 9_100.0 + 300.0, abs=50.0)
 
 
 def test_unused_spares_are_given_back(make: Callable[..., RedisLedger]) -> None:

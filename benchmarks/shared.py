@@ -15,7 +15,7 @@ preset, a requests and a tokens resource, with the limits given):
 * **overhead**: the Runner's wall time per call, a no-op function with the two resources,
   Redis ledger (loopback) minus in-process ledger, measured side by side (alternately, 5
   times; best and median): the same demand every call, demands that differ per call, and
-  the provider reporting on the calls (no spares then).
+  the provider reporting on every call what is left of both resources (the presets' path).
 * **Dask**: ``rate_limited.dask.apply`` on a ``LocalCluster`` of 2 worker processes over
   10,000 rows (RPM-bound): complete and exact results, 429s.
 
@@ -183,8 +183,9 @@ def cell_overhead(redis_url: str, calls: int = OVERHEAD_CALLS) -> list[list[str]
     """Per call: (wall time of N calls with the Redis ledger - with the in-process ledger)
     / N, the two run alternately ``OVERHEAD_RUNS`` times; best and median of the runs'
     differences. Three workloads: every call the same demand; demands that differ per call
-    (tokens 50-250 by the arguments); and the provider reporting on the calls (headers, as
-    the presets read them), where no spares are made."""
+    (tokens 50-250 by the arguments); and the provider reporting on every call what it has
+    left of both resources (the presets' path: ``report_remaining`` as they read the
+    headers, each report reconciled with the shared meter)."""
     import statistics
 
     import redis
@@ -207,11 +208,26 @@ def cell_overhead(redis_url: str, calls: int = OVERHEAD_CALLS) -> list[list[str]
     async def noop(i: int) -> int:
         return i
 
+    class Reporting:
+        """A no-op that reports on every call as a preset reads the provider's headers
+        (``rate_limited.apis._limits``): the remaining requests and tokens, per call."""
+
+        def __init__(self) -> None:
+            self.control: Any = None
+
+        def attach_ledger(self, control: Any) -> None:
+            self.control = control
+
+        async def __call__(self, i: int) -> int:
+            admission = self.control.admission()
+            self.control.report_remaining("requests", 1e9 - i, admission=admission)
+            self.control.report_remaining("tokens", 1e12 - 300 * i, admission=admission)
+            return i
+
     def timed(ledger: str | None, varying: bool, reports: bool) -> float:
-        runner = Runner(noop, resources(varying), ledger=ledger, progress=False,
+        function = Reporting() if reports else noop
+        runner = Runner(function, resources(varying), ledger=ledger, progress=False,
                         max_concurrent=OVERHEAD_CONCURRENCY)  # fmt: skip
-        if reports:  # what a preset's header feedback turns on (rate_limited._feedback)
-            runner._ledger.expect_reports()
         for i in range(calls):
             runner.schedule(i)
         began = time.perf_counter()
@@ -235,7 +251,7 @@ def cell_overhead(redis_url: str, calls: int = OVERHEAD_CALLS) -> list[list[str]
     workloads = [
         ("same demand every call", False, False),
         ("demand differs per call", True, False),
-        ("provider reports (presets): no spares", False, True),
+        ("provider reports on every call (presets' path)", False, True),
     ]
     rows, pings = [], []
     for label, varying, reported in workloads:

@@ -46,6 +46,10 @@ local function f(x) return string.format('%.17g', x) end
 -- its end if changed (DIRTY, write_back); ALIVE: the holders whose lease it renewed.
 local P, T, freed, reaped, ID, IDN = '', 0, false, false, nil, 0
 local LOADED, DIRTY, ALIVE = {}, {}, {}
+-- Leases read so far (id -> the lease decoded, false: none), the changed ones (written
+-- back once, at the call's end: a spare's take, begin and settle in one call read and
+-- decode it once and write nothing but its removal), and the ids dropped, by holder.
+local LEASES, LDIRTY, LDROPPED = {}, {}, {}
 
 local function begin_call(prefix)
   P = prefix
@@ -53,6 +57,7 @@ local function begin_call(prefix)
   T = tonumber(tt[1]) + tonumber(tt[2]) / 1000000
   freed, reaped, ID, IDN = false, false, nil, 0
   LOADED, DIRTY, ALIVE = {}, {}, {}
+  LEASES, LDIRTY, LDROPPED = {}, {}, {}
 end
 
 -- A new id (lease ids, window log entries): one INCR per call, then "<id>.<k>".
@@ -65,7 +70,7 @@ end
 local function load(key, kind, q, w, d)
   local m = LOADED[key]
   if m then return m end
-  local v = redis.call('HMGET', key, 'k', 'q', 'w', 'd', 'lv', 's', 'r', 'c')
+  local v = redis.call('HMGET', key, 'k', 'q', 'w', 'd', 'lv', 's', 'r', 'c', 'n', 'trimmed')
   m = {key = key}
   if v[1] then
     m.k = v[1]; m.q = tonumber(v[2]); m.w = tonumber(v[3]); m.d = tonumber(v[4])
@@ -75,6 +80,8 @@ local function load(key, kind, q, w, d)
     m.lv = 0; m.s = 0; m.r = 0; m.c = 0
     m.spec = true  -- a new meter: write its kind, quota, window and delay too
   end
+  -- the number of its last mark (push_low) and of the last one trimmed from its stack
+  m.n = tonumber(v[9] or '0'); m.trimmed = tonumber(v[10] or '0')
   m.log = P .. 'l' .. string.sub(key, string.len(P) + 2)
   if m.spec then
     -- Redis lost the ledger's state at `lost` (restarted without persistence; see
@@ -100,12 +107,38 @@ local function write_back()
   for key, m in pairs(DIRTY) do
     if m.spec then
       redis.call('HSET', key, 'k', m.k, 'q', f(m.q), 'w', f(m.w), 'd', f(m.d), 'lv', f(m.lv),
-        's', f(m.s), 'r', f(m.r), 'c', f(m.c))
+        's', f(m.s), 'r', f(m.r), 'c', f(m.c), 'n', m.n, 'trimmed', m.trimmed)
     else
-      redis.call('HSET', key, 'lv', f(m.lv), 's', f(m.s), 'r', f(m.r), 'c', f(m.c))
+      redis.call('HSET', key, 'lv', f(m.lv), 's', f(m.s), 'r', f(m.r), 'c', f(m.c), 'n', m.n,
+        'trimmed', m.trimmed)
     end
   end
+  local put, gone = {}, {}
+  for id, lease in pairs(LDIRTY) do
+    if LEASES[id] then
+      table.insert(put, id); table.insert(put, cjson.encode(LEASES[id]))
+    else
+      table.insert(gone, id)
+    end
+  end
+  if #put > 0 then redis.call('HSET', P .. 'leases', unpack(put)) end
+  if #gone > 0 then redis.call('HDEL', P .. 'leases', unpack(gone)) end
+  for holder, ids in pairs(LDROPPED) do redis.call('SREM', P .. 'h:' .. holder, unpack(ids)) end
 end
+
+-- The lease `id` decoded (nil: none), read from Redis once per call.
+local function get_lease(id)
+  local lease = LEASES[id]
+  if lease == nil then
+    local raw = redis.call('HGET', P .. 'leases', id)
+    lease = raw and cjson.decode(raw) or false
+    LEASES[id] = lease
+  end
+  return lease or nil
+end
+
+-- The lease `id` changed: written back at the call's end.
+local function put_lease(id, lease) LEASES[id] = lease; LDIRTY[id] = true end
 
 local function rate(m) return m.q / m.w end
 
@@ -217,18 +250,19 @@ local function each_entry(lease, fn)
 end
 
 local function drop_lease(id, holder)
-  redis.call('HDEL', P .. 'leases', id)
-  redis.call('SREM', P .. 'h:' .. holder, id)
+  LEASES[id] = false; LDIRTY[id] = true
+  local ids = LDROPPED[holder]
+  if not ids then ids = {}; LDROPPED[holder] = ids end
+  table.insert(ids, id)
 end
 
 local function reap_holder(holder)
   local ids = redis.call('SMEMBERS', P .. 'h:' .. holder)
   for _, id in ipairs(ids) do
-    local raw = redis.call('HGET', P .. 'leases', id)
-    if raw then
-      local lease = cjson.decode(raw)
+    local lease = get_lease(id)
+    if lease then
       each_entry(lease, function(m, e) keep_entry(m, e, lease) end)
-      redis.call('HDEL', P .. 'leases', id)
+      LEASES[id] = false; LDIRTY[id] = true
     end
   end
   redis.call('DEL', P .. 'h:' .. holder)
@@ -258,7 +292,9 @@ end
 local HORIZON = 300
 local function push_low(m)
   local lows = P .. 'lo' .. string.sub(m.key, string.len(P) + 2)
-  local n = redis.call('HINCRBY', m.key, 'n', 1)
+  m.n = m.n + 1
+  save(m)
+  local n = m.n
   local value = m.q - m.lv - m.r + m.c
   while true do
     local top = redis.call('LINDEX', lows, -1)
@@ -272,7 +308,7 @@ local function push_low(m)
     local first = redis.call('LINDEX', lows, 0)
     if not first or tonumber(string.match(first, '|([^|]+)$')) >= T - HORIZON then break end
     redis.call('LPOP', lows)
-    redis.call('HSET', m.key, 'trimmed', string.match(first, '^([^|]+)|'))
+    m.trimmed = tonumber(string.match(first, '^([^|]+)|'))
   end
   redis.call('EXPIRE', lows, HORIZON * 2)
   return n

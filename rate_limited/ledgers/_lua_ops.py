@@ -119,9 +119,9 @@ return out
 _FINISH = r"""
 reap()
 local holder, ttl, id, op = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local raw = redis.call('HGET', P .. 'leases', id)
+local lease = get_lease(id)
 local out = {0, f(T)}
-if not raw then
+if not lease then
   -- Reaped (this process lost Redis longer than its lease): kept already, so only what a
   -- result has above its estimate is still to bill.
   if op == 'settle' then
@@ -136,7 +136,6 @@ if not raw then
   done()
   return out
 end
-local lease = cjson.decode(raw)
 out[1] = 1
 if op == 'take' then
   -- A spare (deferred) becomes the admission of a call needing at most as much: it holds
@@ -150,7 +149,7 @@ if op == 'take' then
     end)
   end
   if ARGV[6] ~= '1' then
-    redis.call('HSET', P .. 'leases', id, cjson.encode(lease))
+    put_lease(id, lease)
     alive(holder, ttl)
     return out
   end
@@ -171,7 +170,7 @@ if op == 'begin' then
     end)
     lease.def = 0
     lease.at = f(at)
-    redis.call('HSET', P .. 'leases', id, cjson.encode(lease))
+    put_lease(id, lease)
   end
   alive(holder, ttl)
   return out
@@ -310,8 +309,7 @@ if ARGV[10] == '1' then
   remaining = remaining - tonumber(ARGV[11])
   low = m.q - tonumber(ARGV[12]) - (m.c - tonumber(ARGV[13]))
 else
-  local trimmed = tonumber(redis.call('HGET', m.key, 'trimmed') or '0')
-  if k > trimmed then
+  if k > m.trimmed then
     local lows = P .. 'lo' .. string.sub(m.key, string.len(P) + 2)
     local lo, hi = 0, redis.call('LLEN', lows)
     while lo < hi do

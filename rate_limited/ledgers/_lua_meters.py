@@ -50,6 +50,9 @@ local LOADED, DIRTY, ALIVE = {}, {}, {}
 -- back once, at the call's end: a spare's take, begin and settle in one call read and
 -- decode it once and write nothing but its removal), and the ids dropped, by holder.
 local LEASES, LDIRTY, LDROPPED = {}, {}, {}
+-- Per meter key, the entries of its stack of marks read so far in this call (see
+-- lowest_since): the reports of calls admitted together look up the same entries.
+local LOWS = {}
 
 local function begin_call(prefix)
   P = prefix
@@ -58,6 +61,7 @@ local function begin_call(prefix)
   freed, reaped, ID, IDN = false, false, nil, 0
   LOADED, DIRTY, ALIVE = {}, {}, {}
   LEASES, LDIRTY, LDROPPED = {}, {}, {}
+  LOWS = {}
 end
 
 -- A new id (lease ids, window log entries): one INCR per call, then "<id>.<k>".
@@ -290,8 +294,11 @@ end
 -- increasing from bottom to top: the first entry at or after admission k holds the least
 -- room believed since k (see rate_limited._reconcile.Lows). Entries: "number|room|time".
 local HORIZON = 300
+local function lows_key(m) return P .. 'lo' .. string.sub(m.key, string.len(P) + 2) end
+
 local function push_low(m)
-  local lows = P .. 'lo' .. string.sub(m.key, string.len(P) + 2)
+  local lows = lows_key(m)
+  LOWS[m.key] = nil  -- the stack changes: what this call read of it is stale
   m.n = m.n + 1
   save(m)
   local n = m.n
@@ -312,6 +319,41 @@ local function push_low(m)
   end
   redis.call('EXPIRE', lows, HORIZON * 2)
   return n
+end
+
+-- The least room the meter believed in since its mark number k (the room of the first entry
+-- at or after k, less the corrections made since, and the room it believes now), or nil if
+-- that mark was trimmed. A binary search over the stack (its numbers increase), each entry
+-- read at most once per call.
+local function lowest_since(m, k)
+  if k <= m.trimmed then return nil end
+  local lows = lows_key(m)
+  local seen = LOWS[m.key]
+  if not seen then
+    seen = {len = redis.call('LLEN', lows)}
+    LOWS[m.key] = seen
+  end
+  local function at(i)
+    local entry = seen[i]
+    if entry == nil then
+      local raw = redis.call('LINDEX', lows, i)
+      entry = false
+      if raw then
+        local number, room = string.match(raw, '^([^|]+)|([^|]+)|')
+        entry = {tonumber(number), tonumber(room)}
+      end
+      seen[i] = entry
+    end
+    return entry
+  end
+  local lo, hi = 0, seen.len
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if at(mid)[1] < k then lo = mid + 1 else hi = mid end
+  end
+  local entry = lo < seen.len and at(lo)
+  if not entry then return nil end
+  return math.min(m.q - m.lv - m.r, entry[2] - m.c)
 end
 
 -- Each operation calls done() where it used to publish; the batch publishes once, at its

@@ -309,20 +309,7 @@ if ARGV[10] == '1' then
   remaining = remaining - tonumber(ARGV[11])
   low = m.q - tonumber(ARGV[12]) - (m.c - tonumber(ARGV[13]))
 else
-  if k > m.trimmed then
-    local lows = P .. 'lo' .. string.sub(m.key, string.len(P) + 2)
-    local lo, hi = 0, redis.call('LLEN', lows)
-    while lo < hi do
-      local mid = math.floor((lo + hi) / 2)
-      local entry = redis.call('LINDEX', lows, mid)
-      if tonumber(string.match(entry, '^([^|]+)|')) < k then lo = mid + 1 else hi = mid end
-    end
-    local entry = redis.call('LINDEX', lows, lo)
-    if entry then
-      local v = tonumber(string.match(entry, '^[^|]+|([^|]+)|'))
-      low = math.min(m.q - m.lv - m.r, v - m.c)
-    end
-  end
+  low = lowest_since(m, k)
 end
 if low == nil then return '0' end
 local amount = low - (remaining - precision)

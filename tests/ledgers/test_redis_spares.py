@@ -254,3 +254,27 @@ def test_each_groups_spares_are_given_back_on_their_own_time(
     assert len(spares) == 5
     taken = spares.take([(1.0, 0.0, "b")])
     assert taken is not None and taken.n == 2 and len(spares) == 4  # b's first
+
+
+def test_reports_sent_together_each_compare_with_their_own_mark(
+    make: Callable[..., RedisLedger],
+) -> None:
+    """Reports queued together run in one script call, which reads the stack of marks once:
+    each is still compared with the least room believed since its own admission."""
+    ledger = make([tokens(quota=10_000, settle="reserved")], ttl=0.0)  # no spares
+    ledger.expect_reports()
+    demand = [(100.0, 200.0, None)]
+    a, b = ledger.try_reserve(demand, 0.0), ledger.try_reserve(demand, 0.0)  # 9,700, 9,400
+    assert a is not None and b is not None
+    ledger.release(a, 0.0)
+    ledger.release(b, 0.0)
+    c = ledger.try_reserve(demand, 0.0)  # marks now: b's 9,400, then c's 9,700
+    assert c is not None
+    reports: list[tuple[str, list[str]]] = []
+    ledger._link.tell = lambda op, args: reports.append((op, args))  # type: ignore[method-assign]
+    ledger.reconcile("tokens", 9_000.0, 0.0, admission=b)  # 9,400 believed: 400 billed
+    ledger.reconcile("tokens", 9_000.0, 0.0, admission=c)  # 9,700 less the 400: 300 billed
+    assert [op for op, _ in reports] == ["reconcile", "reconcile"]
+    with ledger._link._lock:
+        ledger._link._send(reports)  # one script call
+    assert held(ledger)["tokens"][0] == pytest.approx(300.0 + 400.0 + 300.0)

@@ -38,20 +38,36 @@ def _operation(name: str, body: str) -> str:
     return f"OPS[{name!r}] = function(ARGV)\n{body}\nend\n"
 
 
-#: The model and the operations, then ``run``. ARGV of a call: P, then operations, each
+#: The model and the operations, then ``run``. ARGV of a call: P, the holder sending it
+#: and the call's number among its calls ('' and '': not numbered), then operations, each
 #: as its name, the number of its arguments and those arguments (the ARGV of its section
 #: in ``_lua_ops``, P left out). They run in order, atomically together; the reply is the
 #: last one's. A client sends the settlements it has queued together with its next
-#: admission: one round trip per call.
+#: admission: one round trip per call. A numbered call is kept with its reply (``P
+#: sent:<holder>``, the last one only, for ``SENT_KEPT`` ms): the same call sent again
+#: (its reply was lost) gets that reply and runs nothing.
 _BODY = (
     MODEL
+    + "local SENT_KEPT = 3600000\n"
     + "local OPS = {}\n"
     + "".join(_operation(name, body) for name, body in OPERATIONS.items())
     + r"""
 local function run(ARGV)
   begin_call(ARGV[1])
+  -- A call a client sends again (it lost the reply) is answered from what it ran: never
+  -- run twice. Each holder's calls are numbered; its last one and its reply are kept.
+  local sent = ARGV[2] ~= '' and P .. 'sent:' .. ARGV[2] or nil
+  if sent then
+    local last = redis.call('GET', sent)
+    if last then
+      local bar = string.find(last, '|', 1, true)
+      if string.sub(last, 1, bar - 1) == ARGV[3] then
+        return cjson.decode(string.sub(last, bar + 1))
+      end
+    end
+  end
   local out = nil
-  local i = 2
+  local i = 4
   while i <= #ARGV do
     local name, n = ARGV[i], tonumber(ARGV[i + 1])
     local a = {P}
@@ -62,6 +78,9 @@ local function run(ARGV)
   write_back()
   if freed and redis.call('EXISTS', P .. 'waiting') == 1 then
     redis.call('PUBLISH', P .. 'freed', '1')
+  end
+  if sent and out ~= nil and not FORGET then
+    redis.call('SET', sent, ARGV[3] .. '|' .. cjson.encode(out), 'PX', SENT_KEPT)
   end
   return out
 end

@@ -45,6 +45,8 @@ local function f(x) return string.format('%.17g', x) end
 -- call (whatever number of operations it runs), kept in LOADED, and written back once at
 -- its end if changed (DIRTY, write_back); ALIVE: the holders whose lease it renewed.
 local P, T, freed, reaped, ID, IDN = '', 0, false, false, nil, 0
+-- The holder sending the call is leaving (release_holder): its last call is not kept.
+local FORGET = false
 local LOADED, DIRTY, ALIVE = {}, {}, {}
 -- Leases read so far (id -> the lease decoded, false: none), the changed ones (written
 -- back once, at the call's end: a spare's take, begin and settle in one call read and
@@ -58,7 +60,7 @@ local function begin_call(prefix)
   P = prefix
   local tt = redis.call('TIME')
   T = tonumber(tt[1]) + tonumber(tt[2]) / 1000000
-  freed, reaped, ID, IDN = false, false, nil, 0
+  freed, reaped, ID, IDN, FORGET = false, false, nil, 0, false
   LOADED, DIRTY, ALIVE = {}, {}, {}
   LEASES, LDIRTY, LDROPPED = {}, {}, {}
   LOWS = {}

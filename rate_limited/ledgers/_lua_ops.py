@@ -283,9 +283,12 @@ done()
 return {f(T), tostring(redis.call('HGET', P .. 'stats', 'reaped_holders') or '0')}
 """
 
-#: ARGV: P, holder. The holder is leaving: what it still holds is kept (as if it died).
+#: ARGV: P, holder. The holder is leaving: what it still holds is kept (as if it died), and
+#: its last call is forgotten (see ``run``).
 _RELEASE_HOLDER = r"""
 local h = ARGV[2]
+redis.call('DEL', P .. 'sent:' .. h)
+FORGET = true
 if redis.call('EXISTS', P .. 'h:' .. h) == 1 or redis.call('ZSCORE', P .. 'holders', h) then
   reap_holder(ARGV[2])
   redis.call('HINCRBY', P .. 'stats', 'reaped_holders', -1)

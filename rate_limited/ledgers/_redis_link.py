@@ -180,6 +180,11 @@ class RedisLink:
         #: round trip per call), or from the sender thread if none comes within
         #: ``_BATCH_WAIT``; they stay here while Redis is away.
         self.outbox: list[tuple[str, list[str]]] = []
+        #: This holder's calls are numbered (see ``rate_limited.ledgers._lua``); the last
+        #: one sent, while its reply has not come: (its arguments, how many queued
+        #: operations it carries, the operation run after them).
+        self._number = 0
+        self._unanswered: tuple[list[str], int, tuple[str, list[str]] | None] | None = None
         self._send_soon = threading.Event()
         self._armed = False  # the sender thread was told, and has not flushed yet
         self._lock = threading.Lock()
@@ -312,12 +317,51 @@ class RedisLink:
                 raise
             raise refused from exc
 
-    def _send(self, ops: list[tuple[str, list[str]]]) -> Any:
-        """Run ``ops`` in one call (the caller holds the lock); a lost connection is noted
-        (a warning) and raised."""
-        args = [self.prefix]
-        for name, op_args in ops:
+    def _send(self, op: tuple[str, list[str]] | None = None) -> Any:
+        """Run the queued operations and ``op`` (if any) in one numbered call (the caller
+        holds the lock); the queued ones leave the outbox once Redis ran them. A lost
+        connection is noted (a warning) and raised; the call is then sent again, the same,
+        before any other (``_answer_lost``)."""
+        if self._unanswered is not None:
+            self._answer_lost()
+            if op is None and not self.outbox:
+                return None
+        queued = len(self.outbox)
+        self._number += 1
+        args = [self.prefix, self.holder, str(self._number)]
+        for name, op_args in [*self.outbox, op] if op is not None else self.outbox:
             args += [name, str(len(op_args)), *op_args]
+        try:
+            result = self._attempt(args)
+        except self.down_errors:
+            self._unanswered = (args, queued, op)
+            raise
+        del self.outbox[:queued]
+        return result
+
+    def _answer_lost(self) -> None:
+        """Send again the call whose reply was lost (Redis may have run it or not): Redis
+        runs it now, or answers with what it ran (``P sent:<holder>``), never twice. Its
+        queued operations leave the outbox; an admission it made, which nobody waits for
+        any more, is given back."""
+        args, queued, op = self._unanswered or ([], 0, None)
+        try:
+            result = self._attempt(args)
+        except Exception as exc:
+            if not isinstance(exc, self.down_errors):
+                self._unanswered = None  # answered, with an error of ours: raised as it is
+            raise
+        self._unanswered = None
+        del self.outbox[:queued]
+        if op is not None and op[0] == "reserve" and int(result[0]) == 1:
+            n = int(op[1][4])  # reserve's ARGV: holder, lease, defer, track, n, ...
+            for lease_id in [result[1], *result[3 + 4 * n :]]:
+                self.outbox.append(
+                    ("finish", [self.holder, num(self.lease), str(lease_id), "release"])
+                )
+
+    def _attempt(self, args: list[str]) -> Any:
+        """One call of the ledger's code; a lost connection is noted (a warning) and raised."""
         try:
             if self.down_since is not None:
                 self._check_generation()
@@ -369,9 +413,7 @@ class RedisLink:
     def run(self, op: str, args: list[str]) -> Any:
         """Run ``op`` now, after the operations queued before it, in one round trip."""
         with self._lock:
-            result = self._send([*self.outbox, (op, args)])
-            self.outbox.clear()
-        return result
+            return self._send((op, args))
 
     def tell(self, op: str, args: list[str]) -> None:
         """Queue a settling operation (never raises: the call's result matters more than
@@ -389,10 +431,8 @@ class RedisLink:
 
     def _flush(self) -> None:
         with self._lock:
-            if self.outbox:
-                ops = list(self.outbox)
-                self._send(ops)
-                del self.outbox[: len(ops)]
+            if self.outbox or self._unanswered is not None:
+                self._send()
 
     def _send_queued(self) -> None:
         """The sender thread: what is queued and not taken by an admission within

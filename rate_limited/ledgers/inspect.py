@@ -74,7 +74,7 @@ def _one(client: Any, name: str) -> str:
         spec = client.hmget(key, "k", "q", "w", "d")
         if spec[0] is None:
             continue
-        out = script(args=[prefix, "peek", "7", "1", key, *spec, "0"])
+        out = script(args=[prefix, "", "", "peek", "7", "1", key, *spec, "0"])
         used, reserved, quota = float(out[1]), float(out[2]), float(out[3])
         resource, partition = meter_parts(key[len(prefix) + 2 :], resources)
         lines.append(

@@ -302,3 +302,41 @@ def test_a_new_ledger_starts_empty_and_a_second_runner_sees_no_loss(server: str)
     finally:
         first.close()
         second.close()
+
+
+def _lose_next_reply(ledger: RedisLedger) -> None:
+    """Redis runs the ledger's next call and answers, but the answer is lost (the
+    connection drops before it arrives)."""
+    conn = ledger._link._conn
+    read = conn.read_response
+
+    def lose(*args: Any, **kwargs: Any) -> Any:
+        conn.read_response = read  # type: ignore[method-assign]  # once
+        read(*args, **kwargs)
+        raise redis.ConnectionError("the connection dropped before the reply")
+
+    conn.read_response = lose  # type: ignore[method-assign]
+
+
+def test_a_call_whose_reply_was_lost_is_never_run_twice(ledger_url: str) -> None:
+    """Redis ran a settlement and an admission, and the reply was lost: the call sent
+    again is answered from what Redis ran (the settlement billed once), and the admission
+    nobody waits for any more is given back (not held until the process ends)."""
+    reserved = tokens(settle="reserved")  # holds 100 + 200 at admission
+    ledger, other = RedisLedger(ledger_url, [reserved]), RedisLedger(ledger_url, [reserved])
+    try:
+        ledger._spares.ttl = 0.0  # no spares: every admission is a call
+        first = ledger.try_reserve([(100.0, 200.0, None)], 0.0)
+        assert first is not None
+        ledger.settle(first, [500.0], 0.0)  # 300 more than held: billed once, with the next call
+        _lose_next_reply(ledger)
+        assert ledger.try_reserve([(100.0, 200.0, None)], 0.0) is None  # ran, but unanswered
+        assert ledger._link._unanswered is not None
+        # the keeper's next heartbeat sends the lost call again, then the admission's release
+        wait_for(lambda: ledger._link._unanswered is None and not ledger._link.outbox)
+        assert held(other)["tokens"][:2] == pytest.approx((600.0, 0.0))
+        notices = ledger.take_notices()
+        assert notices and {category for category, _ in notices} == {LedgerWarning}
+    finally:
+        ledger.close()
+        other.close()

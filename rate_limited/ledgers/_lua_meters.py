@@ -3,14 +3,20 @@
 ``rate_limited.ledgers._lua`` puts this model and the operations
 (``rate_limited.ledgers._lua_ops``) together into one library. Per script call the state
 below (``P``, ``T``, the meters read so far) is reset by ``begin_call``; meters are read
-once per call whatever the number of operations it runs, and written back once, at its end.
+once per call whatever the number of operations it runs, and written back once, at its end;
+so are leases (a spare's take, begin and settle in one call decode its lease once and write
+only its removal) and the marks ``reconcile`` reads (the reports of calls admitted together
+look up the same entries): a call costs a few commands per resource, not per operation.
 
 Keys, under one prefix ``P`` (``rate_limited:ledger:{<name>}:``, the braces keep every key
 of a ledger in one cluster hash slot):
 
 * ``P m:<resource>:<partition>`` a hash per meter: ``k`` kind (``bucket``/``window``),
   ``q`` quota, ``w`` window seconds, ``d`` refill delay, ``lv`` level (bucket) or usage
-  (window), ``s`` when the level was last drained, ``r`` reserved, ``c`` corrected.
+  (window), ``s`` when the level was last drained, ``r`` reserved, ``c`` corrected,
+  ``n`` the number of its last mark and ``trimmed`` of the last one trimmed (below).
+* ``P lo:<resource>:<partition>`` the meter's marks, once the provider reports: a list,
+  the room believed after each admission (``push_low``), for ``reconcile``.
 * ``P l:<resource>:<partition>`` a window meter's log: a sorted set of ``<seq>:<amount>``
   by the time it was billed.
 * ``P leases`` a hash, lease id -> the reservation as JSON (what each meter holds for it).
@@ -23,6 +29,8 @@ of a ledger in one cluster hash slot):
 * ``P seq`` counter of lease and log entry ids; ``P freed`` the channel told when a
   reservation is given back while ``P waiting`` exists (set for a second by an admission
   that waits for one), so that waiters on other processes look again.
+* ``P sent:<holder>`` the number of the holder's last call and its reply (see
+  ``rate_limited.ledgers._lua``): a call sent again after a lost reply is not run twice.
 
 A holder whose deadline passed (its process died, or lost Redis for longer than the lease)
 is *reaped* by the next script that runs: each of its reservations is billed as the

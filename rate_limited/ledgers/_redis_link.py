@@ -24,6 +24,11 @@ script calls); this module carries the asking:
   but refuses the calls for a state of its own (out of memory, a read-only replica after a
   failover, an ACL change, loading its data, busy, its master down: ``refusal``) is
   treated the same way (``Refused``); any other error reply is a bug of ours and is raised.
+* **A lost reply.** Redis may have run a call whose reply never came (the connection
+  dropped in between). Each call is numbered (per holder), and Redis keeps the last one's
+  reply; the link sends that call again, the same, before any other, and Redis answers
+  from what it ran or runs it now: settlements are never billed twice, and the admission
+  the call made (nobody waits for it any more) is given back.
 
 The ``redis://`` URL's parsing and the key names: ``rate_limited.ledgers._redis_url``.
 """

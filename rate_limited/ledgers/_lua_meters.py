@@ -272,18 +272,20 @@ end
 
 local function reap_holder(holder)
   local ids = redis.call('SMEMBERS', P .. 'h:' .. holder)
+  local kept = 0
   for _, id in ipairs(ids) do
-    local lease = get_lease(id)
+    local lease = get_lease(id)  -- nil if this call dropped it already (settled)
     if lease then
       each_entry(lease, function(m, e) keep_entry(m, e, lease) end)
       LEASES[id] = false; LDIRTY[id] = true
+      kept = kept + 1
     end
   end
   redis.call('DEL', P .. 'h:' .. holder)
   redis.call('ZREM', P .. 'holders', holder)
   redis.call('HDEL', P .. 'hi', holder)
   redis.call('HINCRBY', P .. 'stats', 'reaped_holders', 1)
-  redis.call('HINCRBY', P .. 'stats', 'reaped_leases', #ids)
+  redis.call('HINCRBY', P .. 'stats', 'reaped_leases', kept)
   freed = true
 end
 

@@ -185,7 +185,8 @@ def cell_overhead(redis_url: str, calls: int = OVERHEAD_CALLS) -> list[list[str]
     differences. Three workloads: every call the same demand; demands that differ per call
     (tokens 50-250 by the arguments); and the provider reporting on every call what it has
     left of both resources (the presets' path: ``report_remaining`` as they read the
-    headers, each report reconciled with the shared meter)."""
+    headers, each report reconciled with the shared meter). With Redis's ``commandstats``
+    per call: script calls, the commands they ran, their server time."""
     import statistics
 
     import redis
@@ -224,17 +225,33 @@ def cell_overhead(redis_url: str, calls: int = OVERHEAD_CALLS) -> list[list[str]
             self.control.report_remaining("tokens", 1e12 - 300 * i, admission=admission)
             return i
 
+    admin = redis.Redis.from_url(redis_url)
+
     def timed(ledger: str | None, varying: bool, reports: bool) -> float:
         function = Reporting() if reports else noop
         runner = Runner(function, resources(varying), ledger=ledger, progress=False,
                         max_concurrent=OVERHEAD_CONCURRENCY)  # fmt: skip
         for i in range(calls):
             runner.schedule(i)
+        if ledger is not None:
+            admin.config_resetstat()
         began = time.perf_counter()
         runner.run()
         seconds = time.perf_counter() - began
+        if ledger is not None:
+            server.append(per_call(admin.info("commandstats")))
         runner.close()
         return seconds / calls
+
+    def per_call(stats: dict[str, Any]) -> tuple[float, float, float]:
+        """(script calls, commands they ran, server µs in them) per call of the run."""
+        scripts = {"cmdstat_fcall", "cmdstat_evalsha"}
+        ran = sum(s["calls"] for name, s in stats.items()
+                  if name not in scripts and name.startswith("cmdstat_")
+                  and not name.startswith(("cmdstat_config", "cmdstat_info")))  # fmt: skip
+        made = sum(stats.get(name, {}).get("calls", 0) for name in scripts)
+        usec = sum(stats.get(name, {}).get("usec", 0) for name in scripts)
+        return made / calls, ran / calls, usec / calls
 
     def ping() -> float:  # the machine's floor: one bare round trip to the same server
         client = redis.Redis.from_url(redis_url)
@@ -256,16 +273,20 @@ def cell_overhead(redis_url: str, calls: int = OVERHEAD_CALLS) -> list[list[str]
     rows, pings = [], []
     for label, varying, reported in workloads:
         memory, shared = [], []
+        server: list[tuple[float, float, float]] = []
         for _ in range(OVERHEAD_RUNS):  # alternating, so noise hits both alike
             memory.append(timed(None, varying, reported))
             shared.append(timed(f"{redis_url}?name=b-overhead-{uuid.uuid4().hex[:6]}",
                                 varying, reported))  # fmt: skip
             pings.append(ping())
         extra = [r - m for m, r in zip(memory, shared, strict=True)]
+        scripts, commands, usec = (statistics.median(s[i] for s in server) for i in range(3))
         rows.append([label, us(statistics.median(memory)), us(statistics.median(shared)),
-                     f"+{us(min(extra))}", f"+{us(statistics.median(extra))}"])  # fmt: skip
+                     f"+{us(min(extra))}", f"+{us(statistics.median(extra))}",
+                     f"{scripts:.2f} / {commands:.1f} / {usec:.0f} µs"])  # fmt: skip
     rows.append(["(for scale: one Redis PING round trip, redis-py)", "-", us(min(pings)),
-                 "-", f"median {us(statistics.median(pings))}"])  # fmt: skip
+                 "-", f"median {us(statistics.median(pings))}", "-"])  # fmt: skip
+    admin.close()
     return rows
 
 
@@ -346,9 +367,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"max_concurrent={OVERHEAD_CONCURRENCY}; the two run alternately "
                   f"{OVERHEAD_RUNS} times, best and median of the runs' differences. "
                   "Redis on loopback; load average at the start of the run: "
-                  f"{os.getloadavg()[0]:.1f} (2 CPUs).", "",
+                  f"{os.getloadavg()[0]:.1f} (2 CPUs). The last column: Redis's "
+                  "`commandstats` over each Redis run (median of the runs), per call: the "
+                  "ledger's script calls (FCALL), the Redis commands its Lua ran in them, "
+                  "and the server time in them.", "",
                   markdown_table(["workload", "in-process (median)", "Redis (median)",
-                                  "Redis - in-process, best", "median"],
+                                  "Redis - in-process, best", "median",
+                                  "per call: script calls / commands in them / server time"],
                                  cell_overhead(redis_url)), ""]  # fmt: skip
     if "dask" in only:
         parts += ["### Dask LocalCluster (RPM-bound, 6,000 RPM)", "",

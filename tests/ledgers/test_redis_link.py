@@ -304,18 +304,22 @@ def test_a_new_ledger_starts_empty_and_a_second_runner_sees_no_loss(server: str)
         second.close()
 
 
-def _lose_next_reply(ledger: RedisLedger) -> None:
-    """Redis runs the ledger's next call and answers, but the answer is lost (the
-    connection drops before it arrives)."""
-    conn = ledger._link._conn
-    read = conn.read_response
+def _lose_the_reply_of_the_call_carrying(ledger: RedisLedger, op: str) -> list[str]:
+    """Redis runs the ledger's next call carrying ``op``, and answers, but the answer is
+    lost (the connection drops before it arrives). Returns a list that gets an item when
+    that happened."""
+    execute = ledger._link._execute
+    lost: list[str] = []
 
-    def lose(*args: Any, **kwargs: Any) -> Any:
-        conn.read_response = read  # type: ignore[method-assign]  # once
-        read(*args, **kwargs)
-        raise redis.ConnectionError("the connection dropped before the reply")
+    def lose(args: list[str]) -> Any:
+        result = execute(args)
+        if op in args and not lost:
+            lost.append("lost")
+            raise redis.ConnectionError("the connection dropped before the reply")
+        return result
 
-    conn.read_response = lose  # type: ignore[method-assign]
+    ledger._link._execute = lose  # type: ignore[method-assign]
+    return lost
 
 
 def test_a_call_whose_reply_was_lost_is_never_run_twice(ledger_url: str) -> None:
@@ -328,10 +332,12 @@ def test_a_call_whose_reply_was_lost_is_never_run_twice(ledger_url: str) -> None
         ledger._spares.ttl = 0.0  # no spares: every admission is a call
         first = ledger.try_reserve([(100.0, 200.0, None)], 0.0)
         assert first is not None
-        ledger.settle(first, [500.0], 0.0)  # 300 more than held: billed once, with the next call
-        _lose_next_reply(ledger)
+        lost = _lose_the_reply_of_the_call_carrying(ledger, "settle")
+        with ledger._link._lock:
+            ledger._link._armed = True  # the sender thread is not woken: it goes with the next
+        ledger.settle(first, [500.0], 0.0)  # 300 more than held: billed once
         assert ledger.try_reserve([(100.0, 200.0, None)], 0.0) is None  # ran, but unanswered
-        assert ledger._link._unanswered is not None
+        assert lost
         # the keeper's next heartbeat sends the lost call again, then the admission's release
         wait_for(lambda: ledger._link._unanswered is None and not ledger._link.outbox)
         assert held(other)["tokens"][:2] == pytest.approx((600.0, 0.0))

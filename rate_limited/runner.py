@@ -501,3 +501,26 @@ class Runner(Scheduler, OnlineCaller, EngineHost):
             else f"{len(self.scheduled_calls)} scheduled"
         )
         return f"<Runner {self.name} ({state})>"
+
+    # -- what apply() gives, known before anything runs (rate_limited.dask) ---------------------
+    @property
+    def frame_columns(self) -> tuple[str, ...]:
+        """The columns ``apply()`` gives, in order, as far as this Runner decides them:
+        ``result`` ... ``semantic_similarity``, ``cost_usd`` when it prices its calls (an
+        API preset, a Budget), ``model`` when it has an ``escalate=`` ladder (calls with a
+        ``model`` argument add it otherwise), a ``usage_<resource>`` per resource. Nothing
+        is called to find them (``rate_limited.dask`` builds a lazy frame's schema)."""
+        from rate_limited._frames import outcomes_frame
+
+        columns = list(outcomes_frame(()).columns)
+        if self._money.spend is not None:  # a SpendControl always has prices
+            columns.append("cost_usd")
+        if self._money.ladder is not None:
+            columns.append("model")
+        return (*columns, *(f"usage_{resource.name}" for resource in self.resources))
+
+    @property
+    def shares_quota(self) -> bool:
+        """Whether the quotas live outside this process (``ledger="redis://..."``), shared
+        by every Runner given the same ledger, rather than in this Runner alone."""
+        return not self._ledger_is_local

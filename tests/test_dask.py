@@ -19,8 +19,10 @@ from tests.dask_jobs import (
     make_nothing,
     make_runner,
     make_text_runner,
+    model_for_most_rows,
     reply_with_row_id,
     row_to_kwargs,
+    x_kwargs,
 )
 from tests.shared import ROOT
 from tests.stores.conftest import redis_url  # noqa: F401 - the session's redis-server
@@ -231,3 +233,90 @@ def test_the_readme_example_runs_as_written(
         out = namespace["out"].compute()  # type: ignore[attr-defined]
     assert (out["status"] == "succeeded").all()
     assert {"cost_usd", "model"} <= set(out.columns)
+
+
+def test_runner_frame_columns_are_the_result_columns(
+    redis_url: str,  # noqa: F811
+) -> None:
+    """The public schema the lazy frame is built from: that of ``runner.apply``."""
+    with MockProvider(rpm=600, tpm=100_000) as mp:
+        runner = make_chat_runner(mp.base_url, ledger_url(redis_url))
+        try:
+            applied = runner.apply(frame(2), row_to_kwargs)
+            assert runner.shares_quota
+            columns = runner.frame_columns
+        finally:
+            runner.close()
+    assert "cost_usd" in columns and "usage_requests_per_minute" in columns
+    assert [c for c in applied.columns if c != "model"] == list(columns)  # model: the rows'
+    plain = make_text_runner(ledger_url(redis_url))
+    try:
+        assert "cost_usd" not in plain.frame_columns and "model" not in plain.frame_columns
+    finally:
+        plain.close()
+
+
+@pytest.mark.slow
+def test_calls_with_a_model_the_schema_lacks_fail_on_the_client_before_sending(
+    cluster: object,
+    redis_url: str,  # noqa: F811
+) -> None:
+    """Dask's sample row gives no model, the real rows do: ``.compute()`` raises on the
+    client, naming the column and ``columns=``, and nothing was sent; with ``columns=``
+    the same job runs and keeps the column."""
+    from rate_limited.dask import apply
+
+    df = frame(8)
+    df["id"] = range(2, 10)  # no row is the sample's made-up id 1
+    ddf = dd.from_pandas(df, npartitions=2)
+    with MockProvider(rpm=600, tpm=100_000) as mp:
+        make = functools.partial(make_chat_runner, mp.base_url, ledger_url(redis_url))
+        lazy = apply(ddf, make, model_for_most_rows)
+        assert "model" not in lazy.columns
+        with pytest.raises(ConfigurationError, match=r"no 'model' column.*columns=") as caught:
+            lazy.compute()
+        assert "Nothing was sent" in str(caught.value)
+        assert mp.stats().requests == 0
+        runner = make()
+        columns = [*runner.frame_columns, "model"]
+        runner.close()
+        out = apply(ddf, make, model_for_most_rows, columns=columns).compute()
+        assert mp.stats().requests == len(df)
+    assert list(out.columns) == columns
+    assert (out["model"] == "gpt-4o-mini").all()
+
+
+@pytest.mark.slow
+def test_a_column_the_schema_lacks_is_an_error_and_the_outcomes_stay_stored(
+    cluster: object,
+    redis_url: str,  # noqa: F811
+) -> None:
+    """Outcomes stored by a Runner with another resource carry its usage: the partition
+    fails on the client naming the column, and says its outcomes are in the store."""
+    from rate_limited.dask import apply
+
+    store = f"{redis_url.rpartition('/')[0]}/0?prefix=dask-{uuid.uuid4().hex[:8]}"
+    df = pd.DataFrame({"x": [0, 1, 2, 4]})
+    earlier = make_text_runner(ledger_url(redis_url), store, resource="calls")
+    try:
+        assert (earlier.apply(df, lambda row: {"x": int(row["x"])})["status"] == "succeeded").all()
+    finally:
+        earlier.close()
+    make = functools.partial(make_text_runner, ledger_url(redis_url), store)
+    lazy = apply(dd.from_pandas(df, npartitions=2), make, x_kwargs)
+    with pytest.raises(ConfigurationError, match=r"\['usage_calls'\].*in the shared store"):
+        lazy.compute()
+    out = apply(
+        dd.from_pandas(df, npartitions=2), make, x_kwargs, columns=["result", "usage_calls"]
+    ).compute()
+    assert list(out["result"]) == ["text 0", "text 1", "text 2", "text 4"]
+    assert list(out["usage_calls"]) == [1.0] * 4
+
+
+def test_columns_must_be_names(redis_url: str) -> None:  # noqa: F811
+    from rate_limited.dask import apply
+
+    make = functools.partial(make_text_runner, ledger_url(redis_url))
+    ddf = dd.from_pandas(pd.DataFrame({"x": range(4)}), npartitions=2)
+    with pytest.raises(ConfigurationError, match="columns must be a list of column names"):
+        apply(ddf, make, x_kwargs, columns="result")

@@ -4,8 +4,11 @@ and store, against the MockProvider: complete, exact results aligned to the inpu
 from __future__ import annotations
 
 import functools
+import os
+import signal
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -320,3 +323,52 @@ def test_columns_must_be_names(redis_url: str) -> None:  # noqa: F811
     ddf = dd.from_pandas(pd.DataFrame({"x": range(4)}), npartitions=2)
     with pytest.raises(ConfigurationError, match="columns must be a list of column names"):
         apply(ddf, make, x_kwargs, columns="result")
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_costs_only_its_calls_in_flight(
+    cluster: object,
+    redis_url: str,  # noqa: F811
+) -> None:
+    """SIGKILL one of the 2 worker processes mid-run: Dask runs its partitions again on
+    the other (those it had finished too: their frames died with it). The outcomes the
+    store has are taken from it, not paid again: the provider receives the rows plus at
+    most the calls the dead worker had in flight (its 2 Runners' ``max_concurrent=16``
+    each, and those answered in the loop pass the kill cut before their outcomes were
+    written), every row exact, 0 429s."""
+    from rate_limited.dask import apply
+
+    rows, partitions = 1_200, 8
+    name = uuid.uuid4().hex[:8]
+    base = redis_url.rpartition("/")[0]
+    df = frame(rows)
+    client = distributed.get_client()
+    with MockProvider(rpm=RPM, tpm=1_000_000, latency=0.2, jitter=0.3,
+                      reply=reply_with_row_id) as mp:  # fmt: skip
+        make = functools.partial(
+            make_runner, mp.base_url, f"{base}/0?name=dask-{name}&lease=5",
+            f"{base}/0?prefix=dask-{name}", RPM, 1_000_000,
+        )  # fmt: skip
+        ddf = dd.from_pandas(df, npartitions=partitions)
+        future = client.compute(apply(ddf, make, row_to_kwargs))
+        wait_for(lambda: mp.stats().admitted >= rows // 3, "a third of the rows sent")
+        victim = next(iter(client.run(os.getpid).values()))
+        os.kill(victim, signal.SIGKILL)
+        out = future.result()
+        stats = mp.stats()
+        distinct = len({entry.body_hash for entry in mp.request_log})
+    assert out.index.equals(ddf.index.compute())  # aligned to the input, row for row
+    assert (out["status"] == "succeeded").all()
+    for label, value in zip(out.index, out["result"], strict=True):
+        assert answers_row(value, df.loc[label, "id"]), (label, value)
+    assert stats.rejected == 0
+    assert distinct == rows  # every extra request is a row sent again ...
+    assert stats.requests - rows <= 2 * 2 * 16  # ... by the dead worker's Runners, in flight
+    assert out["from_store"].any()  # the partitions run again took the stored outcomes

@@ -14,6 +14,13 @@ here does that again. What makes a distributed run safe is the sharing underneat
   takes the outcomes the first attempt stored, and calls two attempts both reach are sent
   once (``rate_limited._claims``).
 
+What a worker process that dies mid-run costs: the calls it had in flight (at most its
+Runners' ``max_concurrent`` each), which the provider received and whose answers died with
+it, are sent again by the partitions' re-runs, at once (its claims' holder is proven
+ended, ``rate_limited._holder``); every outcome it stored is taken from the store, also
+those of the partitions it had finished (Dask runs them again: their frames were in its
+memory). Measured: benchmarks/RESULTS.md, "Dask LocalCluster".
+
 ``make_runner`` is pickled to the workers, so it must be a module-level function (or a
 ``functools.partial`` of one), not a lambda; it is called once per partition, and once on
 the client by ``apply`` itself (nothing is sent then) to learn the result's columns. The

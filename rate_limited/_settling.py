@@ -62,8 +62,10 @@ class Settling(EngineCore):
         self._finish(call, FAILED, now, running=call.status is RUNNING, save=False)
 
     def _returned(self, call: Call, value: Any, now: float) -> None:
-        if self._has_ledger:
-            self._bill(call, value, now)
+        if self._has_ledger:  # self._bill(call, value, now), one call less per call
+            first_token = self.billing.results(call, value, now)
+            if first_token is not None:
+                self._first_token(first_token)
         if self.validators:
             message, cause = validate(value, self.validators)
             if message:
@@ -90,8 +92,12 @@ class Settling(EngineCore):
         """Bill the results usage of ``value``; count its time to first token, if any."""
         first_token = self.billing.results(call, value, now)
         if first_token is not None:
-            self.stats.first_tokens += 1
-            self.stats.first_token_total += first_token
+            self._first_token(first_token)
+
+    def _first_token(self, seconds: float) -> None:
+        """A streamed response's first token came ``seconds`` after it was sent."""
+        self.stats.first_tokens += 1
+        self.stats.first_token_total += seconds
 
     def _failed(
         self,

@@ -17,7 +17,8 @@ preset, a requests and a tokens resource, with the limits given):
   times; best and median): the same demand every call, demands that differ per call, and
   the provider reporting on every call what is left of both resources (the presets' path).
 * **Dask**: ``rate_limited.dask.apply`` on a ``LocalCluster`` of 2 worker processes over
-  10,000 rows (RPM-bound): complete and exact results, 429s.
+  10,000 rows (RPM-bound): complete and exact results, 429s, every request beyond the rows
+  accounted for; then the same with one worker SIGKILLed mid-run.
 
 Steady state: a sampler reads the provider's token bucket every 20 ms; from 3 s after the
 bucket first ran dry (below 5% of the limit) to 1 s before the last admission, the quota
@@ -290,7 +291,15 @@ def cell_overhead(redis_url: str, calls: int = OVERHEAD_CALLS) -> list[list[str]
     return rows
 
 
-def cell_dask(redis_url: str, rows: int = 10_000) -> list[str]:
+#: Calls one Dask worker process can have in flight: 2 threads, a Runner each, 16 calls.
+DASK_IN_FLIGHT = 2 * 16
+
+
+def cell_dask(redis_url: str, kill: bool, rows: int = 10_000) -> list[str]:
+    """``rate_limited.dask.apply`` over ``rows`` rows; ``kill``: one of the 2 worker
+    processes is SIGKILLed once a third of the rows were sent. Every request the provider
+    received beyond the rows is accounted for: a row sent again (the request log's body
+    hashes), by a retry (``attempts``) or by a partition Dask ran again."""
     import dask.dataframe as dd
     import pandas as pd
     from distributed import Client, LocalCluster
@@ -305,28 +314,44 @@ def cell_dask(redis_url: str, rows: int = 10_000) -> list[str]:
         {"id": range(rows), "text": [f"word {i} " * (i % 7 + 1) for i in range(rows)],
          "max_tokens": 40}
     )  # fmt: skip
-    rpm, tpm = 6_000, 10_000_000
+    rpm, tpm, partitions = 6_000, 10_000_000, 8
     with (
         provider(rpm=rpm, tpm=tpm, reply=reply_with_row_id) as mp,
         LocalCluster(
             n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
         ) as cluster,
-        Client(cluster),
+        Client(cluster) as client,
     ):
         make = functools.partial(make_runner, mp.base_url, f"{redis_url}?name=b-dask-{name}",
                                  f"{redis_url}?prefix=b-dask-{name}", rpm, tpm)  # fmt: skip
         began = time.monotonic()
-        out = apply(dd.from_pandas(frame, npartitions=8), make, row_to_kwargs).compute()
+        future = client.compute(
+            apply(dd.from_pandas(frame, npartitions=partitions), make, row_to_kwargs)
+        )
+        if kill:
+            while mp.stats().admitted < rows // 3:
+                time.sleep(0.02)
+            os.kill(next(iter(client.run(os.getpid).values())), signal.SIGKILL)
+        out = future.result()
         seconds = time.monotonic() - began
         stats = mp.stats()
+        distinct = len({entry.body_hash for entry in mp.request_log})
+        # Partition tasks Dask started more than once (a worker lost, a result lost).
+        started = [k for k, _, finish, *_ in cluster.scheduler.transition_log
+                   if finish == "processing" and str(k).startswith("('_run_partition")]  # fmt: skip
     exact = out.index.equals(frame.index) and all(
         answers_row(r, i) for i, r in zip(out.index, out["result"], strict=True)
     )
     return [
-        f"{rows:,} rows, 8 partitions, 2 worker processes",
-        f"{(out['status'] == 'succeeded').sum():,}",
+        "one worker killed mid-run" if kill else "none",
+        f"{(out['status'] == 'succeeded').sum():,}/{rows:,}",
         "yes" if exact else "NO",
         f"{stats.requests:,}",
+        f"<= {rows + DASK_IN_FLIGHT:,}" if kill else f"{rows:,}",
+        f"{stats.requests - distinct:,}",
+        f"{int(out['attempts'].sum()) - rows:,}",
+        f"{len(started) - partitions:,}",
+        f"{int(out['from_store'].sum()):,}",
         f"{stats.rejected:,}",
         f"{seconds:.0f} s",
     ]
@@ -376,9 +401,21 @@ def main(argv: list[str] | None = None) -> int:
                                   "per call: script calls / commands in them / server time"],
                                  cell_overhead(redis_url)), ""]  # fmt: skip
     if "dask" in only:
+        rows = [cell_dask(redis_url, kill) for kill in (False, True)]
         parts += ["### Dask LocalCluster (RPM-bound, 6,000 RPM)", "",
-                  markdown_table(["job", "succeeded", "exact and aligned", "requests", "429s",
-                                  "time"], [cell_dask(redis_url)]), ""]  # fmt: skip
+                  "10,000 rows, 8 partitions, 2 worker processes of 2 threads (a Runner "
+                  "per partition, max_concurrent=16), sharing the Redis ledger and store. "
+                  "\"sent twice\": requests for a row the provider had received already "
+                  "(its request log); \"retries\": attempts after a call's first; "
+                  "\"partitions re-run\": partition tasks Dask started again; \"from "
+                  "store\": rows a re-run partition took from the store instead of "
+                  "sending them. A killed worker's partitions (those it had finished too) "
+                  "run again on the other: the outcomes stored are taken, and only the "
+                  "calls it had in flight, paid and their answers lost with it, are sent "
+                  f"again: at most {DASK_IN_FLIGHT} (its 2 Runners' max_concurrent).", "",
+                  markdown_table(["kill", "succeeded", "exact and aligned", "requests",
+                                  "bound", "sent twice", "retries", "partitions re-run",
+                                  "from store", "429s", "time"], rows), ""]  # fmt: skip
     body = "\n".join(parts)
     print(body)
     if args.write:

@@ -134,6 +134,11 @@ class Admission:
     def head(self) -> Call | None:
         """The call admission tries next (dropping entries settled meanwhile)."""
         urgent = self.urgent
+        if not urgent and not self.retry:  # the usual case: the first ready call
+            ready = self.ready
+            if ready and ready[0].status is PENDING and not self._passed:
+                return ready[0]
+            return self._fifo_head()
         if urgent:
             while urgent and urgent[0][3].status is not PENDING:
                 heapq.heappop(urgent)  # admitted from a lane, withdrawn or settled late

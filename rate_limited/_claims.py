@@ -28,8 +28,8 @@ over, and claims of other machines (or written by older versions) lapse by expir
 
 **Waiting is said once a run.** When calls have waited on other workers' claims for the
 Runner's ``long_wait_warning_seconds`` (None: never said), a ``RateLimitedWarning`` (and
-the progress display, at once) says how many calls wait, on which holders (host and pid),
-and until when those claims hold unless renewed.
+the progress display, at once) says how many calls wait, on which holders and until when
+(``rate_limited._claim_holders``, which also tells which holders have ended).
 
 A store error while claiming sends the call (a StoreWarning says so): it cannot be
 coordinated, and stopping the run would lose more than a possible duplicate.
@@ -57,7 +57,8 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Protocol
 
-from rate_limited._holder import Holder, has_ended, new_holder, process_token
+from rate_limited._claim_holders import POLL, ClaimHolders
+from rate_limited._holder import new_holder
 from rate_limited._redact import describe, get_logger, redact
 from rate_limited._status import Status
 from rate_limited.exceptions import CallError, StoreError
@@ -70,11 +71,6 @@ if TYPE_CHECKING:
 __all__ = ["POLL", "Claims", "ClaimsOwner"]
 
 logger = get_logger("rate_limited")
-
-#: Seconds between two reads of the outcomes the waiting calls wait for.
-POLL = 0.25
-#: Holders named in the waiting notice (the rest are counted).
-_NAMED = 4
 
 
 class ClaimsOwner(Protocol):
@@ -118,9 +114,8 @@ class Claims:
         self._held_by: dict[str, ClaimState] = {}  # waiting key -> the claim in its way
         self._wait_since: float | None = None  # monotonic time calls started waiting
         self._told = False
-        self._holders: dict[str, Holder] = {}  # holder string -> parsed
-        self._ended: set[str] = set()  # holders proven ended (a token is never reused)
-        self._probed: dict[str, float] = {}  # live holder -> monotonic time of its probe
+        #: The other workers in the way: parsed, proven ended or not.
+        self._holders = ClaimHolders()
         self._took_from: Counter[str] = Counter()  # ended holder -> calls taken over
         self._timer: asyncio.TimerHandle | None = None
         self._renewal: asyncio.TimerHandle | None = None
@@ -181,46 +176,23 @@ class Claims:
         state is then ``"ours"`` with the ended holder). Raises StoreError."""
         store = self._store
         states = store.claim_states(
-            keys, self.holder, over_records=over_records, take_over=self._ended
+            keys, self.holder, over_records=over_records, take_over=self._holders.ended
         )
         ended = [
             key
             for key, state in states.items()
-            if state.answer == "taken" and self._has_ended(state.holder or "")
+            if state.answer == "taken" and self._holders.has_ended(state.holder or "")
         ]
         if ended:
             states.update(
                 store.claim_states(
-                    ended, self.holder, over_records=over_records, take_over=self._ended
+                    ended, self.holder, over_records=over_records, take_over=self._holders.ended
                 )
             )
         for state in states.values():
             if state.answer == "ours" and state.holder is not None:
                 self._took_from[state.holder] += 1
         return states
-
-    def _holder(self, text: str) -> Holder:
-        holder = self._holders.get(text)
-        if holder is None:
-            holder = self._holders[text] = Holder.parse(text)
-        return holder
-
-    def _has_ended(self, text: str) -> bool:
-        """Whether the holder ``text`` is proven ended (probed at most every POLL s)."""
-        if text in self._ended:
-            return True
-        holder = self._holder(text)
-        if holder.token is None or not holder.here:
-            return False  # can't be told: its claims lapse by expiry
-        now = time.monotonic()
-        if now - self._probed.get(text, -1e9) < POLL:
-            return False
-        self._probed[text] = now
-        if not has_ended(holder):
-            return False
-        self._ended.add(text)
-        del self._probed[text]
-        return True
 
     def _own(self, call: Call, now: float) -> None:
         assert call.key is not None
@@ -289,7 +261,7 @@ class Claims:
                     waiting[key] = call  # an old failure: claimed again below
             now = time.monotonic()
             holders = {state.holder for state in held_by.values() if state.holder is not None}
-            ended = {text for text in holders if self._has_ended(text)}
+            ended = {text for text in holders if self._holders.has_ended(text)}
             if now >= self._next_claim:  # expired claims (a dead worker elsewhere)
                 self._next_claim = now + self._store.claim_ttl / 2
                 keys = list(waiting)
@@ -376,52 +348,8 @@ class Claims:
         self._engine.waiting_on_claims(text, seconds, what)
 
     def describe_waiting(self) -> tuple[str, str, float]:
-        """The notice for the calls waiting now: its text, a short form (what is waited
-        for) and the seconds until the last of their claims lapses unless renewed."""
-        by_holder: dict[str, list[float | None]] = {}
-        for state in self._held_by.values():
-            by_holder.setdefault(state.holder or "?", []).append(state.expires_at)
-        wall = self._store.clock()
-        parts: list[str] = []
-        latest = wall
-        ranked = sorted(by_holder.items(), key=lambda item: -len(item[1]))
-        for text, expiries in ranked[:_NAMED]:
-            holder = self._holder(text)
-            known = [t for t in expiries if t is not None]
-            until = max(known) if known else None
-            latest = max(latest, until or wall)
-            when = (
-                "with no expiry"
-                if until is None
-                else f"until {time.strftime('%H:%M:%S', time.localtime(until))} "
-                f"(in {max(0.0, until - wall):.0f} s)"
-            )
-            if holder.token is not None and holder.token == process_token():
-                fate = "another Runner of this process"
-            elif holder.here and holder.token is not None:
-                fate = "a running process of this machine: taken over as soon as it ends"
-            elif holder.here:
-                fate = (
-                    "written by an older rate_limited, whose end can't be seen here: taken "
-                    "over when its claims lapse"
-                )
-            else:
-                fate = "taken over then if its worker stops renewing them"
-            parts.append(f"{len(expiries)} held by {holder.describe()} {when}, {fate}")
-        if len(ranked) > _NAMED:
-            rest = sum(len(expiries) for _, expiries in ranked[_NAMED:])
-            parts.append(f"{rest} held by {len(ranked) - _NAMED} other workers")
-        count = len(self._held_by)
-        text = (
-            f"{count} call{'s are' if count != 1 else ' is'} waiting for other workers on "
-            f"the store {self._store!r}, which claimed them first: {'; '.join(parts)}. Each "
-            "ends with the outcome its worker stores. (A worker renews its claims while it "
-            f"runs; they last claim_ttl={self._store.claim_ttl:g} s, see open_store.)"
-        )
-        first = self._holder(ranked[0][0]).describe() if ranked else "?"
-        others = " and others" if len(ranked) > 1 else ""
-        what = f"{count} call{'s' if count != 1 else ''} claimed by {first}{others}"
-        return redact(text), redact(what), latest - wall
+        """The notice for the calls waiting now (see ``ClaimHolders.describe_waiting``)."""
+        return self._holders.describe_waiting(self._held_by, self._store)
 
     def _renew(self) -> None:
         """Renew the claims of the calls this process still has to send or is sending."""
@@ -456,7 +384,7 @@ class Claims:
                 "Took over at once %d calls claimed by %s, a process of this machine that "
                 "has ended",
                 count,
-                self._holder(text).describe(),
+                self._holders.get(text).describe(),
             )
         self._took_from.clear()
         unwritten = set(self._store.pending_keys())

@@ -1,15 +1,19 @@
 """The scheduler: runs a batch of calls, admitting each against the ledger.
 
 Everything here runs on the Runner's own event loop thread, so state needs no locks.
-The engine is in four rooms:
+The engine is one object whose class is built in layers, each on the one below, read
+bottom up:
 
-* this module: a run from start to end (``run``), stopping and abandoning it, admission
-  (``_admit``: the head call against the ledger), and the workers that run calls;
-* ``_core``: the state machine, where a call's status and every counter change, and how
-  an attempt is settled (billing, validation, retry or not);
-* ``_admission``: the ready queue, the retry heap, the lanes of partitioned resources,
-  the wake-up timer and the 429 cool-down;
-* ``_checkpoint``: the store: restore before a run, one leader per key, save and flush.
+* ``_core``: the state machine, where a call's status and every counter change;
+* ``_settling``: an attempt's end: billed, validated, retried or final, the 429 cool-down;
+* ``_admitting``: admission (``_admit``: the head call against the ledger and budget);
+* ``_workers``: the workers that run calls (async coroutines, the sync dispatcher);
+* this module: a run from start to end (``run``), stopping and abandoning it.
+
+Beside them, the objects the engine holds: ``_admission`` (the ready queue, the retry
+heap, the lanes of partitioned resources, the wake-up timer and the 429 cool-down),
+``_checkpoint`` (the store: restore before a run, one leader per key, save and flush),
+``_billing`` (a reservation settled on the ledger) and ``_claims`` (work sharing).
 
 Admission is FIFO by schedule index: a retried call keeps its index and goes back ahead
 of calls scheduled after it, and only the head call is ever tried against the ledger, so

@@ -24,7 +24,7 @@ import gc
 import threading
 from collections.abc import Iterator
 
-__all__ = ["bulk_allocation", "frozen_heap"]
+__all__ = ["age_young", "bulk_allocation", "frozen_heap"]
 
 #: Below this many calls a run does not freeze the heap (it costs nothing, but changes
 #: nothing worth it either).
@@ -44,11 +44,20 @@ def bulk_allocation(count: int = 1000) -> Iterator[None]:
     try:
         yield
     finally:
-        with _lock:  # not while a run in another thread freezes the heap
-            if not gc.get_freeze_count():  # unfreeze() would thaw others' frozen objects
-                gc.freeze()
-                gc.unfreeze()
+        age_young()
         gc.enable()
+
+
+def age_young() -> None:
+    """Move what the young generations hold to the oldest in one step (``gc.freeze();
+    gc.unfreeze()``, O(1)): the young collections that follow do not walk it, and it does
+    not count towards the next full collection either (objects promoted one by one do).
+    It stays collectable. Skipped while objects are frozen (by the process, or by a run in
+    another thread): ``gc.unfreeze()`` would thaw them too."""
+    with _lock:
+        if not gc.get_freeze_count():
+            gc.freeze()
+            gc.unfreeze()
 
 
 @contextlib.contextmanager

@@ -21,8 +21,12 @@ directory that can't be made or is not this user's alone.
 
 The lock file is created under a temporary name, locked, then renamed into place, so that
 no prober ever finds it unlocked while its process lives. The process removes it when it
-exits normally; a prober that finds one ended removes it too. A forked child gets its own
-token (the parent's lock stays the parent's).
+exits normally. A prober that finds one ended leaves it: every Runner waiting on that
+holder's claims, in any process, must be able to prove the end too (removed, the next
+prober could not tell, and waited ``claim_ttl`` seconds: a Dask worker killed mid-run held
+its re-run partitions up a minute). Files of ended processes are removed when a process
+makes its own lock, once over a day old (their claims have long lapsed). A forked child
+gets its own token (the parent's lock stays the parent's).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import socket
 import stat
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -100,6 +105,7 @@ class _LifeLock:
         self.directory = _lock_directory()
         self._fd: int | None = None
         if self.directory is not None and fcntl is not None:
+            _sweep(self.directory)
             self._fd = self._create(self.directory)
             if self._fd is not None:
                 atexit.register(self.release)
@@ -137,6 +143,20 @@ class _LifeLock:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
+
+
+#: Seconds after which the lock file of an ended process is removed (see the docstring).
+_SWEEP_AFTER = 86_400.0
+
+
+def _sweep(directory: Path) -> None:
+    """Remove the lock files over ``_SWEEP_AFTER`` old whose processes have ended."""
+    old = time.time() - _SWEEP_AFTER
+    with contextlib.suppress(OSError):
+        for path in directory.iterdir():
+            with contextlib.suppress(OSError):
+                if path.lstat().st_mtime < old and _free(path):
+                    path.unlink()
 
 
 _lock: _LifeLock | None = None
@@ -206,19 +226,20 @@ def has_ended(holder: Holder) -> bool:
     own = _life_lock()
     if holder.token == own.token or own.directory is None:
         return False  # this very process: alive
-    path = own.directory / holder.token
+    return _free(own.directory / holder.token)
+
+
+def _free(path: Path) -> bool:
+    """Whether the lock file ``path`` exists and no process holds its lock."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False  # not a process of this machine (or its file is gone): can't tell
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:  # shared: probers at once all see it free (the live process holds it EX)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
             return False  # locked: its process lives
-        with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                os.unlink(path)  # ended: nobody needs its file any more
-        return True
+        return True  # its file stays: every other Runner and process must see it ended too
     finally:
         os.close(fd)

@@ -10,6 +10,14 @@ not a usage is a ``ConfigurationError`` naming the resource and the extractor.
 Demands are *interned*: calls with equal needs share one tuple (the requests resource of
 a million calls needs ``(1.0, 0.0, None)`` a million times), which keeps the Calls of a
 big batch small and leaves the garbage collector fewer objects to look at.
+
+**Scheduling in bulk.** A loop scheduling 100,000 calls grows the heap by as many Calls,
+and CPython's collector, which triggers on allocation counts, would walk the growing heap
+again and again (a full collection each time it has grown by a quarter): as much time as
+scheduling itself. Every ``_AGE_EVERY`` calls, ``schedule()`` moves what the young
+generations hold to the oldest in one O(1) step (``rate_limited._gc.age_young``): the
+Calls are then left to the next full collection that happens anyway, and they stay
+collectable.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 from rate_limited._config import function_name
+from rate_limited._gc import age_young
 from rate_limited._redact import describe
 from rate_limited._status import RunnerState
 from rate_limited.calls import Call, CallOwner
@@ -51,6 +60,11 @@ __all__ = [
 #: docstring); emptied when it grows past ``_INTERN_MAX`` (the estimates vary per call).
 _interned: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 _INTERN_MAX = 4096
+#: Every this many calls scheduled, the young generations are aged (module docstring):
+#: often enough that few Calls reach the oldest generation through the young collections
+#: (which count towards a full collection), rarely enough to cost nothing per call.
+_AGE_EVERY = 1024
+_AGE_MASK = _AGE_EVERY - 1
 _INF = math.inf
 _ARGUMENTS = "arguments_usage_extractor"
 _ESTIMATOR = "max_results_usage_estimator"
@@ -140,11 +154,14 @@ def make_schedule(owner: Scheduler, function: Callable[..., Any]) -> Callable[..
         ):
             return runner._schedule(args, kwargs)
         calls = runner.scheduled_calls
-        call = Call(function, args, kwargs, len(calls), runner)
+        index = len(calls)
+        call = Call(function, args, kwargs, index, runner)
         extractors = runner._extractors
         if extractors:
             call.demand = demand_of(extractors, call)
         calls.append(call)
+        if not index & _AGE_MASK and index:
+            age_young()  # see _AGE_EVERY
         return call
 
     qualname = getattr(function, "__qualname__", None) or function_name(function)

@@ -26,8 +26,9 @@ After a run that was not interrupted, the Runner starts a new batch: the next ``
 returns only calls scheduled after it, as in rate_limited 0.4.
 
 The Runner is assembled from bases in modules of their own: ``schedule()``'s per-call
-work (``rate_limited._scheduling``), where its engines run and how a run's end becomes
-its RunResult (``rate_limited._runs``), and the online calls (``rate_limited._online``).
+work (``rate_limited._scheduling``), ``start()`` and ``snapshot()``
+(``rate_limited._starting``), where its engines run and how a run's end becomes its
+RunResult (``rate_limited._runs``), and the online calls (``rate_limited._online``).
 ``as_completed()`` yields the outcomes as the calls finish (``rate_limited._completed``);
 ``call()`` / ``call_sync()`` run one online call through the same quotas, ahead of the
 batch's waiting calls (``rate_limited._online``).
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import os
 import threading
@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from rate_limited._checkpoint import close_store
 from rate_limited._clock import Clock
-from rate_limited._completed import AsCompleted, Subscribe, subscriber
 from rate_limited._config import RunnerConfig, Setting
 from rate_limited._engine import Engine
 from rate_limited._feedback import FeedbackSource
@@ -58,24 +57,22 @@ from rate_limited._online import OnlineCaller, OnlineCalls
 from rate_limited._policy import Validator, retry_if_transient
 from rate_limited._priorities import Priorities
 from rate_limited._redact import get_logger
-from rate_limited._runs import EngineHost
 from rate_limited._scheduling import (
     Scheduler,
     declares,
     demand_of,
     make_schedule,
 )
+from rate_limited._starting import RunStarter
 from rate_limited._status import RunnerState
 from rate_limited.budget import Budget
 from rate_limited.calls import Call, Result
 from rate_limited.exceptions import (
-    ReentrantRunError,
     warn,
 )
 from rate_limited.handle import RunHandle, SigintGuard
 from rate_limited.ledgers import open_ledger
 from rate_limited.outcomes import RunResult
-from rate_limited.progress import make_progress
 from rate_limited.resources import Resource
 from rate_limited.stores.base import Store
 
@@ -93,7 +90,7 @@ logger = get_logger("rate_limited")
 T = TypeVar("T")
 
 
-class Runner(Scheduler, OnlineCaller, EngineHost):
+class Runner(Scheduler, OnlineCaller, RunStarter):
     """Runs calls of ``function`` as fast as ``resources`` allow, and never faster."""
 
     # The settings, read-only: RunnerConfig was validated once and engines read it.
@@ -321,84 +318,6 @@ class Runner(Scheduler, OnlineCaller, EngineHost):
         """
         return await self.start()
 
-    def start(self) -> RunHandle:
-        """Start running the scheduled calls in the background and return at once.
-
-        ``handle.result()`` blocks for the RunResult, ``await handle`` awaits it,
-        ``handle.stop()`` stops and returns the partial result, ``handle.snapshot()``
-        shows what has finished so far. Calls scheduled meanwhile join the run.
-
-        The engine runs on the Runner's own loop thread, or (``event_loop="current"``,
-        an async function, called from a running loop) as a task on the caller's loop,
-        made re-entrant with nest_asyncio so async clients bound to that loop work.
-        """
-        caller_loop = self._caller_loop()
-        loop_thread = self._loop_thread
-        if loop_thread is not None and threading.current_thread() is loop_thread.thread:
-            raise ReentrantRunError(
-                "run() was called from inside the Runner's own loop (from the function it "
-                "runs); schedule() more calls instead, they join the current run."
-            )
-        with self._start_lock:  # two threads calling run() at once: one run, one error
-            self._state.check_can_start()
-            engine = self._engine_for(caller_loop)
-            self._set_state(RunnerState.RUNNING)
-            self._active_engine = engine
-            self._run_seq += 1
-            run_id = self._run_seq
-        calls = self.scheduled_calls
-        loop = engine.loop
-        try:
-            # Built here, in the caller's thread: a notebook display lands in its cell.
-            progress = make_progress(self.config.progress)
-            batch = self._run_batch(engine, calls, progress, run_id)
-            future = self._submit(batch, caller_loop)
-        except BaseException:
-            self._set_state(RunnerState.IDLE)  # once submitted, only the batch says it ended
-            raise
-        self._active_future = future
-
-        def request_stop() -> None:
-            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
-                loop.call_soon_threadsafe(engine.request_stop, run_id)
-
-        def request_abandon() -> concurrent.futures.Future[int]:
-            return asyncio.run_coroutine_threadsafe(engine.abandon_and_wait(), loop)
-
-        handle = RunHandle(
-            future,
-            calls,
-            request_stop=request_stop,
-            finish=self._result,
-            snapshot=self.snapshot,
-            request_abandon=request_abandon,
-            urgent=getattr(engine.ledger, "take_notices", None),
-        )
-        handle._subscribe = subscriber(engine, self._listeners_lock)
-        self._active_handle = weakref.ref(handle)
-        return handle
-
-    def as_completed(self) -> AsCompleted:
-        """The outcomes of a run as its calls finish: ``for outcome in
-        runner.as_completed():`` (or ``async for`` in async code).
-
-        Iterating starts the run (or joins the one ``start()`` started); the calls already
-        final come first (from an interrupted run, or the store), then each call the moment
-        it ends, every call once. Ctrl-C works as in ``run()``: the run stops and the loop
-        ends after what has finished; leaving the loop early stops a run it started.
-        Afterwards ``.result`` is the RunResult ``run()`` would have returned.
-        """
-        handle = None if self._active_handle is None else self._active_handle()
-        if self._state is RunnerState.RUNNING and handle is not None and not handle.done():
-            return handle.as_completed()
-
-        def start() -> tuple[RunHandle, Subscribe]:
-            handle = self.start()
-            assert handle._subscribe is not None
-            return handle, handle._subscribe
-
-        return AsCompleted(start, owns_run=True)
-
     def estimate(self) -> Estimate:
         """What the scheduled calls not yet finished will need, before ``run()``: calls,
         prompt tokens, maximum output tokens, ``cost_min`` / ``cost_max`` in USD and the
@@ -431,19 +350,6 @@ class Runner(Scheduler, OnlineCaller, EngineHost):
         """Deprecated name of ``snapshot()`` (too close to ``handle.result()``, which waits)."""
         warn("runner.results() is now runner.snapshot()", DeprecationWarning)
         return self.snapshot()
-
-    def snapshot(self) -> RunResult:
-        """The current batch at once, readable while a run is going (from any thread):
-        what has finished so far, in schedule order."""
-        calls = list(self.scheduled_calls)
-        engine = self._active_engine
-        return RunResult.from_calls(
-            calls,
-            interrupted=not all(c.status.is_final for c in calls),
-            resources=self.config.resources,
-            started_at=None if engine is None else engine.stats.started_at,
-            copy=True,
-        )
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self, timeout: float = 10.0) -> None:
@@ -501,3 +407,26 @@ class Runner(Scheduler, OnlineCaller, EngineHost):
             else f"{len(self.scheduled_calls)} scheduled"
         )
         return f"<Runner {self.name} ({state})>"
+
+    # -- what apply() gives, known before anything runs (rate_limited.dask) ---------------------
+    @property
+    def frame_columns(self) -> tuple[str, ...]:
+        """The columns ``apply()`` gives, in order, as far as this Runner decides them:
+        ``result`` ... ``semantic_similarity``, ``cost_usd`` when it prices its calls (an
+        API preset, a Budget), ``model`` when it has an ``escalate=`` ladder (calls with a
+        ``model`` argument add it otherwise), a ``usage_<resource>`` per resource. Nothing
+        is called to find them (``rate_limited.dask`` builds a lazy frame's schema)."""
+        from rate_limited._frames import outcomes_frame
+
+        columns = list(outcomes_frame(()).columns)
+        if self._money.spend is not None:  # a SpendControl always has prices
+            columns.append("cost_usd")
+        if self._money.ladder is not None:
+            columns.append("model")
+        return (*columns, *(f"usage_{resource.name}" for resource in self.resources))
+
+    @property
+    def shares_quota(self) -> bool:
+        """Whether the quotas live outside this process (``ledger="redis://..."``), shared
+        by every Runner given the same ledger, rather than in this Runner alone."""
+        return not self._ledger_is_local

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from rate_limited.runner import Runner
+
+
+def _closes(runner: Runner, client: Any) -> Runner:
+    """``runner``, whose OpenAI ``client`` (its connections) is closed once the runner is
+    dropped: a Runner does not own the client it is given, and a partition's Runner is
+    dropped by ``rate_limited.dask`` once closed (a test's leak check would find the
+    sockets otherwise)."""
+    weakref.finalize(runner, client.close)
+    return runner
 
 
 def make_runner(base_url: str, ledger: str, store: str, rpm: float, tpm: float) -> Runner:
@@ -15,7 +25,7 @@ def make_runner(base_url: str, ledger: str, store: str, rpm: float, tpm: float) 
 
     client = openai.OpenAI(base_url=base_url, api_key="test", timeout=120)
     chat = ChatCompletions(client, requests_per_minute=rpm, tokens_per_minute=tpm, ledger=ledger)
-    return chat.runner(max_concurrent=16, progress=False, store=store)
+    return _closes(chat.runner(max_concurrent=16, progress=False, store=store), client)
 
 
 def row_to_kwargs(row: Any) -> dict[str, Any]:
@@ -52,17 +62,33 @@ def text_or_fail(x: int) -> str:
     return f"text {x}"
 
 
-def make_text_runner(ledger: str) -> Runner:
-    """A Runner of ``text_or_fail`` on the shared ``ledger``, one attempt per call."""
+def make_text_runner(ledger: str, store: str | None = None, resource: str = "requests") -> Runner:
+    """A Runner of ``text_or_fail`` on the shared ``ledger`` (and ``store``), one attempt
+    per call, its quota a resource named ``resource``."""
     from rate_limited import Resource
 
     return Runner(
         text_or_fail,
-        [Resource("requests", quota=1_000, time_window_seconds=1)],
+        [Resource(resource, quota=1_000, time_window_seconds=1)],
         ledger=ledger,
+        store=store,
         max_retries=0,
         progress=False,
     )
+
+
+def x_kwargs(row: Any) -> dict[str, Any]:
+    """``row_to_kwargs`` of ``text_or_fail``: the row's ``x``."""
+    return {"x": int(row["x"])}
+
+
+def model_for_most_rows(row: Any) -> dict[str, Any]:
+    """``row_to_kwargs`` whose calls name a model for every row but Dask's sample row
+    (whose made-up id is 1): the schema worked out from that row has no ``model``."""
+    kwargs = row_to_kwargs(row)
+    if row["id"] == 1:
+        del kwargs["model"]
+    return kwargs
 
 
 def make_chat_runner(base_url: str, ledger: str) -> Runner:
@@ -75,7 +101,7 @@ def make_chat_runner(base_url: str, ledger: str) -> Runner:
     chat = ChatCompletions(
         client, requests_per_minute=600, tokens_per_minute=100_000, ledger=ledger
     )
-    return chat.runner(progress=False)
+    return _closes(chat.runner(progress=False), client)
 
 
 def make_nothing() -> Any:

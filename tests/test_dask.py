@@ -4,8 +4,11 @@ and store, against the MockProvider: complete, exact results aligned to the inpu
 from __future__ import annotations
 
 import functools
+import os
+import signal
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,8 +22,10 @@ from tests.dask_jobs import (
     make_nothing,
     make_runner,
     make_text_runner,
+    model_for_most_rows,
     reply_with_row_id,
     row_to_kwargs,
+    x_kwargs,
 )
 from tests.shared import ROOT
 from tests.stores.conftest import redis_url  # noqa: F401 - the session's redis-server
@@ -231,3 +236,139 @@ def test_the_readme_example_runs_as_written(
         out = namespace["out"].compute()  # type: ignore[attr-defined]
     assert (out["status"] == "succeeded").all()
     assert {"cost_usd", "model"} <= set(out.columns)
+
+
+def test_runner_frame_columns_are_the_result_columns(
+    redis_url: str,  # noqa: F811
+) -> None:
+    """The public schema the lazy frame is built from: that of ``runner.apply``."""
+    with MockProvider(rpm=600, tpm=100_000) as mp:
+        runner = make_chat_runner(mp.base_url, ledger_url(redis_url))
+        try:
+            applied = runner.apply(frame(2), row_to_kwargs)
+            assert runner.shares_quota
+            columns = runner.frame_columns
+        finally:
+            runner.close()
+    assert "cost_usd" in columns and "usage_requests_per_minute" in columns
+    assert [c for c in applied.columns if c != "model"] == list(columns)  # model: the rows'
+    plain = make_text_runner(ledger_url(redis_url))
+    try:
+        assert "cost_usd" not in plain.frame_columns and "model" not in plain.frame_columns
+    finally:
+        plain.close()
+
+
+@pytest.mark.slow
+def test_calls_with_a_model_the_schema_lacks_fail_on_the_client_before_sending(
+    cluster: object,
+    redis_url: str,  # noqa: F811
+) -> None:
+    """Dask's sample row gives no model, the real rows do: ``.compute()`` raises on the
+    client, naming the column and ``columns=``, and nothing was sent; with ``columns=``
+    the same job runs and keeps the column."""
+    from rate_limited.dask import apply
+
+    df = frame(8)
+    df["id"] = range(2, 10)  # no row is the sample's made-up id 1
+    ddf = dd.from_pandas(df, npartitions=2)
+    with MockProvider(rpm=600, tpm=100_000) as mp:
+        make = functools.partial(make_chat_runner, mp.base_url, ledger_url(redis_url))
+        lazy = apply(ddf, make, model_for_most_rows)
+        assert "model" not in lazy.columns
+        with pytest.raises(ConfigurationError, match=r"no 'model' column.*columns=") as caught:
+            lazy.compute()
+        assert "Nothing was sent" in str(caught.value)
+        assert mp.stats().requests == 0
+        runner = make()
+        columns = [*runner.frame_columns, "model"]
+        runner.close()
+        out = apply(ddf, make, model_for_most_rows, columns=columns).compute()
+        assert mp.stats().requests == len(df)
+    assert list(out.columns) == columns
+    assert (out["model"] == "gpt-4o-mini").all()
+
+
+@pytest.mark.slow
+def test_a_column_the_schema_lacks_is_an_error_and_the_outcomes_stay_stored(
+    cluster: object,
+    redis_url: str,  # noqa: F811
+) -> None:
+    """Outcomes stored by a Runner with another resource carry its usage: the partition
+    fails on the client naming the column, and says its outcomes are in the store."""
+    from rate_limited.dask import apply
+
+    store = f"{redis_url.rpartition('/')[0]}/0?prefix=dask-{uuid.uuid4().hex[:8]}"
+    df = pd.DataFrame({"x": [0, 1, 2, 4]})
+    earlier = make_text_runner(ledger_url(redis_url), store, resource="calls")
+    try:
+        assert (earlier.apply(df, lambda row: {"x": int(row["x"])})["status"] == "succeeded").all()
+    finally:
+        earlier.close()
+    make = functools.partial(make_text_runner, ledger_url(redis_url), store)
+    lazy = apply(dd.from_pandas(df, npartitions=2), make, x_kwargs)
+    with pytest.raises(ConfigurationError, match=r"\['usage_calls'\].*in the shared store"):
+        lazy.compute()
+    out = apply(
+        dd.from_pandas(df, npartitions=2), make, x_kwargs, columns=["result", "usage_calls"]
+    ).compute()
+    assert list(out["result"]) == ["text 0", "text 1", "text 2", "text 4"]
+    assert list(out["usage_calls"]) == [1.0] * 4
+
+
+def test_columns_must_be_names(redis_url: str) -> None:  # noqa: F811
+    from rate_limited.dask import apply
+
+    make = functools.partial(make_text_runner, ledger_url(redis_url))
+    ddf = dd.from_pandas(pd.DataFrame({"x": range(4)}), npartitions=2)
+    with pytest.raises(ConfigurationError, match="columns must be a list of column names"):
+        apply(ddf, make, x_kwargs, columns="result")
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_costs_only_its_calls_in_flight(
+    cluster: object,
+    redis_url: str,  # noqa: F811
+) -> None:
+    """SIGKILL one of the 2 worker processes mid-run: Dask runs its partitions again on
+    the other (those it had finished too: their frames died with it). The outcomes the
+    store has are taken from it, not paid again: the provider receives the rows plus at
+    most the calls the dead worker had in flight (its 2 Runners' ``max_concurrent=16``
+    each, and those answered in the loop pass the kill cut before their outcomes were
+    written), every row exact, 0 429s."""
+    from rate_limited.dask import apply
+
+    rows, partitions = 1_200, 8
+    name = uuid.uuid4().hex[:8]
+    base = redis_url.rpartition("/")[0]
+    df = frame(rows)
+    client = distributed.get_client()
+    with MockProvider(rpm=RPM, tpm=1_000_000, latency=0.2, jitter=0.3,
+                      reply=reply_with_row_id) as mp:  # fmt: skip
+        make = functools.partial(
+            make_runner, mp.base_url, f"{base}/0?name=dask-{name}&lease=5",
+            f"{base}/0?prefix=dask-{name}", RPM, 1_000_000,
+        )  # fmt: skip
+        ddf = dd.from_pandas(df, npartitions=partitions)
+        future = client.compute(apply(ddf, make, row_to_kwargs))
+        wait_for(lambda: mp.stats().admitted >= rows // 3, "a third of the rows sent")
+        victim = next(iter(client.run(os.getpid).values()))
+        os.kill(victim, signal.SIGKILL)
+        out = future.result()
+        stats = mp.stats()
+        distinct = len({entry.body_hash for entry in mp.request_log})
+    assert out.index.equals(ddf.index.compute())  # aligned to the input, row for row
+    assert (out["status"] == "succeeded").all()
+    for label, value in zip(out.index, out["result"], strict=True):
+        assert answers_row(value, df.loc[label, "id"]), (label, value)
+    assert stats.rejected == 0
+    assert distinct == rows  # every extra request is a row sent again ...
+    assert stats.requests - rows <= 2 * 2 * 16  # ... by the dead worker's Runners, in flight
+    assert out["from_store"].any()  # the partitions run again took the stored outcomes

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rate_limited._gc import FREEZE_FROM, bulk_allocation, frozen_heap
+from rate_limited._gc import FREEZE_FROM, age_young, bulk_allocation, frozen_heap
 
 
 @pytest.fixture(autouse=True)
@@ -96,3 +96,32 @@ def test_a_bulk_allocation_keeps_frozen_objects_frozen(by_a_run: bool) -> None:
     if by_a_run:
         run.__exit__(None, None, None)
         assert gc.get_freeze_count() == 0
+
+
+def test_age_young_moves_the_young_generations_to_the_oldest() -> None:
+    gc.collect()
+    young = [[] for _ in range(300)]  # tracked objects, in the youngest generation
+    assert gc.get_count()[0] >= 300
+    age_young()
+    assert gc.get_count()[0] < 300  # left to the oldest generation
+    assert gc.get_freeze_count() == 0  # nothing stays frozen
+    assert young
+
+
+def test_age_young_leaves_objects_frozen_by_others_frozen() -> None:
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    age_young()
+    assert gc.get_freeze_count() == frozen
+
+
+def test_scheduling_in_bulk_ages_the_young_generations(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rate_limited import _scheduling
+    from rate_limited.runner import Runner
+
+    aged = []
+    monkeypatch.setattr(_scheduling, "age_young", lambda: aged.append(1))
+    with Runner(lambda x: x, progress=False) as runner:
+        for i in range(3 * _scheduling._AGE_EVERY + 1):
+            runner.schedule(i)
+    assert len(aged) == 3  # every _AGE_EVERY calls, not per call

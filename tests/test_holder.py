@@ -7,12 +7,21 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from rate_limited._holder import HOST, Holder, has_ended, new_holder, process_token
+from rate_limited._holder import (
+    HOST,
+    Holder,
+    _lock_directory,
+    _sweep,
+    has_ended,
+    new_holder,
+    process_token,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "0123456789abcdef0123456789abcdef"
@@ -23,6 +32,12 @@ _HOLDING = (
     "from rate_limited._holder import new_holder\n"
     "print(new_holder(), flush=True)\n"
     "sys.stdin.read()\n"
+)
+#: Another process probing the holder given as its argument: prints True if it has ended.
+PROBE = (
+    "import sys\n"
+    "from rate_limited._holder import Holder, has_ended\n"
+    "print(has_ended(Holder.parse(sys.argv[1])))\n"
 )
 
 
@@ -58,10 +73,13 @@ def holders() -> Iterator[Callable[[], tuple[subprocess.Popen[str], str]]]:
         return proc, holder
 
     yield start
+    directory = _lock_directory()
     for proc, text in started:
         if proc.poll() is None:
             kill(proc)
-        has_ended(Holder.parse(text))  # removes its lock file if no probe did
+        token = Holder.parse(text).token
+        if directory is not None and token is not None:  # a killed process leaves its file
+            (directory / token).unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize(
@@ -109,8 +127,38 @@ def test_a_live_holder_has_not_ended_and_a_killed_one_has(
     assert not has_ended(holder)  # a probe leaves a live holder's lock as it was
     kill(proc)
     assert has_ended(holder)
-    # the prober removed its file: a second probe can't tell (Claims keeps the verdict)
-    assert not has_ended(holder)
+    # the file stays: every other prober (another Runner, another process) proves it too
+    assert has_ended(holder)
+    assert subprocess.run(
+        [sys.executable, "-c", PROBE, text],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    ).stdout.split() == ["True"]
+
+
+def test_lock_files_of_processes_ended_long_ago_are_swept(
+    holders: Callable[[], tuple[subprocess.Popen[str], str]],
+) -> None:
+    """A lock file over a day old whose process ended goes when a process makes its lock;
+    a live one's, however old, and a recent ended one's stay."""
+    directory = _lock_directory()
+    assert directory is not None
+    (old_dead, old_dead_text), (_live, live_text) = holders(), holders()
+    recent, recent_text = holders()
+    kill(old_dead)
+    kill(recent)
+    day_ago = time.time() - 2 * 86_400
+    paths = {
+        t: directory / str(Holder.parse(t).token) for t in (old_dead_text, live_text, recent_text)
+    }
+    for text in (old_dead_text, live_text):
+        os.utime(paths[text], (day_ago, day_ago))
+    _sweep(directory)
+    assert not paths[old_dead_text].exists()
+    assert paths[live_text].exists() and paths[recent_text].exists()
+    assert not has_ended(Holder.parse(live_text))
 
 
 def test_a_reused_pid_does_not_keep_an_ended_holder_alive(

@@ -162,7 +162,8 @@ class InMemoryLedger(ProviderReports):
         for meter, need in zip(meters, demand, strict=True):
             taken = meter.held(now)
             charge = need[0] + need[1]
-            if meter.quota - taken < charge - EPS * meter.quota:
+            quota = meter.quota
+            if quota - taken < charge - EPS * quota:
                 return None
             held.append(taken + charge)  # what the meter holds right after admission
             held.append(meter.corrected)
@@ -241,12 +242,18 @@ class InMemoryLedger(ProviderReports):
         Returns what was billed per resource for the results (the estimate included)."""
         if reservation.deferred:
             self.begin(reservation, now)
-        rules = self._rules_of(reservation)
-        billed = []
+        rules = reservation.rules
+        if rules is not self._rules:  # a rule switched since the admission
+            rules = self._rules_of(reservation)
+        billed: list[float] = []
         for meter, need, actual, rule in zip(
             reservation.meters, reservation.demand, results_usage, rules, strict=True
         ):
-            billed.append(meter.settle(rule, need[1], actual, now))
+            estimate = need[1]
+            if estimate or actual:
+                billed.append(meter.settle(rule, estimate, actual, now))
+            else:  # nothing held, nothing used (a requests quota): either rule bills 0
+                billed.append(0.0)
         if self._tracks:
             for index, (need, actual, rule) in enumerate(
                 zip(reservation.demand, results_usage, rules, strict=True)

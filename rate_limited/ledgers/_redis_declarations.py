@@ -16,8 +16,9 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rate_limited.exceptions import ConfigurationError, LedgerWarning, warn
-from rate_limited.ledgers._redis_link import RedisLink, num
+from rate_limited.ledgers._redis_link import RedisLink
 from rate_limited.ledgers._redis_url import literal, meter_parts, partition_text
+from rate_limited.ledgers._redis_wire import num
 
 if TYPE_CHECKING:
     from rate_limited.resources import Resource

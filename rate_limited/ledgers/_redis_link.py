@@ -30,7 +30,9 @@ script calls); this module carries the asking:
   from what it ran or runs it now: settlements are never billed twice, and the admission
   the call made (nobody waits for it any more) is given back.
 
-The ``redis://`` URL's parsing and the key names: ``rate_limited.ledgers._redis_url``.
+The ``redis://`` URL's parsing and the key names: ``rate_limited.ledgers._redis_url``;
+what goes on the wire (a call packed, numbers, Redis's refusals):
+``rate_limited.ledgers._redis_wire``.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ from rate_limited._redact import redact, redact_url
 from rate_limited.exceptions import LedgerUnavailableError, LedgerWarning
 from rate_limited.ledgers import _lua
 from rate_limited.ledgers._redis_url import ROOT
+from rate_limited.ledgers._redis_wire import Refused, num, pack, refusal
 
-__all__ = ["RedisLink", "Refused", "num", "refusal"]
+__all__ = ["RETRY_FIRST", "RedisLink"]
 
 logger = logging.getLogger("rate_limited")
 
@@ -59,71 +62,6 @@ logger = logging.getLogger("rate_limited")
 _BATCH_WAIT = 0.005
 #: Seconds between attempts to reach Redis again once it is lost: first, and most.
 RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
-
-
-#: Error codes of a Redis refusing commands for a state of its own, not for what was asked
-#: (the reply's first word; redis-py strips it from the message of the errors it maps).
-_STATE_CODES = frozenset(
-    {
-        "OOM",  # maxmemory reached
-        "READONLY",  # a replica (after a failover)
-        "NOPERM",  # an ACL change
-        "LOADING",  # loading its data set
-        "BUSY",  # running a long script
-        "MASTERDOWN",  # a replica whose master is down
-        "MISCONF",  # writes stopped: its last snapshot failed
-        "NOREPLICAS",  # min-replicas-to-write not met
-        "TRYAGAIN",
-        "CLUSTERDOWN",
-    }
-)
-
-
-class Refused(Exception):
-    """Redis answered, but refused the ledger's call for a state of its own (see
-    ``refusal``): the ledger treats it as Redis away."""
-
-
-def refusal(exc: BaseException) -> Refused | None:
-    """``exc`` as a ``Refused`` if it is a Redis server's refusal for a state of its own
-    (out of memory, read-only, no permission, loading, busy...), else None (an error of
-    what was asked: a bug, to be raised)."""
-    import redis
-
-    if not isinstance(exc, redis.ResponseError):
-        return None
-    code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
-    if code not in _STATE_CODES:
-        return None
-    text = str(exc)
-    if not text.startswith(code):
-        text = f"{code} {text}"
-    return Refused(text)
-
-
-def num(value: float) -> str:
-    """A number as the Lua script reads it."""
-    return repr(float(value))
-
-
-def _pack(args: tuple[str, ...]) -> bytes:
-    """A command as Redis reads it (RESP), without the client's per-argument checks (a
-    call carries ~50 arguments, all text): hiredis's encoder, in one C call, where the
-    ``redis`` extra installed it."""
-    if _hiredis is not None:
-        packed: bytes = _hiredis.pack_command(args)  # type: ignore[arg-type] # its stub: 1-tuple
-        return packed
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg.encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
-try:
-    import hiredis as _hiredis
-except ImportError:  # pragma: no cover - the redis extra installs hiredis
-    _hiredis = None  # type: ignore[assignment]
 
 
 class RedisLink:
@@ -305,7 +243,7 @@ class RedisLink:
         conn = self._conn
         try:
             for attempt in (1, 2):
-                conn.send_packed_command([_pack((*self._call, *args))])
+                conn.send_packed_command([pack((*self._call, *args))])
                 try:
                     return conn.read_response()
                 except redis.ResponseError as exc:

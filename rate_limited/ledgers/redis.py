@@ -62,10 +62,11 @@ from rate_limited.exceptions import (
     LedgerUnavailableError,
 )
 from rate_limited.ledgers._redis_declarations import declare
-from rate_limited.ledgers._redis_link import RETRY_FIRST, RedisLink, num, refusal
+from rate_limited.ledgers._redis_link import RETRY_FIRST, RedisLink
 from rate_limited.ledgers._redis_reservation import RedisReservation
 from rate_limited.ledgers._redis_spares import Spares
 from rate_limited.ledgers._redis_url import parse_url, partition_text
+from rate_limited.ledgers._redis_wire import num, refusal
 from rate_limited.ledgers.base import Demand, Earlier, Settle, resource_index
 
 if TYPE_CHECKING:

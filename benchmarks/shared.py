@@ -120,13 +120,18 @@ def cell_kill(redis_url: str) -> list[str]:
     with provider(rpm=RPM, tpm=TPM) as mp:
         procs = start_workers(mp.base_url, QUOTA_CALLS, workers=4, rpm=RPM, tpm=TPM,
                               ledger=f"{redis_url}?name={name}&lease=5")  # fmt: skip
-        while mp.stats().admitted < QUOTA_CALLS // 3:
-            time.sleep(0.02)
         victim = procs.pop(0)
+        # Killed once a third of the calls are in and it holds a lease (a loaded machine
+        # may start it after the others have begun).
+        holder = None
+        while holder is None or mp.stats().admitted < QUOTA_CALLS // 3:
+            time.sleep(0.02)
+            if holder is None:
+                holders = client.zrange(prefix + "holders", 0, -1)
+                holder = next((h for h in holders if f":{victim.pid}:" in h), None)
         victim.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         victim.communicate()
-        holder = next(h for h in client.zrange(prefix + "holders", 0, -1) if f":{victim.pid}:" in h)
         while client.zscore(prefix + "holders", holder) is not None:
             time.sleep(0.01)
         back = time.monotonic() - killed

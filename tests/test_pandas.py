@@ -95,13 +95,17 @@ def test_apply_refuses_to_mix_with_other_scheduled_calls() -> None:
 
 
 _clients: list[Any] = []
+_runners: list[Runner] = []
 
 
 @pytest.fixture(autouse=True)
 def _close_clients() -> Iterator[None]:
-    """Close the clients a test made (a pool of keep-alive connections otherwise leaks
-    into a reference cycle with its Runner, and a later collection reports it)."""
+    """Close the Runners, then the clients, a test made (a pool of keep-alive connections
+    otherwise leaks into a reference cycle with its Runner, and a later collection reports
+    it; a Runner's threads are done with the client once it is closed)."""
     yield
+    while _runners:
+        _runners.pop().close()
     while _clients:
         _clients.pop().close()
 
@@ -116,7 +120,9 @@ def chat_runner(provider: MockProvider, **kwargs: Any) -> Runner:
         )
         return response.choices[0].message.content or ""
 
-    return Runner(complete, [], max_concurrent=16, progress=False, **kwargs)
+    runner = Runner(complete, [], max_concurrent=16, progress=False, **kwargs)
+    _runners.append(runner)
+    return runner
 
 
 def enrich(runner: Runner, texts: Any) -> Any:

@@ -70,6 +70,7 @@ def test_a_six_tenths_of_a_cent_budget_holds_at_the_provider(
     counts = result.counts()
     assert counts["succeeded"] == provider.stats().requests  # nothing failed, none lost
     assert counts["pending"] == 600 - counts["succeeded"]
+    runner.close()
     client.close()
 
 
@@ -140,6 +141,7 @@ def test_the_estimate_bounds_what_a_run_costs(provider: MockProvider) -> None:
     assert result.cost is not None
     assert estimate.cost_min <= result.cost <= estimate.cost_max
     assert estimate.cost_min <= provider.billed_usd() <= estimate.cost_max
+    runner.close()
     client.close()
 
 
@@ -171,6 +173,7 @@ def test_escalation_answers_on_the_stronger_model_at_its_price(
     # ... and to its own model's quota
     partitions = runner._ledger.partitions(0.0)
     assert {key for (_, key) in partitions} == {"gpt-4o-mini", "gpt-4o"}
+    runner.close()
     client.close()
 
 
@@ -198,4 +201,5 @@ def test_an_anthropic_budget_holds_at_the_provider(
     billed = provider.billed_usd()
     assert 0.02 - 2 * one_call <= billed <= 0.02
     assert result.cost == pytest.approx(billed, rel=0.02)
+    runner.close()
     client.close()

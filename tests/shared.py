@@ -1,4 +1,5 @@
-"""Helpers of the shared-quota tests: worker processes against one MockProvider."""
+"""Helpers of the shared-quota tests (worker processes against one MockProvider) and
+waiting on another thread or process."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +65,12 @@ def reports(procs: Sequence[subprocess.Popen[str]], timeout: float = 600) -> lis
             raise AssertionError(f"worker failed ({proc.returncode}):\n{stderr[-4000:]}")
         out.append(json.loads(stdout.strip().splitlines()[-1]))
     return out
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    """Until ``condition()`` holds (a state of another thread or process; no timing is
+    asserted): ``timeout`` only bounds a test that would otherwise hang."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.01)

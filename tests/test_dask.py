@@ -6,9 +6,8 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from tests.dask_jobs import (
     row_to_kwargs,
     x_kwargs,
 )
-from tests.shared import ROOT
+from tests.shared import ROOT, wait_for
 from tests.stores.conftest import redis_url  # noqa: F401 - the session's redis-server
 
 dd = pytest.importorskip("dask.dataframe")
@@ -323,13 +322,6 @@ def test_columns_must_be_names(redis_url: str) -> None:  # noqa: F811
     ddf = dd.from_pandas(pd.DataFrame({"x": range(4)}), npartitions=2)
     with pytest.raises(ConfigurationError, match="columns must be a list of column names"):
         apply(ddf, make, x_kwargs, columns="result")
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from examples.fastapi_service import create_app  # noqa: E402
 from tests.conftest import MakeProvider  # noqa: E402
+from tests.shared import wait_for  # noqa: E402
 
 #: The key's requests per minute, at the MockProvider and in the preset. A bucket starts
 #: full (a minute of quota), so the batch takes RPM calls at once and the rest wait for
@@ -27,14 +28,6 @@ from tests.conftest import MakeProvider  # noqa: E402
 RPM = 900
 BATCH, ONLINE = 1_000, 100
 BATCH_MAX_TOKENS, ONLINE_MAX_TOKENS = 20, 21  # tells their requests apart in the log
-
-
-def wait_for(condition: Callable[[], bool], what: str, seconds: float = 120) -> None:
-    """Until ``condition()`` holds (a state of another thread; no timing is asserted)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.01)
 
 
 def unpreventable_429s(transit: float, refill_delay: float) -> int:

@@ -1,11 +1,23 @@
 """``Priorities``: which waiting call takes freed quota, across the engines of one Runner.
 
 The batch's engine and the online calls' (``rate_limited._online``) share one ledger on
-one loop thread. Each tells ``Priorities`` the head call it waits to admit; an engine
-whose head is outranked (a lower ``priority``) by another's waiting head on a shared
-meter does not reserve, and is woken when that head is admitted or gone. Wake-ups and
+one loop thread. Each tells ``Priorities`` when its head call waits for quota; from then
+until its run ends the engine *waits*, and its head is whatever its queue holds first
+(``Admission.head()``, read when asked). An engine whose head is outranked (a lower
+``priority``) by a waiting engine's head on a shared meter does not reserve. Wake-ups and
 429 cool-downs of one engine's admission reach the others (``Admission.others``).
 Engines consult it only once a second engine has joined: a batch alone pays nothing.
+
+Two rules keep freed quota for the higher priority, on a loaded machine too:
+
+* The head is read live, not remembered. When the waiting engine admits its head, its
+  next call is the head at once: had the record ended with the admission, the other
+  engine (woken by it) would run before the next call asked for quota again and take
+  whatever else had freed meanwhile (a late timer frees several units at once).
+* An outranked engine wakes the engine that outranks it. It asks only when capacity may
+  have changed (one of its calls settled, a wake-up): that is quota the outranking engine
+  may now take, and it would not otherwise look before its own timer, or ever, for quota
+  no timer frees (a reservation handed back when an async call returns).
 """
 
 from __future__ import annotations
@@ -55,17 +67,23 @@ class Priorities:
                 member.admission.others = _Others(self, member)
 
     def outranked(self, engine: Member, call: Call) -> bool:
-        """Whether another engine's waiting head has a higher priority than ``call`` and
-        needs some of the same quota (then ``call`` waits, and is woken when it is not)."""
+        """Whether a waiting engine's head has a higher priority than ``call`` and needs
+        some of the same quota. Then ``call`` waits (woken when that engine admits its
+        last waiting call or stops), and that engine is woken to look again: the caller
+        asks because capacity may have changed, and the capacity is that head's."""
         ids: set[int] | None = None
-        for other, head in self._waiting.items():
-            if other is engine or head.priority <= call.priority:
+        for other in self._waiting:
+            if other is engine:
+                continue
+            head = other.admission.head()  # live: the next call once the last one went
+            if head is None or head.priority <= call.priority:
                 continue
             if head.status is not Status.PENDING:
                 continue
             if ids is None:
                 ids = self._ledger.meter_ids(call.demand)
             if self._ledger.meter_ids(head.demand) & ids:
+                other.admission.wake_here()
                 return True
         return False
 
@@ -74,15 +92,19 @@ class Priorities:
         return any(other.running_calls for other in self._engines if other is not engine)
 
     def waiting(self, engine: Member, call: Call) -> None:
-        """``engine``'s head ``call`` waits for quota."""
+        """``engine``'s head ``call`` waits for quota: ``engine`` waits until its run ends."""
         self._waiting[engine] = call
 
     def admitted(self, engine: Member) -> None:
-        """``engine`` admitted its head: the engines it held back may look again."""
-        if self._waiting.pop(engine, None) is not None:
+        """``engine`` admitted its head: the engines it held back may look again (still
+        outranked if its next call outranks them: the head is read when they ask)."""
+        if engine in self._waiting:
             self.wake(engine)
 
-    idle = admitted  #: ``engine`` has stopped waiting (its run ended).
+    def idle(self, engine: Member) -> None:
+        """``engine`` has stopped waiting (its run ended)."""
+        if self._waiting.pop(engine, None) is not None:
+            self.wake(engine)
 
     def wake(self, source: Member) -> None:
         """Capacity may have changed (``source`` settled a call, or a limit moved)."""

@@ -88,6 +88,68 @@ def test_online_calls_go_ahead_of_the_waiting_batch() -> None:
     runner.close()
 
 
+def slots(count: int) -> Resource:
+    """``count`` calls hold the quota while they run (``one_at_a_time``, ``count`` wide)."""
+    return Resource(
+        "slots",
+        count,
+        3600,
+        arguments_usage_extractor=lambda call: 0,
+        max_results_usage_estimator=lambda call: 1,
+        results_usage_extractor=lambda call, result: 0,
+    )
+
+
+@pytest.mark.parametrize("width", [pytest.param(1, id="one"), pytest.param(4, id="four")])
+def test_quota_an_async_batch_hands_back_goes_to_every_waiting_online_call_first(
+    width: int,
+) -> None:
+    """An async function's calls hand quota back as they return, which no timer announces.
+    The online calls waiting for it must be woken (they once slept for ever: an outranked
+    batch did not take the quota and nobody told the online engine), and take all of it
+    before the batch: the batch, woken by the first online admission, must still see the
+    next online call as the head that goes first."""
+    started: list[str] = []
+    gate = threading.Event()
+
+    async def record(name: str) -> str:
+        started.append(name)
+        if name.startswith("batch") and not gate.is_set():
+            await asyncio.to_thread(gate.wait, 30)
+        return name
+
+    runner = Runner(record, [slots(width)], max_concurrent=2 * width, progress=False)
+    answers: list[str] = []
+    callers = [
+        threading.Thread(target=lambda i=i: answers.append(runner.call_sync(f"online{i}")))
+        for i in range(width)
+    ]
+    try:
+        for i in range(2 * width):
+            runner.schedule(f"batch{i}")
+        handle = runner.start()
+        wait_for(lambda: len(started) == width, "the batch's first calls hold every slot")
+        for caller in callers:
+            caller.start()
+        wait_for(
+            lambda: runner._online is not None
+            and len(runner._online._unfinished) == width
+            and online_waiting(runner),
+            "the online calls wait for the quota",
+        )
+        gate.set()  # the batch's calls return together, handing back every slot
+        wait_for(lambda: len(started) == 3 * width, "every call starts")
+        online = [f"online{i}" for i in range(width)]
+        assert sorted(started[width : 2 * width]) == online, started
+        assert handle.result(timeout=30).counts() == {"succeeded": 2 * width}
+    finally:
+        gate.set()
+        for caller in callers:
+            caller.join(30)
+        runner.close()
+    assert sorted(answers) == online
+
+
 def test_a_cancelled_caller_withdraws_its_call_and_frees_its_reservation() -> None:
     record = Recorder()
     runner = Runner(record, [one_at_a_time()], progress=False)

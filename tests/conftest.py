@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import ssl
+import tracemalloc
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -152,12 +153,21 @@ class AsyncioWatchdog(logging.Handler):
 GC_EACH = os.environ.get("RATE_LIMITED_TEST_GC_EACH") == "1"
 
 
+def _where_opened(caught: warnings.WarningMessage) -> str:
+    """The warning's text and, when tracemalloc traces (``PYTHONTRACEMALLOC=25`` names
+    the test's line), where the object left open was made."""
+    traceback = tracemalloc.get_object_traceback(caught.source) if caught.source else None
+    if traceback is None:
+        return str(caught.message)
+    return f"{caught.message}, made at:\n" + "\n".join(traceback.format())
+
+
 def _collect_reporting_leaks(where: str) -> None:
     """Collect garbage; fail naming what was left open (a ResourceWarning) and where."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         gc.collect()
-    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    leaks = [_where_opened(w) for w in caught if issubclass(w.category, ResourceWarning)]
     if leaks:
         pytest.fail(
             f"{where} left open (found by a garbage collection):\n  "

@@ -57,6 +57,23 @@ def no_keepalive() -> Any:
     return openai.DefaultAsyncHttpxClient(limits=http.Limits(max_keepalive_connections=0))
 
 
+def record_online_waits(runner: Any) -> dict[Any, float]:
+    """Records, for each online call (priority above 0) that waits for quota, when it
+    first found none (``Priorities.waiting``, on the Runner's loop thread, loop time:
+    ``time.monotonic()``): the Runner's order of events, seen from inside."""
+    since: dict[Any, float] = {}
+    priorities = runner._priorities
+    waiting = priorities.waiting
+
+    def recording(engine: Any, call: Any) -> None:
+        if call.priority > 0:
+            since.setdefault(call, time.monotonic())
+        waiting(engine, call)
+
+    priorities.waiting = recording
+    return since
+
+
 @pytest.fixture
 def serve() -> Iterator[Callable[[Any], str]]:
     """Serve an ASGI app with uvicorn on 127.0.0.1 (a free port); returns its URL."""
@@ -88,6 +105,8 @@ def test_online_requests_overtake_a_running_batch_with_no_preventable_429(
         base_url=provider.base_url, api_key="test", timeout=30.0, http_client=no_keepalive()
     )
     app = create_app(client, requests_per_minute=RPM, tokens_per_minute=10_000_000)
+    runner = app.state.runner
+    online_waits = record_online_waits(runner)
     url = serve(app)
     with httpx.Client(base_url=url, timeout=30.0) as http:
         texts = [f"batch {i}" for i in range(BATCH)]
@@ -122,7 +141,6 @@ def test_online_requests_overtake_a_running_batch_with_no_preventable_429(
 
     stats = provider.stats()
     assert stats.admitted == BATCH + ONLINE  # every call answered once, 429s or not
-    runner = app.state.runner
     assert runner.last_result is not None  # the batch's (GET /batch took its result)
     outcomes = runner.last_result.outcomes
     first_admission = min(o.started_at for o in outcomes if o.started_at is not None)
@@ -131,24 +149,38 @@ def test_online_requests_overtake_a_running_batch_with_no_preventable_429(
     assert stats.rejected <= unpreventable_429s(
         first_arrival - first_admission, requests.refill_delay
     ), (stats.rejected, first_arrival - first_admission)
+    # Priority, at the Runner: no batch call was admitted while an online call waited for
+    # quota (from its first try that found none to its admission). Counted at admission,
+    # not at the provider: on a loaded machine a request takes up to seconds from its
+    # admission to the provider (see unpreventable_429s), so the provider may receive batch
+    # calls admitted before the first online call arrived after it; nor between the online
+    # calls' arrivals, which is when they reach the Runner, not up to it (a loaded machine
+    # delivers 100 concurrent HTTP requests over seconds, and the batch rightly takes the
+    # quota no online call waits for).
+    assert online_waits  # the batch held the bucket: the first online calls waited at least
+    waits = [(since, call.started_at) for call, since in online_waits.items()]
+    overtaking = [
+        o.index
+        for o in outcomes
+        if o.started_at is not None
+        and any(since < o.started_at < admitted for since, admitted in waits)
+    ]
+    assert overtaking == [], f"batch calls admitted while an online call waited: {overtaking}"
     log = [e for e in provider.request_log if e.time >= mark and e.status == 200]
     online_arrivals = [
         i for i, e in enumerate(log) if e.reserved_output_tokens == ONLINE_MAX_TOKENS
     ]
     assert len(online_arrivals) == ONLINE
-    # Priority: from the first online request the provider received to the last, the batch
-    # got (nearly) nothing: the online calls took the quota as it freed, one after the
-    # other. The few batch calls among them were admitted before the last online calls
-    # reached the Runner (one every 60/RPM s while they crossed HTTP); without priority
-    # the online calls would queue behind the ~100 batch calls still waiting.
     first, last = online_arrivals[0], online_arrivals[-1]
-    overtaken = sum(1 for e in log[first:last] if e.reserved_output_tokens == BATCH_MAX_TOKENS)
-    assert overtaken <= 5, overtaken
+    among = sum(1 for e in log[first:last] if e.reserved_output_tokens == BATCH_MAX_TOKENS)
     latencies = sorted(seconds for seconds, _ in answers)
     p95 = latencies[int(0.95 * len(latencies)) - 1]
     # Reported, not asserted (wall clock): the 95th online call waits for 95 requests of
     # refill (95 * 60 / RPM s) plus the provider's latency.
-    print(f"online p95 {p95:.2f} s; quota wait of the 95th: {95 * 60 / RPM:.2f} s")
+    print(
+        f"online p95 {p95:.2f} s; quota wait of the 95th: {95 * 60 / RPM:.2f} s; "
+        f"{among} batch requests reached the provider among the online ones"
+    )
 
 
 def test_streamed_answers_and_a_client_that_goes_away(

@@ -132,9 +132,11 @@ def test_quota_an_async_batch_hands_back_goes_to_every_waiting_online_call_first
         for caller in callers:
             caller.start()
         wait_for(
-            lambda: runner._online is not None
-            and len(runner._online._unfinished) == width
-            and online_waiting(runner),
+            lambda: (
+                runner._online is not None
+                and len(runner._online._unfinished) == width
+                and online_waiting(runner)
+            ),
             "the online calls wait for the quota",
         )
         gate.set()  # the batch's calls return together, handing back every slot

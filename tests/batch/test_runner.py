@@ -12,7 +12,6 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +25,10 @@ from rate_limited.apis.openai import ChatCompletions
 from rate_limited.batch import AnthropicBatches, BatchRunner, OpenAIBatches
 from rate_limited.cost import PriceTable
 from rate_limited.testing import BatchSettings, FakeClock, Faults, MockProvider
+from tests.batch.conftest import CLIENTS as _clients
 from tests.batch.conftest import FAST
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-_clients: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    """Close the sync clients a test made (their keep-alive connections would otherwise
-    leak into a reference cycle with the Runner, and a later collection report them)."""
-    yield
-    while _clients:
-        _clients.pop().close()
 
 
 def chat(mp: MockProvider, client: Any = None) -> ChatCompletions:
@@ -359,6 +347,7 @@ def test_interrupted_inside_the_create_call_then_rerun_finds_the_batch(
         api_class: Any = OpenAIBatches
     else:
         client = anthropic.Anthropic(base_url=provider.anthropic_base_url, api_key="k")
+        _clients.append(client)
         preset = Messages(
             client,
             requests_per_minute=10,

@@ -35,8 +35,22 @@ def provider(clock: FakeClock) -> Iterator[MockProvider]:
         yield mp
 
 
+#: The SDK clients a test made, closed after it (left to the collector, a client in its
+#: reference cycle may be freed after its pooled socket: an unclosed-socket warning).
+_clients: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def oai(mp: MockProvider) -> openai.OpenAI:
-    return openai.OpenAI(base_url=mp.base_url, api_key="k", max_retries=0)
+    client = openai.OpenAI(base_url=mp.base_url, api_key="k", max_retries=0)
+    _clients.append(client)
+    return client
 
 
 def line(i: int, model: str = "gpt-4o-mini") -> str:
@@ -194,7 +208,9 @@ def test_openai_cancel_and_per_request_errors(clock: FakeClock) -> None:
 
 
 def anth(mp: MockProvider) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=mp.anthropic_base_url, api_key="k", max_retries=0)
+    client = anthropic.Anthropic(base_url=mp.anthropic_base_url, api_key="k", max_retries=0)
+    _clients.append(client)
+    return client
 
 
 def request(i: int, **params: Any) -> dict[str, Any]:

@@ -37,6 +37,8 @@ __all__ = ["Billing", "reservation_of"]
 
 logger = get_logger("rate_limited")
 
+_INF = math.inf
+
 
 def reservation_of(call: Call) -> Reservation | None:
     """The reservation ``call``'s current attempt holds, if any."""
@@ -88,7 +90,7 @@ class Billing:
             except BaseException as exc:
                 amount = self._unreadable(call, i, exc)
             else:
-                if not 0 <= amount < math.inf:  # NaN and inf too: a meter must stay finite
+                if not 0 <= amount < _INF:  # NaN and inf too: a meter must stay finite
                     amount = self._unreadable(
                         call,
                         i,

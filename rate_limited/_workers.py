@@ -210,7 +210,8 @@ class Workers(Admitter):
             if not simple:
                 CURRENT_ADMISSION.set(call.reservation)  # type: ignore[arg-type]  # feedback
             try:
-                awaitable = function(*call.args, **call.kwargs)
+                kwargs = call.kwargs  # none, usually: then no empty dict is built per call
+                awaitable = function(*call.args, **kwargs) if kwargs else function(*call.args)
                 # The first calls, then one in WATCH_EVERY, are timed step by step: a long
                 # step blocked the loop (see _blocked).
                 watched = self._watched = self._watched + 1

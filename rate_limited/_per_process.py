@@ -7,9 +7,11 @@ client is collected). The client should be made once per worker process and shar
 partitions that process runs, its threads included (the SDKs' sync clients are
 thread-safe; their connection pool is the point of sharing them).
 
-A module-level ``functools.cache`` does not do it where users write their code: Dask pickles
-a function defined in a notebook or a script's ``__main__`` by value, with the globals it
-uses, so every task unpickles a cache of its own. ``PerProcess`` keeps its objects here, in
+A module-level ``functools.cache`` does not do it where users write their code, a notebook
+or a script's ``__main__``: Dask (cloudpickle) pickles a function of ``__main__`` by value,
+with the globals it uses, but a cached function by name, which a worker's ``__main__`` does
+not have (``AttributeError`` on the worker); and a dict kept in such a global travels by
+value with the function, a copy per unpickling. ``PerProcess`` keeps its objects here, in
 an importable module (one registry per process), under a key made when ``per_process`` is
 called, which travels with it when it is pickled: every copy of one ``per_process(...)``
 finds the same object in a process, and two ``per_process(...)`` calls never share one

@@ -33,8 +33,8 @@ handshakes), open until it is collected (a Runner does not close the client it i
 ``per_process(openai.OpenAI)`` (``rate_limited._per_process``) gives each process one,
 made by the first partition there and reused by the others and by the worker's threads;
 ``dask_client.run(openai_client.close)`` closes them on every worker, and they end with
-the process anyway. A ``functools.cache`` in a notebook would not do: Dask pickles a
-function of ``__main__`` by value, with its cache, for every task.
+the process anyway. A ``functools.cache`` in a notebook would not do: it is pickled by
+name, and a worker cannot find it in its own ``__main__``.
 
 **The result's schema.** Dask needs every partition's columns and dtypes before any runs
 (its ``meta``). The columns are the Runner's (``Runner.frame_columns``: ``result`` ...

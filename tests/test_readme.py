@@ -212,6 +212,20 @@ def _close_runners(namespace: dict[str, Any]) -> None:
             value.close()
 
 
+def dask_block(redis: str, prefix: str) -> tuple[Block, str]:
+    """README's Dask block and its code with the cluster's Redis host made the one of the
+    URL ``redis``, the ledger's name and the store's prefix ``prefix``."""
+    [block] = [b for b in BLOCKS if b.is_python and "rate_limited.dask" in b.source]
+    host = redis.removeprefix("redis://").rpartition("/")[0]
+    code = (
+        block.source.replace("scheduler-host:6379/1", f"{host}/0?prefix={prefix}")
+        .replace("scheduler-host:6379", host)
+        .replace("name=team-key", f"name={prefix}")
+    )
+    assert "scheduler-host" not in code
+    return block, code
+
+
 def _count_made() -> int:
     """How many ``per_process`` objects this process holds (run on each Dask worker)."""
     from rate_limited import _per_process
@@ -235,15 +249,7 @@ def test_the_dask_block_shares_one_client_per_worker_process(
     distributed = pytest.importorskip("distributed")
     pd = pytest.importorskip("pandas")
     pytest.importorskip("pyarrow")
-    [block] = [b for b in BLOCKS if b.is_python and "rate_limited.dask" in b.source]
-    host = redis_url.removeprefix("redis://").rpartition("/")[0]
-    prefix = f"readme-dask-{uuid.uuid4().hex[:8]}"
-    code = (
-        block.source.replace("scheduler-host:6379/1", f"{host}/0?prefix={prefix}")
-        .replace("scheduler-host:6379", host)
-        .replace("name=team-key", f"name={prefix}")
-    )
-    assert "scheduler-host" not in code
+    block, code = dask_block(redis_url, f"readme-dask-{uuid.uuid4().hex[:8]}")
     (tmp_path / "prompts.parquet").mkdir()  # 6 files: 6 partitions
     for part in range(6):
         prompts = [f"prompt {i}" for i in range(part * 10, part * 10 + 10)]

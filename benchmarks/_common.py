@@ -336,6 +336,8 @@ def replace_section(
     """
     title = f"## {heading}"
     given = _parts(body.strip("\n").splitlines())
+    if any(part.notes is not None for part in given):
+        raise ValueError(f"the body holds {NOTES_MARK!r}: notes are written by hand only")
     if not lead:
         if given[0].text:
             raise ValueError(f"lead=False, but the body has text before its first ### heading: "

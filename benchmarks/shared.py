@@ -411,8 +411,7 @@ def dask_verdict(rows: Sequence[Sequence[str]]) -> str:
             if twice == 0:
                 return "Without a kill every row is sent once."
             return (f"Without a kill, {twice:,} requests were sent for rows the provider had "
-                    f"received already ({retries:,} retries): expected none; the workers' "
-                    "logs say why.")  # fmt: skip
+                    f"received already ({retries:,} retries): none was expected.")  # fmt: skip
     return ""
 
 
@@ -538,7 +537,7 @@ def section_body(texts: dict[str, str], arguments: Sequence[str]) -> str:
     that preamble of its own (the section's preamble says how the others were measured)."""
     head = preamble(__file__, arguments)
     full = len(texts) == len(PARTS)
-    parts = head if full else []
+    parts = list(head) if full else []
     for name, text in texts.items():
         parts += [PARTS[name][0], "", *([] if full else head), text.strip("\n"), ""]
     return "\n".join(parts)

@@ -155,6 +155,7 @@ def test_headings_in_fenced_code_do_not_count(tmp_path: Path) -> None:
         pytest.param("text\n\n### A\n\na", False, "text before its first ###", id="lead-text"),
         pytest.param("### A\n\na\n\n### A\n\nb", True, "more than once", id="same-title"),
         pytest.param(f"a\n{NOTES_MARK}\nb\n{NOTES_MARK}", True, "2 times", id="two-marks"),
+        pytest.param(f"a\n\n{NOTES_MARK}\n\nb", True, "written by hand", id="notes"),
     ],
 )
 def test_bad_bodies(tmp_path: Path, body: str, lead: bool, message: str) -> None:

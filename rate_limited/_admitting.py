@@ -64,18 +64,22 @@ class Admitter(Settling):
             call = admission.simple_head()
             if call is not None:
                 now = self.loop.time()
-                if now >= admission.paused_until:
-                    reservation = (
-                        self.ledger.try_reserve(call.demand, now, defer=True)
-                        if self._defer_billing
-                        else self.ledger.try_reserve(call.demand, now)
-                    )
-                    if reservation is not None:
-                        call.reservation = reservation
-                        if self.stats.waiting_until is not None:
-                            self._note_wait(None, None, now)
-                        return call
-                admission.put_back(call)
+                reservation = None
+                try:
+                    if now >= admission.paused_until:
+                        reservation = (
+                            self.ledger.try_reserve(call.demand, now, defer=True)
+                            if self._defer_billing
+                            else self.ledger.try_reserve(call.demand, now)
+                        )
+                finally:
+                    if reservation is None:  # it waits (or the ledger raised): the head again
+                        admission.put_back(call)
+                if reservation is not None:
+                    call.reservation = reservation
+                    if self.stats.waiting_until is not None:
+                        self._note_wait(None, None, now)
+                    return call
         while True:
             if self._stopping or self._in_flight >= self.max_concurrent:
                 return None

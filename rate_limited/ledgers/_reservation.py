@@ -74,14 +74,7 @@ class Reservation(Admission):
         rules: tuple[Settle, ...],
         deferred: bool = False,
     ) -> None:
-        # Admission.__init__ inlined: one reservation per attempt, a call saved.
-        self.demand = demand
-        self.held = held
-        self.at = at
-        self.rules = rules
-        self.deferred = deferred
-        self.reconciled = False
-        self.first_token: float | None = None
+        Admission.__init__(self, demand, held, at, rules, deferred)
         #: The meter each resource was charged on (its partition's, if partitioned);
         #: the ledger's own list when no resource is partitioned.
         self.meters = meters

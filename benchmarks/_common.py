@@ -267,31 +267,109 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), separator, *(line(row) for row in rows)])
 
 
-def replace_section(heading: str, body: str, path: Path = RESULTS_FILE) -> None:
-    """Replace the ``## heading`` section of ``path`` with ``body`` (or append it).
+#: The line that ends the generated text of a part of RESULTS.md (a section's lead or a
+#: ``### `` subsection): what follows it, up to the part's end, is notes written by hand,
+#: which ``replace_section`` keeps when a script rewrites the part.
+NOTES_MARK = "<!-- notes below: kept by --write -->"
 
-    A section runs from its ``## `` line to the next ``## `` line (or the end); every
-    other section is kept as it is. A missing file is created with the common header.
+
+class _Part:
+    """A part of a ``## `` section: its lead (``title`` None) or a ``### `` subsection;
+    ``text``: the generated text (no title), ``notes``: what follows ``NOTES_MARK``
+    (None: the part has no mark, "" a mark and no notes)."""
+
+    def __init__(self, title: str | None, lines: list[str]) -> None:
+        self.title = title
+        marks = [i for i, line in enumerate(lines) if line.strip() == NOTES_MARK]
+        if len(marks) > 1:
+            raise ValueError(f"{title or 'the lead'} has {NOTES_MARK!r} {len(marks)} times")
+        cut = marks[0] if marks else len(lines)
+        self.text = "\n".join(lines[:cut]).strip("\n")
+        self.notes = "\n".join(lines[cut + 1 :]).strip("\n") if marks else None
+
+    def render(self) -> str:
+        """The part's text, the mark and its notes, each a paragraph apart."""
+        mark = NOTES_MARK if self.notes is not None else None
+        return "\n\n".join(b for b in (self.title, self.text, mark, self.notes) if b)
+
+
+def _headings(lines: list[str], prefix: str) -> list[int]:
+    """Indexes of the lines that start with ``prefix`` (``"## "``), outside fenced code."""
+    found, fenced = [], False
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith(prefix):
+            found.append(i)
+    return found
+
+
+def _parts(lines: list[str]) -> list[_Part]:
+    """A section's body (the lines after its ``## `` line) as its lead and subsections."""
+    starts = _headings(lines, "### ")
+    bounds = [0, *starts, len(lines)]
+    parts = [_Part(None, lines[: bounds[1]])]
+    for start, end in zip(starts, bounds[2:], strict=True):
+        parts.append(_Part(lines[start].rstrip(), lines[start + 1 : end]))
+    titles = [part.title for part in parts]
+    repeated = sorted({t for t in titles if t is not None and titles.count(t) > 1})
+    if repeated:
+        raise ValueError(f"subsection(s) {repeated} appear more than once in one section")
+    return parts
+
+
+def replace_section(
+    heading: str, body: str, path: Path = RESULTS_FILE, *, lead: bool = True
+) -> None:
+    """Write a script's ``body`` into the ``## heading`` section of ``path``.
+
+    ``body`` is the section's lead (its text before any ``### `` heading) and any
+    ``### `` subsections. Each of them replaces the generated text of the same part of the
+    section, and nothing else: the section's other subsections (another script's, such as
+    ``ledger.py``'s in "Overhead", or those a run of part of a benchmark did not measure)
+    are kept, and so are the notes of each part replaced: the lines after its
+    ``NOTES_MARK``, which every part written here ends with. With ``lead=False`` the body
+    is subsections only and the section's lead is kept. A subsection new to the section
+    goes after the one ``body`` has before it (or at the section's end); a missing
+    section is appended, a missing file created with the common header. The other
+    sections are kept as they are. Headings inside fenced code do not count.
     """
     title = f"## {heading}"
-    section = f"{title}\n\n{body.strip()}\n"
+    given = _parts(body.strip("\n").splitlines())
+    if any(part.notes is not None for part in given):
+        raise ValueError(f"the body holds {NOTES_MARK!r}: notes are written by hand only")
+    if not lead:
+        if given[0].text:
+            raise ValueError(f"lead=False, but the body has text before its first ### heading: "
+                             f"{given[0].text[:60]!r}")  # fmt: skip
+        given = given[1:]
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         text = f"{RESULTS_HEADER}\n"
     lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == title), None)
+    sections = _headings(lines, "## ")
+    start = next((i for i in sections if lines[i].rstrip() == title), None)
     if start is None:
-        new_text = text.rstrip("\n") + "\n\n" + section
+        before, old, after = text.rstrip("\n"), [_Part(None, [])], ""
     else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-            len(lines),
-        )
+        end = next((i for i in sections if i > start), len(lines))
         before = "\n".join(lines[:start]).rstrip("\n")
+        old = _parts(lines[start + 1 : end])
         after = "\n".join(lines[end:]).strip("\n")
-        parts = [before + "\n\n" if before else "", section]
-        if after:
-            parts.append("\n" + after + "\n")
-        new_text = "".join(parts)
-    path.write_text(new_text, encoding="utf-8")
+    previous: int | None = None  # where the part of ``given`` placed last is
+    for part in given:
+        at = next((i for i, p in enumerate(old) if p.title == part.title), None)
+        if at is None:
+            at = len(old) if previous is None else previous + 1
+            old.insert(at, _Part(part.title, []))
+        old[at].text = part.text
+        if old[at].notes is None:
+            old[at].notes = ""  # marked: notes written below the mark are kept
+        previous = at
+    rendered = "\n\n".join(p.render() for p in old if p.title is not None or p.text or p.notes)
+    section = f"{title}\n\n{rendered}".rstrip("\n") + "\n"
+    parts = [before + "\n\n" if before else "", section]
+    if after:
+        parts.append("\n" + after + "\n")
+    path.write_text("".join(parts), encoding="utf-8")

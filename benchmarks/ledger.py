@@ -22,9 +22,10 @@ repeat after repeat, so that the noise of a shared machine hits both alike.
 
     python benchmarks/ledger.py [--calls 200000] [--repeat 5] [--base main] [--write]
 
-``--write`` replaces the "### Ledger micro-benchmark" part of the "## Overhead" section of
-``benchmarks/RESULTS.md`` (``overhead.py --write`` rewrites that section whole: run this
-after it).
+``--write`` replaces the "### Ledger micro-benchmark" subsection of the "## Overhead" section
+of ``benchmarks/RESULTS.md`` and nothing else (``_common.replace_section``): the section's
+lead, which ``overhead.py --write`` writes, and the notes under the subsection's
+``<!-- notes below: kept by --write -->`` line stay as they are.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(worker(config, args.calls)))
         return 0
 
-    from _common import command_line, markdown_table, median, run_worker, today
+    from _common import command_line, markdown_table, median, replace_section, run_worker, today
 
     root = Path(__file__).resolve().parent.parent
     script = str(Path(__file__).resolve())
@@ -205,29 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             table,
         ]
-        _write_subsection("\n".join(body))
+        replace_section("Overhead", "\n".join(body), lead=False)
     return 0
-
-
-def _write_subsection(text: str) -> None:
-    """Put ``text`` (starting with ``SUBSECTION``) at the end of "## Overhead" in
-    RESULTS.md, in place of the one there before."""
-    path = Path(__file__).resolve().parent / "RESULTS.md"
-    lines = path.read_text(encoding="utf-8").splitlines()
-    start = lines.index("## Overhead")
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    section = lines[start:end]
-    if SUBSECTION in section:
-        first = section.index(SUBSECTION)
-        last = next(
-            (i for i in range(first + 1, len(section)) if section[i].startswith("#")),
-            len(section),
-        )
-        section = section[:first] + section[last:]
-    while section and not section[-1].strip():
-        section.pop()
-    section += ["", *text.splitlines(), ""]
-    path.write_text("\n".join(lines[:start] + section + lines[end:]) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

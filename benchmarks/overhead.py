@@ -16,7 +16,9 @@ two sides measured in the same run.
 
     python benchmarks/overhead.py [--calls 100000] [--repeat 5] [--write]
 
-``--write`` replaces the "## Overhead" section of ``benchmarks/RESULTS.md``.
+``--write`` replaces the lead of the "## Overhead" section of ``benchmarks/RESULTS.md`` (its
+text before the first ``### `` subsection) and nothing else: ``ledger.py``'s subsection and
+the notes under a ``<!-- notes below: kept by --write -->`` line stay as they are.
 """
 
 from __future__ import annotations
@@ -430,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report)
     if args.write:
         replace_section("Overhead", report)
-        print("\nwrote the 'Overhead' section of benchmarks/RESULTS.md")
+        print("\nwrote the lead of the 'Overhead' section of benchmarks/RESULTS.md")
     return 0
 
 

@@ -27,6 +27,14 @@ sits full there, so no refill is lost).
 
     .venv/bin/python benchmarks/shared.py [--write] [--only quota,kill,job,overhead,dask]
 
+``--write`` writes the parts run into the "## Shared quota" section of
+``benchmarks/RESULTS.md``, each in its own ``### `` subsection, with the explanations the
+figures give (the target met or not, whether a run sent a row twice); a full run also its
+preamble (date, machine, command). A run of some parts (``--only``) replaces only their
+subsections, each with a preamble of its own, and keeps the rest of the section. Notes
+written by hand under a part's ``<!-- notes below: kept by --write -->`` line are kept
+(``_common.replace_section``).
+
 Needs a redis-server: ``--redis redis://127.0.0.1:6379/0`` (default: $RATE_LIMITED_TEST_REDIS_URL).
 """
 
@@ -40,13 +48,14 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import markdown_table, preamble, replace_section  # noqa: E402
+from benchmarks._common import machine_info, markdown_table, preamble, replace_section  # noqa: E402
 from tests.shared import reports, start_workers  # noqa: E402
 
 TPM, RPM = 60_000, 6_000
@@ -185,14 +194,17 @@ OVERHEAD_RUNS, OVERHEAD_CALLS = 5, 4000
 OVERHEAD_CONCURRENCY = 64
 
 
-def cell_overhead(redis_url: str, calls: int = OVERHEAD_CALLS) -> list[list[str]]:
+def cell_overhead(
+    redis_url: str, calls: int = OVERHEAD_CALLS
+) -> tuple[list[list[str]], list[float]]:
     """Per call: (wall time of N calls with the Redis ledger - with the in-process ledger)
     / N, the two run alternately ``OVERHEAD_RUNS`` times; best and median of the runs'
     differences. Three workloads: every call the same demand; demands that differ per call
     (tokens 50-250 by the arguments); and the provider reporting on every call what it has
     left of both resources (the presets' path: ``report_remaining`` as they read the
     headers, each report reconciled with the shared meter). With Redis's ``commandstats``
-    per call: script calls, the commands they ran, their server time."""
+    per call: script calls, the commands they ran, their server time. Returns the table's
+    rows and each workload's median difference (seconds per call)."""
     import statistics
 
     import redis
@@ -268,15 +280,12 @@ def cell_overhead(redis_url: str, calls: int = OVERHEAD_CALLS) -> list[list[str]
         client.close()
         return seconds / calls
 
-    def us(seconds: float) -> str:
-        return f"{seconds * 1e6:,.0f} µs"
-
     workloads = [
         ("same demand every call", False, False),
         ("demand differs per call", True, False),
         ("provider reports on every call (presets' path)", False, True),
     ]
-    rows, pings = [], []
+    rows, pings, medians = [], [], []
     for label, varying, reported in workloads:
         memory, shared = [], []
         server: list[tuple[float, float, float]] = []
@@ -286,14 +295,45 @@ def cell_overhead(redis_url: str, calls: int = OVERHEAD_CALLS) -> list[list[str]
                                 varying, reported))  # fmt: skip
             pings.append(ping())
         extra = [r - m for m, r in zip(memory, shared, strict=True)]
+        medians.append(statistics.median(extra))
         scripts, commands, usec = (statistics.median(s[i] for s in server) for i in range(3))
         rows.append([label, us(statistics.median(memory)), us(statistics.median(shared)),
-                     f"+{us(min(extra))}", f"+{us(statistics.median(extra))}",
+                     us(min(extra), sign=True), us(medians[-1], sign=True),
                      f"{scripts:.2f} / {commands:.1f} / {usec:.0f} µs"])  # fmt: skip
     rows.append(["(for scale: one Redis PING round trip, redis-py)", "-", us(min(pings)),
                  "-", f"median {us(statistics.median(pings))}", "-"])  # fmt: skip
     admin.close()
-    return rows
+    return rows, medians
+
+
+def us(seconds: float, *, sign: bool = False) -> str:
+    """Seconds in microseconds, e.g. ``122 µs`` (``+122 µs`` with ``sign``)."""
+    return f"{seconds * 1e6:{'+' if sign else ''},.0f} µs"
+
+
+#: The Redis ledger's target: less than this per call on loopback, more than in-process.
+OVERHEAD_TARGET = 300e-6
+
+
+def overhead_verdict(runner_path: Sequence[float], presets_path: float) -> str:
+    """The paragraph under the overhead table: the target, met or not, on each path, from
+    the median differences (seconds per call) of the Runner's workloads and the presets'."""
+    runner_met = all(x < OVERHEAD_TARGET for x in runner_path)
+    presets_met = presets_path < OVERHEAD_TARGET
+    verdict = {
+        (True, True): "met on both paths",
+        (True, False): "met on the Runner's path, not on the presets' path",
+        (False, True): "met on the presets' path, not on the Runner's path",
+        (False, False): "not met",
+    }[runner_met, presets_met]
+    runner = " / ".join(f"{x * 1e6:+,.0f}" for x in runner_path)
+    return (
+        f"Target (< {OVERHEAD_TARGET * 1e6:.0f} µs per call on loopback): **{verdict}**: "
+        f"{runner} µs median on the Runner's path, {us(presets_path, sign=True)} on the "
+        "presets' path (a provider reporting its remaining requests and tokens on every "
+        "call, each report reconciled with the shared meter, as the `ChatCompletions` "
+        "preset does)."
+    )
 
 
 #: Calls one Dask worker process can have in flight: 2 threads, a Runner each, 16 calls.
@@ -362,70 +402,145 @@ def cell_dask(redis_url: str, kill: bool, rows: int = 10_000) -> list[str]:
     ]
 
 
+def dask_verdict(rows: Sequence[Sequence[str]]) -> str:
+    """The sentence under the Dask table, from its rows (``cell_dask``'s): whether the run
+    without a kill sent every row once."""
+    for row in rows:
+        if row[0] == "none":
+            twice, retries = int(row[5].replace(",", "")), int(row[6].replace(",", ""))
+            if twice == 0:
+                return "Without a kill every row is sent once."
+            return (f"Without a kill, {twice:,} requests were sent for rows the provider had "
+                    f"received already ({retries:,} retries): none was expected.")  # fmt: skip
+    return ""
+
+
+def part_quota(redis_url: str) -> str:
+    rows = [cell_quota(redis_url, "redis"), cell_quota(redis_url, "in-process")]
+    return markdown_table(
+        ["ledger", "calls done", "requests", "429s", "steady-state TPM used"], rows
+    )
+
+
+def part_kill(redis_url: str) -> str:
+    return markdown_table(
+        ["ledger", "the other 3 finish", "reservations back after", "429s"],
+        [cell_kill(redis_url)],
+    )
+
+
+def part_job(redis_url: str) -> str:
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    rows = [cell_job(redis_url, s, k, tmp) for s in ("Redis", "SQLite") for k in (False, True)]
+    return markdown_table(
+        ["store", "kill", "calls", "requests sent", "bound", "same results in every worker"],
+        rows,
+    )
+
+
+def part_overhead(redis_url: str) -> str:
+    load = os.getloadavg()[0]  # before the runs
+    rows, medians = cell_overhead(redis_url)
+    header = ["workload", "in-process (median)", "Redis (median)", "Redis - in-process, best",
+              "median", "per call: script calls / commands in them / server time"]  # fmt: skip
+    return "\n\n".join(
+        [
+            f"Per call: (wall time of {OVERHEAD_CALLS:,} calls with the Redis ledger - with the "
+            f"in-process ledger) / {OVERHEAD_CALLS:,}, at the default "
+            f"max_concurrent={OVERHEAD_CONCURRENCY}; the two run alternately {OVERHEAD_RUNS} "
+            "times, best and median of the runs' differences. Redis on loopback; load average "
+            f"at the start of the run: {load:.1f} ({machine_info()['nproc']} CPUs). The last "
+            "column: Redis's `commandstats` over each Redis run (median of the runs), per call: "
+            "the ledger's script calls (FCALL), the Redis commands its Lua ran in them, and the "
+            "server time in them.",
+            markdown_table(header, rows),
+            overhead_verdict(medians[:2], medians[2]),
+        ]
+    )
+
+
+def part_dask(redis_url: str) -> str:
+    rows = [cell_dask(redis_url, kill) for kill in (False, True)]
+    header = ["kill", "succeeded", "exact and aligned", "requests", "bound", "sent twice",
+              "retries", "partitions re-run", "from store", "429s", "time"]  # fmt: skip
+    return "\n\n".join(
+        [
+            "10,000 rows, 8 partitions, 2 worker processes of 2 threads (a Runner per "
+            'partition, max_concurrent=16), sharing the Redis ledger and store. "sent '
+            'twice": requests for a row the provider had received already (its request '
+            'log); "retries": attempts after a call\'s first; "partitions re-run": '
+            'partition tasks Dask started again; "from store": rows a re-run partition '
+            "took from the store instead of sending them. A killed worker's partitions "
+            "(those it had finished too) run again on the other: the outcomes stored are "
+            "taken, and only the calls it had in flight, paid and their answers lost with "
+            f"it, are sent again: at most {DASK_IN_FLIGHT} (its 2 Runners' max_concurrent).",
+            markdown_table(header, rows),
+            dask_verdict(rows),
+        ]
+    )
+
+
+#: The parts of the benchmark (``--only``): each one's subsection of "## Shared quota" in
+#: RESULTS.md and the function that measures it and writes its text.
+PARTS: dict[str, tuple[str, Callable[[str], str]]] = {
+    "quota": ("### One key, 4 processes (TPM-bound, 60,000 TPM)", part_quota),
+    "kill": ("### SIGKILL one of the 4 mid-run", part_kill),
+    "job": ("### One job, 4 processes: the same 3,000 calls on one store", part_job),
+    "overhead": (
+        "### Overhead per call (no-op function, requests + tokens resources)",
+        part_overhead,
+    ),
+    "dask": ("### Dask LocalCluster (RPM-bound, 6,000 RPM)", part_dask),
+}
+SECTION = "Shared quota"
+
+
+def parts_chosen(only: str) -> list[str]:
+    """The parts ``--only`` names (comma-separated), in the section's order."""
+    names = {name.strip() for name in only.split(",") if name.strip()}
+    unknown = sorted(names - set(PARTS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown part(s) {unknown or [only]}; choose from {','.join(PARTS)}"
+        )
+    return [name for name in PARTS if name in names]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
-    parser.add_argument("--only", default="quota,kill,job,overhead,dask")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="update the parts run in the 'Shared quota' section of benchmarks/RESULTS.md",
+    )
+    parser.add_argument(
+        "--only",
+        type=parts_chosen,
+        default=list(PARTS),
+        help=f"the parts to run, comma-separated (default: {','.join(PARTS)})",
+    )
     parser.add_argument(
         "--redis", default=os.environ.get("RATE_LIMITED_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
     args = parser.parse_args(argv)
-    only = set(args.only.split(","))
-    redis_url = args.redis
-    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
-    parts = preamble(
-        __file__, [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--write"]
-    )
-    if "quota" in only:
-        rows = [cell_quota(redis_url, "redis"), cell_quota(redis_url, "in-process")]
-        parts += ["### One key, 4 processes (TPM-bound, 60,000 TPM)", "",
-                  markdown_table(["ledger", "calls done", "requests", "429s",
-                                  "steady-state TPM used"], rows), ""]  # fmt: skip
-    if "kill" in only:
-        parts += ["### SIGKILL one of the 4 mid-run", "",
-                  markdown_table(["ledger", "the other 3 finish", "reservations back after",
-                                  "429s"], [cell_kill(redis_url)]), ""]  # fmt: skip
-    if "job" in only:
-        rows = [cell_job(redis_url, s, k, tmp) for s in ("Redis", "SQLite") for k in (False, True)]
-        parts += ["### One job, 4 processes: the same 3,000 calls on one store", "",
-                  markdown_table(["store", "kill", "calls", "requests sent", "bound",
-                                  "same results in every worker"], rows), ""]  # fmt: skip
-    if "overhead" in only:
-        parts += ["### Overhead per call (no-op function, requests + tokens resources)", "",
-                  f"Per call: (wall time of {OVERHEAD_CALLS:,} calls with the Redis ledger - "
-                  f"with the in-process ledger) / {OVERHEAD_CALLS:,}, at the default "
-                  f"max_concurrent={OVERHEAD_CONCURRENCY}; the two run alternately "
-                  f"{OVERHEAD_RUNS} times, best and median of the runs' differences. "
-                  "Redis on loopback; load average at the start of the run: "
-                  f"{os.getloadavg()[0]:.1f} (2 CPUs). The last column: Redis's "
-                  "`commandstats` over each Redis run (median of the runs), per call: the "
-                  "ledger's script calls (FCALL), the Redis commands its Lua ran in them, "
-                  "and the server time in them.", "",
-                  markdown_table(["workload", "in-process (median)", "Redis (median)",
-                                  "Redis - in-process, best", "median",
-                                  "per call: script calls / commands in them / server time"],
-                                 cell_overhead(redis_url)), ""]  # fmt: skip
-    if "dask" in only:
-        rows = [cell_dask(redis_url, kill) for kill in (False, True)]
-        parts += ["### Dask LocalCluster (RPM-bound, 6,000 RPM)", "",
-                  "10,000 rows, 8 partitions, 2 worker processes of 2 threads (a Runner "
-                  "per partition, max_concurrent=16), sharing the Redis ledger and store. "
-                  "\"sent twice\": requests for a row the provider had received already "
-                  "(its request log); \"retries\": attempts after a call's first; "
-                  "\"partitions re-run\": partition tasks Dask started again; \"from "
-                  "store\": rows a re-run partition took from the store instead of "
-                  "sending them. A killed worker's partitions (those it had finished too) "
-                  "run again on the other: the outcomes stored are taken, and only the "
-                  "calls it had in flight, paid and their answers lost with it, are sent "
-                  f"again: at most {DASK_IN_FLIGHT} (its 2 Runners' max_concurrent).", "",
-                  markdown_table(["kill", "succeeded", "exact and aligned", "requests",
-                                  "bound", "sent twice", "retries", "partitions re-run",
-                                  "from store", "429s", "time"], rows), ""]  # fmt: skip
-    body = "\n".join(parts)
+    arguments = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--write"]
+    body = section_body({name: PARTS[name][1](args.redis) for name in args.only}, arguments)
     print(body)
     if args.write:
-        replace_section("Shared quota", body)
+        replace_section(SECTION, body, lead=len(args.only) == len(PARTS))
     return 0
+
+
+def section_body(texts: dict[str, str], arguments: Sequence[str]) -> str:
+    """What ``--write`` writes: a full run's preamble (date, machine, command) and every
+    part's subsection; a run of some parts (``--only``) only their subsections, each with
+    that preamble of its own (the section's preamble says how the others were measured)."""
+    head = preamble(__file__, arguments)
+    full = len(texts) == len(PARTS)
+    parts = list(head) if full else []
+    for name, text in texts.items():
+        parts += [PARTS[name][0], "", *([] if full else head), text.strip("\n"), ""]
+    return "\n".join(parts)
 
 
 if __name__ == "__main__":

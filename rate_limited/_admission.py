@@ -176,12 +176,23 @@ class Admission:
             self.ready.popleft()
 
     def simple_head(self) -> Call | None:
-        """The fast path's admission (no ledger, no cool-down): the first ready call, if
-        no retry is due and it is pending; it is taken off the queue."""
+        """The fast paths' head: the first ready call, if no retry is due, nothing was
+        admitted from a lane and it is pending; it is taken off the queue (``put_back``
+        returns it, if it may not start after all)."""
         ready = self.ready
-        if ready and not self.retry and not self.urgent and ready[0].status is PENDING:
+        if (
+            ready
+            and not self.retry
+            and not self.urgent
+            and not self._passed
+            and ready[0].status is PENDING
+        ):
             return ready.popleft()
         return None
+
+    def put_back(self, call: Call) -> None:
+        """``call``, taken by ``simple_head``, did not start: it is the head again."""
+        self.ready.appendleft(call)
 
     # -- lanes (partitioned resources) --------------------------------------------------------
     @property

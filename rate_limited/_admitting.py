@@ -7,7 +7,10 @@ budget its maximum cost), else arms the wake-up for when it will fit and returns
 A call of another partition key may pass a head that waits (``Admission.pass_head``);
 a call that can never fit (its quota was lowered below its needs) fails; a budget that
 cannot admit the head call with nothing running stops the run (``budget_stopped``).
-A long wait is said once a run (a warning, then INFO), with what it waits for.
+A long wait is said once a run (a warning, then INFO), with what it waits for. The
+usual case (nothing but the ledger to ask: no work sharing, no second engine, no
+budget) is tried first in one step, without the general path's checks; whatever it
+cannot admit at once goes the general way.
 
 The workers that call ``_admit`` are ``rate_limited._workers.Workers``, the layer above.
 """
@@ -48,6 +51,35 @@ class Admitter(Settling):
         """Take the head call if it may start now, else arm the wake-up and return None.
         The caller starts the call's attempt (``_start_attempt``) before it awaits."""
         admission = self.admission
+        if (
+            self._has_ledger
+            and self.claims is None
+            and self.priorities is None
+            and self.spend is None
+            and not self._stopping
+            and self._in_flight < self.max_concurrent
+        ):
+            # The usual case first: nothing but the ledger to ask (no work sharing, no
+            # other engine, no budget). Any other outcome takes the general path below.
+            call = admission.simple_head()
+            if call is not None:
+                now = self.loop.time()
+                reservation = None
+                try:
+                    if now >= admission.paused_until:
+                        reservation = (
+                            self.ledger.try_reserve(call.demand, now, defer=True)
+                            if self._defer_billing
+                            else self.ledger.try_reserve(call.demand, now)
+                        )
+                finally:
+                    if reservation is None:  # it waits (or the ledger raised): the head again
+                        admission.put_back(call)
+                if reservation is not None:
+                    call.reservation = reservation
+                    if self.stats.waiting_until is not None:
+                        self._note_wait(None, None, now)
+                    return call
         while True:
             if self._stopping or self._in_flight >= self.max_concurrent:
                 return None
@@ -74,7 +106,11 @@ class Admitter(Settling):
             priorities = self.priorities
             if priorities is not None and priorities.outranked(self, call):
                 return None  # its engine wakes this one when that call is admitted or gone
-            reservation = self.ledger.try_reserve(call.demand, now, defer=self._defer_billing)
+            reservation = (
+                self.ledger.try_reserve(call.demand, now, defer=True)
+                if self._defer_billing
+                else self.ledger.try_reserve(call.demand, now)  # no keyword: a cheaper call
+            )
             if (
                 reservation is not None
                 and self.spend is not None

@@ -37,6 +37,8 @@ __all__ = ["Billing", "reservation_of"]
 
 logger = get_logger("rate_limited")
 
+_INF = math.inf
+
 
 def reservation_of(call: Call) -> Reservation | None:
     """The reservation ``call``'s current attempt holds, if any."""
@@ -88,7 +90,7 @@ class Billing:
             except BaseException as exc:
                 amount = self._unreadable(call, i, exc)
             else:
-                if not 0 <= amount < math.inf:  # NaN and inf too: a meter must stay finite
+                if not 0 <= amount < _INF:  # NaN and inf too: a meter must stay finite
                     amount = self._unreadable(
                         call,
                         i,
@@ -99,14 +101,11 @@ class Billing:
             self.spend.settle(call, value, now)
         if reservation is not None:
             billed = self.ledger.settle(reservation, actual, now)  # by each resource's rule
-            # The arguments usage plus what the results were billed (no new float for a 0).
-            call.add_usage(
-                self.names,
-                [
-                    need[0] + amount if amount and need[0] else amount or need[0]
-                    for need, amount in zip(call.demand, billed, strict=True)
-                ],
-            )
+            # Plus the arguments usage, in place (the list is ours; no new float for a 0).
+            for i, need in enumerate(call.demand):
+                if need[0]:
+                    billed[i] = need[0] + billed[i] if billed[i] else need[0]
+            call.add_usage(self.names, billed)
         else:  # a late result whose reservation was already settled: bill what it used
             self.ledger.bill(call.demand, actual, now)
         return first_token

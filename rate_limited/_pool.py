@@ -12,6 +12,10 @@ the engine bills a call's arguments usage at that instant, not at admission, so 
 quota window counts from when the request really left (a thread can take a call
 milliseconds after admission on a busy machine).
 
+With ``sets_admission``, a thread puts the call's reservation in its context
+(``CURRENT_ADMISSION``) before calling the function, which reads it to report what the
+provider said about that request (a ``FeedbackSource``; nothing else reads it).
+
 Threads are started lazily, one more whenever work is queued and none is idle, up to
 ``max_workers``; a thread running an abandoned call (interrupt, timeout) does not count,
 so it cannot starve the calls that replace it. If the system refuses a new thread
@@ -58,9 +62,11 @@ class ThreadPool:
         max_workers: int,
         name: str = "rate_limited",
         report_starts: bool = False,
+        sets_admission: bool = True,
     ) -> None:
         self._function = function
         self._report_starts = report_starts
+        self._sets_admission = sets_admission
         self._loop = loop
         self._on_completions = on_completions
         self.max_workers = max_workers
@@ -173,7 +179,8 @@ class ThreadPool:
                 append((call, token, None, clock()))
                 if not self._wake_pending and not self._wake():
                     return  # the loop was closed: the runner is gone
-            CURRENT_ADMISSION.set(call.reservation)  # for the function's feedback (engine-set)
+            if self._sets_admission:
+                CURRENT_ADMISSION.set(call.reservation)  # for the function's feedback
             try:
                 completion = (call, token, True, function(*call.args, **call.kwargs))
             except BaseException as exc:

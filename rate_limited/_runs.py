@@ -26,6 +26,7 @@ from rate_limited._feedback import FeedbackSource, LedgerControl
 from rate_limited._gc import bulk_allocation
 from rate_limited._loop_thread import LoopThread, shutdown
 from rate_limited._status import RunnerState
+from rate_limited.calls import Call
 from rate_limited.exceptions import BudgetWarning, warn
 from rate_limited.outcomes import RunResult, Status
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from rate_limited._money import Money
     from rate_limited._priorities import Priorities
     from rate_limited._stats import Progress
-    from rate_limited.calls import Call
     from rate_limited.ledgers.base import Ledger
     from rate_limited.semantic._step import SemanticStep
 
@@ -166,8 +166,7 @@ class EngineHost:
         if not interrupted and budget is None:
             # Every call of the run is final: none needs the Runner to live any more, and
             # last_result (which holds them) must not make a reference cycle through it.
-            for call in calls:
-                call.release_owner()
+            Call.release_owners(calls)
         notices: list[tuple[type[Warning], str]] = []
         store_failures = 0
         if engine is not None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from rate_limited._admitting import Admitter
 from rate_limited._billing import reservation_of
 from rate_limited._core import RUNNING, SUCCEEDED, EngineParts
-from rate_limited._feedback import CURRENT_ADMISSION
+from rate_limited._feedback import CURRENT_ADMISSION, FeedbackSource
 from rate_limited._loopwatch import (
     NOT_AWAITABLE,
     WATCH_EVERY,
@@ -82,6 +82,10 @@ class Workers(Admitter):
         self._warned_threads = False
         #: Sync calls hold their arguments usage until their thread starts (see begin()).
         self._defer_billing = not self.is_async and self._has_ledger
+        #: Whether each attempt's reservation goes in its context (``CURRENT_ADMISSION``):
+        #: only a function that reports the provider's headers reads it, and the Runner
+        #: attaches the ledger to such a function alone (``FeedbackSource``).
+        self._sets_admission = self._has_ledger and isinstance(self.function, FeedbackSource)
         self.pool: ThreadPool | None = None
         if not self.is_async:
             self.pool = ThreadPool(
@@ -91,6 +95,7 @@ class Workers(Admitter):
                 self.max_concurrent,
                 name=f"rate_limited-{config.name}",
                 report_starts=self._defer_billing,
+                sets_admission=self._sets_admission,
             )
 
     def _start_runners(self) -> None:
@@ -182,6 +187,7 @@ class Workers(Admitter):
         # Fast path: no ledger, validators or timeout: admission is "take the head".
         simple = not self._has_ledger and not self.validators and timeout is None and not self.store
         checkpoint = self.checkpoint
+        sets_admission = self._sets_admission
         since_yield = 0
         now = loop_time()  # read once per call; the next call starts when this one ended
         while True:
@@ -207,10 +213,11 @@ class Workers(Admitter):
                 if admission.wake_future is not None and admission:
                     admission.wake()  # capacity may fit more than this call: let idle workers try
             self._start_attempt(call, now)
-            if not simple:
+            if sets_admission:
                 CURRENT_ADMISSION.set(call.reservation)  # type: ignore[arg-type]  # feedback
             try:
-                awaitable = function(*call.args, **call.kwargs)
+                kwargs = call.kwargs  # none, usually: then no empty dict is built per call
+                awaitable = function(*call.args, **kwargs) if kwargs else function(*call.args)
                 # The first calls, then one in WATCH_EVERY, are timed step by step: a long
                 # step blocked the loop (see _blocked).
                 watched = self._watched = self._watched + 1
@@ -330,7 +337,8 @@ class Workers(Admitter):
         self.admission.wake()
 
     async def _await_returned(self, call: Call, awaitable: Any) -> None:
-        CURRENT_ADMISSION.set(reservation_of(call))
+        if self._sets_admission:
+            CURRENT_ADMISSION.set(reservation_of(call))
         try:
             value = await awaitable
         except asyncio.CancelledError:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -319,6 +319,15 @@ class Call:
         """Hold the function instead of the Runner that scheduled the call: a final call
         no longer needs its Runner alive, nor may a result holding it keep it so."""
         self._source = self.function
+
+    @staticmethod
+    def release_owners(calls: Iterable[Call]) -> None:
+        """``release_owner()`` of each of ``calls`` (one loop, not a method call each:
+        a run of a million calls ends with it)."""
+        for call in calls:
+            source = call._source
+            if isinstance(source, CallOwner):
+                call._source = source.function
 
     def target(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         """The function the call reaches and all its arguments (a partial's included)."""

@@ -27,6 +27,15 @@ the client by ``apply`` itself (nothing is sent then) to learn the result's colu
 Runner it returns should have a shared ledger: with a ledger of its own, each partition
 would believe it owns the whole quota (a ``LedgerWarning`` says so).
 
+**One SDK client per worker process, not per partition.** A client made in
+``make_runner`` is made again for every partition: a connection pool each (new
+handshakes), open until it is collected (a Runner does not close the client it is given).
+``per_process(openai.OpenAI)`` (``rate_limited._per_process``) gives each process one,
+made by the first partition there and reused by the others and by the worker's threads;
+``dask_client.run(openai_client.close)`` closes them on every worker, and they end with
+the process anyway. A ``functools.cache`` in a notebook would not do: it is pickled by
+name, and a worker cannot find it in its own ``__main__``.
+
 **The result's schema.** Dask needs every partition's columns and dtypes before any runs
 (its ``meta``). The columns are the Runner's (``Runner.frame_columns``: ``result`` ...
 ``semantic_similarity``, ``cost_usd`` when it prices its calls, ``model`` with an
@@ -57,6 +66,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rate_limited._per_process import PerProcess, per_process
 from rate_limited.exceptions import ConfigurationError, LedgerWarning
 
 if TYPE_CHECKING:
@@ -64,7 +74,7 @@ if TYPE_CHECKING:
 
     from rate_limited.runner import Runner
 
-__all__ = ["apply"]
+__all__ = ["PerProcess", "apply", "per_process"]
 
 
 def _dask_dataframe() -> Any:

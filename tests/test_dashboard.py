@@ -502,14 +502,21 @@ def test_plain_scripts_never_import_the_dashboard() -> None:
 def test_time_to_first_token_of_streamed_calls() -> None:
     from rate_limited._feedback import LedgerControl
 
-    async def streamed(i: int) -> int:
-        admission = LedgerControl.admission()  # what the presets report a stream's TTFT on
-        assert admission is not None
-        admission.first_token = 0.25 * (i + 1)
-        await asyncio.sleep(1)
-        return i
+    class Streamed:
+        """Reads its admission as the presets do (a FeedbackSource: the Runner attaches
+        its ledger, and puts each attempt's admission in the attempt's context)."""
 
-    dashboard = fake_run(streamed, [requests_per(10, 10)], 3)
+        def attach_ledger(self, control: LedgerControl) -> None:
+            self.control = control
+
+        async def __call__(self, i: int) -> int:
+            admission = LedgerControl.admission()  # what the presets report a TTFT on
+            assert admission is not None
+            admission.first_token = 0.25 * (i + 1)
+            await asyncio.sleep(1)
+            return i
+
+    dashboard = fake_run(Streamed(), [requests_per(10, 10)], 3)
     final = dashboard.seen[-1][1]
     assert final["time_to_first_token"] == pytest.approx(0.5)  # (0.25 + 0.5 + 0.75) / 3
     assert "first token after 0.5 s on average" in final["text"]["counts"]

@@ -147,6 +147,42 @@ def test_estimate_is_held_in_flight_then_replaced_by_actual_usage() -> None:
     assert all(o.usage == {"tokens": 2.0} for o in result.outcomes)
 
 
+class ReadsItsAdmission:
+    """A function that reads its attempt's admission, as the presets do; ``attach`` makes
+    it a FeedbackSource (the Runner attaches its ledger to it)."""
+
+    def __init__(self, attach: bool) -> None:
+        if attach:
+            self.attach_ledger = lambda control: None
+        self.seen: list[object] = []
+
+    async def __call__(self, x: int) -> int:
+        from rate_limited._feedback import LedgerControl
+
+        self.seen.append(LedgerControl.admission())
+        return x
+
+
+@pytest.mark.parametrize(
+    ("attach", "sees_it"),
+    [
+        pytest.param(True, True, id="feedback-source"),
+        pytest.param(False, False, id="plain-function"),
+    ],
+)
+def test_the_attempts_admission_is_in_its_context_for_a_feedback_source(
+    attach: bool, sees_it: bool
+) -> None:
+    function = ReadsItsAdmission(attach)
+    runner = make_runner(function, [requests_per(10, 1.0)])
+    for i in range(3):
+        runner.schedule(i)
+    assert runner.run().results == [0, 1, 2]
+    # Only a function the ledger is attached to reports on its admission: the others are
+    # spared setting it per call.
+    assert [a is not None for a in function.seen] == [sees_it] * 3
+
+
 def test_failed_call_keeps_its_estimate_billed() -> None:
     async def fail(x: int) -> None:
         raise PermanentError("boom")

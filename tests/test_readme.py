@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from rate_limited.testing import BatchSettings
+from rate_limited.testing import BatchSettings, MockProvider
 from tests.stores.conftest import redis_url  # noqa: F401 - the session's redis-server
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -210,3 +210,71 @@ def _close_runners(namespace: dict[str, Any]) -> None:
     for value in namespace.values():
         if isinstance(value, Runner):
             value.close()
+
+
+def dask_block(redis: str, prefix: str) -> tuple[Block, str]:
+    """README's Dask block and its code with the cluster's Redis host made the one of the
+    URL ``redis``, the ledger's name and the store's prefix ``prefix``."""
+    [block] = [b for b in BLOCKS if b.is_python and "rate_limited.dask" in b.source]
+    host = redis.removeprefix("redis://").rpartition("/")[0]
+    code = (
+        block.source.replace("scheduler-host:6379/1", f"{host}/0?prefix={prefix}")
+        .replace("scheduler-host:6379", host)
+        .replace("name=team-key", f"name={prefix}")
+    )
+    assert "scheduler-host" not in code
+    return block, code
+
+
+def _count_made() -> int:
+    """How many ``per_process`` objects this process holds (run on each Dask worker)."""
+    from rate_limited import _per_process
+
+    return len(_per_process._objects)
+
+
+@pytest.mark.slow
+def test_the_dask_block_shares_one_client_per_worker_process(
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """README's Dask block (skipped above: it names a cluster's Redis host), run as a
+    notebook runs it, in ``__main__`` (so Dask pickles its functions by value), on worker
+    processes, with that host made this test's Redis and the SDK's URL a MockProvider's:
+    every partition succeeds, and each worker process made one OpenAI client for all the
+    partitions it ran (a client per partition before ``per_process``)."""
+    import uuid
+
+    distributed = pytest.importorskip("distributed")
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    block, code = dask_block(redis_url, f"readme-dask-{uuid.uuid4().hex[:8]}")
+    (tmp_path / "prompts.parquet").mkdir()  # 6 files: 6 partitions
+    for part in range(6):
+        prompts = [f"prompt {i}" for i in range(part * 10, part * 10 + 10)]
+        pd.DataFrame({"prompt": prompts}).to_parquet(tmp_path / f"prompts.parquet/{part}.parquet")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RATE_LIMITED_STORE_SECRET", "readme-dask-secret")
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    with MockProvider(rpm=6_000, tpm=1_000_000) as mp:
+        monkeypatch.setenv("OPENAI_BASE_URL", mp.base_url)  # read by the workers too
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        with (
+            distributed.LocalCluster(
+                n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0"
+            ) as cluster,
+            distributed.Client(cluster) as dask_client,
+        ):
+            try:
+                exec(compile("\n" * block.line + code, str(README), "exec"), namespace)
+                out = namespace["out"].compute()
+                made = dask_client.run(_count_made)
+                dask_client.run(namespace["openai_client"].close)  # as the README says
+            finally:
+                if "openai_client" in namespace:
+                    namespace["openai_client"].close()  # the one apply() made here
+    assert namespace["ddf"].npartitions == 6
+    assert (out["status"] == "succeeded").all() and len(out) == 60
+    assert mp.stats().requests == 60
+    assert sorted(made.values()) in ([1, 1], [0, 1])  # a client per process, not per partition

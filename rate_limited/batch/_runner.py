@@ -41,12 +41,12 @@ from rate_limited.batch._display import BatchDisplay
 from rate_limited.batch._driver import Driver, answered, queue_limits, set_cost
 from rate_limited.batch._providers import BatchApi, BatchState, batch_api
 from rate_limited.batch._records import custom_id_of
+from rate_limited.calls import Call
 from rate_limited.exceptions import BudgetWarning, ConfigurationError, warn
 from rate_limited.outcomes import RunResult, Status
 
 if TYPE_CHECKING:
     from rate_limited.budget import Budget
-    from rate_limited.calls import Call
     from rate_limited.cost import PriceTable
     from rate_limited.runner import Runner
 
@@ -334,8 +334,7 @@ class BatchRunner:
             warn(budget.message, BudgetWarning)
         elif not interrupted:  # complete: the next run() starts a new batch, as a Runner's
             self.runner.scheduled_calls = []
-            for call in calls:
-                call.release_owner()
+            Call.release_owners(calls)
         self.runner.last_result = result
         return result
 

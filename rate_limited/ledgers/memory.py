@@ -159,7 +159,9 @@ class InMemoryLedger(ProviderReports):
         if meters is None:
             meters = self._meters(demand)
         held: list[float] = []
-        for meter, need in zip(meters, demand, strict=True):
+        # The zips of this path are not strict: the lists are aligned by construction (one
+        # entry per resource), and ``strict=`` costs a keyword call, per call and resource.
+        for meter, need in zip(meters, demand):  # noqa: B905
             taken = meter.held(now)
             charge = need[0] + need[1]
             quota = meter.quota
@@ -168,17 +170,10 @@ class InMemoryLedger(ProviderReports):
             held.append(taken + charge)  # what the meter holds right after admission
             held.append(meter.corrected)
         rules = self._rules
-        if self._tracks:
+        if self._tracks or defer:
             return self._reserve(meters, demand, held, now, defer)
-        billed: list[object]
-        if defer:  # held whole until ``begin``
-            billed = [None] * len(meters)
-            for meter, need in zip(meters, demand, strict=True):
-                if need[0] + need[1]:
-                    meter.reserve(need[0] + need[1])
-            return Reservation(meters, demand, billed, held, None, now, rules, True)
-        billed = []
-        for meter, need, rule in zip(meters, demand, rules, strict=True):
+        billed: list[object] = []
+        for meter, need, rule in zip(meters, demand, rules):  # noqa: B905
             args_usage, estimate = need[0], need[1]
             if rule == "reserved":
                 billed.append(meter.bill(args_usage + estimate, now))
@@ -191,8 +186,8 @@ class InMemoryLedger(ProviderReports):
     def _reserve(
         self, meters: list[Meter], demand: Demand, held: list[float], now: float, defer: bool
     ) -> Reservation:
-        """``try_reserve`` of a call that fits, on meters some of which the provider
-        reports on (their tracks remember the admission)."""
+        """``try_reserve`` of a call that fits, deferred (see ``begin``) or on meters some
+        of which the provider reports on (their tracks remember the admission)."""
         rules, tracks = self._rules, self._tracks
         billed: list[object] = []
         marks: list[Mark | None] | None = None
@@ -209,7 +204,7 @@ class InMemoryLedger(ProviderReports):
                 billed.append(meter.bill(args_usage, now))
                 if estimate:
                     meter.reserve(estimate)
-            track = tracks.get(id(meter))
+            track = tracks.get(id(meter)) if tracks else None
             if track is not None:
                 if marks is None:
                     marks = [None] * len(meters)
@@ -246,9 +241,8 @@ class InMemoryLedger(ProviderReports):
         if rules is not self._rules:  # a rule switched since the admission
             rules = self._rules_of(reservation)
         billed: list[float] = []
-        for meter, need, actual, rule in zip(
-            reservation.meters, reservation.demand, results_usage, rules, strict=True
-        ):
+        meters, demand = reservation.meters, reservation.demand
+        for meter, need, actual, rule in zip(meters, demand, results_usage, rules):  # noqa: B905
             estimate = need[1]
             if estimate or actual:
                 billed.append(meter.settle(rule, estimate, actual, now))

@@ -1,0 +1,243 @@
+"""rate_limited.dask.per_process: one SDK client per worker process, shared by the partitions
+(and threads) it runs, instead of one per partition; on a real LocalCluster and alone."""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rate_limited import _per_process
+from rate_limited.dask import PerProcess, per_process
+from rate_limited.exceptions import ConfigurationError
+from rate_limited.runner import Runner
+from rate_limited.testing import MockProvider
+from tests.shared import ROOT
+from tests.stores.conftest import redis_url  # noqa: F401 - the session's redis-server
+
+
+class Thing:
+    """What a factory makes: counts how many were made, knows whether it was closed."""
+
+    made = 0
+
+    def __init__(self, name: str = "thing") -> None:
+        Thing.made += 1
+        self.name = name
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def things() -> Any:
+    """``per_process(Thing)``, closed (and forgotten) at the end of the test."""
+    Thing.made = 0
+    shared = per_process(Thing, "a thing")
+    yield shared
+    shared.close()
+
+
+def test_one_object_per_process_made_on_first_use(things: PerProcess[Thing]) -> None:
+    assert Thing.made == 0  # nothing made before it is used
+    first = things()
+    assert things() is first and first.name == "a thing" and Thing.made == 1
+
+
+def test_threads_share_the_one_object(things: PerProcess[Thing]) -> None:
+    """A worker's threads call it at once: the factory runs once, all get its object."""
+    start = threading.Barrier(8)
+    got: list[Thing] = []
+
+    def call() -> None:
+        start.wait(timeout=30)
+        got.append(things())
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(got) == 8 and all(each is got[0] for each in got)
+    assert Thing.made == 1
+
+
+def test_copies_find_the_same_object_and_two_declarations_never_share(
+    things: PerProcess[Thing],
+) -> None:
+    """What Dask does to it: pickled into each task and unpickled on the worker. Every
+    copy finds the one object; another ``per_process`` of the same factory is another."""
+    import cloudpickle
+
+    first = things()
+    assert pickle.loads(pickle.dumps(things))() is first
+    assert cloudpickle.loads(cloudpickle.dumps(things))() is first
+    other = per_process(Thing, "a thing")
+    try:
+        assert other() is not first
+    finally:
+        other.close()
+
+
+def test_close_closes_and_the_next_call_makes_a_new_one(things: PerProcess[Thing]) -> None:
+    first = things()
+    things.close()
+    assert first.closed
+    second = things()
+    assert second is not first and not second.closed and Thing.made == 2
+    things.close()
+    things.close()  # nothing made here: nothing to do
+
+
+def test_a_failing_factory_keeps_nothing() -> None:
+    calls = []
+
+    def flaky() -> Thing:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("no network yet")
+        return Thing()
+
+    shared = per_process(flaky)
+    with pytest.raises(OSError, match="no network yet"):
+        shared()
+    try:
+        assert isinstance(shared(), Thing) and len(calls) == 2
+    finally:
+        shared.close()
+
+
+def test_a_forked_child_starts_with_none(things: PerProcess[Thing]) -> None:
+    """After ``fork`` the child makes its own (a client's sockets are the parent's):
+    the hook ``os.register_at_fork`` runs in the child, called here."""
+    first = things()
+    saved = dict(_per_process._objects)
+    try:
+        _per_process._forget_in_child()
+        assert things() is not first
+        things.close()
+    finally:
+        _per_process._objects.update(saved)
+
+
+def test_an_async_client_is_refused_and_closed() -> None:
+    """An AsyncOpenAI serves one event loop; each Runner runs its own."""
+    openai = pytest.importorskip("openai")
+    made: list[Any] = []
+
+    def async_client() -> Any:
+        made.append(openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-x"))
+        return made[-1]
+
+    shared = per_process(async_client)
+    with pytest.raises(ConfigurationError, match=r"async client \(AsyncOpenAI\).*openai\.OpenAI"):
+        shared()
+    assert made[0].is_closed()
+    assert shared.key not in _per_process._objects
+
+
+def test_bad_factory_and_repr_without_arguments() -> None:
+    with pytest.raises(ConfigurationError, match=r"per_process\(openai.OpenAI\)"):
+        per_process("openai.OpenAI")  # type: ignore[arg-type]
+    shared = per_process(Thing, "sk-secret-key")
+    assert repr(shared) == "per_process(tests.test_dask_clients.Thing, ...)"
+    assert "sk-secret" not in repr(shared)
+
+
+def test_what_is_left_is_closed_when_the_process_exits(tmp_path: Path) -> None:
+    code = (
+        "from rate_limited.dask import per_process\n"
+        "class Client:\n"
+        "    def close(self):\n"
+        "        print('closed', flush=True)\n"
+        "per_process(Client)()\n"
+        "print('made', flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.split() == ["made", "closed"]
+
+
+# -- on a LocalCluster of worker processes ----------------------------------------------------
+def counted_client(base_url: str, log: str) -> Any:
+    """An OpenAI client for the MockProvider; notes the pid of the process it is made in."""
+    import openai
+
+    with open(log, "a", encoding="utf-8") as file:
+        file.write(f"{os.getpid()}\n")
+    return openai.OpenAI(base_url=base_url, api_key="sk-test")
+
+
+def make_runner(client: PerProcess[Any], ledger: str, store: str) -> Runner:
+    """README's ``make_runner``: a preset per partition on the process's client."""
+    from rate_limited.apis.openai import ChatCompletions
+
+    chat = ChatCompletions(client(), requests_per_minute=6_000, tokens_per_minute=10**6,
+                           ledger=ledger)  # fmt: skip
+    return chat.runner(store=store, progress=False, max_concurrent=8)
+
+
+def row_to_kwargs(row: Any) -> dict[str, Any]:
+    return {
+        "model": "gpt-4o-mini",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": f"row {row['id']}"}],
+    }
+
+
+def made_here(client: PerProcess[Any]) -> bool:
+    """Whether this process holds ``client``'s object (run on each worker)."""
+    return client.key in _per_process._objects
+
+
+@pytest.mark.slow
+def test_each_worker_process_makes_one_client_for_all_its_partitions(
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dd = pytest.importorskip("dask.dataframe")
+    distributed = pytest.importorskip("distributed")
+    pd = pytest.importorskip("pandas")
+    from rate_limited.dask import apply
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the workers import this module by name
+    monkeypatch.setenv("RATE_LIMITED_STORE_SECRET", "dask-test-secret")
+    name, base = uuid.uuid4().hex[:8], redis_url.rpartition("/")[0]
+    log = tmp_path / "clients.log"
+    partitions = 8
+    ddf = dd.from_pandas(pd.DataFrame({"id": range(80)}), npartitions=partitions)
+    with (
+        MockProvider(rpm=6_000, tpm=10**6) as mp,
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as dask_client,
+    ):
+        client = per_process(counted_client, mp.base_url, str(log))
+        try:
+            ledger, store = f"{base}/0?name=dask-c-{name}", f"{base}/0?prefix=dask-c-{name}"
+            make = functools.partial(make_runner, client, ledger, store)
+            out = apply(ddf, make, row_to_kwargs).compute()
+            workers = {str(pid) for pid in dask_client.run(os.getpid).values()}
+            assert all(dask_client.run(made_here, client).values())
+            dask_client.run(client.close)
+            assert not any(dask_client.run(made_here, client).values())
+        finally:
+            client.close()  # the one apply() made here to learn the columns
+        assert mp.stats().requests == 80
+    assert (out["status"] == "succeeded").all()
+    pids = log.read_text(encoding="utf-8").split()
+    assert len(pids) == len(set(pids))  # one client per process, for 8 partitions
+    assert set(pids) - workers == {str(os.getpid())}  # and apply()'s here
+    assert set(pids) & workers  # the partitions ran on the workers' clients

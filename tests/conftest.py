@@ -19,6 +19,7 @@ import pytest
 from rate_limited.resources import Resource
 from rate_limited.testing import MockProvider
 from tests.limited_server import LimitedServer
+from tests.shared import CLIENTS
 
 #: Starts a MockProvider with the given options (see the make_provider fixture).
 MakeProvider = Callable[..., MockProvider]
@@ -205,6 +206,14 @@ def _close_the_loop_nest_asyncio_leaves() -> Iterator[None]:
         policy.set_event_loop(None)
     if GC_EACH:
         _collect_reporting_leaks("This test")
+
+
+@pytest.fixture(autouse=True)
+def _close_registered_clients() -> Iterator[None]:
+    """Close the SDK clients the test registered (``tests.shared.closed_after_test``)."""
+    yield
+    while CLIENTS:
+        CLIENTS.pop().close()
 
 
 @pytest.fixture(autouse=True)

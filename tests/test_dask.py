@@ -8,7 +8,6 @@ import os
 import signal
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -199,42 +198,6 @@ def test_a_row_to_kwargs_without_a_dict_is_named_before_anything_runs(
         apply(ddf, make, lambda row: 5)  # type: ignore[arg-type, return-value]
     with pytest.raises(ConfigurationError, match="row_to_kwargs must be a function"):
         apply(ddf, make, None)  # type: ignore[arg-type]
-
-
-def test_the_readme_example_runs_as_written(
-    synchronous: None,
-    redis_url: str,  # noqa: F811
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """README's Dask block (skipped by test_readme: it names a cluster's Redis host), run
-    with that host made this test's Redis and the OpenAI client's URL the MockProvider's:
-    every name it uses is defined or imported in it."""
-    from tests.test_readme import BLOCKS, README
-
-    pytest.importorskip("pyarrow")
-    [block] = [b for b in BLOCKS if b.is_python and "rate_limited.dask" in b.source]
-    host = redis_url.removeprefix("redis://").rpartition("/")[0]
-    prefix = f"dask-readme-{uuid.uuid4().hex[:8]}"
-    code = (
-        block.source.replace("scheduler-host:6379/1", f"{host}/0?prefix={prefix}")
-        .replace("scheduler-host:6379", host)
-        .replace("name=team-key", f"name={prefix}")
-    )
-    assert "scheduler-host" not in code
-    pd.DataFrame({"prompt": [f"prompt {i}" for i in range(4)]}).to_parquet(
-        tmp_path / "prompts.parquet"
-    )
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RATE_LIMITED_STORE_SECRET", "dask-test-secret")
-    namespace: dict[str, object] = {"__name__": "readme_dask"}
-    with MockProvider(rpm=600, tpm=200_000) as mp:
-        monkeypatch.setenv("OPENAI_BASE_URL", mp.base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-        exec(compile("\n" * block.line + code, str(README), "exec"), namespace)
-        out = namespace["out"].compute()  # type: ignore[attr-defined]
-    assert (out["status"] == "succeeded").all()
-    assert {"cost_usd", "model"} <= set(out.columns)
 
 
 def test_runner_frame_columns_are_the_result_columns(

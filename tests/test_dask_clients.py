@@ -1,15 +1,14 @@
 """rate_limited.dask.per_process: one SDK client per worker process, shared by the partitions
-(and threads) it runs, instead of one per partition; on a real LocalCluster and alone."""
+(and threads) it runs, instead of one per partition. On a real LocalCluster of worker
+processes: tests/test_readme.py runs the README's Dask block as a notebook would, and counts
+one client per worker process."""
 
 from __future__ import annotations
 
-import functools
-import os
 import pickle
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,6 @@ import pytest
 from rate_limited import _per_process
 from rate_limited.dask import PerProcess, per_process
 from rate_limited.exceptions import ConfigurationError
-from rate_limited.runner import Runner
-from rate_limited.testing import MockProvider
-from tests.shared import ROOT
 from tests.stores.conftest import redis_url  # noqa: F401 - the session's redis-server
 
 
@@ -166,78 +162,3 @@ def test_what_is_left_is_closed_when_the_process_exits(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.split() == ["made", "closed"]
-
-
-# -- on a LocalCluster of worker processes ----------------------------------------------------
-def counted_client(base_url: str, log: str) -> Any:
-    """An OpenAI client for the MockProvider; notes the pid of the process it is made in."""
-    import openai
-
-    with open(log, "a", encoding="utf-8") as file:
-        file.write(f"{os.getpid()}\n")
-    return openai.OpenAI(base_url=base_url, api_key="sk-test")
-
-
-def make_runner(client: PerProcess[Any], ledger: str, store: str) -> Runner:
-    """README's ``make_runner``: a preset per partition on the process's client."""
-    from rate_limited.apis.openai import ChatCompletions
-
-    chat = ChatCompletions(client(), requests_per_minute=6_000, tokens_per_minute=10**6,
-                           ledger=ledger)  # fmt: skip
-    return chat.runner(store=store, progress=False, max_concurrent=8)
-
-
-def row_to_kwargs(row: Any) -> dict[str, Any]:
-    return {
-        "model": "gpt-4o-mini",
-        "max_tokens": 10,
-        "messages": [{"role": "user", "content": f"row {row['id']}"}],
-    }
-
-
-def made_here(client: PerProcess[Any]) -> bool:
-    """Whether this process holds ``client``'s object (run on each worker)."""
-    return client.key in _per_process._objects
-
-
-@pytest.mark.slow
-def test_each_worker_process_makes_one_client_for_all_its_partitions(
-    redis_url: str,  # noqa: F811
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    dd = pytest.importorskip("dask.dataframe")
-    distributed = pytest.importorskip("distributed")
-    pd = pytest.importorskip("pandas")
-    from rate_limited.dask import apply
-
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the workers import this module by name
-    monkeypatch.setenv("RATE_LIMITED_STORE_SECRET", "dask-test-secret")
-    name, base = uuid.uuid4().hex[:8], redis_url.rpartition("/")[0]
-    log = tmp_path / "clients.log"
-    partitions = 8
-    ddf = dd.from_pandas(pd.DataFrame({"id": range(80)}), npartitions=partitions)
-    with (
-        MockProvider(rpm=6_000, tpm=10**6) as mp,
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0"
-        ) as cluster,
-        distributed.Client(cluster) as dask_client,
-    ):
-        client = per_process(counted_client, mp.base_url, str(log))
-        try:
-            ledger, store = f"{base}/0?name=dask-c-{name}", f"{base}/0?prefix=dask-c-{name}"
-            make = functools.partial(make_runner, client, ledger, store)
-            out = apply(ddf, make, row_to_kwargs).compute()
-            workers = {str(pid) for pid in dask_client.run(os.getpid).values()}
-            assert all(dask_client.run(made_here, client).values())
-            dask_client.run(client.close)
-            assert not any(dask_client.run(made_here, client).values())
-        finally:
-            client.close()  # the one apply() made here to learn the columns
-        assert mp.stats().requests == 80
-    assert (out["status"] == "succeeded").all()
-    pids = log.read_text(encoding="utf-8").split()
-    assert len(pids) == len(set(pids))  # one client per process, for 8 partitions
-    assert set(pids) - workers == {str(os.getpid())}  # and apply()'s here
-    assert set(pids) & workers  # the partitions ran on the workers' clients

@@ -20,7 +20,6 @@ import asyncio
 import collections
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +39,7 @@ from rate_limited.apis.openai import (
 )
 from rate_limited.testing import FakeClock, Faults, MockProvider
 from tests.conftest import MakeProvider
+from tests.shared import closed_after_test
 
 # Made-up model names ("m", "c"...): their cost is None, and a PriceWarning says so once
 # per preset (tests/test_spend.py checks it); here it is not the point.
@@ -47,16 +47,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::rate_limited.exceptions.PriceWa
 
 FAST_RETRIES = exponential_backoff(initial=0.02, maximum=0.2)
 
-_clients: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    """Close the sync clients a test made. Async ones keep no connection open (their
-    connections live on the Runner's loop, where nothing could close them afterwards)."""
-    yield
-    while _clients:
-        _clients.pop().close()
+# Sync clients are closed after each test (``closed_after_test``). Async ones keep no
+# connection open (their connections live on the Runner's loop, where nothing could close
+# them afterwards).
 
 
 def _no_keepalive(sdk: Any) -> Any:
@@ -71,8 +64,7 @@ def openai_client(provider: MockProvider, kind: str, **options: Any) -> Any:
         options["http_client"] = _no_keepalive(openai)
         return openai.AsyncOpenAI(base_url=provider.base_url, **options)
     client = openai.OpenAI(base_url=provider.base_url, **options)
-    _clients.append(client)
-    return client
+    return closed_after_test(client)
 
 
 def anthropic_client(provider: MockProvider, kind: str, **options: Any) -> Any:
@@ -83,8 +75,7 @@ def anthropic_client(provider: MockProvider, kind: str, **options: Any) -> Any:
         options["http_client"] = _no_keepalive(anthropic)
         return anthropic.AsyncAnthropic(base_url=base_url, **options)
     client = anthropic.Anthropic(base_url=base_url, **options)
-    _clients.append(client)
-    return client
+    return closed_after_test(client)
 
 
 @dataclass

@@ -276,5 +276,6 @@ def test_the_dask_block_shares_one_client_per_worker_process(
                     namespace["openai_client"].close()  # the one apply() made here
     assert namespace["ddf"].npartitions == 6
     assert (out["status"] == "succeeded").all() and len(out) == 60
+    assert {"cost_usd", "model"} <= set(out.columns)  # the preset's columns
     assert mp.stats().requests == 60
     assert sorted(made.values()) in ([1, 1], [0, 1])  # a client per process, not per partition

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -17,16 +16,9 @@ from rate_limited.apis.openai import ChatCompletions
 from rate_limited.exceptions import ConfigurationError, StreamBrokenError
 from rate_limited.testing import Faults, MockProvider
 from tests.conftest import MakeProvider
+from tests.shared import closed_after_test
 
 KINDS = [pytest.param("sync", id="sync"), pytest.param("async", id="async")]
-_clients: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _clients:
-        _clients.pop().close()
 
 
 def _no_keepalive(sdk: Any) -> Any:
@@ -45,7 +37,7 @@ def openai_client(provider: MockProvider, kind: str) -> Any:
             http_client=_no_keepalive(openai),
         )
     client = openai.OpenAI(base_url=provider.base_url, api_key="test", timeout=10.0)
-    _clients.append(client)
+    closed_after_test(client)
     return client
 
 
@@ -56,7 +48,7 @@ def anthropic_client(provider: MockProvider, kind: str) -> Any:
             base_url=base_url, api_key="test", timeout=10.0, http_client=_no_keepalive(anthropic)
         )
     client = anthropic.Anthropic(base_url=base_url, api_key="test", timeout=10.0)
-    _clients.append(client)
+    closed_after_test(client)
     return client
 
 

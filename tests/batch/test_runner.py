@@ -25,8 +25,8 @@ from rate_limited.apis.openai import ChatCompletions
 from rate_limited.batch import AnthropicBatches, BatchRunner, OpenAIBatches
 from rate_limited.cost import PriceTable
 from rate_limited.testing import BatchSettings, FakeClock, Faults, MockProvider
-from tests.batch.conftest import CLIENTS as _clients
 from tests.batch.conftest import FAST
+from tests.shared import closed_after_test
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def chat(mp: MockProvider, client: Any = None) -> ChatCompletions:
     if client is None:
         client = openai.OpenAI(base_url=mp.base_url, api_key="k")
-        _clients.append(client)
+        closed_after_test(client)
     return ChatCompletions(client, requests_per_minute=100_000, tokens_per_minute=10_000_000)
 
 
@@ -225,7 +225,7 @@ def test_cancel_batches(provider: MockProvider, clock: FakeClock) -> None:
 
 def test_anthropic_messages_by_batch(provider: MockProvider, clock: FakeClock) -> None:
     client = anthropic.Anthropic(base_url=provider.anthropic_base_url, api_key="k")
-    _clients.append(client)
+    closed_after_test(client)
     claude = Messages(
         client, requests_per_minute=1000, input_tokens_per_minute=1e6, output_tokens_per_minute=1e6
     )
@@ -347,7 +347,7 @@ def test_interrupted_inside_the_create_call_then_rerun_finds_the_batch(
         api_class: Any = OpenAIBatches
     else:
         client = anthropic.Anthropic(base_url=provider.anthropic_base_url, api_key="k")
-        _clients.append(client)
+        closed_after_test(client)
         preset = Messages(
             client,
             requests_per_minute=10,

@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from rate_limited.testing import BatchSettings, FakeClock, Faults, MockProvider
+from tests.shared import closed_after_test
 
 FAST = BatchSettings(validating_seconds=10, seconds_per_request=1, finalizing_seconds=10)
 
@@ -35,21 +36,9 @@ def provider(clock: FakeClock) -> Iterator[MockProvider]:
         yield mp
 
 
-#: The SDK clients a test made, closed after it (left to the collector, a client in its
-#: reference cycle may be freed after its pooled socket: an unclosed-socket warning).
-_clients: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _clients:
-        _clients.pop().close()
-
-
 def oai(mp: MockProvider) -> openai.OpenAI:
     client = openai.OpenAI(base_url=mp.base_url, api_key="k", max_retries=0)
-    _clients.append(client)
+    closed_after_test(client)
     return client
 
 
@@ -209,7 +198,7 @@ def test_openai_cancel_and_per_request_errors(clock: FakeClock) -> None:
 
 def anth(mp: MockProvider) -> anthropic.Anthropic:
     client = anthropic.Anthropic(base_url=mp.anthropic_base_url, api_key="k", max_retries=0)
-    _clients.append(client)
+    closed_after_test(client)
     return client
 
 

@@ -315,15 +315,11 @@ class Call:
         _last_bound = (self.function, self.args, self.kwargs, arguments)
         return arguments
 
-    def release_owner(self) -> None:
-        """Hold the function instead of the Runner that scheduled the call: a final call
-        no longer needs its Runner alive, nor may a result holding it keep it so."""
-        self._source = self.function
-
     @staticmethod
     def release_owners(calls: Iterable[Call]) -> None:
-        """``release_owner()`` of each of ``calls`` (one loop, not a method call each:
-        a run of a million calls ends with it)."""
+        """Each of ``calls`` holds the function instead of the Runner that scheduled it:
+        a final call no longer needs its Runner alive, nor may a result holding it keep it
+        so. One loop, not a method call per call: a run of a million calls ends with it."""
         for call in calls:
             source = call._source
             if isinstance(source, CallOwner):

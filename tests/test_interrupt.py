@@ -175,10 +175,15 @@ def test_the_previous_sigint_handler_is_back_after_run(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "started"
-    os.kill(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    with proc:  # its pipes closed and the child reaped, whatever the test finds
+        assert proc.stdout is not None
+        started = proc.stdout.readline().strip()
+        if started != "started":  # the child ended early: say why
+            proc.kill()
+            _, err = proc.communicate(timeout=60)
+            pytest.fail(f"the child printed {started!r}, not 'started':\n{err}")
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out.strip() == "KeyboardInterrupt"
 

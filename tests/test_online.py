@@ -21,16 +21,22 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.002)
 
 
-def one_at_a_time() -> Resource:
-    """One call holds the quota while it runs, and hands it back when it returns."""
+def slots(count: int) -> Resource:
+    """``count`` calls hold the quota while they run, each handing it back when it
+    returns."""
     return Resource(
         "slots",
-        1,
+        count,
         3600,
         arguments_usage_extractor=lambda call: 0,
         max_results_usage_estimator=lambda call: 1,
         results_usage_extractor=lambda call, result: 0,
     )
+
+
+def one_at_a_time() -> Resource:
+    """One call holds the quota while it runs, and hands it back when it returns."""
+    return slots(1)
 
 
 class Recorder:
@@ -86,18 +92,6 @@ def test_online_calls_go_ahead_of_the_waiting_batch() -> None:
     assert handle.result(timeout=30).results == ["BATCH0", "BATCH1", "BATCH2", "BATCH3"]
     assert record.started == ["batch0", "online", "batch1", "batch2", "batch3"]
     runner.close()
-
-
-def slots(count: int) -> Resource:
-    """``count`` calls hold the quota while they run (``one_at_a_time``, ``count`` wide)."""
-    return Resource(
-        "slots",
-        count,
-        3600,
-        arguments_usage_extractor=lambda call: 0,
-        max_results_usage_estimator=lambda call: 1,
-        results_usage_extractor=lambda call, result: 0,
-    )
 
 
 @pytest.mark.parametrize("width", [pytest.param(1, id="one"), pytest.param(4, id="four")])

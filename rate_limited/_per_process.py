@@ -130,7 +130,8 @@ def per_process(factory: Callable[..., T], /, *args: Any, **kwargs: Any) -> PerP
     if not callable(factory):
         raise ConfigurationError(
             f"per_process needs a function or class that makes the object, e.g. "
-            f"per_process(openai.OpenAI); got {type(factory).__name__}: {factory!r}."
+            f"per_process(openai.OpenAI); got a {type(factory).__name__} (its value is not "
+            "shown: it may be a key passed by mistake)."
         )
     return PerProcess(factory, args, kwargs)
 

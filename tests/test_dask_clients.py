@@ -142,8 +142,9 @@ def test_an_async_client_is_refused_and_closed() -> None:
 
 
 def test_bad_factory_and_repr_without_arguments() -> None:
-    with pytest.raises(ConfigurationError, match=r"per_process\(openai.OpenAI\)"):
-        per_process("openai.OpenAI")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"per_process\(openai.OpenAI\)") as bad:
+        per_process("sk-a-key-passed-by-mistake")  # type: ignore[arg-type]
+    assert "sk-a-key" not in str(bad.value)  # a key passed by mistake is not echoed
     shared = per_process(Thing, "sk-secret-key")
     assert repr(shared) == "per_process(tests.test_dask_clients.Thing, ...)"
     assert "sk-secret" not in repr(shared)

@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from rate_limited.testing import BatchSettings, MockProvider
+from tests.shared import closed_after_test
 from tests.stores.conftest import redis_url  # noqa: F401 - the session's redis-server
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -167,7 +168,30 @@ def mock_environment(
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.chdir(tmp_path)
+    for sdk in ("openai", "anthropic"):
+        _close_after_test_every_client_of(importlib.import_module(sdk), monkeypatch)
     return provider
+
+
+def _close_after_test_every_client_of(sdk: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sync client of ``sdk`` (``openai``, ``anthropic``) made until the test ends is
+    closed then (``tests.shared.closed_after_test``), as a user's script closes them by
+    exiting. The blocks make several (``client = openai.OpenAI()``, ``ChatCompletions(
+    openai.OpenAI(), ...)``) and rebind their names: a client dropped with its pool of
+    keep-alive sockets waits in a reference cycle for the collector, and on 3.13 the
+    sockets' finalizers often ran before the client's own (an unclosed-socket
+    ResourceWarning for each, failing whichever later test collected them: CI's burst of
+    13-15 of them, all made by the Quick start's Runner threads). The async clients are
+    left alone: the README's one answers in-process (no socket), and closing one needs
+    its loop."""
+    client_class = sdk.OpenAI if sdk.__name__ == "openai" else sdk.Anthropic
+    made = client_class.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        closed_after_test(self)
+
+    monkeypatch.setattr(client_class, "__init__", init)
 
 
 @pytest.mark.slow

@@ -151,9 +151,10 @@ def mock_environment(
     redis_url: str,  # noqa: F811
 ) -> Any:
     """A MockProvider, the environment variables the SDKs read (and ``REDIS_URL``, the
-    shared ledger's server), an empty directory."""
-    pytest.importorskip("openai")
-    pytest.importorskip("anthropic")
+    shared ledger's server), an empty directory; the sync SDK clients made meanwhile are
+    closed when the test ends."""
+    openai = pytest.importorskip("openai")
+    anthropic = pytest.importorskip("anthropic")
     pytest.importorskip("pandas")
     pytest.importorskip("matplotlib")
     # Batches that end at once: the README's batch example polls a real clock.
@@ -168,23 +169,22 @@ def mock_environment(
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.chdir(tmp_path)
-    for sdk in ("openai", "anthropic"):
-        _close_after_test_every_client_of(importlib.import_module(sdk), monkeypatch)
+    for client_class in (openai.OpenAI, anthropic.Anthropic):
+        _closed_after_test_when_made(client_class, monkeypatch)
     return provider
 
 
-def _close_after_test_every_client_of(sdk: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every sync client of ``sdk`` (``openai``, ``anthropic``) made until the test ends is
-    closed then (``tests.shared.closed_after_test``), as a user's script closes them by
-    exiting. The blocks make several (``client = openai.OpenAI()``, ``ChatCompletions(
-    openai.OpenAI(), ...)``) and rebind their names: a client dropped with its pool of
-    keep-alive sockets waits in a reference cycle for the collector, and on 3.13 the
-    sockets' finalizers often ran before the client's own (an unclosed-socket
-    ResourceWarning for each, failing whichever later test collected them: CI's burst of
-    13-15 of them, all made by the Quick start's Runner threads). The async clients are
-    left alone: the README's one answers in-process (no socket), and closing one needs
-    its loop."""
-    client_class = sdk.OpenAI if sdk.__name__ == "openai" else sdk.Anthropic
+def _closed_after_test_when_made(client_class: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``client_class`` (a sync SDK client) made until the test ends is closed then
+    (``tests.shared.closed_after_test``), as a user's script closes them by exiting.
+
+    The blocks make several (``client = openai.OpenAI()``, ``ChatCompletions(openai.OpenAI(),
+    ...)``) and rebind their names. A client dropped with its pool of keep-alive sockets
+    waits in a reference cycle for the collector, which may finalize the sockets before the
+    client that would close them (often on 3.13): an unclosed-socket ResourceWarning each,
+    failing whichever later test collected them (CI's burst of 13-15, all made by the Quick
+    start's Runner threads). The async clients are left alone: the README's one answers
+    in-process (no socket), and closing one needs its loop."""
     made = client_class.__init__
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:

@@ -46,19 +46,16 @@ class Admitter(Settling):
         #: Whether an admission holds the arguments usage until the call starts (the
         #: workers of a sync function set it: a thread may start the call later).
         self._defer_billing = False
-        #: Nothing but the ledger to ask, unless a second engine comes (``priorities``):
-        #: no work sharing, no budget (both fixed for the engine's life).
-        self._ledger_only = self._has_ledger and self.claims is None and self.spend is None
 
-    def _admit(self, now: float | None = None) -> Call | None:
+    def _admit(self) -> Call | None:
         """Take the head call if it may start now, else arm the wake-up and return None.
-        The caller starts the call's attempt (``_start_attempt``) before it awaits.
-        ``now``: the loop time, if the caller has just read it (an async worker reads it
-        once per call, when the previous one ended; nothing ran in between)."""
+        The caller starts the call's attempt (``_start_attempt``) before it awaits."""
         admission = self.admission
         if (
-            self._ledger_only
+            self._has_ledger
+            and self.claims is None
             and self.priorities is None
+            and self.spend is None
             and not self._stopping
             and self._in_flight < self.max_concurrent
         ):
@@ -66,8 +63,7 @@ class Admitter(Settling):
             # other engine, no budget). Any other outcome takes the general path below.
             call = admission.simple_head()
             if call is not None:
-                if now is None:
-                    now = self.loop.time()
+                now = self.loop.time()
                 reservation = None
                 try:
                     if now >= admission.paused_until:

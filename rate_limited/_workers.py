@@ -202,7 +202,7 @@ class Workers(Admitter):
                 else None
             )
             if call is None:
-                call = self._admit(now)
+                call = self._admit()
                 if call is None:
                     if self._unfinished <= 0 or self._stopping or self._budget_done:
                         return

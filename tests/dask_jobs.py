@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import traceback
 import weakref
 from typing import Any
 
@@ -107,3 +111,14 @@ def make_chat_runner(base_url: str, ledger: str) -> Runner:
 def make_nothing() -> Any:
     """A wrong ``make_runner``: it returns no Runner."""
     return 3
+
+
+def thread_stacks() -> str:
+    """Every thread's stack in this process, named (a test whose Dask job hangs runs it on
+    each worker with ``client.run`` and fails with them: where a worker is stuck)."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    parts = [f"pid {os.getpid()}:"]
+    for ident, frame in sys._current_frames().items():
+        parts.append(f"--- thread {names.get(ident, '?')} ({ident}):")
+        parts.append("".join(traceback.format_stack(frame)).rstrip())
+    return "\n".join(parts)

@@ -23,6 +23,7 @@ from tests.dask_jobs import (
     model_for_most_rows,
     reply_with_row_id,
     row_to_kwargs,
+    thread_stacks,
     x_kwargs,
 )
 from tests.shared import ROOT, wait_for
@@ -33,6 +34,10 @@ distributed = pytest.importorskip("distributed")
 pd = pytest.importorskip("pandas")
 
 RPM, TPM = 6_000, 30_000
+#: Seconds a job on the cluster may take before the test fails showing where every worker
+#: is: well over the ~25 s the slowest takes on a loaded machine, well under
+#: pytest-timeout's 120 s (whose dump shows only this process, waiting for the result).
+DEADLINE = 75.0
 
 
 @pytest.fixture
@@ -47,6 +52,28 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
         distributed.Client(cluster),
     ):
         yield cluster
+
+
+def result_or_stacks(future: object) -> object:
+    """The result of the Dask ``future``; if it takes over ``DEADLINE`` s, the test fails
+    with every worker process's thread stacks (a hang's evidence is there, not here)."""
+    timeouts = (TimeoutError, distributed.TimeoutError)
+    try:
+        return future.result(timeout=DEADLINE)  # type: ignore[attr-defined]
+    except timeouts:
+        pass
+    client = distributed.get_client()
+    try:
+        stacks = client.run(thread_stacks, on_error="return", callback_timeout=30)
+    except timeouts:
+        stacks = {"?": "the workers did not answer within 30 s (their event loops are stuck)"}
+    shown = "\n\n".join(f"=== worker {address}: {text}" for address, text in stacks.items())
+    pytest.fail(f"The Dask job took over {DEADLINE:g} s. The workers' threads:\n{shown}")
+
+
+def compute(collection: object) -> object:
+    """``collection.compute()`` on the cluster, showing the workers' stacks if it hangs."""
+    return result_or_stacks(distributed.get_client().compute(collection))
 
 
 def frame(rows: int) -> object:
@@ -83,7 +110,7 @@ def test_partitions_on_worker_processes_share_one_quota(
         )
         result = apply(ddf, make, row_to_kwargs)
         assert list(result.divisions) == list(ddf.divisions)
-        out = result.compute()
+        out = compute(result)
         stats = mp.stats()
     assert out.index.equals(ddf.index.compute())  # aligned to the input, row for row
     assert (out["status"] == "succeeded").all()
@@ -239,13 +266,13 @@ def test_calls_with_a_model_the_schema_lacks_fail_on_the_client_before_sending(
         lazy = apply(ddf, make, model_for_most_rows)
         assert "model" not in lazy.columns
         with pytest.raises(ConfigurationError, match=r"no 'model' column.*columns=") as caught:
-            lazy.compute()
+            compute(lazy)
         assert "Nothing was sent" in str(caught.value)
         assert mp.stats().requests == 0
         runner = make()
         columns = [*runner.frame_columns, "model"]
         runner.close()
-        out = apply(ddf, make, model_for_most_rows, columns=columns).compute()
+        out = compute(apply(ddf, make, model_for_most_rows, columns=columns))
         assert mp.stats().requests == len(df)
     assert list(out.columns) == columns
     assert (out["model"] == "gpt-4o-mini").all()
@@ -270,10 +297,10 @@ def test_a_column_the_schema_lacks_is_an_error_and_the_outcomes_stay_stored(
     make = functools.partial(make_text_runner, ledger_url(redis_url), store)
     lazy = apply(dd.from_pandas(df, npartitions=2), make, x_kwargs)
     with pytest.raises(ConfigurationError, match=r"\['usage_calls'\].*in the shared store"):
-        lazy.compute()
-    out = apply(
-        dd.from_pandas(df, npartitions=2), make, x_kwargs, columns=["result", "usage_calls"]
-    ).compute()
+        compute(lazy)
+    out = compute(
+        apply(dd.from_pandas(df, npartitions=2), make, x_kwargs, columns=["result", "usage_calls"])
+    )
     assert list(out["result"]) == ["text 0", "text 1", "text 2", "text 4"]
     assert list(out["usage_calls"]) == [1.0] * 4
 
@@ -316,7 +343,7 @@ def test_a_worker_killed_mid_run_costs_only_its_calls_in_flight(
         wait_for(lambda: mp.stats().admitted >= rows // 3, "a third of the rows sent")
         victim = next(iter(client.run(os.getpid).values()))
         os.kill(victim, signal.SIGKILL)
-        out = future.result()
+        out = result_or_stacks(future)
         stats = mp.stats()
         distinct = len({entry.body_hash for entry in mp.request_log})
     assert out.index.equals(ddf.index.compute())  # aligned to the input, row for row

@@ -54,9 +54,10 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
         yield cluster
 
 
-def result_or_stacks(future: object) -> object:
+def result_or_stacks(future: object, ledger: str | None = None) -> object:
     """The result of the Dask ``future``; if it takes over ``DEADLINE`` s, the test fails
-    with every worker process's thread stacks (a hang's evidence is there, not here)."""
+    with every worker process's thread stacks and Runners (a hang's evidence is there, not
+    here), and what the shared ``ledger`` holds."""
     timeouts = (TimeoutError, distributed.TimeoutError)
     try:
         return future.result(timeout=DEADLINE)  # type: ignore[attr-defined]
@@ -68,12 +69,16 @@ def result_or_stacks(future: object) -> object:
     except timeouts:
         stacks = {"?": "the workers did not answer within 30 s (their event loops are stuck)"}
     shown = "\n\n".join(f"=== worker {address}: {text}" for address, text in stacks.items())
+    if ledger is not None:
+        from rate_limited.ledgers.inspect import inspect
+
+        shown += f"\n\n=== the shared ledger:\n{inspect(ledger)}"
     pytest.fail(f"The Dask job took over {DEADLINE:g} s. The workers' threads:\n{shown}")
 
 
-def compute(collection: object) -> object:
+def compute(collection: object, ledger: str | None = None) -> object:
     """``collection.compute()`` on the cluster, showing the workers' stacks if it hangs."""
-    return result_or_stacks(distributed.get_client().compute(collection))
+    return result_or_stacks(distributed.get_client().compute(collection), ledger)
 
 
 def frame(rows: int) -> object:
@@ -100,17 +105,13 @@ def test_partitions_on_worker_processes_share_one_quota(
     df = frame(rows)
     ddf = dd.from_pandas(df, npartitions=6)
     with MockProvider(rpm=RPM, tpm=TPM, latency=0.05, reply=reply_with_row_id) as mp:
+        ledger = f"{base}/0?name=dask-{name}&lease=5"
         make = functools.partial(
-            make_runner,
-            mp.base_url,
-            f"{base}/0?name=dask-{name}&lease=5",
-            f"{base}/0?prefix=dask-{name}",
-            RPM,
-            TPM,
+            make_runner, mp.base_url, ledger, f"{base}/0?prefix=dask-{name}", RPM, TPM
         )
         result = apply(ddf, make, row_to_kwargs)
         assert list(result.divisions) == list(ddf.divisions)
-        out = compute(result)
+        out = compute(result, ledger)
         stats = mp.stats()
     assert out.index.equals(ddf.index.compute())  # aligned to the input, row for row
     assert (out["status"] == "succeeded").all()
@@ -343,7 +344,7 @@ def test_a_worker_killed_mid_run_costs_only_its_calls_in_flight(
         wait_for(lambda: mp.stats().admitted >= rows // 3, "a third of the rows sent")
         victim = next(iter(client.run(os.getpid).values()))
         os.kill(victim, signal.SIGKILL)
-        out = result_or_stacks(future)
+        out = result_or_stacks(future, f"{base}/0?name=dask-{name}")
         stats = mp.stats()
         distinct = len({entry.body_hash for entry in mp.request_log})
     assert out.index.equals(ddf.index.compute())  # aligned to the input, row for row

@@ -14,6 +14,9 @@ from typing import Any
 
 __all__ = ["SigintGuard"]
 
+# The guards installed (in the main thread, so no lock), in the order they were entered.
+_active: list[SigintGuard] = []
+
 
 class SigintGuard:
     """While active (in the main thread), SIGINT calls the attached callback instead of
@@ -24,6 +27,12 @@ class SigintGuard:
     Needed because Python 3.11+'s ``asyncio.run`` handler only cancels the main task,
     which a blocking wait never notices, and because Jupyter's "interrupt kernel" is a
     SIGINT too.
+
+    Guards may end out of order: ``as_completed()`` holds one across each ``yield``, and
+    an iterator kept aside (``it = iter(runner.as_completed()); next(it)``) may end after
+    a ``run()`` begun meanwhile. The active guards are kept in entry order, and one that
+    ends under a later one hands what it found to that one, so the handler the first guard
+    found is the one restored when the last ends (never a finished guard's).
     """
 
     def __init__(self) -> None:
@@ -31,20 +40,31 @@ class SigintGuard:
         self._early = 0  # SIGINTs before a run was attached
         self._previous: Any = None
         self._installed = False
+        self._stale = False
 
     def __enter__(self) -> SigintGuard:
         if threading.current_thread() is threading.main_thread():
             try:
                 self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-                self._installed = True
             except ValueError:  # signals unavailable here (e.g. a subinterpreter)
-                pass
+                return self
+            self._installed = True
+            _active.append(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._installed:
-            self._installed = False
+        if not self._installed:
+            return
+        self._installed = False
+        at = next(i for i, guard in enumerate(_active) if guard is self)
+        del _active[at]
+        if at < len(_active):  # a later guard is installed: it restores what this one found
+            _active[at]._previous = self._previous
+            return
+        try:
             signal.signal(signal.SIGINT, self._previous)
+        except ValueError:  # ended off the main thread (a generator collected there)
+            self._stale = True  # _on_sigint puts it back at the next SIGINT
 
     def attach(self, on_interrupt: Callable[[], None]) -> None:
         """Call ``on_interrupt()`` for each SIGINT from now on (and now, for those already
@@ -55,6 +75,10 @@ class SigintGuard:
         self._early = 0
 
     def _on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
+        if self._stale:  # ended where it could not put the previous handler back
+            signal.signal(signal.SIGINT, self._previous)
+            signal.raise_signal(signum)  # handled as if this guard had never been there
+            return
         if self._on_interrupt is None:
             self._early += 1
         else:

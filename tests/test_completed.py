@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from rate_limited import Runner, Status
+from rate_limited._sigint import SigintGuard
 from rate_limited.testing import FakeClock
 
 
@@ -116,6 +117,19 @@ def test_break_stops_the_run_it_started() -> None:
     assert iterator.result is not None and iterator.result.interrupted
     gate.set()
     assert runner.run().results == [0, 1, 2, 3]
+
+
+def test_an_iteration_ending_during_a_later_run_leaves_sigint_to_that_run() -> None:
+    found = signal.getsignal(signal.SIGINT)
+    runner, gate = gated(3)
+    kept = iter(runner.as_completed())
+    assert next(kept).index == 0  # its guard is installed, across the yield
+    gate.set()
+    with SigintGuard() as later:  # what a run() begun meanwhile installs
+        kept.close()  # the iteration ends first (say, collected while that run waits)
+        assert signal.getsignal(signal.SIGINT) == later._on_sigint  # still the run's
+    assert signal.getsignal(signal.SIGINT) is found  # and no ended guard's afterwards
+    runner.close()
 
 
 def test_a_background_run_is_joined_and_left_going() -> None:

@@ -159,10 +159,14 @@ def test_the_previous_sigint_handler_is_back_after_run(tmp_path: Path) -> None:
             """
             import signal, time
             from rate_limited import Runner
+            # What a script starts with, even where this process was started with SIGINT
+            # ignored (as a shell's background job is, or a child of such a process).
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             runner = Runner(lambda i: i, [], progress=False)
             runner.schedule(1)
             assert runner.run().results == [1]
-            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            after = signal.getsignal(signal.SIGINT)
+            assert after is signal.default_int_handler, f"after run(): {after!r}"
             try:
                 print("started", flush=True)
                 time.sleep(30)
@@ -181,7 +185,10 @@ def test_the_previous_sigint_handler_is_back_after_run(tmp_path: Path) -> None:
         if started != "started":  # the child ended early: say why
             proc.kill()
             _, err = proc.communicate(timeout=60)
-            pytest.fail(f"the child printed {started!r}, not 'started':\n{err}")
+            pytest.fail(
+                f"the child printed {started!r}, not 'started' (SIGINT here: "
+                f"{signal.getsignal(signal.SIGINT)!r}):\n{err}"
+            )
         os.kill(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

@@ -36,7 +36,7 @@ pd = pytest.importorskip("pandas")
 RPM, TPM = 6_000, 30_000
 #: Seconds a test on a LocalCluster may take (pytest-timeout), setup and teardown
 #: included. Most of it is not the job: on a 2-core machine under the suite's load (load
-#: average 15-19) starting the cluster took up to 22 s, closing it 9 s (its nannies kill
+#: average 15-34) starting the cluster took up to 26 s, closing it 13 s (its nannies kill
 #: the worker processes after 4 s, also after a plain Dask job), and the job up to 94 s,
 #: of which ~18 s before its first request (each worker process imports openai: ~10 s
 #: alone under that load). Unloaded: 1 s, 1.5 s and 16 s.

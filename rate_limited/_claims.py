@@ -45,6 +45,10 @@ sent twice). Why ``claim_ttl`` and not at once, as for a call whose claim fails 
 patience given to a silent holder anyway: had the store gone for every worker, the
 holder could not renew either, and its claims would have lapsed by then. A read that
 succeeds meanwhile starts the count again.
+**Nothing waits for ever.** The look at the waiting calls runs on a timer of the loop,
+where an error escaping it would only be logged and the next look never armed: an error
+that is not the store's (a bug) ends the run instead, and ``run()`` raises it.
+
 At the end of a run (its outcomes flushed) the claims of calls not started and of calls
 whose outcome is written are given up, so that another worker takes the first at once (a
 Ctrl-C here does not hold them up for ``claim_ttl``) and reads the others' outcomes.
@@ -89,6 +93,9 @@ class ClaimsOwner(Protocol):
 
     def requeue(self, call: Call) -> None:
         """``call`` waited for another worker and is this process's to send after all."""
+
+    def claims_failed(self, exc: BaseException) -> None:
+        """An error of the claims' own code (a bug): the run ends and ``run()`` raises it."""
 
     def waiting_on_claims(self, text: str, seconds: float, what: str) -> None:
         """Tell the user (once a run) that calls wait on other workers' claims: ``text``
@@ -246,37 +253,51 @@ class Claims:
         return True
 
     def _poll(self) -> None:
+        """The waiting calls' look at the store, every ``POLL`` s while any waits. Unless
+        the run ends, it arms the next one: an error of its own (a bug, not the store's)
+        ends the run, which raises it, instead of leaving the calls waiting for ever."""
         self._timer = None
         engine = self._engine
-        waiting, held_by = self._waiting, self._held_by
-        if not waiting or engine.stopping:
+        if not self._waiting or engine.stopping:
             return
         try:
-            records = self._store.get_many(list(waiting))
-            for key, record in records.items():
-                call = waiting.pop(key)
-                if self._adopt(call, record):
-                    held_by.pop(key, None)
-                else:
-                    waiting[key] = call  # an old failure: claimed again below
-            now = time.monotonic()
-            holders = {state.holder for state in held_by.values() if state.holder is not None}
-            ended = {text for text in holders if self._holders.has_ended(text)}
-            if now >= self._next_claim:  # expired claims (a dead worker elsewhere)
-                self._next_claim = now + self._store.claim_ttl / 2
-                keys = list(waiting)
-            else:  # only those of holders proven ended, at once
-                keys = [key for key in waiting if held_by[key].holder in ended]
-            if keys:
-                self._claim_waiting(keys, now)
-            self._lost_since = None
-        except StoreError as exc:
-            self._store_lost(exc, time.monotonic())
-        if waiting:
-            self._maybe_tell(time.monotonic())
+            try:
+                self._look_again()
+            except StoreError as exc:
+                self._store_lost(exc, time.monotonic())
+            if self._waiting:
+                self._maybe_tell(time.monotonic())
+        except Exception as exc:
+            engine.claims_failed(exc)
+            return
+        if self._waiting:
             self._timer = engine.loop.call_later(POLL, self._poll)
         else:
             self._wait_since = None
+
+    def _look_again(self) -> None:
+        """Take the outcomes that arrived; claim again the calls whose holders ended (at
+        once) or whose claims may have lapsed (every ``claim_ttl / 2`` s). Raises
+        StoreError."""
+        waiting, held_by = self._waiting, self._held_by
+        records = self._store.get_many(list(waiting))
+        for key, record in records.items():
+            call = waiting.pop(key)
+            if self._adopt(call, record):
+                held_by.pop(key, None)
+            else:
+                waiting[key] = call  # an old failure: claimed again below
+        now = time.monotonic()
+        holders = {state.holder for state in held_by.values() if state.holder is not None}
+        ended = {text for text in holders if self._holders.has_ended(text)}
+        if now >= self._next_claim:  # expired claims (a dead worker elsewhere)
+            self._next_claim = now + self._store.claim_ttl / 2
+            keys = list(waiting)
+        else:  # only those of holders proven ended, at once
+            keys = [key for key in waiting if held_by[key].holder in ended]
+        if keys:
+            self._claim_waiting(keys, now)
+        self._lost_since = None
 
     def _store_lost(self, exc: StoreError, now: float) -> None:
         """The waiting calls can't read the store: they wait ``claim_ttl`` s more at most,

@@ -196,6 +196,10 @@ class EngineCore:
         """Make sure workers run to admit the calls waiting (see ``Engine``)."""
         raise NotImplementedError
 
+    def _crash(self, exc: BaseException) -> None:
+        """An error of the engine itself ends the run, which raises it (see ``Engine``)."""
+        raise NotImplementedError
+
     def _resolve_done(self) -> None:
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
@@ -223,6 +227,11 @@ class EngineCore:
     def requeue(self, call: Call) -> None:
         """``call`` waited for another worker, and is this process's to send after all."""
         self._due(call, self._epoch)
+
+    def claims_failed(self, exc: BaseException) -> None:
+        """The claims' own code failed (a bug, not the store): the run ends and raises it,
+        rather than leave the calls waiting on other workers waiting for ever."""
+        self._crash(exc)
 
     def waiting_on_claims(self, text: str, seconds: float, what: str) -> None:
         """Calls wait on other workers' claims (said once a run): the run's warning, and

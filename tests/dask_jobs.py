@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import collections
+import gc
+import os
+import sys
+import threading
+import traceback
 import weakref
 from typing import Any
 
@@ -107,3 +113,36 @@ def make_chat_runner(base_url: str, ledger: str) -> Runner:
 def make_nothing() -> Any:
     """A wrong ``make_runner``: it returns no Runner."""
     return 3
+
+
+def thread_stacks() -> str:
+    """Every thread's stack in this process, named, then the state of each Runner alive in
+    it (a test whose Dask job hangs runs it on each worker with ``client.run`` and fails
+    with them: where a worker is stuck, and which calls its Runners wait for)."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    parts = [f"pid {os.getpid()}:"]
+    for ident, frame in sys._current_frames().items():
+        parts.append(f"--- thread {names.get(ident, '?')} ({ident}):")
+        parts.append("".join(traceback.format_stack(frame)).rstrip())
+    runners = [obj for obj in gc.get_objects() if isinstance(obj, Runner)]
+    parts += [_runner_state(runner) for runner in runners] or ["--- no Runner alive"]
+    return "\n".join(parts)
+
+
+def _runner_state(runner: Runner) -> str:
+    """A Runner's calls by status, and what its engine waits for (private attributes:
+    read for a diagnosis only, each one optional)."""
+    statuses = collections.Counter(call.status.value for call in runner.scheduled_calls)
+    engine = getattr(runner, "_engine", None)
+    stats = getattr(engine, "stats", None)
+    claims = getattr(engine, "claims", None)
+    waits = {
+        "in flight": getattr(engine, "running_calls", None),
+        "unfinished": getattr(engine, "_unfinished", None),
+        "waiting until": getattr(stats, "waiting_until", None),
+        "binding": getattr(stats, "binding", None),
+        "loop time": None if engine is None else engine.loop.time(),
+        "waiting on claims": len(getattr(claims, "_waiting", ())),
+        "claims held": len(getattr(claims, "_mine", ())),
+    }
+    return f"--- {runner!r}: {dict(statuses)} {waits}"

@@ -307,6 +307,34 @@ def test_calls_waiting_through_a_short_outage_take_the_holders_outcome(
     waiter.close()
 
 
+def test_an_error_of_the_claims_own_ends_the_run_instead_of_waiting_for_ever(
+    shared_store: Callable[..., Store],
+) -> None:
+    """A call waits on another worker's claim, and the look at the store that would end
+    its wait fails with an error that is not the store's (a bug): run() raises it. The
+    look runs on a timer of the loop, where an escaped error would only be logged, the
+    next look never armed, and the call left waiting for ever."""
+    holder, waiter, _, gate, sent = held_and_waited_for(shared_store, waiter_ttl=60)
+    held = holder.start()
+    wait_for(lambda: sent[1] == 1)
+    waiting = waiter.start()
+    wait_for(lambda: is_waiting(waiter))
+    engine = waiter._active_engine
+    assert engine is not None and engine.claims is not None
+
+    def broken(keys: object) -> object:
+        raise RuntimeError("a bug in the look at the store")
+
+    engine.claims._store.get_many = broken  # type: ignore[method-assign, assignment]
+    with pytest.raises(RuntimeError, match="a bug in the look"):
+        waiting.result(60)
+    gate.set()
+    assert held.result(60).results == [10]
+    assert sent[1] == 1  # the waiting call was not sent: the run ended
+    holder.close()
+    waiter.close()
+
+
 # -- Runners in processes ------------------------------------------------------------------------
 
 

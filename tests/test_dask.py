@@ -23,6 +23,7 @@ from tests.dask_jobs import (
     model_for_most_rows,
     reply_with_row_id,
     row_to_kwargs,
+    thread_stacks,
     x_kwargs,
 )
 from tests.shared import ROOT, wait_for
@@ -33,6 +34,17 @@ distributed = pytest.importorskip("distributed")
 pd = pytest.importorskip("pandas")
 
 RPM, TPM = 6_000, 30_000
+#: Seconds a test on a LocalCluster may take (pytest-timeout), setup and teardown
+#: included. Most of it is not the job: on a 2-core machine under the suite's load (load
+#: average 15-34) starting the cluster took up to 26 s, closing it 13 s (its nannies kill
+#: the worker processes after 4 s, also after a plain Dask job), and the job up to 94 s,
+#: of which ~18 s before its first request (each worker process imports openai: ~10 s
+#: alone under that load). Unloaded: 1 s, 1.5 s and 16 s.
+CLUSTER_TIMEOUT = 300
+#: Seconds a job on the cluster may take before the test fails showing where every worker
+#: is (``result_or_stacks``): twice the slowest seen, under ``CLUSTER_TIMEOUT`` with its
+#: setup and teardown (pytest-timeout's dump would show only this process, waiting).
+DEADLINE = 200.0
 
 
 @pytest.fixture
@@ -49,6 +61,33 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
         yield cluster
 
 
+def result_or_stacks(future: object, ledger: str | None = None) -> object:
+    """The result of the Dask ``future``; if it takes over ``DEADLINE`` s, the test fails
+    with every worker process's thread stacks and Runners (a hang's evidence is there, not
+    here), and what the shared ``ledger`` holds."""
+    timeouts = (TimeoutError, distributed.TimeoutError)
+    try:
+        return future.result(timeout=DEADLINE)  # type: ignore[attr-defined]
+    except timeouts:
+        pass
+    client = distributed.get_client()
+    try:
+        stacks = client.run(thread_stacks, on_error="return", callback_timeout=30)
+    except timeouts:
+        stacks = {"?": "the workers did not answer within 30 s (their event loops are stuck)"}
+    shown = "\n\n".join(f"=== worker {address}: {text}" for address, text in stacks.items())
+    if ledger is not None:
+        from rate_limited.ledgers.inspect import inspect
+
+        shown += f"\n\n=== the shared ledger:\n{inspect(ledger)}"
+    pytest.fail(f"The Dask job took over {DEADLINE:g} s. The workers' threads:\n{shown}")
+
+
+def compute(collection: object, ledger: str | None = None) -> object:
+    """``collection.compute()`` on the cluster, showing the workers' stacks if it hangs."""
+    return result_or_stacks(distributed.get_client().compute(collection), ledger)
+
+
 def frame(rows: int) -> object:
     return pd.DataFrame(
         {
@@ -61,6 +100,7 @@ def frame(rows: int) -> object:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(CLUSTER_TIMEOUT)
 def test_partitions_on_worker_processes_share_one_quota(
     cluster: object,
     redis_url: str,  # noqa: F811
@@ -73,17 +113,13 @@ def test_partitions_on_worker_processes_share_one_quota(
     df = frame(rows)
     ddf = dd.from_pandas(df, npartitions=6)
     with MockProvider(rpm=RPM, tpm=TPM, latency=0.05, reply=reply_with_row_id) as mp:
+        ledger = f"{base}/0?name=dask-{name}&lease=5"
         make = functools.partial(
-            make_runner,
-            mp.base_url,
-            f"{base}/0?name=dask-{name}&lease=5",
-            f"{base}/0?prefix=dask-{name}",
-            RPM,
-            TPM,
+            make_runner, mp.base_url, ledger, f"{base}/0?prefix=dask-{name}", RPM, TPM
         )
         result = apply(ddf, make, row_to_kwargs)
         assert list(result.divisions) == list(ddf.divisions)
-        out = result.compute()
+        out = compute(result, ledger)
         stats = mp.stats()
     assert out.index.equals(ddf.index.compute())  # aligned to the input, row for row
     assert (out["status"] == "succeeded").all()
@@ -222,6 +258,7 @@ def test_runner_frame_columns_are_the_result_columns(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(CLUSTER_TIMEOUT)
 def test_calls_with_a_model_the_schema_lacks_fail_on_the_client_before_sending(
     cluster: object,
     redis_url: str,  # noqa: F811
@@ -239,19 +276,20 @@ def test_calls_with_a_model_the_schema_lacks_fail_on_the_client_before_sending(
         lazy = apply(ddf, make, model_for_most_rows)
         assert "model" not in lazy.columns
         with pytest.raises(ConfigurationError, match=r"no 'model' column.*columns=") as caught:
-            lazy.compute()
+            compute(lazy)
         assert "Nothing was sent" in str(caught.value)
         assert mp.stats().requests == 0
         runner = make()
         columns = [*runner.frame_columns, "model"]
         runner.close()
-        out = apply(ddf, make, model_for_most_rows, columns=columns).compute()
+        out = compute(apply(ddf, make, model_for_most_rows, columns=columns))
         assert mp.stats().requests == len(df)
     assert list(out.columns) == columns
     assert (out["model"] == "gpt-4o-mini").all()
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(CLUSTER_TIMEOUT)
 def test_a_column_the_schema_lacks_is_an_error_and_the_outcomes_stay_stored(
     cluster: object,
     redis_url: str,  # noqa: F811
@@ -270,10 +308,10 @@ def test_a_column_the_schema_lacks_is_an_error_and_the_outcomes_stay_stored(
     make = functools.partial(make_text_runner, ledger_url(redis_url), store)
     lazy = apply(dd.from_pandas(df, npartitions=2), make, x_kwargs)
     with pytest.raises(ConfigurationError, match=r"\['usage_calls'\].*in the shared store"):
-        lazy.compute()
-    out = apply(
-        dd.from_pandas(df, npartitions=2), make, x_kwargs, columns=["result", "usage_calls"]
-    ).compute()
+        compute(lazy)
+    out = compute(
+        apply(dd.from_pandas(df, npartitions=2), make, x_kwargs, columns=["result", "usage_calls"])
+    )
     assert list(out["result"]) == ["text 0", "text 1", "text 2", "text 4"]
     assert list(out["usage_calls"]) == [1.0] * 4
 
@@ -288,6 +326,7 @@ def test_columns_must_be_names(redis_url: str) -> None:  # noqa: F811
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(CLUSTER_TIMEOUT)
 def test_a_worker_killed_mid_run_costs_only_its_calls_in_flight(
     cluster: object,
     redis_url: str,  # noqa: F811
@@ -316,7 +355,7 @@ def test_a_worker_killed_mid_run_costs_only_its_calls_in_flight(
         wait_for(lambda: mp.stats().admitted >= rows // 3, "a third of the rows sent")
         victim = next(iter(client.run(os.getpid).values()))
         os.kill(victim, signal.SIGKILL)
-        out = future.result()
+        out = result_or_stacks(future, f"{base}/0?name=dask-{name}")
         stats = mp.stats()
         distinct = len({entry.body_hash for entry in mp.request_log})
     assert out.index.equals(ddf.index.compute())  # aligned to the input, row for row

@@ -12,7 +12,7 @@ from rate_limited._sigint import SigintGuard
 
 
 @pytest.mark.parametrize(
-    "order", [pytest.param((0, 1), id="nested"), pytest.param((1, 0), id="crossed")]
+    "order", [pytest.param((1, 0), id="nested"), pytest.param((0, 1), id="crossed")]
 )
 def test_the_handler_found_first_is_back_when_the_last_guard_ends(order: tuple[int, int]) -> None:
     found = signal.getsignal(signal.SIGINT)

@@ -172,7 +172,8 @@ class InMemoryLedger(ProviderReports):
             quota = meter.quota
             if quota - taken < charge - EPS * quota:
                 return None
-            held += (taken + charge, meter.corrected)  # what it holds right after admission
+            held.append(taken + charge)  # what the meter holds right after admission
+            held.append(meter.corrected)
             i += 1  # noqa: SIM113 (no enumerate: see try_reserve)
         rules = self._rules
         if self._tracks or defer:

@@ -251,7 +251,7 @@ def demand_of(
     # The last demand, while every entry so far equals its own (then none is built).
     previous = None if memo is None or memo.extractors is not extractors else memo.last
     equal = 0  # how many leading entries equal previous's (not in ``demand``)
-    demand = []
+    demand: list[tuple[float, float, Hashable]] = []
     shared = True
     for resource, args_extractor, estimator in extractors:
         # The two extractors' blocks below are one step written twice, on purpose: a
@@ -306,8 +306,8 @@ def demand_of(
         if previous is not None:
             # The same key object (``is``): an equal key of another type (1, 1.0, True)
             # is another key (see above), and the memo needs no hashing.
-            entry = previous[equal]
-            if args_usage == entry[0] and estimate == entry[1] and key is entry[2]:
+            last_args, last_estimate, last_key = previous[equal]
+            if args_usage == last_args and estimate == last_estimate and key is last_key:
                 equal += 1
                 continue
             demand += previous[:equal]  # the entries before this one were equal

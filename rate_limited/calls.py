@@ -324,7 +324,8 @@ class Call:
         """Each of ``calls`` holds the function instead of the Runner that scheduled it:
         a final call no longer needs its Runner alive, nor may a result holding it keep it
         so. One loop, not a method call per call: a run of a million calls ends with it."""
-        owner = function = None
+        owner: CallOwner | None = None
+        function: Any = None  # owner's function (set with owner)
         for call in calls:
             source = call._source
             if source is owner:  # the usual case: the Runner of the call before

@@ -72,6 +72,8 @@ _INTERN_MAX = 4096
 _AGE_EVERY = 1024
 _AGE_MASK = _AGE_EVERY - 1
 _INF = math.inf
+#: Read once: on Python 3.11 an enum class attribute is a slow, unspecialized lookup.
+_CLOSED, _RUNNING = RunnerState.CLOSED, RunnerState.RUNNING
 _ARGUMENTS = "arguments_usage_extractor"
 _ESTIMATOR = "max_results_usage_estimator"
 
@@ -116,7 +118,7 @@ class Scheduler(CallOwner):
     def _schedule(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         """Make the Call, work out what it needs (demand, price, store key), add it to the
         batch, and hand it to the run going on, if any (on the engine's loop)."""
-        if self._state is RunnerState.CLOSED:
+        if self._state is _CLOSED:
             raise RunnerClosedError("This Runner was closed; create a new Runner to schedule.")
         priority = pop_priority(kwargs, 0, self._takes_priority) if kwargs else 0
         calls = self.scheduled_calls
@@ -140,7 +142,7 @@ class Scheduler(CallOwner):
             self._semantic.check(call)  # a text= that can't split the call: an error now
         calls.append(call)
         engine = self._active_engine
-        if self._state is RunnerState.RUNNING and engine is not None:
+        if self._state is _RUNNING and engine is not None:
             try:
                 on_its_loop = asyncio.get_running_loop() is engine.loop
             except RuntimeError:

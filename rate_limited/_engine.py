@@ -202,7 +202,8 @@ class Engine(Workers):
         checkpoint = self.checkpoint
         if checkpoint is None and not waiting:
             # A fresh batch (the usual first run): every call pending, none final. One
-            # comprehension tells, and is all the work (~40% of the loop below per call).
+            # comprehension tells, and is all the work (~250 instructions a call against
+            # ~870 for the loop below, callgrind).
             ready = [call for call in calls if call.status is PENDING]
             if len(ready) == len(calls):
                 return ready, 0, 0

@@ -63,7 +63,7 @@ class Admitter(Settling):
             # other engine, no budget). Any other outcome takes the general path below.
             call = admission.simple_head()
             if call is not None:
-                now = self.loop.time()
+                now = self.clock()
                 reservation = None
                 try:
                     if now >= admission.paused_until:
@@ -96,7 +96,7 @@ class Admitter(Settling):
                 continue
             if not self._has_ledger and admission.paused_until == -math.inf:
                 break
-            now = self.loop.time()
+            now = self.clock()
             if now < admission.paused_until:
                 admission.arm_timer(admission.paused_until)
                 self._note_wait(admission.paused_until, "cool-down after HTTP 429", now)

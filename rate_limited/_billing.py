@@ -100,15 +100,8 @@ class Billing:
         if self.spend is not None:
             self.spend.settle(call, value, now)
         if reservation is not None:
-            billed = self.ledger.settle(reservation, actual, now)  # by each resource's rule
-            # Plus the arguments usage, in place (the list is ours; no new float for a 0).
-            # A counter, not ``enumerate``: one object and one iterator less per call.
-            i = 0
-            for need in call.demand:
-                if need[0]:
-                    billed[i] = need[0] + billed[i] if billed[i] else need[0]
-                i += 1  # noqa: SIM113
-            call.add_usage(self.names, billed)
+            # By each resource's rule; the arguments usage included.
+            call.add_usage(self.names, self.ledger.settle(reservation, actual, now))
         else:  # a late result whose reservation was already settled: bill what it used
             self.ledger.bill(call.demand, actual, now)
         return first_token

@@ -37,12 +37,14 @@ WINDOW_SLOTS = 1000
 class Meter:
     """Usage of one resource: ``quota`` per ``window`` seconds."""
 
-    __slots__ = ("_reserved", "corrected", "quota", "window")
+    __slots__ = ("corrected", "quota", "reserved", "window")
 
     def __init__(self, quota: float, window: float) -> None:
         self.quota = float(quota)
         self.window = float(window)
-        self._reserved = 0.0
+        #: Results-usage estimates of the calls in flight (see the module docstring); the
+        #: ledger adds to it in place on its admission path.
+        self.reserved = 0.0
         #: Usage billed so far to agree with the provider (rate-limit headers, 429s).
         self.corrected = 0.0
 
@@ -78,16 +80,12 @@ class Meter:
         self.quota = float(quota)
 
     # -- reservations --------------------------------------------------------------------
-    @property
-    def reserved(self) -> float:
-        return self._reserved
-
     def reserve(self, amount: float) -> None:
-        self._reserved += amount
+        self.reserved += amount
 
     def unreserve(self, amount: float) -> None:
-        reserved = self._reserved - amount
-        self._reserved = reserved if reserved > 0.0 else 0.0
+        reserved = self.reserved - amount
+        self.reserved = reserved if reserved > 0.0 else 0.0
 
     def settle(self, rule: Settle, estimate: float, actual: float, now: float) -> float:
         """Settle one call's results by ``rule`` (its ``estimate`` was billed at admission
@@ -98,8 +96,8 @@ class Meter:
                 return actual
             return estimate
         if estimate:  # ``unreserve``, inlined: this runs for every call
-            reserved = self._reserved - estimate
-            self._reserved = reserved if reserved > 0.0 else 0.0
+            reserved = self.reserved - estimate
+            self.reserved = reserved if reserved > 0.0 else 0.0
         if actual:
             self.bill(actual, now)
         return actual
@@ -108,7 +106,7 @@ class Meter:
     def held(self, now: float) -> float:
         """Usage plus reservations: what counts against the quota at ``now`` (one call
         per meter on the ledger's admission path)."""
-        return self.used(now) + self._reserved
+        return self.used(now) + self.reserved
 
     def available(self, now: float) -> float:
         return self.quota - self.held(now)
@@ -120,7 +118,7 @@ class Meter:
     def __repr__(self) -> str:
         return (
             f"<{type(self).__name__} quota={self.quota:g}/{self.window:g}s "
-            f"reserved={self._reserved:g} corrected={self.corrected:g}>"
+            f"reserved={self.reserved:g} corrected={self.corrected:g}>"
         )
 
 
@@ -179,7 +177,7 @@ class WindowMeter(Meter):
         if not log or log[0][0] + self.window <= now:
             self._expire(now)
         used = self._used
-        return (used if used > 0.0 else 0.0) + self._reserved
+        return (used if used > 0.0 else 0.0) + self.reserved
 
     def bill(self, amount: float, now: float) -> object:
         """Log ``amount`` at ``now``, which may be a little in the past (a sync call billed
@@ -233,10 +231,10 @@ class WindowMeter(Meter):
     def free_at(self, needed: float, now: float) -> float:
         self._expire(now)
         slack = EPS * self.quota
-        excess = self._used + self._reserved + needed - self.quota
+        excess = self._used + self.reserved + needed - self.quota
         if excess <= slack:
             return now
-        if self._reserved + needed > self.quota + slack:
+        if self.reserved + needed > self.quota + slack:
             return math.inf  # only a settling call can make room
         for stamp, amount, _ in self._log:
             excess -= amount
@@ -297,7 +295,7 @@ class BucketMeter(Meter):
     def held(self, now: float) -> float:
         if now > self._since:
             self._drain(now)
-        return self._level + self._reserved
+        return self._level + self.reserved
 
     def bill(self, amount: float, now: float) -> object:
         if now > self._since:
@@ -321,10 +319,10 @@ class BucketMeter(Meter):
     def free_at(self, needed: float, now: float) -> float:
         self._drain(now)
         slack = EPS * self.quota
-        excess = self._level + self._reserved + needed - self.quota
+        excess = self._level + self.reserved + needed - self.quota
         if excess <= slack:
             return now
-        if self._reserved + needed > self.quota + slack:
+        if self.reserved + needed > self.quota + slack:
             return math.inf
         return max(now, self._since) + excess / self._rate  # no refill before _since
 
@@ -355,7 +353,7 @@ class BucketMeter(Meter):
     def copy(self) -> BucketMeter:
         """An independent meter in the same state (level, reservations, refill)."""
         twin = BucketMeter(self.quota, self.window, self.start_delay)
-        twin._level, twin._since, twin._reserved = self._level, self._since, self._reserved
+        twin._level, twin._since, twin.reserved = self._level, self._since, self.reserved
         twin.corrected = self.corrected
         return twin
 
@@ -364,7 +362,7 @@ class BucketMeter(Meter):
         ``other`` kept of the same calls (see ``rate_limited.ledgers.memory``)."""
         other._drain(now)
         self._drain(now)
-        self._level, self._since, self._reserved = other._level, other._since, other._reserved
+        self._level, self._since, self.reserved = other._level, other._since, other.reserved
         self.corrected = other.corrected
 
 

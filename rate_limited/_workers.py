@@ -20,7 +20,6 @@ Every status and counter change goes through ``EngineCore``'s transitions.
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import TYPE_CHECKING, Any
 
 from rate_limited._admitting import Admitter
@@ -86,6 +85,21 @@ class Workers(Admitter):
         #: only a function that reports the provider's headers reads it, and the Runner
         #: attaches the ledger to such a function alone (``FeedbackSource``).
         self._sets_admission = self._has_ledger and isinstance(self.function, FeedbackSource)
+        #: Whether the async workers take ``_work_fast`` (fixed for the engine's life):
+        #: nothing to ask at admission but the ledger, and nothing to do when an attempt
+        #: returns but bill it. A validator, a timeout, a store (its checkpoint, work
+        #: sharing), a budget or escalation, or the semantic cache take ``_work``.
+        self._fast = (
+            self.is_async
+            and not self.validators
+            and self.timeout is None
+            and self.store is None
+            and self.checkpoint is None
+            and self.claims is None
+            and self.spend is None
+            and self.escalate is None
+            and self.semantic is None
+        )
         self.pool: ThreadPool | None = None
         if not self.is_async:
             self.pool = ThreadPool(
@@ -105,8 +119,9 @@ class Workers(Admitter):
         dispatcher. ``_workers`` holds the live ones only (see ``_guarded``)."""
         if self.is_async:
             wanted = min(self.max_concurrent, self.running_calls + len(self.admission))
+            work = self._work_fast if self._fast else self._work
             while len(self._workers) < wanted:
-                self._spawn(self._work)
+                self._spawn(work)
         elif not self._workers:
             self._spawn(self._dispatch)
 
@@ -182,10 +197,9 @@ class Workers(Admitter):
         self._notices.append((BlockingCallWarning, text))
 
     async def _work(self) -> None:
-        function, timeout, loop_time = self.function, self.timeout, self.loop.time
+        """An async worker: admit the head call, await it in place, settle it; again."""
+        function, timeout, loop_time = self.function, self.timeout, self.clock
         admission = self.admission
-        # Fast path: no ledger, validators or timeout: admission is "take the head".
-        simple = not self._has_ledger and not self.validators and timeout is None and not self.store
         checkpoint = self.checkpoint
         sets_admission = self._sets_admission
         since_yield = 0
@@ -196,22 +210,16 @@ class Workers(Admitter):
                 # request: a crash then loses at most the calls in flight.
                 await asyncio.sleep(0)
                 now = loop_time()
-            call = (
-                admission.simple_head()
-                if simple and not self._stopping and admission.paused_until == -math.inf
-                else None
-            )
+            call = self._admit()
             if call is None:
-                call = self._admit()
-                if call is None:
-                    if self._unfinished <= 0 or self._stopping or self._budget_done:
-                        return
-                    await admission.wait()
-                    since_yield = 0
-                    now = loop_time()
-                    continue
-                if admission.wake_future is not None and admission:
-                    admission.wake()  # capacity may fit more than this call: let idle workers try
+                if self._unfinished <= 0 or self._stopping or self._budget_done:
+                    return
+                await admission.wait()
+                since_yield = 0
+                now = loop_time()
+                continue
+            if admission.wake_future is not None and admission:
+                admission.wake()  # capacity may fit more than this call: let idle workers try
             self._start_attempt(call, now)
             if sets_admission:
                 CURRENT_ADMISSION.set(call.reservation)  # type: ignore[arg-type]  # feedback
@@ -246,19 +254,137 @@ class Workers(Admitter):
                 self._settle(self._failed, call, exc, now)
             else:
                 now = loop_time()
-                if simple:
-                    call.result = value
-                    self._finish(call, SUCCEEDED, now)
-                else:
-                    try:  # self._settle(self._returned, ...), one call less per call
-                        self._returned(call, value, now)
-                    except BaseException as exc:
-                        self._settle_failed(call, exc, now)
+                try:  # self._settle(self._returned, ...), one call less per call
+                    self._returned(call, value, now)
+                except BaseException as exc:
+                    self._settle_failed(call, exc, now)
             since_yield += 1
             if since_yield >= _YIELD_EVERY:
                 since_yield = 0
                 await asyncio.sleep(0)
                 now = loop_time()
+
+    async def _work_fast(self) -> None:
+        """``_work`` for an engine with nothing but the ledger to ask (see ``_fast``): the
+        same steps, with the usual case of each written out in this one loop, because
+        for a quick call they are most of its cost (measured: a realistic call, two
+        resources, 62k instructions with the steps as calls, 57k written out; see
+        benchmarks/RESULTS.md "Overhead"). Written out, in order:
+
+        * admission: ``_admit``'s first branch (the head call, the cool-down, the ledger);
+        * ``EngineCore._start_attempt``;
+        * an attempt that returned: ``Settling._returned`` without validators, then
+          ``EngineCore._finish`` (with ``_out_of_flight`` and ``_end_with``) for an
+          engine without a store or a semantic cache.
+
+        Whatever else happens goes the general way, through the same methods as
+        ``_work``: a call the head may not take now (another engine outranks it, a lane,
+        a wait), an attempt that raised, a settle step that raised. A change to one of
+        the steps above is a change here too; ``tests/test_workers.py`` runs both workers
+        on the same calls and compares every call and counter.
+        """
+        function, loop_time = self.function, self.clock
+        admission, billing = self.admission, self.billing
+        ledger = self.ledger if self._has_ledger else None
+        sets_admission = self._sets_admission
+        since_yield = 0
+        while True:
+            # -- admission: _admit's first branch
+            call = None
+            if (
+                not self._stopping
+                and self._in_flight < self.max_concurrent
+                and self.priorities is None
+            ):
+                call = admission.simple_head()
+                if call is not None:
+                    now = loop_time()
+                    if now < admission.paused_until:
+                        admission.put_back(call)
+                        call = None
+                    elif ledger is not None:
+                        try:
+                            reservation = ledger.try_reserve(call.demand, now)
+                        except BaseException:
+                            admission.put_back(call)
+                            raise
+                        if reservation is None:
+                            admission.put_back(call)  # it waits: the general path says how
+                            call = None
+                        else:
+                            call.reservation = reservation
+                            if self.stats.waiting_until is not None:
+                                self._note_wait(None, None, now)
+            if call is None:
+                call = self._admit()
+                if call is None:
+                    if self._unfinished <= 0 or self._stopping or self._budget_done:
+                        return
+                    await admission.wait()
+                    since_yield = 0
+                    continue
+                now = loop_time()
+                if admission.wake_future is not None and admission:
+                    admission.wake()  # capacity may fit more than this call: let idle workers try
+            # -- _start_attempt
+            self._in_flight += 1
+            call.status = RUNNING
+            call.attempts += 1
+            call.started_at = now
+            if sets_admission:
+                CURRENT_ADMISSION.set(call.reservation)  # type: ignore[arg-type]  # feedback
+            try:
+                kwargs = call.kwargs
+                awaitable = function(*call.args, **kwargs) if kwargs else function(*call.args)
+                watched = self._watched = self._watched + 1  # see _work
+                if (watched <= WATCH_FIRST or not watched % WATCH_EVERY) and (
+                    not self._warned_blocking
+                ):
+                    awaitable = StepTimer(awaitable, self._blocked)
+                    self._timed += 1
+                value = await awaitable
+            except asyncio.CancelledError:
+                now = loop_time()
+                if self._stopping:
+                    self._cancelled(call, now)
+                    raise
+                cancelled = asyncio.CancelledError("the call was cancelled")
+                self._settle(self._failed, call, cancelled, now)
+            except BaseException as exc:
+                self._settle(self._failed, call, exc, loop_time())
+            else:
+                now = loop_time()
+                try:
+                    # -- _returned, no validators
+                    if ledger is not None:
+                        first_token = billing.results(call, value, now)
+                        if first_token is not None:
+                            self._first_token(first_token)
+                    call.result = value
+                    # -- _finish(call, SUCCEEDED, now), no store, no semantic cache
+                    call.status = SUCCEEDED
+                    call.finished_at = now
+                    call.reservation = None
+                    in_flight = self._in_flight = self._in_flight - 1
+                    if in_flight <= 0 and self._idle is not None:
+                        self._now_idle()
+                    self.stats.succeeded += 1
+                    unfinished = self._unfinished = self._unfinished - 1
+                    for listener in self.final_listeners:
+                        listener(call)
+                    if unfinished <= 0 and self._in_flight <= 0:
+                        self._resolve_done()
+                        admission.wake()
+                    progress = self.progress
+                    if progress is not None and now >= self._next_progress:
+                        self._next_progress = now + self.progress_interval
+                        self._report(progress.update, self.stats)
+                except BaseException as exc:
+                    self._settle_failed(call, exc, now)
+            since_yield += 1
+            if since_yield >= _YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)
 
     # -- sync functions ----------------------------------------------------------------------
     async def _dispatch(self) -> None:

@@ -173,6 +173,36 @@ def test_reserved_rule_bills_the_estimate_at_admission_and_never_less() -> None:
     assert meter.used(3.0) == pytest.approx(320)
 
 
+@pytest.mark.parametrize(
+    ("rule", "billed"),
+    [
+        pytest.param("actual", [1.0, 40.0], id="actual"),
+        pytest.param("reserved", [1.0, 140.0], id="reserved"),
+    ],
+)
+def test_settle_returns_the_arguments_usage_and_the_results_billed(
+    rule: str, billed: list[float]
+) -> None:
+    """What the engine records as the call's usage: both parts, per resource."""
+    ledger = Ledger(
+        [
+            Resource("requests", 10, 60, arguments_usage_extractor=lambda call: 1),
+            Resource(
+                "tokens",
+                1000,
+                60,
+                arguments_usage_extractor=lambda call: 40,
+                results_usage_extractor=lambda call, result: 0,
+                max_results_usage_estimator=lambda call: 100,
+                settle=rule,  # type: ignore[arg-type]
+            ),
+        ]
+    )
+    reservation = ledger.try_reserve(((1.0, 0.0, None), (40.0, 100.0, None)), 0.0)
+    assert reservation is not None
+    assert ledger.settle(reservation, [0.0, 0.0], 1.0) == billed
+
+
 def test_actual_rule_holds_the_estimate_and_bills_the_actual() -> None:
     ledger = tokens(settle="actual")
     meter = ledger.meter("tokens")

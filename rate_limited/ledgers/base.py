@@ -109,8 +109,8 @@ class Ledger(Protocol[R]):
     # -- settlement --------------------------------------------------------------------------
     def settle(self, reservation: R, results_usage: Sequence[float], now: float) -> list[float]:
         """The call returned with ``results_usage``: bill it by each resource's rule;
-        returns what was billed per resource for the results, as a new list the caller
-        may keep or change."""
+        returns what the attempt was billed per resource in all (its arguments usage and
+        its results), as a new list the caller may keep or change."""
         ...
 
     def keep(self, reservation: R, now: float) -> None:

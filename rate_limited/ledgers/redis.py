@@ -289,11 +289,11 @@ class RedisLedger:
         reservation.deferred = False
         entries = json.dumps([e[:8] for e in reservation.entries])
         self._finish(reservation, "settle", entries, *map(num, results_usage))
-        billed = []  # what the script bills for the results, by each resource's rule
+        billed = []  # the arguments usage, and what the script bills for the results
         for rule, need, actual in zip(
             reservation.rules, reservation.demand, results_usage, strict=True
         ):
-            billed.append(max(need[1], actual) if rule == "reserved" else actual)
+            billed.append(need[0] + (max(need[1], actual) if rule == "reserved" else actual))
         return billed
 
     def keep(self, reservation: RedisReservation, now: float) -> None:

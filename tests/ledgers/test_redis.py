@@ -161,8 +161,9 @@ def test_processes_share_one_quota(ledger_url: str, make: Callable[..., RedisLed
 @pytest.mark.parametrize(
     ("settle", "used_after", "billed"),
     [
-        pytest.param("actual", 150.0, 50.0, id="actual-replaces-the-estimate"),
-        pytest.param("reserved", 300.0, 200.0, id="reserved-keeps-the-estimate"),
+        # billed: the arguments usage (100) and the results by the rule
+        pytest.param("actual", 150.0, 150.0, id="actual-replaces-the-estimate"),
+        pytest.param("reserved", 300.0, 300.0, id="reserved-keeps-the-estimate"),
     ],
 )
 def test_settle_rules(
@@ -184,7 +185,7 @@ def test_reserved_bills_what_a_result_has_above_its_estimate(
     ledger = make([tokens(settle="reserved", quota=10_000)])
     reservation = ledger.try_reserve([(100.0, 200.0, None)], 0.0)
     assert reservation is not None
-    assert ledger.settle(reservation, [500.0], 0.0) == [500.0]
+    assert ledger.settle(reservation, [500.0], 0.0) == [600.0]  # arguments + results
     assert held(ledger)["tokens"][0] == pytest.approx(600.0, abs=1.0)
 
 

@@ -74,15 +74,21 @@ class Admission:
     # -- the queues --------------------------------------------------------------------------
     def reset(self, ready: Iterable[Call], partitioned: bool) -> None:
         """A new run: ``ready`` in schedule order, no retries due."""
-        self.ready = deque()
         self.retry.clear()
         self.urgent.clear()
-        for call in ready:
-            extras = call._extras  # (call.priority, without a property per call)
-            if extras is not None and extras.priority:
-                self._push_urgent(call)
-            else:
-                self.ready.append(call)
+        calls = ready if isinstance(ready, list) else list(ready)
+        # Calls with a priority are rare: one comprehension finds the others, then the
+        # deque is made in C (~230 instructions a call against ~380 appending each).
+        fifo = [
+            call
+            for call in calls
+            if call._extras is None or not call._extras.priority  # (call.priority, inline)
+        ]
+        self.ready = deque(fifo)
+        if len(fifo) != len(calls):
+            for call in calls:
+                if call.priority:
+                    self._push_urgent(call)
         self._passed.clear()
         self._lanes = None
         if partitioned:

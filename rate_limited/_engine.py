@@ -199,9 +199,16 @@ class Engine(Workers):
         """The calls to send, in schedule order, and how many are final already. A call
         that follows another with its store key, or waits for an earlier call the semantic
         cache matched it with, is not sent."""
-        ready: list[Call] = []
-        succeeded = failed = 0
         checkpoint = self.checkpoint
+        if checkpoint is None and not waiting:
+            # A fresh batch (the usual first run): every call pending, none final. One
+            # comprehension tells, and is all the work (~250 instructions a call against
+            # ~870 for the loop below, callgrind).
+            ready = [call for call in calls if call.status is PENDING]
+            if len(ready) == len(calls):
+                return ready, 0, 0
+        ready = []
+        succeeded = failed = 0
         listeners = self.final_listeners
         for call in calls:
             status = call.status
@@ -215,7 +222,7 @@ class Engine(Workers):
                     listener(call)
             elif checkpoint is not None and checkpoint.follows(call):
                 call.status = PENDING
-            elif call in waiting:
+            elif waiting and call in waiting:
                 continue  # the semantic cache: it waits for an earlier call of this run
             elif status is not RUNNING:  # RUNNING: a sync call still in its thread
                 call.status = PENDING

@@ -9,7 +9,12 @@ not a usage is a ``ConfigurationError`` naming the resource and the extractor.
 
 Demands are *interned*: calls with equal needs share one tuple (the requests resource of
 a million calls needs ``(1.0, 0.0, None)`` a million times), which keeps the Calls of a
-big batch small and leaves the garbage collector fewer objects to look at.
+big batch small and leaves the garbage collector fewer objects to look at. A Runner also
+remembers the last demand it computed (``DemandMemo``): a call whose every entry equals
+the last call's (arguments usage, estimate, the same partition key object) gets that
+tuple back without one being built or looked up. The memo saves only the building: the
+extractors, the partition and the quota check still run for every call, so a changed
+``resource.quota`` or partition key is seen by the next ``schedule()``.
 
 **Scheduling in bulk.** A loop scheduling 100,000 calls grows the heap by as many Calls,
 and CPython's collector, which triggers on allocation counts, would walk the growing heap
@@ -47,6 +52,7 @@ if TYPE_CHECKING:
     from rate_limited.stores.base import Store
 
 __all__ = [
+    "DemandMemo",
     "Extractors",
     "Scheduler",
     "declares",
@@ -66,6 +72,8 @@ _INTERN_MAX = 4096
 _AGE_EVERY = 1024
 _AGE_MASK = _AGE_EVERY - 1
 _INF = math.inf
+#: Read once: on Python 3.11 an enum class attribute is a slow, unspecialized lookup.
+_CLOSED, _RUNNING = RunnerState.CLOSED, RunnerState.RUNNING
 _ARGUMENTS = "arguments_usage_extractor"
 _ESTIMATOR = "max_results_usage_estimator"
 
@@ -73,6 +81,18 @@ _ESTIMATOR = "max_results_usage_estimator"
 Extractors = Sequence[
     tuple[Resource, Callable[[Call], float] | None, Callable[[Call], float] | None]
 ]
+
+
+class DemandMemo:
+    """The last demand ``demand_of`` computed with ``extractors`` (one Runner's): the
+    next call that needs the same gets it back (module docstring). One attribute,
+    replaced whole, so a thread scheduling meanwhile reads an old demand or a new one."""
+
+    __slots__ = ("extractors", "last")
+
+    def __init__(self, extractors: Extractors) -> None:
+        self.extractors = extractors
+        self.last: tuple[tuple[float, float, Hashable], ...] | None = None
 
 
 class Scheduler(CallOwner):
@@ -90,6 +110,7 @@ class Scheduler(CallOwner):
     store: Store | None
     _state: RunnerState
     _extractors: Extractors
+    _demand_memo: DemandMemo
     _money: Money
     _semantic: SemanticStep | None
     _active_engine: Engine | None
@@ -97,7 +118,7 @@ class Scheduler(CallOwner):
     def _schedule(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         """Make the Call, work out what it needs (demand, price, store key), add it to the
         batch, and hand it to the run going on, if any (on the engine's loop)."""
-        if self._state is RunnerState.CLOSED:
+        if self._state is _CLOSED:
             raise RunnerClosedError("This Runner was closed; create a new Runner to schedule.")
         priority = pop_priority(kwargs, 0, self._takes_priority) if kwargs else 0
         calls = self.scheduled_calls
@@ -111,7 +132,7 @@ class Scheduler(CallOwner):
             money.schedule(call)
         extractors = self._extractors
         if extractors:
-            call.demand = demand_of(extractors, call)
+            call.demand = demand_of(extractors, call, self._demand_memo)
         if priced:
             money.price(call)
         config = self.config
@@ -121,7 +142,7 @@ class Scheduler(CallOwner):
             self._semantic.check(call)  # a text= that can't split the call: an error now
         calls.append(call)
         engine = self._active_engine
-        if self._state is RunnerState.RUNNING and engine is not None:
+        if self._state is _RUNNING and engine is not None:
             try:
                 on_its_loop = asyncio.get_running_loop() is engine.loop
             except RuntimeError:
@@ -138,6 +159,7 @@ def make_schedule(owner: Scheduler, function: Callable[..., Any]) -> Callable[..
     """A ``schedule`` for ``owner`` (a Runner) that looks like ``function`` to IDEs and
     ``help()``; nothing shared (the class, the function) is modified."""
     runner_ref = weakref.ref(owner)  # no cycle: a dropped Runner stops its thread at once
+    memo = owner._demand_memo = DemandMemo(owner._extractors)
 
     def schedule(*args: Any, **kwargs: Any) -> Call:
         runner = runner_ref()
@@ -158,7 +180,7 @@ def make_schedule(owner: Scheduler, function: Callable[..., Any]) -> Callable[..
         call = Call(function, args, kwargs, index, runner)
         extractors = runner._extractors
         if extractors:
-            call.demand = demand_of(extractors, call)
+            call.demand = demand_of(extractors, call, memo)
         calls.append(call)
         if not index & _AGE_MASK and index:
             age_young()  # see _AGE_EVERY
@@ -216,16 +238,22 @@ def pop_priority(kwargs: dict[str, Any], default: int, takes: bool) -> int:
     return priority
 
 
-def demand_of(extractors: Extractors, call: Call) -> tuple[tuple[float, float, Hashable], ...]:
+def demand_of(
+    extractors: Extractors, call: Call, memo: DemandMemo | None = None
+) -> tuple[tuple[float, float, Hashable], ...]:
     """``call``'s demand: per resource (arguments usage, results estimate, partition key).
 
     This runs once per scheduled call, so the usual case is inline: a usage that is a
     finite non-negative float or int, a quota it fits in, no partition (or a str one), and
-    a demand some earlier call already had (one lookup of the whole, the entries only when
-    it is new). The quota and the partition are read from the resource every time: a
-    changed ``resource.quota`` applies to the next ``schedule()``.
+    a demand the last call had (``memo``: nothing built) or some earlier call had (one
+    lookup of the whole, the entries only when it is new). The quota and the partition
+    are read from the resource every time: a changed ``resource.quota`` applies to the
+    next ``schedule()``.
     """
-    demand = []
+    # The last demand, while every entry so far equals its own (then none is built).
+    previous = None if memo is None or memo.extractors is not extractors else memo.last
+    equal = 0  # how many leading entries equal previous's (not in ``demand``)
+    demand: list[tuple[float, float, Hashable]] = []
     shared = True
     for resource, args_extractor, estimator in extractors:
         # The two extractors' blocks below are one step written twice, on purpose: a
@@ -277,19 +305,34 @@ def demand_of(extractors: Extractors, call: Call) -> tuple[tuple[float, float, H
                 needed=needed,
                 quota=quota,
             )
+        if previous is not None:
+            # The same key object (``is``): an equal key of another type (1, 1.0, True)
+            # is another key (see above), and the memo needs no hashing.
+            last_args, last_estimate, last_key = previous[equal]
+            if args_usage == last_args and estimate == last_estimate and key is last_key:
+                equal += 1
+                continue
+            demand += previous[:equal]  # the entries before this one were equal
+            previous = None
         demand.append((args_usage, estimate, key))
+    if previous is not None:
+        return previous  # every entry equal: the last call's demand, as it is
     if not shared:
-        return tuple(
+        result = tuple(
             _interned.get(entry) or _intern(entry)
             if entry[2] is None or type(entry[2]) is str
             else entry
             for entry in demand
         )
-    whole = tuple(demand)
-    interned = _interned.get(whole)
-    if interned is not None:
-        return interned
-    return _intern(tuple(_interned.get(entry) or _intern(entry) for entry in whole))
+    else:
+        whole = tuple(demand)
+        interned = _interned.get(whole)
+        if interned is None:
+            interned = _intern(tuple(_interned.get(entry) or _intern(entry) for entry in whole))
+        result = interned
+    if memo is not None and memo.extractors is extractors:
+        memo.last = result
+    return result
 
 
 def _intern(value: tuple[Any, ...]) -> tuple[Any, ...]:

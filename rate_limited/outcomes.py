@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from rate_limited._outcome import Outcome
 from rate_limited._status import Status
+from rate_limited.calls import Call
 
 if TYPE_CHECKING:
     import pandas
 
     from rate_limited.budget import BudgetStop
-    from rate_limited.calls import Call
     from rate_limited.resources import Resource
 
 __all__ = ["Outcome", "RunResult", "Status"]
@@ -92,10 +92,7 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         while the run goes on, which must not change under the reader)."""
         succeeded = Status.SUCCEEDED
         results = [c.result if c.status is succeeded else None for c in calls]
-        if copy:
-            exceptions = [list(c.exception_history) for c in calls]
-        else:
-            exceptions = [c.exceptions if c.last_exception is not None else [] for c in calls]
+        exceptions = Call.exception_lists(calls, copy)
         return cls(
             results,
             exceptions,

@@ -66,3 +66,22 @@ def test_the_timer_wakes_the_waiters_at_the_earliest_time_asked() -> None:
         assert loop.run_until_complete(main()) == 2.0
     finally:
         loop.close()
+
+
+def test_a_reset_puts_calls_with_a_priority_apart_in_priority_order() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        admission = Admission(loop)
+        c0, c1, c2, c3 = calls(4)
+        c1.priority, c3.priority = 1, 5
+        admission.reset([c0, c1, c2, c3], partitioned=False)
+        assert list(admission.ready) == [c0, c2]
+        taken = []
+        while (head := admission.head()) is not None:
+            admission.pop_head(head)
+            taken.append(head)
+        assert taken == [c3, c1, c0, c2]
+        admission.reset(iter([c2, c0]), partitioned=False)  # any iterable, in its order
+        assert list(admission.ready) == [c2, c0] and not admission.urgent
+    finally:
+        loop.close()

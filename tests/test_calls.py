@@ -251,3 +251,32 @@ def test_usage_assigned_then_added_keeps_both() -> None:
     call.usage = {"tokens": 10.0}  # from the store
     call.add_usage(("requests", "tokens"), [1.0, 5.0])
     assert call.usage == {"tokens": 15.0, "requests": 1.0}
+
+
+# -- passes over a run's calls -----------------------------------------------------------------
+def test_exception_lists_give_each_call_its_own_list_or_a_new_empty_one() -> None:
+    failed, fine, emptied = Call(with_n, ("a",)), Call(with_n, ("b",)), Call(with_n, ("c",))
+    failed.exceptions.append(KeyError("x"))
+    assert emptied.exceptions == []  # an empty list of its own: reads as no exceptions
+    lists = Call.exception_lists([failed, fine, emptied, fine])
+    assert lists[0] is failed.exceptions  # the call's own list, as 0.4's run() gave it
+    assert lists[1:] == [[], [], []] and lists[2] is not emptied.exceptions
+    assert len({id(one) for one in lists}) == 4  # no list shared between two calls
+    copies = Call.exception_lists([failed, fine], copy=True)
+    assert copies == [failed.exceptions, []] and copies[0] is not failed.exceptions
+
+
+def test_release_owners_hands_each_call_its_own_owners_function() -> None:
+    """Calls of two Runners (and one made by hand) in one list: each gets its own."""
+    from rate_limited import Runner
+
+    first, second = Runner(with_n, progress=False), Runner(repr, progress=False)
+    try:
+        calls = [first.schedule("a"), second.schedule(1), first.schedule("b"), Call(str)]
+        calls.append(second.schedule(2))
+        Call.release_owners(calls)
+        assert [call.function for call in calls] == [with_n, repr, with_n, str, repr]
+        assert all(not isinstance(call._source, Runner) for call in calls)
+    finally:
+        first.close()
+        second.close()

@@ -4,11 +4,16 @@ by the calls that need the same."""
 from __future__ import annotations
 
 from fractions import Fraction
+from functools import partial
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from rate_limited import ConfigurationError, QuotaExceededError, Resource, Runner
+from rate_limited._scheduling import DemandMemo, demand_of
+from rate_limited.calls import Call
 
 
 def echo(prompt: str, tokens: int = 10, model: Any = "small") -> str:
@@ -182,4 +187,95 @@ def test_a_configuration_error_of_an_extractor_goes_through_as_it_is() -> None:
     with pytest.raises(ConfigurationError) as caught:
         runner.schedule("a")
     assert caught.value is error
+    runner.close()
+
+
+# -- the last demand, remembered (DemandMemo) ---------------------------------------------
+# Few values each, so that consecutive calls often need the same (the memo's case), and
+# keys equal across types (1, 1.0, True), which must not be taken for one another.
+_USAGES = st.sampled_from([1, 2.0, True, float("nan")])
+_KEYS = st.sampled_from([None, "a", "b", 1, 1.0, True, ("a", 1)])
+_QUOTAS = st.sampled_from([2, 3.0, 100, 0.5])
+_SCHEDULE = st.tuples(st.just("schedule"), _USAGES, _USAGES, _KEYS)
+_STEPS = st.lists(
+    st.one_of(
+        _SCHEDULE,
+        _SCHEDULE,
+        st.tuples(st.just("quota"), st.integers(0, 1), _QUOTAS),
+        st.tuples(st.just("partition_quota"), _KEYS.filter(lambda k: k is not None), _QUOTAS),
+    ),
+    max_size=30,
+)
+
+
+def spend(a: Any = 0, t: Any = 0, model: Any = None) -> None:
+    return None
+
+
+def _outcome(compute: Any) -> Any:
+    """``compute()``'s demand with each key's type, or its error: type, resource, sizes."""
+    try:
+        demand = compute()
+    except ConfigurationError as exc:  # QuotaExceededError included
+        return type(exc), *(getattr(exc, name, None) for name in ("resource", "needed", "quota"))
+    return demand, [type(entry[2]) for entry in demand]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_STEPS)
+@example([("schedule", 1, 1, 1), ("schedule", 1, 1, True), ("schedule", 1, 1, 1.0)])
+@example([("schedule", 1, 1, None), ("schedule", 1, 2.0, None), ("schedule", 2.0, 2.0, None)])
+@example([("schedule", 1, 1, None), ("quota", 1, 0.5), ("schedule", 1, 1, None)])
+@example([("schedule", 1, 1, "a"), ("partition_quota", "a", 0.5), ("schedule", 1, 1, "a")])
+def test_a_remembered_demand_is_the_demand_computed_afresh(steps: list[Any]) -> None:
+    """Whatever the sequence of calls and quota changes, schedule() (with its memo) gives
+    each call what a fresh computation gives: the same demand, keys of the same types, the
+    same error; a changed quota or partition quota applies to the very next call."""
+    partition_quotas: dict[Any, float] = {}
+    quotas = [
+        Resource(
+            "requests",
+            8,
+            time_window_seconds=60,
+            arguments_usage_extractor=lambda c: c.get_argument("a"),
+        ),
+        Resource(
+            "tokens",
+            8,
+            time_window_seconds=60,
+            max_results_usage_estimator=lambda c: c.get_argument("t"),
+            results_usage_extractor=lambda c, result: 0,
+            partition=lambda c: c.get_argument("model"),
+            partition_quotas=partition_quotas,
+        ),
+    ]
+    runner = Runner(spend, quotas, progress=False)
+    try:
+        for step in steps:
+            if step[0] == "quota":
+                quotas[step[1]].quota = step[2]
+            elif step[0] == "partition_quota":
+                partition_quotas[step[1]] = step[2]
+            else:
+                _, a, t, model = step
+                kwargs = {"a": a, "t": t, "model": model}
+                fresh = _outcome(partial(demand_of, runner._extractors, Call(spend, (), kwargs)))
+                got = _outcome(lambda kwargs=kwargs: runner.schedule(**kwargs).demand)
+                assert got == fresh
+                if type(got[0]) is tuple and type(model) is not str:
+                    assert got[0][1][2] is model  # a key that is not a str: kept as given
+    finally:
+        runner.close()
+
+
+def test_a_memo_of_other_extractors_is_not_used() -> None:
+    """The memo's key includes the extractors: with others, it answers nothing."""
+    runner = Runner(echo, resources(), progress=False)
+    memo = DemandMemo(runner._extractors)
+    first = demand_of(runner._extractors, runner.schedule("a"), memo)
+    assert memo.last is first
+    requests, tokens = resources()
+    others = [(requests, requests.arguments_usage_extractor, None), (tokens, None, lambda c: 99)]
+    assert demand_of(others, runner.schedule("b"), memo) == ((1.0, 0.0, None), (0.0, 99.0, None))
+    assert memo.last is first  # left as it was
     runner.close()

@@ -288,6 +288,10 @@ class Workers(Admitter):
         ledger = self.ledger if self._has_ledger else None
         sets_admission = self._sets_admission
         since_yield = 0
+        # Without a ledger a call starts when the one before it ended (one clock read, and
+        # one float, per call; calls start and end in the same instants as in ``_work``);
+        # a reservation is made at a fresh reading, so that a window counts from then.
+        now = loop_time()
         while True:
             # -- admission: _admit's first branch
             call = None
@@ -298,7 +302,8 @@ class Workers(Admitter):
             ):
                 call = admission.simple_head()
                 if call is not None:
-                    now = loop_time()
+                    if ledger is not None:
+                        now = loop_time()
                     if now < admission.paused_until:
                         admission.put_back(call)
                         call = None
@@ -322,6 +327,7 @@ class Workers(Admitter):
                         return
                     await admission.wait()
                     since_yield = 0
+                    now = loop_time()
                     continue
                 now = loop_time()
                 if admission.wake_future is not None and admission:
@@ -385,6 +391,7 @@ class Workers(Admitter):
             if since_yield >= _YIELD_EVERY:
                 since_yield = 0
                 await asyncio.sleep(0)
+                now = loop_time()
 
     # -- sync functions ----------------------------------------------------------------------
     async def _dispatch(self) -> None:

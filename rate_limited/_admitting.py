@@ -12,7 +12,8 @@ usual case (nothing but the ledger to ask: no work sharing, no second engine, no
 budget) is tried first in one step, without the general path's checks; whatever it
 cannot admit at once goes the general way.
 
-The workers that call ``_admit`` are ``rate_limited._workers.Workers``, the layer above.
+The dispatcher and the workers that call ``_admit`` are the layers above:
+``rate_limited._threads.Threads`` and ``rate_limited._workers.Workers``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ bottom up:
 * ``_core``: the state machine, where a call's status and every counter change;
 * ``_settling``: an attempt's end: billed, validated, retried or final, the 429 cool-down;
 * ``_admitting``: admission (``_admit``: the head call against the ledger and budget);
-* ``_workers``: the workers that run calls (async coroutines, the sync dispatcher);
+* ``_threads``: sync functions' calls (the dispatcher and its thread pool), and stopping;
+* ``_workers``: async functions' calls (worker coroutines: a general loop, a fast one);
 * this module: a run from start to end (``run``), stopping and abandoning it.
 
 Beside them, the objects the engine holds: ``_admission`` (the ready queue, the retry
@@ -39,7 +40,7 @@ A sync call's arguments usage is held at admission and billed at the instant its
 calls the function (``Ledger.begin``, with the time the thread read): a window then counts
 from the moment the request really left, however late the thread took the call (a call
 whose start and result reach the loop together is billed once, at its result, at most
-5 ms after it started: see ``_workers``).
+5 ms after it started: see ``_threads``).
 
 A run of many calls leaves the heap it starts with out of garbage collections
 (``_gc.frozen_heap``): the scheduled Calls are most of it, and each full collection would

@@ -280,7 +280,8 @@ class Workers(Threads):
                 if self._attempt_cancelled(call, now):
                     raise
             except BaseException as exc:
-                self._settle(self._failed, call, exc, loop_time())
+                now = loop_time()
+                self._settle(self._failed, call, exc, now)
             else:
                 now = loop_time()
                 try:

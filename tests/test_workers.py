@@ -143,6 +143,7 @@ def _plans(count: int) -> list[Plan]:
         pytest.param(lambda: _resources("window"), {}, id="window"),
         pytest.param(lambda: _resources("bucket"), {}, id="bucket"),
         pytest.param(lambda: _resources("window"), {"max_concurrent": 2}, id="two-at-once"),
+        pytest.param(list, {"max_concurrent": 2}, id="no-resources-two-at-once"),
     ],
 )
 def test_the_fast_loop_leaves_what_the_general_loop_leaves(
@@ -187,8 +188,11 @@ def test_the_fast_loop_is_the_one_that_runs() -> None:
         min_size=1,
         max_size=25,
     ),
-    refill=st.sampled_from(["window", "bucket"]),
+    refill=st.sampled_from(["window", "bucket", "none"]),
     max_concurrent=st.integers(1, 4),
 )
 def test_property_both_loops_agree(plans: list[Plan], refill: str, max_concurrent: int) -> None:
-    _both(plans, lambda: _resources(refill), max_concurrent=max_concurrent)
+    resources: Callable[[], list[Resource]] = (
+        list if refill == "none" else lambda: _resources(refill)
+    )
+    _both(plans, resources, max_concurrent=max_concurrent)

@@ -23,9 +23,10 @@ import math
 from functools import partial
 from typing import TYPE_CHECKING
 
-from rate_limited._core import FAILED, EngineParts
+from rate_limited._core import EngineParts
 from rate_limited._redact import get_logger
 from rate_limited._settling import Settling
+from rate_limited._status import FAILED
 from rate_limited.exceptions import QuotaExceededError
 
 if TYPE_CHECKING:

@@ -43,7 +43,7 @@ from rate_limited._checkpoint import Checkpoint
 from rate_limited._claims import Claims
 from rate_limited._redact import get_logger
 from rate_limited._stats import RunStats
-from rate_limited._status import Status
+from rate_limited._status import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, Status
 from rate_limited.exceptions import (
     RateLimitedTooLongError,
     RateLimitedWarning,
@@ -60,14 +60,6 @@ if TYPE_CHECKING:
     from rate_limited.semantic._step import SemanticStep
 
 logger = get_logger("rate_limited")
-
-PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
-    Status.PENDING,
-    Status.RUNNING,
-    Status.SUCCEEDED,
-    Status.FAILED,
-    Status.CANCELLED,
-)
 
 
 def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:

@@ -69,18 +69,11 @@ import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from rate_limited._core import (
-    CANCELLED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SUCCEEDED,
-    EngineParts,
-    Notice,
-)
+from rate_limited._core import EngineParts, Notice
 from rate_limited._gc import frozen_heap
 from rate_limited._redact import get_logger
 from rate_limited._stats import RunStats
+from rate_limited._status import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED
 from rate_limited._workers import Workers
 from rate_limited.exceptions import StoreWarning, UsageWarning
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rate_limited._core import FAILED, RUNNING, SUCCEEDED, EngineCore
+from rate_limited._core import EngineCore
 from rate_limited._policy import (
     backoff_exponent,
     clear_frames,
@@ -28,6 +28,7 @@ from rate_limited._policy import (
     validate,
 )
 from rate_limited._redact import describe, get_logger, redact, secret_values
+from rate_limited._status import FAILED, RUNNING, SUCCEEDED
 from rate_limited.exceptions import StreamBrokenError, ValidationError
 
 if TYPE_CHECKING:

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from rate_limited._admitting import Admitter
 from rate_limited._billing import reservation_of
-from rate_limited._core import RUNNING, SUCCEEDED, EngineParts
+from rate_limited._core import EngineParts
 from rate_limited._feedback import CURRENT_ADMISSION, FeedbackSource
 from rate_limited._loopwatch import NOT_AWAITABLE, is_async_callable, is_awaitable
 from rate_limited._policy import validate
 from rate_limited._pool import ThreadPool
 from rate_limited._redact import get_logger
+from rate_limited._status import RUNNING, SUCCEEDED
 from rate_limited.exceptions import CallTimeoutError, RateLimitedWarning
 
 if TYPE_CHECKING:

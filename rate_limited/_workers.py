@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from rate_limited._core import RUNNING, SUCCEEDED, EngineParts
+from rate_limited._core import EngineParts
 from rate_limited._feedback import CURRENT_ADMISSION
 from rate_limited._loopwatch import WATCH_EVERY, WATCH_FIRST, StepTimer, blocking_message
 from rate_limited._redact import get_logger
+from rate_limited._status import RUNNING, SUCCEEDED
 from rate_limited._threads import Threads
 from rate_limited.exceptions import BlockingCallWarning, CallTimeoutError
 

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from rate_limited._secret_names import is_secret_name
-from rate_limited._status import Status
+from rate_limited._status import PENDING
 
 if TYPE_CHECKING:
     from rate_limited._call_spend import CallSpend
@@ -39,10 +39,6 @@ _NO_KWARGS: Mapping[str, Any] = MappingProxyType({})
 #: binding depends on (compared by identity), not by the Call, so that the cache never
 #: keeps a Call (and through it its Runner) alive.
 _last_bound: tuple[object, object, object, dict[str, Any]] = (None, None, None, {})
-
-#: ``Status.PENDING`` read once: on Python 3.11 an enum class attribute is a slow,
-#: unspecialized lookup (~1,000 instructions), and every ``Call()`` starts pending.
-_PENDING = Status.PENDING
 
 _signature_cache: dict[int, tuple[Callable[..., Any], inspect.Signature | None]] = {}
 
@@ -128,7 +124,7 @@ class Call:
         self.kwargs = kwargs if kwargs else _NO_KWARGS
         #: Position of this call in the results of the run it belongs to.
         self.index = index
-        self.status = _PENDING
+        self.status = PENDING  # a module constant: see rate_limited._status
         #: Attempts started, in every run so far (interrupted ones included).
         self.attempts = 0
         self.result: Result = None

@@ -82,6 +82,13 @@ class Admitter(Settling):
                     if self.stats.waiting_until is not None:
                         self._note_wait(None, None, now)
                     return call
+        return self._admit_general()
+
+    def _admit_general(self) -> Call | None:
+        """``_admit`` without its first branch: every case (work sharing, priorities, the
+        budget, lanes, waiting). ``Workers._work_fast``, which tries the usual case itself,
+        comes here when that did not admit the head call."""
+        admission = self.admission
         while True:
             if self._stopping or self._in_flight >= self.max_concurrent:
                 return None

@@ -248,7 +248,7 @@ class Workers(Threads):
                             if self.stats.waiting_until is not None:
                                 self._note_wait(None, None, now)
             if call is None:
-                call = self._admit()
+                call = self._admit_general()  # the usual case was just tried, above
                 if call is None:
                     if self._unfinished <= 0 or self._stopping or self._budget_done:
                         return

@@ -72,7 +72,7 @@ class Admitter(Settling):
                         reservation = (
                             self.ledger.try_reserve(call.demand, now, defer=True)
                             if self._defer_billing
-                            else self.ledger.try_reserve(call.demand, now)
+                            else self.billing.per_call.try_reserve(call.demand, now)
                         )
                 finally:
                     if reservation is None:  # it waits (or the ledger raised): the head again
@@ -118,7 +118,7 @@ class Admitter(Settling):
             reservation = (
                 self.ledger.try_reserve(call.demand, now, defer=True)
                 if self._defer_billing
-                else self.ledger.try_reserve(call.demand, now)  # no keyword: a cheaper call
+                else self.billing.per_call.try_reserve(call.demand, now)  # see Ledger.per_call
             )
             if (
                 reservation is not None

@@ -52,6 +52,9 @@ class Billing:
         self, ledger: Ledger[Any], resources: Sequence[Resource], spend: SpendControl | None = None
     ) -> None:
         self.ledger = ledger
+        #: The ledger's ``try_reserve`` and ``settle`` for the per-call path (asked once).
+        self.per_call = ledger.per_call()
+        self._settle = self.per_call.settle
         self.spend = spend
         self.resources = list(resources)
         self.names = tuple(r.name for r in self.resources)
@@ -101,7 +104,7 @@ class Billing:
             self.spend.settle(call, value, now)
         if reservation is not None:
             # By each resource's rule; the arguments usage included.
-            call.add_usage(self.names, self.ledger.settle(reservation, actual, now))
+            call.add_usage(self.names, self._settle(reservation, actual, now))
         else:  # a late result whose reservation was already settled: bill what it used
             self.ledger.bill(call.demand, actual, now)
         return first_token

@@ -37,7 +37,7 @@ WINDOW_SLOTS = 1000
 class Meter:
     """Usage of one resource: ``quota`` per ``window`` seconds."""
 
-    __slots__ = ("corrected", "quota", "reserved", "window")
+    __slots__ = ("corrected", "level", "quota", "reserved", "stale_at", "window")
 
     def __init__(self, quota: float, window: float) -> None:
         self.quota = float(quota)
@@ -47,11 +47,25 @@ class Meter:
         self.reserved = 0.0
         #: Usage billed so far to agree with the provider (rate-limit headers, 429s).
         self.corrected = 0.0
+        #: Usage counting against the quota (reservations excluded), as of the last
+        #: ``refresh``; exact at any instant before ``stale_at``. At or after it, usage
+        #: may have expired or drained: ``refresh(now)`` first. ``used`` and ``held`` do;
+        #: the ledger's compiled per-call path reads the two fields itself (one test and
+        #: no call per meter, see ``rate_limited.ledgers._compiled``).
+        self.level = 0.0
+        self.stale_at = math.inf
 
     # -- usage -------------------------------------------------------------------------
+    def refresh(self, now: float) -> None:
+        """Bring ``level`` (and ``stale_at``) up to ``now``: expire or drain what no longer
+        counts. ``now`` never goes back (the engine's loop clock)."""
+        raise NotImplementedError
+
     def used(self, now: float) -> float:
         """Usage still counting against the quota at ``now`` (reservations excluded)."""
-        raise NotImplementedError
+        if now >= self.stale_at:
+            self.refresh(now)
+        return self.level
 
     def bill(self, amount: float, now: float) -> object:
         """Log ``amount`` as used at ``now``; returns a token that ``refund`` accepts."""
@@ -104,9 +118,10 @@ class Meter:
 
     # -- queries -------------------------------------------------------------------------
     def held(self, now: float) -> float:
-        """Usage plus reservations: what counts against the quota at ``now`` (one call
-        per meter on the ledger's admission path)."""
-        return self.used(now) + self.reserved
+        """Usage plus reservations: what counts against the quota at ``now``."""
+        if now >= self.stale_at:
+            self.refresh(now)
+        return self.level + self.reserved
 
     def available(self, now: float) -> float:
         return self.quota - self.held(now)
@@ -146,38 +161,30 @@ class WindowMeter(Meter):
     ``used`` / ``bill`` cost O(1) amortized.
     """
 
-    __slots__ = ("_grain", "_log", "_used")
+    __slots__ = ("_grain", "_log")
 
     def __init__(self, quota: float, window: float) -> None:
         super().__init__(quota, window)
         self._grain = self.window / WINDOW_SLOTS
         # [stamp, amount, opened] buckets in time order; lists, so that a refund can take
-        # from one and an expiry can zero it.
+        # from one and an expiry can zero it. ``stale_at`` is when the oldest expires (a
+        # bucket's stamp only moves later, so it may be earlier than that, never later:
+        # a ``refresh`` then finds nothing to expire and sets it right), ``inf`` if none.
         self._log: deque[list[float]] = deque()
-        self._used = 0.0
 
-    def _expire(self, now: float) -> None:
+    def refresh(self, now: float) -> None:
         log, window = self._log, self.window
+        level = self.level
         while log and log[0][0] + window <= now:
             bucket = log.popleft()
-            self._used -= bucket[1]
+            level -= bucket[1]
             bucket[1] = 0.0  # a refund of an expired usage is then a no-op
-        if not log:
-            self._used = 0.0  # no drift from float sums once everything has expired
-
-    def used(self, now: float) -> float:
-        log = self._log
-        if not log or log[0][0] + self.window <= now:  # else nothing expires: no call
-            self._expire(now)
-        used = self._used
-        return used if used > 0.0 else 0.0
-
-    def held(self, now: float) -> float:
-        log = self._log
-        if not log or log[0][0] + self.window <= now:
-            self._expire(now)
-        used = self._used
-        return (used if used > 0.0 else 0.0) + self.reserved
+        if log:
+            self.level = level if level > 0.0 else 0.0
+            self.stale_at = log[0][0] + window
+        else:
+            self.level = 0.0  # no drift from float sums once everything has expired
+            self.stale_at = math.inf
 
     def bill(self, amount: float, now: float) -> object:
         """Log ``amount`` at ``now``, which may be a little in the past (a sync call billed
@@ -192,15 +199,17 @@ class WindowMeter(Meter):
                     if now > bucket[0]:
                         bucket[0] = now
                     bucket[1] += amount
-                    self._used += amount
+                    self.level += amount
                     return (bucket, amount)
             else:
                 return self._bill_past(amount, now)
-            if log[0][0] + self.window <= now:  # a new bucket: drop the expired ones first
-                self._expire(now)
+            if now >= self.stale_at:  # a new bucket: drop the expired ones first
+                self.refresh(now)
+        if not log:
+            self.stale_at = now + self.window
         bucket = [now, float(amount), now]
         log.append(bucket)
-        self._used += amount
+        self.level += amount
         return (bucket, amount)
 
     def _bill_past(self, amount: float, now: float) -> object:
@@ -214,7 +223,7 @@ class WindowMeter(Meter):
         if now > bucket[0]:
             bucket[0] = now
         bucket[1] += amount
-        self._used += amount
+        self.level += amount
         return (bucket, amount)
 
     def refund(self, token: object, now: float) -> None:
@@ -223,15 +232,16 @@ class WindowMeter(Meter):
         assert isinstance(token, tuple)
         bucket: list[float] = token[0]
         amount: float = token[1]
-        self._expire(now)
+        self.refresh(now)
         take = min(amount, bucket[1])
         bucket[1] -= take
-        self._used -= take
+        level = self.level - take
+        self.level = level if level > 0.0 else 0.0
 
     def free_at(self, needed: float, now: float) -> float:
-        self._expire(now)
+        self.refresh(now)
         slack = EPS * self.quota
-        excess = self._used + self.reserved + needed - self.quota
+        excess = self.level + self.reserved + needed - self.quota
         if excess <= slack:
             return now
         if self.reserved + needed > self.quota + slack:
@@ -244,7 +254,7 @@ class WindowMeter(Meter):
 
     def charge_earlier(self, entries: Sequence[tuple[float, float]], now: float) -> float:
         """Each usage still in its window is logged at its own time, and expires with it."""
-        self._expire(now)
+        self.refresh(now)
         live = 0.0
         for at, amount in sorted(entries):
             if amount > 0 and at + self.window > now:
@@ -254,7 +264,7 @@ class WindowMeter(Meter):
 
     def next_expiry(self, now: float) -> float | None:
         """When the oldest usage expires, or None when nothing is logged."""
-        self._expire(now)
+        self.refresh(now)
         return self._log[0][0] + self.window if self._log else None
 
 
@@ -269,62 +279,53 @@ class BucketMeter(Meter):
     later: a one-time cost of that much refill per idle period, nothing in a saturated run.
     """
 
-    __slots__ = ("_level", "_rate", "_since", "start_delay")
+    __slots__ = ("_rate", "start_delay")
 
     def __init__(self, quota: float, window: float, start_delay: float = 0.0) -> None:
         super().__init__(quota, window)
         self._rate = self.quota / self.window
-        self._level = 0.0
-        self._since = -math.inf
+        # ``level`` is the level at ``stale_at``, from which it drains (not before it: see
+        # ``start_delay``); ``refresh(now)`` drains it to ``now``.
+        self.stale_at = -math.inf
         self.start_delay = start_delay
 
-    def _drain(self, now: float) -> None:
-        since = self._since
+    def refresh(self, now: float) -> None:
+        since = self.stale_at
         if now > since:
-            level = self._level
+            level = self.level
             if level > 0.0:
                 level -= (now - since) * self._rate
-                self._level = level if level > 0.0 else 0.0
-            self._since = now
-
-    def used(self, now: float) -> float:
-        if now > self._since:
-            self._drain(now)
-        return self._level
-
-    def held(self, now: float) -> float:
-        if now > self._since:
-            self._drain(now)
-        return self._level + self.reserved
+                self.level = level if level > 0.0 else 0.0
+            self.stale_at = now
 
     def bill(self, amount: float, now: float) -> object:
-        if now > self._since:
-            self._drain(now)
-        if amount and self._level <= 0.0 and now >= self._since:
-            self._since = now + self.start_delay  # idle -> busy: see the class docstring
-        self._level += amount
+        if now > self.stale_at:
+            self.refresh(now)
+        if amount and self.level <= 0.0 and now >= self.stale_at:
+            self.stale_at = now + self.start_delay  # idle -> busy: see the class docstring
+        self.level += amount
         return (amount, now) if amount else None
 
     def refund(self, token: object, now: float) -> None:
         """Take back what is left of a usage: the part that has drained since is gone."""
-        self._drain(now)
+        self.refresh(now)
         if token is None:
             return
         assert isinstance(token, tuple)
         amount, billed_at = token
         remaining = amount - (now - billed_at) * self._rate
         if remaining > 0:
-            self._level = max(0.0, self._level - remaining)
+            self.level = max(0.0, self.level - remaining)
 
     def free_at(self, needed: float, now: float) -> float:
-        self._drain(now)
+        self.refresh(now)
         slack = EPS * self.quota
-        excess = self._level + self.reserved + needed - self.quota
+        excess = self.level + self.reserved + needed - self.quota
         if excess <= slack:
             return now
         if self.reserved + needed > self.quota + slack:
             return math.inf
-        return max(now, self._since) + excess / self._rate  # no refill before _since
+        return max(now, self.stale_at) + excess / self._rate  # no refill before stale_at
 
     def charge_earlier(self, entries: Sequence[tuple[float, float]], now: float) -> float:
         """The level an empty bucket would have at ``now`` after these usages, added to
@@ -343,8 +344,8 @@ class BucketMeter(Meter):
         return level
 
     def next_expiry(self, now: float) -> float | None:
-        self._drain(now)
-        return max(now, self._since) + self._level / self._rate if self._level > 0 else None
+        self.refresh(now)
+        return max(now, self.stale_at) + self.level / self._rate if self.level > 0 else None
 
     def set_quota(self, quota: float) -> None:
         super().set_quota(quota)
@@ -353,16 +354,16 @@ class BucketMeter(Meter):
     def copy(self) -> BucketMeter:
         """An independent meter in the same state (level, reservations, refill)."""
         twin = BucketMeter(self.quota, self.window, self.start_delay)
-        twin._level, twin._since, twin.reserved = self._level, self._since, self.reserved
+        twin.level, twin.stale_at, twin.reserved = self.level, self.stale_at, self.reserved
         twin.corrected = self.corrected
         return twin
 
     def take_state(self, other: BucketMeter, now: float) -> None:
         """Adopt ``other``'s usage and reservations: the ledger switches to the view
         ``other`` kept of the same calls (see ``rate_limited.ledgers.memory``)."""
-        other._drain(now)
-        self._drain(now)
-        self._level, self._since, self.reserved = other._level, other._since, other.reserved
+        other.refresh(now)
+        self.refresh(now)
+        self.level, self.stale_at, self.reserved = other.level, other.stale_at, other.reserved
         self.corrected = other.corrected
 
 

@@ -212,7 +212,7 @@ class Workers(Threads):
         """
         function, loop_time = self.function, self.clock
         admission, billing = self.admission, self.billing
-        ledger = self.ledger if self._has_ledger else None
+        reserve = billing.per_call.try_reserve if self._has_ledger else None
         sets_admission = self._sets_admission
         since_yield = 0
         # Without a ledger a call starts when the one before it ended (one clock read, and
@@ -229,14 +229,14 @@ class Workers(Threads):
             ):
                 call = admission.simple_head()
                 if call is not None:
-                    if ledger is not None:
+                    if reserve is not None:
                         now = loop_time()
                     if now < admission.paused_until:
                         admission.put_back(call)
                         call = None
-                    elif ledger is not None:
+                    elif reserve is not None:
                         try:
-                            reservation = ledger.try_reserve(call.demand, now)
+                            reservation = reserve(call.demand, now)
                         except BaseException:
                             admission.put_back(call)
                             raise
@@ -287,7 +287,7 @@ class Workers(Threads):
                 now = loop_time()
                 try:
                     # -- _returned, no validators
-                    if ledger is not None:
+                    if reserve is not None:
                         first_token = billing.results(call, value, now)
                         if first_token is not None:
                             self._first_token(first_token)

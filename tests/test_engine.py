@@ -723,7 +723,7 @@ def test_a_results_extractor_raising_systemexit_bills_the_estimate_and_the_run_r
 def test_an_error_of_the_engine_itself_ends_the_run_and_run_raises_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from rate_limited.ledgers import InMemoryLedger as Ledger
+    from rate_limited._meters import WindowMeter
 
     def broken(self: Any, *args: Any, **kwargs: Any) -> Any:
         raise ZeroDivisionError("a bug in the ledger")
@@ -732,7 +732,7 @@ def test_an_error_of_the_engine_itself_ends_the_run_and_run_raises_it(
     for i in range(5):
         runner.schedule(i)
     with monkeypatch.context() as patch:
-        patch.setattr(Ledger, "try_reserve", broken)
+        patch.setattr(WindowMeter, "bill", broken)  # admission bills each request
         with pytest.raises(ZeroDivisionError, match="a bug in the ledger"):
             runner.run()
     assert runner.run().results == list(range(5))  # nothing was lost or left running

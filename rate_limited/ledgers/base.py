@@ -5,7 +5,8 @@ A ledger knows, per resource (and per partition key of a partitioned resource), 
 been used, what admitted calls hold, and when room frees. The engine drives it through
 one cycle per attempt:
 
-* ``try_reserve(demand, now)`` admits a call or refuses without changing anything;
+* ``try_reserve(demand, now)`` admits a call or refuses without changing anything
+  (``per_call()``: it and ``settle`` as the engine calls them once per call);
   ``next_free_time`` / ``binding`` / ``shortfall`` / ``blocked_by`` / ``meter_ids`` say
   why and until when;
 * ``begin`` bills a deferred admission when its thread really starts the call;
@@ -32,10 +33,10 @@ made it: others only pass it back (and read the ``demand`` it was made for).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
-from typing import Literal, Protocol, TypeVar, runtime_checkable
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Demand", "Earlier", "Ledger", "Reservation", "Settle", "resource_index"]
+__all__ = ["Demand", "Earlier", "Ledger", "PerCall", "Reservation", "Settle", "resource_index"]
 
 #: What the provider bills for a call (see ``Resource(settle=...)``).
 Settle = Literal["actual", "reserved"]
@@ -60,6 +61,16 @@ class Reservation(Protocol):
 
 
 R = TypeVar("R", bound=Reservation)
+
+
+class PerCall(NamedTuple):
+    """``try_reserve`` (not deferred) and ``settle`` as the engine calls them once per
+    call: the ledger's methods, or code that does exactly what they do, faster, for the
+    ledger's configuration (``Ledger.per_call``). Untyped reservations: a generic
+    NamedTuple needs Python 3.11."""
+
+    try_reserve: Callable[[Demand, float], Any]
+    settle: Callable[[Any, Sequence[float], float], list[float]]
 
 
 @runtime_checkable
@@ -104,6 +115,12 @@ class Ledger(Protocol[R]):
 
     def meter_ids(self, demand: Demand) -> set[int]:
         """Identities of the meters ``demand`` is charged on."""
+        ...
+
+    def per_call(self) -> PerCall:
+        """``try_reserve`` and ``settle`` for the engine's per-call path, asked once per
+        run: the bound methods, or functions that behave exactly as they do (the
+        in-memory ledger compiles them for its resources: ``rate_limited.ledgers._compiled``)."""
         ...
 
     # -- settlement --------------------------------------------------------------------------

@@ -31,7 +31,9 @@ settling is one ``Meter.settle`` per resource, and a window meter's log is bound
 (``rate_limited._meters.WindowMeter``); a partitioned resource adds one dict lookup.
 Meters the provider reports on take a longer path, which also keeps what reconciling
 with its reports needs. The reservation (``rate_limited.ledgers._reservation``) is
-slotted, its lists flat.
+slotted, its lists flat. The engine calls ``per_call()``'s pair, which for unpartitioned
+resources is the usual case of ``try_reserve`` and ``settle`` compiled for them
+(``rate_limited.ledgers._compiled``): the same steps, written out per meter.
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ from typing import TYPE_CHECKING, cast
 
 from rate_limited._meters import EPS, Meter, make_meter
 from rate_limited._reconcile import Mark, Track, Votes, release
+from rate_limited.ledgers._compiled import compile_per_call
 from rate_limited.ledgers._reports import ProviderReports
 from rate_limited.ledgers._reservation import Reservation
-from rate_limited.ledgers.base import Demand, Earlier, Settle, resource_index
+from rate_limited.ledgers.base import Demand, Earlier, PerCall, Settle, resource_index
 
 if TYPE_CHECKING:
     from rate_limited.resources import Resource
@@ -220,6 +223,13 @@ class InMemoryLedger(ProviderReports):
                 marks[index] = track.admit(meter, rule, args_usage, estimate, now, held[2 * index])
             index += 1  # noqa: SIM113 (no enumerate: see try_reserve)
         return Reservation(meters, demand, billed, held, marks, now, rules, defer)
+
+    def per_call(self) -> PerCall:
+        """``try_reserve`` and ``settle`` compiled for these resources (see
+        ``rate_limited.ledgers._compiled``), unless one is partitioned: then the methods."""
+        if self._singles is None:
+            return PerCall(self.try_reserve, self.settle)
+        return PerCall(*compile_per_call(self, self._singles, self._rules))
 
     def begin(self, reservation: Reservation, now: float) -> None:
         """The call started at ``now``: bill what its admission held (no-op if it was not

@@ -67,7 +67,7 @@ from rate_limited.ledgers._redis_reservation import RedisReservation
 from rate_limited.ledgers._redis_spares import Spares
 from rate_limited.ledgers._redis_url import parse_url, partition_text
 from rate_limited.ledgers._redis_wire import num, refusal
-from rate_limited.ledgers.base import Demand, Earlier, Settle, resource_index
+from rate_limited.ledgers.base import Demand, Earlier, PerCall, Settle, resource_index
 
 if TYPE_CHECKING:
     from rate_limited.resources import Resource
@@ -187,6 +187,10 @@ class RedisLedger:
         self._spares.expire(force=True)
 
     # -- admission and settlement --------------------------------------------------------------
+    def per_call(self) -> PerCall:
+        """The methods themselves: a round trip to Redis dwarfs what compiling would save."""
+        return PerCall(self.try_reserve, self.settle)
+
     def try_reserve(
         self, demand: Demand, now: float, *, defer: bool = False
     ) -> RedisReservation | None:

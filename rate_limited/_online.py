@@ -31,8 +31,9 @@ import contextlib
 import threading
 from typing import TYPE_CHECKING, Any
 
+from rate_limited._demand import demand_of
 from rate_limited._runs import EngineHost
-from rate_limited._scheduling import demand_of, key_of, pop_priority
+from rate_limited._scheduling import key_of, pop_priority
 from rate_limited._status import RunnerState
 from rate_limited.calls import Call, CallOwner
 from rate_limited.exceptions import (
@@ -46,8 +47,8 @@ from rate_limited.exceptions import (
 from rate_limited.outcomes import Status
 
 if TYPE_CHECKING:
+    from rate_limited._demand import Extractors
     from rate_limited._engine import Engine
-    from rate_limited._scheduling import Extractors
     from rate_limited.stores.base import Store
 
 __all__ = ["ONLINE_PRIORITY", "OnlineCaller", "OnlineCalls"]

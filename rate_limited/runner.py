@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from rate_limited._checkpoint import close_store
 from rate_limited._clock import Clock
 from rate_limited._config import RunnerConfig, Setting
+from rate_limited._demand import demand_of
 from rate_limited._engine import Engine
 from rate_limited._feedback import FeedbackSource
 from rate_limited._loop_thread import LoopThread, finish_running_calls, stop_run
@@ -57,12 +58,7 @@ from rate_limited._online import OnlineCaller, OnlineCalls
 from rate_limited._policy import Validator, retry_if_transient
 from rate_limited._priorities import Priorities
 from rate_limited._redact import get_logger
-from rate_limited._scheduling import (
-    Scheduler,
-    declares,
-    demand_of,
-    make_schedule,
-)
+from rate_limited._scheduling import Scheduler, declares, make_schedule
 from rate_limited._starting import RunStarter
 from rate_limited._status import RunnerState
 from rate_limited.budget import Budget

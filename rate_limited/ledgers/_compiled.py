@@ -50,7 +50,6 @@ from rate_limited.ledgers._reservation import Reservation
 if TYPE_CHECKING:
     from rate_limited._meters import Meter
     from rate_limited.ledgers.base import Demand, Settle
-    from rate_limited.ledgers.memory import InMemoryLedger
 
 __all__ = ["compile_per_call"]
 
@@ -147,9 +146,10 @@ def _factory(rules: tuple[Settle, ...]) -> Callable[..., tuple[ReserveFunction, 
 
 
 def compile_per_call(
-    ledger: InMemoryLedger, meters: list[Meter], rules: tuple[Settle, ...]
+    ledger: Any, meters: list[Meter], rules: tuple[Settle, ...]
 ) -> tuple[ReserveFunction, SettleFunction]:
     """``try_reserve(demand, now)`` and ``settle(reservation, results_usage, now)`` for
-    ``ledger``, whose resources are unpartitioned, with ``meters`` (the ledger's own list,
+    ``ledger`` (an ``InMemoryLedger``: not named, it imports this module), whose
+    resources are unpartitioned, with ``meters`` (the ledger's own list,
     which its reservations share) and its current ``rules``."""
     return _factory(rules)(ledger, meters, rules, *meters)

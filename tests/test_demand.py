@@ -1,4 +1,4 @@
-"""``rate_limited._scheduling``: a call's demand, computed once at ``schedule()``, and shared
+"""``rate_limited._demand``: a call's demand, computed once at ``schedule()``, and shared
 by the calls that need the same."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rate_limited import ConfigurationError, QuotaExceededError, Resource, Runner
-from rate_limited._scheduling import DemandMemo, demand_of
+from rate_limited._demand import DemandMemo, demand_of
 from rate_limited.calls import Call
 
 
@@ -279,3 +279,87 @@ def test_a_memo_of_other_extractors_is_not_used() -> None:
     assert demand_of(others, runner.schedule("b"), memo) == ((1.0, 0.0, None), (0.0, 99.0, None))
     assert memo.last is first  # left as it was
     runner.close()
+
+
+# -- compiled (compile_demand) ------------------------------------------------------------------
+class _Refuses(Exception):
+    pass
+
+
+def _result_of(function: Any, call: Call) -> Any:
+    """What ``function(call)`` gives: its value, or the error's type and text."""
+    try:
+        return ("value", function(call))
+    except Exception as exc:  # compared, not handled
+        return ("error", type(exc), str(exc), type(exc.__cause__))
+
+
+_usages = st.one_of(
+    st.integers(-2, 5),
+    st.sampled_from([0.0, 0.5, 1.5, 2.0, 1e9, -0.0, -1.0, float("inf"), float("nan")]),
+    st.sampled_from([True, Fraction(3, 2), "3", None, _Refuses, ConfigurationError]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shape=st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=3),
+    quotas=st.lists(st.sampled_from([1, 2.5, 4, 1e6]), min_size=3, max_size=3),
+    data=st.data(),
+)
+def test_the_compiled_demand_agrees_with_demand_of_call_by_call(
+    shape: list[tuple[bool, bool]], quotas: list[float], data: st.DataObject
+) -> None:
+    """The same calls through ``compile_demand`` and ``demand_of``, each with a memo of
+    its own: equal demands or the same error, and the memo's tuple back when a call needs
+    what the one before it needed."""
+    from rate_limited._demand import compile_demand
+
+    script: list[Any] = []  # what the extractors return, in the order they are called
+
+    def extractor(call: Call) -> Any:
+        value = script.pop(0)
+        if isinstance(value, type) and issubclass(value, Exception):
+            raise value("refused")
+        return value
+
+    extractors = [
+        (
+            Resource(f"r{i}", quotas[i], 60, refill="window"),
+            extractor if arguments else None,
+            extractor if estimator else None,
+        )
+        for i, (arguments, estimator) in enumerate(shape)
+    ]
+    needed = sum(arguments + estimator for arguments, estimator in shape)
+    compiled = compile_demand(extractors, DemandMemo(extractors))
+    memo = DemandMemo(extractors)
+    call = Call(echo, ("p",))
+    last: tuple[Any, Any] = (None, None)
+    for _ in range(data.draw(st.integers(1, 8), label="calls")):
+        values = [data.draw(_usages) for _ in range(needed)]
+        script[:] = values
+        a = _result_of(compiled, call)
+        script[:] = values
+        b = _result_of(lambda c: demand_of(extractors, c, memo), call)
+        assert a == b or (a[0] == b[0] == "value" and repr(a) == repr(b))  # nan != nan
+        if a[0] == "value":
+            assert (a[1] is last[0]) == (b[1] is last[1])  # the memo: the same tuple back
+            last = (a[1], b[1])
+
+
+def test_a_compiled_demand_takes_the_general_way_for_a_resource_given_a_partition() -> None:
+    from rate_limited._demand import compile_demand
+
+    resource = Resource(
+        "tokens",
+        100,
+        60,
+        max_results_usage_estimator=lambda c: 3,
+        results_usage_extractor=lambda c, r: 0,
+    )
+    extractors = [(resource, None, resource.max_results_usage_estimator)]
+    compiled = compile_demand(extractors, DemandMemo(extractors))
+    assert compiled(Call(echo, ("p",))) == ((0.0, 3.0, None),)
+    resource.partition = lambda c: "m"
+    assert compiled(Call(echo, ("p",))) == ((0.0, 3.0, "m"),)

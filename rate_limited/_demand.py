@@ -250,7 +250,7 @@ _USAGE = """\
 """
 _FITS = """\
     quota = r{i}.quota
-    needed = a{i} + e{i}
+    needed = {needed}
     if needed > quota and needed > quota * SLACK:
         raise too_big(call, r{i}, needed, quota)
 """
@@ -267,23 +267,30 @@ def _factory(shape: tuple[tuple[bool, bool], ...]) -> Callable[..., Callable[[Ca
         "    if " + " or ".join(f"r{i}.partition is not None" for i in indexes) + ":\n",
         "        return demand_of(extractors, call, memo)\n",
     ]
+    # A usage without its extractor is 0.0 in every demand made with these extractors
+    # (here or by ``demand_of``): nothing to add, and nothing to compare with the memo's.
+    same: list[str] = []
     for i, (arguments, estimator) in enumerate(shape):
         if arguments:
             lines.append(_USAGE.format(fn=f"x{i}", var=f"a{i}", i=i, what="ARGUMENTS"))
+            same.append(f"last[{i}][0] == a{i}")
         else:
             lines.append(f"    a{i} = 0.0\n")
         if estimator:
             lines.append(_USAGE.format(fn=f"y{i}", var=f"e{i}", i=i, what="ESTIMATOR"))
+            same.append(f"last[{i}][1] == e{i}")
         else:
             lines.append(f"    e{i} = 0.0\n")
-        lines.append(_FITS.format(i=i))
-    same = " and ".join(
-        f"last[{i}][0] == a{i} and last[{i}][1] == e{i} and last[{i}][2] is None" for i in indexes
-    )
+        if arguments or estimator:  # else it needs 0, which fits any quota
+            needed = " + ".join(
+                name for name, has in ((f"a{i}", arguments), (f"e{i}", estimator)) if has
+            )
+            lines.append(_FITS.format(i=i, needed=needed))
+        same.append(f"last[{i}][2] is None")
     entries = ", ".join(f"(a{i}, e{i}, None)" for i in indexes)
     lines += [
         "    last = memo.last\n",
-        f"    if last is not None and {same}:\n",
+        f"    if last is not None and {' and '.join(same)}:\n",
         "        return last\n",
         f"    return remember(memo, ({entries},))\n",
         "  return demand\n",

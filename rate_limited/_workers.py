@@ -294,8 +294,7 @@ class Workers(Threads):
                     call.result = value
                     # -- _finish(call, SUCCEEDED, now), no store, no semantic cache
                     call.status = SUCCEEDED
-                    call.finished_at = now
-                    call.reservation = None
+                    call.finished_at = now  # (no reservation left: billing.results took it)
                     in_flight = self._in_flight = self._in_flight - 1
                     if in_flight <= 0 and self._idle is not None:
                         self._now_idle()

@@ -90,9 +90,7 @@ class RunResult(tuple[list[Any], list[list[BaseException]]]):
         ``exceptions[i]`` is call i's own list of exceptions (as in rate_limited 0.4) when
         it has some, else a new empty list; ``copy`` copies them instead (a snapshot taken
         while the run goes on, which must not change under the reader)."""
-        succeeded = Status.SUCCEEDED
-        results = [c.result if c.status is succeeded else None for c in calls]
-        exceptions = Call.exception_lists(calls, copy)
+        results, exceptions = Call.final_lists(calls, copy)
         return cls(
             results,
             exceptions,

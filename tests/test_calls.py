@@ -254,15 +254,19 @@ def test_usage_assigned_then_added_keeps_both() -> None:
 
 
 # -- passes over a run's calls -----------------------------------------------------------------
-def test_exception_lists_give_each_call_its_own_list_or_a_new_empty_one() -> None:
+def test_final_lists_give_results_and_each_call_its_own_exceptions_or_a_new_list() -> None:
     failed, fine, emptied = Call(with_n, ("a",)), Call(with_n, ("b",)), Call(with_n, ("c",))
     failed.exceptions.append(KeyError("x"))
+    failed.status, fine.status, emptied.status = Status.FAILED, Status.SUCCEEDED, Status.PENDING
+    failed.result, fine.result, emptied.result = "partial", "ok", "not final"
     assert emptied.exceptions == []  # an empty list of its own: reads as no exceptions
-    lists = Call.exception_lists([failed, fine, emptied, fine])
+    results, lists = Call.final_lists([failed, fine, emptied, fine])
+    assert results == [None, "ok", None, "ok"]  # a result only where the call succeeded
     assert lists[0] is failed.exceptions  # the call's own list, as 0.4's run() gave it
     assert lists[1:] == [[], [], []] and lists[2] is not emptied.exceptions
     assert len({id(one) for one in lists}) == 4  # no list shared between two calls
-    copies = Call.exception_lists([failed, fine], copy=True)
+    results, copies = Call.final_lists([failed, fine], copy=True)
+    assert results == [None, "ok"]
     assert copies == [failed.exceptions, []] and copies[0] is not failed.exceptions
 
 

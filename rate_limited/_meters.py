@@ -161,7 +161,7 @@ class WindowMeter(Meter):
     ``used`` / ``bill`` cost O(1) amortized.
     """
 
-    __slots__ = ("_grain", "_log")
+    __slots__ = ("_closes", "_grain", "_log", "_newest", "_opened")
 
     def __init__(self, quota: float, window: float) -> None:
         super().__init__(quota, window)
@@ -171,6 +171,13 @@ class WindowMeter(Meter):
         # bucket's stamp only moves later, so it may be earlier than that, never later:
         # a ``refresh`` then finds nothing to expire and sets it right), ``inf`` if none.
         self._log: deque[list[float]] = deque()
+        # The newest bucket ever opened, and the instants a usage joins it from and until
+        # (``[_opened, _closes)``: ``bill``'s usual case, two comparisons). Once it has
+        # expired (and left the log) a usage can no longer join it: it expires ``window``
+        # after it was opened, and the window is longer than a grain.
+        self._newest: list[float] = []  # none yet: nothing joins it before ``_opened``
+        self._opened = math.inf
+        self._closes = -math.inf
 
     def refresh(self, now: float) -> None:
         log, window = self._log, self.window
@@ -191,17 +198,16 @@ class WindowMeter(Meter):
         at the instant its thread started it): it then joins the bucket the rule gives."""
         if amount <= 0:
             return None
+        if self._opened <= now < self._closes:  # in time order, within the newest's grain
+            bucket = self._newest
+            if now > bucket[0]:
+                bucket[0] = now
+            bucket[1] += amount
+            self.level += amount
+            return (bucket, amount)
         log = self._log
         if log:
-            bucket = log[-1]
-            if now >= bucket[2]:  # in time order: the newest bucket, or a new one
-                if now - bucket[2] < self._grain:
-                    if now > bucket[0]:
-                        bucket[0] = now
-                    bucket[1] += amount
-                    self.level += amount
-                    return (bucket, amount)
-            else:
+            if now < self._opened:  # before the newest bucket opened
                 return self._bill_past(amount, now)
             if now >= self.stale_at:  # a new bucket: drop the expired ones first
                 self.refresh(now)
@@ -209,6 +215,7 @@ class WindowMeter(Meter):
             self.stale_at = now + self.window
         bucket = [now, float(amount), now]
         log.append(bucket)
+        self._newest, self._opened, self._closes = bucket, now, now + self._grain
         self.level += amount
         return (bucket, amount)
 
